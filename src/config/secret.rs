@@ -1,0 +1,200 @@
+//! Secret references: `{ env = "NAME" }`, `{ file = "PATH" }` or a literal.
+//!
+//! A reference is resolved each time a provider needs the value, so a rotated
+//! file or a changed variable is picked up without a restart. [`Secret`]
+//! never prints its value: `Debug` and `Display` show `<redacted>`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where environment variables come from. Tests pass a map instead of
+/// mutating the process environment.
+pub trait EnvSource: Send + Sync + fmt::Debug {
+    /// The value of variable `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// A fixed set of variables (for tests and the demo). `Debug` shows only names.
+#[derive(Clone, Default)]
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl fmt::Debug for MapEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl EnvSource for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+impl<const N: usize> From<[(&str, &str); N]> for MapEnv {
+    fn from(pairs: [(&str, &str); N]) -> Self {
+        MapEnv(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+}
+
+/// A secret value. Its text is reachable only through [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl Secret {
+    /// Wrap a value.
+    pub fn new(value: impl Into<Box<str>>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret text. Call only where the value is sent on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A reference to a secret as written in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `{ env = "NAME" }`.
+    Env(String),
+    /// `{ file = "PATH" }`; one trailing newline is trimmed.
+    File(PathBuf),
+    /// A literal string in the file (accepted with a warning).
+    Literal(Secret),
+}
+
+/// Why a secret reference could not be resolved. Never contains the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The variable is not set.
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    /// The file could not be read.
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The value is empty (after trimming the trailing newline).
+    #[error("{0} is empty")]
+    Empty(String),
+    /// The value is not valid UTF-8 or contains control characters.
+    #[error("{0} contains bytes that cannot be sent in an HTTP header")]
+    Invalid(String),
+}
+
+impl SecretRef {
+    /// Read the current value.
+    pub fn resolve(&self, env: &dyn EnvSource) -> Result<Secret, SecretError> {
+        let value = match self {
+            SecretRef::Env(name) => env
+                .var(name)
+                .ok_or_else(|| SecretError::EnvMissing(name.clone()))?,
+            SecretRef::File(path) => {
+                let bytes = std::fs::read(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                let text =
+                    String::from_utf8(bytes).map_err(|_| SecretError::Invalid(self.describe()))?;
+                trim_trailing_newline(text)
+            }
+            SecretRef::Literal(secret) => secret.expose().to_owned(),
+        };
+        if value.is_empty() {
+            return Err(SecretError::Empty(self.describe()));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(SecretError::Invalid(self.describe()));
+        }
+        Ok(Secret::new(value))
+    }
+
+    /// Where the value comes from, for messages (never the value itself).
+    pub fn describe(&self) -> String {
+        match self {
+            SecretRef::Env(name) => format!("environment variable {name}"),
+            SecretRef::File(path) => format!("file {}", path.display()),
+            SecretRef::Literal(_) => "literal value".to_owned(),
+        }
+    }
+}
+
+fn trim_trailing_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_and_literal_resolve() {
+        let env = MapEnv::from([("TOKEN", "abc")]);
+        let got = SecretRef::Env("TOKEN".into()).resolve(&env).unwrap();
+        assert_eq!(got.expose(), "abc");
+        let missing = SecretRef::Env("NOPE".into()).resolve(&env).unwrap_err();
+        assert_eq!(missing.to_string(), "environment variable NOPE is not set");
+        let lit = SecretRef::Literal(Secret::new("xyz")).resolve(&env).unwrap();
+        assert_eq!(lit.expose(), "xyz");
+    }
+
+    #[test]
+    fn file_trims_one_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("sidekey-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "s3cret\r\n").unwrap();
+        let got = SecretRef::File(path.clone()).resolve(&MapEnv::default()).unwrap();
+        assert_eq!(got.expose(), "s3cret");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            SecretRef::File(path).resolve(&MapEnv::default()),
+            Err(SecretError::Empty(_))
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");
+        let r = SecretRef::Literal(secret);
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}

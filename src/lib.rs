@@ -1,0 +1,29 @@
+//! sidekey: a sidecar proxy that injects authentication into outbound API calls.
+//!
+//! The app sends plain requests to a sidekey listener; sidekey attaches the
+//! credential's headers (`Authorization: Bearer …`, `x-inbenta-key`, …) and
+//! forwards them over HTTPS. One background task per credential keeps a valid
+//! token published, so requests never wait for or carry an expired token.
+//!
+//! Map of the crate:
+//! - [`config`]: the configuration schema, loading and validation
+//! - [`credential`]: token providers and the renewal engine
+//! - [`proxy`]: route matching, strip-then-inject, forwarding
+//! - [`server`]: listeners, graceful shutdown, reload ([`server::serve`])
+//! - [`error`]: errors sidekey answers itself, as JSON
+//! - [`tls`], [`admin`], [`metrics`], [`telemetry`], [`demo`]
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod credential;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,180 @@
+//! Prometheus metrics: one registry, the families of DESIGN.md, and the
+//! small recording methods the proxy and the credential engine call.
+//!
+//! Families (all prefixed `sidekey_`):
+//! - `requests_total{route,status}` — responses sent to the app
+//! - `request_duration_seconds{route}` — histogram, request start to response head
+//! - `token_refresh_total{credential,outcome}` — outcome `success` | `failure`
+//! - `token_expires_in_seconds{credential}` — refreshed on every scrape
+//! - `upstream_errors_total{route,kind}` — kind `connect` | `timeout` | `other`
+//!
+//! Label values are route and credential names from the configuration, never
+//! anything taken from a request or a token.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels `{route, status}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: Arc<str>,
+    status: u16,
+}
+
+/// Labels `{route}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: Arc<str>,
+}
+
+/// Labels `{credential, outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialOutcome {
+    credential: Arc<str>,
+    outcome: &'static str,
+}
+
+/// Labels `{credential}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabel {
+    credential: Arc<str>,
+}
+
+/// Labels `{route, kind}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteKind {
+    route: Arc<str>,
+    kind: &'static str,
+}
+
+/// Outcome of one token request, for `sidekey_token_refresh_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// A token was obtained.
+    Success,
+    /// The attempt failed.
+    Failure,
+}
+
+/// The metric families; cheap to clone (all handles are shared).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    requests: Family<RouteStatus, Counter>,
+    durations: Family<RouteLabel, Histogram>,
+    refreshes: Family<CredentialOutcome, Counter>,
+    expires_in: Family<CredentialLabel, Gauge<f64, AtomicU64>>,
+    upstream_errors: Family<RouteKind, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sidekey");
+        let requests = Family::<RouteStatus, Counter>::default();
+        let durations = Family::<RouteLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
+        );
+        let refreshes = Family::<CredentialOutcome, Counter>::default();
+        let expires_in = Family::<CredentialLabel, Gauge<f64, AtomicU64>>::default();
+        let upstream_errors = Family::<RouteKind, Counter>::default();
+        registry.register("requests", "Responses sent to the app", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request start to response head",
+            durations.clone(),
+        );
+        registry.register(
+            "token_refresh",
+            "Token requests by outcome",
+            refreshes.clone(),
+        );
+        registry.register(
+            "token_expires_in_seconds",
+            "Seconds until the current token expires (0 when none is valid)",
+            expires_in.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failures reaching the upstream",
+            upstream_errors.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            durations,
+            refreshes,
+            expires_in,
+            upstream_errors,
+        }
+    }
+
+    /// Count one response to the app and observe its duration.
+    pub fn record_request(&self, route: &Arc<str>, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
+            .observe(seconds);
+    }
+
+    /// Count one failure reaching the upstream (`connect`, `timeout`, `other`).
+    pub fn record_upstream_error(&self, route: &Arc<str>, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&RouteKind {
+                route: route.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Count one token request.
+    pub fn record_token_refresh(&self, credential: &Arc<str>, outcome: RefreshOutcome) {
+        let outcome = match outcome {
+            RefreshOutcome::Success => "success",
+            RefreshOutcome::Failure => "failure",
+        };
+        self.refreshes
+            .get_or_create(&CredentialOutcome {
+                credential: credential.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Set the seconds left on a credential's token (called at scrape time).
+    pub fn set_token_expires_in(&self, credential: &Arc<str>, seconds: f64) {
+        self.expires_in
+            .get_or_create(&CredentialLabel {
+                credential: credential.clone(),
+            })
+            .set(seconds);
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

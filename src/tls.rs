@@ -1,0 +1,112 @@
+//! TLS configuration: the rustls client used for upstreams and token
+//! endpoints (webpki + system roots + `[tls] ca_file`, optional client
+//! certificate), and the rustls server config for `tls = { cert, key }`
+//! listeners. All crypto comes from rustls' `ring` provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ListenerTls, TlsConfig, UpstreamTls};
+
+/// A TLS file or setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// rustls refused the combination (e.g. key does not match certificate).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Read every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_error = |message: String| TlsError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_error("contains no PEM certificate".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Read the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsError::File {
+        path: path.to_owned(),
+        message: "contains no usable PEM private key".to_owned(),
+    })
+}
+
+/// webpki roots, the system's roots (when readable) and `ca_file`.
+pub fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A system root rustls cannot parse is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(ca_file) = &tls.ca_file {
+        for cert in load_certs(ca_file)? {
+            roots.add(cert).map_err(|e| TlsError::File {
+                path: ca_file.clone(),
+                message: format!("unusable CA certificate: {e}"),
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Client config for upstreams and token endpoints: ALPN `h2` then
+/// `http/1.1`, with a client certificate when `upstream_tls` names one.
+pub fn client_config(
+    roots: &RootCertStore,
+    upstream_tls: Option<&UpstreamTls>,
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots.clone());
+    let mut config = match upstream_tls {
+        Some(UpstreamTls {
+            client_cert: Some(cert),
+            client_key: Some(key),
+            ..
+        }) => builder.with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)?,
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Server config for a `tls = { cert, key }` listener (HTTP/1.1).
+pub fn server_config(listener: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&listener.cert)?, load_private_key(&listener.key)?)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

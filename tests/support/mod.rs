@@ -1,0 +1,8 @@
+//! Shared test support: servers on 127.0.0.1:0 that record what they received,
+//! an rcgen CA, and the proxy started in-process.
+#![allow(dead_code)]
+
+pub mod proxy;
+pub mod tls;
+pub mod token_servers;
+pub mod upstream;
