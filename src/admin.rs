@@ -1,1 +1,135 @@
-//! TODO
+//! The admin endpoint (`[admin] listen`), plain HTTP/1.1:
+//!
+//! - `GET /healthz` — 200 `ok` while the process serves.
+//! - `GET /readyz` — 200 when every credential holds a valid token, else 503
+//!   with `{"ready": false, "credentials": [{"name", "reason"}]}` listing the
+//!   ones that do not, and why.
+//! - `GET /metrics` — Prometheus text format (see [`crate::metrics`]); the
+//!   token expiry gauge is refreshed at each scrape.
+//!
+//! Anything else is 404. Nothing here reveals a token or secret.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::credential::CredentialStatus;
+use crate::metrics::Metrics;
+use crate::server::CredentialsView;
+
+/// What the admin endpoint reads.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// The metric registry.
+    pub metrics: Metrics,
+    /// The credentials in service (follows reloads).
+    pub credentials: CredentialsView,
+}
+
+/// Serve the admin endpoint until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        warn!(error = %err, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(respond(&state, &request)) }
+                    });
+                    if let Err(err) = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        debug!(error = %err, "admin connection error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The answer to one admin request.
+pub fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".to_owned());
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => readyz(state),
+        "/metrics" => {
+            refresh_expiry_gauges(state);
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.encode(),
+            )
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+    }
+}
+
+fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
+    let credentials = state.credentials.current();
+    let not_ready: Vec<serde_json::Value> = credentials
+        .iter()
+        .filter_map(|(name, handle)| match handle.status() {
+            CredentialStatus::Ready { .. } => None,
+            CredentialStatus::Unavailable { reason } => {
+                Some(serde_json::json!({ "name": name, "reason": reason }))
+            }
+        })
+        .collect();
+    let ready = not_ready.is_empty();
+    let body = serde_json::json!({ "ready": ready, "credentials": not_ready }).to_string();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "application/json", body + "\n")
+}
+
+fn refresh_expiry_gauges(state: &AdminState) {
+    let credentials = state.credentials.current();
+    for (name, handle) in credentials.iter() {
+        let seconds = match handle.status() {
+            CredentialStatus::Ready {
+                expires_in: Some(left),
+            } => left.as_secs_f64(),
+            // A token without expiry: report +Inf so alerts on "< N seconds" stay quiet.
+            CredentialStatus::Ready { expires_in: None } => f64::INFINITY,
+            CredentialStatus::Unavailable { .. } => 0.0,
+        };
+        state.metrics.set_token_expires_in(&Arc::from(name), seconds);
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,1 +1,140 @@
-//! TODO
+//! Errors sidekey answers itself, and the one place they become HTTP
+//! responses: status, `content-type: application/json`, a body
+//! `{"error": CODE, "message": TEXT}` and the header `x-sidekey-error: CODE`.
+//!
+//! | status | code | source |
+//! | --- | --- | --- |
+//! | 503 | `credential_unavailable` | credential: no valid token |
+//! | 502 | `upstream_unreachable` | upstream: connect / TLS / connection failure |
+//! | 504 | `upstream_timeout` | upstream: `request_timeout` passed |
+//! | 404 | `no_route` | downstream: no route matches |
+//! | 403 | `host_not_allowed` | downstream: forward proxy to a host outside `hosts` |
+//! | 400 | `bad_request` | downstream: a request sidekey refuses to forward |
+//!
+//! Messages never contain tokens or secrets: they are built from route
+//! names, paths and error kinds only.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::credential::Unavailable;
+
+/// The header naming the error code on every response sidekey makes itself.
+pub static SIDEKEY_ERROR: HeaderName = HeaderName::from_static("x-sidekey-error");
+
+/// A request sidekey answers itself instead of forwarding (or after failing to).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route of this listener matches the path.
+    #[error("no route matches {0}")]
+    NoRoute(String),
+    /// The credential holds no valid token.
+    #[error("{0}")]
+    CredentialUnavailable(#[from] Unavailable),
+    /// Connecting (TCP or TLS) to the upstream failed, or the connection broke.
+    #[error("upstream {upstream} unreachable: {reason}")]
+    UpstreamUnreachable {
+        /// scheme://host:port of the upstream.
+        upstream: String,
+        /// Why, from the error chain.
+        reason: String,
+    },
+    /// The upstream sent no response head within `request_timeout`.
+    #[error("upstream {upstream} did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        /// scheme://host:port of the upstream.
+        upstream: String,
+        /// The route's `request_timeout`.
+        timeout: Duration,
+    },
+    /// Forward proxy: the host is not in `hosts`.
+    #[error("host {0} is not in forward_proxy.hosts; credentials are never sent there")]
+    HostNotAllowed(String),
+    /// A request sidekey refuses to forward.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::CredentialUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The stable error code of DESIGN.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute(_) => "no_route",
+            ProxyError::CredentialUnavailable(_) => "credential_unavailable",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::HostNotAllowed(_) => "host_not_allowed",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// The JSON response for this error.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        json_error(self.status(), self.code(), &self.to_string())
+    }
+}
+
+/// A JSON error response `{"error": code, "message": message}` with `x-sidekey-error`.
+pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let length = body.len();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(SIDEKEY_ERROR.clone(), HeaderValue::from_static(code));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
+
+/// Every cause in an error chain joined with ": ", for one-line messages.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_json_with_its_code_header() {
+        let err = ProxyError::NoRoute("/nowhere".into());
+        let response = err.to_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()["x-sidekey-error"], "no_route");
+        assert_eq!(response.headers()["content-type"], "application/json");
+    }
+
+    #[test]
+    fn chain_joins_causes_once() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(error_chain(&outer), "connection refused");
+    }
+}

@@ -1,3 +1,168 @@
-fn main() {
-    println!("Hello, world!");
+//! The `sidekey` binary: parse the command line, load and validate the
+//! configuration before binding anything, then run, check, fetch one token,
+//! or start the demo. Exit codes: 0 success, 1 configuration or credential
+//! error, 2 usage error (clap).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sidekey::config::{self, Config, ProcessEnv};
+use tracing::{error, info};
+
+#[derive(Debug, Parser)]
+#[command(name = "sidekey", version, about = "Sidecar proxy that injects authentication into outbound API calls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file.
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and every secret reference.
+    Check {
+        /// Configuration file.
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Obtain one token for credential NAME and print its type and lifetime.
+    Token {
+        /// Configuration file.
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+        /// The credential's name (`[credentials.NAME]`).
+        name: String,
+        /// Also print the token itself.
+        #[arg(long)]
+        show: bool,
+    },
+    /// Self-contained demo: embedded token server, echo upstream, proxy in front.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(&config).await,
+            Command::Check { config } => check(&config),
+            Command::Token { config, name, show } => token(&config, &name, show).await,
+            Command::Demo { listen } => sidekey::demo::run(listen).await.map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Load and fully validate (including secrets and TLS files).
+fn load_checked(path: &Path) -> Result<Config, String> {
+    let config = config::load(path, Arc::new(ProcessEnv)).map_err(|e| e.to_string())?;
+    config.check_secrets().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let config = load_checked(path)?;
+    println!(
+        "{}: ok ({} credential(s), {} route(s){})",
+        path.display(),
+        config.credentials.len(),
+        config.routes.len(),
+        if config.forward_proxy.is_some() { ", forward proxy" } else { "" }
+    );
+    Ok(())
+}
+
+async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
+    let config = load_checked(path)?;
+    sidekey::telemetry::init(&config.log);
+    let roots = sidekey::tls::root_store(&config.tls).map_err(|e| e.to_string())?;
+    let (token, kind) = sidekey::credential::obtain_once(&config, name, &roots)
+        .await
+        .map_err(|e| format!("credential {name}: {e}"))?;
+    let lifetime = match token.lifetime {
+        Some(lifetime) => format!("expires in {}s", lifetime.as_secs()),
+        None => "does not expire".to_owned(),
+    };
+    println!("credential {name}: type {kind}, {lifetime}");
+    if show {
+        println!("{}", token.value.expose());
+    }
+    Ok(())
+}
+
+async fn run(path: &Path) -> Result<(), String> {
+    let config = load_checked(path)?;
+    sidekey::telemetry::init(&config.log);
+    let mut handle = sidekey::server::serve(config).await.map_err(|e| e.to_string())?;
+    info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
+    loop {
+        match signals::next().await {
+            signals::Signal::Stop => break,
+            signals::Signal::Reload => match load_checked(path) {
+                Ok(new_config) => {
+                    if let Err(err) = handle.reload(new_config, Duration::from_secs(30)).await {
+                        error!("reload refused, the old configuration keeps serving: {err}");
+                    }
+                }
+                Err(err) => error!("reload refused, the old configuration keeps serving: {err}"),
+            },
+        }
+    }
+    info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+mod signals {
+    //! SIGTERM/SIGINT stop, SIGHUP reloads.
+
+    pub enum Signal {
+        Stop,
+        Reload,
+    }
+
+    #[cfg(unix)]
+    pub async fn next() -> Signal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return Signal::Stop;
+        };
+        tokio::select! {
+            _ = term.recv() => Signal::Stop,
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub async fn next() -> Signal {
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
+    }
 }

@@ -1,12 +1,44 @@
-//! Listeners and lifecycle: binds every route listener, the forward proxy and
-//! the admin endpoint, starts the credential engines, and drains in-flight
-//! requests on shutdown.
+//! Listeners and lifecycle.
+//!
+//! [`serve`] validates everything first (secrets, TLS files), starts the
+//! credential engines, binds every listener (routes sharing a `listen`
+//! address share one listener), then serves until [`Handle::shutdown`]:
+//! stop accepting, let in-flight requests finish within `shutdown_grace`,
+//! return. [`Handle::reload`] swaps in the routes and credentials of a new,
+//! already validated configuration without dropping a connection; listen
+//! addresses and listener TLS cannot change on reload.
 
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::Config;
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::RootCertStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
 
-/// Why the proxy could not start.
+use crate::admin;
+use crate::config::{Config, RouteConfig, Upstream};
+use crate::credential::Credentials;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::proxy::client::{ClientOptions, upstream_client};
+use crate::proxy::route::{Base, RouteParts, Target};
+use crate::proxy::{Dispatch, ResponseBody, Route, forward::forward};
+use crate::tls;
+
+/// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The configuration could not be turned into running parts.
@@ -22,12 +54,44 @@ pub enum ServeError {
     },
 }
 
+/// Routes and credentials of one configuration; replaced whole on reload.
+struct Generation {
+    /// Dispatch per configured listen address (as written, before binding).
+    listeners: HashMap<SocketAddr, Arc<Dispatch>>,
+    /// Dispatch of the forward proxy.
+    forward: Option<Arc<Dispatch>>,
+    /// The credential engines of this configuration.
+    credentials: Arc<Credentials>,
+}
+
+/// What every connection task shares.
+struct Shared {
+    metrics: Metrics,
+    credentials: ArcSwap<Credentials>,
+}
+
 /// A running proxy.
-#[derive(Debug)]
 pub struct Handle {
     route_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     forward_proxy_addr: Option<SocketAddr>,
+    listen_plan: Vec<(SocketAddr, Option<(std::path::PathBuf, std::path::PathBuf)>)>,
+    dispatchers: HashMap<SocketAddr, Arc<ArcSwap<Dispatch>>>,
+    forward_dispatch: Option<Arc<ArcSwap<Dispatch>>>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("route_addrs", &self.route_addrs)
+            .field("admin_addr", &self.admin_addr)
+            .field("forward_proxy_addr", &self.forward_proxy_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Handle {
@@ -46,10 +110,411 @@ impl Handle {
     pub fn forward_proxy_addr(&self) -> Option<SocketAddr> {
         self.forward_proxy_addr
     }
+
+    /// The running credentials (for tests and the CLI).
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.shared.credentials.load_full()
+    }
+
+    /// Apply a new configuration: same listeners, new routes and credentials.
+    /// The new credentials get up to `ready_wait` to obtain their first
+    /// tokens before they take over, so a reload causes no 503s.
+    pub async fn reload(&mut self, config: Config, ready_wait: Duration) -> Result<(), ServeError> {
+        if listen_plan(&config) != self.listen_plan {
+            return Err(ServeError::Config(
+                "listen addresses, listener TLS or [forward_proxy] presence changed; \
+                 these need a restart"
+                    .to_owned(),
+            ));
+        }
+        config
+            .check_secrets()
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        let generation = build_generation(&config, &self.shared.metrics)?;
+        wait_until_ready(&generation.credentials, ready_wait).await;
+        for (addr, dispatch) in &generation.listeners {
+            if let Some(slot) = self.dispatchers.get(addr) {
+                slot.store(dispatch.clone());
+            }
+        }
+        if let (Some(slot), Some(dispatch)) = (&self.forward_dispatch, &generation.forward) {
+            slot.store(dispatch.clone());
+        }
+        // The old credentials stop when the last request using them is done.
+        self.shared.credentials.store(generation.credentials);
+        self.grace = config.shutdown_grace;
+        info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Stop accepting, let in-flight requests finish within `shutdown_grace`, return.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let grace = self.grace;
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(?grace, "shutdown grace passed; closing remaining connections");
+            self.tasks.abort_all();
+        }
+        info!("stopped");
+    }
+}
+
+/// Wait until every credential holds a token, at most `limit`.
+async fn wait_until_ready(credentials: &Credentials, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let ready = credentials
+            .iter()
+            .all(|(_, handle)| handle.current().is_ok());
+        if ready || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Listen addresses with their TLS files, and the forward proxy: what a reload may not change.
+fn listen_plan(config: &Config) -> Vec<(SocketAddr, Option<(std::path::PathBuf, std::path::PathBuf)>)> {
+    let mut plan: Vec<_> = config
+        .routes
+        .iter()
+        .map(|route| {
+            (
+                route.listen,
+                route.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
+            )
+        })
+        .collect();
+    if let Some(forward) = &config.forward_proxy {
+        plan.push((forward.listen, None));
+    }
+    plan.dedup();
+    plan
+}
+
+fn build_route(
+    route: &RouteConfig,
+    credentials: &Credentials,
+    roots: &RootCertStore,
+) -> Result<Route, ServeError> {
+    let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
+        ServeError::Config(format!(
+            "route {} names unknown credential {}",
+            route.name, route.credential
+        ))
+    })?;
+    let client = upstream_client(
+        roots,
+        ClientOptions {
+            connect_timeout: route.connect_timeout,
+            allow_insecure_http: route.allow_insecure_http,
+            upstream_tls: route.upstream_tls.as_ref(),
+        },
+    )
+    .map_err(|e| ServeError::Config(format!("route {}: {e}", route.name)))?;
+    let target = match &route.upstream {
+        Upstream::Url(uri) => Target::Fixed(Base::from_uri(uri).ok_or_else(|| {
+            ServeError::Config(format!("route {}: upstream is not absolute", route.name))
+        })?),
+        Upstream::InbentaApi(api) => Target::InbentaApi(api.clone()),
+    };
+    Ok(Route::new(
+        &route.path_prefix,
+        route.strip_prefix,
+        target,
+        RouteParts {
+            name: Arc::from(route.name.as_str()),
+            credential,
+            headers: route.headers.clone(),
+            client,
+            request_timeout: route.request_timeout,
+        },
+    ))
+}
+
+/// Start credentials and build every dispatch table of `config`.
+fn build_generation(config: &Config, metrics: &Metrics) -> Result<Generation, ServeError> {
+    let roots = tls::root_store(&config.tls).map_err(|e| ServeError::Config(e.to_string()))?;
+    let credentials = Credentials::start(config, &roots, metrics)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();
+    for route in &config.routes {
+        grouped
+            .entry(route.listen)
+            .or_default()
+            .push(Arc::new(build_route(route, &credentials, &roots)?));
+    }
+    let listeners = grouped
+        .into_iter()
+        .map(|(addr, routes)| (addr, Arc::new(Dispatch::routes(routes))))
+        .collect();
+    let forward = match &config.forward_proxy {
+        None => None,
+        Some(forward) => {
+            let mut hosts = HashMap::new();
+            for (host, credential_name) in &forward.hosts {
+                let credential = credentials.get(credential_name).cloned().ok_or_else(|| {
+                    ServeError::Config(format!(
+                        "forward_proxy.hosts.{host} names unknown credential {credential_name}"
+                    ))
+                })?;
+                let client = upstream_client(
+                    &roots,
+                    ClientOptions {
+                        connect_timeout: forward.connect_timeout,
+                        allow_insecure_http: false,
+                        upstream_tls: None,
+                    },
+                )
+                .map_err(|e| ServeError::Config(format!("forward_proxy: {e}")))?;
+                let route = Route::new(
+                    "/",
+                    false,
+                    Target::RequestHost,
+                    RouteParts {
+                        name: Arc::from(format!("forward_proxy:{host}")),
+                        credential,
+                        headers: Vec::new(),
+                        client,
+                        request_timeout: forward.request_timeout,
+                    },
+                );
+                hosts.insert(host.to_ascii_lowercase(), Arc::new(route));
+            }
+            Some(Arc::new(Dispatch::Forward(hosts)))
+        }
+    };
+    Ok(Generation {
+        listeners,
+        forward,
+        credentials: Arc::new(credentials),
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Start everything `config` describes and return once every listener is bound.
 pub async fn serve(config: Config) -> Result<Handle, ServeError> {
-    let _ = config;
-    todo!("proxy core")
+    config
+        .check_secrets()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let metrics = Metrics::new();
+    let generation = build_generation(&config, &metrics)?;
+    let shared = Arc::new(Shared {
+        metrics,
+        credentials: ArcSwap::new(generation.credentials.clone()),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    // Bind every route listener once, in config order.
+    let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+    let mut dispatchers = HashMap::new();
+    let mut route_addrs = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        if let Some(local) = bound.get(&route.listen) {
+            route_addrs.push(*local);
+            continue;
+        }
+        let listener = bind(route.listen).await?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr: route.listen, source })?;
+        let acceptor = match &route.tls {
+            Some(listener_tls) => Some(TlsAcceptor::from(
+                tls::server_config(listener_tls).map_err(|e| ServeError::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let dispatch = generation
+            .listeners
+            .get(&route.listen)
+            .cloned()
+            .ok_or_else(|| ServeError::Config(format!("no routes for {}", route.listen)))?;
+        let slot = Arc::new(ArcSwap::new(dispatch));
+        dispatchers.insert(route.listen, slot.clone());
+        info!(listen = %local, tls = acceptor.is_some(), "proxy listening");
+        tasks.spawn(accept_loop(listener, acceptor, slot, shared.clone(), shutdown_rx.clone()));
+        bound.insert(route.listen, local);
+        route_addrs.push(local);
+    }
+
+    let mut forward_proxy_addr = None;
+    let mut forward_dispatch = None;
+    if let (Some(forward_config), Some(dispatch)) = (&config.forward_proxy, &generation.forward) {
+        let listener = bind(forward_config.listen).await?;
+        let local = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: forward_config.listen,
+            source,
+        })?;
+        let slot = Arc::new(ArcSwap::new(dispatch.clone()));
+        info!(listen = %local, "forward proxy listening");
+        tasks.spawn(accept_loop(listener, None, slot.clone(), shared.clone(), shutdown_rx.clone()));
+        forward_proxy_addr = Some(local);
+        forward_dispatch = Some(slot);
+    }
+
+    let mut admin_addr = None;
+    if let Some(admin_config) = &config.admin {
+        let listener = bind(admin_config.listen).await?;
+        let local = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: admin_config.listen,
+            source,
+        })?;
+        info!(listen = %local, "admin listening");
+        let state = admin::AdminState {
+            metrics: shared.metrics.clone(),
+            credentials: CredentialsView(shared.clone()),
+        };
+        tasks.spawn(admin::serve(listener, state, shutdown_rx.clone()));
+        admin_addr = Some(local);
+    }
+
+    Ok(Handle {
+        route_addrs,
+        admin_addr,
+        forward_proxy_addr,
+        listen_plan: listen_plan(&config),
+        dispatchers,
+        forward_dispatch,
+        shared,
+        shutdown,
+        tasks,
+        grace: config.shutdown_grace,
+    })
+}
+
+/// The admin endpoint's view of the current credentials (follows reloads).
+#[derive(Clone)]
+pub struct CredentialsView(Arc<Shared>);
+
+impl CredentialsView {
+    /// The credentials in service now.
+    pub fn current(&self) -> Arc<Credentials> {
+        self.0.credentials.load_full()
+    }
+}
+
+impl std::fmt::Debug for CredentialsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialsView")
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    dispatch: Arc<ArcSwap<Dispatch>>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and similar: back off briefly, keep serving.
+                        warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let watcher = graceful.watcher();
+                let dispatch = dispatch.clone();
+                let shared = shared.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, acceptor, dispatch, shared, watcher).await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    dispatch: Arc<ArcSwap<Dispatch>>,
+    shared: Arc<Shared>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let service = service_fn(move |request| {
+        let dispatch = dispatch.load_full();
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle_request(&dispatch, request, &shared.metrics).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    let result = match acceptor {
+        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls_stream) => {
+                watcher
+                    .watch(builder.serve_connection(TokioIo::new(tls_stream), service))
+                    .await
+            }
+            Err(err) => {
+                debug!(%peer, error = %err, "TLS handshake with the app failed");
+                return;
+            }
+        },
+    };
+    if let Err(err) = result {
+        debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// Route, forward and account for one request; never fails.
+async fn handle_request(
+    dispatch: &Dispatch,
+    request: Request<Incoming>,
+    metrics: &Metrics,
+) -> Response<ResponseBody> {
+    let started = tokio::time::Instant::now();
+    let (label, result) = match dispatch.find(&request) {
+        Ok(route) => (route.name.clone(), forward(route, request, metrics).await),
+        Err(err) => (no_route_label(), Err(err)),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            log_error(&label, &err);
+            err.to_response().map(http_body_util::Either::Right)
+        }
+    };
+    metrics.record_request(&label, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+fn no_route_label() -> Arc<str> {
+    static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| Arc::from("none")).clone()
+}
+
+fn log_error(route: &str, err: &ProxyError) {
+    match err {
+        ProxyError::CredentialUnavailable(_) => error!(route, code = err.code(), "{err}"),
+        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+            // Already logged where the upstream failed.
+        }
+        _ => debug!(route, code = err.code(), "{err}"),
+    }
 }

@@ -80,8 +80,9 @@ pub fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Client config for upstreams and token endpoints: ALPN `h2` then
-/// `http/1.1`, with a client certificate when `upstream_tls` names one.
+/// Client config for upstreams and token endpoints, with a client
+/// certificate when `upstream_tls` names one. ALPN is left empty: the
+/// hyper-rustls connector sets it from the HTTP versions it enables.
 pub fn client_config(
     roots: &RootCertStore,
     upstream_tls: Option<&UpstreamTls>,
@@ -89,7 +90,7 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots.clone());
-    let mut config = match upstream_tls {
+    let config = match upstream_tls {
         Some(UpstreamTls {
             client_cert: Some(cert),
             client_key: Some(key),
@@ -97,7 +98,6 @@ pub fn client_config(
         }) => builder.with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)?,
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -1,0 +1,149 @@
+//! Forwarding one request to its route's upstream, and the one retry.
+//!
+//! The request body streams through untouched unless its length is known and
+//! at most [`RETRY_BODY_LIMIT`]: then it is kept, so that when the upstream
+//! answers with a status in the credential's `renew_on_status`, the proxy
+//! reports the token as rejected (one renewal per token, shared by all
+//! requests that saw it), waits for the new token and sends the request once
+//! more. A streamed request's rejection is passed on; the next request gets
+//! the new token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Incoming};
+use tracing::{debug, warn};
+
+use super::headers::{inject, prepare_request, remove_hop_by_hop};
+use super::{ResponseBody, Route};
+use crate::credential::Published;
+use crate::error::{ProxyError, error_chain};
+use crate::metrics::Metrics;
+
+/// Largest request body kept in memory for a retry (64 KiB).
+pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Longest wait for a renewed token before passing a rejection on.
+const RENEWAL_WAIT: Duration = Duration::from_secs(10);
+
+/// What is kept of a request so it can be sent a second time.
+struct Kept {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Send `request` through `route`, returning the upstream's response (or
+/// sidekey's own error).
+pub async fn forward(
+    route: &Arc<Route>,
+    request: Request<Incoming>,
+    metrics: &Metrics,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let published = route.credential.current()?;
+    let (mut parts, body) = request.into_parts();
+    parts.uri = route.upstream_uri(&parts.uri, &published)?;
+    prepare_request(
+        &mut parts.headers,
+        route.credential.strip_names(),
+        &route.headers,
+        &published.headers,
+    );
+    // The app speaks HTTP/1.x to us; the client picks HTTP/1.1 or HTTP/2 upstream.
+    parts.version = Version::HTTP_11;
+
+    let keep = matches!(body.size_hint().exact(), Some(len) if len <= RETRY_BODY_LIMIT);
+    if !keep {
+        let response = send(route, Request::from_parts(parts, Either::Left(body)), metrics).await?;
+        if route.credential.renews_on(response.status()) {
+            route.credential.report_rejected(published.generation);
+        }
+        return Ok(finish(response));
+    }
+
+    let body = Limited::new(body, RETRY_BODY_LIMIT as usize)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("request body could not be read: {e}")))?
+        .to_bytes();
+    let kept = Kept {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
+    let first = send(route, Request::from_parts(parts, Either::Right(Full::new(body))), metrics).await?;
+    if !route.credential.renews_on(first.status()) {
+        return Ok(finish(first));
+    }
+    route.credential.report_rejected(published.generation);
+    let renewed = match route
+        .credential
+        .wait_for_newer(published.generation, RENEWAL_WAIT.min(route.request_timeout))
+        .await
+    {
+        Ok(renewed) if renewed.generation > published.generation => renewed,
+        _ => {
+            debug!(route = %route.name, status = first.status().as_u16(), "token rejected; no newer token to retry with");
+            return Ok(finish(first));
+        }
+    };
+    debug!(route = %route.name, status = first.status().as_u16(), "token rejected; retrying once with the renewed token");
+    drop(first);
+    let retry = rebuild(kept, route, &renewed);
+    Ok(finish(send(route, retry, metrics).await?))
+}
+
+/// The kept request with the renewed credential headers.
+fn rebuild(kept: Kept, route: &Route, renewed: &Published) -> Request<super::UpstreamBody> {
+    let mut request = Request::new(Either::Right(Full::new(kept.body)));
+    *request.method_mut() = kept.method;
+    *request.uri_mut() = kept.uri;
+    *request.version_mut() = kept.version;
+    *request.headers_mut() = kept.headers;
+    inject(request.headers_mut(), &route.headers, &renewed.headers);
+    request
+}
+
+/// One exchange with the upstream, bounded by the route's `request_timeout`.
+async fn send(
+    route: &Route,
+    request: Request<super::UpstreamBody>,
+    metrics: &Metrics,
+) -> Result<Response<Incoming>, ProxyError> {
+    let upstream = || route.describe_target();
+    match tokio::time::timeout(route.request_timeout, route.client.request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(err)) => {
+            let kind = if err.is_connect() { "connect" } else { "other" };
+            metrics.record_upstream_error(&route.name, kind);
+            let reason = error_chain(&err);
+            warn!(route = %route.name, kind, error = %reason, "upstream request failed");
+            Err(ProxyError::UpstreamUnreachable {
+                upstream: upstream(),
+                reason,
+            })
+        }
+        Err(_) => {
+            metrics.record_upstream_error(&route.name, "timeout");
+            warn!(route = %route.name, timeout = ?route.request_timeout, "upstream timed out");
+            Err(ProxyError::UpstreamTimeout {
+                upstream: upstream(),
+                timeout: route.request_timeout,
+            })
+        }
+    }
+}
+
+/// The upstream's response for the app: hop-by-hop headers removed, body streamed.
+fn finish(response: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
+}

@@ -1,0 +1,201 @@
+//! A route at run time: which requests it takes (`path_prefix`), where they
+//! go (fixed upstream, Inbenta `apis` entry, or the forward-proxy host), and
+//! how the upstream URI is joined from the base path and the request path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Uri};
+
+use super::client::UpstreamClient;
+use crate::credential::{CredentialHandle, Published};
+use crate::error::ProxyError;
+
+/// Scheme, authority and base path of an upstream.
+#[derive(Clone, Debug)]
+pub struct Base {
+    scheme: Scheme,
+    authority: Authority,
+    /// Base path without trailing `/`; empty for the root.
+    path: String,
+}
+
+impl Base {
+    /// Split an absolute URI into scheme, authority and base path.
+    pub fn from_uri(uri: &Uri) -> Option<Base> {
+        let path = uri.path().trim_end_matches('/').to_owned();
+        Some(Base {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+            path,
+        })
+    }
+
+    /// `scheme://authority`, for messages.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Where a route's requests go.
+#[derive(Debug)]
+pub enum Target {
+    /// `upstream = "https://…"`.
+    Fixed(Base),
+    /// `inbenta_api = "NAME"`: the base URL from the token's `apis` map.
+    InbentaApi(String),
+    /// Forward proxy: `https://` + the request's own authority.
+    RequestHost,
+}
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// Label for metrics and logs.
+    pub name: Arc<str>,
+    prefix: String,
+    strip_prefix: bool,
+    target: Target,
+    /// The credential whose headers every request carries.
+    pub credential: Arc<CredentialHandle>,
+    /// The route's static `headers`.
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
+    /// Pooled HTTPS client to the upstream.
+    pub client: UpstreamClient,
+    /// Time allowed until the upstream's response head.
+    pub request_timeout: Duration,
+}
+
+/// The parts of a route that are not the path rules.
+#[derive(Debug)]
+pub struct RouteParts {
+    /// Label for metrics and logs.
+    pub name: Arc<str>,
+    /// The credential.
+    pub credential: Arc<CredentialHandle>,
+    /// Static headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Pooled client.
+    pub client: UpstreamClient,
+    /// `request_timeout`.
+    pub request_timeout: Duration,
+}
+
+impl Route {
+    /// A route taking `prefix` (normalised: starts with `/`, no trailing `/`
+    /// except the root) to `target`.
+    pub fn new(prefix: &str, strip_prefix: bool, target: Target, parts: RouteParts) -> Self {
+        let prefix = match prefix.trim_end_matches('/') {
+            "" => "/".to_owned(),
+            trimmed => trimmed.to_owned(),
+        };
+        Route {
+            name: parts.name,
+            prefix,
+            strip_prefix,
+            target,
+            credential: parts.credential,
+            headers: parts.headers.into_boxed_slice(),
+            client: parts.client,
+            request_timeout: parts.request_timeout,
+        }
+    }
+
+    /// The normalised `path_prefix`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether `path` falls under this route's prefix (`/chatbot` takes
+    /// `/chatbot` and `/chatbot/…`, not `/chatbots`).
+    pub fn matches(&self, path: &str) -> bool {
+        if self.prefix == "/" {
+            return true;
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// The upstream URI for a request to `uri`, with `published` supplying
+    /// Inbenta's `apis` map.
+    pub fn upstream_uri(&self, uri: &Uri, published: &Published) -> Result<Uri, ProxyError> {
+        let owned_base;
+        let base = match &self.target {
+            Target::Fixed(base) => base,
+            Target::InbentaApi(api) => {
+                let api_uri = published
+                    .apis
+                    .as_ref()
+                    .and_then(|apis| apis.get(api))
+                    .ok_or_else(|| {
+                        ProxyError::CredentialUnavailable(crate::credential::Unavailable {
+                            credential: Arc::from(self.credential.name()),
+                            reason: format!("the auth response has no `{api}` entry in `apis`"),
+                        })
+                    })?;
+                owned_base = Base::from_uri(api_uri).ok_or_else(|| {
+                    ProxyError::BadRequest(format!("`apis.{api}` is not an absolute URL"))
+                })?;
+                &owned_base
+            }
+            Target::RequestHost => {
+                let authority = uri.authority().cloned().ok_or_else(|| {
+                    ProxyError::BadRequest("forward proxy request has no host".to_owned())
+                })?;
+                owned_base = Base {
+                    scheme: Scheme::HTTPS,
+                    authority,
+                    path: String::new(),
+                };
+                &owned_base
+            }
+        };
+        let path_and_query = self.join_path(base, uri)?;
+        Uri::builder()
+            .scheme(base.scheme.clone())
+            .authority(base.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))
+    }
+
+    /// Base path + (request path, minus the prefix when `strip_prefix`) + query.
+    fn join_path(&self, base: &Base, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+        let path = uri.path();
+        let rest = if self.strip_prefix && self.prefix != "/" {
+            path.get(self.prefix.len()..).unwrap_or_default()
+        } else {
+            path
+        };
+        if base.path.is_empty() && rest.len() == path.len() {
+            // Nothing to rewrite: reuse the request's own path and query.
+            if let Some(pq) = uri.path_and_query() {
+                return Ok(pq.clone());
+            }
+        }
+        let mut joined = String::with_capacity(base.path.len() + rest.len() + 1);
+        joined.push_str(&base.path);
+        joined.push_str(rest);
+        if joined.is_empty() {
+            joined.push('/');
+        }
+        if let Some(query) = uri.query() {
+            joined.push('?');
+            joined.push_str(query);
+        }
+        PathAndQuery::try_from(joined)
+            .map_err(|e| ProxyError::BadRequest(format!("invalid request path: {e}")))
+    }
+
+    /// `scheme://authority` of a fixed upstream, or a description of the target.
+    pub fn describe_target(&self) -> String {
+        match &self.target {
+            Target::Fixed(base) => base.origin(),
+            Target::InbentaApi(api) => format!("inbenta api `{api}`"),
+            Target::RequestHost => "forward-proxy host".to_owned(),
+        }
+    }
+}
