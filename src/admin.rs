@@ -116,10 +116,10 @@ fn refresh_expiry_gauges(state: &AdminState) {
         let seconds = match handle.status() {
             CredentialStatus::Ready {
                 expires_in: Some(left),
-            } => left.as_secs_f64(),
-            // A token without expiry: report +Inf so alerts on "< N seconds" stay quiet.
-            CredentialStatus::Ready { expires_in: None } => f64::INFINITY,
-            CredentialStatus::Unavailable { .. } => 0.0,
+            } => Some(left.as_secs_f64()),
+            // A token without expiry has no series.
+            CredentialStatus::Ready { expires_in: None } => None,
+            CredentialStatus::Unavailable { .. } => Some(0.0),
         };
         state.metrics.set_token_expires_in(&Arc::from(name), seconds);
     }

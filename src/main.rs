@@ -118,10 +118,11 @@ async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
 async fn run(path: &Path) -> Result<(), String> {
     let config = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
+    let mut signals = signals::Signals::install();
     let mut handle = sidekey::server::serve(config).await.map_err(|e| e.to_string())?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     loop {
-        match signals::next().await {
+        match signals.next().await {
             signals::Signal::Stop => break,
             signals::Signal::Reload => match load_checked(path) {
                 Ok(new_config) => {
@@ -139,30 +140,61 @@ async fn run(path: &Path) -> Result<(), String> {
 }
 
 mod signals {
-    //! SIGTERM/SIGINT stop, SIGHUP reloads.
+    //! SIGTERM/SIGINT stop, SIGHUP reloads. Handlers are installed once, before
+    //! the first wait, so no signal between two waits is lost.
 
     pub enum Signal {
         Stop,
         Reload,
     }
 
-    #[cfg(unix)]
-    pub async fn next() -> Signal {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return Signal::Stop;
-        };
-        tokio::select! {
-            _ = term.recv() => Signal::Stop,
-            _ = tokio::signal::ctrl_c() => Signal::Stop,
-            _ = hup.recv() => Signal::Reload,
-        }
+    pub struct Signals {
+        #[cfg(unix)]
+        term: Option<tokio::signal::unix::Signal>,
+        #[cfg(unix)]
+        hup: Option<tokio::signal::unix::Signal>,
     }
 
-    #[cfg(not(unix))]
-    pub async fn next() -> Signal {
-        let _ = tokio::signal::ctrl_c().await;
-        Signal::Stop
+    impl Signals {
+        pub fn install() -> Self {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                Signals {
+                    term: signal(SignalKind::terminate()).ok(),
+                    hup: signal(SignalKind::hangup()).ok(),
+                }
+            }
+            #[cfg(not(unix))]
+            Signals {}
+        }
+
+        pub async fn next(&mut self) -> Signal {
+            #[cfg(unix)]
+            {
+                let term = async {
+                    match self.term.as_mut() {
+                        Some(term) => term.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let hup = async {
+                    match self.hup.as_mut() {
+                        Some(hup) => hup.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = term => Signal::Stop,
+                    _ = tokio::signal::ctrl_c() => Signal::Stop,
+                    _ = hup => Signal::Reload,
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+                Signal::Stop
+            }
+        }
     }
 }

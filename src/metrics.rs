@@ -5,7 +5,8 @@
 //! - `requests_total{route,status}` — responses sent to the app
 //! - `request_duration_seconds{route}` — histogram, request start to response head
 //! - `token_refresh_total{credential,outcome}` — outcome `success` | `failure`
-//! - `token_expires_in_seconds{credential}` — refreshed on every scrape
+//! - `token_expires_in_seconds{credential}` — refreshed on every scrape; absent
+//!   for tokens that never expire
 //! - `upstream_errors_total{route,kind}` — kind `connect` | `timeout` | `other`
 //!
 //! Label values are route and credential names from the configuration, never
@@ -161,13 +162,20 @@ impl Metrics {
             .inc();
     }
 
-    /// Set the seconds left on a credential's token (called at scrape time).
-    pub fn set_token_expires_in(&self, credential: &Arc<str>, seconds: f64) {
-        self.expires_in
-            .get_or_create(&CredentialLabel {
-                credential: credential.clone(),
-            })
-            .set(seconds);
+    /// Set the seconds left on a credential's token (called at scrape time);
+    /// `None` (a token without expiry) removes the series.
+    pub fn set_token_expires_in(&self, credential: &Arc<str>, seconds: Option<f64>) {
+        let label = CredentialLabel {
+            credential: credential.clone(),
+        };
+        match seconds {
+            Some(seconds) => {
+                self.expires_in.get_or_create(&label).set(seconds);
+            }
+            None => {
+                self.expires_in.remove(&label);
+            }
+        }
     }
 
     /// The registry in Prometheus text format.

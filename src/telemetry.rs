@@ -2,6 +2,8 @@
 //! precedence over the configured level. Nothing logged anywhere in sidekey
 //! contains a token or a secret; request logging is at debug level only.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -14,6 +16,7 @@ pub fn init(log: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),

@@ -9,9 +9,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h, e.g. \"30s\")"))?;
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like \"750ms\", \"30s\", \"5m\" or \"24h\""))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration like \"750ms\", \"30s\", \"5m\" or \"24h\"")
+    })?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,

@@ -171,7 +171,9 @@ mod tests {
         assert_eq!(got.expose(), "abc");
         let missing = SecretRef::Env("NOPE".into()).resolve(&env).unwrap_err();
         assert_eq!(missing.to_string(), "environment variable NOPE is not set");
-        let lit = SecretRef::Literal(Secret::new("xyz")).resolve(&env).unwrap();
+        let lit = SecretRef::Literal(Secret::new("xyz"))
+            .resolve(&env)
+            .unwrap();
         assert_eq!(lit.expose(), "xyz");
     }
 
@@ -181,7 +183,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "s3cret\r\n").unwrap();
-        let got = SecretRef::File(path.clone()).resolve(&MapEnv::default()).unwrap();
+        let got = SecretRef::File(path.clone())
+            .resolve(&MapEnv::default())
+            .unwrap();
         assert_eq!(got.expose(), "s3cret");
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(

@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 /// Largest request body kept in memory for a retry (64 KiB).
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 
+/// Longest wait for the very first token of a credential.
+const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(2);
+
 /// Longest wait for a renewed token before passing a rejection on.
 const RENEWAL_WAIT: Duration = Duration::from_secs(10);
 
@@ -45,7 +48,18 @@ pub async fn forward(
     request: Request<Incoming>,
     metrics: &Metrics,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let published = route.credential.current()?;
+    let published = match route.credential.current() {
+        Ok(published) => published,
+        // Right after start the first token may be on its way: wait for it
+        // (bounded) instead of failing the app's first requests. Once any
+        // token has been published this returns at once.
+        Err(_) => {
+            route
+                .credential
+                .wait_for_newer(0, FIRST_TOKEN_WAIT.min(route.request_timeout))
+                .await?
+        }
+    };
     let (mut parts, body) = request.into_parts();
     parts.uri = route.upstream_uri(&parts.uri, &published)?;
     prepare_request(

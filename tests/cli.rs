@@ -1,0 +1,185 @@
+//! The `sidekey` binary: exit codes, `check` messages, `run` with signals,
+//! and the demo.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::proxy::TestClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidekey");
+
+fn sidekey(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("SIDEKEY_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sidekey")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+const GOOD: &str = r#"
+[credentials.legacy]
+type = "static"
+token = { env = "SIDEKEY_TEST_TOKEN" }
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = "https://api.example.test"
+credential = "legacy"
+"#;
+
+#[test]
+fn version_and_usage_errors() {
+    let out = sidekey(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    assert_eq!(sidekey(&[]).status.code(), Some(2));
+    assert_eq!(sidekey(&["run", "--bogus"]).status.code(), Some(2));
+    assert_eq!(sidekey(&["run"]).status.code(), Some(2), "run needs --config or SIDEKEY_CONFIG");
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "good.toml", GOOD);
+    let out = Command::new(BIN)
+        .args(["check", "--config", &path])
+        .env("SIDEKEY_TEST_TOKEN", "t0ken-value")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("t0ken-value"));
+}
+
+#[test]
+fn check_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = write(dir.path(), "unknown.toml", &GOOD.replace("credential = \"legacy\"", "credential = \"legacy\"\ncredentail = \"typo\""));
+    let out = sidekey(&["check", "--config", &unknown]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown.toml:10"), "{err}");
+    assert!(err.contains("credentail"), "{err}");
+
+    // The variable is not set for this process: the secret reference fails, by line and key.
+    let good = write(dir.path(), "good.toml", GOOD);
+    let out = sidekey(&["check", "--config", &good]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("good.toml:4"), "{err}");
+    assert!(err.contains("credentials.legacy.token"), "{err}");
+    assert!(err.contains("SIDEKEY_TEST_TOKEN"), "{err}");
+
+    let missing = sidekey(&["check", "--config", "/nonexistent/sidekey.toml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/sidekey.toml"));
+}
+
+/// Reads the child's JSON log lines on a thread and hands them over.
+fn log_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(value) = serde_json::from_str(&line) {
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(lines: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no log line `{message}`"));
+        if line["message"].as_str().is_some_and(|m| m.contains(message)) {
+            return line;
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}"
+    );
+    let path = write(dir.path(), "run.toml", &config);
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &path])
+        .env("SIDEKEY_TEST_TOKEN", "t0ken-value")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let admin = wait_for(&lines, "admin listening")["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = TestClient::new();
+    assert_eq!(client.get(&format!("http://{admin}/readyz")).await.status, 200);
+
+    // An invalid new configuration is refused and the old one keeps serving.
+    std::fs::write(&path, format!("{config}\nbogus_key = 1\n")).unwrap();
+    signal(&child, "HUP");
+    let refused = wait_for(&lines, "reload refused");
+    assert!(refused["message"].as_str().unwrap().contains("bogus_key"));
+    assert_eq!(client.get(&format!("http://{admin}/healthz")).await.status, 200);
+
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Nothing the process logged contained the token.
+    while let Ok(line) = lines.try_recv() {
+        assert!(!line.to_string().contains("t0ken-value"));
+    }
+}
+
+#[tokio::test]
+async fn demo_injects_a_rotating_token_the_app_never_sees() {
+    let demo = sidekey::demo::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("demo starts");
+    let client = TestClient::new();
+    let mut req = support::proxy::request(
+        http::Method::GET,
+        &format!("http://{}/hello?x=1", demo.proxy_addr()),
+        support::proxy::body_bytes(""),
+    );
+    req.headers_mut()
+        .insert("authorization", "Bearer app-should-not-leak".parse().unwrap());
+    let response = client.send(req).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = response.json();
+    assert_eq!(echo["path"], "/v1/hello");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["headers"]["authorization"], "Bearer demo-token-1");
+    assert_eq!(echo["headers"]["x-tenant"], "demo");
+    assert!(!response.text().contains("app-should-not-leak"));
+    assert_eq!(demo.tokens_issued.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

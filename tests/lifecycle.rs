@@ -1,0 +1,162 @@
+//! Admin endpoints, reload and graceful shutdown of an in-process proxy.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidekey::config::secret::MapEnv;
+use support::proxy::{TestClient, TestProxy, parse_config, start_proxy, toml_path};
+use support::tls::TestPki;
+use support::upstream::{Upstream, UpstreamOpts, closed_port};
+
+fn config(pki: &TestPki, upstream: &str, token_env: &str) -> String {
+    format!(
+        r#"
+shutdown_grace = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[tls]
+ca_file = {ca}
+
+[credentials.api]
+type = "static"
+token = {{ env = "{token_env}" }}
+
+[[routes]]
+name = "api"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+credential = "api"
+"#,
+        ca = toml_path(pki.ca_pem_path()),
+    )
+}
+
+fn env() -> MapEnv {
+    MapEnv::from([("TOKEN_A", "token-a"), ("TOKEN_B", "token-b")])
+}
+
+#[tokio::test]
+async fn healthz_readyz_and_metrics() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
+
+    let health = proxy.admin_get("/healthz").await;
+    assert_eq!(health.status, 200);
+    let ready = proxy.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["ready"], true);
+
+    assert_eq!(proxy.get("/a").await.status, 200);
+    assert_eq!(proxy.get("/b").await.status, 200);
+    let metrics = proxy.admin_get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    assert!(
+        text.contains(r#"sidekey_requests_total{route="api",status="200"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"sidekey_request_duration_seconds_count{route="api"} 2"#), "{text}");
+    assert!(
+        !text.contains(r#"sidekey_token_expires_in_seconds{credential="api"}"#),
+        "a static token never expires, so it has no expiry series: {text}"
+    );
+    assert!(
+        text.contains(r#"sidekey_token_refresh_total{credential="api",outcome="success"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains("token-a"), "metrics never show a token");
+
+    assert_eq!(proxy.admin_get("/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn readyz_lists_credentials_without_a_token_and_why() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[tls]
+ca_file = {ca}
+
+[credentials.pliant]
+type = "oauth2"
+token_url = "http://{token}/oauth/token"
+client_id = "id"
+client_secret = "very-secret-value"
+allow_insecure_http = true
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+credential = "pliant"
+"#,
+        ca = toml_path(pki.ca_pem_path()),
+        token = closed_port(),
+        upstream = upstream.url(),
+    );
+    let proxy = start_proxy(&text, MapEnv::default()).await;
+    let ready = proxy.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    let body = ready.json();
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["credentials"][0]["name"], "pliant");
+    assert!(body["credentials"][0]["reason"].as_str().unwrap().len() > 5);
+    assert!(!ready.text().contains("very-secret-value"));
+    let metrics = proxy.admin_get("/metrics").await.text();
+    assert!(metrics.contains(r#"sidekey_token_expires_in_seconds{credential="pliant"} 0"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let mut proxy = start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
+    let addr = proxy.route_addr(0);
+    assert_eq!(proxy.get("/1").await.status, 200);
+    assert_eq!(upstream.last_request().unwrap().header("authorization"), Some("Bearer token-a"));
+
+    let new_config = parse_config(&config(&pki, &upstream.url(), "TOKEN_B"), env()).unwrap();
+    proxy
+        .handle
+        .reload(new_config, Duration::from_secs(5))
+        .await
+        .expect("reload accepted");
+    assert_eq!(proxy.route_addr(0), addr);
+    assert_eq!(proxy.get("/2").await.status, 200);
+    assert_eq!(upstream.last_request().unwrap().header("authorization"), Some("Bearer token-b"));
+
+    // A configuration whose secrets do not resolve is refused; the old one keeps serving.
+    let broken = parse_config(&config(&pki, &upstream.url(), "TOKEN_MISSING"), env()).unwrap();
+    assert!(proxy.handle.reload(broken, Duration::from_secs(1)).await.is_err());
+    assert_eq!(proxy.get("/3").await.status, 200);
+    assert_eq!(upstream.last_request().unwrap().header("authorization"), Some("Bearer token-b"));
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_then_stops_listening() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).delay(Duration::from_millis(400))).await;
+    let TestProxy { handle, .. } = start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
+    let addr = handle.route_addr(0).unwrap();
+    let client = TestClient::new();
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(&format!("http://{addr}/slow")).await }
+    });
+    upstream.wait_for_requests(1).await;
+    handle.shutdown().await;
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status, 200, "the in-flight request completed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}
