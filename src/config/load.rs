@@ -1,12 +1,23 @@
 //! Reading a TOML file into [`Config`]: unknown keys are errors, and every
 //! error names the file, the line and the key.
+//!
+//! [`parse`] checks TOML syntax, then deserializes into the raw structs of
+//! `raw` (which deny unknown keys and keep spans), then `validate` applies
+//! defaults and the rules of DESIGN.md. Secret references and TLS files are
+//! only read by [`Config::check_secrets`], which `check` and `run` call
+//! before binding anything.
 
-use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Config, EnvSource};
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::raw::RawConfig;
+use super::{Config, CredentialKind, EnvSource, InbentaKey, SecretRef};
 
 /// A configuration problem: file, line (when known), key path and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +26,8 @@ pub struct ConfigError {
     pub path: PathBuf,
     /// 1-based line of the offending key, when known.
     pub line: Option<usize>,
-    /// Dotted key path such as `routes[0].upstream` or `credentials.pliant.token_url`.
+    /// Dotted key path such as `routes[0].upstream` or `credentials.pliant.token_url`
+    /// (empty for a syntax error outside any key).
     pub key: String,
     /// What is wrong, never containing a secret value.
     pub message: String,
@@ -23,10 +35,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}: {}", self.path.display(), line, self.key, self.message),
-            None => write!(f, "{}: {}: {}", self.path.display(), self.key, self.message),
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
         }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
     }
 }
 
@@ -35,20 +51,1112 @@ impl std::error::Error for ConfigError {}
 /// Read and validate the file at `path`. Secret references are not resolved
 /// here (see [`Config::check_secrets`]).
 pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let _ = (path, env);
-    todo!("config helper")
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read the configuration file: {e}"),
+    })?;
+    parse(&text, path, env)
 }
 
 /// Validate `text` as if read from `path`.
 pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let _ = (text, path, env, BTreeMap::<(), ()>::new());
-    todo!("config helper")
+    let (table, errors) = DeTable::parse_recoverable(text);
+    if let Some(error) = errors.first() {
+        return Err(toml_error(text, path, &table, error));
+    }
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(table.clone()))
+        .map_err(|error| toml_error(text, path, &table, &error))?;
+    super::validate::build(raw, text, path, env)
 }
 
 impl Config {
     /// Resolve every secret reference once (env set, file readable, not
     /// empty) and read every TLS file, as `check` and `run` do before binding.
     pub fn check_secrets(&self) -> Result<(), ConfigError> {
-        todo!("config helper")
+        for (name, credential) in &self.credentials {
+            let base = format!("credentials.{}", key_segment(name));
+            let mut refs: Vec<(&str, &SecretRef)> = Vec::new();
+            match &credential.kind {
+                CredentialKind::Inbenta(inbenta) => {
+                    refs.push(("api_key", &inbenta.api_key));
+                    refs.push(match &inbenta.key {
+                        InbentaKey::Secret(secret) => ("secret", secret),
+                        InbentaKey::DomainKey(key) => ("domain_key", key),
+                    });
+                    if let Some(token) = &inbenta.oauth_token {
+                        refs.push(("oauth_token", token));
+                    }
+                }
+                CredentialKind::OAuth2(oauth2) => {
+                    refs.push(("client_id", &oauth2.client_id));
+                    refs.push(("client_secret", &oauth2.client_secret));
+                }
+                CredentialKind::Static(token) => refs.push(("token", &token.token)),
+            }
+            for (field, secret) in refs {
+                secret
+                    .resolve(self.env.as_ref())
+                    .map_err(|e| self.key_error(format!("{base}.{field}"), e))?;
+            }
+        }
+        let roots = crate::tls::root_store(&self.tls)
+            .map_err(|e| self.key_error("tls.ca_file".into(), e))?;
+        for (index, route) in self.routes.iter().enumerate() {
+            let base = format!("routes[{index}]");
+            if let Some(tls) = &route.tls {
+                crate::tls::load_certs(&tls.cert)
+                    .map_err(|e| self.key_error(format!("{base}.tls.cert"), e))?;
+                crate::tls::load_private_key(&tls.key)
+                    .map_err(|e| self.key_error(format!("{base}.tls.key"), e))?;
+                crate::tls::server_config(tls)
+                    .map_err(|e| self.key_error(format!("{base}.tls.cert"), e))?;
+            }
+            if let Some(upstream_tls) = &route.upstream_tls {
+                if let Some(cert) = &upstream_tls.client_cert {
+                    crate::tls::load_certs(cert).map_err(|e| {
+                        self.key_error(format!("{base}.upstream_tls.client_cert"), e)
+                    })?;
+                }
+                if let Some(key) = &upstream_tls.client_key {
+                    crate::tls::load_private_key(key).map_err(|e| {
+                        self.key_error(format!("{base}.upstream_tls.client_key"), e)
+                    })?;
+                }
+                crate::tls::client_config(&roots, Some(upstream_tls))
+                    .map_err(|e| self.key_error(format!("{base}.upstream_tls.client_cert"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An error about `key`, on the line recorded for it when parsing.
+    fn key_error(&self, key: String, error: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            line: self.key_lines.get(&key).copied(),
+            key,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// One segment of a dotted key path, quoted as TOML would when it is not a
+/// bare key (`"api.inbenta.io"`).
+pub(super) fn key_segment(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// A syntax or type error from `toml`, located by its span: the line of the
+/// span's start, and the dotted path of the innermost key or value around it.
+fn toml_error(
+    text: &str,
+    path: &Path,
+    table: &Spanned<DeTable<'_>>,
+    error: &toml::de::Error,
+) -> ConfigError {
+    let message = error
+        .message()
+        .trim()
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key")
+        .replace("invalid type: string", "invalid type: a string")
+        .replace("expected i64", "expected an integer");
+    let message = match message.find("expected struct Raw") {
+        Some(at) => format!("{}expected a table", &message[..at]),
+        None => message,
+    };
+    let Some(span) = error.span() else {
+        return ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message,
+        };
+    };
+    let mut found = Found::default();
+    find_key(table.get_ref(), span.start, "", 0, &mut found);
+    let mut key = found
+        .key
+        .or(found.value)
+        .map(|(_, key)| key)
+        .unwrap_or_default();
+    if key.is_empty() && message == "duplicate key" {
+        key = text.get(span.clone()).unwrap_or_default().to_owned();
+    }
+    // serde reports a missing key at the table that lacks it.
+    if let Some(missing) = message
+        .strip_prefix("missing key `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        key = if key.is_empty() {
+            missing.to_owned()
+        } else {
+            format!("{key}.{missing}")
+        };
+    }
+    ConfigError {
+        path: path.to_path_buf(),
+        line: Some(line_of(text, span.start)),
+        key,
+        message,
+    }
+}
+
+/// The deepest key, and the deepest value, whose span holds the offset of
+/// an error, as (depth, dotted path). A key wins: the header of
+/// `[[unknown]]` is both the key `unknown` and the span of its first table.
+#[derive(Default)]
+struct Found {
+    key: Option<(usize, String)>,
+    value: Option<(usize, String)>,
+}
+
+/// Depth-first search of every key and value for spans holding `offset`.
+fn find_key(table: &DeTable<'_>, offset: usize, prefix: &str, depth: usize, found: &mut Found) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key_segment(key.get_ref())
+        } else {
+            format!("{prefix}.{}", key_segment(key.get_ref()))
+        };
+        if holds(&key.span(), offset) {
+            consider(&mut found.key, depth, &path);
+        }
+        if holds(&value.span(), offset) {
+            consider(&mut found.value, depth, &path);
+        }
+        find_in_value(value.get_ref(), offset, &path, depth + 1, found);
+    }
+}
+
+fn find_in_value(value: &DeValue<'_>, offset: usize, path: &str, depth: usize, found: &mut Found) {
+    match value {
+        DeValue::Table(table) => find_key(table, offset, path, depth, found),
+        DeValue::Array(array) => {
+            for (index, item) in array.iter().enumerate() {
+                let path = format!("{path}[{index}]");
+                if holds(&item.span(), offset) {
+                    consider(&mut found.value, depth, &path);
+                }
+                find_in_value(item.get_ref(), offset, &path, depth + 1, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn holds(span: &Range<usize>, offset: usize) -> bool {
+    span.contains(&offset) || (span.is_empty() && span.start == offset)
+}
+
+fn consider(best: &mut Option<(usize, String)>, depth: usize, path: &str) {
+    if best.as_ref().is_none_or(|(d, _)| depth > *d) {
+        *best = Some((depth, path.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::StatusCode;
+
+    use super::*;
+    use crate::config::{
+        BodyFormat, ClientAuth, LogFormat, SecretRef, Upstream, duration::parse_duration,
+        secret::MapEnv,
+    };
+
+    const FILE: &str = "/etc/sidekey/sidekey.toml";
+
+    /// Lines 1–8: one static credential and one route using it.
+    const BASE: &str = r#"[credentials.a]
+type = "static"
+token = { env = "A_TOKEN" }
+
+[[routes]]
+listen = "127.0.0.1:8080"
+upstream = "https://api.example.com"
+credential = "a"
+"#;
+
+    fn env() -> Arc<dyn EnvSource> {
+        Arc::new(MapEnv::from([("A_TOKEN", "t0k3n")]))
+    }
+
+    fn ok(text: &str) -> Config {
+        match parse(text, Path::new(FILE), env()) {
+            Ok(config) => config,
+            Err(e) => panic!("expected a valid config, got {e}"),
+        }
+    }
+
+    fn err(text: &str) -> ConfigError {
+        match parse(text, Path::new(FILE), env()) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Assert the error's line and key, and that its message contains `part`.
+    #[track_caller]
+    fn assert_err(text: &str, line: usize, key: &str, part: &str) {
+        let e = err(text);
+        assert_eq!((e.line, e.key.as_str()), (Some(line), key), "{e}");
+        assert!(e.message.contains(part), "`{}` lacks `{part}`", e.message);
+        assert_eq!(e.path, Path::new(FILE));
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sidekey-load-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../config.example.toml");
+        let env = Arc::new(MapEnv::from([
+            ("INBENTA_API_KEY", "k"),
+            ("PLIANT_CLIENT_ID", "id"),
+            ("PLIANT_CLIENT_SECRET", "s"),
+        ]));
+        let config = parse(text, Path::new("config.example.toml"), env).unwrap();
+        assert_eq!(config.credentials.len(), 3);
+        assert_eq!(config.routes.len(), 3);
+        assert_eq!(config.admin.unwrap().listen.to_string(), "127.0.0.1:9901");
+        let inbenta = &config.credentials["inbenta"];
+        assert_eq!(
+            inbenta.renew_on_status,
+            [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]
+        );
+        let CredentialKind::OAuth2(pliant) = &config.credentials["pliant"].kind else {
+            panic!("pliant is oauth2");
+        };
+        assert_eq!(
+            pliant.audience.as_deref(),
+            Some("api.getpliant.com/api/integration")
+        );
+        assert_eq!(config.routes[0].name, "127.0.0.1:8080/");
+        assert!(config.forward_proxy.is_none());
+    }
+
+    #[test]
+    fn example_file_check_names_the_missing_secret_file() {
+        let text = include_str!("../../config.example.toml");
+        let env = Arc::new(MapEnv::from([
+            ("INBENTA_API_KEY", "k"),
+            ("PLIANT_CLIENT_ID", "id"),
+            ("PLIANT_CLIENT_SECRET", "s"),
+        ]));
+        let config = parse(text, Path::new("config.example.toml"), env).unwrap();
+        let e = config.check_secrets().unwrap_err();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("secret  ="))
+            .unwrap()
+            + 1;
+        assert_eq!(e.key, "credentials.inbenta.secret");
+        assert_eq!(e.line, Some(line));
+        assert!(e.message.contains("/var/run/secrets/inbenta/secret"), "{e}");
+    }
+
+    #[test]
+    fn defaults() {
+        let text = format!(
+            r#"{BASE}
+[credentials.i]
+type = "inbenta"
+api_key = {{ env = "K" }}
+secret = {{ env = "S" }}
+
+[credentials.o]
+type = "oauth2"
+token_url = "https://auth.example.com/oauth/token"
+client_id = {{ env = "ID" }}
+client_secret = {{ env = "SECRET" }}
+"#
+        );
+        let config = ok(&text);
+        assert_eq!(config.path, Path::new(FILE));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert!(config.admin.is_none());
+        assert_eq!(config.log.level, "info");
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert!(config.tls.ca_file.is_none());
+        assert!(config.forward_proxy.is_none());
+
+        let route = &config.routes[0];
+        assert_eq!(route.name, "127.0.0.1:8080/");
+        assert_eq!(route.path_prefix, "/");
+        assert!(!route.strip_prefix);
+        assert!(route.headers.is_empty());
+        assert_eq!(route.connect_timeout, Duration::from_secs(5));
+        assert_eq!(route.request_timeout, Duration::from_secs(60));
+        assert!(route.tls.is_none() && route.upstream_tls.is_none());
+        assert!(!route.allow_insecure_http && !route.allow_non_loopback);
+        let Upstream::Url(url) = &route.upstream else {
+            panic!("url upstream")
+        };
+        assert_eq!(url.to_string(), "https://api.example.com/");
+
+        let a = &config.credentials["a"];
+        assert_eq!(a.name, "a");
+        assert_eq!(a.renew_on_status, [StatusCode::UNAUTHORIZED]);
+        assert_eq!(a.timeout, Duration::from_secs(10));
+        assert_eq!(a.refresh_before, None);
+        assert!(!a.allow_insecure_http);
+        let CredentialKind::Static(s) = &a.kind else {
+            panic!("static")
+        };
+        assert_eq!(s.header, http::header::AUTHORIZATION);
+        assert_eq!(s.scheme, "Bearer");
+        assert_eq!(s.token, SecretRef::Env("A_TOKEN".into()));
+
+        let i = &config.credentials["i"];
+        assert_eq!(
+            i.renew_on_status,
+            [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]
+        );
+        let CredentialKind::Inbenta(inbenta) = &i.kind else {
+            panic!("inbenta")
+        };
+        assert_eq!(inbenta.auth_url.to_string(), "https://api.inbenta.io/v1");
+        assert!(matches!(&inbenta.key, InbentaKey::Secret(SecretRef::Env(n)) if n == "S"));
+        assert!(inbenta.origin.is_none() && inbenta.oauth_token.is_none());
+
+        let o = &config.credentials["o"];
+        assert_eq!(o.renew_on_status, [StatusCode::UNAUTHORIZED]);
+        let CredentialKind::OAuth2(oauth2) = &o.kind else {
+            panic!("oauth2")
+        };
+        assert_eq!(oauth2.client_auth, ClientAuth::Basic);
+        assert_eq!(oauth2.body, BodyFormat::Form);
+        assert_eq!(oauth2.default_ttl, Duration::from_secs(3600));
+        assert_eq!(oauth2.audience, None);
+        assert_eq!(oauth2.scope, None);
+        assert_eq!(
+            oauth2.token_url.to_string(),
+            "https://auth.example.com/oauth/token"
+        );
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = r#"shutdown_grace = "3s"
+[admin]
+listen = "0.0.0.0:9901"
+allow_non_loopback = true
+[log]
+level = "sidekey=debug"
+format = "json"
+[tls]
+ca_file = "ca.pem"
+
+[credentials.o]
+type = "oauth2"
+token_url = "http://127.0.0.1:1/token?x=1"
+client_id = { env = "ID" }
+client_secret = { file = "secrets/client" }
+audience = "aud"
+scope = "a b"
+client_auth = "post"
+body = "json"
+default_ttl = "90s"
+refresh_before = "30s"
+headers = { "X-Tenant" = "acme" }
+renew_on_status = [401, 419]
+allow_insecure_http = true
+timeout = "750ms"
+
+[credentials.i]
+type = "inbenta"
+api_key = { env = "K" }
+domain_key = { env = "D" }
+origin = "https://www.example.com"
+oauth_token = { file = "/run/oauth" }
+auth_url = "https://auth.example.com/v2/"
+
+[credentials.s]
+type = "static"
+token = { env = "T" }
+header = "X-Api-Key"
+scheme = ""
+
+[[routes]]
+name = "chat"
+listen = "[::1]:8080"
+inbenta_api = "chatbot"
+credential = "i"
+path_prefix = "/chatbot/"
+strip_prefix = true
+headers = { "x-extra" = "1" }
+connect_timeout = "1s"
+request_timeout = "2m"
+tls = { cert = "tls/server.crt", key = "/abs/server.key" }
+upstream_tls = { client_cert = "c.pem", client_key = "k.pem", server_name = "api.example.com" }
+
+[[routes]]
+listen = "10.0.0.1:0"
+allow_non_loopback = true
+upstream = "http://127.0.0.1:9000/base/"
+allow_insecure_http = true
+credential = "o"
+
+[forward_proxy]
+listen = "127.0.0.1:3128"
+hosts = { "API.inbenta.io" = "i" }
+connect_timeout = "4s"
+request_timeout = "5s"
+"#;
+        let config = ok(text);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3));
+        let admin = config.admin.as_ref().unwrap();
+        assert!(admin.allow_non_loopback);
+        assert_eq!(config.log.level, "sidekey=debug");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(
+            config.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/sidekey/ca.pem"))
+        );
+
+        let o = &config.credentials["o"];
+        let CredentialKind::OAuth2(oauth2) = &o.kind else {
+            panic!("oauth2")
+        };
+        assert_eq!(oauth2.token_url.to_string(), "http://127.0.0.1:1/token?x=1");
+        assert_eq!(
+            oauth2.client_secret,
+            SecretRef::File("/etc/sidekey/secrets/client".into())
+        );
+        assert_eq!(oauth2.audience.as_deref(), Some("aud"));
+        assert_eq!(oauth2.scope.as_deref(), Some("a b"));
+        assert_eq!(oauth2.client_auth, ClientAuth::Post);
+        assert_eq!(oauth2.body, BodyFormat::Json);
+        assert_eq!(oauth2.default_ttl, Duration::from_secs(90));
+        assert_eq!(o.refresh_before, Some(Duration::from_secs(30)));
+        assert_eq!(o.headers[0].0.as_str(), "x-tenant");
+        assert_eq!(o.headers[0].1, "acme");
+        assert_eq!(o.renew_on_status[1].as_u16(), 419);
+        assert!(o.allow_insecure_http);
+        assert_eq!(o.timeout, Duration::from_millis(750));
+
+        let CredentialKind::Inbenta(inbenta) = &config.credentials["i"].kind else {
+            panic!("inbenta")
+        };
+        assert!(matches!(&inbenta.key, InbentaKey::DomainKey(SecretRef::Env(n)) if n == "D"));
+        assert_eq!(inbenta.origin.as_ref().unwrap(), "https://www.example.com");
+        assert_eq!(
+            inbenta.oauth_token,
+            Some(SecretRef::File("/run/oauth".into()))
+        );
+        assert_eq!(inbenta.auth_url.to_string(), "https://auth.example.com/v2");
+
+        let CredentialKind::Static(s) = &config.credentials["s"].kind else {
+            panic!("static")
+        };
+        assert_eq!(s.header.as_str(), "x-api-key");
+        assert_eq!(s.scheme, "");
+
+        let chat = &config.routes[0];
+        assert_eq!(chat.name, "chat");
+        assert_eq!(chat.listen.to_string(), "[::1]:8080");
+        assert!(matches!(&chat.upstream, Upstream::InbentaApi(api) if api == "chatbot"));
+        assert_eq!(chat.path_prefix, "/chatbot");
+        assert!(chat.strip_prefix);
+        assert_eq!(chat.headers[0].0.as_str(), "x-extra");
+        assert_eq!(chat.connect_timeout, Duration::from_secs(1));
+        assert_eq!(chat.request_timeout, Duration::from_secs(120));
+        let tls = chat.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/sidekey/tls/server.crt"));
+        assert_eq!(tls.key, Path::new("/abs/server.key"));
+        let up = chat.upstream_tls.as_ref().unwrap();
+        assert_eq!(
+            up.client_cert.as_deref(),
+            Some(Path::new("/etc/sidekey/c.pem"))
+        );
+        assert_eq!(
+            up.client_key.as_deref(),
+            Some(Path::new("/etc/sidekey/k.pem"))
+        );
+        assert_eq!(up.server_name.as_deref(), Some("api.example.com"));
+
+        let plain = &config.routes[1];
+        assert_eq!(plain.name, "10.0.0.1:0/");
+        let Upstream::Url(url) = &plain.upstream else {
+            panic!("url")
+        };
+        assert_eq!(url.to_string(), "http://127.0.0.1:9000/base");
+
+        let proxy = config.forward_proxy.as_ref().unwrap();
+        assert_eq!(proxy.hosts["api.inbenta.io"], "i");
+        assert_eq!(proxy.connect_timeout, Duration::from_secs(4));
+        assert_eq!(proxy.request_timeout, Duration::from_secs(5));
+
+        assert_eq!(config.key_lines["credentials.o.client_secret"], 15);
+        assert_eq!(config.key_lines["routes[0].tls.cert"], 51);
+        assert_eq!(config.key_lines["tls.ca_file"], 9);
+    }
+
+    #[test]
+    fn unknown_keys_name_line_and_key() {
+        assert_err("[[route]]\nx = 1\n", 1, "route", "unknown key `route`");
+        assert_err(
+            "shutdown = \"1s\"\n",
+            1,
+            "shutdown",
+            "unknown key `shutdown`",
+        );
+        assert_err(
+            &format!("{BASE}bogus = 1\n"),
+            9,
+            "routes[0].bogus",
+            "unknown key `bogus`",
+        );
+        let in_credential = BASE.replace("type = \"static\"", "type = \"static\"\nsecrte = 1");
+        assert_err(
+            &in_credential,
+            3,
+            "credentials.a.secrte",
+            "unknown key `secrte`",
+        );
+        assert_err(
+            &format!("{BASE}tls = {{ cert = \"c\", key = \"k\", ca = \"x\" }}\n"),
+            9,
+            "routes[0].tls.ca",
+            "unknown key `ca`",
+        );
+        assert_err(
+            &format!("{BASE}[admin]\nlisten = \"127.0.0.1:1\"\nport = 2\n"),
+            11,
+            "admin.port",
+            "unknown key `port`",
+        );
+        let secret = BASE.replace("{ env = \"A_TOKEN\" }", "{ env = \"A\", vault = \"x\" }");
+        assert_err(
+            &secret,
+            3,
+            "credentials.a.token.vault",
+            "unknown key `vault`",
+        );
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_line_and_key() {
+        let e = err(&format!("{BASE}connect_timeout = \n"));
+        assert_eq!(e.line, Some(9), "{e}");
+        assert_err(
+            &BASE.replace("\"127.0.0.1:8080\"", "8080"),
+            6,
+            "routes[0].listen",
+            "invalid type",
+        );
+        assert_err(
+            &format!("{BASE}strip_prefix = \"yes\"\n"),
+            9,
+            "routes[0].strip_prefix",
+            "expected a boolean",
+        );
+        assert_err(
+            &format!("{BASE}[[routes]]\nlisten = \"127.0.0.1:8081\"\nupstream = \"https://x\"\n"),
+            9,
+            "routes[1].credential",
+            "missing key `credential`",
+        );
+        assert_err(
+            &format!("{BASE}tls = 5\n"),
+            9,
+            "routes[0].tls",
+            "expected a table",
+        );
+        let e = err("[log]\nlevel = \"info\"\nlevel = \"debug\"\n");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn keys_of_another_type_are_refused() {
+        let text = r#"[credentials.p]
+type = "oauth2"
+token_url = "https://a.example.com/token"
+client_id = { env = "ID" }
+client_secret = { env = "S" }
+secret = { env = "X" }
+"#;
+        assert_err(
+            text,
+            6,
+            "credentials.p.secret",
+            "key `secret` is not valid for type oauth2",
+        );
+        let text = BASE.replace(
+            "type = \"static\"",
+            "type = \"static\"\ntoken_url = \"https://x\"",
+        );
+        assert_err(
+            &text,
+            3,
+            "credentials.a.token_url",
+            "not valid for type static",
+        );
+        let text = BASE.replace("type = \"static\"", "type = \"jwt\"");
+        assert_err(
+            &text,
+            2,
+            "credentials.a.type",
+            "unknown credential type `jwt`",
+        );
+        let text = BASE.replace("token = { env = \"A_TOKEN\" }\n", "");
+        assert_err(&text, 1, "credentials.a.token", "missing key `token`");
+    }
+
+    #[test]
+    fn inbenta_needs_exactly_one_of_secret_and_domain_key() {
+        let both = r#"[credentials.i]
+type = "inbenta"
+api_key = { env = "K" }
+secret = { env = "S" }
+domain_key = { env = "D" }
+"#;
+        assert_err(both, 5, "credentials.i.domain_key", "not both");
+        let neither = "[credentials.i]\ntype = \"inbenta\"\napi_key = { env = \"K\" }\n";
+        assert_err(
+            neither,
+            1,
+            "credentials.i.secret",
+            "`secret` or `domain_key`",
+        );
+        let no_key = "[credentials.i]\ntype = \"inbenta\"\nsecret = { env = \"S\" }\n";
+        assert_err(no_key, 1, "credentials.i.api_key", "missing key `api_key`");
+    }
+
+    #[test]
+    fn secret_forms() {
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"tokens/a\" }");
+        let CredentialKind::Static(s) = &ok(&text).credentials["a"].kind else {
+            panic!()
+        };
+        assert_eq!(s.token, SecretRef::File("/etc/sidekey/tokens/a".into()));
+
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"/run/a\" }");
+        let CredentialKind::Static(s) = &ok(&text).credentials["a"].kind else {
+            panic!()
+        };
+        assert_eq!(s.token, SecretRef::File("/run/a".into()));
+
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "\"hunter2\"");
+        let config = ok(&text);
+        let CredentialKind::Static(s) = &config.credentials["a"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            s.token.resolve(&MapEnv::default()).unwrap().expose(),
+            "hunter2"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let both = BASE.replace("{ env = \"A_TOKEN\" }", "{ env = \"A\", file = \"/a\" }");
+        assert_err(
+            &both,
+            3,
+            "credentials.a.token",
+            "exactly one of `env` and `file`",
+        );
+        let empty = BASE.replace("{ env = \"A_TOKEN\" }", "{}");
+        assert_err(
+            &empty,
+            3,
+            "credentials.a.token",
+            "exactly one of `env` and `file`",
+        );
+        let number = BASE.replace("{ env = \"A_TOKEN\" }", "1234567");
+        let e = err(&number);
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
+        assert!(!e.to_string().contains("1234567"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = format!("{BASE}tls = {{ cert = \"server.crt\", key = \"../k.pem\" }}\n");
+        let config = parse(&text, Path::new("conf/sidekey.toml"), env()).unwrap();
+        let tls = config.routes[0].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("conf/server.crt"));
+        assert_eq!(tls.key, Path::new("conf/../k.pem"));
+        let config = parse(&text, Path::new("sidekey.toml"), env()).unwrap();
+        assert_eq!(
+            config.routes[0].tls.as_ref().unwrap().cert,
+            Path::new("server.crt")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let text = format!("shutdown_grace = \"750ms\"\n{BASE}request_timeout = \"5m\"\n");
+        let config = ok(&text);
+        assert_eq!(config.shutdown_grace, Duration::from_millis(750));
+        assert_eq!(config.routes[0].request_timeout, Duration::from_secs(300));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_err(
+            &format!("{BASE}connect_timeout = \"5\"\n"),
+            9,
+            "routes[0].connect_timeout",
+            "no unit",
+        );
+        assert_err(
+            &format!("{BASE}connect_timeout = \"0s\"\n"),
+            9,
+            "routes[0].connect_timeout",
+            "longer than zero",
+        );
+        assert_err(
+            "shutdown_grace = \"3w\"\n",
+            1,
+            "shutdown_grace",
+            "unknown unit",
+        );
+        assert_err(
+            &format!("{BASE}connect_timeout = 5\n"),
+            9,
+            "routes[0].connect_timeout",
+            "invalid type",
+        );
+        let text = BASE.replace(
+            "type = \"static\"",
+            "type = \"static\"\nrefresh_before = \"soon\"",
+        );
+        assert_err(&text, 3, "credentials.a.refresh_before", "not a duration");
+    }
+
+    #[test]
+    fn non_loopback_listeners_are_refused_unless_allowed() {
+        let open = BASE.replace("127.0.0.1:8080", "0.0.0.0:8080");
+        assert_err(&open, 6, "routes[0].listen", "allow_non_loopback = true");
+        let allowed = format!("{open}allow_non_loopback = true\n");
+        assert!(ok(&allowed).routes[0].allow_non_loopback);
+        assert_err(
+            &format!("{BASE}[admin]\nlisten = \"192.168.1.2:9901\"\n"),
+            10,
+            "admin.listen",
+            "[admin]",
+        );
+        assert_err(
+            &format!("{BASE}[forward_proxy]\nlisten = \"[::]:3128\"\n"),
+            10,
+            "forward_proxy.listen",
+            "[forward_proxy]",
+        );
+        assert_err(
+            &BASE.replace("127.0.0.1:8080", "localhost:8080"),
+            6,
+            "routes[0].listen",
+            "IP:PORT",
+        );
+        // Port 0 (tests) is fine.
+        assert_eq!(ok(&BASE.replace(":8080", ":0")).routes[0].listen.port(), 0);
+    }
+
+    #[test]
+    fn http_is_refused_unless_allowed() {
+        let http = BASE.replace("https://api.example.com", "http://127.0.0.1:9000");
+        assert_err(&http, 7, "routes[0].upstream", "allow_insecure_http = true");
+        assert!(ok(&format!("{http}allow_insecure_http = true\n")).routes[0].allow_insecure_http);
+
+        let oauth2 = |extra: &str| {
+            format!(
+                "[credentials.o]\ntype = \"oauth2\"\ntoken_url = \"http://127.0.0.1:1/t\"\n\
+                 client_id = \"i\"\nclient_secret = {{ env = \"S\" }}\n{extra}"
+            )
+        };
+        assert_err(
+            &oauth2(""),
+            3,
+            "credentials.o.token_url",
+            "allow_insecure_http",
+        );
+        ok(&oauth2("allow_insecure_http = true\n"));
+
+        let inbenta = "[credentials.i]\ntype = \"inbenta\"\napi_key = \"k\"\nsecret = \"s\"\n\
+                       auth_url = \"http://127.0.0.1:1/v1\"\n";
+        assert_err(inbenta, 5, "credentials.i.auth_url", "allow_insecure_http");
+        let ftp = BASE.replace("https://api.example.com", "ftp://api.example.com");
+        assert_err(&ftp, 7, "routes[0].upstream", "unsupported scheme");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let with = |url: &str| BASE.replace("https://api.example.com", url);
+        let config = ok(&with("https://api.example.com:8443/v1/"));
+        let Upstream::Url(url) = &config.routes[0].upstream else {
+            panic!()
+        };
+        assert_eq!(url.to_string(), "https://api.example.com:8443/v1");
+        assert_err(
+            &with("https://api.example.com/v1?x=1"),
+            7,
+            "routes[0].upstream",
+            "query",
+        );
+        assert_err(
+            &with("https://api.example.com/v1#top"),
+            7,
+            "routes[0].upstream",
+            "fragment",
+        );
+        assert_err(
+            &with("api.example.com"),
+            7,
+            "routes[0].upstream",
+            "absolute URL",
+        );
+        assert_err(&with("/v1"), 7, "routes[0].upstream", "absolute URL");
+        assert_err(
+            &with("https://user:pw@api.example.com"),
+            7,
+            "routes[0].upstream",
+            "user information",
+        );
+    }
+
+    #[test]
+    fn upstream_xor_inbenta_api() {
+        let inbenta = format!(
+            "{}[credentials.i]\ntype = \"inbenta\"\napi_key = \"k\"\nsecret = \"s\"\n",
+            BASE.replace("credential = \"a\"", "credential = \"i\"")
+        );
+        let both = inbenta.replace(
+            "upstream = \"https://api.example.com\"",
+            "upstream = \"https://x\"\ninbenta_api = \"chatbot\"",
+        );
+        assert_err(&both, 8, "routes[0].inbenta_api", "not both");
+        let neither = inbenta.replace("upstream = \"https://api.example.com\"\n", "");
+        assert_err(&neither, 5, "routes[0].upstream", "missing key `upstream`");
+        let api = BASE.replace(
+            "upstream = \"https://api.example.com\"",
+            "inbenta_api = \"chatbot\"",
+        );
+        assert_err(&api, 7, "routes[0].inbenta_api", "type inbenta");
+    }
+
+    #[test]
+    fn path_prefixes() {
+        let prefix = |p: &str| format!("{BASE}path_prefix = \"{p}\"\n");
+        assert_eq!(ok(&prefix("/a/b/")).routes[0].path_prefix, "/a/b");
+        assert_eq!(ok(&prefix("/a/b/")).routes[0].name, "127.0.0.1:8080/a/b");
+        assert_eq!(ok(&prefix("/")).routes[0].path_prefix, "/");
+        assert_eq!(ok(&prefix("//")).routes[0].path_prefix, "/");
+        assert_err(
+            &prefix("chatbot"),
+            9,
+            "routes[0].path_prefix",
+            "must start with `/`",
+        );
+        assert_err(
+            &prefix("/a?b"),
+            9,
+            "routes[0].path_prefix",
+            "not a URL path",
+        );
+    }
+
+    #[test]
+    fn routes_sharing_a_listener() {
+        let second = |extra: &str| {
+            format!(
+                "{BASE}path_prefix = \"/a\"\n\n[[routes]]\nlisten = \"127.0.0.1:8080\"\n\
+                 upstream = \"https://b.example.com\"\ncredential = \"a\"\n{extra}"
+            )
+        };
+        let config = ok(&second("path_prefix = \"/b\"\n"));
+        assert_eq!(config.routes[1].name, "127.0.0.1:8080/b");
+        assert_err(
+            &second("path_prefix = \"/a/\"\n"),
+            15,
+            "routes[1].path_prefix",
+            "routes[0] already serves",
+        );
+        // with an explicit path_prefix the error points there; default `/` points at listen
+        let dup = format!(
+            "{BASE}\n[[routes]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"https://b\"\ncredential = \"a\"\n"
+        );
+        assert_err(
+            &dup,
+            11,
+            "routes[1].listen",
+            "already serves path_prefix `/`",
+        );
+        let tls = second("path_prefix = \"/b\"\ntls = { cert = \"c\", key = \"k\" }\n");
+        assert_err(&tls, 16, "routes[1].tls", "differs from routes[0]");
+        let named = second("path_prefix = \"/b\"\nname = \"127.0.0.1:8080/a\"\n");
+        assert_err(&named, 16, "routes[1].name", "already used by routes[0]");
+    }
+
+    #[test]
+    fn references_must_exist() {
+        assert_err(
+            &BASE.replace("credential = \"a\"", "credential = \"b\""),
+            8,
+            "routes[0].credential",
+            "no credential named `b` (defined: a)",
+        );
+        let proxy = format!(
+            "{BASE}[forward_proxy]\nlisten = \"127.0.0.1:3128\"\nhosts = {{ \"api.example.com\" = \"zz\" }}\n"
+        );
+        assert_err(
+            &proxy,
+            11,
+            "forward_proxy.hosts.\"api.example.com\"",
+            "no credential named `zz`",
+        );
+        let clash = format!("{BASE}[admin]\nlisten = \"127.0.0.1:8080\"\n");
+        assert_err(&clash, 10, "admin.listen", "routes[0]");
+    }
+
+    #[test]
+    fn headers_and_statuses() {
+        let header = format!("{BASE}headers = {{ \"bad header\" = \"x\" }}\n");
+        assert_err(
+            &header,
+            9,
+            "routes[0].headers.\"bad header\"",
+            "not a valid header name",
+        );
+        let value = format!("{BASE}headers = {{ \"x-a\" = \"line\\nbreak\" }}\n");
+        assert_err(
+            &value,
+            9,
+            "routes[0].headers.x-a",
+            "not allowed in a header",
+        );
+        let status = BASE.replace(
+            "type = \"static\"",
+            "type = \"static\"\nrenew_on_status = [401, 700]",
+        );
+        assert_err(
+            &status,
+            3,
+            "credentials.a.renew_on_status",
+            "700 is not an HTTP status code",
+        );
+        let scheme = BASE.replace(
+            "type = \"static\"",
+            "type = \"static\"\nscheme = \"Bearer x\"",
+        );
+        assert_err(
+            &scheme,
+            3,
+            "credentials.a.scheme",
+            "not a valid authorization scheme",
+        );
+        let upstream_tls = format!("{BASE}upstream_tls = {{ client_cert = \"c.pem\" }}\n");
+        assert_err(
+            &upstream_tls,
+            9,
+            "routes[0].upstream_tls",
+            "both `client_cert` and `client_key`",
+        );
+        assert_err(
+            "[log]\nformat = \"xml\"\n",
+            2,
+            "log.format",
+            "unknown value `xml` (use \"text\" or \"json\")",
+        );
+        let body = "[credentials.o]\ntype = \"oauth2\"\ntoken_url = \"https://a/t\"\nclient_id = \"i\"\n\
+                    client_secret = \"s\"\nbody = \"xml\"\n";
+        assert_err(body, 6, "credentials.o.body", "unknown value `xml`");
+    }
+
+    #[test]
+    fn check_secrets_names_the_reference() {
+        let text = BASE.replace("A_TOKEN", "MISSING_TOKEN");
+        let e = ok(&text).check_secrets().unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
+        assert_eq!(e.message, "environment variable MISSING_TOKEN is not set");
+        assert_eq!(
+            e.to_string(),
+            format!("{FILE}:3: credentials.a.token: environment variable MISSING_TOKEN is not set")
+        );
+
+        let dir = temp_dir("check");
+        let config_path = dir.join("sidekey.toml");
+        std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"token\" }");
+        let config = parse(&text, &config_path, env()).unwrap();
+        config.check_secrets().unwrap();
+
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"nope\" }");
+        let e = parse(&text, &config_path, env())
+            .unwrap()
+            .check_secrets()
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
+        assert!(e.message.contains("nope"), "{e}");
+
+        let text = format!("{BASE}tls = {{ cert = \"missing.crt\", key = \"missing.key\" }}\n");
+        let e = parse(&text, &config_path, env())
+            .unwrap()
+            .check_secrets()
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(9), "routes[0].tls.cert"));
+
+        let text = format!("[tls]\nca_file = \"missing-ca.pem\"\n{BASE}");
+        let e = parse(&text, &config_path, env())
+            .unwrap()
+            .check_secrets()
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "tls.ca_file"));
+
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "\"t0k3n\"");
+        let e = parse(
+            &text.replace("8080", "0"),
+            &config_path,
+            Arc::new(MapEnv::default()),
+        );
+        assert!(e.unwrap().check_secrets().is_ok());
+    }
+
+    #[test]
+    fn load_reads_the_file_or_names_it() {
+        let dir = temp_dir("load");
+        let path = dir.join("sidekey.toml");
+        std::fs::write(&path, BASE).unwrap();
+        let config = load(&path, env()).unwrap();
+        assert_eq!(config.path, path);
+        let missing = dir.join("absent.toml");
+        let e = load(&missing, env()).unwrap_err();
+        assert_eq!(e.path, missing);
+        assert_eq!(e.line, None);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: cannot read", missing.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_segments_are_quoted_when_needed() {
+        assert_eq!(key_segment("pliant"), "pliant");
+        assert_eq!(key_segment("x-tenant_2"), "x-tenant_2");
+        assert_eq!(key_segment("api.inbenta.io"), "\"api.inbenta.io\"");
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
     }
 }

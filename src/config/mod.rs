@@ -2,12 +2,16 @@
 //!
 //! Owns: the config types every other module reads, loading and validation
 //! (errors name file, line and key), secret references and durations.
-//! Parsing lives in [`load`], secret references in [`secret`], durations in
-//! [`duration`]. `Debug` output of anything here never shows a secret.
+//! Parsing lives in [`load`](mod@load) (the file as written is described by
+//! the private `raw` structs and turned into these types by `validate`),
+//! secret references in [`secret`], durations in [`duration`]. `Debug`
+//! output of anything here never shows a secret.
 
 pub mod duration;
 pub mod load;
+mod raw;
 pub mod secret;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,6 +45,10 @@ pub struct Config {
     pub forward_proxy: Option<ForwardProxyConfig>,
     /// Where `{ env = … }` secret references are looked up.
     pub env: Arc<dyn EnvSource>,
+    /// The 1-based line of each secret reference, file path and listen
+    /// address, by dotted key (`credentials.pliant.client_id`,
+    /// `routes[0].tls.cert`), so later checks can name the line.
+    pub key_lines: Arc<BTreeMap<String, usize>>,
 }
 
 /// `[admin]`.
