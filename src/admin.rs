@@ -72,7 +72,11 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 /// The answer to one admin request.
 pub fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".to_owned());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".to_owned(),
+        );
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
@@ -85,7 +89,11 @@ pub fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full
                 state.metrics.encode(),
             )
         }
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     }
 }
 
@@ -121,7 +129,9 @@ fn refresh_expiry_gauges(state: &AdminState) {
             CredentialStatus::Ready { expires_in: None } => None,
             CredentialStatus::Unavailable { .. } => Some(0.0),
         };
-        state.metrics.set_token_expires_in(&Arc::from(name), seconds);
+        state
+            .metrics
+            .set_token_expires_in(&Arc::from(name), seconds);
     }
 }
 

@@ -68,7 +68,9 @@ pub struct Demo {
 impl Demo {
     /// Where the app (curl) points.
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy.route_addr(0).unwrap_or(([127, 0, 0, 1], 0).into())
+        self.proxy
+            .route_addr(0)
+            .unwrap_or(([127, 0, 0, 1], 0).into())
     }
 }
 
@@ -116,7 +118,10 @@ headers = {{ "x-route" = "demo" }}
     );
     let env = MapEnv(HashMap::from([
         ("DEMO_CLIENT_ID".to_owned(), DEMO_CLIENT_ID.to_owned()),
-        ("DEMO_CLIENT_SECRET".to_owned(), DEMO_CLIENT_SECRET.to_owned()),
+        (
+            "DEMO_CLIENT_SECRET".to_owned(),
+            DEMO_CLIENT_SECRET.to_owned(),
+        ),
     ]));
     let config = crate::config::parse(&toml, Path::new("<demo>"), Arc::new(env))
         .map_err(|e| DemoError::Config(e.to_string()))?;
@@ -149,7 +154,9 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
         .map(|a| a.to_string())
         .unwrap_or_default();
     println!();
-    println!("sidekey demo is running (tokens live {DEMO_TOKEN_TTL_SECS}s and rotate before they expire)");
+    println!(
+        "sidekey demo is running (tokens live {DEMO_TOKEN_TTL_SECS}s and rotate before they expire)"
+    );
     println!("  token server : http://{}/oauth/token", demo.token_server);
     println!("  echo upstream: http://{}/v1", demo.upstream);
     println!("  proxy        : http://{proxy}");
@@ -157,7 +164,9 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     println!("Try (the app sends no credentials; the echo shows what the upstream received):");
     println!("  curl -s http://{proxy}/hello -H 'authorization: Bearer app-should-not-leak'");
     println!("Readiness and metrics:");
-    println!("  curl -s http://{admin}/readyz; curl -s http://{admin}/metrics | grep sidekey_token");
+    println!(
+        "  curl -s http://{admin}/readyz; curl -s http://{admin}/metrics | grep sidekey_token"
+    );
     println!();
     println!("Ctrl-C stops.");
     let _ = tokio::signal::ctrl_c().await;
@@ -198,9 +207,15 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 /// RFC 6749 §4.4 token endpoint checking HTTP Basic client authentication.
-async fn token_endpoint(request: Request<Incoming>, issued: Arc<AtomicU64>) -> Response<Full<Bytes>> {
+async fn token_endpoint(
+    request: Request<Incoming>,
+    issued: Arc<AtomicU64>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::POST || request.uri().path() != "/oauth/token" {
-        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found"}));
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found"}),
+        );
     }
     let expected = format!(
         "Basic {}",
@@ -216,7 +231,12 @@ async fn token_endpoint(request: Request<Incoming>, issued: Arc<AtomicU64>) -> R
         .is_some_and(|value| value.as_bytes() == expected.as_bytes());
     let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "invalid_request"})),
+        Err(_) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_request"}),
+            );
+        }
     };
     let grant_ok = form_urlencoded::parse(&body)
         .any(|(key, value)| key == "grant_type" && value == "client_credentials");

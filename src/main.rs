@@ -13,7 +13,11 @@ use sidekey::config::{self, Config, ProcessEnv};
 use tracing::{error, info};
 
 #[derive(Debug, Parser)]
-#[command(name = "sidekey", version, about = "Sidecar proxy that injects authentication into outbound API calls")]
+#[command(
+    name = "sidekey",
+    version,
+    about = "Sidecar proxy that injects authentication into outbound API calls"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,7 +58,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -92,7 +99,11 @@ fn check(path: &Path) -> Result<(), String> {
         path.display(),
         config.credentials.len(),
         config.routes.len(),
-        if config.forward_proxy.is_some() { ", forward proxy" } else { "" }
+        if config.forward_proxy.is_some() {
+            ", forward proxy"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
@@ -119,7 +130,9 @@ async fn run(path: &Path) -> Result<(), String> {
     let config = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
     let mut signals = signals::Signals::install();
-    let mut handle = sidekey::server::serve(config).await.map_err(|e| e.to_string())?;
+    let mut handle = sidekey::server::serve(config)
+        .await
+        .map_err(|e| e.to_string())?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     loop {
         match signals.next().await {

@@ -156,7 +156,10 @@ impl Handle {
         })
         .await;
         if drained.is_err() {
-            warn!(?grace, "shutdown grace passed; closing remaining connections");
+            warn!(
+                ?grace,
+                "shutdown grace passed; closing remaining connections"
+            );
             self.tasks.abort_all();
         }
         info!("stopped");
@@ -178,7 +181,9 @@ async fn wait_until_ready(credentials: &Credentials, limit: Duration) {
 }
 
 /// Listen addresses with their TLS files, and the forward proxy: what a reload may not change.
-fn listen_plan(config: &Config) -> Vec<(SocketAddr, Option<(std::path::PathBuf, std::path::PathBuf)>)> {
+fn listen_plan(
+    config: &Config,
+) -> Vec<(SocketAddr, Option<(std::path::PathBuf, std::path::PathBuf)>)> {
     let mut plan: Vec<_> = config
         .routes
         .iter()
@@ -325,9 +330,10 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
             continue;
         }
         let listener = bind(route.listen).await?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind { addr: route.listen, source })?;
+        let local = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: route.listen,
+            source,
+        })?;
         let acceptor = match &route.tls {
             Some(listener_tls) => Some(TlsAcceptor::from(
                 tls::server_config(listener_tls).map_err(|e| ServeError::Config(e.to_string()))?,
@@ -342,7 +348,13 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
         let slot = Arc::new(ArcSwap::new(dispatch));
         dispatchers.insert(route.listen, slot.clone());
         info!(listen = %local, tls = acceptor.is_some(), "proxy listening");
-        tasks.spawn(accept_loop(listener, acceptor, slot, shared.clone(), shutdown_rx.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            acceptor,
+            slot,
+            shared.clone(),
+            shutdown_rx.clone(),
+        ));
         bound.insert(route.listen, local);
         route_addrs.push(local);
     }
@@ -357,7 +369,13 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
         })?;
         let slot = Arc::new(ArcSwap::new(dispatch.clone()));
         info!(listen = %local, "forward proxy listening");
-        tasks.spawn(accept_loop(listener, None, slot.clone(), shared.clone(), shutdown_rx.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            None,
+            slot.clone(),
+            shared.clone(),
+            shutdown_rx.clone(),
+        ));
         forward_proxy_addr = Some(local);
         forward_dispatch = Some(slot);
     }
@@ -464,7 +482,11 @@ async fn serve_connection(
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
     let result = match acceptor {
-        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+        None => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .await
+        }
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls_stream) => {
                 watcher
@@ -500,7 +522,11 @@ async fn handle_request(
             err.to_response().map(http_body_util::Either::Right)
         }
     };
-    metrics.record_request(&label, response.status().as_u16(), started.elapsed().as_secs_f64());
+    metrics.record_request(
+        &label,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 

@@ -106,7 +106,10 @@ pub fn server_config(listener: &ListenerTls) -> Result<Arc<ServerConfig>, TlsErr
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(load_certs(&listener.cert)?, load_private_key(&listener.key)?)?;
+        .with_single_cert(
+            load_certs(&listener.cert)?,
+            load_private_key(&listener.key)?,
+        )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -46,7 +46,11 @@ fn version_and_usage_errors() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     assert_eq!(sidekey(&[]).status.code(), Some(2));
     assert_eq!(sidekey(&["run", "--bogus"]).status.code(), Some(2));
-    assert_eq!(sidekey(&["run"]).status.code(), Some(2), "run needs --config or SIDEKEY_CONFIG");
+    assert_eq!(
+        sidekey(&["run"]).status.code(),
+        Some(2),
+        "run needs --config or SIDEKEY_CONFIG"
+    );
 }
 
 #[test]
@@ -58,14 +62,26 @@ fn check_accepts_a_good_config() {
         .env("SIDEKEY_TEST_TOKEN", "t0ken-value")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("t0ken-value"));
 }
 
 #[test]
 fn check_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let unknown = write(dir.path(), "unknown.toml", &GOOD.replace("credential = \"legacy\"", "credential = \"legacy\"\ncredentail = \"typo\""));
+    let unknown = write(
+        dir.path(),
+        "unknown.toml",
+        &GOOD.replace(
+            "credential = \"legacy\"",
+            "credential = \"legacy\"\ncredentail = \"typo\"",
+        ),
+    );
     let out = sidekey(&["check", "--config", &unknown]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -92,10 +108,10 @@ fn log_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str(&line) {
-                if tx.send(value).is_err() {
-                    return;
-                }
+            if let Ok(value) = serde_json::from_str(&line)
+                && tx.send(value).is_err()
+            {
+                return;
             }
         }
     });
@@ -107,7 +123,10 @@ fn wait_for(lines: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_j
         let line = lines
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("no log line `{message}`"));
-        if line["message"].as_str().is_some_and(|m| m.contains(message)) {
+        if line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(message))
+        {
             return line;
         }
     }
@@ -124,9 +143,7 @@ fn signal(child: &Child, name: &str) {
 #[tokio::test]
 async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}"
-    );
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}");
     let path = write(dir.path(), "run.toml", &config);
     let mut child = Command::new(BIN)
         .args(["run", "--config", &path])
@@ -142,17 +159,26 @@ async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
         .unwrap()
         .to_owned();
     let client = TestClient::new();
-    assert_eq!(client.get(&format!("http://{admin}/readyz")).await.status, 200);
+    assert_eq!(
+        client.get(&format!("http://{admin}/readyz")).await.status,
+        200
+    );
 
     // An invalid new configuration is refused and the old one keeps serving.
     std::fs::write(&path, format!("{config}\nbogus_key = 1\n")).unwrap();
     signal(&child, "HUP");
     let refused = wait_for(&lines, "reload refused");
     assert!(refused["message"].as_str().unwrap().contains("bogus_key"));
-    assert_eq!(client.get(&format!("http://{admin}/healthz")).await.status, 200);
+    assert_eq!(
+        client.get(&format!("http://{admin}/healthz")).await.status,
+        200
+    );
 
     signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     // Nothing the process logged contained the token.
     while let Ok(line) = lines.try_recv() {
@@ -171,8 +197,10 @@ async fn demo_injects_a_rotating_token_the_app_never_sees() {
         &format!("http://{}/hello?x=1", demo.proxy_addr()),
         support::proxy::body_bytes(""),
     );
-    req.headers_mut()
-        .insert("authorization", "Bearer app-should-not-leak".parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        "Bearer app-should-not-leak".parse().unwrap(),
+    );
     let response = client.send(req).await;
     assert_eq!(response.status, 200, "{}", response.text());
     let echo = response.json();
@@ -181,5 +209,9 @@ async fn demo_injects_a_rotating_token_the_app_never_sees() {
     assert_eq!(echo["headers"]["authorization"], "Bearer demo-token-1");
     assert_eq!(echo["headers"]["x-tenant"], "demo");
     assert!(!response.text().contains("app-should-not-leak"));
-    assert_eq!(demo.tokens_issued.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        demo.tokens_issued
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }

@@ -60,7 +60,10 @@ async fn healthz_readyz_and_metrics() {
         text.contains(r#"sidekey_requests_total{route="api",status="200"} 2"#),
         "{text}"
     );
-    assert!(text.contains(r#"sidekey_request_duration_seconds_count{route="api"} 2"#), "{text}");
+    assert!(
+        text.contains(r#"sidekey_request_duration_seconds_count{route="api"} 2"#),
+        "{text}"
+    );
     assert!(
         !text.contains(r#"sidekey_token_expires_in_seconds{credential="api"}"#),
         "a static token never expires, so it has no expiry series: {text}"
@@ -111,7 +114,10 @@ credential = "pliant"
     assert!(body["credentials"][0]["reason"].as_str().unwrap().len() > 5);
     assert!(!ready.text().contains("very-secret-value"));
     let metrics = proxy.admin_get("/metrics").await.text();
-    assert!(metrics.contains(r#"sidekey_token_expires_in_seconds{credential="pliant"} 0"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"sidekey_token_expires_in_seconds{credential="pliant"} 0"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -121,7 +127,10 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
     let mut proxy = start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
     let addr = proxy.route_addr(0);
     assert_eq!(proxy.get("/1").await.status, 200);
-    assert_eq!(upstream.last_request().unwrap().header("authorization"), Some("Bearer token-a"));
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some("Bearer token-a")
+    );
 
     let new_config = parse_config(&config(&pki, &upstream.url(), "TOKEN_B"), env()).unwrap();
     proxy
@@ -131,20 +140,33 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
         .expect("reload accepted");
     assert_eq!(proxy.route_addr(0), addr);
     assert_eq!(proxy.get("/2").await.status, 200);
-    assert_eq!(upstream.last_request().unwrap().header("authorization"), Some("Bearer token-b"));
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some("Bearer token-b")
+    );
 
     // A configuration whose secrets do not resolve is refused; the old one keeps serving.
     let broken = parse_config(&config(&pki, &upstream.url(), "TOKEN_MISSING"), env()).unwrap();
-    assert!(proxy.handle.reload(broken, Duration::from_secs(1)).await.is_err());
+    assert!(
+        proxy
+            .handle
+            .reload(broken, Duration::from_secs(1))
+            .await
+            .is_err()
+    );
     assert_eq!(proxy.get("/3").await.status, 200);
-    assert_eq!(upstream.last_request().unwrap().header("authorization"), Some("Bearer token-b"));
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some("Bearer token-b")
+    );
 }
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_then_stops_listening() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).delay(Duration::from_millis(400))).await;
-    let TestProxy { handle, .. } = start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
+    let TestProxy { handle, .. } =
+        start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
     let addr = handle.route_addr(0).unwrap();
     let client = TestClient::new();
     let in_flight = tokio::spawn({

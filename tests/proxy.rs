@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use http::{Method, Version};
 use sidekey::config::secret::MapEnv;
-use support::proxy::{TestClient, body_bytes, body_generated, request, start_proxy, toml_path, toml_str};
+use support::proxy::{
+    TestClient, body_bytes, body_generated, request, start_proxy, toml_path, toml_str,
+};
 use support::tls::TestPki;
 use support::upstream::{Reply, Upstream, UpstreamOpts, closed_port, generated_digest};
 
@@ -50,7 +52,11 @@ async fn injects_the_credential_and_replaces_what_the_app_sent() {
     )
     .await;
 
-    let mut req = request(Method::GET, &format!("{}/items?page=2", proxy.route_url(0)), body_bytes(""));
+    let mut req = request(
+        Method::GET,
+        &format!("{}/items?page=2", proxy.route_url(0)),
+        body_bytes(""),
+    );
     let headers = req.headers_mut();
     headers.append("authorization", "Bearer app-token".parse().unwrap());
     headers.append("authorization", "Basic YXBwOmFwcA==".parse().unwrap());
@@ -69,7 +75,11 @@ async fn injects_the_credential_and_replaces_what_the_app_sent() {
     assert_eq!(seen.header_all("x-tenant"), vec!["acme"]);
     assert_eq!(seen.header_all("x-route"), vec!["r1"]);
     assert_eq!(seen.header("accept"), Some("application/json"));
-    assert_eq!(seen.header("x-hop"), None, "headers named in Connection are hop-by-hop");
+    assert_eq!(
+        seen.header("x-hop"),
+        None,
+        "headers named in Connection are hop-by-hop"
+    );
     assert_eq!(seen.header("proxy-authorization"), None);
     assert_eq!(
         seen.header("host"),
@@ -110,7 +120,11 @@ credential = "api"
         search = search.url(),
     );
     let proxy = start_proxy(&config, env()).await;
-    assert_eq!(proxy.route_addr(0), proxy.route_addr(1), "one listener serves both routes");
+    assert_eq!(
+        proxy.route_addr(0),
+        proxy.route_addr(1),
+        "one listener serves both routes"
+    );
 
     let r = proxy.get("/chatbot/conversation/message?lang=en").await;
     assert_eq!(r.status, 200);
@@ -124,7 +138,10 @@ credential = "api"
 
     let r = proxy.get("/search/q?x=%20y").await;
     assert_eq!(r.status, 200);
-    assert_eq!(search.last_request().unwrap().path_and_query(), "/api/search/q?x=%20y");
+    assert_eq!(
+        search.last_request().unwrap().path_and_query(),
+        "/api/search/q?x=%20y"
+    );
 
     for unrouted in ["/chatbots", "/", "/other/chatbot"] {
         let r = proxy.get(unrouted).await;
@@ -143,7 +160,12 @@ async fn content_length_and_chunked_bodies_arrive_intact() {
     let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
     let url = format!("{}/upload", proxy.route_url(0));
 
-    for (len, exact) in [(10u64, true), (200_000, true), (10, false), (300_000, false)] {
+    for (len, exact) in [
+        (10u64, true),
+        (200_000, true),
+        (10, false),
+        (300_000, false),
+    ] {
         let response = proxy
             .client
             .send(request(Method::POST, &url, body_generated(len, exact)))
@@ -153,7 +175,10 @@ async fn content_length_and_chunked_bodies_arrive_intact() {
         assert_eq!(seen.body_len, len, "len {len} exact {exact}");
         assert_eq!(seen.body_digest, generated_digest(len));
         if exact {
-            assert_eq!(seen.header("content-length"), Some(len.to_string().as_str()));
+            assert_eq!(
+                seen.header("content-length"),
+                Some(len.to_string().as_str())
+            );
         } else {
             assert_eq!(seen.header("transfer-encoding"), Some("chunked"));
         }
@@ -185,7 +210,10 @@ async fn hundred_megabytes_stream_both_ways_without_buffering() {
     let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
     let url = format!("{}/big", proxy.route_url(0));
     // Warm up pools and TLS sessions so only the transfers are measured.
-    assert_eq!(proxy.client.get(&url.replace("/big", "/warm")).await.status, 200);
+    assert_eq!(
+        proxy.client.get(&url.replace("/big", "/warm")).await.status,
+        200
+    );
     let before = rss_kib();
 
     let upload = proxy
@@ -206,13 +234,21 @@ async fn hundred_megabytes_stream_both_ways_without_buffering() {
     // The whole process (client, proxy and upstream) streams: 200 MB moved,
     // resident memory grows by far less than one body.
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
-    assert!(grown_mib < 24, "RSS grew by {grown_mib} MiB while streaming 2 x 100 MiB");
+    assert!(
+        grown_mib < 24,
+        "RSS grew by {grown_mib} MiB while streaming 2 x 100 MiB"
+    );
 }
 
 #[tokio::test]
 async fn http2_upstream_is_used_when_alpn_offers_it_and_connections_are_pooled() {
     let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().expect_version(Version::HTTP_2)).await;
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .expect_version(Version::HTTP_2),
+    )
+    .await;
     let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
     for i in 0..20 {
         let r = proxy.get(&format!("/n/{i}")).await;
@@ -221,7 +257,10 @@ async fn http2_upstream_is_used_when_alpn_offers_it_and_connections_are_pooled()
     let seen = upstream.requests();
     assert_eq!(seen.len(), 20);
     assert!(seen.iter().all(|r| r.version == Version::HTTP_2));
-    assert!(seen.iter().all(|r| r.header("authorization") == Some("Bearer tok-123")));
+    assert!(
+        seen.iter()
+            .all(|r| r.header("authorization") == Some("Bearer tok-123"))
+    );
     assert_eq!(upstream.connections(), 1, "one pooled HTTP/2 connection");
 }
 
@@ -233,14 +272,27 @@ async fn http1_upstream_connections_are_kept_alive_and_reused() {
     for i in 0..20 {
         assert_eq!(proxy.get(&format!("/n/{i}")).await.status, 200);
     }
-    assert!(upstream.requests().iter().all(|r| r.version == Version::HTTP_11));
-    assert_eq!(upstream.connections(), 1, "sequential requests reuse one connection");
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.version == Version::HTTP_11)
+    );
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "sequential requests reuse one connection"
+    );
 }
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_json() {
     let pki = Arc::new(TestPki::new());
-    let proxy = start_proxy(&one_route(&pki, &format!("https://{}", closed_port()), ""), env()).await;
+    let proxy = start_proxy(
+        &one_route(&pki, &format!("https://{}", closed_port()), ""),
+        env(),
+    )
+    .await;
     let r = proxy.get("/x").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.sidekey_error(), Some("upstream_unreachable"));
@@ -258,7 +310,11 @@ async fn untrusted_upstream_certificate_is_502_and_no_token_leaves() {
     let r = proxy.get("/x").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.sidekey_error(), Some("upstream_unreachable"));
-    assert_eq!(upstream.request_count(), 0, "no request reaches an untrusted upstream");
+    assert_eq!(
+        upstream.request_count(),
+        0,
+        "no request reaches an untrusted upstream"
+    );
 }
 
 #[tokio::test]
@@ -307,7 +363,11 @@ credential = "pliant"
     assert_eq!(r.sidekey_error(), Some("credential_unavailable"));
     assert_eq!(r.json()["error"], "credential_unavailable");
     assert!(r.json()["message"].as_str().unwrap().contains("pliant"));
-    assert_eq!(upstream.request_count(), 0, "nothing is sent without a token");
+    assert_eq!(
+        upstream.request_count(),
+        0,
+        "nothing is sent without a token"
+    );
 }
 
 #[tokio::test]
@@ -332,8 +392,13 @@ hosts = {{ "127.0.0.1" = "api" }}
     let proxy = start_proxy(&config, env()).await;
     let port = upstream.addr().port();
 
-    let mut req = request(Method::GET, &format!("http://127.0.0.1:{port}/v1/x?y=1"), body_bytes(""));
-    req.headers_mut().insert("authorization", "Bearer app".parse().unwrap());
+    let mut req = request(
+        Method::GET,
+        &format!("http://127.0.0.1:{port}/v1/x?y=1"),
+        body_bytes(""),
+    );
+    req.headers_mut()
+        .insert("authorization", "Bearer app".parse().unwrap());
     let r = proxy.via_forward_proxy(req).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = upstream.last_request().unwrap();
@@ -341,13 +406,21 @@ hosts = {{ "127.0.0.1" = "api" }}
     assert_eq!(seen.header_all("authorization"), vec!["Bearer tok-123"]);
 
     let r = proxy
-        .via_forward_proxy(request(Method::GET, &format!("http://localhost:{port}/v1/x"), body_bytes("")))
+        .via_forward_proxy(request(
+            Method::GET,
+            &format!("http://localhost:{port}/v1/x"),
+            body_bytes(""),
+        ))
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.sidekey_error(), Some("host_not_allowed"));
     assert_eq!(upstream.request_count(), 1, "unlisted hosts get nothing");
 
-    let mut connect = request(Method::CONNECT, &format!("127.0.0.1:{port}"), body_bytes(""));
+    let mut connect = request(
+        Method::CONNECT,
+        &format!("127.0.0.1:{port}"),
+        body_bytes(""),
+    );
     *connect.uri_mut() = format!("127.0.0.1:{port}").parse().unwrap();
     let r = proxy.via_forward_proxy(connect).await;
     assert_eq!(r.status, 400);
@@ -367,11 +440,16 @@ async fn https_listener_and_mtls_upstream() {
     );
     let proxy = start_proxy(&one_route(&pki, &upstream.url(), &route_extra), env()).await;
     let client = TestClient::trusting(&pki);
-    let r = client.get(&format!("{}/secure", proxy.route_https_url(0))).await;
+    let r = client
+        .get(&format!("{}/secure", proxy.route_https_url(0)))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = upstream.last_request().unwrap();
     assert_eq!(seen.header("authorization"), Some("Bearer tok-123"));
-    assert!(seen.client_cert_presented, "the route presented its client certificate");
+    assert!(
+        seen.client_cert_presented,
+        "the route presented its client certificate"
+    );
 }
 
 #[tokio::test]

@@ -3,10 +3,23 @@
 //!
 //! Owns: the [`CredentialHandle`] the proxy reads on each request (one
 //! `ArcSwap` load of prebuilt header values), the [`Provider`] trait each
-//! credential type implements (`inbenta`, `oauth2`, `static`), and the
-//! renewal engine ([`engine`]) that runs one task per credential: first token
-//! before readiness, renewal before expiry, jittered backoff on failure, and
-//! renewal on demand when an upstream rejects a token.
+//! credential type implements (`inbenta`, `oauth2`, `static`, dispatched
+//! through [`AnyProvider`]), and the renewal engine ([`engine`]) that runs one
+//! task per credential: first token before readiness, renewal before expiry,
+//! jittered backoff on failure, and renewal on demand when an upstream
+//! rejects a token.
+//!
+//! Entry points: [`Credentials::start`] (one engine per `[credentials.NAME]`,
+//! stopped when the [`Credentials`] is dropped), [`Credentials::spawn`] (an
+//! engine for any provider, used by tests), and [`obtain_once`] (one token
+//! without an engine, for `sidekey token`).
+//!
+//! A request's view of a credential: [`CredentialHandle::current`] gives the
+//! [`Published`] headers and their `generation`; when the upstream answers a
+//! status in `renew_on_status` ([`CredentialHandle::renews_on`]), the proxy
+//! calls [`CredentialHandle::report_rejected`] with that generation (one
+//! renewal however many requests report it) and
+//! [`CredentialHandle::wait_for_newer`] to retry with the next token.
 
 pub mod engine;
 pub mod inbenta;
@@ -15,14 +28,27 @@ pub mod static_token;
 pub mod token_client;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use rustls::RootCertStore;
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::config::{Secret, SecretError};
+use crate::config::{Config, CredentialConfig, CredentialKind, EnvSource, Secret, SecretError};
+use crate::metrics::Metrics;
+use crate::tls::TlsError;
+
+use self::inbenta::InbentaProvider;
+use self::oauth2::OAuth2Provider;
+use self::static_token::StaticProvider;
+use self::token_client::TokenClient;
 
 /// Inbenta product name (`chatbot`, `search`, …) → base URL, from the auth response's `apis`.
 pub type ApiMap = HashMap<String, Uri>;
@@ -132,67 +158,241 @@ pub enum CredentialStatus {
     },
 }
 
-/// The proxy's view of one credential.
-#[derive(Debug)]
+/// Settings of one credential's renewal engine, from its configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// `refresh_before`; `None` = the smaller of 5 minutes and a quarter of the lifetime.
+    pub refresh_before: Option<Duration>,
+    /// The credential's static `headers`, sent with every token.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `renew_on_status`.
+    pub renew_on_status: Vec<StatusCode>,
+    /// Longest one `fetch` may take before the engine gives up on it and
+    /// retries (a safety net; providers time out on their own first).
+    pub fetch_timeout: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            refresh_before: None,
+            headers: Vec::new(),
+            renew_on_status: vec![StatusCode::UNAUTHORIZED],
+            fetch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl EngineSettings {
+    /// The settings `[credentials.NAME]` describes.
+    pub fn from_config(config: &CredentialConfig) -> Self {
+        EngineSettings {
+            refresh_before: config.refresh_before,
+            headers: config.headers.clone(),
+            renew_on_status: config.renew_on_status.clone(),
+            fetch_timeout: config.timeout.saturating_add(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// The proxy's view of one credential. Cheap to read from any number of
+/// requests at once; the credential's engine task is the only writer.
 pub struct CredentialHandle {
-    _todo: (),
+    name: Arc<str>,
+    /// What the engine published last (token headers, last error).
+    state: ArcSwap<engine::State>,
+    strip_names: Box<[HeaderName]>,
+    renew_on: Box<[StatusCode]>,
+    /// Highest generation an upstream rejected (renewal already requested for it).
+    rejected: AtomicU64,
+    /// Wakes the engine when a token is rejected.
+    wake: Notify,
+    /// Generation of the latest published token (0 = none yet).
+    generation: watch::Sender<u64>,
+}
+
+impl fmt::Debug for CredentialHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialHandle")
+            .field("name", &self.name)
+            .field("generation", &*self.generation.borrow())
+            .field("status", &self.status())
+            .finish()
+    }
 }
 
 impl CredentialHandle {
+    fn new(name: &str, strip_names: Vec<HeaderName>, renew_on: &[StatusCode]) -> Self {
+        let mut unique: Vec<HeaderName> = Vec::with_capacity(strip_names.len());
+        for name in strip_names {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        CredentialHandle {
+            name: Arc::from(name),
+            state: ArcSwap::from_pointee(engine::State::default()),
+            strip_names: unique.into_boxed_slice(),
+            renew_on: renew_on.into(),
+            rejected: AtomicU64::new(0),
+            wake: Notify::new(),
+            generation: watch::Sender::new(0),
+        }
+    }
+
     /// The credential's name.
     pub fn name(&self) -> &str {
-        todo!("engine helper")
+        &self.name
     }
 
     /// The headers to inject now, or why there is no valid token. One
     /// `ArcSwap` load and a clock read: no locks, no formatting.
     pub fn current(&self) -> Result<Arc<Published>, Unavailable> {
-        todo!("engine helper")
+        let state = self.state.load();
+        if let Some(published) = &state.published
+            && published
+                .expires_at
+                .is_none_or(|expires_at| Instant::now() < expires_at)
+        {
+            return Ok(Arc::clone(published));
+        }
+        Err(Unavailable {
+            credential: Arc::clone(&self.name),
+            reason: state.reason(),
+        })
     }
 
     /// Header names the proxy strips from the app's request before injecting
     /// (provider headers and the credential's static headers).
     pub fn strip_names(&self) -> &[HeaderName] {
-        todo!("engine helper")
+        &self.strip_names
     }
 
     /// Whether `status` from the upstream means "token rejected" (`renew_on_status`).
     pub fn renews_on(&self, status: StatusCode) -> bool {
-        let _ = status;
-        todo!("engine helper")
+        self.renew_on.contains(&status)
     }
 
     /// An upstream rejected the token of `generation`: renew it, once per
-    /// generation however many requests report it.
+    /// generation however many requests report it. A report about a token
+    /// that has already been replaced does nothing.
     pub fn report_rejected(&self, generation: u64) {
-        let _ = generation;
-        todo!("engine helper")
+        let state = self.state.load();
+        let Some(published) = &state.published else {
+            return;
+        };
+        if published.generation != generation {
+            return;
+        }
+        if self.rejected.fetch_max(generation, Ordering::AcqRel) < generation {
+            self.wake.notify_one();
+        }
     }
 
-    /// Wait (up to `timeout`) for a token newer than `generation`.
+    /// Wait (up to `timeout`) for a token newer than `generation`; then the
+    /// current state, whether or not a newer token arrived.
     pub async fn wait_for_newer(
         &self,
         generation: u64,
         timeout: Duration,
     ) -> Result<Arc<Published>, Unavailable> {
-        let _ = (generation, timeout);
-        todo!("engine helper")
+        let mut published = self.generation.subscribe();
+        // On timeout the current state is the answer; the sender lives as long as `self`.
+        let _ = tokio::time::timeout(timeout, published.wait_for(|&g| g > generation)).await;
+        self.current()
     }
 
     /// Readiness now.
     pub fn status(&self) -> CredentialStatus {
-        todo!("engine helper")
+        let state = self.state.load();
+        let now = Instant::now();
+        match &state.published {
+            Some(published) if published.expires_at.is_none_or(|at| now < at) => {
+                CredentialStatus::Ready {
+                    expires_in: published.expires_at.map(|at| at - now),
+                }
+            }
+            _ => CredentialStatus::Unavailable {
+                reason: state.reason(),
+            },
+        }
     }
 }
 
 /// All credentials of a configuration, each with its renewal task running.
 /// Dropping it stops the tasks.
-#[derive(Debug)]
+#[derive(Default)]
 pub struct Credentials {
     handles: BTreeMap<String, Arc<CredentialHandle>>,
+    tasks: BTreeMap<String, AbortHandle>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.handles.iter()).finish()
+    }
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+    }
 }
 
 impl Credentials {
+    /// Build one provider per `[credentials.NAME]` and start its renewal
+    /// task; each fetches its first token at once. Must be called inside a
+    /// tokio runtime. Fails only when a token endpoint client cannot be built.
+    pub fn start(
+        config: &Config,
+        roots: &RootCertStore,
+        metrics: &Metrics,
+    ) -> Result<Credentials, TlsError> {
+        let mut credentials = Credentials::default();
+        for (name, credential) in &config.credentials {
+            let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
+            credentials.spawn(
+                name,
+                provider,
+                EngineSettings::from_config(credential),
+                metrics,
+            );
+        }
+        Ok(credentials)
+    }
+
+    /// Start a renewal task for `provider` under `name` (replacing and
+    /// stopping any credential of that name). Must be called inside a tokio
+    /// runtime.
+    pub fn spawn<P: Provider>(
+        &mut self,
+        name: &str,
+        provider: P,
+        settings: EngineSettings,
+        metrics: &Metrics,
+    ) -> Arc<CredentialHandle> {
+        let mut strip = provider.header_names();
+        strip.extend(settings.headers.iter().map(|(name, _)| name.clone()));
+        let handle = Arc::new(CredentialHandle::new(
+            name,
+            strip,
+            &settings.renew_on_status,
+        ));
+        let task = tokio::spawn(engine::run(
+            provider,
+            Arc::clone(&handle),
+            settings,
+            metrics.clone(),
+        ));
+        if let Some(old) = self.tasks.insert(name.to_owned(), task.abort_handle()) {
+            old.abort();
+        }
+        self.handles.insert(name.to_owned(), Arc::clone(&handle));
+        handle
+    }
+
     /// The handle of credential `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<CredentialHandle>> {
         self.handles.get(name)
@@ -200,6 +400,116 @@ impl Credentials {
 
     /// Every handle, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<CredentialHandle>)> {
-        self.handles.iter().map(|(name, handle)| (name.as_str(), handle))
+        self.handles
+            .iter()
+            .map(|(name, handle)| (name.as_str(), handle))
+    }
+}
+
+/// Why `sidekey token` could not obtain a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ObtainError {
+    /// No `[credentials.NAME]` of that name.
+    #[error("no credential named `{0}` in the configuration")]
+    UnknownCredential(String),
+    /// The token endpoint client could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The provider failed.
+    #[error("credential {credential}: {source}")]
+    Fetch {
+        /// The credential name.
+        credential: String,
+        /// What went wrong.
+        source: FetchError,
+    },
+}
+
+/// Obtain one token for credential `name`, outside any engine (for
+/// `sidekey token`). Returns the token and the credential type
+/// (`"inbenta"`, `"oauth2"` or `"static"`).
+pub async fn obtain_once(
+    config: &Config,
+    name: &str,
+    roots: &RootCertStore,
+) -> Result<(Token, &'static str), ObtainError> {
+    let credential = config
+        .credentials
+        .get(name)
+        .ok_or_else(|| ObtainError::UnknownCredential(name.to_owned()))?;
+    let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
+    let token = provider
+        .fetch(None)
+        .await
+        .map_err(|source| ObtainError::Fetch {
+            credential: name.to_owned(),
+            source,
+        })?;
+    Ok((token, provider.type_name()))
+}
+
+/// Any configured provider: static dispatch over the credential types.
+#[derive(Debug)]
+pub enum AnyProvider {
+    /// `type = "inbenta"`.
+    Inbenta(InbentaProvider),
+    /// `type = "oauth2"`.
+    OAuth2(OAuth2Provider),
+    /// `type = "static"`.
+    Static(StaticProvider),
+}
+
+impl AnyProvider {
+    /// The provider `config` describes, with its own token endpoint client.
+    pub fn from_config(
+        config: &CredentialConfig,
+        roots: &RootCertStore,
+        env: Arc<dyn EnvSource>,
+    ) -> Result<Self, TlsError> {
+        let client = || TokenClient::new(roots, config.timeout, config.allow_insecure_http);
+        Ok(match &config.kind {
+            CredentialKind::Inbenta(inbenta) => {
+                AnyProvider::Inbenta(InbentaProvider::new(inbenta, client()?, env))
+            }
+            CredentialKind::OAuth2(oauth2) => {
+                AnyProvider::OAuth2(OAuth2Provider::new(oauth2, client()?, env))
+            }
+            CredentialKind::Static(fixed) => AnyProvider::Static(StaticProvider::new(fixed, env)),
+        })
+    }
+
+    /// The `type` as written in the configuration.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            AnyProvider::Inbenta(_) => "inbenta",
+            AnyProvider::OAuth2(_) => "oauth2",
+            AnyProvider::Static(_) => "static",
+        }
+    }
+}
+
+impl Provider for AnyProvider {
+    async fn fetch(&self, current: Option<&Token>) -> Result<Token, FetchError> {
+        match self {
+            AnyProvider::Inbenta(p) => p.fetch(current).await,
+            AnyProvider::OAuth2(p) => p.fetch(current).await,
+            AnyProvider::Static(p) => p.fetch(current).await,
+        }
+    }
+
+    fn header_names(&self) -> Vec<HeaderName> {
+        match self {
+            AnyProvider::Inbenta(p) => p.header_names(),
+            AnyProvider::OAuth2(p) => p.header_names(),
+            AnyProvider::Static(p) => p.header_names(),
+        }
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        match self {
+            AnyProvider::Inbenta(p) => p.poll_interval(),
+            AnyProvider::OAuth2(p) => p.poll_interval(),
+            AnyProvider::Static(p) => p.poll_interval(),
+        }
     }
 }

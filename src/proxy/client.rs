@@ -48,8 +48,9 @@ pub fn upstream_client(
         builder.https_only()
     };
     if let Some(name) = options.upstream_tls.and_then(|t| t.server_name.as_deref()) {
-        let server_name = ServerName::try_from(name.to_owned())
-            .map_err(|e| TlsError::Rustls(rustls::Error::General(format!("server_name `{name}`: {e}"))))?;
+        let server_name = ServerName::try_from(name.to_owned()).map_err(|e| {
+            TlsError::Rustls(rustls::Error::General(format!("server_name `{name}`: {e}")))
+        })?;
         builder = builder.with_server_name_resolver(FixedServerNameResolver::new(server_name));
     }
     let connector = builder.enable_http1().enable_http2().wrap_connector(http);

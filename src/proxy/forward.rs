@@ -73,7 +73,12 @@ pub async fn forward(
 
     let keep = matches!(body.size_hint().exact(), Some(len) if len <= RETRY_BODY_LIMIT);
     if !keep {
-        let response = send(route, Request::from_parts(parts, Either::Left(body)), metrics).await?;
+        let response = send(
+            route,
+            Request::from_parts(parts, Either::Left(body)),
+            metrics,
+        )
+        .await?;
         if route.credential.renews_on(response.status()) {
             route.credential.report_rejected(published.generation);
         }
@@ -92,14 +97,22 @@ pub async fn forward(
         headers: parts.headers.clone(),
         body: body.clone(),
     };
-    let first = send(route, Request::from_parts(parts, Either::Right(Full::new(body))), metrics).await?;
+    let first = send(
+        route,
+        Request::from_parts(parts, Either::Right(Full::new(body))),
+        metrics,
+    )
+    .await?;
     if !route.credential.renews_on(first.status()) {
         return Ok(finish(first));
     }
     route.credential.report_rejected(published.generation);
     let renewed = match route
         .credential
-        .wait_for_newer(published.generation, RENEWAL_WAIT.min(route.request_timeout))
+        .wait_for_newer(
+            published.generation,
+            RENEWAL_WAIT.min(route.request_timeout),
+        )
         .await
     {
         Ok(renewed) if renewed.generation > published.generation => renewed,

@@ -1,0 +1,1112 @@
+//! The renewal engine: first token, renewal before expiry, backoff,
+//! Retry-After, outages, renewal on rejection, static file rotation.
+//!
+//! Timing tests run on tokio's paused clock with a scripted in-process
+//! [`Provider`], so "an hour later" takes no real time and every delay the
+//! engine chose can be read off the recorded call instants. End-to-end tests
+//! use a real OAuth 2.0 token server on loopback with short lifetimes.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use sidekey::config::secret::MapEnv;
+use sidekey::config::{Config, Secret, SecretRef, StaticConfig};
+use sidekey::credential::static_token::StaticProvider;
+use sidekey::credential::{
+    CredentialHandle, CredentialStatus, Credentials, EngineSettings, FetchError, Provider,
+    Published, Token, obtain_once,
+};
+use sidekey::metrics::Metrics;
+
+mod support;
+
+use support::proxy::{start_proxy, toml_str};
+use support::upstream::{Reply, Upstream, UpstreamOpts};
+
+// ---------------------------------------------------------------------------
+// A scripted provider
+// ---------------------------------------------------------------------------
+
+/// One call the engine made.
+#[derive(Clone, Debug)]
+struct Call {
+    at: Instant,
+    /// The token value the engine offered (`current`), if any.
+    offered: Option<String>,
+}
+
+type Respond = Box<dyn FnMut(usize) -> Result<Token, FetchError> + Send>;
+
+struct Script {
+    calls: Mutex<Vec<Call>>,
+    respond: Mutex<Respond>,
+    /// How long each fetch takes.
+    latency: Duration,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A provider whose answers come from a closure of the call index.
+#[derive(Clone)]
+struct Scripted(Arc<Script>);
+
+impl Scripted {
+    fn new(respond: impl FnMut(usize) -> Result<Token, FetchError> + Send + 'static) -> Self {
+        Self::with_latency(Duration::ZERO, respond)
+    }
+
+    fn with_latency(
+        latency: Duration,
+        respond: impl FnMut(usize) -> Result<Token, FetchError> + Send + 'static,
+    ) -> Self {
+        Scripted(Arc::new(Script {
+            calls: Mutex::new(Vec::new()),
+            respond: Mutex::new(Box::new(respond)),
+            latency,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        }))
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.0.calls.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.0.calls.lock().unwrap().len()
+    }
+
+    /// Seconds between consecutive calls.
+    fn gaps(&self) -> Vec<f64> {
+        self.calls()
+            .windows(2)
+            .map(|w| (w[1].at - w[0].at).as_secs_f64())
+            .collect()
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.0.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Provider for Scripted {
+    async fn fetch(&self, current: Option<&Token>) -> Result<Token, FetchError> {
+        let n = self.0.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        let result = {
+            let mut calls = self.0.calls.lock().unwrap();
+            let index = calls.len();
+            calls.push(Call {
+                at: Instant::now(),
+                offered: current.map(|t| t.value.expose().to_owned()),
+            });
+            drop(calls);
+            (self.0.respond.lock().unwrap())(index)
+        };
+        if !self.0.latency.is_zero() {
+            sleep(self.0.latency).await;
+        }
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn header_names(&self) -> Vec<HeaderName> {
+        vec![http::header::AUTHORIZATION]
+    }
+}
+
+fn token(value: &str, lifetime: Option<Duration>) -> Token {
+    let mut header = HeaderValue::try_from(format!("Bearer {value}")).unwrap();
+    header.set_sensitive(true);
+    Token {
+        value: Secret::new(value),
+        lifetime,
+        headers: vec![(http::header::AUTHORIZATION, header)],
+        apis: None,
+    }
+}
+
+fn ok(value: impl Into<String>, lifetime_secs: u64) -> Result<Token, FetchError> {
+    Ok(token(
+        &value.into(),
+        Some(Duration::from_secs(lifetime_secs)),
+    ))
+}
+
+fn transient(message: &str) -> Result<Token, FetchError> {
+    Err(FetchError::Transient {
+        message: message.to_owned(),
+        retry_after: None,
+    })
+}
+
+fn start(
+    provider: impl Provider,
+    settings: EngineSettings,
+) -> (Credentials, Arc<CredentialHandle>, Metrics) {
+    let metrics = Metrics::new();
+    let mut credentials = Credentials::default();
+    let handle = credentials.spawn("api", provider, settings, &metrics);
+    (credentials, handle, metrics)
+}
+
+fn authorization(published: &Published) -> String {
+    published
+        .headers
+        .iter()
+        .find(|(name, _)| name == http::header::AUTHORIZATION)
+        .map(|(_, value)| value.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Wait (on the paused clock) for the first token.
+async fn first_token(handle: &CredentialHandle) -> Arc<Published> {
+    handle
+        .wait_for_newer(0, Duration::from_secs(3600))
+        .await
+        .expect("first token")
+}
+
+fn assert_between(value: f64, low: f64, high: f64, what: &str) {
+    assert!(
+        (low..=high).contains(&value),
+        "{what}: {value} s not within [{low}, {high}]"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Timing on the paused clock
+// ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn first_token_is_fetched_at_once_and_only_then_served() {
+    let provider = Scripted::with_latency(Duration::from_secs(2), |n| ok(format!("t{n}"), 3600));
+    let settings = EngineSettings {
+        headers: vec![(
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("acme"),
+        )],
+        ..EngineSettings::default()
+    };
+    let t0 = Instant::now();
+    let (_credentials, handle, _metrics) = start(provider.clone(), settings);
+
+    assert_eq!(handle.name(), "api");
+    assert_eq!(
+        handle.strip_names(),
+        &[
+            http::header::AUTHORIZATION,
+            HeaderName::from_static("x-tenant")
+        ]
+    );
+    assert!(handle.renews_on(StatusCode::UNAUTHORIZED));
+    assert!(!handle.renews_on(StatusCode::FORBIDDEN));
+    let unavailable = handle.current().unwrap_err();
+    assert_eq!(&*unavailable.credential, "api");
+    assert_eq!(
+        unavailable.reason,
+        "never obtained: first token request in progress"
+    );
+    assert!(matches!(
+        handle.status(),
+        CredentialStatus::Unavailable { .. }
+    ));
+
+    let published = first_token(&handle).await;
+    assert_eq!(provider.calls()[0].at, t0, "first fetch starts at once");
+    assert_eq!(published.generation, 1);
+    assert_eq!(authorization(&published), "Bearer t0");
+    assert!(published.headers[0].1.is_sensitive());
+    assert_eq!(published.headers[1].0, "x-tenant");
+    assert_eq!(published.headers[1].1, "acme");
+    assert_eq!(
+        published.expires_at,
+        Some(t0 + Duration::from_secs(2 + 3600)),
+        "expiry counts from receipt"
+    );
+    assert_eq!(handle.current().unwrap().generation, 1);
+    assert_eq!(
+        handle.status(),
+        CredentialStatus::Ready {
+            expires_in: Some(Duration::from_secs(3600))
+        }
+    );
+    assert_eq!(provider.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renews_before_expiry_without_a_gap_across_rotations() {
+    let provider = Scripted::new(|n| ok(format!("t{n}"), 100));
+    let (_credentials, handle, metrics) = start(provider.clone(), EngineSettings::default());
+    first_token(&handle).await;
+
+    // Watch the credential every 100 ms for 7 lifetimes.
+    let end = Instant::now() + Duration::from_secs(700);
+    let mut last_generation = 1;
+    while Instant::now() < end {
+        let published = handle.current().expect("a token is always valid");
+        assert!(published.generation >= last_generation);
+        assert_eq!(
+            authorization(&published),
+            format!("Bearer t{}", published.generation - 1)
+        );
+        last_generation = published.generation;
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last_generation >= 8, "rotations: {last_generation}");
+
+    // Default refresh_before for 100 s is 25 s; the jitter takes up to 5 s more.
+    for gap in provider.gaps() {
+        assert_between(gap, 70.0, 75.0, "renewal after");
+    }
+    // Each renewal is offered the still-valid token it replaces.
+    let calls = provider.calls();
+    assert_eq!(calls[0].offered, None);
+    for (n, call) in calls.iter().enumerate().skip(1) {
+        assert_eq!(call.offered.as_deref(), Some(&*format!("t{}", n - 1)));
+    }
+    assert_eq!(provider.max_in_flight(), 1);
+    let text = metrics.encode();
+    let successes = format!(
+        "sidekey_token_refresh_total{{credential=\"api\",outcome=\"success\"}} {}",
+        calls.len()
+    );
+    assert!(text.contains(&successes), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_refresh_before_sets_the_renewal_time() {
+    let provider = Scripted::new(|n| ok(format!("t{n}"), 100));
+    let settings = EngineSettings {
+        refresh_before: Some(Duration::from_secs(40)),
+        ..EngineSettings::default()
+    };
+    let (_credentials, handle, _metrics) = start(provider.clone(), settings);
+    let mut generation = first_token(&handle).await.generation;
+    for _ in 0..5 {
+        generation = handle
+            .wait_for_newer(generation, Duration::from_secs(1000))
+            .await
+            .unwrap()
+            .generation;
+    }
+    assert_eq!(generation, 6);
+    for gap in provider.gaps() {
+        assert_between(gap, 55.0, 60.0, "renewal after");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_exponentially_to_30s_then_reset() {
+    // 7 failures, a token, then one failed renewal.
+    let provider = Scripted::new(|n| match n {
+        0..7 => transient("token endpoint answered 500"),
+        7 => ok("t", 100),
+        8 => transient("token endpoint answered 502"),
+        _ => ok("t2", 100),
+    });
+    let (_credentials, handle, metrics) = start(provider.clone(), EngineSettings::default());
+    let published = first_token(&handle).await;
+    assert_eq!(published.generation, 1);
+    handle
+        .wait_for_newer(1, Duration::from_secs(1000))
+        .await
+        .unwrap();
+
+    let gaps = provider.gaps();
+    assert_eq!(gaps.len(), 9, "{gaps:?}");
+    let bounds = [
+        (0.8, 1.2),
+        (1.6, 2.4),
+        (3.2, 4.8),
+        (6.4, 9.6),
+        (12.8, 19.2),
+        (24.0, 30.0),
+        (24.0, 30.0),
+    ];
+    for (i, (gap, (low, high))) in gaps.iter().zip(bounds).enumerate() {
+        assert_between(*gap, low, high, &format!("retry {}", i + 1));
+    }
+    // Scheduled renewal, then the backoff starts over at ~1 s.
+    assert_between(gaps[7], 70.0, 75.0, "renewal");
+    assert_between(gaps[8], 0.8, 1.2, "first retry after a success");
+
+    let text = metrics.encode();
+    assert!(
+        text.contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"failure\"} 8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"success\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_and_capped() {
+    let provider = Scripted::new(|n| match n {
+        0 => Err(FetchError::Transient {
+            message: "429 Too Many Requests".into(),
+            retry_after: Some(Duration::from_secs(42)),
+        }),
+        1 => Err(FetchError::Transient {
+            message: "503 Service Unavailable".into(),
+            retry_after: Some(Duration::from_secs(86_400)),
+        }),
+        2 => Err(FetchError::Refused {
+            status: StatusCode::UNAUTHORIZED,
+            message: "invalid_client".into(),
+        }),
+        _ => ok("t", 3600),
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    first_token(&handle).await;
+    let gaps = provider.gaps();
+    assert_eq!(gaps[0], 42.0);
+    assert_eq!(gaps[1], 300.0, "Retry-After capped at 5 minutes");
+    assert_between(gaps[2], 3.2, 4.8, "backoff after the third failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_token_serves_through_an_outage_until_it_expires_then_recovers() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let provider = Scripted::new({
+        let failing = failing.clone();
+        move |n| {
+            if failing.load(Ordering::SeqCst) {
+                transient("connection refused")
+            } else {
+                ok(format!("t{n}"), 20)
+            }
+        }
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+    failing.store(true, Ordering::SeqCst);
+    let expires_at = first.expires_at.unwrap();
+
+    // Renewals start at 14–15 s and fail; the token serves until 20 s.
+    sleep_until(expires_at - Duration::from_millis(1)).await;
+    assert_eq!(handle.current().unwrap().generation, 1);
+    assert!(provider.count() >= 3, "renewals were attempted");
+    assert!(matches!(
+        handle.status(),
+        CredentialStatus::Ready { expires_in: Some(d) } if d == Duration::from_millis(1)
+    ));
+
+    sleep_until(expires_at).await;
+    let unavailable = handle.current().unwrap_err();
+    assert!(
+        unavailable.reason.starts_with("expired at ")
+            && unavailable
+                .reason
+                .ends_with("; last renewal failed: connection refused"),
+        "{}",
+        unavailable.reason
+    );
+    assert!(
+        unavailable
+            .to_string()
+            .starts_with("credential api has no valid token: expired at"),
+        "{unavailable}"
+    );
+    match handle.status() {
+        CredentialStatus::Unavailable { reason } => assert_eq!(reason, unavailable.reason),
+        ready => panic!("{ready:?}"),
+    }
+
+    // While valid the token was offered for renewal; once expired, not.
+    sleep(Duration::from_secs(40)).await;
+    for call in provider.calls().iter().skip(1) {
+        let expected = (call.at < expires_at).then_some("t0");
+        assert_eq!(
+            call.offered.as_deref(),
+            expected,
+            "at {:?}",
+            call.at - expires_at
+        );
+    }
+
+    failing.store(false, Ordering::SeqCst);
+    let recovered = handle
+        .wait_for_newer(1, Duration::from_secs(60))
+        .await
+        .expect("recovers");
+    assert_eq!(recovered.generation, 2);
+    assert!(handle.current().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_obtained_reports_the_last_error() {
+    let provider = Scripted::new(|_| {
+        Err(FetchError::Refused {
+            status: StatusCode::UNAUTHORIZED,
+            message: "invalid_client: bad secret".into(),
+        })
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    sleep(Duration::from_millis(10)).await;
+    let unavailable = handle
+        .wait_for_newer(0, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unavailable.reason,
+        "never obtained: token endpoint refused the credentials (401 Unauthorized): invalid_client: bad secret"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_rejections_of_one_token_cause_one_renewal() {
+    let provider =
+        Scripted::with_latency(Duration::from_millis(200), |n| ok(format!("t{n}"), 3600));
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let handle = handle.clone();
+        let generation = first.generation;
+        tasks.push(tokio::spawn(async move {
+            handle.report_rejected(generation);
+            handle
+                .wait_for_newer(generation, Duration::from_secs(10))
+                .await
+        }));
+    }
+    for task in tasks {
+        let published = task.await.unwrap().expect("renewed");
+        assert_eq!(published.generation, 2);
+    }
+    assert_eq!(provider.count(), 2);
+    // The rejected token is not offered for renewal.
+    assert_eq!(provider.calls()[1].offered, None);
+
+    // Late reports about the replaced token, or a generation that does not
+    // exist, do nothing.
+    handle.report_rejected(1);
+    handle.report_rejected(99);
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(provider.count(), 2);
+    assert_eq!(handle.current().unwrap().generation, 2);
+
+    // The new token can be rejected in turn, once.
+    handle.report_rejected(2);
+    handle.report_rejected(2);
+    let third = handle
+        .wait_for_newer(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(third.generation, 3);
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(provider.count(), 3);
+    assert_eq!(provider.max_in_flight(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejection_during_a_renewal_does_not_renew_twice() {
+    let provider = Scripted::with_latency(Duration::from_secs(1), |n| ok(format!("t{n}"), 100));
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+    // Wait until the scheduled renewal is in flight, then reject the old token.
+    while provider.count() < 2 {
+        sleep(Duration::from_millis(10)).await;
+    }
+    handle.report_rejected(first.generation);
+    let second = handle
+        .wait_for_newer(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(second.generation, 2);
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(provider.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_for_newer_wakes_on_publish_or_times_out() {
+    let provider = Scripted::new(|n| ok(format!("t{n}"), 100));
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+
+    // Already newer: at once.
+    let t = Instant::now();
+    assert_eq!(
+        handle
+            .wait_for_newer(0, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .generation,
+        1
+    );
+    assert_eq!(Instant::now(), t);
+
+    // Times out with the current token.
+    let timed_out = handle
+        .wait_for_newer(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(timed_out.generation, 1);
+    assert_eq!(Instant::now() - t, Duration::from_secs(5));
+
+    // Wakes at the renewal, long before its timeout.
+    let newer = handle
+        .wait_for_newer(1, Duration::from_secs(10_000))
+        .await
+        .unwrap();
+    assert_eq!(newer.generation, 2);
+    let received = first.expires_at.unwrap() - Duration::from_secs(100);
+    let waited = (Instant::now() - received).as_secs_f64();
+    assert_between(waited, 70.0, 75.0, "woke after");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_credentials_stops_the_engine() {
+    let provider = Scripted::new(|n| ok(format!("t{n}"), 10));
+    let (credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    first_token(&handle).await;
+    drop(credentials);
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(provider.count(), 1);
+    assert!(handle.current().is_err(), "the last token expired");
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_output_never_shows_a_token() {
+    let secret = "sEcReT-t0ken-value";
+    let provider = Scripted::new(move |_| ok(secret, 3600));
+    let (credentials, handle, _metrics) = start(provider, EngineSettings::default());
+    let published = first_token(&handle).await;
+    for text in [
+        format!("{handle:?}"),
+        format!("{credentials:?}"),
+        format!("{published:?}"),
+        format!("{:?}", handle.status()),
+    ] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(format!("{credentials:?}").contains("api"));
+}
+
+// ---------------------------------------------------------------------------
+// Static tokens from files
+// ---------------------------------------------------------------------------
+
+/// A directory laid out like a Kubernetes secret volume:
+/// `token -> ..data/token`, `..data -> ..<version>/`.
+struct SecretVolume {
+    dir: PathBuf,
+    versions: usize,
+}
+
+impl SecretVolume {
+    fn new(test: &str, value: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sidekey-renewal-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut volume = SecretVolume { dir, versions: 0 };
+        volume.publish(value);
+        std::os::unix::fs::symlink("..data/token", volume.dir.join("token")).unwrap();
+        volume
+    }
+
+    fn token_path(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// Write a new version and swap `..data` to it atomically, as the kubelet does.
+    fn publish(&mut self, value: &str) {
+        self.versions += 1;
+        let version = format!("..v{}", self.versions);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join("token"), format!("{value}\n")).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+
+    fn remove_data(&self) {
+        std::fs::remove_file(self.dir.join("..data")).unwrap();
+    }
+}
+
+impl Drop for SecretVolume {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn static_provider(path: &Path) -> StaticProvider {
+    let config = StaticConfig {
+        token: SecretRef::File(path.to_owned()),
+        header: HeaderName::from_static("authorization"),
+        scheme: "Bearer".into(),
+    };
+    StaticProvider::new(&config, Arc::new(MapEnv::default()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn static_file_rotation_by_symlink_swap_publishes_a_new_generation() {
+    let mut volume = SecretVolume::new("rotation", "one");
+    let (_credentials, handle, metrics) = start(
+        static_provider(&volume.token_path()),
+        EngineSettings::default(),
+    );
+    let first = first_token(&handle).await;
+    assert_eq!(authorization(&first), "Bearer one");
+    assert_eq!(first.expires_at, None);
+    assert_eq!(
+        handle.status(),
+        CredentialStatus::Ready { expires_in: None }
+    );
+
+    // Re-read every second, but unchanged: no new generation.
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(handle.current().unwrap().generation, 1);
+
+    volume.publish("two");
+    let second = handle
+        .wait_for_newer(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(second.generation, 2);
+    assert_eq!(authorization(&second), "Bearer two");
+
+    // The secret disappears: the old value keeps serving, forever.
+    volume.remove_data();
+    sleep(Duration::from_secs(3600)).await;
+    let still = handle.current().unwrap();
+    assert_eq!(
+        (still.generation, authorization(&still)),
+        (2, "Bearer two".into())
+    );
+
+    // It comes back with the same value: nothing new; then a new value.
+    std::os::unix::fs::symlink("..v2", volume.dir.join("..data")).unwrap();
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(handle.current().unwrap().generation, 2);
+    volume.publish("three");
+    let third = handle
+        .wait_for_newer(2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(authorization(&third), "Bearer three");
+    assert_eq!(third.generation, 3);
+    assert!(
+        metrics
+            .encode()
+            .contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"success\"} 3")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn static_file_missing_at_start_is_unavailable_until_it_appears() {
+    let dir = std::env::temp_dir().join(format!("sidekey-renewal-late-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    let (_credentials, handle, _metrics) = start(static_provider(&path), EngineSettings::default());
+    sleep(Duration::from_millis(1)).await;
+    let unavailable = handle.current().unwrap_err();
+    assert!(
+        unavailable.reason.starts_with(&format!(
+            "never obtained: cannot read secret file {}",
+            path.display()
+        )),
+        "{}",
+        unavailable.reason
+    );
+    std::fs::write(&path, "late\n").unwrap();
+    let published = handle
+        .wait_for_newer(0, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(authorization(&published), "Bearer late");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
+// End to end with a real OAuth 2.0 token server on loopback
+// ---------------------------------------------------------------------------
+
+/// A client-credentials token endpoint issuing `tok-1`, `tok-2`, … with a
+/// fixed `expires_in`, counting calls and concurrent requests.
+struct OAuthServer {
+    addr: SocketAddr,
+    issued: Arc<AtomicUsize>,
+    /// When each token was issued.
+    issued_at: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    expires_in: u64,
+    max_in_flight: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OAuthServer {
+    async fn start(expires_in: u64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let issued_at = Arc::new(Mutex::new(HashMap::new()));
+        let task = tokio::spawn({
+            let issued = issued.clone();
+            let issued_at = issued_at.clone();
+            let max_in_flight = max_in_flight.clone();
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let issued = issued.clone();
+                    let in_flight = in_flight.clone();
+                    let max_in_flight = max_in_flight.clone();
+                    let issued_at = issued_at.clone();
+                    let service = service_fn(move |_request| {
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_in_flight.fetch_max(now, Ordering::SeqCst);
+                        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                        issued_at
+                            .lock()
+                            .unwrap()
+                            .insert(format!("tok-{n}"), std::time::Instant::now());
+                        let body = serde_json::json!({
+                            "access_token": format!("tok-{n}"),
+                            "token_type": "Bearer",
+                            "expires_in": expires_in,
+                        });
+                        let in_flight = in_flight.clone();
+                        async move {
+                            // Answer slowly enough for overlapping requests to show.
+                            sleep(Duration::from_millis(20)).await;
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
+                }
+            }
+        });
+        OAuthServer {
+            addr,
+            issued,
+            issued_at,
+            expires_in,
+            max_in_flight,
+            task,
+        }
+    }
+
+    fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+
+    fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    /// A predicate "this `authorization` value carries a token the server
+    /// issued and that has not expired", for upstreams.
+    fn validator(&self) -> impl Fn(Option<&str>) -> bool + Send + Sync + 'static {
+        let issued_at = self.issued_at.clone();
+        let lifetime = Duration::from_secs(self.expires_in);
+        move |authorization| {
+            let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+                return false;
+            };
+            issued_at
+                .lock()
+                .unwrap()
+                .get(token)
+                .is_some_and(|at| at.elapsed() < lifetime)
+        }
+    }
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A configuration with the given `[credentials.NAME]` tables (TOML bodies).
+fn config_with(credentials: &[(&str, String)]) -> Config {
+    let mut text = String::new();
+    for (name, body) in credentials {
+        text.push_str(&format!("[credentials.{name}]\n{body}\n"));
+    }
+    let env = MapEnv::from([("CLIENT_SECRET", "s3cr3t"), ("LEGACY", "fixed")]);
+    sidekey::config::parse(&text, Path::new("test.toml"), Arc::new(env))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn oauth2(token_url: &str) -> String {
+    format!(
+        "type = \"oauth2\"\ntoken_url = \"{token_url}\"\nclient_id = \"client\"\n\
+         client_secret = {{ env = \"CLIENT_SECRET\" }}\nallow_insecure_http = true\n"
+    )
+}
+
+fn static_env() -> String {
+    "type = \"static\"\ntoken = { env = \"LEGACY\" }\nheader = \"x-api-key\"\nscheme = \"\"\n"
+        .to_owned()
+}
+
+fn no_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore::empty()
+}
+
+#[tokio::test]
+async fn credentials_start_rotates_real_tokens_without_a_failed_read() {
+    let server = OAuthServer::start(1).await;
+    let config = config_with(&[
+        (
+            "pliant",
+            oauth2(&server.token_url()) + "refresh_before = \"500ms\"\n",
+        ),
+        ("legacy", static_env()),
+    ]);
+    let metrics = Metrics::new();
+    let credentials = Credentials::start(&config, &no_roots(), &metrics).unwrap();
+    assert_eq!(
+        credentials.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        ["legacy", "pliant"]
+    );
+    let pliant = credentials.get("pliant").unwrap().clone();
+    let legacy = credentials.get("legacy").unwrap().clone();
+    assert!(credentials.get("nope").is_none());
+
+    let first = pliant
+        .wait_for_newer(0, Duration::from_secs(10))
+        .await
+        .expect("first token");
+    assert_eq!(authorization(&first), "Bearer tok-1");
+    let fixed = legacy
+        .wait_for_newer(0, Duration::from_secs(10))
+        .await
+        .expect("static token");
+    assert_eq!(fixed.headers[0].0, "x-api-key");
+    assert_eq!(fixed.headers[0].1, "fixed");
+    assert_eq!(
+        legacy.strip_names(),
+        &[HeaderName::from_static("x-api-key")]
+    );
+
+    // A 1 s lifetime renewed with 500 ms left: read continuously through 6 rotations.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = first.generation;
+    while seen < 7 {
+        let published = pliant.current().expect("never without a valid token");
+        assert_eq!(
+            authorization(&published),
+            format!("Bearer tok-{}", published.generation)
+        );
+        seen = published.generation;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {seen} rotations"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(server.max_in_flight.load(Ordering::SeqCst), 1);
+    assert!(server.issued() <= 8);
+    drop(credentials);
+    let issued = server.issued();
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.issued(), issued, "engines stop with Credentials");
+}
+
+#[tokio::test]
+async fn obtain_once_returns_token_and_type() {
+    let server = OAuthServer::start(3600).await;
+    let config = config_with(&[
+        ("pliant", oauth2(&server.token_url())),
+        ("legacy", static_env()),
+    ]);
+    let (token, kind) = obtain_once(&config, "pliant", &no_roots()).await.unwrap();
+    assert_eq!(kind, "oauth2");
+    assert_eq!(token.lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(token.value.expose(), "tok-1");
+
+    let (token, kind) = obtain_once(&config, "legacy", &no_roots()).await.unwrap();
+    assert_eq!(kind, "static");
+    assert_eq!(token.lifetime, None);
+
+    let unknown = obtain_once(&config, "nope", &no_roots()).await.unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "no credential named `nope` in the configuration"
+    );
+
+    drop(server);
+    let config = config_with(&[("pliant", oauth2("http://127.0.0.1:9/oauth/token"))]);
+    let failed = obtain_once(&config, "pliant", &no_roots())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(failed.starts_with("credential pliant: "), "{failed}");
+    assert!(!failed.contains("s3cr3t"), "{failed}");
+}
+
+// ---------------------------------------------------------------------------
+// End to end through the proxy
+// ---------------------------------------------------------------------------
+
+fn proxy_config(token_url: &str, upstream: &str) -> String {
+    format!(
+        r#"
+[credentials.api]
+type = "oauth2"
+token_url = {token_url}
+client_id = {{ env = "CLIENT_ID" }}
+client_secret = {{ env = "CLIENT_SECRET" }}
+allow_insecure_http = true
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = {upstream}
+credential = "api"
+allow_insecure_http = true
+"#,
+        token_url = toml_str(token_url),
+        upstream = toml_str(upstream),
+    )
+}
+
+/// Wait for the proxy's first token (the proxy answers 503 until then).
+async fn wait_ready(proxy: &support::proxy::TestProxy) {
+    let credentials = proxy.handle.credentials();
+    let handle = credentials.get("api").expect("credential api");
+    handle
+        .wait_for_newer(0, Duration::from_secs(10))
+        .await
+        .expect("first token");
+}
+
+fn proxy_env() -> MapEnv {
+    MapEnv::from([("CLIENT_ID", "client"), ("CLIENT_SECRET", "s3cr3t")])
+}
+
+#[tokio::test]
+async fn rejected_token_is_renewed_once_and_the_request_retried() {
+    let server = OAuthServer::start(3600).await;
+    let revoked: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+    revoked.lock().unwrap().insert("Bearer tok-1".into());
+    let upstream = Upstream::start(UpstreamOpts::plain().respond({
+        let revoked = revoked.clone();
+        move |request| {
+            let authorization = request.header("authorization").unwrap_or_default();
+            if revoked.lock().unwrap().contains(authorization) {
+                Reply::status(401)
+            } else {
+                Reply::echo()
+            }
+        }
+    }))
+    .await;
+    let proxy = start_proxy(
+        &proxy_config(&server.token_url(), &upstream.url()),
+        proxy_env(),
+    )
+    .await;
+    wait_ready(&proxy).await;
+
+    let response = proxy.get("/v1/cards").await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    let seen: Vec<_> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(seen, ["Bearer tok-1", "Bearer tok-2"]);
+    assert_eq!(server.issued(), 2);
+
+    // The new token is revoked too: 20 concurrent requests see 401, share
+    // one renewal, and are all retried with the third token.
+    revoked.lock().unwrap().insert("Bearer tok-2".into());
+    let mut requests = Vec::new();
+    for i in 0..20 {
+        let client = proxy.client.clone();
+        let url = format!("{}/v1/cards/{i}", proxy.route_url(0));
+        requests.push(tokio::spawn(async move { client.get(&url).await }));
+    }
+    for request in requests {
+        let response = request.await.unwrap();
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    }
+    assert_eq!(server.issued(), 3, "one renewal for all rejections");
+    let last = upstream.last_request().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer tok-3"));
+}
+
+#[tokio::test]
+async fn continuous_traffic_across_rotations_never_fails() {
+    // 2 s tokens renew about every 1.45 s; 8 s of traffic spans 5 rotations.
+    let server = OAuthServer::start(2).await;
+    let valid = server.validator();
+    let upstream = Upstream::start(UpstreamOpts::plain().respond(move |request| {
+        if valid(request.header("authorization")) {
+            Reply::echo()
+        } else {
+            // An expired or unknown token would be a bug: make it visible.
+            Reply::status(418)
+        }
+    }))
+    .await;
+    let proxy = start_proxy(
+        &proxy_config(&server.token_url(), &upstream.url()),
+        proxy_env(),
+    )
+    .await;
+    wait_ready(&proxy).await;
+
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let client = proxy.client.clone();
+        let url = format!("{}/work/{worker}", proxy.route_url(0));
+        workers.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while Instant::now() < deadline {
+                let response = client.get(&url).await;
+                assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+                sent += 1;
+                sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        }));
+    }
+    let mut sent = 0;
+    for worker in workers {
+        sent += worker.await.unwrap();
+    }
+    let tokens: HashSet<String> = upstream
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization").map(str::to_owned))
+        .collect();
+    assert_eq!(upstream.request_count(), sent, "no request was retried");
+    assert!(tokens.len() >= 6, "only {} tokens used", tokens.len());
+    assert_eq!(server.max_in_flight.load(Ordering::SeqCst), 1);
+}
