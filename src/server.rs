@@ -166,17 +166,12 @@ impl Handle {
     }
 }
 
-/// Wait until every credential holds a token, at most `limit`.
+/// Wait until every credential has obtained its first token, at most `limit`.
 async fn wait_until_ready(credentials: &Credentials, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let ready = credentials
-            .iter()
-            .all(|(_, handle)| handle.current().is_ok());
-        if ready || tokio::time::Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for (_, handle) in credentials.iter() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = handle.wait_for_newer(0, left).await;
     }
 }
 

@@ -1,1 +1,310 @@
-//! placeholder
+//! A throwaway PKI made at test time with rcgen: a CA, a server certificate
+//! for `localhost` and `127.0.0.1` signed by it, and a client certificate for
+//! mTLS. PEM files live in a temporary directory removed on drop, so a sidekey
+//! configuration can point at them (`[tls] ca_file`, a route's `tls = { … }`,
+//! `upstream_tls = { client_cert, client_key }`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// The crypto provider every test config uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A leaf certificate and its key, as DER and as PEM files.
+pub struct Leaf {
+    /// The certificate.
+    pub cert_der: CertificateDer<'static>,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The PKCS#8 private key, DER.
+    pub key_der: Vec<u8>,
+    /// The private key, PEM.
+    pub key_pem: String,
+    /// Where the certificate PEM was written.
+    pub cert_path: PathBuf,
+    /// Where the key PEM was written.
+    pub key_path: PathBuf,
+}
+
+impl Leaf {
+    /// The chain to present: just the leaf (the CA is the trust anchor).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert_der.clone()]
+    }
+
+    /// The private key for rustls.
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+}
+
+/// A CA with a server and a client certificate, written to a temporary directory.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    ca_der: CertificateDer<'static>,
+    ca_pem: String,
+    ca_path: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    server: Leaf,
+    client: Leaf,
+}
+
+impl TestPki {
+    /// Make a new CA, a server certificate for `localhost` + `127.0.0.1`
+    /// (IP SAN) and a client certificate.
+    pub fn new() -> TestPki {
+        Self::with_server_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// Like [`TestPki::new`] with other server names (DNS names or IPs).
+    pub fn with_server_names(names: &[&str]) -> TestPki {
+        let dir = tempfile::Builder::new()
+            .prefix("sidekey-test-pki-")
+            .tempdir()
+            .expect("temp dir");
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "sidekey test CA");
+        ca_params.distinguished_name = dn;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let ca_pem = ca_cert.pem();
+        let ca_der = ca_cert.der().clone();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &ca_pem).expect("write ca.pem");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server = issue(
+            &issuer,
+            dir.path(),
+            "server",
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = issue(
+            &issuer,
+            dir.path(),
+            "client",
+            &["client.sidekey.test"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        TestPki {
+            dir,
+            ca_der,
+            ca_pem,
+            ca_path,
+            issuer,
+            server,
+            client,
+        }
+    }
+
+    /// Issue another server certificate signed by this CA, written as
+    /// `NAME.pem` / `NAME.key` in the PKI directory.
+    pub fn issue_server(&self, file_stem: &str, names: &[&str]) -> Leaf {
+        issue(
+            &self.issuer,
+            self.dir.path(),
+            file_stem,
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// Issue another client certificate signed by this CA.
+    pub fn issue_client(&self, file_stem: &str, name: &str) -> Leaf {
+        issue(
+            &self.issuer,
+            self.dir.path(),
+            file_stem,
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// The temporary directory holding every PEM file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA certificate, PEM file (for `[tls] ca_file`).
+    pub fn ca_pem_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// The CA certificate, PEM text.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The CA certificate, DER.
+    pub fn ca_der(&self) -> &CertificateDer<'static> {
+        &self.ca_der
+    }
+
+    /// The server certificate and key.
+    pub fn server(&self) -> &Leaf {
+        &self.server
+    }
+
+    /// The server certificate PEM file (for a route's `tls = { cert = … }`).
+    pub fn server_cert_path(&self) -> &Path {
+        &self.server.cert_path
+    }
+
+    /// The server key PEM file (for a route's `tls = { key = … }`).
+    pub fn server_key_path(&self) -> &Path {
+        &self.server.key_path
+    }
+
+    /// The client certificate and key.
+    pub fn client(&self) -> &Leaf {
+        &self.client
+    }
+
+    /// The client certificate PEM file (for `upstream_tls = { client_cert = … }`).
+    pub fn client_cert_path(&self) -> &Path {
+        &self.client.cert_path
+    }
+
+    /// The client key PEM file (for `upstream_tls = { client_key = … }`).
+    pub fn client_key_path(&self) -> &Path {
+        &self.client.key_path
+    }
+
+    /// A root store holding only this CA.
+    pub fn root_store(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der.clone()).expect("add test CA");
+        roots
+    }
+
+    /// A server config presenting the server certificate, offering `alpn`
+    /// (e.g. `&[b"h2", b"http/1.1"]`), no client authentication.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> ServerConfig {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(self.server.chain(), self.server.key())
+            .expect("server cert");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
+    /// A server config that verifies client certificates against this CA.
+    /// With `required = false` a client without a certificate is accepted
+    /// too (so a test can record whether one was presented).
+    pub fn server_config_mtls(&self, alpn: &[&[u8]], required: bool) -> ServerConfig {
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.root_store()), provider());
+        let builder = if required {
+            builder
+        } else {
+            builder.allow_unauthenticated()
+        };
+        let verifier = builder.build().expect("client verifier");
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.server.chain(), self.server.key())
+            .expect("server cert");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
+    /// A client config trusting only this CA, without ALPN (hyper-rustls sets it).
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_webpki_verifier(self.server_verifier())
+            .with_no_client_auth()
+    }
+
+    /// A client config trusting only this CA and presenting the client certificate.
+    pub fn client_config_with_cert(&self) -> ClientConfig {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_webpki_verifier(self.server_verifier())
+            .with_client_auth_cert(self.client.chain(), self.client.key())
+            .expect("client cert")
+    }
+
+    fn server_verifier(&self) -> Arc<WebPkiServerVerifier> {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(self.root_store()), provider())
+            .build()
+            .expect("server verifier")
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn issue(
+    issuer: &Issuer<'static, KeyPair>,
+    dir: &Path,
+    file_stem: &str,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> Leaf {
+    let mut params = CertificateParams::new(
+        names
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect::<Vec<String>>(),
+    )
+    .expect("leaf params");
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or(file_stem),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = params.signed_by(&key, issuer).expect("sign leaf");
+    let cert_pem = cert.pem();
+    let key_pem = key.serialize_pem();
+    let cert_path = dir.join(format!("{file_stem}.pem"));
+    let key_path = dir.join(format!("{file_stem}.key"));
+    std::fs::write(&cert_path, &cert_pem).expect("write cert");
+    std::fs::write(&key_path, &key_pem).expect("write key");
+    Leaf {
+        cert_der: cert.der().clone(),
+        cert_pem,
+        key_der: key.serialize_der(),
+        key_pem,
+        cert_path,
+        key_path,
+    }
+}

@@ -1,1 +1,769 @@
-//! placeholder
+//! An in-process upstream API on `127.0.0.1:0` that records every request.
+//!
+//! HTTPS (rustls, certificates from [`TestPki`]) or plain HTTP; HTTP/1.1
+//! only, or HTTP/1.1 + HTTP/2 (ALPN with TLS, prior knowledge without).
+//! Request bodies are streamed and counted, never kept whole: a record holds
+//! the length, an FNV-1a digest and the first [`BODY_HEAD_LIMIT`] bytes.
+//! Answers come from a closure `Fn(&RecordedRequest) -> Reply` (default:
+//! echo the request as JSON), optionally after a delay, and may be a large
+//! body generated on the fly.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::TestPki;
+
+/// How many leading bytes of each request body a record keeps.
+pub const BODY_HEAD_LIMIT: usize = 64 * 1024;
+
+/// The body type the upstream answers with.
+pub type ReplyBody = BoxBody<Bytes, Infallible>;
+
+/// What the upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// 0-based order of arrival (by the time the body was read).
+    pub index: usize,
+    /// 0-based index of the TCP connection it came on (see [`Upstream::connections`]).
+    pub connection: usize,
+    /// Method.
+    pub method: Method,
+    /// The request target as received (path and query for origin-form).
+    pub uri: http::Uri,
+    /// Path.
+    pub path: String,
+    /// Query string without `?`, if any.
+    pub query: Option<String>,
+    /// HTTP version of the request.
+    pub version: Version,
+    /// Every header as received.
+    pub headers: HeaderMap,
+    /// Request body length in bytes.
+    pub body_len: u64,
+    /// FNV-1a 64 digest of the whole body (see [`BodyDigest`]).
+    pub body_digest: u64,
+    /// The first [`BODY_HEAD_LIMIT`] bytes of the body.
+    pub body_head: Bytes,
+    /// Set when reading the body failed (client aborted, …).
+    pub body_error: Option<String>,
+    /// Whether the TLS client presented a certificate.
+    pub client_cert_presented: bool,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+impl RecordedRequest {
+    /// A header's value as text (the first one, if repeated).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every value of a header.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    /// Path and query as sent (`/a/b?c=d`).
+    pub fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
+    /// The body head as text (lossy).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body_head).into_owned()
+    }
+
+    /// The echo answer's JSON: method, path, query, version, headers
+    /// (name → value, or a list when repeated), body_len, body_digest, and
+    /// body (the head as lossy UTF-8, at most 4 KiB).
+    pub fn echo_json(&self) -> serde_json::Value {
+        let mut headers = serde_json::Map::new();
+        for name in self.headers.keys() {
+            let values = self.header_all(name.as_str());
+            let value = if values.len() == 1 {
+                serde_json::Value::String(values.into_iter().next().unwrap_or_default())
+            } else {
+                serde_json::Value::from(values)
+            };
+            headers.insert(name.as_str().to_owned(), value);
+        }
+        let head = &self.body_head[..self.body_head.len().min(4096)];
+        serde_json::json!({
+            "method": self.method.as_str(),
+            "path": self.path,
+            "query": self.query,
+            "version": format!("{:?}", self.version),
+            "headers": headers,
+            "body_len": self.body_len,
+            "body_digest": format!("{:016x}", self.body_digest),
+            "body": String::from_utf8_lossy(head),
+            "client_cert": self.client_cert_presented,
+        })
+    }
+}
+
+/// Streaming FNV-1a 64 digest with a byte count: chunking does not change it.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDigest {
+    hash: u64,
+    len: u64,
+}
+
+impl BodyDigest {
+    /// An empty digest.
+    pub fn new() -> Self {
+        BodyDigest {
+            hash: 0xcbf2_9ce4_8422_2325,
+            len: 0,
+        }
+    }
+
+    /// Feed bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.hash ^= u64::from(*b);
+            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.len += bytes.len() as u64;
+    }
+
+    /// The digest so far.
+    pub fn digest(&self) -> u64 {
+        self.hash
+    }
+
+    /// Bytes fed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was fed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The digest of one slice.
+    pub fn of(bytes: &[u8]) -> u64 {
+        let mut d = Self::new();
+        d.update(bytes);
+        d.digest()
+    }
+}
+
+impl Default for BodyDigest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The body of a [`Reply`].
+#[derive(Clone, Debug)]
+pub enum ReplyPayload {
+    /// The request echoed as JSON ([`RecordedRequest::echo_json`]).
+    Echo,
+    /// Fixed bytes.
+    Bytes(Bytes),
+    /// `len` bytes of [`pattern_byte`] generated on the fly; with
+    /// `content_length` the length is announced, else it is chunked.
+    Generated {
+        /// Total bytes.
+        len: u64,
+        /// Announce `content-length`.
+        content_length: bool,
+    },
+}
+
+/// An answer: status, headers, body and an optional delay before the head.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Extra headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body.
+    pub payload: ReplyPayload,
+    /// Wait this long before answering (for timeout tests).
+    pub delay: Option<Duration>,
+}
+
+impl Reply {
+    /// 200 with the request echoed as JSON.
+    pub fn echo() -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            payload: ReplyPayload::Echo,
+            delay: None,
+        }
+    }
+
+    /// The echo JSON with another status.
+    pub fn echo_status(status: u16) -> Reply {
+        Reply::echo().with_status(status)
+    }
+
+    /// A status with an empty body.
+    pub fn status(status: u16) -> Reply {
+        Reply::bytes(status, Bytes::new())
+    }
+
+    /// A status with a fixed body.
+    pub fn bytes(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).expect("status"),
+            headers: Vec::new(),
+            payload: ReplyPayload::Bytes(body.into()),
+            delay: None,
+        }
+    }
+
+    /// A JSON body (`content-type: application/json`).
+    pub fn json(status: u16, value: serde_json::Value) -> Reply {
+        Reply::bytes(status, value.to_string()).header("content-type", "application/json")
+    }
+
+    /// 200 with `len` generated bytes and a `content-length`.
+    pub fn generated(len: u64) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
+            payload: ReplyPayload::Generated {
+                len,
+                content_length: true,
+            },
+            delay: None,
+        }
+    }
+
+    /// 200 with `len` generated bytes, chunked (no `content-length`).
+    pub fn generated_chunked(len: u64) -> Reply {
+        let mut reply = Reply::generated(len);
+        reply.payload = ReplyPayload::Generated {
+            len,
+            content_length: false,
+        };
+        reply
+    }
+
+    /// Replace the status.
+    pub fn with_status(mut self, status: u16) -> Reply {
+        self.status = StatusCode::from_u16(status).expect("status");
+        self
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        ));
+        self
+    }
+
+    /// Wait before answering.
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+/// Byte `i` of a generated body: `i % 251`.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// The digest of a generated body of `len` bytes (debug builds: ~1 s per 100 MB).
+pub fn generated_digest(len: u64) -> u64 {
+    let chunk = pattern_chunk();
+    let mut d = BodyDigest::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        d.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    d.digest()
+}
+
+/// 256 repetitions of the 251-byte pattern, so consecutive chunks line up.
+fn pattern_chunk() -> Bytes {
+    let bytes: Vec<u8> = (0..251u64 * 256).map(pattern_byte).collect();
+    Bytes::from(bytes)
+}
+
+/// A body of `remaining` pattern bytes produced chunk by chunk.
+pub struct GeneratedBody {
+    chunk: Bytes,
+    remaining: u64,
+    exact: bool,
+}
+
+impl GeneratedBody {
+    /// `len` bytes; `exact` announces the length (content-length).
+    pub fn new(len: u64, exact: bool) -> Self {
+        GeneratedBody {
+            chunk: pattern_chunk(),
+            remaining: len,
+            exact,
+        }
+    }
+}
+
+impl Body for GeneratedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = this.remaining.min(this.chunk.len() as u64) as usize;
+        this.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(this.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+type Responder = Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>;
+
+/// Whether and how the upstream asks for a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate requested.
+    None,
+    /// Requested and verified when given, not required.
+    Optional,
+    /// Required: a handshake without one fails.
+    Required,
+}
+
+/// How to start an [`Upstream`].
+#[derive(Clone)]
+pub struct UpstreamOpts {
+    tls: Option<Arc<TestPki>>,
+    http2: bool,
+    client_auth: ClientAuth,
+    delay: Option<Duration>,
+    expect_version: Option<Version>,
+    respond: Responder,
+}
+
+impl UpstreamOpts {
+    /// Plain HTTP/1.1, echo.
+    pub fn plain() -> Self {
+        UpstreamOpts {
+            tls: None,
+            http2: false,
+            client_auth: ClientAuth::None,
+            delay: None,
+            expect_version: None,
+            respond: Arc::new(|_| Reply::echo()),
+        }
+    }
+
+    /// HTTPS with the server certificate of `pki`, HTTP/1.1, echo.
+    pub fn tls(pki: &Arc<TestPki>) -> Self {
+        UpstreamOpts {
+            tls: Some(pki.clone()),
+            ..Self::plain()
+        }
+    }
+
+    /// Also serve HTTP/2 (ALPN `h2` with TLS, prior knowledge without).
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
+    }
+
+    /// Ask for a client certificate (TLS only).
+    pub fn client_auth(mut self, mode: ClientAuth) -> Self {
+        self.client_auth = mode;
+        self
+    }
+
+    /// Require a client certificate signed by the test CA.
+    pub fn require_client_cert(self) -> Self {
+        self.client_auth(ClientAuth::Required)
+    }
+
+    /// Wait this long before every answer (a reply's own delay wins).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Answer 505 to any request whose version differs (e.g. `HTTP_2`).
+    pub fn expect_version(mut self, version: Version) -> Self {
+        self.expect_version = Some(version);
+        self
+    }
+
+    /// Decide each answer from the recorded request.
+    pub fn respond(
+        mut self,
+        f: impl Fn(&RecordedRequest) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        self.respond = Arc::new(f);
+        self
+    }
+
+    /// Answer every request the same way.
+    pub fn always(self, reply: Reply) -> Self {
+        self.respond(move |_| reply.clone())
+    }
+
+    /// Answer every request with `len` generated bytes (content-length set).
+    pub fn stream_body(self, len: u64) -> Self {
+        self.always(Reply::generated(len))
+    }
+}
+
+struct State {
+    requests: Mutex<Vec<RecordedRequest>>,
+    connections: AtomicUsize,
+    handshake_failures: AtomicUsize,
+    changed: Notify,
+    opts: UpstreamOpts,
+}
+
+/// A running upstream. Dropping it stops the accept loop and every connection.
+pub struct Upstream {
+    addr: SocketAddr,
+    tls: bool,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Bind `127.0.0.1:0` and start serving.
+    pub async fn start(opts: UpstreamOpts) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::start_on(listener, opts)
+    }
+
+    /// Serve on a listener the test already bound.
+    pub fn start_on(listener: TcpListener, opts: UpstreamOpts) -> Upstream {
+        let addr = listener.local_addr().expect("local addr");
+        let acceptor = opts.tls.as_ref().map(|pki| {
+            let alpn: &[&[u8]] = if opts.http2 {
+                &[b"h2", b"http/1.1"]
+            } else {
+                &[b"http/1.1"]
+            };
+            let config = match opts.client_auth {
+                ClientAuth::None => pki.server_config(alpn),
+                ClientAuth::Optional => pki.server_config_mtls(alpn, false),
+                ClientAuth::Required => pki.server_config_mtls(alpn, true),
+            };
+            TlsAcceptor::from(Arc::new(config))
+        });
+        let tls = acceptor.is_some();
+        let state = Arc::new(State {
+            requests: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+            handshake_failures: AtomicUsize::new(0),
+            changed: Notify::new(),
+            opts,
+        });
+        let task = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
+        Upstream {
+            addr,
+            tls,
+            state,
+            task,
+        }
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:PORT` or `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// `https://localhost:PORT` (the certificate covers both names).
+    pub fn localhost_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://localhost:{}", self.addr.port())
+    }
+
+    /// Every request so far, in order of arrival.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// The number of requests so far.
+    pub fn request_count(&self) -> usize {
+        self.state.requests.lock().expect("lock").len()
+    }
+
+    /// The latest request.
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.state.requests.lock().expect("lock").last().cloned()
+    }
+
+    /// Accepted TCP connections so far (including failed TLS handshakes).
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that failed (untrusted CA, missing client cert, …).
+    pub fn handshake_failures(&self) -> usize {
+        self.state.handshake_failures.load(Ordering::SeqCst)
+    }
+
+    /// Wait until at least `n` requests were recorded (panics after 10 s).
+    pub async fn wait_for_requests(&self, n: usize) -> Vec<RecordedRequest> {
+        self.wait_until(|s| s.requests.lock().expect("lock").len() >= n)
+            .await
+            .unwrap_or_else(|| panic!("upstream: fewer than {n} requests after 10s"));
+        self.requests()
+    }
+
+    /// Wait until at least `n` connections were accepted (panics after 10 s).
+    pub async fn wait_for_connections(&self, n: usize) {
+        self.wait_until(|s| s.connections.load(Ordering::SeqCst) >= n)
+            .await
+            .unwrap_or_else(|| panic!("upstream: fewer than {n} connections after 10s"));
+    }
+
+    async fn wait_until(&self, done: impl Fn(&State) -> bool) -> Option<()> {
+        let wait = async {
+            loop {
+                let notified = self.state.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if done(&self.state) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .ok()
+    }
+
+    /// Stop accepting and drop every open connection.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address on loopback where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, state: Arc<State>) {
+    // Connections live in this set, so aborting the loop closes them all.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else { continue };
+                let conn_index = state.connections.fetch_add(1, Ordering::SeqCst);
+                state.changed.notify_waiters();
+                conns.spawn(serve_conn(tcp, peer, conn_index, acceptor.clone(), state.clone()));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_conn(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn_index: usize,
+    acceptor: Option<TlsAcceptor>,
+    state: Arc<State>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    match acceptor {
+        Some(acceptor) => {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(_) => {
+                    state.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                    state.changed.notify_waiters();
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            let cert = session
+                .peer_certificates()
+                .is_some_and(|certs| !certs.is_empty());
+            // ALPN decided the protocol; without ALPN it is HTTP/1.1.
+            let builder = if session.alpn_protocol() == Some(b"h2".as_slice()) {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(req, state, conn_index, peer, cert).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+        }
+        None => {
+            // Plain: HTTP/2 only by prior knowledge, and only when enabled.
+            let builder = if state.opts.http2 {
+                builder
+            } else {
+                builder.http1_only()
+            };
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(req, state, conn_index, peer, false).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    conn_index: usize,
+    peer: SocketAddr,
+    client_cert: bool,
+) -> Response<ReplyBody> {
+    let (parts, mut body) = req.into_parts();
+    let mut digest = BodyDigest::new();
+    let mut head = BytesMut::new();
+    let mut body_error = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    digest.update(data);
+                    let room = BODY_HEAD_LIMIT.saturating_sub(head.len());
+                    head.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Err(e) => {
+                body_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let recorded = {
+        let mut requests = state.requests.lock().expect("lock");
+        let recorded = RecordedRequest {
+            index: requests.len(),
+            connection: conn_index,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body_len: digest.len(),
+            body_digest: digest.digest(),
+            body_head: head.freeze(),
+            body_error,
+            client_cert_presented: client_cert,
+            peer,
+        };
+        requests.push(recorded.clone());
+        recorded
+    };
+    state.changed.notify_waiters();
+
+    if let Some(expected) = state.opts.expect_version
+        && recorded.version != expected
+    {
+        let reply = Reply::bytes(
+            505,
+            format!("upstream expected {expected:?}, got {:?}", recorded.version),
+        );
+        return build_response(reply, &recorded);
+    }
+
+    let reply = (state.opts.respond)(&recorded);
+    if let Some(delay) = reply.delay.or(state.opts.delay) {
+        tokio::time::sleep(delay).await;
+    }
+    build_response(reply, &recorded)
+}
+
+fn build_response(reply: Reply, recorded: &RecordedRequest) -> Response<ReplyBody> {
+    let is_echo = matches!(reply.payload, ReplyPayload::Echo);
+    let body: ReplyBody = match reply.payload {
+        ReplyPayload::Echo => Full::new(Bytes::from(recorded.echo_json().to_string())).boxed(),
+        ReplyPayload::Bytes(bytes) => Full::new(bytes).boxed(),
+        ReplyPayload::Generated {
+            len,
+            content_length,
+        } => GeneratedBody::new(len, content_length).boxed(),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = reply.status;
+    if is_echo {
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    for (name, value) in reply.headers {
+        response.headers_mut().append(name, value);
+    }
+    response
+}

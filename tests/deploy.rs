@@ -1,0 +1,628 @@
+//! The deploy files agree with each other and with sidekey: the Kubernetes
+//! manifest parses and its embedded configuration is valid, probes hit the
+//! admin port that configuration declares, the app points at a route, the
+//! Secret mount holds every `{ file = … }` the configuration reads; the
+//! systemd unit runs and reloads sidekey with its credentials where the
+//! configuration expects them; the Dockerfile's final stage runs the binary
+//! as a non-root user.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_yaml_ng::Value;
+use sidekey::config::secret::MapEnv;
+use sidekey::config::{Config, CredentialKind, InbentaKey, SecretRef};
+
+const MANIFEST: &str = "deploy/kubernetes/sidecar.yaml";
+const UNIT: &str = "deploy/systemd/sidekey.service";
+const UNIT_CONFIG: &str = "deploy/systemd/sidekey.toml";
+const DOCKERFILE: &str = "deploy/Dockerfile";
+
+fn read(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------- helpers --
+
+/// Every YAML document of the manifest.
+fn documents() -> Vec<Value> {
+    let text = read(MANIFEST);
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{MANIFEST}: a document does not parse: {e}"))
+        })
+        .filter(|v: &Value| !v.is_null())
+        .collect();
+    assert!(!docs.is_empty(), "{MANIFEST}: no documents");
+    docs
+}
+
+fn doc_of_kind(kind: &str) -> Value {
+    let mut found: Vec<Value> = documents()
+        .into_iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect();
+    assert_eq!(found.len(), 1, "{MANIFEST}: expected one {kind}");
+    found.remove(0)
+}
+
+fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, got {v:?}"))
+}
+
+fn seq_of<'a>(v: &'a Value, what: &str) -> &'a [Value] {
+    match v {
+        Value::Sequence(s) => s,
+        Value::Null => &[],
+        other => panic!("{what}: expected a list, got {other:?}"),
+    }
+}
+
+/// The ConfigMap's `sidekey.toml` text.
+fn embedded_config_text() -> String {
+    let cm = doc_of_kind("ConfigMap");
+    str_of(&cm["data"]["sidekey.toml"], "ConfigMap data.sidekey.toml").to_owned()
+}
+
+fn raw_toml(text: &str, what: &str) -> toml::Table {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{what}: not TOML: {e}"))
+}
+
+/// Every `{ file = "…" }` anywhere in a TOML table.
+fn file_refs(value: &toml::Value, out: &mut BTreeSet<PathBuf>) {
+    match value {
+        toml::Value::Table(t) => {
+            if t.len() == 1
+                && let Some(toml::Value::String(p)) = t.get("file")
+            {
+                out.insert(PathBuf::from(p));
+                return;
+            }
+            for v in t.values() {
+                file_refs(v, out);
+            }
+        }
+        toml::Value::Array(a) => a.iter().for_each(|v| file_refs(v, out)),
+        _ => {}
+    }
+}
+
+fn raw_file_refs(table: &toml::Table) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    file_refs(&toml::Value::Table(table.clone()), &mut out);
+    out
+}
+
+fn raw_admin_listen(table: &toml::Table) -> SocketAddr {
+    table["admin"]["listen"]
+        .as_str()
+        .expect("[admin] listen")
+        .parse()
+        .expect("admin listen is an address")
+}
+
+fn raw_route_listens(table: &toml::Table) -> Vec<SocketAddr> {
+    table["routes"]
+        .as_array()
+        .expect("[[routes]]")
+        .iter()
+        .map(|r| r["listen"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Parse with sidekey's own parser (secrets are references, not resolved).
+fn sidekey_parse(text: &str, path: &str) -> Config {
+    sidekey::config::parse(text, Path::new(path), Arc::new(MapEnv::default()))
+        .unwrap_or_else(|e| panic!("sidekey refuses the configuration: {e}"))
+}
+
+/// Every `{ file = … }` reference of the parsed configuration.
+fn typed_file_refs(config: &Config) -> BTreeSet<PathBuf> {
+    let mut refs = Vec::new();
+    for cred in config.credentials.values() {
+        match &cred.kind {
+            CredentialKind::Inbenta(c) => {
+                refs.push(&c.api_key);
+                match &c.key {
+                    InbentaKey::Secret(s) | InbentaKey::DomainKey(s) => refs.push(s),
+                }
+                refs.extend(c.oauth_token.iter());
+            }
+            CredentialKind::OAuth2(c) => {
+                refs.push(&c.client_id);
+                refs.push(&c.client_secret);
+            }
+            CredentialKind::Static(c) => refs.push(&c.token),
+        }
+    }
+    refs.into_iter()
+        .filter_map(|r| match r {
+            SecretRef::File(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pod_spec() -> Value {
+    doc_of_kind("Deployment")["spec"]["template"]["spec"].clone()
+}
+
+/// The sidekey container (by image) and whether it is a native sidecar.
+fn sidekey_container(spec: &Value) -> (Value, bool) {
+    for (list, native) in [("initContainers", true), ("containers", false)] {
+        for c in seq_of(&spec[list], list) {
+            if str_of(&c["image"], "image").contains("sidekey") {
+                return (c.clone(), native);
+            }
+        }
+    }
+    panic!("{MANIFEST}: no sidekey container");
+}
+
+fn app_containers(spec: &Value) -> Vec<Value> {
+    seq_of(&spec["containers"], "containers")
+        .iter()
+        .filter(|c| !str_of(&c["image"], "image").contains("sidekey"))
+        .cloned()
+        .collect()
+}
+
+/// A probe's port, resolving a named port through the container's ports.
+fn probe_port(container: &Value, probe: &Value, what: &str) -> u16 {
+    let port = &probe["httpGet"]["port"];
+    match port {
+        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()).unwrap(),
+        Value::String(name) => seq_of(&container["ports"], "ports")
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|n| u16::try_from(n).ok())
+            .unwrap_or_else(|| panic!("{what}: no container port named {name}")),
+        other => panic!("{what}: httpGet.port missing ({other:?})"),
+    }
+}
+
+fn volume_mounts(container: &Value) -> Vec<(String, PathBuf, bool, bool)> {
+    seq_of(&container["volumeMounts"], "volumeMounts")
+        .iter()
+        .map(|m| {
+            (
+                str_of(&m["name"], "volumeMount name").to_owned(),
+                PathBuf::from(str_of(&m["mountPath"], "mountPath")),
+                m["readOnly"].as_bool() == Some(true),
+                !m["subPath"].is_null(),
+            )
+        })
+        .collect()
+}
+
+fn volume<'a>(spec: &'a Value, name: &str) -> &'a Value {
+    seq_of(&spec["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{MANIFEST}: no volume {name}"))
+}
+
+fn map_keys(v: &Value) -> BTreeSet<String> {
+    match v {
+        Value::Mapping(m) => m.keys().map(|k| str_of(k, "key").to_owned()).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+// ------------------------------------------------------------- kubernetes --
+
+#[test]
+fn every_manifest_document_parses_and_is_a_known_kind() {
+    let docs = documents();
+    let kinds: Vec<&str> = docs.iter().map(|d| str_of(&d["kind"], "kind")).collect();
+    assert_eq!(kinds, ["ConfigMap", "Secret", "Deployment"]);
+    for d in &docs {
+        assert!(d["apiVersion"].as_str().is_some(), "apiVersion: {d:?}");
+        assert!(d["metadata"]["name"].as_str().is_some(), "name: {d:?}");
+    }
+    let deployment = doc_of_kind("Deployment");
+    assert_eq!(deployment["apiVersion"].as_str(), Some("apps/v1"));
+    // The selector must match the pod template's labels.
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for key in map_keys(selector) {
+        assert_eq!(selector[key.as_str()], labels[key.as_str()], "label {key}");
+    }
+}
+
+#[test]
+fn embedded_config_is_accepted_by_sidekey() {
+    let text = embedded_config_text();
+    let config = sidekey_parse(&text, "sidekey.toml");
+    let raw = raw_toml(&text, "ConfigMap sidekey.toml");
+
+    assert!(!config.credentials.is_empty());
+    assert!(config.credentials.values().any(|c| matches!(
+        c.kind,
+        CredentialKind::Inbenta(_) | CredentialKind::OAuth2(_)
+    )));
+    // What sidekey reads is what the cross-checks below read.
+    let admin = config.admin.as_ref().expect("[admin]");
+    assert_eq!(admin.listen, raw_admin_listen(&raw));
+    let listens: Vec<SocketAddr> = config.routes.iter().map(|r| r.listen).collect();
+    assert_eq!(listens, raw_route_listens(&raw));
+    assert_eq!(typed_file_refs(&config), raw_file_refs(&raw));
+    // Routes spend credentials: they stay on loopback.
+    for route in &config.routes {
+        assert!(route.listen.ip().is_loopback(), "{}", route.listen);
+        assert!(!route.allow_non_loopback);
+    }
+}
+
+#[test]
+fn probes_hit_healthz_and_readyz_on_the_configured_admin_port() {
+    let raw = raw_toml(&embedded_config_text(), "ConfigMap sidekey.toml");
+    let admin = raw_admin_listen(&raw);
+    let spec = pod_spec();
+    let (sidekey, _) = sidekey_container(&spec);
+
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let p = &sidekey[probe];
+        assert_eq!(p["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(probe_port(&sidekey, p, probe), admin.port(), "{probe}");
+    }
+    if !sidekey["startupProbe"].is_null() {
+        let p = &sidekey["startupProbe"];
+        assert_eq!(probe_port(&sidekey, p, "startupProbe"), admin.port());
+    }
+    // kubelet probes the pod IP: an httpGet probe needs the admin listener
+    // off loopback, which sidekey only accepts with allow_non_loopback.
+    assert!(
+        !admin.ip().is_loopback(),
+        "httpGet probes cannot reach a loopback admin listener"
+    );
+    assert_eq!(raw["admin"]["allow_non_loopback"].as_bool(), Some(true));
+}
+
+#[test]
+fn the_app_points_at_a_route() {
+    let raw = raw_toml(&embedded_config_text(), "ConfigMap sidekey.toml");
+    let routes = raw_route_listens(&raw);
+    let spec = pod_spec();
+    let apps = app_containers(&spec);
+    assert!(!apps.is_empty(), "no app container");
+
+    let mut used = BTreeSet::new();
+    for app in &apps {
+        for env in seq_of(&app["env"], "env") {
+            let Some(value) = env["value"].as_str() else {
+                continue;
+            };
+            let Some(rest) = value.strip_prefix("http://") else {
+                continue;
+            };
+            let authority = rest.split('/').next().unwrap();
+            let addr: SocketAddr = authority
+                .parse()
+                .unwrap_or_else(|e| panic!("{value}: not an address: {e}"));
+            assert!(
+                routes.contains(&addr),
+                "{}={value} matches no route listen {routes:?}",
+                str_of(&env["name"], "env name")
+            );
+            used.insert(addr);
+        }
+    }
+    assert!(
+        used.contains(&"127.0.0.1:8080".parse().unwrap()),
+        "the app should use http://127.0.0.1:8080"
+    );
+    assert_eq!(used.len(), routes.len(), "every route is used by the app");
+}
+
+#[test]
+fn the_secret_mount_holds_every_file_the_config_reads() {
+    let raw = raw_toml(&embedded_config_text(), "ConfigMap sidekey.toml");
+    let refs = raw_file_refs(&raw);
+    assert!(!refs.is_empty(), "the config reads secrets from files");
+
+    let secret = doc_of_kind("Secret");
+    let secret_name = str_of(&secret["metadata"]["name"], "Secret name");
+    let mut keys = map_keys(&secret["stringData"]);
+    keys.extend(map_keys(&secret["data"]));
+
+    let spec = pod_spec();
+    let (sidekey, _) = sidekey_container(&spec);
+    let mounts = volume_mounts(&sidekey);
+    let (_, mount_path, read_only, sub_path) = mounts
+        .iter()
+        .find(|(name, ..)| {
+            volume(&spec, name)["secret"]["secretName"].as_str() == Some(secret_name)
+        })
+        .unwrap_or_else(|| panic!("Secret {secret_name} is not mounted into sidekey"));
+    assert!(read_only, "the secret volume is mounted read-only");
+    assert!(!sub_path, "subPath mounts never see rotated values");
+
+    let mut used = BTreeSet::new();
+    for path in &refs {
+        let rel = path
+            .strip_prefix(mount_path)
+            .unwrap_or_else(|_| panic!("{} is outside {}", path.display(), mount_path.display()));
+        let key = rel.to_str().unwrap();
+        assert!(
+            keys.contains(key),
+            "{}: no key {key} in Secret {secret_name} {keys:?}",
+            path.display()
+        );
+        used.insert(key.to_owned());
+    }
+    assert_eq!(used, keys, "every Secret key is read by the config");
+
+    // Placeholders only: nothing that looks like a real credential.
+    for key in &keys {
+        let value = secret["stringData"][key.as_str()].as_str().unwrap_or("");
+        assert!(value.contains("REPLACE"), "{key} is not a placeholder");
+    }
+}
+
+#[test]
+fn the_sidecar_reads_the_configmap_and_is_hardened() {
+    let cm = doc_of_kind("ConfigMap");
+    let cm_name = str_of(&cm["metadata"]["name"], "ConfigMap name");
+    let spec = pod_spec();
+    let (sidekey, native) = sidekey_container(&spec);
+
+    // args: run --config PATH, and PATH is the ConfigMap's key on its mount.
+    let args: Vec<&str> = seq_of(&sidekey["args"], "args")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    assert_eq!(args, ["run", "--config", "/etc/sidekey/sidekey.toml"]);
+    let config_path = Path::new(args[2]);
+    let mounts = volume_mounts(&sidekey);
+    let (_, mount_path, read_only, _) = mounts
+        .iter()
+        .find(|(name, ..)| volume(&spec, name)["configMap"]["name"].as_str() == Some(cm_name))
+        .expect("the ConfigMap is mounted into sidekey");
+    assert!(read_only);
+    assert_eq!(config_path.parent(), Some(mount_path.as_path()));
+    let file = config_path.file_name().unwrap().to_str().unwrap();
+    assert!(map_keys(&cm["data"]).contains(file));
+
+    if native {
+        assert_eq!(
+            sidekey["restartPolicy"].as_str(),
+            Some("Always"),
+            "a sidecar in initContainers needs restartPolicy: Always"
+        );
+    }
+
+    let sc = &sidekey["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    let non_root = sc["runAsNonRoot"].as_bool() == Some(true)
+        || spec["securityContext"]["runAsNonRoot"].as_bool() == Some(true);
+    assert!(non_root, "runAsNonRoot");
+
+    let res = &sidekey["resources"];
+    assert!(res["requests"]["cpu"].as_str().is_some());
+    assert!(res["requests"]["memory"].as_str().is_some());
+    assert!(res["limits"]["memory"].as_str().is_some());
+
+    // Drain before SIGKILL: the grace period exceeds shutdown_grace.
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+    let raw = raw_toml(&embedded_config_text(), "ConfigMap sidekey.toml");
+    let shutdown = raw
+        .get("shutdown_grace")
+        .and_then(|v| v.as_str())
+        .unwrap_or("20s");
+    let shutdown_secs: u64 = shutdown
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .expect("shutdown_grace in seconds");
+    assert!(
+        grace > shutdown_secs,
+        "{grace}s <= shutdown_grace {shutdown}"
+    );
+}
+
+// ---------------------------------------------------------------- systemd --
+
+/// `[Section]` → list of (key, value), in order (keys may repeat).
+fn unit_sections(text: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut sections: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.to_owned();
+            sections.entry(current.clone()).or_default();
+            continue;
+        }
+        assert!(!line.ends_with('\\'), "keep unit lines unwrapped: {line}");
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{UNIT}: not KEY=VALUE: {line}"));
+        assert!(!current.is_empty(), "{UNIT}: {key} outside a section");
+        sections
+            .get_mut(&current)
+            .unwrap()
+            .push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    sections
+}
+
+fn values<'a>(section: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    section
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[test]
+fn systemd_unit_runs_and_reloads_sidekey_hardened() {
+    let sections = unit_sections(&read(UNIT));
+    for name in ["Unit", "Service", "Install"] {
+        assert!(sections.contains_key(name), "[{name}] missing");
+    }
+    let service = &sections["Service"];
+    assert_eq!(
+        values(service, "ExecStart"),
+        ["/usr/local/bin/sidekey run --config /etc/sidekey/sidekey.toml"]
+    );
+    assert_eq!(values(service, "ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+    for (key, want) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", ""),
+    ] {
+        assert_eq!(values(service, key), [want], "{key}");
+    }
+    assert!(!values(service, "SystemCallFilter").is_empty());
+    assert!(!values(service, "RestrictAddressFamilies").is_empty());
+    assert_eq!(
+        values(&sections["Install"], "WantedBy"),
+        ["multi-user.target"]
+    );
+}
+
+#[test]
+fn systemd_credentials_are_where_the_config_reads_them() {
+    let sections = unit_sections(&read(UNIT));
+    let service = &sections["Service"];
+    let creds: BTreeSet<String> = values(service, "LoadCredential")
+        .iter()
+        .map(|v| {
+            let (name, source) = v
+                .split_once(':')
+                .unwrap_or_else(|| panic!("LoadCredential={v}: want NAME:PATH"));
+            assert!(source.starts_with('/'), "LoadCredential={v}");
+            name.to_owned()
+        })
+        .collect();
+    assert!(!creds.is_empty(), "secrets come through LoadCredential=");
+
+    let text = read(UNIT_CONFIG);
+    let raw = raw_toml(&text, UNIT_CONFIG);
+    let dir = Path::new("/run/credentials/sidekey.service");
+    let read_by_config: BTreeSet<String> = raw_file_refs(&raw)
+        .iter()
+        .map(|p| {
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or_else(|_| panic!("{}: not under {}", p.display(), dir.display()));
+            rel.to_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(read_by_config, creds);
+    // A host-local listener: everything on loopback.
+    assert!(raw_admin_listen(&raw).ip().is_loopback());
+    assert!(raw_route_listens(&raw).iter().all(|a| a.ip().is_loopback()));
+}
+
+#[test]
+fn systemd_config_is_accepted_by_sidekey() {
+    let text = read(UNIT_CONFIG);
+    let config = sidekey_parse(&text, "/etc/sidekey/sidekey.toml");
+    let raw = raw_toml(&text, UNIT_CONFIG);
+    assert_eq!(typed_file_refs(&config), raw_file_refs(&raw));
+}
+
+// ------------------------------------------------------------- Dockerfile --
+
+/// Instructions as (KEYWORD, arguments), continuation lines joined.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if pending.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if let Some(body) = trimmed.strip_suffix('\\') {
+            pending.push_str(body);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(trimmed);
+        let (keyword, args) = pending
+            .split_once(char::is_whitespace)
+            .unwrap_or((pending.as_str(), ""));
+        out.push((keyword.to_ascii_uppercase(), args.trim().to_owned()));
+        pending.clear();
+    }
+    assert!(pending.is_empty(), "dangling continuation");
+    out
+}
+
+#[test]
+fn dockerfile_final_stage_runs_sidekey_as_non_root() {
+    let instructions = dockerfile_instructions(&read(DOCKERFILE));
+    let stages: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k == "FROM")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage build");
+
+    // The builder compiles the sidekey binary in release mode.
+    let build = &instructions[stages[0]..stages[stages.len() - 1]];
+    assert!(
+        build
+            .iter()
+            .any(|(k, a)| k == "RUN" && a.contains("cargo build --release")),
+        "a builder stage runs cargo build --release"
+    );
+
+    let last = &instructions[stages[stages.len() - 1]..];
+    let base = &last[0].1;
+    let user: Vec<&str> = last
+        .iter()
+        .filter(|(k, _)| k == "USER")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    match user.last() {
+        Some(u) => {
+            let name = u.split(':').next().unwrap();
+            assert!(name != "root" && name != "0", "USER {u} is root");
+        }
+        None => assert!(
+            base.contains("nonroot"),
+            "no USER and base {base} is not nonroot"
+        ),
+    }
+
+    let entrypoint = last
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "ENTRYPOINT")
+        .map(|(_, a)| a)
+        .expect("final stage has an ENTRYPOINT");
+    let argv: Vec<String> = serde_json::from_str(entrypoint)
+        .unwrap_or_else(|e| panic!("ENTRYPOINT {entrypoint} is not exec form: {e}"));
+    let binary = Path::new(&argv[0]);
+    assert_eq!(binary.file_name().unwrap(), "sidekey");
+    assert!(binary.is_absolute());
+    // …and the final stage puts the binary exactly there.
+    assert!(
+        last.iter().any(|(k, a)| k == "COPY"
+            && a.starts_with("--from=")
+            && a.split_whitespace().last() == Some(&argv[0])),
+        "no COPY --from=… {}",
+        argv[0]
+    );
+    if let Some((_, cmd)) = last.iter().rev().find(|(k, _)| k == "CMD") {
+        let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+        assert_eq!(cmd[0], "run");
+    }
+}
