@@ -232,10 +232,19 @@ impl Cx<'_> {
             return Err(self.error(
                 key,
                 &value.span(),
-                format!(
-                    "{addr} is not a loopback address and anyone who can reach it can spend \
-                     the credential; set `allow_non_loopback = true` in {table} to permit it"
-                ),
+                if table == "[admin]" {
+                    format!(
+                        "{addr} is not a loopback address and would expose readiness and \
+                         metrics beyond this host; set `allow_non_loopback = true` in {table} \
+                         to permit it"
+                    )
+                } else {
+                    format!(
+                        "{addr} is not a loopback address and anyone who can reach it can \
+                         spend the credential; set `allow_non_loopback = true` in {table} to \
+                         permit it"
+                    )
+                },
             ));
         }
         Ok(addr)
