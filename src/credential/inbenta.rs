@@ -40,7 +40,9 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, ORIGIN};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
-use super::token_client::{TokenClient, seconds_field, sensitive_header, transient, unix_now};
+use super::token_client::{
+    TokenClient, describe_url, seconds_field, sensitive_header, transient, unix_now,
+};
 use super::{ApiMap, FetchError, Provider, Token};
 use crate::config::{EnvSource, InbentaConfig, InbentaKey, Secret};
 
@@ -63,7 +65,7 @@ impl fmt::Debug for InbentaProvider {
             InbentaKey::DomainKey(r) => format!("domain key from {}", r.describe()),
         };
         f.debug_struct("InbentaProvider")
-            .field("auth_url", &self.config.auth_url.to_string())
+            .field("auth_url", &describe_url(&self.config.auth_url))
             .field("api_key", &self.config.api_key.describe())
             .field("flow", &flow)
             .field("origin", &self.config.origin)

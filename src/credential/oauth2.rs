@@ -34,7 +34,9 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::token_client::{TokenClient, seconds_field, sensitive_header, transient, unix_now};
+use super::token_client::{
+    TokenClient, describe_url, seconds_field, sensitive_header, transient, unix_now,
+};
 use super::{FetchError, Provider, Token};
 use crate::config::{BodyFormat, ClientAuth, EnvSource, OAuth2Config, Secret};
 
@@ -47,17 +49,8 @@ pub struct OAuth2Provider {
 
 impl fmt::Debug for OAuth2Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = &self.config.token_url;
         f.debug_struct("OAuth2Provider")
-            .field(
-                "token_url",
-                &format_args!(
-                    "{}://{}{}",
-                    url.scheme_str().unwrap_or(""),
-                    url.authority().map(|a| a.as_str()).unwrap_or(""),
-                    url.path()
-                ),
-            )
+            .field("token_url", &describe_url(&self.config.token_url))
             .field("client_id", &self.config.client_id.describe())
             .field("client_secret", &self.config.client_secret.describe())
             .field("audience", &self.config.audience)

@@ -77,9 +77,7 @@ impl TokenClient {
         timeout: Duration,
         allow_insecure_http: bool,
     ) -> Result<TokenClient, TlsError> {
-        let mut tls = crate::tls::client_config(roots, None)?;
-        // hyper-rustls sets ALPN itself (h2, http/1.1) and refuses a preset list.
-        tls.alpn_protocols.clear();
+        let tls = crate::tls::client_config(roots, None)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -312,12 +310,14 @@ fn too_large(target: &str) -> FetchError {
     ))
 }
 
-/// Scheme, authority and path of a URL: never its query (which might carry a key).
-fn describe_url(url: &Uri) -> String {
+/// Scheme, host, port and path of a URL for messages: never its user info
+/// or query (either might carry a key).
+pub(crate) fn describe_url(url: &Uri) -> String {
+    let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
     format!(
-        "{}://{}{}",
+        "{}://{}{port}{}",
         url.scheme_str().unwrap_or("?"),
-        url.authority().map(|a| a.as_str()).unwrap_or(""),
+        url.host().unwrap_or(""),
         url.path()
     )
 }
@@ -621,6 +621,14 @@ mod tests {
             parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
             Some(951_825_600)
         );
+    }
+
+    #[test]
+    fn urls_in_messages_lose_user_info_and_query() {
+        let url: Uri = "https://user:pw@auth.example.com:8443/v1/auth?key=k"
+            .parse()
+            .unwrap();
+        assert_eq!(describe_url(&url), "https://auth.example.com:8443/v1/auth");
     }
 
     #[test]
