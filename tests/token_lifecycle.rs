@@ -1,0 +1,225 @@
+//! Token lifecycle seen from the app: no stampede at startup, an outage of
+//! the token endpoint (old token serves until it truly expires, then 503
+//! JSON, then recovery), and the `sidekey token` command.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sidekey::config::secret::MapEnv;
+use support::proxy::{TestProxy, start_proxy, toml_path};
+use support::tls::TestPki;
+use support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
+use support::upstream::{Upstream, UpstreamOpts};
+
+fn env() -> MapEnv {
+    MapEnv::from([
+        ("CLIENT_ID", "test-client"),
+        ("CLIENT_SECRET", "test-client-secret"),
+    ])
+}
+
+fn config(pki: &TestPki, token: &OAuthServer, upstream: &Upstream) -> String {
+    format!(
+        r#"
+[tls]
+ca_file = {ca}
+
+[credentials.pliant]
+type = "oauth2"
+token_url = "{token_url}"
+client_id = {{ env = "CLIENT_ID" }}
+client_secret = {{ env = "CLIENT_SECRET" }}
+audience = "api.getpliant.com/api/integration"
+body = "json"
+client_auth = "post"
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+credential = "pliant"
+"#,
+        ca = toml_path(pki.ca_pem_path()),
+        token_url = token.token_url(),
+        upstream = upstream.url(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_requests_at_startup_share_one_token_request() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let token = OAuthServer::start_tls(OAuthBehaviour::default(), &pki).await;
+    // The first token takes a while, so every request below arrives before it.
+    token.push_reply(
+        TokenReply::json(
+            200,
+            json!({"access_token": "slow-token", "token_type": "Bearer", "expires_in": 3600}),
+        )
+        .delay(Duration::from_millis(400)),
+    );
+    let proxy = Arc::new(start_proxy(&config(&pki, &token, &upstream), env()).await);
+
+    let requests: Vec<_> = (0..100)
+        .map(|i| {
+            let proxy = Arc::clone(&proxy);
+            tokio::spawn(async move { proxy.get(&format!("/cards/{i}")).await })
+        })
+        .collect();
+    for request in requests {
+        let response = request.await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    assert_eq!(
+        token.calls(),
+        1,
+        "one token request, however many requests wait for it"
+    );
+    assert_eq!(upstream.request_count(), 100);
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization") == Some("Bearer slow-token"))
+    );
+}
+
+async fn wait_for_status(proxy: &TestProxy, status: u16, within: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let response = proxy.get("/poll").await;
+        if response.status == status {
+            return if response.body.is_empty() {
+                json!(null)
+            } else {
+                response.json()
+            };
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {status} within {within:?}; last {} {}",
+            response.status,
+            response.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn outage_serves_the_old_token_until_expiry_then_503_then_recovers() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let token = OAuthServer::start_tls(
+        OAuthBehaviour {
+            expires_in: Some(json!(3)),
+            ..OAuthBehaviour::default()
+        },
+        &pki,
+    )
+    .await;
+    let proxy = start_proxy(&config(&pki, &token, &upstream), env()).await;
+    assert_eq!(proxy.get("/before").await.status, 200);
+    let obtained = tokio::time::Instant::now();
+
+    // The token endpoint goes down.
+    token.set_reply(Some(TokenReply::oauth_error(
+        503,
+        "temporarily_unavailable",
+        "maintenance",
+    )));
+    // Until the 3-second token truly expires, requests still succeed with it.
+    while obtained.elapsed() < Duration::from_millis(2000) {
+        assert_eq!(proxy.get("/during").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let error = wait_for_status(&proxy, 503, Duration::from_secs(5)).await;
+    assert_eq!(error["error"], "credential_unavailable");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("pliant"), "{message}");
+    assert!(message.contains("temporarily_unavailable"), "{message}");
+    assert!(!message.contains("test-client-secret"));
+    let failures = token.calls();
+    assert!(failures >= 2, "renewal was retried during the outage");
+
+    // The endpoint recovers: the next backoff attempt gets a token.
+    token.set_reply(None);
+    wait_for_status(&proxy, 200, Duration::from_secs(20)).await;
+    let issued = token.last_token().unwrap();
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some(format!("Bearer {issued}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn token_command_prints_type_and_lifetime_not_the_token() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let token = OAuthServer::start_tls(OAuthBehaviour::default(), &pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidekey.toml");
+    std::fs::write(&path, config(&pki, &token, &upstream)).unwrap();
+
+    let path1 = path.clone();
+    let run = move |show: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sidekey"));
+        command
+            .args(["token", "--config"])
+            .arg(&path1)
+            .arg("pliant")
+            .env("CLIENT_ID", "test-client")
+            .env("CLIENT_SECRET", "test-client-secret");
+        if show {
+            command.arg("--show");
+        }
+        command.output().unwrap()
+    };
+    let out = tokio::task::spawn_blocking(move || (run(false), run(true)))
+        .await
+        .unwrap();
+    let (quiet, shown) = out;
+    assert_eq!(
+        quiet.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&quiet.stdout);
+    assert!(stdout.contains("type oauth2"), "{stdout}");
+    assert!(stdout.contains("expires in 86400s"), "{stdout}");
+    let issued = token.issued_tokens();
+    assert_eq!(issued.len(), 2);
+    assert!(
+        !stdout.contains(&issued[0]),
+        "the token is printed only with --show"
+    );
+    assert_eq!(shown.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&issued[1]));
+
+    // A refused credential exits 1 with the endpoint's reason, not the secret.
+    token.set_reply(Some(TokenReply::oauth_error(
+        401,
+        "invalid_client",
+        "Client authentication failed",
+    )));
+    let path2 = path.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sidekey"))
+            .args(["token", "--config"])
+            .arg(&path2)
+            .arg("pliant")
+            .env("CLIENT_ID", "test-client")
+            .env("CLIENT_SECRET", "test-client-secret")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("invalid_client"), "{stderr}");
+    assert!(!stderr.contains("test-client-secret"), "{stderr}");
+}
