@@ -109,7 +109,7 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut source = err.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
+        if !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
         }

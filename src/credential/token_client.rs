@@ -33,6 +33,7 @@ use rustls::RootCertStore;
 use serde_json::Value;
 
 use super::FetchError;
+use crate::error::error_chain;
 use crate::tls::TlsError;
 
 /// Largest token response body accepted (1 MiB).
@@ -141,7 +142,7 @@ impl TokenClient {
 
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
-                transient(format!("token request to {target} failed: {}", chain(&e)))
+                transient(format!("token request to {target} failed: {}", error_chain(&e)))
             })?;
             let (parts, body) = response.into_parts();
             let declared = parts
@@ -161,7 +162,7 @@ impl TokenClient {
                     } else {
                         transient(format!(
                             "reading the answer of {target} failed: {}",
-                            chain(e.as_ref())
+                            error_chain(e.as_ref())
                         ))
                     }
                 })?
@@ -320,22 +321,6 @@ pub(crate) fn describe_url(url: &Uri) -> String {
         url.host().unwrap_or(""),
         url.path()
     )
-}
-
-/// An error and its causes on one line (hyper's "client error (Connect)"
-/// alone says little).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// One readable line from an error body.
