@@ -143,6 +143,10 @@ credential = "api"
         "/api/search/q?x=%20y"
     );
 
+    let climbing = proxy.get("/chatbot/../admin").await;
+    assert_eq!(climbing.status, 400);
+    assert_eq!(climbing.sidekey_error(), Some("bad_request"));
+
     for unrouted in ["/chatbots", "/", "/other/chatbot"] {
         let r = proxy.get(unrouted).await;
         assert_eq!(r.status, 404, "{unrouted}");

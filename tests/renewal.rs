@@ -470,6 +470,45 @@ async fn never_obtained_reports_the_last_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn first_attempt_wait_ends_with_the_first_request_success_or_failure() {
+    // A slow first success: the waiter gets the token when it arrives.
+    let slow = Scripted::with_latency(Duration::from_secs(2), |n| ok(format!("t{n}"), 3600));
+    let (_credentials, handle, _metrics) = start(slow, EngineSettings::default());
+    let started = Instant::now();
+    let published = handle
+        .wait_for_first_attempt(Duration::from_secs(3600))
+        .await
+        .expect("the first token");
+    assert_eq!(authorization(&published), "Bearer t0");
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+    // A failing first request: the waiter is released by the failure, not the timeout.
+    let failing =
+        Scripted::with_latency(Duration::from_secs(1), |_| transient("connection refused"));
+    let (_credentials, handle, _metrics) = start(failing.clone(), EngineSettings::default());
+    let started = Instant::now();
+    let unavailable = handle
+        .wait_for_first_attempt(Duration::from_secs(3600))
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert!(
+        unavailable.reason.contains("connection refused"),
+        "{}",
+        unavailable.reason
+    );
+    // Later callers do not wait at all while the endpoint keeps failing.
+    let again = Instant::now();
+    assert!(
+        handle
+            .wait_for_first_attempt(Duration::from_secs(3600))
+            .await
+            .is_err()
+    );
+    assert_eq!(again.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
 async fn many_rejections_of_one_token_cause_one_renewal() {
     let provider =
         Scripted::with_latency(Duration::from_millis(200), |n| ok(format!("t{n}"), 3600));

@@ -212,6 +212,7 @@ pub(super) async fn run<P: Provider>(
                 delay
             }
         };
+        handle.attempted.notify_waiters();
         rejected = wait(&handle, next).await;
     }
 }

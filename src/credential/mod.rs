@@ -209,6 +209,8 @@ pub struct CredentialHandle {
     wake: Notify,
     /// Generation of the latest published token (0 = none yet).
     generation: watch::Sender<u64>,
+    /// Woken after every token request, successful or not.
+    attempted: Notify,
 }
 
 impl fmt::Debug for CredentialHandle {
@@ -237,6 +239,7 @@ impl CredentialHandle {
             rejected: AtomicU64::new(0),
             wake: Notify::new(),
             generation: watch::Sender::new(0),
+            attempted: Notify::new(),
         }
     }
 
@@ -287,6 +290,31 @@ impl CredentialHandle {
         if self.rejected.fetch_max(generation, Ordering::AcqRel) < generation {
             self.wake.notify_one();
         }
+    }
+
+    /// Right after start: wait (up to `timeout`) until the first token
+    /// request has finished, then the current state. Returns at once when a
+    /// token was ever published or the first request already failed, so a
+    /// broken token endpoint costs requests no extra wait.
+    pub async fn wait_for_first_attempt(
+        &self,
+        timeout: Duration,
+    ) -> Result<Arc<Published>, Unavailable> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempted = self.attempted.notified();
+            tokio::pin!(attempted);
+            attempted.as_mut().enable();
+            let state = self.state.load();
+            if state.published.is_some() || state.last_error.is_some() {
+                break;
+            }
+            drop(state);
+            if tokio::time::timeout_at(deadline, attempted).await.is_err() {
+                break;
+            }
+        }
+        self.current()
     }
 
     /// Wait (up to `timeout`) for a token newer than `generation`; then the

@@ -26,8 +26,8 @@ use crate::metrics::Metrics;
 /// Largest request body kept in memory for a retry (64 KiB).
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 
-/// Longest wait for the very first token of a credential.
-const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a credential's first token request to finish.
+const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest wait for a renewed token before passing a rejection on.
 const RENEWAL_WAIT: Duration = Duration::from_secs(10);
@@ -50,13 +50,14 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let published = match route.credential.current() {
         Ok(published) => published,
-        // Right after start the first token may be on its way: wait for it
-        // (bounded) instead of failing the app's first requests. Once any
-        // token has been published this returns at once.
+        // Right after start the first token may be on its way: wait for that
+        // request (bounded) instead of failing the app's first requests. Once
+        // any token was published, or the first request failed, this returns
+        // at once.
         Err(_) => {
             route
                 .credential
-                .wait_for_newer(0, FIRST_TOKEN_WAIT.min(route.request_timeout))
+                .wait_for_first_attempt(FIRST_TOKEN_WAIT.min(route.request_timeout))
                 .await?
         }
     };

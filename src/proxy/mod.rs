@@ -56,6 +56,7 @@ impl Dispatch {
         match self {
             Dispatch::Routes(routes) => {
                 let path = request.uri().path();
+                refuse_dot_segments(path)?;
                 routes
                     .iter()
                     .find(|route| route.matches(path))
@@ -75,11 +76,54 @@ impl Dispatch {
                         "forward proxy expects absolute http:// request URIs".to_owned(),
                     ));
                 }
+                refuse_dot_segments(uri.path())?;
                 let host = uri.host().unwrap_or_default();
                 hosts
                     .get(&host.to_ascii_lowercase())
                     .ok_or_else(|| ProxyError::HostNotAllowed(host.to_owned()))
             }
+        }
+    }
+}
+
+/// Refuse `.` and `..` path segments (also percent-encoded): joined onto an
+/// upstream base path they would climb out of it, with the credential attached.
+fn refuse_dot_segments(path: &str) -> Result<(), ProxyError> {
+    if !path.contains(['.', '%']) {
+        return Ok(());
+    }
+    let dot = |segment: &str| {
+        [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."]
+            .iter()
+            .any(|form| segment.eq_ignore_ascii_case(form))
+    };
+    if path.split('/').any(dot) {
+        return Err(ProxyError::BadRequest(
+            "request paths with `.` or `..` segments are not forwarded".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_dot_segments;
+
+    #[test]
+    fn dot_segments_are_refused_in_any_spelling() {
+        for path in ["/a/../b", "/..", "/a/./b", "/a/%2E%2e/b", "/a/.%2e", "/%2e"] {
+            assert!(refuse_dot_segments(path).is_err(), "{path}");
+        }
+        for path in [
+            "/",
+            "/a.b/c",
+            "/v1/file.json",
+            "/..a/b",
+            "/a%2Fb",
+            "/a/...",
+            "/%2e%2e%2e",
+        ] {
+            assert!(refuse_dot_segments(path).is_ok(), "{path}");
         }
     }
 }
