@@ -142,7 +142,10 @@ impl TokenClient {
 
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
-                transient(format!("token request to {target} failed: {}", error_chain(&e)))
+                transient(format!(
+                    "token request to {target} failed: {}",
+                    error_chain(&e)
+                ))
             })?;
             let (parts, body) = response.into_parts();
             let declared = parts
