@@ -11,10 +11,10 @@ use std::time::Duration;
 use http::Method;
 use serde_json::json;
 use sidekey::config::secret::MapEnv;
-use support::proxy::{TestProxy, body_bytes, request, start_proxy, toml_path};
+use support::proxy::{TestProxy, body_bytes, body_generated, request, start_proxy, toml_path};
 use support::tls::TestPki;
 use support::token_servers::{InbentaBehaviour, InbentaServer, Lifetime};
-use support::upstream::{Reply, Upstream, UpstreamOpts};
+use support::upstream::{Reply, Upstream, UpstreamOpts, generated_digest};
 
 fn env() -> MapEnv {
     MapEnv::from([
@@ -153,6 +153,29 @@ async fn gateway_403_on_a_dead_token_renews_through_auth_and_retries_once() {
         "a rejected token is replaced through /auth"
     );
     assert_eq!(auth.refresh_calls(), 0);
+
+    // Again with a small chunked body: it is kept too, and retried whole.
+    dead.lock().unwrap().insert(second.clone());
+    auth.revoke_tokens();
+    let response = proxy
+        .client
+        .send(request(
+            Method::POST,
+            &format!("{}/third", proxy.route_url(0)),
+            body_generated(20_000, false),
+        ))
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 5);
+    let third = auth.last_token().unwrap();
+    assert_eq!(
+        seen[4].header("authorization"),
+        Some(format!("Bearer {third}").as_str())
+    );
+    assert_eq!(seen[4].body_len, 20_000);
+    assert_eq!(seen[4].body_digest, generated_digest(20_000));
+    assert_eq!(auth.auth_calls(), 3);
 }
 
 #[tokio::test]

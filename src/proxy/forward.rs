@@ -1,7 +1,7 @@
 //! Forwarding one request to its route's upstream, and the one retry.
 //!
-//! The request body streams through untouched unless its length is known and
-//! at most [`RETRY_BODY_LIMIT`]: then it is kept, so that when the upstream
+//! The request body streams through unless it turns out to be at most
+//! [`RETRY_BODY_LIMIT`] ([`super::body::take`]): then it is kept, so that when the upstream
 //! answers with a status in the credential's `renew_on_status`, the proxy
 //! reports the token as rejected (one renewal per token, shared by all
 //! requests that saw it), waits for the new token and sends the request once
@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body, Incoming};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use tracing::{debug, warn};
 
+use super::body::{Outgoing, take};
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
 use super::{ResponseBody, Route};
 use crate::credential::Published;
@@ -72,25 +73,24 @@ pub async fn forward(
     // The app speaks HTTP/1.x to us; the client picks HTTP/1.1 or HTTP/2 upstream.
     parts.version = Version::HTTP_11;
 
-    let keep = matches!(body.size_hint().exact(), Some(len) if len <= RETRY_BODY_LIMIT);
-    if !keep {
-        let response = send(
-            route,
-            Request::from_parts(parts, Either::Left(body)),
-            metrics,
-        )
-        .await?;
-        if route.credential.renews_on(response.status()) {
-            route.credential.report_rejected(published.generation);
-        }
-        return Ok(finish(response));
-    }
-
-    let body = Limited::new(body, RETRY_BODY_LIMIT as usize)
-        .collect()
+    let body = match take(body, RETRY_BODY_LIMIT)
         .await
         .map_err(|e| ProxyError::BadRequest(format!("request body could not be read: {e}")))?
-        .to_bytes();
+    {
+        Outgoing::Kept(body) => body,
+        Outgoing::Streamed(body) => {
+            let response = send(
+                route,
+                Request::from_parts(parts, Either::Left(body)),
+                metrics,
+            )
+            .await?;
+            if route.credential.renews_on(response.status()) {
+                route.credential.report_rejected(published.generation);
+            }
+            return Ok(finish(response));
+        }
+    };
     let kept = Kept {
         method: parts.method.clone(),
         uri: parts.uri.clone(),

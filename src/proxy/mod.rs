@@ -12,6 +12,7 @@
 //!    ALPN offers it), streaming the body; a small body is kept so a
 //!    `renew_on_status` answer can be retried once with the renewed token.
 
+pub mod body;
 pub mod client;
 pub mod forward;
 pub mod headers;
@@ -30,7 +31,7 @@ pub use route::Route;
 use crate::error::ProxyError;
 
 /// Body of a request sent upstream: the app's stream, or a kept small body.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<body::Prefixed, Full<Bytes>>;
 
 /// Body of a response to the app: the upstream's stream, or sidekey's own JSON.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
