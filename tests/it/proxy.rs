@@ -2,18 +2,16 @@
 //! sidekey in-process, real requests; assertions on what the upstream
 //! received and what the app got back.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Version};
-use sidekey::config::secret::MapEnv;
-use support::proxy::{
+use crate::support::proxy::{
     TestClient, body_bytes, body_generated, request, start_proxy, toml_path, toml_str,
 };
-use support::tls::TestPki;
-use support::upstream::{Reply, Upstream, UpstreamOpts, closed_port, generated_digest};
+use crate::support::tls::TestPki;
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts, closed_port, generated_digest};
+use http::{Method, Version};
+use sidekey::config::secret::MapEnv;
 
 fn env() -> MapEnv {
     MapEnv::from([("API_TOKEN", "tok-123")])

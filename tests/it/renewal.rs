@@ -31,10 +31,8 @@ use sidekey::credential::{
 };
 use sidekey::metrics::Metrics;
 
-mod support;
-
-use support::proxy::{start_proxy, toml_str};
-use support::upstream::{Reply, Upstream, UpstreamOpts};
+use crate::support::proxy::{start_proxy, toml_str};
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
 
 // ---------------------------------------------------------------------------
 // A scripted provider
@@ -1034,7 +1032,7 @@ allow_insecure_http = true
 }
 
 /// Wait for the proxy's first token (the proxy answers 503 until then).
-async fn wait_ready(proxy: &support::proxy::TestProxy) {
+async fn wait_ready(proxy: &crate::support::proxy::TestProxy) {
     let credentials = proxy.handle.credentials();
     let handle = credentials.get("api").expect("credential api");
     handle

@@ -1,15 +1,13 @@
 //! The `sidekey` binary: exit codes, `check` messages, `run` with signals,
 //! and the demo.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::proxy::TestClient;
+use crate::support::proxy::TestClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidekey");
 
@@ -192,10 +190,10 @@ async fn demo_injects_a_rotating_token_the_app_never_sees() {
         .await
         .expect("demo starts");
     let client = TestClient::new();
-    let mut req = support::proxy::request(
+    let mut req = crate::support::proxy::request(
         http::Method::GET,
         &format!("http://{}/hello?x=1", demo.proxy_addr()),
-        support::proxy::body_bytes(""),
+        crate::support::proxy::body_bytes(""),
     );
     req.headers_mut().insert(
         "authorization",

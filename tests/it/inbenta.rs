@@ -2,19 +2,19 @@
 //! product API upstream found through the auth response's `apis` map, and
 //! sidekey in between.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::proxy::{
+    TestProxy, body_bytes, body_generated, request, start_proxy, toml_path,
+};
+use crate::support::tls::TestPki;
+use crate::support::token_servers::{InbentaBehaviour, InbentaServer, Lifetime};
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts, generated_digest};
 use http::Method;
 use serde_json::json;
 use sidekey::config::secret::MapEnv;
-use support::proxy::{TestProxy, body_bytes, body_generated, request, start_proxy, toml_path};
-use support::tls::TestPki;
-use support::token_servers::{InbentaBehaviour, InbentaServer, Lifetime};
-use support::upstream::{Reply, Upstream, UpstreamOpts, generated_digest};
 
 fn env() -> MapEnv {
     MapEnv::from([

@@ -1,14 +1,12 @@
 //! Admin endpoints, reload and graceful shutdown of an in-process proxy.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::proxy::{TestClient, TestProxy, parse_config, start_proxy, toml_path};
+use crate::support::tls::TestPki;
+use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
 use sidekey::config::secret::MapEnv;
-use support::proxy::{TestClient, TestProxy, parse_config, start_proxy, toml_path};
-use support::tls::TestPki;
-use support::upstream::{Upstream, UpstreamOpts, closed_port};
 
 fn config(pki: &TestPki, upstream: &str, token_env: &str) -> String {
     format!(

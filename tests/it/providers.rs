@@ -2,8 +2,6 @@
 //! loopback: what the server received (exact headers and bodies), the token
 //! each fetch yields, and how every kind of failure is classified.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +20,8 @@ use sidekey::credential::oauth2::OAuth2Provider;
 use sidekey::credential::token_client::TokenClient;
 use sidekey::credential::{FetchError, Provider, Token};
 
-use support::tls::TestPki;
-use support::token_servers::{
+use crate::support::tls::TestPki;
+use crate::support::token_servers::{
     InbentaBehaviour, InbentaEndpoint, InbentaServer, Lifetime, OAuthBehaviour, OAuthServer,
     TokenReply, jwt, unix_now,
 };

@@ -2,19 +2,17 @@
 //! test CA, requests recorded, HTTP/2 by ALPN, connections counted, client
 //! certificates recorded, large bodies streamed and counted.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Version};
-use sidekey::config::secret::MapEnv;
-use support::proxy::{TestClient, body_bytes, request, start_proxy, toml_path, toml_str};
-use support::tls::TestPki;
-use support::upstream::{
+use crate::support::proxy::{TestClient, body_bytes, request, start_proxy, toml_path, toml_str};
+use crate::support::tls::TestPki;
+use crate::support::upstream::{
     BODY_HEAD_LIMIT, BodyDigest, ClientAuth, Reply, Upstream, UpstreamOpts, closed_port,
     generated_digest,
 };
+use http::{Method, Version};
+use sidekey::config::secret::MapEnv;
 
 fn pki() -> Arc<TestPki> {
     Arc::new(TestPki::new())
@@ -83,7 +81,7 @@ async fn a_client_trusting_another_ca_is_refused() {
         .send_head(request(
             Method::GET,
             &upstream.url(),
-            support::proxy::body_empty(),
+            crate::support::proxy::body_empty(),
         ))
         .await
         .expect_err("untrusted server certificate must fail");
@@ -191,7 +189,7 @@ async fn required_client_certificate_refuses_anonymous_clients() {
         .send_head(request(
             Method::GET,
             &format!("{}/anon", upstream.url()),
-            support::proxy::body_empty(),
+            crate::support::proxy::body_empty(),
         ))
         .await;
     assert!(anon.is_err(), "anonymous client got {anon:?}");
@@ -211,14 +209,22 @@ async fn scripted_answers_depend_on_the_request() {
         .await;
     let client = TestClient::new();
 
-    let mut old = request(Method::GET, &upstream.url(), support::proxy::body_empty());
+    let mut old = request(
+        Method::GET,
+        &upstream.url(),
+        crate::support::proxy::body_empty(),
+    );
     old.headers_mut()
         .insert("authorization", "Bearer old".parse().unwrap());
     let res = client.send(old).await;
     assert_eq!(res.status, 401);
     assert_eq!(res.header("www-authenticate"), Some("Bearer"));
 
-    let mut new = request(Method::GET, &upstream.url(), support::proxy::body_empty());
+    let mut new = request(
+        Method::GET,
+        &upstream.url(),
+        crate::support::proxy::body_empty(),
+    );
     new.headers_mut()
         .insert("authorization", "Bearer new".parse().unwrap());
     let res = client.send(new).await;
@@ -300,7 +306,7 @@ async fn closed_port_refuses_connections() {
         .send_head(request(
             Method::GET,
             &format!("http://{addr}/"),
-            support::proxy::body_empty(),
+            crate::support::proxy::body_empty(),
         ))
         .await
         .expect_err("nothing listens");

@@ -2,18 +2,16 @@
 //! the token endpoint (old token serves until it truly expires, then 503
 //! JSON, then recovery), and the `sidekey token` command.
 
-mod support;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::proxy::{TestProxy, start_proxy, toml_path};
+use crate::support::tls::TestPki;
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
+use crate::support::upstream::{Upstream, UpstreamOpts};
 use serde_json::json;
 use sidekey::config::secret::MapEnv;
-use support::proxy::{TestProxy, start_proxy, toml_path};
-use support::tls::TestPki;
-use support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
-use support::upstream::{Upstream, UpstreamOpts};
 
 fn env() -> MapEnv {
     MapEnv::from([
