@@ -44,6 +44,15 @@ pub enum ServeError {
     /// The configuration could not be turned into running parts.
     #[error("{0}")]
     Config(String),
+    /// A credential new to this configuration (or with changed settings)
+    /// did not obtain its first token, so the configuration is not taken.
+    #[error("credential {credential} could not obtain a token: {reason}")]
+    CredentialNotReady {
+        /// The credential's name.
+        credential: String,
+        /// Why (the token request's failure, or that it did not finish in time).
+        reason: String,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -117,8 +126,14 @@ impl Handle {
     }
 
     /// Apply a new configuration: same listeners, new routes and credentials.
-    /// The new credentials get up to `ready_wait` to obtain their first
-    /// tokens before they take over, so a reload causes no 503s.
+    ///
+    /// Credentials whose settings did not change keep their engine and token
+    /// (no token request). Every other credential of the new configuration
+    /// must obtain its first token within `ready_wait`; if one fails (or does
+    /// not finish in time) the reload is refused whole and the old
+    /// configuration keeps serving, so a reload never replaces a working
+    /// token with none. Cancel-safe: dropping the future before it returns
+    /// leaves the old configuration in place and stops the new engines.
     pub async fn reload(&mut self, config: Config, ready_wait: Duration) -> Result<(), ServeError> {
         if listen_plan(&config) != self.listen_plan {
             return Err(ServeError::Config(
@@ -130,8 +145,9 @@ impl Handle {
         config
             .check_secrets()
             .map_err(|e| ServeError::Config(e.to_string()))?;
-        let generation = build_generation(&config, &self.shared.metrics)?;
-        wait_until_ready(&generation.credentials, ready_wait).await;
+        let current = self.shared.credentials.load_full();
+        let generation = build_generation(&config, &self.shared.metrics, Some(&current))?;
+        first_tokens(&generation.credentials, ready_wait).await?;
         for (addr, dispatch) in &generation.listeners {
             if let Some(slot) = self.dispatchers.get(addr) {
                 slot.store(dispatch.clone());
@@ -140,10 +156,23 @@ impl Handle {
         if let (Some(slot), Some(dispatch)) = (&self.forward_dispatch, &generation.forward) {
             slot.store(dispatch.clone());
         }
-        // The old credentials stop when the last request using them is done.
+        for (name, _) in current.iter() {
+            if generation.credentials.get(name).is_none() {
+                self.shared
+                    .metrics
+                    .set_token_expires_in(&Arc::from(name), None);
+            }
+        }
+        let started: Vec<&str> = generation.credentials.started().collect();
+        info!(
+            started = ?started,
+            kept = generation.credentials.iter().count() - started.len(),
+            "configuration reloaded"
+        );
+        // The old credentials stop when the last request using them is done;
+        // the ones taken over keep running.
         self.shared.credentials.store(generation.credentials);
         self.grace = config.shutdown_grace;
-        info!("configuration reloaded");
         Ok(())
     }
 
@@ -166,13 +195,33 @@ impl Handle {
     }
 }
 
-/// Wait until every credential has obtained its first token, at most `limit`.
-async fn wait_until_ready(credentials: &Credentials, limit: Duration) {
+/// Wait until every credential `credentials` started itself has obtained its
+/// first token, at most `limit` in all; the first one that fails (or is still
+/// waiting at the deadline) refuses the configuration.
+async fn first_tokens(credentials: &Credentials, limit: Duration) -> Result<(), ServeError> {
     let deadline = tokio::time::Instant::now() + limit;
-    for (_, handle) in credentials.iter() {
+    for name in credentials.started() {
+        let Some(handle) = credentials.get(name) else {
+            continue;
+        };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let _ = handle.wait_for_newer(0, left).await;
+        if let Err(unavailable) = handle.wait_for_first_attempt(left).await {
+            let reason = if tokio::time::Instant::now() >= deadline {
+                format!(
+                    "no token within {} s: {}",
+                    limit.as_secs_f64(),
+                    unavailable.reason
+                )
+            } else {
+                unavailable.reason
+            };
+            return Err(ServeError::CredentialNotReady {
+                credential: name.to_owned(),
+                reason,
+            });
+        }
     }
+    Ok(())
 }
 
 /// Listen addresses with their TLS files, and the forward proxy: what a reload may not change.
@@ -236,10 +285,15 @@ fn build_route(
     ))
 }
 
-/// Start credentials and build every dispatch table of `config`.
-fn build_generation(config: &Config, metrics: &Metrics) -> Result<Generation, ServeError> {
+/// Start credentials (taking over the unchanged ones of `previous`) and
+/// build every dispatch table of `config`.
+fn build_generation(
+    config: &Config,
+    metrics: &Metrics,
+    previous: Option<&Credentials>,
+) -> Result<Generation, ServeError> {
     let roots = tls::root_store(&config.tls).map_err(|e| ServeError::Config(e.to_string()))?;
-    let credentials = Credentials::start(config, &roots, metrics)
+    let credentials = Credentials::start_reusing(config, &roots, metrics, previous)
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();
     for route in &config.routes {
@@ -307,7 +361,7 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
         .check_secrets()
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let metrics = Metrics::new();
-    let generation = build_generation(&config, &metrics)?;
+    let generation = build_generation(&config, &metrics, None)?;
     let shared = Arc::new(Shared {
         metrics,
         credentials: ArcSwap::new(generation.credentials.clone()),

@@ -86,7 +86,7 @@ pub struct TlsConfig {
 }
 
 /// `[credentials.NAME]`: how a token is obtained and which headers it adds.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CredentialConfig {
     /// The table name (`NAME`).
     pub name: String,
@@ -106,8 +106,37 @@ pub struct CredentialConfig {
     pub timeout: Duration,
 }
 
+impl CredentialConfig {
+    /// Every secret reference of this credential.
+    pub fn secret_refs(&self) -> Vec<&SecretRef> {
+        match &self.kind {
+            CredentialKind::Inbenta(inbenta) => {
+                let key = match &inbenta.key {
+                    InbentaKey::Secret(r) | InbentaKey::DomainKey(r) => r,
+                };
+                let mut refs = vec![&inbenta.api_key, key];
+                refs.extend(inbenta.oauth_token.as_ref());
+                refs
+            }
+            CredentialKind::OAuth2(oauth2) => vec![&oauth2.client_id, &oauth2.client_secret],
+            CredentialKind::Static(fixed) => vec![&fixed.token],
+        }
+    }
+
+    /// Names of the environment variables this credential reads.
+    pub fn env_vars(&self) -> Vec<&str> {
+        self.secret_refs()
+            .into_iter()
+            .filter_map(|r| match r {
+                SecretRef::Env(name) => Some(name.as_str()),
+                SecretRef::File(_) | SecretRef::Literal(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// The type-specific part of a credential (`type = "…"`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum CredentialKind {
     /// `type = "inbenta"`.
     Inbenta(InbentaConfig),
@@ -118,7 +147,7 @@ pub enum CredentialKind {
 }
 
 /// `type = "inbenta"`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct InbentaConfig {
     /// `api_key`, sent as `x-inbenta-key` to the auth API and every upstream request.
     pub api_key: SecretRef,
@@ -133,7 +162,7 @@ pub struct InbentaConfig {
 }
 
 /// Which Inbenta flow a credential uses.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum InbentaKey {
     /// API Secret flow: `{"secret": …}`.
     Secret(SecretRef),
@@ -142,7 +171,7 @@ pub enum InbentaKey {
 }
 
 /// `type = "oauth2"`: RFC 6749 §4.4 client credentials grant.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OAuth2Config {
     /// `token_url`.
     pub token_url: Uri,
@@ -181,7 +210,7 @@ pub enum BodyFormat {
 }
 
 /// `type = "static"`: a fixed token, re-read when its file changes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StaticConfig {
     /// `token`.
     pub token: SecretRef,

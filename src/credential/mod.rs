@@ -27,7 +27,7 @@ pub mod oauth2;
 pub mod static_token;
 pub mod token_client;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -347,25 +347,67 @@ impl CredentialHandle {
     }
 }
 
+/// One running credential: the handle requests read, its renewal task, and
+/// what it was started from. Shared between configurations by a reload that
+/// leaves the credential's settings unchanged; the task stops when the last
+/// configuration using it is gone.
+struct Engine {
+    handle: Arc<CredentialHandle>,
+    task: AbortHandle,
+    /// `None` for engines started by [`Credentials::spawn`] (never taken over).
+    origin: Option<Origin>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The inputs an engine was built from; equal inputs mean a reload may keep it.
+struct Origin {
+    config: CredentialConfig,
+    env: Arc<dyn EnvSource>,
+    roots: Arc<RootCertStore>,
+}
+
+impl Origin {
+    /// Whether an engine started from `self` serves `config` (read through
+    /// `env`, trusting `roots`) exactly as a new one would: same settings,
+    /// same values of the environment variables it reads, same trust.
+    fn serves(
+        &self,
+        config: &CredentialConfig,
+        env: &dyn EnvSource,
+        roots: &RootCertStore,
+    ) -> bool {
+        self.config == *config
+            && self.roots.roots == roots.roots
+            && config
+                .env_vars()
+                .iter()
+                .all(|name| self.env.var(name) == env.var(name))
+    }
+}
+
 /// All credentials of a configuration, each with its renewal task running.
-/// Dropping it stops the tasks.
+/// Dropping it stops the tasks that no other configuration shares.
 #[derive(Default)]
 pub struct Credentials {
-    handles: BTreeMap<String, Arc<CredentialHandle>>,
-    tasks: BTreeMap<String, AbortHandle>,
+    engines: BTreeMap<String, Arc<Engine>>,
+    /// Names of the engines taken over from a previous configuration.
+    taken_over: BTreeSet<String>,
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.handles.iter()).finish()
-    }
-}
-
-impl Drop for Credentials {
-    fn drop(&mut self) {
-        for task in self.tasks.values() {
-            task.abort();
-        }
+        f.debug_map()
+            .entries(
+                self.engines
+                    .iter()
+                    .map(|(name, engine)| (name, &engine.handle)),
+            )
+            .finish()
     }
 }
 
@@ -378,14 +420,48 @@ impl Credentials {
         roots: &RootCertStore,
         metrics: &Metrics,
     ) -> Result<Credentials, TlsError> {
+        Credentials::start_reusing(config, roots, metrics, None)
+    }
+
+    /// Like [`Credentials::start`], but every credential of `previous` whose
+    /// settings, environment values and trust are unchanged is taken over as
+    /// it runs (same handle, same token, no token request); only new or
+    /// changed credentials start an engine. [`Credentials::started`] names
+    /// those.
+    pub fn start_reusing(
+        config: &Config,
+        roots: &RootCertStore,
+        metrics: &Metrics,
+        previous: Option<&Credentials>,
+    ) -> Result<Credentials, TlsError> {
+        let shared_roots = Arc::new(roots.clone());
         let mut credentials = Credentials::default();
         for (name, credential) in &config.credentials {
+            let reusable = previous
+                .and_then(|previous| previous.engines.get(name))
+                .filter(|engine| {
+                    engine
+                        .origin
+                        .as_ref()
+                        .is_some_and(|origin| origin.serves(credential, &*config.env, roots))
+                });
+            if let Some(engine) = reusable {
+                credentials.engines.insert(name.clone(), Arc::clone(engine));
+                credentials.taken_over.insert(name.clone());
+                continue;
+            }
             let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
-            credentials.spawn(
+            let origin = Origin {
+                config: credential.clone(),
+                env: Arc::clone(&config.env),
+                roots: Arc::clone(&shared_roots),
+            };
+            credentials.start_engine(
                 name,
                 provider,
                 EngineSettings::from_config(credential),
                 metrics,
+                Some(origin),
             );
         }
         Ok(credentials)
@@ -401,6 +477,17 @@ impl Credentials {
         settings: EngineSettings,
         metrics: &Metrics,
     ) -> Arc<CredentialHandle> {
+        self.start_engine(name, provider, settings, metrics, None)
+    }
+
+    fn start_engine<P: Provider>(
+        &mut self,
+        name: &str,
+        provider: P,
+        settings: EngineSettings,
+        metrics: &Metrics,
+        origin: Option<Origin>,
+    ) -> Arc<CredentialHandle> {
         let mut strip = provider.header_names();
         strip.extend(settings.headers.iter().map(|(name, _)| name.clone()));
         let handle = Arc::new(CredentialHandle::new(
@@ -414,23 +501,38 @@ impl Credentials {
             settings,
             metrics.clone(),
         ));
-        if let Some(old) = self.tasks.insert(name.to_owned(), task.abort_handle()) {
-            old.abort();
-        }
-        self.handles.insert(name.to_owned(), Arc::clone(&handle));
+        let engine = Arc::new(Engine {
+            handle: Arc::clone(&handle),
+            task: task.abort_handle(),
+            origin,
+        });
+        self.taken_over.remove(name);
+        // Replacing an engine of the same name drops (and so stops) the old one
+        // unless another configuration still shares it.
+        self.engines.insert(name.to_owned(), engine);
         handle
+    }
+
+    /// Names of the credentials this configuration started itself (not
+    /// taken over from the previous one): the ones a reload must see obtain
+    /// a first token before it takes effect.
+    pub fn started(&self) -> impl Iterator<Item = &str> {
+        self.engines
+            .keys()
+            .filter(|name| !self.taken_over.contains(*name))
+            .map(String::as_str)
     }
 
     /// The handle of credential `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<CredentialHandle>> {
-        self.handles.get(name)
+        self.engines.get(name).map(|engine| &engine.handle)
     }
 
     /// Every handle, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<CredentialHandle>)> {
-        self.handles
+        self.engines
             .iter()
-            .map(|(name, handle)| (name.as_str(), handle))
+            .map(|(name, engine)| (name.as_str(), &engine.handle))
     }
 }
 

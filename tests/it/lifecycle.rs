@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::support::proxy::{TestClient, TestProxy, parse_config, start_proxy, toml_path};
 use crate::support::tls::TestPki;
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
 use sidekey::config::secret::MapEnv;
 
@@ -178,5 +179,137 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops_listening() {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the listener is closed after shutdown"
+    );
+}
+
+/// One OAuth 2.0 credential (`scope` as given) and one route with a
+/// `x-route` header, for the reload tests.
+fn oauth_config(pki: &TestPki, token_url: &str, upstream: &str, scope: &str, tag: &str) -> String {
+    format!(
+        r#"
+[tls]
+ca_file = {ca}
+
+[credentials.pliant]
+type = "oauth2"
+token_url = "{token_url}"
+client_id = {{ env = "CLIENT_ID" }}
+client_secret = {{ env = "CLIENT_SECRET" }}
+scope = "{scope}"
+allow_insecure_http = true
+timeout = "2s"
+
+[[routes]]
+name = "api"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+credential = "pliant"
+headers = {{ "x-route" = "{tag}" }}
+"#,
+        ca = toml_path(pki.ca_pem_path()),
+    )
+}
+
+fn oauth_env(secret: &str) -> MapEnv {
+    MapEnv::from([("CLIENT_ID", "test-client"), ("CLIENT_SECRET", secret)])
+}
+
+#[tokio::test]
+async fn reload_keeps_unchanged_credentials_and_their_tokens() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let config = |tag| oauth_config(&pki, &server.url(), &upstream.url(), "read", tag);
+    let secret = OAuthBehaviour::default().client_secret;
+    let mut proxy = start_proxy(&config("one"), oauth_env(&secret)).await;
+    assert_eq!(proxy.get("/1").await.status, 200);
+    assert_eq!(server.calls(), 1);
+
+    let new_config = parse_config(&config("two"), oauth_env(&secret)).unwrap();
+    proxy
+        .handle
+        .reload(new_config, Duration::from_secs(5))
+        .await
+        .expect("reload accepted");
+    assert_eq!(proxy.get("/2").await.status, 200);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.header("x-route"), Some("two"), "the new route applies");
+    assert_eq!(seen.header("authorization"), Some("Bearer oauth-token-1"));
+    assert_eq!(
+        server.calls(),
+        1,
+        "an unchanged credential costs no token request"
+    );
+}
+
+#[tokio::test]
+async fn reload_during_a_token_outage_is_refused_and_the_old_token_keeps_serving() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let secret = OAuthBehaviour::default().client_secret;
+    let mut proxy = start_proxy(
+        &oauth_config(&pki, &server.url(), &upstream.url(), "read", "one"),
+        oauth_env(&secret),
+    )
+    .await;
+    assert_eq!(proxy.get("/1").await.status, 200);
+
+    // The token endpoint is down, and the reload changes the credential.
+    server.set_reply(Some(TokenReply::text(500, "down")));
+    let changed = oauth_config(&pki, &server.url(), &upstream.url(), "write", "two");
+    let refused = proxy
+        .handle
+        .reload(
+            parse_config(&changed, oauth_env(&secret)).unwrap(),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect_err("a credential without a token is never swapped in");
+    let message = refused.to_string();
+    assert!(message.contains("credential pliant"), "{message}");
+    assert!(message.contains("500"), "{message}");
+
+    let response = proxy.get("/2").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.header("authorization"), Some("Bearer oauth-token-1"));
+    assert_eq!(
+        seen.header("x-route"),
+        Some("one"),
+        "the old configuration serves"
+    );
+}
+
+#[tokio::test]
+async fn reload_with_a_wrong_secret_is_refused_at_once() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let secret = OAuthBehaviour::default().client_secret;
+    let config = oauth_config(&pki, &server.url(), &upstream.url(), "read", "one");
+    let mut proxy = start_proxy(&config, oauth_env(&secret)).await;
+    assert_eq!(proxy.get("/1").await.status, 200);
+
+    let started = tokio::time::Instant::now();
+    let refused = proxy
+        .handle
+        .reload(
+            parse_config(&config, oauth_env("wrong-secret-value")).unwrap(),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect_err("a rejected secret is refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused as soon as the token endpoint said no, not after the ready wait"
+    );
+    let message = refused.to_string();
+    assert!(message.contains("credential pliant"), "{message}");
+    assert!(!message.contains("wrong-secret-value"), "{message}");
+    assert_eq!(proxy.get("/2").await.status, 200);
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some("Bearer oauth-token-1")
     );
 }
