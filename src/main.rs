@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sidekey::config::{self, Config, ProcessEnv};
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// Longest a reload waits for the first tokens of new or changed credentials.
+const RELOAD_READY_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -126,6 +129,22 @@ async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Read `path` again and apply it; a refusal is logged and the old
+/// configuration keeps serving.
+async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
+    info!(config = %path.display(), "reloading the configuration");
+    let outcome = match load_checked(path) {
+        Ok(new_config) => handle
+            .reload(new_config, RELOAD_READY_WAIT)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = outcome {
+        error!("reload refused, the old configuration keeps serving: {err}");
+    }
+}
+
 async fn run(path: &Path) -> Result<(), String> {
     let config = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
@@ -134,18 +153,21 @@ async fn run(path: &Path) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
-    loop {
-        match signals.next().await {
-            signals::Signal::Stop => break,
-            signals::Signal::Reload => match load_checked(path) {
-                Ok(new_config) => {
-                    if let Err(err) = handle.reload(new_config, Duration::from_secs(30)).await {
-                        error!("reload refused, the old configuration keeps serving: {err}");
-                    }
+    let mut signal = signals.next().await;
+    while signal == signals::Signal::Reload {
+        // Signals keep being handled while a reload waits for new tokens:
+        // SIGTERM cancels it and drains, another SIGHUP starts it over with
+        // the file as it is now.
+        signal = tokio::select! {
+            () = reload(path, &mut handle) => signals.next().await,
+            next = signals.next() => {
+                match next {
+                    signals::Signal::Stop => warn!("reload cancelled by a stop signal; the old configuration drains"),
+                    signals::Signal::Reload => info!("reload requested again while reloading; starting over"),
                 }
-                Err(err) => error!("reload refused, the old configuration keeps serving: {err}"),
-            },
-        }
+                next
+            }
+        };
     }
     info!("shutting down");
     handle.shutdown().await;
@@ -154,8 +176,10 @@ async fn run(path: &Path) -> Result<(), String> {
 
 mod signals {
     //! SIGTERM/SIGINT stop, SIGHUP reloads. Handlers are installed once, before
-    //! the first wait, so no signal between two waits is lost.
+    //! the first wait, so no signal between two waits is lost (each stream
+    //! keeps a pending delivery until it is read).
 
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Signal {
         Stop,
         Reload,
@@ -164,6 +188,8 @@ mod signals {
     pub struct Signals {
         #[cfg(unix)]
         term: Option<tokio::signal::unix::Signal>,
+        #[cfg(unix)]
+        int: Option<tokio::signal::unix::Signal>,
         #[cfg(unix)]
         hup: Option<tokio::signal::unix::Signal>,
     }
@@ -175,6 +201,7 @@ mod signals {
                 use tokio::signal::unix::{SignalKind, signal};
                 Signals {
                     term: signal(SignalKind::terminate()).ok(),
+                    int: signal(SignalKind::interrupt()).ok(),
                     hup: signal(SignalKind::hangup()).ok(),
                 }
             }
@@ -185,22 +212,18 @@ mod signals {
         pub async fn next(&mut self) -> Signal {
             #[cfg(unix)]
             {
-                let term = async {
-                    match self.term.as_mut() {
-                        Some(term) => term.recv().await,
+                async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                    match signal.as_mut() {
+                        Some(signal) => {
+                            signal.recv().await;
+                        }
                         None => std::future::pending().await,
                     }
-                };
-                let hup = async {
-                    match self.hup.as_mut() {
-                        Some(hup) => hup.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
+                }
                 tokio::select! {
-                    _ = term => Signal::Stop,
-                    _ = tokio::signal::ctrl_c() => Signal::Stop,
-                    _ = hup => Signal::Reload,
+                    () = recv(&mut self.term) => Signal::Stop,
+                    () = recv(&mut self.int) => Signal::Stop,
+                    () = recv(&mut self.hup) => Signal::Reload,
                 }
             }
             #[cfg(not(unix))]

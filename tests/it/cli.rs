@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::support::proxy::TestClient;
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidekey");
 
@@ -211,5 +212,64 @@ async fn demo_injects_a_rotating_token_the_app_never_sees() {
         demo.tokens_issued
             .load(std::sync::atomic::Ordering::Relaxed),
         1
+    );
+}
+
+// The log reader blocks a thread: the token servers run on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_reload_cancels_it_and_drains_within_the_grace() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let hanging = OAuthServer::start(OAuthBehaviour::default()).await;
+    hanging.set_reply(Some(TokenReply::hang()));
+    let config = |token_url: &str| {
+        format!(
+            r#"
+shutdown_grace = "1s"
+[log]
+format = "json"
+[credentials.pliant]
+type = "oauth2"
+token_url = "{token_url}"
+client_id = {{ env = "SIDEKEY_TEST_CLIENT_ID" }}
+client_secret = {{ env = "SIDEKEY_TEST_CLIENT_SECRET" }}
+allow_insecure_http = true
+timeout = "25s"
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = "https://api.example.test"
+credential = "pliant"
+"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "run.toml", &config(&server.url()));
+    let defaults = OAuthBehaviour::default();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &path])
+        .env("SIDEKEY_TEST_CLIENT_ID", &defaults.client_id)
+        .env("SIDEKEY_TEST_CLIENT_SECRET", &defaults.client_secret)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    wait_for(&lines, "obtained token");
+
+    // The new token endpoint never answers: the reload waits for its first token.
+    std::fs::write(&path, config(&hanging.url())).unwrap();
+    signal(&child, "HUP");
+    hanging.wait_for_requests(1).await;
+    let stopping = std::time::Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "SIGTERM during a reload stops within shutdown_grace, took {:?}",
+        stopping.elapsed()
     );
 }
