@@ -232,6 +232,7 @@ fn build_route(
             headers: route.headers.clone(),
             client,
             request_timeout: route.request_timeout,
+            body_timeout: route.body_timeout,
         },
     ))
 }
@@ -281,6 +282,7 @@ fn build_generation(config: &Config, metrics: &Metrics) -> Result<Generation, Se
                         headers: Vec::new(),
                         client,
                         request_timeout: forward.request_timeout,
+                        body_timeout: forward.body_timeout,
                     },
                 );
                 hosts.insert(host.to_ascii_lowercase(), Arc::new(route));

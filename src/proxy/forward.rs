@@ -7,6 +7,11 @@
 //! requests that saw it), waits for the new token and sends the request once
 //! more. A streamed request's rejection is passed on; the next request gets
 //! the new token.
+//!
+//! Bodies are wrapped here ([`super::body`]): the app's body may pause at
+//! most the route's `body_timeout` (else 408, when the upstream has not
+//! answered yet), and so may the upstream's (else the app's response is cut
+//! off).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
-use super::body::{Outgoing, take};
+use super::body::{BodyError, FromUpstream, Idle, Outgoing, StallFlag, take};
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
 use super::{ResponseBody, Route};
 use crate::credential::Published;
@@ -73,9 +78,9 @@ pub async fn forward(
     // The app speaks HTTP/1.x to us; the client picks HTTP/1.1 or HTTP/2 upstream.
     parts.version = Version::HTTP_11;
 
-    let body = match take(body, RETRY_BODY_LIMIT)
+    let body = match take(Idle::new(body, route.body_timeout), RETRY_BODY_LIMIT)
         .await
-        .map_err(|e| ProxyError::BadRequest(format!("request body could not be read: {e}")))?
+        .map_err(|e| unreadable(route, e))?
     {
         Outgoing::Kept(body) => body,
         Outgoing::Streamed(body) => {
@@ -139,16 +144,45 @@ fn rebuild(kept: Kept, route: &Route, renewed: &Published) -> Request<super::Ups
     request
 }
 
+/// The app's request body could not be read: it stalled (408) or broke (400).
+fn unreadable(route: &Route, err: BodyError) -> ProxyError {
+    match err {
+        BodyError::Stalled(timeout) => {
+            warn!(route = %route.name, ?timeout, "the app's request body stalled");
+            ProxyError::RequestBodyTimeout { timeout }
+        }
+        BodyError::Read(source) => ProxyError::BadRequest(format!(
+            "request body could not be read: {}",
+            error_chain(source.as_ref())
+        )),
+    }
+}
+
 /// One exchange with the upstream, bounded by the route's `request_timeout`.
 async fn send(
     route: &Route,
     request: Request<super::UpstreamBody>,
     metrics: &Metrics,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<FromUpstream>, ProxyError> {
     let upstream = || route.describe_target();
-    match tokio::time::timeout(route.request_timeout, route.client.request(request)).await {
-        Ok(Ok(response)) => Ok(response),
+    let stall_flag = match request.body() {
+        Either::Left(streamed) => Some(streamed.stall_flag()),
+        Either::Right(_) => None,
+    };
+    let exchange = route.client.request(request);
+    match tokio::time::timeout(route.request_timeout, exchange).await {
+        Ok(Ok(response)) => Ok(response.map(|body| {
+            FromUpstream::new(
+                body,
+                route.body_timeout,
+                route.name.clone(),
+                metrics.clone(),
+            )
+        })),
         Ok(Err(err)) => {
+            if stall_flag.as_ref().is_some_and(StallFlag::is_raised) {
+                return Err(unreadable(route, BodyError::Stalled(route.body_timeout)));
+            }
             let kind = if err.is_connect() { "connect" } else { "other" };
             metrics.record_upstream_error(&route.name, kind);
             let reason = error_chain(&err);
@@ -170,7 +204,7 @@ async fn send(
 }
 
 /// The upstream's response for the app: hop-by-hop headers removed, body streamed.
-fn finish(response: Response<Incoming>) -> Response<ResponseBody> {
+fn finish(response: Response<FromUpstream>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
