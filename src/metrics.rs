@@ -9,7 +9,8 @@
 //!   for tokens that never expire
 //! - `upstream_errors_total{route,kind}` — kind `connect` | `timeout` | `other`,
 //!   and for failures the app does not see as a sidekey error: `body` (the
-//!   response body broke), `body_timeout` (it stalled)
+//!   response body broke), `body_timeout` (it stalled), `stale_connection`
+//!   (a pooled connection the upstream had closed; the request was sent again)
 //!
 //! Label values are route and credential names from the configuration, never
 //! anything taken from a request or a token.
@@ -141,7 +142,7 @@ impl Metrics {
     }
 
     /// Count one failure reaching the upstream (`connect`, `timeout`,
-    /// `other`, `body`, `body_timeout`).
+    /// `other`, `body`, `body_timeout`, `stale_connection`).
     pub fn record_upstream_error(&self, route: &Arc<str>, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&RouteKind {

@@ -1,18 +1,20 @@
 //! When the upstream or the app misbehaves on the wire: bodies that stall
 //! in either direction (`body_timeout`), heads that never finish
-//! (`request_timeout`), connections reset mid-response. Each test starts a real upstream with the fault, sidekey in
+//! (`request_timeout`), connections reset mid-response, keep-alive
+//! connections the upstream closed while they sat in the pool, and HTTP/2
+//! GOAWAY. Each test starts a real upstream with the fault, sidekey in
 //! front of it, and checks what the app got and what the upstream saw.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::proxy::{
-    TestProxy, body_empty, body_trickle, count_body, request, send_partial, start_proxy, toml_path,
-    toml_str,
+    TestClient, TestProxy, body_empty, body_generated, body_trickle, count_body, request,
+    send_partial, start_proxy, toml_path, toml_str,
 };
 use crate::support::tls::TestPki;
 use crate::support::upstream::{BodyEnd, RawStep, Reply, Upstream, UpstreamOpts};
-use http::Method;
+use http::{Method, Version};
 use sidekey::config::secret::MapEnv;
 
 fn env() -> MapEnv {
@@ -383,5 +385,192 @@ async fn http2_stream_reset_mid_response_breaks_only_that_response() {
         upstream.connections(),
         1,
         "a stream reset leaves the connection in use"
+    );
+}
+
+// ---- pooled connections the upstream closed ----
+
+#[tokio::test]
+async fn idle_connection_closed_by_the_upstream_is_not_reused() {
+    let pki = Arc::new(TestPki::new());
+    let upstream =
+        Upstream::start(UpstreamOpts::tls(&pki).close_idle_after(Duration::from_millis(200))).await;
+    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+
+    assert_eq!(proxy.get("/one").await.status, 200);
+    tokio::time::timeout(PATIENCE, async {
+        while upstream.idle_closes() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the upstream closes the idle connection");
+    let r = proxy.get("/two").await;
+
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.connections(), 2);
+}
+
+/// An upstream whose keep-alive close crosses the proxy's next request:
+/// every request on a connection idle for 200 ms is lost with it.
+async fn stale_upstream(pki: &Arc<TestPki>, http2: bool) -> Upstream {
+    let opts = UpstreamOpts::tls(pki).drop_requests_after_idle(Duration::from_millis(200));
+    Upstream::start(if http2 { opts.http2() } else { opts }).await
+}
+
+/// Let the pooled connection(s) go stale.
+async fn let_connections_go_stale() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = stale_upstream(&pki, false).await;
+    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let url = |path: &str| format!("{}{path}", proxy.route_url(0));
+
+    assert_eq!(proxy.get("/warm").await.status, 200);
+    let mut sent = 1;
+    for method in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+        let_connections_go_stale().await;
+        let r = proxy
+            .client
+            .send(request(method.clone(), &url("/again"), body_empty()))
+            .await;
+        sent += 1;
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+    }
+    // A POST the app marked as safe to repeat (IETF Idempotency-Key).
+    let_connections_go_stale().await;
+    let mut post = request(Method::POST, &url("/payments"), body_generated(100, true));
+    post.headers_mut()
+        .insert("idempotency-key", "k-1".parse().unwrap());
+    let r = proxy.client.send(post).await;
+    sent += 1;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    assert_eq!(upstream.request_count(), sent);
+    assert_eq!(
+        upstream.dropped_requests(),
+        sent - 1,
+        "every request after the first met a stale connection"
+    );
+    assert_eq!(
+        upstream_errors(&proxy, "stale_connection").await,
+        sent as u64 - 1
+    );
+}
+
+#[tokio::test]
+async fn a_post_on_a_stale_pooled_connection_is_not_repeated() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = stale_upstream(&pki, false).await;
+    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+
+    assert_eq!(proxy.get("/warm").await.status, 200);
+    let_connections_go_stale().await;
+    let r = proxy
+        .client
+        .post(&format!("{}/cards", proxy.route_url(0)), "{}")
+        .await;
+
+    // sidekey cannot tell whether the upstream acted on it: the app decides.
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.sidekey_error(), Some("upstream_unreachable"));
+    assert_eq!(upstream.dropped_requests(), 1);
+    assert_eq!(upstream.request_count(), 1, "only the warm-up was answered");
+}
+
+#[tokio::test]
+async fn several_stale_pooled_connections_are_all_skipped() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = stale_upstream(&pki, false).await;
+    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+
+    // Four requests at once: four pooled connections, all going stale together.
+    let client = TestClient::new();
+    let base = proxy.route_url(0);
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let (client, url) = (client.clone(), format!("{base}/burst/{i}"));
+        burst.spawn(async move { client.get(&url).await.status });
+    }
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let warm_connections = upstream.connections();
+    let_connections_go_stale().await;
+
+    let r = proxy.get("/after").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(warm_connections > 1, "the burst opened several connections");
+    assert_eq!(
+        upstream.dropped_requests(),
+        warm_connections,
+        "each stale connection was tried once"
+    );
+    assert_eq!(
+        upstream.connections(),
+        warm_connections + 1,
+        "then a new one answered"
+    );
+}
+
+// ---- HTTP/2 GOAWAY ----
+
+#[tokio::test]
+async fn http2_goaway_finishes_in_flight_requests_and_moves_new_ones() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|req| {
+        if req.path == "/slow" {
+            Reply::echo().delay(Duration::from_millis(500))
+        } else {
+            Reply::echo()
+        }
+    }))
+    .await;
+    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let base = proxy.route_url(0);
+
+    let slow = {
+        let (client, url) = (proxy.client.clone(), format!("{base}/slow"));
+        tokio::spawn(async move { client.get(&url).await })
+    };
+    upstream.wait_for_requests(1).await;
+
+    // Requests on their way while the upstream says GOAWAY, then requests after it.
+    let burst = |name: &'static str| {
+        let mut burst = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let (client, url) = (proxy.client.clone(), format!("{base}/{name}/{i}"));
+            burst.spawn(async move { client.get(&url).await });
+        }
+        burst
+    };
+    let mut racing = burst("racing");
+    tokio::task::yield_now().await;
+    upstream.goaway();
+    while let Some(r) = racing.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let mut after = burst("after");
+    while let Some(r) = after.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 200, "the in-flight request finishes");
+    assert_eq!(slow.json()["path"], "/slow");
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 41);
+    assert!(seen.iter().all(|r| r.version == Version::HTTP_2));
+    assert!(
+        seen.iter()
+            .filter(|r| r.path.starts_with("/after/"))
+            .all(|r| r.connection > 0),
+        "no new stream on the connection that said GOAWAY"
     );
 }
