@@ -28,15 +28,15 @@ use super::UpstreamBody;
 use crate::config::UpstreamTls;
 use crate::tls::{self, TlsError};
 
-/// How long an idle pooled connection is kept. Below the 60 s of the
-/// common cloud load balancers (AWS ALB and API Gateway), nginx's 75 s and
-/// IIS's 120 s: against those, the pool drops a connection before the
+/// How long an idle pooled connection is kept. Below the default idle
+/// timeouts of AWS's ALB (60 s), nginx (75 s) and IIS (120 s): against those, the pool drops a connection before the
 /// upstream can close it under a request. Upstreams with shorter keep-alive
 /// timeouts are covered by `forward`'s replay of idempotent requests.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A route's pooled client.
 pub type UpstreamClient = Client<Stamping<HttpsConnector<HttpConnector>>, UpstreamBody>;
+
 /// Settings of one upstream client.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientOptions<'a> {
