@@ -7,6 +7,7 @@
 //! | 503 | `credential_unavailable` | credential: no valid token |
 //! | 502 | `upstream_unreachable` | upstream: connect / TLS / connection failure |
 //! | 504 | `upstream_timeout` | upstream: `request_timeout` passed |
+//! | 408 | `request_body_timeout` | downstream: the app's request body paused longer than `body_timeout` |
 //! | 404 | `no_route` | downstream: no route matches |
 //! | 403 | `host_not_allowed` | downstream: forward proxy to a host outside `hosts` |
 //! | 400 | `bad_request` | downstream: a request sidekey refuses to forward |
@@ -51,6 +52,13 @@ pub enum ProxyError {
         /// The route's `request_timeout`.
         timeout: Duration,
     },
+    /// The app's request body paused longer than `body_timeout` before the
+    /// upstream answered.
+    #[error("the request body stalled: no bytes for {timeout:?}")]
+    RequestBodyTimeout {
+        /// The route's `body_timeout`.
+        timeout: Duration,
+    },
     /// Forward proxy: the host is not in `hosts`.
     #[error("host {0} is not in forward_proxy.hosts; credentials are never sent there")]
     HostNotAllowed(String),
@@ -67,6 +75,7 @@ impl ProxyError {
             ProxyError::CredentialUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
@@ -79,6 +88,7 @@ impl ProxyError {
             ProxyError::CredentialUnavailable(_) => "credential_unavailable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::RequestBodyTimeout { .. } => "request_body_timeout",
             ProxyError::HostNotAllowed(_) => "host_not_allowed",
             ProxyError::BadRequest(_) => "bad_request",
         }

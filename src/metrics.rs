@@ -7,7 +7,10 @@
 //! - `token_refresh_total{credential,outcome}` — outcome `success` | `failure`
 //! - `token_expires_in_seconds{credential}` — refreshed on every scrape; absent
 //!   for tokens that never expire
-//! - `upstream_errors_total{route,kind}` — kind `connect` | `timeout` | `other`
+//! - `upstream_errors_total{route,kind}` — kind `connect` | `timeout` | `other`,
+//!   and for failures the app does not see as a sidekey error: `body` (the
+//!   response body broke), `body_timeout` (it stalled), `stale_connection`
+//!   (a pooled connection the upstream had closed; the request was sent again)
 //!
 //! Label values are route and credential names from the configuration, never
 //! anything taken from a request or a token.
@@ -138,7 +141,8 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Count one failure reaching the upstream (`connect`, `timeout`, `other`).
+    /// Count one failure reaching the upstream (`connect`, `timeout`,
+    /// `other`, `body`, `body_timeout`, `stale_connection`).
     pub fn record_upstream_error(&self, route: &Arc<str>, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&RouteKind {

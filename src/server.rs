@@ -281,6 +281,7 @@ fn build_route(
             headers: route.headers.clone(),
             client,
             request_timeout: route.request_timeout,
+            body_timeout: route.body_timeout,
         },
     ))
 }
@@ -335,6 +336,7 @@ fn build_generation(
                         headers: Vec::new(),
                         client,
                         request_timeout: forward.request_timeout,
+                        body_timeout: forward.body_timeout,
                     },
                 );
                 hosts.insert(host.to_ascii_lowercase(), Arc::new(route));

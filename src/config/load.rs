@@ -413,6 +413,7 @@ client_secret = {{ env = "SECRET" }}
         assert!(route.headers.is_empty());
         assert_eq!(route.connect_timeout, Duration::from_secs(5));
         assert_eq!(route.request_timeout, Duration::from_secs(60));
+        assert_eq!(route.body_timeout, Duration::from_secs(60));
         assert!(route.tls.is_none() && route.upstream_tls.is_none());
         assert!(!route.allow_insecure_http && !route.allow_non_loopback);
         let Upstream::Url(url) = &route.upstream else {
@@ -515,6 +516,7 @@ connect_timeout = "1s"
 request_timeout = "2m"
 tls = { cert = "tls/server.crt", key = "/abs/server.key" }
 upstream_tls = { client_cert = "c.pem", client_key = "k.pem", server_name = "api.example.com" }
+body_timeout = "90s"
 
 [[routes]]
 listen = "10.0.0.1:0"
@@ -528,6 +530,7 @@ listen = "127.0.0.1:3128"
 hosts = { "API.inbenta.io" = "i" }
 connect_timeout = "4s"
 request_timeout = "5s"
+body_timeout = "7s"
 "#;
         let config = ok(text);
         assert_eq!(config.shutdown_grace, Duration::from_secs(3));
@@ -587,6 +590,7 @@ request_timeout = "5s"
         assert_eq!(chat.headers[0].0.as_str(), "x-extra");
         assert_eq!(chat.connect_timeout, Duration::from_secs(1));
         assert_eq!(chat.request_timeout, Duration::from_secs(120));
+        assert_eq!(chat.body_timeout, Duration::from_secs(90));
         let tls = chat.tls.as_ref().unwrap();
         assert_eq!(tls.cert, Path::new("/etc/sidekey/tls/server.crt"));
         assert_eq!(tls.key, Path::new("/abs/server.key"));
@@ -612,6 +616,7 @@ request_timeout = "5s"
         assert_eq!(proxy.hosts["api.inbenta.io"], "i");
         assert_eq!(proxy.connect_timeout, Duration::from_secs(4));
         assert_eq!(proxy.request_timeout, Duration::from_secs(5));
+        assert_eq!(proxy.body_timeout, Duration::from_secs(7));
 
         assert_eq!(config.key_lines["credentials.o.client_secret"], 15);
         assert_eq!(config.key_lines["routes[0].tls.cert"], 51);

@@ -241,6 +241,9 @@ pub struct RouteConfig {
     pub connect_timeout: Duration,
     /// `request_timeout` (default 60s): until the upstream's response head arrives.
     pub request_timeout: Duration,
+    /// `body_timeout` (default 60s): longest pause between two pieces of a
+    /// body, the app's request body or the upstream's response body.
+    pub body_timeout: Duration,
     /// `tls`: serve HTTPS on this listener.
     pub tls: Option<ListenerTls>,
     /// `upstream_tls`: client certificate / server name for the upstream.
@@ -293,4 +296,6 @@ pub struct ForwardProxyConfig {
     pub connect_timeout: Duration,
     /// `request_timeout` (default 60s).
     pub request_timeout: Duration,
+    /// `body_timeout` (default 60s).
+    pub body_timeout: Duration,
 }

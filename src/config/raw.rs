@@ -133,6 +133,7 @@ pub(crate) struct RawRoute {
     pub headers: Option<Spanned<StrMap>>,
     pub connect_timeout: Option<Str>,
     pub request_timeout: Option<Str>,
+    pub body_timeout: Option<Str>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub upstream_tls: Option<Spanned<RawUpstreamTls>>,
     pub allow_insecure_http: Option<Spanned<bool>>,
@@ -166,6 +167,7 @@ pub(crate) struct RawForwardProxy {
     pub allow_non_loopback: Option<Spanned<bool>>,
     pub connect_timeout: Option<Str>,
     pub request_timeout: Option<Str>,
+    pub body_timeout: Option<Str>,
 }
 
 /// A secret value as written: `{ env = "NAME" }`, `{ file = "PATH" }` or a

@@ -7,17 +7,25 @@
 //! requests that saw it), waits for the new token and sends the request once
 //! more. A streamed request's rejection is passed on; the next request gets
 //! the new token.
+//!
+//! Bodies are wrapped here ([`super::body`]): the app's body may pause at
+//! most the route's `body_timeout` (else 408, when the upstream has not
+//! answered yet), and so may the upstream's (else the app's response is cut
+//! off). A kept request that failed on a pooled connection the upstream had
+//! closed is sent again when that is harmless ([`Kept::replayable`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
-use super::body::{Outgoing, take};
+use super::body::{BodyError, FromUpstream, Idle, Outgoing, StallFlag, take};
+use super::client::on_stale_connection;
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
 use super::{ResponseBody, Route};
 use crate::credential::Published;
@@ -33,6 +41,14 @@ const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for a renewed token before passing a rejection on.
 const RENEWAL_WAIT: Duration = Duration::from_secs(10);
 
+/// Most attempts of one request when pooled connections turn out stale
+/// (each failed attempt uses one up; several can go stale together).
+const STALE_ATTEMPTS: u32 = 8;
+
+/// The header an app sets to say a request may be repeated safely
+/// (IETF httpapi "The Idempotency-Key HTTP Header Field").
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// What is kept of a request so it can be sent a second time.
 struct Kept {
     method: Method,
@@ -40,6 +56,26 @@ struct Kept {
     version: Version,
     headers: HeaderMap,
     body: Bytes,
+}
+
+impl Kept {
+    /// Whether sending it twice is harmless: an idempotent method (RFC 9110
+    /// §9.2.2) or an `Idempotency-Key` from the app. Other requests are not
+    /// repeated after a connection failure, since the upstream may have
+    /// acted on them (RFC 9112 §9.3.1).
+    fn replayable(&self) -> bool {
+        self.method.is_idempotent() || self.headers.contains_key(&IDEMPOTENCY_KEY)
+    }
+
+    /// The same request once more.
+    fn request(&self) -> Request<super::UpstreamBody> {
+        let mut request = Request::new(Either::Right(Full::new(self.body.clone())));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
 }
 
 /// Send `request` through `route`, returning the upstream's response (or
@@ -73,15 +109,16 @@ pub async fn forward(
     // The app speaks HTTP/1.x to us; the client picks HTTP/1.1 or HTTP/2 upstream.
     parts.version = Version::HTTP_11;
 
-    let body = match take(body, RETRY_BODY_LIMIT)
+    let body = match take(Idle::new(body, route.body_timeout), RETRY_BODY_LIMIT)
         .await
-        .map_err(|e| ProxyError::BadRequest(format!("request body could not be read: {e}")))?
+        .map_err(|e| unreadable(route, e))?
     {
         Outgoing::Kept(body) => body,
         Outgoing::Streamed(body) => {
             let response = send(
                 route,
                 Request::from_parts(parts, Either::Left(body)),
+                None,
                 metrics,
             )
             .await?;
@@ -101,6 +138,7 @@ pub async fn forward(
     let first = send(
         route,
         Request::from_parts(parts, Either::Right(Full::new(body))),
+        Some(&kept),
         metrics,
     )
     .await?;
@@ -125,7 +163,7 @@ pub async fn forward(
     debug!(route = %route.name, status = first.status().as_u16(), "token rejected; retrying once with the renewed token");
     drop(first);
     let retry = rebuild(kept, route, &renewed);
-    Ok(finish(send(route, retry, metrics).await?))
+    Ok(finish(send(route, retry, None, metrics).await?))
 }
 
 /// The kept request with the renewed credential headers.
@@ -139,16 +177,69 @@ fn rebuild(kept: Kept, route: &Route, renewed: &Published) -> Request<super::Ups
     request
 }
 
-/// One exchange with the upstream, bounded by the route's `request_timeout`.
+/// The app's request body could not be read: it stalled (408) or broke (400).
+fn unreadable(route: &Route, err: BodyError) -> ProxyError {
+    match err {
+        BodyError::Stalled(timeout) => {
+            warn!(route = %route.name, ?timeout, "the app's request body stalled");
+            ProxyError::RequestBodyTimeout { timeout }
+        }
+        BodyError::Read(source) => ProxyError::BadRequest(format!(
+            "request body could not be read: {}",
+            error_chain(source.as_ref())
+        )),
+    }
+}
+
+/// One exchange with the upstream, bounded by the route's `request_timeout`
+/// (one deadline, whatever the attempts). A request that can be sent again
+/// (`replay`, when [`Kept::replayable`]) is, when it failed on a pooled
+/// connection the upstream had closed ([`on_stale_connection`]).
 async fn send(
     route: &Route,
     request: Request<super::UpstreamBody>,
+    replay: Option<&Kept>,
     metrics: &Metrics,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<FromUpstream>, ProxyError> {
     let upstream = || route.describe_target();
-    match tokio::time::timeout(route.request_timeout, route.client.request(request)).await {
-        Ok(Ok(response)) => Ok(response),
+    let stall_flag = match request.body() {
+        Either::Left(streamed) => Some(streamed.stall_flag()),
+        Either::Right(_) => None,
+    };
+    let exchange = async {
+        let mut request = request;
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let err = match route.client.request(request).await {
+                Ok(response) => return Ok(response),
+                Err(err) => err,
+            };
+            let again = replay.filter(|kept| {
+                attempt < STALE_ATTEMPTS && kept.replayable() && on_stale_connection(&err, started)
+            });
+            let Some(kept) = again else {
+                return Err(err);
+            };
+            metrics.record_upstream_error(&route.name, "stale_connection");
+            debug!(route = %route.name, attempt, error = %error_chain(&err), "pooled upstream connection was closed; sending the request again");
+            request = kept.request();
+            attempt += 1;
+        }
+    };
+    match tokio::time::timeout(route.request_timeout, exchange).await {
+        Ok(Ok(response)) => Ok(response.map(|body| {
+            FromUpstream::new(
+                body,
+                route.body_timeout,
+                route.name.clone(),
+                metrics.clone(),
+            )
+        })),
         Ok(Err(err)) => {
+            if stall_flag.as_ref().is_some_and(StallFlag::is_raised) {
+                return Err(unreadable(route, BodyError::Stalled(route.body_timeout)));
+            }
             let kind = if err.is_connect() { "connect" } else { "other" };
             metrics.record_upstream_error(&route.name, kind);
             let reason = error_chain(&err);
@@ -170,7 +261,7 @@ async fn send(
 }
 
 /// The upstream's response for the app: hop-by-hop headers removed, body streamed.
-fn finish(response: Response<Incoming>) -> Response<ResponseBody> {
+fn finish(response: Response<FromUpstream>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))

@@ -11,6 +11,8 @@
 //! 4. [`forward`] sends it over the route's pooled client (HTTPS, HTTP/2 when
 //!    ALPN offers it), streaming the body; a small body is kept so a
 //!    `renew_on_status` answer can be retried once with the renewed token.
+//!    Both bodies must keep moving: `body_timeout` bounds every pause
+//!    ([`body::Idle`]).
 
 pub mod body;
 pub mod client;
@@ -24,7 +26,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 pub use route::Route;
 
@@ -34,7 +35,7 @@ use crate::error::ProxyError;
 pub type UpstreamBody = Either<body::Prefixed, Full<Bytes>>;
 
 /// Body of a response to the app: the upstream's stream, or sidekey's own JSON.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<body::FromUpstream, Full<Bytes>>;
 
 /// How one listener chooses a route.
 #[derive(Debug)]

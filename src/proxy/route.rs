@@ -65,6 +65,8 @@ pub struct Route {
     pub client: UpstreamClient,
     /// Time allowed until the upstream's response head.
     pub request_timeout: Duration,
+    /// Longest pause within the app's request body or the upstream's response body.
+    pub body_timeout: Duration,
 }
 
 /// The parts of a route that are not the path rules.
@@ -80,6 +82,8 @@ pub struct RouteParts {
     pub client: UpstreamClient,
     /// `request_timeout`.
     pub request_timeout: Duration,
+    /// `body_timeout`.
+    pub body_timeout: Duration,
 }
 
 impl Route {
@@ -99,6 +103,7 @@ impl Route {
             headers: parts.headers.into_boxed_slice(),
             client: parts.client,
             request_timeout: parts.request_timeout,
+            body_timeout: parts.body_timeout,
         }
     }
 

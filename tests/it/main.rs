@@ -14,3 +14,4 @@ mod proxy;
 mod renewal;
 mod support_selftest;
 mod token_lifecycle;
+mod upstream_faults;

@@ -3,7 +3,7 @@
 //! (credential reference, upstream or `inbenta_api`, path prefix, listener
 //! and upstream TLS, name), the conflicts between routes (same listener and
 //! prefix, disagreeing `tls`, duplicate name), the forward proxy's host
-//! table, and the connect/request timeout defaults both share.
+//! table, and the connect/request/body timeout defaults both share.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -21,6 +21,11 @@ use crate::config::{
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause within a body. A live sender never goes silent this long
+/// mid-body (servers that stream slowly send something, e.g. SSE comments,
+/// well within it), while a peer that stalls is let go within a minute;
+/// the same as nginx's `client_body_timeout` and `proxy_read_timeout`.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Spans of a route that later routes may be compared against.
 pub(super) struct RouteSpans {
@@ -195,6 +200,11 @@ impl Cx<'_> {
                 &raw.request_timeout,
                 DEFAULT_REQUEST_TIMEOUT,
             )?,
+            body_timeout: self.positive_duration(
+                &key("body_timeout"),
+                &raw.body_timeout,
+                DEFAULT_BODY_TIMEOUT,
+            )?,
             tls,
             upstream_tls,
             allow_insecure_http,
@@ -324,6 +334,11 @@ impl Cx<'_> {
                 "forward_proxy.request_timeout",
                 &raw.request_timeout,
                 DEFAULT_REQUEST_TIMEOUT,
+            )?,
+            body_timeout: self.positive_duration(
+                "forward_proxy.body_timeout",
+                &raw.body_timeout,
+                DEFAULT_BODY_TIMEOUT,
             )?,
         })
     }

@@ -28,7 +28,7 @@ use sidekey::config::{Config, ConfigError};
 use sidekey::server::{Handle, ServeError};
 
 use super::tls::{TestPki, provider};
-use super::upstream::{BodyDigest, GeneratedBody};
+use super::upstream::{BodyDigest, BodyEnd, GeneratedBody, TrickleBody};
 
 /// Upper bound for one client exchange (head and body).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,6 +60,13 @@ pub fn body_generated(len: u64, exact: bool) -> ReqBody {
     GeneratedBody::new(len, exact)
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A request body of `chunks` chunks of `chunk_len` pattern bytes sent one
+/// every `interval` (the first at once), chunked; `end` says whether it then
+/// finishes, stalls or fails.
+pub fn body_trickle(chunks: usize, chunk_len: usize, interval: Duration, end: BodyEnd) -> ReqBody {
+    TrickleBody::new(chunks, chunk_len, interval, end, None).boxed()
 }
 
 /// Quote `s` as a TOML basic string (for paths and URLs in config text).
@@ -320,6 +327,55 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     tokio::time::timeout(CLIENT_TIMEOUT, exchange)
         .await
         .expect("raw exchange timed out")
+}
+
+/// What [`send_partial`] got back.
+#[derive(Debug)]
+pub struct PartialExchange {
+    /// Everything the peer sent.
+    pub received: Vec<u8>,
+    /// Whether the peer closed the connection within the limit.
+    pub closed: bool,
+    /// Time from the last byte written to the end of reading.
+    pub elapsed: Duration,
+}
+
+impl PartialExchange {
+    /// The status code of the response received, if any.
+    pub fn status(&self) -> Option<u16> {
+        let text = String::from_utf8_lossy(&self.received);
+        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+
+    /// What was received, as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received).into_owned()
+    }
+}
+
+/// Write raw bytes to `addr` and keep the write half open (an app that
+/// stops sending mid-request), then read until the peer closes or `limit`
+/// passes.
+pub async fn send_partial(addr: SocketAddr, bytes: &[u8], limit: Duration) -> PartialExchange {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(bytes).await.expect("write");
+    let started = tokio::time::Instant::now();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    PartialExchange {
+        received,
+        closed: read.is_ok(),
+        elapsed: started.elapsed(),
+    }
 }
 
 /// Why [`try_start_proxy`] failed.

@@ -7,8 +7,18 @@
 //! Answers come from a closure `Fn(&RecordedRequest) -> Reply` (default:
 //! echo the request as JSON), optionally after a delay, and may be a large
 //! body generated on the fly.
+//!
+//! Faults, for the proxy's error paths: a body that trickles, stalls or
+//! fails part-way ([`Reply::trickle`]); TCP resets instead of clean closes
+//! ([`UpstreamOpts::reset_connections`]); keep-alive connections closed when
+//! idle, either actively ([`UpstreamOpts::close_idle_after`]) or as the close
+//! that crosses the next request on the wire
+//! ([`UpstreamOpts::drop_requests_after_idle`]); HTTP/2 GOAWAY on demand
+//! ([`Upstream::goaway`]); and byte-level HTTP/1.1 answers written step by
+//! step ([`UpstreamOpts::raw`]: slow heads, resets mid-response).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,18 +34,24 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::tls::TestPki;
 
 /// How many leading bytes of each request body a record keeps.
 pub const BODY_HEAD_LIMIT: usize = 64 * 1024;
 
+/// Error type of the upstream's answer bodies (a [`BodyEnd::Fail`]).
+pub type ReplyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type the upstream answers with.
-pub type ReplyBody = BoxBody<Bytes, Infallible>;
+pub type ReplyBody = BoxBody<Bytes, ReplyError>;
 
 /// What the upstream saw of one request.
 #[derive(Clone, Debug)]
@@ -196,6 +212,34 @@ pub enum ReplyPayload {
         /// Announce `content-length`.
         content_length: bool,
     },
+    /// `chunks` chunks of `chunk_len` pattern bytes, the first at once and
+    /// each further one `interval` later; then, another `interval` later,
+    /// `end`. With `length` that length is announced (`content-length`),
+    /// even when it is not what will be sent.
+    Trickle {
+        /// Chunks to send.
+        chunks: usize,
+        /// Bytes per chunk.
+        chunk_len: usize,
+        /// Pause before each chunk after the first, and before `end`.
+        interval: Duration,
+        /// What happens after the last chunk.
+        end: BodyEnd,
+        /// Announced length, if any.
+        length: Option<u64>,
+    },
+}
+
+/// How a [`ReplyPayload::Trickle`] body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// It ends normally.
+    Finish,
+    /// It never ends and never sends another byte (the connection stays open).
+    Stall,
+    /// It fails: HTTP/1.1 closes the connection mid-body (a TCP reset with
+    /// [`UpstreamOpts::reset_connections`]), HTTP/2 resets the stream.
+    Fail,
 }
 
 /// An answer: status, headers, body and an optional delay before the head.
@@ -293,6 +337,53 @@ impl Reply {
         self.delay = Some(delay);
         self
     }
+
+    /// 200 with a body of `chunks` chunks of `chunk_len` bytes, one every
+    /// `interval` (the first at once), chunked; it then ends normally
+    /// (see [`Reply::then_stall`], [`Reply::then_fail`], [`Reply::announce`]).
+    pub fn trickle(chunks: usize, chunk_len: usize, interval: Duration) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
+            payload: ReplyPayload::Trickle {
+                chunks,
+                chunk_len,
+                interval,
+                end: BodyEnd::Finish,
+                length: None,
+            },
+            delay: None,
+        }
+    }
+
+    /// A trickled body that, after its chunks, never ends.
+    pub fn then_stall(self) -> Reply {
+        self.trickle_end(BodyEnd::Stall)
+    }
+
+    /// A trickled body that, after its chunks, fails.
+    pub fn then_fail(self) -> Reply {
+        self.trickle_end(BodyEnd::Fail)
+    }
+
+    /// Announce `length` bytes (`content-length`) for a trickled body,
+    /// whatever it really sends.
+    pub fn announce(mut self, length: u64) -> Reply {
+        if let ReplyPayload::Trickle { length: l, .. } = &mut self.payload {
+            *l = Some(length);
+        }
+        self
+    }
+
+    fn trickle_end(mut self, new_end: BodyEnd) -> Reply {
+        if let ReplyPayload::Trickle { end, .. } = &mut self.payload {
+            *end = new_end;
+        }
+        self
+    }
 }
 
 /// Byte `i` of a generated body: `i % 251`.
@@ -367,6 +458,114 @@ impl Body for GeneratedBody {
     }
 }
 
+/// The body of a [`ReplyPayload::Trickle`] answer.
+pub struct TrickleBody {
+    chunk: Bytes,
+    left: usize,
+    interval: Duration,
+    end: BodyEnd,
+    length: Option<u64>,
+    /// Set while waiting for the next chunk (or the end).
+    pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl TrickleBody {
+    /// `chunks` chunks of `chunk_len` pattern bytes, one every `interval`
+    /// (the first at once), then `end`; `length` is announced if given.
+    pub fn new(
+        chunks: usize,
+        chunk_len: usize,
+        interval: Duration,
+        end: BodyEnd,
+        length: Option<u64>,
+    ) -> Self {
+        let chunk: Vec<u8> = (0..chunk_len as u64).map(pattern_byte).collect();
+        TrickleBody {
+            chunk: Bytes::from(chunk),
+            left: chunks,
+            interval,
+            end,
+            length,
+            pause: None,
+        }
+    }
+}
+
+impl Body for TrickleBody {
+    type Data = Bytes;
+    type Error = ReplyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReplyError>>> {
+        let this = self.get_mut();
+        if let Some(pause) = this.pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause = None;
+        }
+        if this.left > 0 {
+            this.left -= 1;
+            if this.left > 0 || this.end != BodyEnd::Finish {
+                this.pause = Some(Box::pin(tokio::time::sleep(this.interval)));
+            }
+            return Poll::Ready(Some(Ok(Frame::data(this.chunk.clone()))));
+        }
+        match this.end {
+            BodyEnd::Finish => Poll::Ready(None),
+            // Nothing will wake this body again: it stays open without a byte.
+            BodyEnd::Stall => Poll::Pending,
+            BodyEnd::Fail => Poll::Ready(Some(Err("test upstream: body failed on purpose".into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0 && self.end == BodyEnd::Finish && self.pause.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(length) => SizeHint::with_exact(length),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// One step of a byte-level HTTP/1.1 answer ([`UpstreamOpts::raw`]).
+#[derive(Clone, Debug)]
+pub enum RawStep {
+    /// Write these bytes and flush.
+    Write(Bytes),
+    /// Wait.
+    Sleep(Duration),
+    /// Close the connection with a TCP reset (SO_LINGER 0).
+    Reset,
+    /// Close the connection cleanly.
+    Close,
+}
+
+impl RawStep {
+    /// Write text.
+    pub fn text(text: &str) -> RawStep {
+        RawStep::Write(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    /// A response head sent one line every `interval`: the status line at
+    /// once, then `headers` lines, then the blank line.
+    pub fn slow_head(status_line: &str, headers: usize, interval: Duration) -> Vec<RawStep> {
+        let mut steps = vec![RawStep::text(&format!("{status_line}\r\n"))];
+        for i in 0..headers {
+            steps.push(RawStep::Sleep(interval));
+            steps.push(RawStep::text(&format!("x-slow-{i}: {i}\r\n")));
+        }
+        steps.push(RawStep::Sleep(interval));
+        steps.push(RawStep::text("content-length: 0\r\n\r\n"));
+        steps
+    }
+}
+
 type Responder = Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>;
 
 /// Whether and how the upstream asks for a client certificate.
@@ -389,6 +588,10 @@ pub struct UpstreamOpts {
     delay: Option<Duration>,
     expect_version: Option<Version>,
     respond: Responder,
+    reset_connections: bool,
+    close_idle_after: Option<Duration>,
+    drop_requests_after_idle: Option<Duration>,
+    raw: Option<Arc<[RawStep]>>,
 }
 
 impl UpstreamOpts {
@@ -401,6 +604,10 @@ impl UpstreamOpts {
             delay: None,
             expect_version: None,
             respond: Arc::new(|_| Reply::echo()),
+            reset_connections: false,
+            close_idle_after: None,
+            drop_requests_after_idle: None,
+            raw: None,
         }
     }
 
@@ -459,15 +666,83 @@ impl UpstreamOpts {
     pub fn stream_body(self, len: u64) -> Self {
         self.always(Reply::generated(len))
     }
+
+    /// Close connections with a TCP reset (SO_LINGER 0) instead of a clean
+    /// close, whenever the upstream closes them.
+    pub fn reset_connections(mut self) -> Self {
+        self.reset_connections = true;
+        self
+    }
+
+    /// Close an HTTP/1.1 keep-alive connection once it has been idle (no
+    /// request in progress) for `idle`, like a server's keep-alive timeout.
+    pub fn close_idle_after(mut self, idle: Duration) -> Self {
+        self.close_idle_after = Some(idle);
+        self
+    }
+
+    /// A request that arrives on a connection idle for at least `idle`
+    /// (after an earlier request on it) is not answered: the connection is
+    /// closed at once, as when a server's keep-alive close crosses the
+    /// client's next request on the wire. Counted in
+    /// [`Upstream::dropped_requests`], not recorded as a request.
+    pub fn drop_requests_after_idle(mut self, idle: Duration) -> Self {
+        self.drop_requests_after_idle = Some(idle);
+        self
+    }
+
+    /// Answer every request (HTTP/1.1 only) by running `steps` on the
+    /// connection byte by byte; the request is recorded (head and a
+    /// `content-length` body). Unless a step closes it, the connection then
+    /// waits for the next request.
+    pub fn raw(mut self, steps: Vec<RawStep>) -> Self {
+        self.raw = Some(Arc::from(steps));
+        self
+    }
 }
 
 struct State {
     requests: Mutex<Vec<RecordedRequest>>,
     connections: AtomicUsize,
     handshake_failures: AtomicUsize,
+    dropped_requests: AtomicUsize,
+    idle_closes: AtomicUsize,
     changed: Notify,
+    goaway: Notify,
     opts: UpstreamOpts,
 }
+
+/// What one connection's requests share: whether one is in progress and
+/// since when the connection has been idle.
+struct ConnState {
+    index: usize,
+    peer: SocketAddr,
+    client_cert: bool,
+    served: AtomicUsize,
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl ConnState {
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(self.idle_since.lock().expect("lock").elapsed())
+    }
+}
+
+/// The service's refusal to answer: hyper closes the connection.
+#[derive(Debug)]
+struct DroppedRequest;
+
+impl std::fmt::Display for DroppedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request dropped with its idle connection")
+    }
+}
+
+impl std::error::Error for DroppedRequest {}
 
 /// A running upstream. Dropping it stops the accept loop and every connection.
 pub struct Upstream {
@@ -507,7 +782,10 @@ impl Upstream {
             requests: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
             handshake_failures: AtomicUsize::new(0),
+            dropped_requests: AtomicUsize::new(0),
+            idle_closes: AtomicUsize::new(0),
             changed: Notify::new(),
+            goaway: Notify::new(),
             opts,
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
@@ -559,6 +837,24 @@ impl Upstream {
     /// TLS handshakes that failed (untrusted CA, missing client cert, …).
     pub fn handshake_failures(&self) -> usize {
         self.state.handshake_failures.load(Ordering::SeqCst)
+    }
+
+    /// Requests dropped with their idle connection
+    /// ([`UpstreamOpts::drop_requests_after_idle`]).
+    pub fn dropped_requests(&self) -> usize {
+        self.state.dropped_requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed for being idle ([`UpstreamOpts::close_idle_after`]).
+    pub fn idle_closes(&self) -> usize {
+        self.state.idle_closes.load(Ordering::SeqCst)
+    }
+
+    /// Start a graceful shutdown of every open connection: HTTP/2 sends
+    /// GOAWAY and finishes the streams in progress; HTTP/1.1 closes after
+    /// the response in progress. New connections are still accepted.
+    pub fn goaway(&self) {
+        self.state.goaway.notify_waiters();
     }
 
     /// Wait until at least `n` requests were recorded (panics after 10 s).
@@ -628,14 +924,24 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, state
 }
 
 async fn serve_conn(
-    tcp: tokio::net::TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     conn_index: usize,
     acceptor: Option<TlsAcceptor>,
     state: Arc<State>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    if state.opts.reset_connections {
+        let _ = tcp.set_zero_linger();
+    }
+    let mut conn = ConnState {
+        index: conn_index,
+        peer,
+        client_cert: false,
+        served: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+    };
     match acceptor {
         Some(acceptor) => {
             let tls = match acceptor.accept(tcp).await {
@@ -647,44 +953,224 @@ async fn serve_conn(
                 }
             };
             let (_, session) = tls.get_ref();
-            let cert = session
+            conn.client_cert = session
                 .peer_certificates()
                 .is_some_and(|certs| !certs.is_empty());
             // ALPN decided the protocol; without ALPN it is HTTP/1.1.
-            let builder = if session.alpn_protocol() == Some(b"h2".as_slice()) {
-                builder.http2_only()
-            } else {
-                builder.http1_only()
-            };
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, state, conn_index, peer, cert).await) }
-            });
-            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+            let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+            match state.opts.raw.clone() {
+                Some(steps) if !h2 => serve_raw(tls, steps, Arc::new(conn), state).await,
+                _ => serve_http(TokioIo::new(tls), Some(h2), Arc::new(conn), state).await,
+            }
         }
-        None => {
-            // Plain: HTTP/2 only by prior knowledge, and only when enabled.
-            let builder = if state.opts.http2 {
-                builder
-            } else {
-                builder.http1_only()
-            };
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, state, conn_index, peer, false).await) }
-            });
-            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        // Plain: HTTP/2 only by prior knowledge, and only when enabled.
+        None => match state.opts.raw.clone() {
+            Some(steps) => serve_raw(tcp, steps, Arc::new(conn), state).await,
+            None => serve_http(TokioIo::new(tcp), None, Arc::new(conn), state).await,
+        },
+    }
+}
+
+/// Serve one connection with hyper: `alpn_h2` is what TLS negotiated, `None`
+/// for plain connections (HTTP/2 by prior knowledge when enabled).
+async fn serve_http<I>(io: I, alpn_h2: Option<bool>, conn: Arc<ConnState>, state: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = match alpn_h2 {
+        Some(true) => builder.http2_only(),
+        None if state.opts.http2 => builder,
+        _ => builder.http1_only(),
+    };
+    let svc = {
+        let (state, conn) = (state.clone(), conn.clone());
+        service_fn(move |req| handle(req, state.clone(), conn.clone()))
+    };
+    let serving = builder.serve_connection(io, svc);
+    tokio::pin!(serving);
+    let goaway = state.goaway.notified();
+    tokio::pin!(goaway);
+    goaway.as_mut().enable();
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            _ = serving.as_mut() => return,
+            _ = goaway.as_mut(), if !shutting_down => {
+                shutting_down = true;
+                serving.as_mut().graceful_shutdown();
+            }
+            _ = idle_close(&conn, state.opts.close_idle_after), if !shutting_down => {
+                // Dropping the connection closes the socket.
+                state.idle_closes.fetch_add(1, Ordering::SeqCst);
+                state.changed.notify_waiters();
+                return;
+            }
         }
     }
 }
 
+/// Resolves once the connection has been idle for `idle` (never without it).
+async fn idle_close(conn: &ConnState, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        match conn.idle_for() {
+            Some(idle_for) if idle_for >= idle => return,
+            Some(idle_for) => tokio::time::sleep(idle - idle_for).await,
+            None => tokio::time::sleep(idle).await,
+        }
+    }
+}
+
+/// A connection [`serve_raw`] can reset: the TCP stream under it.
+trait RawIo: AsyncRead + AsyncWrite + Unpin + Send {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl RawIo for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl RawIo for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Serve one HTTP/1.1 connection byte by byte: read a request, run `steps`.
+async fn serve_raw<S: RawIo>(
+    mut io: S,
+    steps: Arc<[RawStep]>,
+    conn: Arc<ConnState>,
+    state: Arc<State>,
+) {
+    let mut buf = BytesMut::with_capacity(8192);
+    while read_raw_request(&mut io, &mut buf, &conn, &state).await {
+        for step in steps.iter() {
+            match step {
+                RawStep::Write(bytes) => {
+                    if io.write_all(bytes).await.is_err() || io.flush().await.is_err() {
+                        return;
+                    }
+                }
+                RawStep::Sleep(pause) => tokio::time::sleep(*pause).await,
+                RawStep::Reset => {
+                    let _ = io.tcp().set_zero_linger();
+                    return;
+                }
+                RawStep::Close => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Read one request head (and a `content-length` body) and record it;
+/// false when the connection ended first.
+async fn read_raw_request<S: RawIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    conn: &ConnState,
+    state: &State,
+) -> bool {
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    };
+    let head = buf.split_to(head_end);
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method =
+        Method::from_bytes(request_line.next().unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
+    let uri: http::Uri = request_line
+        .next()
+        .unwrap_or("/")
+        .parse()
+        .unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    for line in lines.filter(|line| !line.is_empty()) {
+        if let Some((name, value)) = line.split_once(':')
+            && let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_str(value.trim()),
+            )
+        {
+            headers.append(name, value);
+        }
+    }
+    let length: usize = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < length {
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    let body = buf.split_to(length).freeze();
+    conn.served.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut requests = state.requests.lock().expect("lock");
+        let index = requests.len();
+        requests.push(RecordedRequest {
+            index,
+            connection: conn.index,
+            method,
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+            uri,
+            version: Version::HTTP_11,
+            headers,
+            body_len: body.len() as u64,
+            body_digest: BodyDigest::of(&body),
+            body_head: body.slice(..body.len().min(BODY_HEAD_LIMIT)),
+            body_error: None,
+            client_cert_presented: conn.client_cert,
+            peer: conn.peer,
+        });
+    }
+    state.changed.notify_waiters();
+    true
+}
+
+/// One request on a hyper connection: maybe dropped with its idle
+/// connection, otherwise recorded and answered.
 async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
-    conn_index: usize,
-    peer: SocketAddr,
-    client_cert: bool,
-) -> Response<ReplyBody> {
+    conn: Arc<ConnState>,
+) -> Result<Response<ReplyBody>, DroppedRequest> {
+    let earlier = conn.served.fetch_add(1, Ordering::SeqCst);
+    if let Some(idle) = state.opts.drop_requests_after_idle
+        && earlier > 0
+        && conn.idle_for().is_some_and(|idle_for| idle_for >= idle)
+    {
+        state.dropped_requests.fetch_add(1, Ordering::SeqCst);
+        state.changed.notify_waiters();
+        return Err(DroppedRequest);
+    }
+    conn.in_flight.fetch_add(1, Ordering::SeqCst);
+    let response = answer(req, &state, &conn).await;
+    *conn.idle_since.lock().expect("lock") = Instant::now();
+    conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+    Ok(response)
+}
+
+async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Response<ReplyBody> {
     let (parts, mut body) = req.into_parts();
     let mut digest = BodyDigest::new();
     let mut head = BytesMut::new();
@@ -708,7 +1194,7 @@ async fn handle(
         let mut requests = state.requests.lock().expect("lock");
         let recorded = RecordedRequest {
             index: requests.len(),
-            connection: conn_index,
+            connection: conn.index,
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -719,8 +1205,8 @@ async fn handle(
             body_digest: digest.digest(),
             body_head: head.freeze(),
             body_error,
-            client_cert_presented: client_cert,
-            peer,
+            client_cert_presented: conn.client_cert,
+            peer: conn.peer,
         };
         requests.push(recorded.clone());
         recorded
@@ -747,12 +1233,21 @@ async fn handle(
 fn build_response(reply: Reply, recorded: &RecordedRequest) -> Response<ReplyBody> {
     let is_echo = matches!(reply.payload, ReplyPayload::Echo);
     let body: ReplyBody = match reply.payload {
-        ReplyPayload::Echo => Full::new(Bytes::from(recorded.echo_json().to_string())).boxed(),
-        ReplyPayload::Bytes(bytes) => Full::new(bytes).boxed(),
+        ReplyPayload::Echo => full(Bytes::from(recorded.echo_json().to_string())),
+        ReplyPayload::Bytes(bytes) => full(bytes),
         ReplyPayload::Generated {
             len,
             content_length,
-        } => GeneratedBody::new(len, content_length).boxed(),
+        } => GeneratedBody::new(len, content_length)
+            .map_err(|never| match never {})
+            .boxed(),
+        ReplyPayload::Trickle {
+            chunks,
+            chunk_len,
+            interval,
+            end,
+            length,
+        } => TrickleBody::new(chunks, chunk_len, interval, end, length).boxed(),
     };
     let mut response = Response::new(body);
     *response.status_mut() = reply.status;
@@ -766,4 +1261,8 @@ fn build_response(reply: Reply, recorded: &RecordedRequest) -> Response<ReplyBod
         response.headers_mut().append(name, value);
     }
     response
+}
+
+fn full(bytes: Bytes) -> ReplyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
