@@ -35,7 +35,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::client::{ClientOptions, upstream_client};
 use crate::proxy::route::{Base, RouteParts, Target};
-use crate::proxy::{Dispatch, ResponseBody, Route, forward::forward};
+use crate::proxy::{Dispatch, ForwardHosts, ResponseBody, Route, forward::forward};
 use crate::tls;
 
 /// Why the proxy could not start (or a reload was refused).
@@ -255,7 +255,7 @@ fn build_generation(config: &Config, metrics: &Metrics) -> Result<Generation, Se
     let forward = match &config.forward_proxy {
         None => None,
         Some(forward) => {
-            let mut hosts = HashMap::new();
+            let mut hosts = ForwardHosts::default();
             for (host, credential_name) in &forward.hosts {
                 let credential = credentials.get(credential_name).cloned().ok_or_else(|| {
                     ServeError::Config(format!(
@@ -271,10 +271,19 @@ fn build_generation(config: &Config, metrics: &Metrics) -> Result<Generation, Se
                     },
                 )
                 .map_err(|e| ServeError::Config(format!("forward_proxy: {e}")))?;
+                // The upstream is the configured host and port, never the
+                // request's spelling of it.
+                let base = format!("https://{}", host.upstream_authority())
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|uri| Base::from_uri(&uri))
+                    .ok_or_else(|| {
+                        ServeError::Config(format!("forward_proxy.hosts.{host} is not a host"))
+                    })?;
                 let route = Route::new(
                     "/",
                     false,
-                    Target::RequestHost,
+                    Target::Fixed(base),
                     RouteParts {
                         name: Arc::from(format!("forward_proxy:{host}")),
                         credential,
@@ -283,7 +292,7 @@ fn build_generation(config: &Config, metrics: &Metrics) -> Result<Generation, Se
                         request_timeout: forward.request_timeout,
                     },
                 );
-                hosts.insert(host.to_ascii_lowercase(), Arc::new(route));
+                hosts.insert(&host.host, host.request_port(), Arc::new(route));
             }
             Some(Arc::new(Dispatch::Forward(hosts)))
         }

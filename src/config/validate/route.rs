@@ -15,8 +15,8 @@ use super::{Cx, Result, flag};
 use crate::config::load::{key_segment, line_of};
 use crate::config::raw::{RawForwardProxy, RawRoute};
 use crate::config::{
-    CredentialConfig, CredentialKind, ForwardProxyConfig, ListenerTls, RouteConfig, Upstream,
-    UpstreamTls,
+    CredentialConfig, CredentialKind, ForwardHost, ForwardProxyConfig, ListenerTls, RouteConfig,
+    Upstream, UpstreamTls,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -282,20 +282,9 @@ impl Cx<'_> {
         let mut hosts = BTreeMap::new();
         for (host, credential) in &raw.hosts {
             let key = format!("forward_proxy.hosts.{}", key_segment(host.get_ref()));
-            let name = host.get_ref().to_ascii_lowercase();
-            if name.is_empty()
-                || name.contains(['/', '@', '?', '#'])
-                || name.chars().any(char::is_whitespace)
-            {
-                return Err(self.error(
-                    &key,
-                    &host.span(),
-                    format!(
-                        "`{}` is not a host name such as \"api.example.com\"",
-                        host.get_ref()
-                    ),
-                ));
-            }
+            let name = ForwardHost::parse(host.get_ref()).map_err(|why| {
+                self.error(&key, &host.span(), format!("`{}`: {why}", host.get_ref()))
+            })?;
             if !credentials.contains_key(credential.get_ref()) {
                 return Err(self.error(
                     &key,
@@ -303,13 +292,20 @@ impl Cx<'_> {
                     format!("no credential named `{}`", credential.get_ref()),
                 ));
             }
-            if hosts.insert(name, credential.get_ref().clone()).is_some() {
+            if let Some(other) = hosts.keys().find(|other: &&ForwardHost| {
+                other.host == name.host && other.request_port() == name.request_port()
+            }) {
                 return Err(self.error(
                     &key,
                     &host.span(),
-                    "this host is listed twice (host names ignore case)",
+                    format!(
+                        "`{}` names the same host and port as `{other}` (host names ignore \
+                         case; a key without a port means port 80)",
+                        host.get_ref()
+                    ),
                 ));
             }
+            hosts.insert(name, credential.get_ref().clone());
         }
         Ok(ForwardProxyConfig {
             listen,
