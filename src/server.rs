@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -34,6 +34,7 @@ use crate::credential::Credentials;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::client::{ClientOptions, upstream_client};
+use crate::proxy::framing::{Framing, Tap};
 use crate::proxy::route::{Base, RouteParts, Target};
 use crate::proxy::{Dispatch, ForwardHosts, ResponseBody, Route, forward::forward};
 use crate::tls;
@@ -475,7 +476,12 @@ async fn serve_connection(
     shared: Arc<Shared>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let service = service_fn(move |request| {
+    // The tap sees the raw request heads that hyper's parser tidies up.
+    let tap = Tap::default();
+    let inspector = tap.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let framing = inspector.inspect(&request);
+        request.extensions_mut().insert(framing);
         let dispatch = dispatch.load_full();
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle_request(&dispatch, request, &shared.metrics).await) }
@@ -488,13 +494,13 @@ async fn serve_connection(
     let result = match acceptor {
         None => {
             watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .watch(builder.serve_connection(TokioIo::new(tap.wrap(stream)), service))
                 .await
         }
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls_stream) => {
                 watcher
-                    .watch(builder.serve_connection(TokioIo::new(tls_stream), service))
+                    .watch(builder.serve_connection(TokioIo::new(tap.wrap(tls_stream)), service))
                     .await
             }
             Err(err) => {
@@ -515,17 +521,28 @@ async fn handle_request(
     metrics: &Metrics,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
+    let closes = request
+        .extensions()
+        .get::<Framing>()
+        .is_some_and(|framing| framing.closes_connection());
     let (label, result) = match dispatch.find(&request) {
         Ok(route) => (route.name.clone(), forward(route, request, metrics).await),
         Err(err) => (no_route_label(), Err(err)),
     };
-    let response = match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => {
             log_error(&label, &err);
             err.to_response().map(http_body_util::Either::Right)
         }
     };
+    if closes {
+        // After a chunked body the tap cannot tell where a next request
+        // would start (see `proxy::framing`): this is the connection's last.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     metrics.record_request(
         &label,
         response.status().as_u16(),

@@ -17,6 +17,7 @@
 pub mod body;
 pub mod client;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod hosts;
 pub mod path;
@@ -57,12 +58,14 @@ impl Dispatch {
     }
 
     /// The route for `request`, or why it is not forwarded at all: a method
-    /// that must not be ([`refuse_method`]), a request target that is not a
+    /// that must not be ([`refuse_method`]), a body framed both by
+    /// `Content-Length` and `Transfer-Encoding` ([`framing`]), a request target that is not a
     /// path (reverse routes) or not an `http://` URL (forward proxy), a path
     /// that could escape the upstream's base path ([`path::check`]), a
     /// forward-proxy host and port outside `hosts`.
     pub fn find<B>(&self, request: &Request<B>) -> Result<&Arc<Route>, ProxyError> {
         refuse_method(request.method())?;
+        refuse_framing(request)?;
         let uri = request.uri();
         match self {
             Dispatch::Routes(routes) => {
@@ -113,6 +116,19 @@ fn refuse_method(method: &Method) -> Result<(), ProxyError> {
     Err(ProxyError::BadRequest(format!(
         "{method} is not forwarded: {why}"
     )))
+}
+
+/// The [`framing::Framing`] the connection's tap attached: a conflict, or
+/// a connection the tap could not follow, is refused.
+fn refuse_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let why = match request.extensions().get::<framing::Framing>() {
+        Some(framing::Framing::Conflict) => {
+            "requests with both Content-Length and Transfer-Encoding are not forwarded"
+        }
+        Some(framing::Framing::Lost) => "the request's framing could not be verified",
+        _ => return Ok(()),
+    };
+    Err(ProxyError::BadRequest(why.to_owned()))
 }
 
 fn refuse_unsafe_path(path: &str) -> Result<(), ProxyError> {

@@ -399,6 +399,89 @@ async fn legitimate_paths_are_forwarded_unchanged() {
     }
 }
 
+// ---- issue #7, defect 17: Content-Length with Transfer-Encoding ----
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_in_either_order() {
+    let scene = Scene::localhost_only().await;
+    let after = "GET /after HTTP/1.1\r\nhost: a\r\n\r\n";
+    let heads = [
+        "content-length: 4\r\ntransfer-encoding: chunked\r\n",
+        "transfer-encoding: chunked\r\ncontent-length: 4\r\n",
+        "Content-Length: 4\r\nTransfer-Encoding: gzip, chunked\r\n",
+        "transfer-encoding: chunked\r\ncontent-length: 0\r\ncontent-length: 0\r\n",
+    ];
+    for head in heads {
+        // The chunked body hides a second request in what Content-Length
+        // would call the next message.
+        let bytes = format!(
+            "POST /smuggle HTTP/1.1\r\nhost: a\r\n{head}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n{after}"
+        );
+        let (responses, closed) = scene.reverse(bytes.as_bytes()).await;
+        one_bad_request(&responses, head);
+        assert!(closed, "{head}: the connection is closed after the refusal");
+        let (responses, closed) = scene
+            .forward(
+                bytes
+                    .replace(
+                        "POST /smuggle",
+                        &format!("POST http://localhost:{}/smuggle", scene.g()),
+                    )
+                    .as_bytes(),
+            )
+            .await;
+        one_bad_request(&responses, head);
+        assert!(closed, "{head}: the forward proxy closes too");
+    }
+    assert_eq!(scene.good.request_count(), 0, "nothing was forwarded");
+}
+
+#[tokio::test]
+async fn conflicting_framing_is_caught_behind_earlier_requests_on_a_connection() {
+    let scene = Scene::localhost_only().await;
+    // A body that looks like a conflicting head must not trip the check,
+    // also when sidekey refused its request without reading it; the real
+    // conflict in the fourth request must.
+    let decoy = "GET /x HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+    let bytes = format!(
+        "POST /../refused HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{decoy}\
+         POST /one HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{decoy}\
+         GET /two HTTP/1.1\r\nhost: a\r\n\r\n\
+         POST /three HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n\
+         GET /four HTTP/1.1\r\nhost: a\r\n\r\n",
+        decoy.len(),
+        decoy.len()
+    );
+    let (responses, closed) = scene.reverse(bytes.as_bytes()).await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [400, 200, 200, 400], "{responses:?}");
+    assert_eq!(responses[3].header("x-sidekey-error"), Some("bad_request"));
+    assert!(closed);
+    let paths: Vec<String> = scene
+        .good
+        .requests()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(paths, ["/v1/one", "/v1/two"]);
+    assert_eq!(scene.good.requests()[0].body_text(), decoy);
+}
+
+#[tokio::test]
+async fn chunked_requests_are_forwarded_and_close_their_connection() {
+    let scene = Scene::localhost_only().await;
+    let bytes = "POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\n\r\n";
+    let (responses, closed) = scene.reverse(bytes.as_bytes()).await;
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].status, 200);
+    assert_eq!(responses[0].header("connection"), Some("close"));
+    assert!(closed);
+    let seen = scene.good.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_text(), "hello");
+}
+
 // ---- limits and malformed heads ----
 
 #[tokio::test]
