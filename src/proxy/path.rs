@@ -52,7 +52,9 @@ pub fn check(path: &str) -> Result<(), UnsafePath> {
     }
     let mut bytes = Cow::Borrowed(path.as_bytes());
     let mut rounds = 0;
-    while let Some(decoded) = decode_once(&bytes) {
+    while bytes.contains(&b'%')
+        && let Some(decoded) = decode_once(&bytes)
+    {
         rounds += 1;
         if rounds > MAX_DECODES {
             return Err(UnsafePath::Obscured);
@@ -65,16 +67,23 @@ pub fn check(path: &str) -> Result<(), UnsafePath> {
     if has_overlong_utf8(&bytes) {
         return Err(UnsafePath::Overlong);
     }
-    let mut text = String::from_utf8_lossy(&bytes);
-    if !text.is_ascii() {
-        let mut mapped = String::with_capacity(text.len());
-        text.chars()
+    if !bytes.is_ascii() {
+        let mut mapped = String::with_capacity(bytes.len());
+        String::from_utf8_lossy(&bytes)
+            .chars()
             .for_each(|c| push_compatibility_form(&mut mapped, c));
-        text = Cow::Owned(mapped);
+        bytes = Cow::Owned(mapped.into_bytes());
     }
-    let dot_segment = text.split(['/', '\\']).any(|segment| {
-        let end = segment.find([';', '?', '#']).unwrap_or(segment.len());
-        matches!(segment[..end].trim_end_matches(' '), "." | "..")
+    let dot_segment = bytes.split(|b| matches!(b, b'/' | b'\\')).any(|segment| {
+        let end = segment
+            .iter()
+            .position(|b| matches!(b, b';' | b'?' | b'#'))
+            .unwrap_or(segment.len());
+        let mut core = &segment[..end];
+        while let [rest @ .., b' '] = core {
+            core = rest;
+        }
+        core == b"." || core == b".."
     });
     if dot_segment {
         return Err(UnsafePath::DotSegment);

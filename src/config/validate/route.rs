@@ -324,3 +324,87 @@ impl Cx<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::config::secret::MapEnv;
+    use crate::config::{ForwardHost, parse};
+
+    /// A config whose `[forward_proxy]` has `hosts` on line 9.
+    fn with_hosts(hosts: &str) -> String {
+        format!(
+            "[credentials.a]\ntype = \"static\"\ntoken = \"t\"\n\n[credentials.b]\ntype = \"static\"\ntoken = \"u\"\n[forward_proxy]\nhosts = {{ {hosts} }}\nlisten = \"127.0.0.1:3128\"\n"
+        )
+    }
+
+    fn parse_hosts(hosts: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        parse(
+            &with_hosts(hosts),
+            Path::new("fp.toml"),
+            Arc::new(MapEnv::default()),
+        )
+    }
+
+    #[test]
+    fn hosts_keys_are_resolved_to_host_and_port() {
+        let config = parse_hosts(
+            r#""API.example.com" = "a", "api.example.com:8443" = "b", "[::1]:9000" = "a""#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let hosts = &config.forward_proxy.unwrap().hosts;
+        let key = |text: &str| ForwardHost::parse(text).unwrap();
+        assert_eq!(hosts[&key("api.example.com")], "a");
+        assert_eq!(hosts[&key("api.example.com:8443")], "b");
+        assert_eq!(hosts[&key("[0::1]:9000")], "a");
+    }
+
+    #[test]
+    fn check_names_file_line_and_key_of_a_host_that_can_never_match() {
+        for (hosts, key, part) in [
+            (
+                r#""*.example.com" = "a""#,
+                r#"forward_proxy.hosts."*.example.com""#,
+                "wildcards",
+            ),
+            (
+                r#""[::1" = "a""#,
+                r#"forward_proxy.hosts."[::1""#,
+                "malformed IPv6",
+            ),
+            (r#""::1" = "a""#, r#"forward_proxy.hosts."::1""#, "brackets"),
+            (
+                r#""api.example:https" = "a""#,
+                r#"forward_proxy.hosts."api.example:https""#,
+                "not a port",
+            ),
+            (
+                r#""api.example:0" = "a""#,
+                r#"forward_proxy.hosts."api.example:0""#,
+                "not a port",
+            ),
+            (
+                r#""me@api.example" = "a""#,
+                r#"forward_proxy.hosts."me@api.example""#,
+                "user information",
+            ),
+            (
+                r#""api.example/v1" = "a""#,
+                r#"forward_proxy.hosts."api.example/v1""#,
+                "remove the path",
+            ),
+            (
+                r#""api.example" = "a", "API.example:80" = "b""#,
+                r#"forward_proxy.hosts."api.example""#,
+                "same host and port as `api.example:80`",
+            ),
+        ] {
+            let e = parse_hosts(hosts).expect_err(hosts);
+            assert_eq!(e.path, Path::new("fp.toml"));
+            assert_eq!((e.line, e.key.as_str()), (Some(9), key), "{e}");
+            assert!(e.message.contains(part), "{hosts}: {e}");
+        }
+    }
+}
