@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use http::Uri;
 
-use super::Route;
+use super::route::Route;
 use crate::error::ProxyError;
 
 /// Routes of the forward proxy by request host and port.
