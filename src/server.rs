@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -34,8 +34,9 @@ use crate::credential::Credentials;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::client::{ClientOptions, upstream_client};
+use crate::proxy::framing::{Framing, Tap};
 use crate::proxy::route::{Base, RouteParts, Target};
-use crate::proxy::{Dispatch, ResponseBody, Route, forward::forward};
+use crate::proxy::{Dispatch, ForwardHosts, ResponseBody, Route, forward::forward};
 use crate::tls;
 
 /// Why the proxy could not start (or a reload was refused).
@@ -310,7 +311,7 @@ fn build_generation(
     let forward = match &config.forward_proxy {
         None => None,
         Some(forward) => {
-            let mut hosts = HashMap::new();
+            let mut hosts = ForwardHosts::default();
             for (host, credential_name) in &forward.hosts {
                 let credential = credentials.get(credential_name).cloned().ok_or_else(|| {
                     ServeError::Config(format!(
@@ -326,10 +327,19 @@ fn build_generation(
                     },
                 )
                 .map_err(|e| ServeError::Config(format!("forward_proxy: {e}")))?;
+                // The upstream is the configured host and port, never the
+                // request's spelling of it.
+                let base = format!("https://{}", host.upstream_authority())
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|uri| Base::from_uri(&uri))
+                    .ok_or_else(|| {
+                        ServeError::Config(format!("forward_proxy.hosts.{host} is not a host"))
+                    })?;
                 let route = Route::new(
                     "/",
                     false,
-                    Target::RequestHost,
+                    Target::Fixed(base),
                     RouteParts {
                         name: Arc::from(format!("forward_proxy:{host}")),
                         credential,
@@ -339,7 +349,7 @@ fn build_generation(
                         body_timeout: forward.body_timeout,
                     },
                 );
-                hosts.insert(host.to_ascii_lowercase(), Arc::new(route));
+                hosts.insert(&host.host, host.request_port(), Arc::new(route));
             }
             Some(Arc::new(Dispatch::Forward(hosts)))
         }
@@ -522,7 +532,12 @@ async fn serve_connection(
     shared: Arc<Shared>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let service = service_fn(move |request| {
+    // The tap sees the raw request heads that hyper's parser tidies up.
+    let tap = Tap::default();
+    let inspector = tap.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let framing = inspector.inspect(&request);
+        request.extensions_mut().insert(framing);
         let dispatch = dispatch.load_full();
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle_request(&dispatch, request, &shared.metrics).await) }
@@ -535,13 +550,13 @@ async fn serve_connection(
     let result = match acceptor {
         None => {
             watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .watch(builder.serve_connection(TokioIo::new(tap.wrap(stream)), service))
                 .await
         }
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls_stream) => {
                 watcher
-                    .watch(builder.serve_connection(TokioIo::new(tls_stream), service))
+                    .watch(builder.serve_connection(TokioIo::new(tap.wrap(tls_stream)), service))
                     .await
             }
             Err(err) => {
@@ -562,17 +577,28 @@ async fn handle_request(
     metrics: &Metrics,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
+    let closes = request
+        .extensions()
+        .get::<Framing>()
+        .is_some_and(|framing| framing.closes_connection());
     let (label, result) = match dispatch.find(&request) {
         Ok(route) => (route.name.clone(), forward(route, request, metrics).await),
         Err(err) => (no_route_label(), Err(err)),
     };
-    let response = match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => {
             log_error(&label, &err);
             err.to_response().map(http_body_util::Either::Right)
         }
     };
+    if closes {
+        // After a chunked body the tap cannot tell where a next request
+        // would start (see `proxy::framing`): this is the connection's last.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     metrics.record_request(
         &label,
         response.status().as_u16(),

@@ -613,7 +613,8 @@ body_timeout = "7s"
         assert_eq!(url.to_string(), "http://127.0.0.1:9000/base");
 
         let proxy = config.forward_proxy.as_ref().unwrap();
-        assert_eq!(proxy.hosts["api.inbenta.io"], "i");
+        let inbenta = crate::config::ForwardHost::parse("api.inbenta.io").unwrap();
+        assert_eq!(proxy.hosts[&inbenta], "i");
         assert_eq!(proxy.connect_timeout, Duration::from_secs(4));
         assert_eq!(proxy.request_timeout, Duration::from_secs(5));
         assert_eq!(proxy.body_timeout, Duration::from_secs(7));

@@ -8,6 +8,7 @@
 //! output of anything here never shows a secret.
 
 pub mod duration;
+pub mod host;
 pub mod load;
 mod raw;
 pub mod secret;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 
+pub use host::ForwardHost;
 pub use load::{ConfigError, load, parse};
 pub use secret::{EnvSource, ProcessEnv, Secret, SecretError, SecretRef};
 
@@ -288,8 +290,9 @@ pub struct UpstreamTls {
 pub struct ForwardProxyConfig {
     /// `listen`.
     pub listen: SocketAddr,
-    /// `hosts`: host name → credential name. Only these hosts get credentials.
-    pub hosts: BTreeMap<String, String>,
+    /// `hosts`: (host, port) → credential name. Only these get credentials;
+    /// see [`ForwardHost`] for what a key matches.
+    pub hosts: BTreeMap<ForwardHost, String>,
     /// `allow_non_loopback`.
     pub allow_non_loopback: bool,
     /// `connect_timeout` (default 5s).

@@ -1,8 +1,10 @@
 //! The proxy: from the app's request to the upstream's response.
 //!
 //! Per request, in order:
-//! 1. [`Dispatch::find`] picks the route: the longest `path_prefix` of the
-//!    listener (or, in forward-proxy mode, the request's host).
+//! 1. [`Dispatch::find`] refuses what must not be forwarded (`CONNECT`,
+//!    `TRACE`, paths that could escape the base path, see [`path`]) and
+//!    picks the route: the longest `path_prefix` of the listener, or in
+//!    forward-proxy mode the request's host and port ([`hosts`]).
 //! 2. One `ArcSwap` load of the credential's prebuilt headers
 //!    ([`crate::credential::CredentialHandle::current`]); no valid token → 503.
 //! 3. [`headers::prepare_request`] strips hop-by-hop headers, `Host`, and the
@@ -17,16 +19,19 @@
 pub mod body;
 pub mod client;
 pub mod forward;
+pub mod framing;
 pub mod headers;
+pub mod hosts;
+pub mod path;
 pub mod route;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Method, Request};
 use http_body_util::{Either, Full};
 
+pub use hosts::ForwardHosts;
 pub use route::Route;
 
 use crate::error::ProxyError;
@@ -42,8 +47,8 @@ pub type ResponseBody = Either<body::FromUpstream, Full<Bytes>>;
 pub enum Dispatch {
     /// Reverse-proxy routes sharing this listener, longest `path_prefix` first.
     Routes(Box<[Arc<Route>]>),
-    /// `[forward_proxy]`: absolute-form requests, routed by host name.
-    Forward(HashMap<String, Arc<Route>>),
+    /// `[forward_proxy]`: absolute-form requests, routed by host and port.
+    Forward(ForwardHosts),
 }
 
 impl Dispatch {
@@ -53,79 +58,97 @@ impl Dispatch {
         Dispatch::Routes(routes.into_boxed_slice())
     }
 
-    /// The route for `request`.
+    /// The route for `request`, or why it is not forwarded at all: a method
+    /// that must not be ([`refuse_method`]), a body framed both by
+    /// `Content-Length` and `Transfer-Encoding` ([`framing`]), a request target that is not a
+    /// path (reverse routes) or not an `http://` URL (forward proxy), a path
+    /// that could escape the upstream's base path ([`path::check`]), a
+    /// forward-proxy host and port outside `hosts`.
     pub fn find<B>(&self, request: &Request<B>) -> Result<&Arc<Route>, ProxyError> {
+        refuse_method(request.method())?;
+        refuse_framing(request)?;
+        let uri = request.uri();
         match self {
             Dispatch::Routes(routes) => {
-                let path = request.uri().path();
-                refuse_dot_segments(path)?;
+                let path = uri.path();
+                if !path.starts_with('/') {
+                    // Authority-form (`host:port`) or asterisk-form (`*`).
+                    return Err(ProxyError::BadRequest(
+                        "the request target must be a path such as /v1/items".to_owned(),
+                    ));
+                }
+                refuse_unsafe_path(path)?;
                 routes
                     .iter()
                     .find(|route| route.matches(path))
                     .ok_or_else(|| ProxyError::NoRoute(path.to_owned()))
             }
             Dispatch::Forward(hosts) => {
-                if request.method() == http::Method::CONNECT {
-                    return Err(ProxyError::BadRequest(
-                        "CONNECT tunnels cannot carry injected credentials; send http:// URLs \
-                         through the proxy and sidekey upgrades them to https://"
-                            .to_owned(),
-                    ));
-                }
-                let uri = request.uri();
                 if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
                     return Err(ProxyError::BadRequest(
                         "forward proxy expects absolute http:// request URIs".to_owned(),
                     ));
                 }
-                refuse_dot_segments(uri.path())?;
-                let host = uri.host().unwrap_or_default();
-                hosts
-                    .get(&host.to_ascii_lowercase())
-                    .ok_or_else(|| ProxyError::HostNotAllowed(host.to_owned()))
+                refuse_unsafe_path(uri.path())?;
+                hosts.find(uri)
             }
         }
     }
 }
 
-/// Refuse `.` and `..` path segments (also percent-encoded): joined onto an
-/// upstream base path they would climb out of it, with the credential attached.
-fn refuse_dot_segments(path: &str) -> Result<(), ProxyError> {
-    if !path.contains(['.', '%']) {
+/// `CONNECT` would open a tunnel the credential cannot be injected into
+/// (and, forwarded to a reverse route's upstream, carries the credential
+/// somewhere it means nothing); `TRACE` and `TRACK` make an upstream that
+/// honours them echo the request, injected credential included, back to
+/// the app. None of them is forwarded, on any listener.
+fn refuse_method(method: &Method) -> Result<(), ProxyError> {
+    let refused = *method == Method::CONNECT
+        || *method == Method::TRACE
+        || method.as_str().eq_ignore_ascii_case("TRACK");
+    if !refused {
         return Ok(());
     }
-    let dot = |segment: &str| {
-        [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."]
-            .iter()
-            .any(|form| segment.eq_ignore_ascii_case(form))
+    let why = if *method == Method::CONNECT {
+        "CONNECT tunnels cannot carry injected credentials; send http:// URLs \
+         through the forward proxy and sidekey upgrades them to https://"
+    } else {
+        "TRACE and TRACK would echo the injected credential back to the app"
     };
-    if path.split('/').any(dot) {
-        return Err(ProxyError::BadRequest(
-            "request paths with `.` or `..` segments are not forwarded".to_owned(),
-        ));
-    }
-    Ok(())
+    Err(ProxyError::BadRequest(format!(
+        "{method} is not forwarded: {why}"
+    )))
+}
+
+/// The [`framing::Framing`] the connection's tap attached: a conflict, or
+/// a connection the tap could not follow, is refused.
+fn refuse_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let why = match request.extensions().get::<framing::Framing>() {
+        Some(framing::Framing::Conflict) => {
+            "requests with both Content-Length and Transfer-Encoding are not forwarded"
+        }
+        Some(framing::Framing::Lost) => "the request's framing could not be verified",
+        _ => return Ok(()),
+    };
+    Err(ProxyError::BadRequest(why.to_owned()))
+}
+
+fn refuse_unsafe_path(path: &str) -> Result<(), ProxyError> {
+    path::check(path).map_err(|unsafe_path| ProxyError::BadRequest(unsafe_path.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::refuse_dot_segments;
+    use super::refuse_method;
+    use http::Method;
 
     #[test]
-    fn dot_segments_are_refused_in_any_spelling() {
-        for path in ["/a/../b", "/..", "/a/./b", "/a/%2E%2e/b", "/a/.%2e", "/%2e"] {
-            assert!(refuse_dot_segments(path).is_err(), "{path}");
+    fn tunnels_and_echoes_are_refused() {
+        for method in ["CONNECT", "TRACE", "TRACK", "track"] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(refuse_method(&method).is_err(), "{method}");
         }
-        for path in [
-            "/",
-            "/a.b/c",
-            "/v1/file.json",
-            "/..a/b",
-            "/a%2Fb",
-            "/a/...",
-            "/%2e%2e%2e",
-        ] {
-            assert!(refuse_dot_segments(path).is_ok(), "{path}");
+        for method in [Method::GET, Method::POST, Method::OPTIONS, Method::PATCH] {
+            assert!(refuse_method(&method).is_ok(), "{method}");
         }
     }
 }

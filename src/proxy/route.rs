@@ -1,6 +1,7 @@
 //! A route at run time: which requests it takes (`path_prefix`), where they
-//! go (fixed upstream, Inbenta `apis` entry, or the forward-proxy host), and
-//! how the upstream URI is joined from the base path and the request path.
+//! go (a fixed upstream — for the forward proxy, the configured host and
+//! port — or an Inbenta `apis` entry), and how the upstream URI is joined
+//! from the base path and the request path.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +46,6 @@ pub enum Target {
     Fixed(Base),
     /// `inbenta_api = "NAME"`: the base URL from the token's `apis` map.
     InbentaApi(String),
-    /// Forward proxy: `https://` + the request's own authority.
-    RequestHost,
 }
 
 /// One route, ready to serve.
@@ -146,17 +145,6 @@ impl Route {
                 })?;
                 &owned_base
             }
-            Target::RequestHost => {
-                let authority = uri.authority().cloned().ok_or_else(|| {
-                    ProxyError::BadRequest("forward proxy request has no host".to_owned())
-                })?;
-                owned_base = Base {
-                    scheme: Scheme::HTTPS,
-                    authority,
-                    path: String::new(),
-                };
-                &owned_base
-            }
         };
         let path_and_query = self.join_path(base, uri)?;
         Uri::builder()
@@ -200,7 +188,6 @@ impl Route {
         match &self.target {
             Target::Fixed(base) => base.origin(),
             Target::InbentaApi(api) => format!("inbenta api `{api}`"),
-            Target::RequestHost => "forward-proxy host".to_owned(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod deploy;
+mod hostile;
 mod inbenta;
 mod lifecycle;
 mod providers;

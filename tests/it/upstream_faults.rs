@@ -245,10 +245,11 @@ token = {{ env = "API_TOKEN" }}
 
 [forward_proxy]
 listen = "127.0.0.1:0"
-hosts = {{ "127.0.0.1" = "api" }}
+hosts = {{ "127.0.0.1:{port}" = "api" }}
 body_timeout = "300ms"
 "#,
         ca = toml_path(pki.ca_pem_path()),
+        port = upstream.addr().port(),
     );
     let proxy = start_proxy(&config, env()).await;
 

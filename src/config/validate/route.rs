@@ -15,8 +15,8 @@ use super::{Cx, Result, flag};
 use crate::config::load::{key_segment, line_of};
 use crate::config::raw::{RawForwardProxy, RawRoute};
 use crate::config::{
-    CredentialConfig, CredentialKind, ForwardProxyConfig, ListenerTls, RouteConfig, Upstream,
-    UpstreamTls,
+    CredentialConfig, CredentialKind, ForwardHost, ForwardProxyConfig, ListenerTls, RouteConfig,
+    Upstream, UpstreamTls,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -292,20 +292,9 @@ impl Cx<'_> {
         let mut hosts = BTreeMap::new();
         for (host, credential) in &raw.hosts {
             let key = format!("forward_proxy.hosts.{}", key_segment(host.get_ref()));
-            let name = host.get_ref().to_ascii_lowercase();
-            if name.is_empty()
-                || name.contains(['/', '@', '?', '#'])
-                || name.chars().any(char::is_whitespace)
-            {
-                return Err(self.error(
-                    &key,
-                    &host.span(),
-                    format!(
-                        "`{}` is not a host name such as \"api.example.com\"",
-                        host.get_ref()
-                    ),
-                ));
-            }
+            let name = ForwardHost::parse(host.get_ref()).map_err(|why| {
+                self.error(&key, &host.span(), format!("`{}`: {why}", host.get_ref()))
+            })?;
             if !credentials.contains_key(credential.get_ref()) {
                 return Err(self.error(
                     &key,
@@ -313,13 +302,20 @@ impl Cx<'_> {
                     format!("no credential named `{}`", credential.get_ref()),
                 ));
             }
-            if hosts.insert(name, credential.get_ref().clone()).is_some() {
+            if let Some(other) = hosts.keys().find(|other: &&ForwardHost| {
+                other.host == name.host && other.request_port() == name.request_port()
+            }) {
                 return Err(self.error(
                     &key,
                     &host.span(),
-                    "this host is listed twice (host names ignore case)",
+                    format!(
+                        "`{}` names the same host and port as `{other}` (host names ignore \
+                         case; a key without a port means port 80)",
+                        host.get_ref()
+                    ),
                 ));
             }
+            hosts.insert(name, credential.get_ref().clone());
         }
         Ok(ForwardProxyConfig {
             listen,
@@ -341,5 +337,89 @@ impl Cx<'_> {
                 DEFAULT_BODY_TIMEOUT,
             )?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::config::secret::MapEnv;
+    use crate::config::{ForwardHost, parse};
+
+    /// A config whose `[forward_proxy]` has `hosts` on line 9.
+    fn with_hosts(hosts: &str) -> String {
+        format!(
+            "[credentials.a]\ntype = \"static\"\ntoken = \"t\"\n\n[credentials.b]\ntype = \"static\"\ntoken = \"u\"\n[forward_proxy]\nhosts = {{ {hosts} }}\nlisten = \"127.0.0.1:3128\"\n"
+        )
+    }
+
+    fn parse_hosts(hosts: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        parse(
+            &with_hosts(hosts),
+            Path::new("fp.toml"),
+            Arc::new(MapEnv::default()),
+        )
+    }
+
+    #[test]
+    fn hosts_keys_are_resolved_to_host_and_port() {
+        let config = parse_hosts(
+            r#""API.example.com" = "a", "api.example.com:8443" = "b", "[::1]:9000" = "a""#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let hosts = &config.forward_proxy.unwrap().hosts;
+        let key = |text: &str| ForwardHost::parse(text).unwrap();
+        assert_eq!(hosts[&key("api.example.com")], "a");
+        assert_eq!(hosts[&key("api.example.com:8443")], "b");
+        assert_eq!(hosts[&key("[0::1]:9000")], "a");
+    }
+
+    #[test]
+    fn check_names_file_line_and_key_of_a_host_that_can_never_match() {
+        for (hosts, key, part) in [
+            (
+                r#""*.example.com" = "a""#,
+                r#"forward_proxy.hosts."*.example.com""#,
+                "wildcards",
+            ),
+            (
+                r#""[::1" = "a""#,
+                r#"forward_proxy.hosts."[::1""#,
+                "malformed IPv6",
+            ),
+            (r#""::1" = "a""#, r#"forward_proxy.hosts."::1""#, "brackets"),
+            (
+                r#""api.example:https" = "a""#,
+                r#"forward_proxy.hosts."api.example:https""#,
+                "not a port",
+            ),
+            (
+                r#""api.example:0" = "a""#,
+                r#"forward_proxy.hosts."api.example:0""#,
+                "not a port",
+            ),
+            (
+                r#""me@api.example" = "a""#,
+                r#"forward_proxy.hosts."me@api.example""#,
+                "user information",
+            ),
+            (
+                r#""api.example/v1" = "a""#,
+                r#"forward_proxy.hosts."api.example/v1""#,
+                "remove the path",
+            ),
+            (
+                r#""api.example" = "a", "API.example:80" = "b""#,
+                r#"forward_proxy.hosts."api.example""#,
+                "same host and port as `api.example:80`",
+            ),
+        ] {
+            let e = parse_hosts(hosts).expect_err(hosts);
+            assert_eq!(e.path, Path::new("fp.toml"));
+            assert_eq!((e.line, e.key.as_str()), (Some(9), key), "{e}");
+            assert!(e.message.contains(part), "{hosts}: {e}");
+        }
     }
 }

@@ -378,6 +378,92 @@ pub async fn send_partial(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Pa
     }
 }
 
+/// Write raw bytes to `addr` and keep the write half open, then read until
+/// the peer closes or nothing arrives for `idle`. Returns what was read and
+/// whether the peer closed the connection (a server that keeps a connection
+/// open after a refused request would answer a request pipelined behind it).
+pub async fn raw_exchange_open(addr: SocketAddr, bytes: &[u8], idle: Duration) -> (Vec<u8>, bool) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(idle, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// One HTTP/1.1 response read from raw bytes.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers (names lowercase).
+    pub headers: Vec<(String, String)>,
+    /// Body (content-length framed).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Split raw bytes into the responses they hold: content-length framed (as
+/// sidekey and the test upstream answer), or delimited by the close.
+pub fn raw_responses(mut raw: &[u8]) -> Vec<RawResponse> {
+    let mut responses = Vec::new();
+    while !raw.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(raw) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!(
+                "not a complete response ({other:?}): {:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        };
+        let headers: Vec<(String, String)> = response
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let status = response.code.expect("status");
+        // Without a content-length the body runs until the connection closed.
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(raw.len() - head_len, |(_, v)| {
+                v.parse().expect("content-length")
+            });
+        assert!(
+            headers.iter().all(|(n, _)| n != "transfer-encoding"),
+            "chunked responses are not expected here: {headers:?}"
+        );
+        let body = raw[head_len..head_len + len].to_vec();
+        raw = &raw[head_len + len..];
+        responses.push(RawResponse {
+            status,
+            headers,
+            body,
+        });
+    }
+    responses
+}
+
 /// Why [`try_start_proxy`] failed.
 #[derive(Debug)]
 pub enum StartError {
