@@ -19,7 +19,8 @@
 //!   A fraction (`--failure-rate`) of the calls fail at random, evenly among:
 //!   HTTP 500, a hang (no answer until the client gives up; sidekey's
 //!   `timeout` is 1 s), a 200 with a garbage body, and a connection reset.
-//!   During the outage phase every call fails (`--outage-kind`).
+//!   During the outage phase every call fails (`--outage-kind`); in the
+//!   recovery phase none does.
 //! - an **HTTPS upstream** (rcgen CA and certificate, trusted by sidekey via
 //!   `[tls] ca_file`) answering 200 to a known, unexpired token and 401 to an
 //!   unknown or expired one, counting both separately.
@@ -49,7 +50,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -265,11 +266,25 @@ struct TokenEndpoint {
     ttl: Duration,
     failure_rate: f64,
     outage_kind: OutageKind,
-    outage: AtomicBool,
+    /// A [`Health`], as its discriminant.
+    health: AtomicU8,
     outage_seq: AtomicUsize,
     /// The expected `Authorization: Basic …` value.
     basic: String,
     book: Mutex<TokenBook>,
+}
+
+/// How the token endpoint answers in each phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Health {
+    /// Soak: `--failure-rate` of the calls fail at random.
+    Flaky,
+    /// Outage: every call fails (`--outage-kind`).
+    Down,
+    /// Recovery: every call succeeds, so the time to the first 200 measures
+    /// sidekey, not a random failure of its first attempt.
+    Healthy,
 }
 
 /// What a token request carried, as far as the endpoint checks it.
@@ -299,7 +314,7 @@ impl TokenEndpoint {
             ttl,
             failure_rate,
             outage_kind,
-            outage: AtomicBool::new(false),
+            health: AtomicU8::new(Health::Flaky as u8),
             outage_seq: AtomicUsize::new(0),
             basic,
             book: Mutex::new(TokenBook::default()),
@@ -326,21 +341,25 @@ impl TokenEndpoint {
         format!("http://{}/oauth/token", self.addr)
     }
 
-    fn set_outage(&self, on: bool) {
-        self.outage.store(on, Ordering::SeqCst);
+    fn set_health(&self, health: Health) {
+        self.health.store(health as u8, Ordering::SeqCst);
     }
 
     /// Whether (and how) to fail the next call.
     fn decide(&self) -> Option<Failure> {
-        if self.outage.load(Ordering::SeqCst) {
-            return Some(match self.outage_kind {
+        let health = self.health.load(Ordering::SeqCst);
+        if health == Health::Down as u8 {
+            Some(match self.outage_kind {
                 OutageKind::ServerError => Failure::ServerError,
                 OutageKind::Mixed => {
                     Failure::ALL[self.outage_seq.fetch_add(1, Ordering::Relaxed) % 4]
                 }
-            });
+            })
+        } else if health == Health::Flaky as u8 {
+            rand::random_bool(self.failure_rate).then(|| Failure::ALL[rand::random_range(0..4)])
+        } else {
+            None
         }
-        rand::random_bool(self.failure_rate).then(|| Failure::ALL[rand::random_range(0..4)])
     }
 
     fn valid(&self, request: &TokenRequest) -> bool {
@@ -1446,7 +1465,11 @@ async fn run(args: Args) -> Result<bool, HarnessError> {
         )
     };
     let soak_start = Instant::now();
+    // The first report's sample is the steady state under load to compare
+    // the end of the soak with (a leak shows as growth between the two).
+    let mut loaded_sample = None;
     run_for(soak_for, report_every, || {
+        loaded_sample = loaded_sample.or_else(|| sidekey.sample());
         eprintln!("{}", progress(Phase::Soak, soak_start));
     })
     .await;
@@ -1459,7 +1482,7 @@ async fn run(args: Args) -> Result<bool, HarnessError> {
     let mut outage = None;
     if !outage_for.is_zero() {
         phase.set(Phase::Outage);
-        endpoint.set_outage(true);
+        endpoint.set_health(Health::Down);
         let outage_start = Instant::now();
         eprintln!("soak: token endpoint down for {}", secs(outage_for));
         run_for(outage_for, report_every, || {
@@ -1468,7 +1491,7 @@ async fn run(args: Args) -> Result<bool, HarnessError> {
         .await;
         let restored = Instant::now();
         phase.set(Phase::Recovery);
-        endpoint.set_outage(false);
+        endpoint.set_health(Health::Healthy);
         traffic.close_phase(Phase::Outage, restored);
         eprintln!("{}", progress(Phase::Outage, outage_start));
         eprintln!("soak: token endpoint restored");
@@ -1482,6 +1505,8 @@ async fn run(args: Args) -> Result<bool, HarnessError> {
     }
     stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
+    // Let sidekey notice the closed client connections before counting fds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let end_sample = sidekey.sample();
     let exit = sidekey.stop().await;
 
@@ -1508,7 +1533,7 @@ async fn run(args: Args) -> Result<bool, HarnessError> {
         &traffic,
         &upstream,
         &endpoint.calls(),
-        [start_sample, soak_end_sample, end_sample],
+        [start_sample, loaded_sample, soak_end_sample, end_sample],
         leaked,
         &log_stats,
         &exit,
@@ -1564,7 +1589,7 @@ fn summary(
     traffic: &Traffic,
     upstream: &Upstream,
     calls: &[Call],
-    samples: [Option<ProcSample>; 3],
+    samples: [Option<ProcSample>; 4],
     leaked: usize,
     log: &LogStats,
     exit: &Result<std::process::ExitStatus, HarnessError>,
@@ -1765,7 +1790,7 @@ fn summary(
             unknown == 0,
         ));
     }
-    let [start, soak_end_sample, end] = samples;
+    let [start, loaded, soak_end_sample, end] = samples;
     rows.extend([
         row("**sidekey process**", ""),
         row(
@@ -1773,10 +1798,17 @@ fn summary(
             ProcSample::describe(start),
         ),
         row(
+            format!("after {} s of soak (first report)", args.report_secs),
+            ProcSample::describe(loaded),
+        ),
+        row(
             "end of the soak phase",
             ProcSample::describe(soak_end_sample),
         ),
-        row("end of the run", ProcSample::describe(end)),
+        row(
+            "end of the run (clients gone 1 s)",
+            ProcSample::describe(end),
+        ),
         check(
             "tokens or client secret in sidekey's log",
             leaked.to_string(),
@@ -1941,7 +1973,7 @@ mod tests {
     #[tokio::test]
     async fn mixed_outage_answers_500_hangs_sends_garbage_and_resets_in_turn() {
         let endpoint = endpoint(0.0).await;
-        endpoint.set_outage(true);
+        endpoint.set_health(Health::Down);
         let request = token_request(&endpoint.basic);
 
         let mut stream = TcpStream::connect(endpoint.addr).await.expect("connect");
@@ -2004,6 +2036,8 @@ mod tests {
         let kinds: std::collections::BTreeSet<_> =
             (0..200).filter_map(|_| always.decide()).collect();
         assert_eq!(kinds.len(), 4, "every kind is drawn: {kinds:?}");
+        always.set_health(Health::Healthy);
+        assert_eq!((0..200).filter_map(|_| always.decide()).count(), 0);
     }
 
     #[tokio::test(start_paused = true)]
