@@ -593,8 +593,8 @@ async fn handle_request(
         }
     };
     if closes {
-        // After a chunked body the tap cannot tell where a next request
-        // would start (see `proxy::framing`): this is the connection's last.
+        // A refused framing: the tap no longer knows where a next request
+        // would start (see `proxy::framing`), so this is the connection's last.
         response
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -11,16 +11,18 @@
 //! hyper itself uses, with its default settings — and reports the
 //! [`Framing`]. [`super::Dispatch::find`] refuses a conflict.
 //!
-//! To know where the following head starts, the tap skips a
-//! `Content-Length` body by counting its bytes (hyper has checked the
-//! value). The end of a chunked body cannot be known without decoding it, so
-//! a request with a chunked body is the last one on its connection: the
-//! server answers it with `Connection: close` and the tap stops recording.
-//! Should the tap ever disagree with hyper about a head, the request is
-//! refused and the connection closed ([`Framing::Lost`]).
+//! To know where the following head starts, the tap follows each body
+//! through the bytes hyper reads: a `Content-Length` body by counting its
+//! bytes (hyper has checked the value), a chunked body chunk by chunk as
+//! hyper's decoder reads it ([`super::chunked`]). Should the tap ever
+//! disagree with hyper about a head or a body, or meet a chunked body it
+//! cannot read as hyper does, the next request is refused and the
+//! connection closed ([`Framing::Lost`]).
 //!
-//! Cost per request: the head's bytes are copied once and parsed once; a
-//! `Content-Length` body is counted, not copied.
+//! Cost per request: the head's bytes are copied once and parsed once; body
+//! bytes are counted, not copied; a chunked body costs one scan and parse
+//! per size line, and copies only a size line split across reads and its
+//! trailer fields, into a buffer reused for the connection's life.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +31,8 @@ use std::task::{Context, Poll};
 
 use http::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::chunked::{Chunked, Lost, Progress};
 
 /// Most bytes kept while waiting for hyper to hand a request over; hyper's
 /// own read buffer is smaller, so reaching this means the tap lost track.
@@ -40,10 +44,9 @@ const HEADER_SLOTS: usize = 128;
 /// What a request's head says about its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
-    /// `Content-Length`, or no body: the connection may carry more requests.
-    Length,
-    /// `Transfer-Encoding` (chunked): the last request on its connection.
-    Chunked,
+    /// `Content-Length`, `Transfer-Encoding` (chunked), or no body: the
+    /// connection may carry more requests.
+    Clear,
     /// Both `Content-Length` and `Transfer-Encoding`: refused.
     Conflict,
     /// The tap could not follow the connection: refused, connection closed.
@@ -53,7 +56,45 @@ pub enum Framing {
 impl Framing {
     /// Whether the connection must close after this request's response.
     pub fn closes_connection(self) -> bool {
-        !matches!(self, Framing::Length)
+        !matches!(self, Framing::Clear)
+    }
+}
+
+/// Where the tap is in the request whose head it last inspected.
+#[derive(Debug, Default)]
+enum Body {
+    /// Past its body (or it has none): the bytes are the next head.
+    #[default]
+    Done,
+    /// This many `Content-Length` bytes still to come.
+    Length(u64),
+    /// Inside a chunked body.
+    Chunked(Chunked),
+}
+
+impl Body {
+    /// How many of `bytes` belong to the body; `scratch` is
+    /// [`Chunked::follow`]'s.
+    fn skip(&mut self, bytes: &[u8], scratch: &mut Vec<u8>) -> Result<usize, Lost> {
+        let used = match self {
+            Body::Done => return Ok(0),
+            Body::Length(left) => {
+                let used = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                *left -= used as u64;
+                if *left > 0 {
+                    return Ok(used);
+                }
+                used
+            }
+            Body::Chunked(chunked) => match chunked.follow(bytes, scratch)? {
+                Progress::More => return Ok(bytes.len()),
+                Progress::Ended(used) => used,
+            },
+        };
+        *self = Body::Done;
+        Ok(used)
     }
 }
 
@@ -61,9 +102,11 @@ impl Framing {
 struct State {
     /// Bytes from the start of the next request head on.
     pending: Vec<u8>,
-    /// Bytes of the current `Content-Length` body still to come.
-    skip: u64,
-    /// Recording stopped (after a chunked request, or when lost).
+    /// Where the tap is in the current request's body.
+    body: Body,
+    /// A chunk-size line split across reads, or a trailer section.
+    scratch: Vec<u8>,
+    /// Recording stopped (lost track, or a conflict ended the connection).
     stopped: bool,
 }
 
@@ -72,11 +115,11 @@ impl State {
         if self.stopped {
             return;
         }
-        let skipped = usize::try_from(self.skip)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        self.skip -= skipped as u64;
-        let bytes = &bytes[skipped..];
+        let Ok(used) = self.body.skip(bytes, &mut self.scratch) else {
+            self.stop();
+            return;
+        };
+        let bytes = &bytes[used..];
         if self.pending.len() + bytes.len() > MAX_PENDING {
             self.stop();
             return;
@@ -84,9 +127,42 @@ impl State {
         self.pending.extend_from_slice(bytes);
     }
 
+    /// The framing of the head at the start of `pending`, which hyper read
+    /// as a `method` request; from here the tap follows that head's body.
+    fn next_head(&mut self, method: &http::Method) -> Framing {
+        if self.stopped || !matches!(self.body, Body::Done) {
+            return Framing::Lost;
+        }
+        let head = match parse_head(&self.pending) {
+            Some(head) if head.method_matches(method) => head,
+            _ => return Framing::Lost,
+        };
+        self.pending.drain(..head.len);
+        self.body = match (head.content_length, head.transfer_encoding) {
+            (Some(_), true) => return Framing::Conflict,
+            (None, true) => Body::Chunked(Chunked::default()),
+            (None | Some(0), false) => Body::Done,
+            (Some(length), false) => Body::Length(length),
+        };
+        // Body bytes (and more) that hyper read with the head.
+        match self.body.skip(&self.pending, &mut self.scratch) {
+            Ok(used) => {
+                self.pending.drain(..used);
+                Framing::Clear
+            }
+            // This head is clear; hyper reads its body or fails on it. The
+            // tap cannot tell where the next head starts: refuse it.
+            Err(Lost) => {
+                self.stop();
+                Framing::Clear
+            }
+        }
+    }
+
     fn stop(&mut self) {
         self.stopped = true;
         self.pending = Vec::new();
+        self.scratch = Vec::new();
     }
 }
 
@@ -115,36 +191,11 @@ impl Tap {
     /// connection. Call once per request, in order.
     pub fn inspect<B>(&self, request: &Request<B>) -> Framing {
         let mut state = self.state();
-        if state.stopped {
-            return Framing::Lost;
+        let framing = state.next_head(request.method());
+        if framing.closes_connection() {
+            state.stop();
         }
-        let head = match parse_head(&state.pending) {
-            Some(head) if head.method_matches(request.method()) => head,
-            _ => {
-                state.stop();
-                return Framing::Lost;
-            }
-        };
-        state.pending.drain(..head.len);
-        match (head.content_length, head.transfer_encoding) {
-            (Some(_), true) => {
-                state.stop();
-                Framing::Conflict
-            }
-            (None, true) => {
-                state.stop();
-                Framing::Chunked
-            }
-            (length, false) => {
-                let length = length.unwrap_or(0);
-                let buffered = usize::try_from(length)
-                    .unwrap_or(usize::MAX)
-                    .min(state.pending.len());
-                state.pending.drain(..buffered);
-                state.skip = length - buffered as u64;
-                Framing::Length
-            }
-        }
+        framing
     }
 }
 
@@ -272,34 +323,123 @@ mod tests {
         Request::builder().method(method).body(()).unwrap()
     }
 
-    #[test]
-    fn follows_length_bodies_and_stops_at_chunked_or_conflict() {
+    /// Feed `messages` (method, head, body) to a tap as one stream in reads
+    /// of `read` bytes, inspecting each request as soon as its head has been
+    /// read, as hyper hands it over.
+    fn framings(messages: &[(Method, &str, &str)], read: usize) -> Vec<Framing> {
         let tap = Tap::default();
-        tap.state()
-            .observe(b"POST /a HTTP/1.1\r\ncontent-length: 10\r\n\r\n01234");
-        assert_eq!(tap.inspect(&request(Method::POST)), Framing::Length);
-        // The rest of the body, then a head that looks conflicting inside a
-        // body, then the real next head split across reads.
-        let decoy = "GET / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
-        let next = format!(
-            "56789POST /b HTTP/1.1\r\ncontent-length: {}\r\n",
-            decoy.len()
-        );
-        tap.state().observe(next.as_bytes());
-        tap.state().observe(format!("\r\n{decoy}").as_bytes());
-        assert_eq!(tap.inspect(&request(Method::POST)), Framing::Length);
-        tap.state()
-            .observe(b"GET /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
-        assert_eq!(tap.inspect(&request(Method::GET)), Framing::Conflict);
-        assert_eq!(tap.inspect(&request(Method::GET)), Framing::Lost);
+        let stream: String = messages
+            .iter()
+            .map(|(_, head, body)| format!("{head}{body}"))
+            .collect();
+        let mut head_ends = Vec::new();
+        let mut at = 0;
+        for (_, head, body) in messages {
+            head_ends.push(at + head.len());
+            at += head.len() + body.len();
+        }
+        let mut seen = Vec::new();
+        let mut observed = 0;
+        for bytes in stream.as_bytes().chunks(read) {
+            tap.state().observe(bytes);
+            observed += bytes.len();
+            while seen.len() < messages.len() && head_ends[seen.len()] <= observed {
+                seen.push(tap.inspect(&request(messages[seen.len()].0.clone())));
+            }
+        }
+        seen
+    }
 
+    /// [`framings`] for every size of read, which must all agree.
+    fn framings_any_reads(messages: &[(Method, &str, &str)]) -> Vec<Framing> {
+        let len: usize = messages.iter().map(|(_, h, b)| h.len() + b.len()).sum();
+        let whole = framings(messages, len);
+        for read in 1..len {
+            assert_eq!(framings(messages, read), whole, "reads of {read} bytes");
+        }
+        whole
+    }
+
+    const DECOY: &str = "GET / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    #[test]
+    fn follows_length_and_chunked_bodies_to_the_next_head() {
+        let length_head = format!(
+            "POST /b HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            DECOY.len()
+        );
+        let chunked_decoy = format!("{:x};ext=1\r\n{DECOY}\r\n0\r\n\r\n", DECOY.len());
+        let messages = [
+            (
+                Method::PUT,
+                "PUT /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+                "5\r\nhello\r\n1;a=b;c=\"d;e\"\r\n!\r\n0\r\nx-sum: 1\r\nx-more: 2\r\n\r\n",
+            ),
+            (Method::POST, &length_head, DECOY),
+            (
+                Method::POST,
+                "POST /c HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                &chunked_decoy,
+            ),
+            (Method::GET, "GET /d HTTP/1.1\r\n\r\n", ""),
+            (
+                Method::POST,
+                "POST /e HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+                "0\r\n\r\n",
+            ),
+            (
+                Method::GET,
+                "GET /f HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                "0\r\n\r\n",
+            ),
+            (Method::GET, "GET /g HTTP/1.1\r\n\r\n", ""),
+        ];
+        use Framing::{Clear, Conflict, Lost};
+        assert_eq!(
+            framings_any_reads(&messages),
+            [Clear, Clear, Clear, Clear, Clear, Conflict, Lost]
+        );
+        assert!(Framing::Conflict.closes_connection());
+        assert!(Framing::Lost.closes_connection());
+        assert!(!Framing::Clear.closes_connection());
+    }
+
+    #[test]
+    fn a_chunked_body_it_cannot_follow_refuses_the_next_request() {
+        for body in [
+            "zz\r\nhello\r\n0\r\n\r\n",
+            "5\r\nhelloXY0\r\n\r\n",
+            "00000000000000005\r\nhello\r\n0\r\n\r\n",
+            "0\r\nx-sum: 1\n\nGET /hidden HTTP/1.1\r\n\r\n",
+        ] {
+            let messages = [
+                (
+                    Method::POST,
+                    "POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+                    body,
+                ),
+                (Method::GET, "GET /b HTTP/1.1\r\n\r\n", ""),
+            ];
+            assert_eq!(
+                framings_any_reads(&messages),
+                [Framing::Clear, Framing::Lost],
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_read_whole_are_not_copied() {
         let tap = Tap::default();
         tap.state().observe(
-            b"PUT /d HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"PUT /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\n\r\nGET /b",
         );
-        assert_eq!(tap.inspect(&request(Method::PUT)), Framing::Chunked);
-        assert!(Framing::Chunked.closes_connection());
-        assert!(!Framing::Length.closes_connection());
+        assert_eq!(tap.inspect(&request(Method::PUT)), Framing::Clear);
+        tap.state().observe(b" HTTP/1.1\r\n\r\n");
+        assert_eq!(tap.state().pending, b"GET /b HTTP/1.1\r\n\r\n");
+        assert_eq!(tap.state().scratch.capacity(), 0);
+        assert_eq!(tap.inspect(&request(Method::GET)), Framing::Clear);
+        assert!(tap.state().pending.is_empty());
     }
 
     #[test]
@@ -309,6 +449,13 @@ mod tests {
         assert_eq!(tap.inspect(&request(Method::POST)), Framing::Lost);
         let tap = Tap::default();
         tap.state().observe(b"GET /a HTTP/1.1\r\n");
+        assert_eq!(tap.inspect(&request(Method::GET)), Framing::Lost);
+        // hyper hands a request over while the tap is still in a body.
+        let tap = Tap::default();
+        tap.state()
+            .observe(b"PUT /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        assert_eq!(tap.inspect(&request(Method::PUT)), Framing::Clear);
+        tap.state().observe(b"GET /b HTTP/1.1\r\n\r\n");
         assert_eq!(tap.inspect(&request(Method::GET)), Framing::Lost);
     }
 

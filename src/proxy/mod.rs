@@ -17,6 +17,7 @@
 //!    ([`body::Idle`]).
 
 pub mod body;
+pub mod chunked;
 pub mod client;
 pub mod forward;
 pub mod framing;

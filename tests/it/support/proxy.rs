@@ -383,8 +383,31 @@ pub async fn send_partial(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Pa
 /// whether the peer closed the connection (a server that keeps a connection
 /// open after a refused request would answer a request pipelined behind it).
 pub async fn raw_exchange_open(addr: SocketAddr, bytes: &[u8], idle: Duration) -> (Vec<u8>, bool) {
+    raw_exchange_in_pieces(addr, bytes, bytes.len(), idle).await
+}
+
+/// [`raw_exchange_open`], but the bytes are written `piece` at a time with
+/// a pause after each write, so the server reads them in many small reads
+/// (an app streaming an upload; boundaries land inside heads, chunk-size
+/// lines and trailers).
+pub async fn raw_exchange_in_pieces(
+    addr: SocketAddr,
+    bytes: &[u8],
+    piece: usize,
+    idle: Duration,
+) -> (Vec<u8>, bool) {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(bytes).await.expect("write");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut pieces = bytes.chunks(piece.max(1)).peekable();
+    while let Some(piece) = pieces.next() {
+        if tcp.write_all(piece).await.is_err() {
+            // The server closed (or reset) the connection; read what it said.
+            break;
+        }
+        if pieces.peek().is_some() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     let mut out = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
