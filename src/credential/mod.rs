@@ -24,6 +24,7 @@
 pub mod engine;
 pub mod inbenta;
 pub mod oauth2;
+pub mod redact;
 pub mod static_token;
 pub mod token_client;
 
