@@ -13,4 +13,5 @@ mod providers;
 mod proxy;
 mod renewal;
 mod support_selftest;
+mod token_faults;
 mod token_lifecycle;
