@@ -26,7 +26,9 @@
 //! and `x-inbenta-key` is tried first. Its answer may carry only
 //! `accessToken` and `expiration`/`expires_in`; the previous `apis` map is
 //! kept then. If the refresh fails for any reason, one warning says why and a
-//! new token is obtained through `/auth`.
+//! new token is obtained through `/auth`. Each of the two requests has the
+//! credential's whole `timeout`; the engine's limit on one renewal leaves
+//! room for both (see [`super::EngineSettings::from_config`]).
 //!
 //! Error text from either endpoint is redacted of the `api_key`, the secret
 //! or domain key, the `oauth_token` and the access token sent to

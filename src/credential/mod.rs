@@ -210,13 +210,22 @@ impl Default for EngineSettings {
 }
 
 impl EngineSettings {
-    /// The settings `[credentials.NAME]` describes.
+    /// The settings `[credentials.NAME]` describes. The fetch limit leaves
+    /// each token-endpoint request of one fetch its whole `timeout` (Inbenta
+    /// may make two: `/refreshToken`, then `/auth`), plus 5 s.
     pub fn from_config(config: &CredentialConfig) -> Self {
+        let requests = match config.kind {
+            CredentialKind::Inbenta(_) => 2,
+            CredentialKind::OAuth2(_) | CredentialKind::Static(_) => 1,
+        };
         EngineSettings {
             refresh_before: config.refresh_before,
             headers: config.headers.clone(),
             renew_on_status: config.renew_on_status.clone(),
-            fetch_timeout: config.timeout.saturating_add(Duration::from_secs(5)),
+            fetch_timeout: config
+                .timeout
+                .saturating_mul(requests)
+                .saturating_add(Duration::from_secs(5)),
         }
     }
 }

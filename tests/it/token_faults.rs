@@ -503,6 +503,54 @@ async fn a_rejected_static_token_is_answered_at_once() {
     assert_eq!(upstream.request_count(), 3);
 }
 
+// ---- Inbenta: the /auth fallback after a hanging /refreshToken ----------------
+
+#[tokio::test(start_paused = true)]
+async fn inbenta_auth_fallback_gets_its_own_timeout() {
+    let (logs, _guard) = logs::capture();
+    let auth = InbentaServer::start(InbentaBehaviour {
+        auth_lifetime: Lifetime::ExpiresIn(100),
+        ..InbentaBehaviour::default()
+    })
+    .await;
+    let (credentials, metrics) = engines(
+        &(inbenta_credential(&auth).replace("[credentials.inbenta]", "[credentials.api]")
+            + "timeout = \"10s\"\n"),
+        env(),
+    );
+    let handle = api(&credentials);
+    let first = handle
+        .wait_for_newer(0, Duration::from_secs(10))
+        .await
+        .expect("first token");
+    // /refreshToken hangs past the timeout; /auth answers, slowly but in time.
+    auth.set_reply(Some(InbentaEndpoint::Refresh), Some(TokenReply::hang()));
+    auth.push_reply(
+        Some(InbentaEndpoint::Auth),
+        TokenReply::json(
+            200,
+            json!({"accessToken": "slow-auth-token", "expires_in": 100}),
+        )
+        .delay(Duration::from_secs(8)),
+    );
+    let renewed = handle
+        .wait_for_newer(first.generation, Duration::from_secs(300))
+        .await
+        .expect("renewed");
+    let text = metrics.encode();
+    assert!(
+        !text.contains("outcome=\"failure\""),
+        "the renewal failed first: {}\n{text}",
+        logs.lines_with("token request failed").join("\n")
+    );
+    assert!(
+        Instant::now() < first.expires_at.unwrap(),
+        "renewed only after the old token expired"
+    );
+    let bearer = renewed.headers[0].1.to_str().unwrap();
+    assert_eq!(bearer, "Bearer slow-auth-token");
+}
+
 // ---- short tokens against a flaky token endpoint -----------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
