@@ -23,7 +23,7 @@
 //!   its outcome, waiting requests are released.
 //! - A token without expiry (static) is read again every
 //!   [`Provider::poll_interval`]; only a changed value is published.
-//! - If the task panics, [`supervise`] logs an ERROR, counts it in
+//! - If the task panics, its supervisor logs an ERROR, counts it in
 //!   `sidekey_renewal_task_restarts_total`, makes the credential's reason say
 //!   so, and restarts it after a backoff (1 s doubling to 30 s); the handle
 //!   and the published token survive, and the restarted task fetches a new

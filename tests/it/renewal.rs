@@ -1,5 +1,8 @@
 //! The renewal engine: first token, renewal before expiry, backoff,
-//! Retry-After, outages, renewal on rejection, static file rotation.
+//! Retry-After, outages, renewal on rejection (and the cool-down when fresh
+//! tokens are rejected too), static file rotation, and faults: absurd
+//! lifetimes, a panicking task, server-chosen delays, short tokens under
+//! random failures.
 //!
 //! Timing tests run on tokio's paused clock with a scripted in-process
 //! [`Provider`], so "an hour later" takes no real time and every delay the
