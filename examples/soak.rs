@@ -356,7 +356,7 @@ impl TokenEndpoint {
                 }
             })
         } else if health == Health::Flaky as u8 {
-            rand::random_bool(self.failure_rate).then(|| Failure::ALL[rand::random_range(0..4)])
+            (fastrand::f64() < self.failure_rate).then(|| Failure::ALL[fastrand::usize(0..4)])
         } else {
             None
         }
@@ -381,7 +381,7 @@ impl TokenEndpoint {
     fn issue(&self) -> String {
         let token = format!(
             "soak-{}",
-            URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>())
+            URL_SAFE_NO_PAD.encode(std::array::from_fn::<u8, 24, _>(|_| fastrand::u8(..)))
         );
         let now = Instant::now();
         let mut book = lock(&self.book);
@@ -474,11 +474,13 @@ impl TokenEndpoint {
 /// A 200 body no token client can use: HTML, truncated JSON, JSON without a
 /// token, or binary noise.
 fn garbage() -> Vec<u8> {
-    match rand::random_range(0..4) {
+    match fastrand::usize(0..4) {
         0 => b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
         1 => br#"{"access_token":"soak-trunc"#.to_vec(),
         2 => br#"{"status":"ok","detail":"maintenance"}"#.to_vec(),
-        _ => rand::random::<[u8; 64]>().to_vec(),
+        _ => std::iter::repeat_with(|| fastrand::u8(..))
+            .take(64)
+            .collect(),
     }
 }
 
@@ -1388,9 +1390,10 @@ async fn run(args: Args) -> Result<bool, HarnessError> {
     let dir = tempfile::Builder::new().prefix("sidekey-soak-").tempdir()?;
     let client_id = format!(
         "soak-client-{}",
-        URL_SAFE_NO_PAD.encode(rand::random::<[u8; 6]>())
+        URL_SAFE_NO_PAD.encode(std::array::from_fn::<u8, 6, _>(|_| fastrand::u8(..)))
     );
-    let client_secret = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    let client_secret =
+        URL_SAFE_NO_PAD.encode(std::array::from_fn::<u8, 24, _>(|_| fastrand::u8(..)));
 
     let phase = Arc::new(PhaseClock::default());
     let endpoint = TokenEndpoint::start(

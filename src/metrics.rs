@@ -11,6 +11,12 @@
 //!   and for failures the app does not see as a sidekey error: `body` (the
 //!   response body broke), `body_timeout` (it stalled), `stale_connection`
 //!   (a pooled connection the upstream had closed; the request was sent again)
+//! - `token_rejections_total{credential,action}` — upstream rejections of a
+//!   token (`renew_on_status`), by what was done: `renewed` (a renewal was
+//!   requested or already under way) | `ignored` (fresh tokens are rejected
+//!   too; not renewing during a cool-down)
+//! - `renewal_task_restarts_total{credential}` — renewal tasks restarted
+//!   after a crash (panic)
 //!
 //! Label values are route and credential names from the configuration, never
 //! anything taken from a request or a token.
@@ -51,6 +57,13 @@ struct CredentialLabel {
     credential: Arc<str>,
 }
 
+/// Labels `{credential, action}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialAction {
+    credential: Arc<str>,
+    action: &'static str,
+}
+
 /// Labels `{route, kind}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteKind {
@@ -67,6 +80,25 @@ pub enum RefreshOutcome {
     Failure,
 }
 
+/// The `token_rejections_total` series of one credential, resolved once.
+#[derive(Clone, Debug, Default)]
+pub struct RejectionCounters {
+    renewed: Counter,
+    ignored: Counter,
+}
+
+impl RejectionCounters {
+    /// Count one rejection that renewed (or joined a renewal of) the token.
+    pub fn renewed(&self) {
+        self.renewed.inc();
+    }
+
+    /// Count one rejection passed on without renewing.
+    pub fn ignored(&self) {
+        self.ignored.inc();
+    }
+}
+
 /// The metric families; cheap to clone (all handles are shared).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -76,6 +108,8 @@ pub struct Metrics {
     refreshes: Family<CredentialOutcome, Counter>,
     expires_in: Family<CredentialLabel, Gauge<f64, AtomicU64>>,
     upstream_errors: Family<RouteKind, Counter>,
+    rejections: Family<CredentialAction, Counter>,
+    restarts: Family<CredentialLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +129,8 @@ impl Metrics {
         let refreshes = Family::<CredentialOutcome, Counter>::default();
         let expires_in = Family::<CredentialLabel, Gauge<f64, AtomicU64>>::default();
         let upstream_errors = Family::<RouteKind, Counter>::default();
+        let rejections = Family::<CredentialAction, Counter>::default();
+        let restarts = Family::<CredentialLabel, Counter>::default();
         registry.register("requests", "Responses sent to the app", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -116,6 +152,16 @@ impl Metrics {
             "Failures reaching the upstream",
             upstream_errors.clone(),
         );
+        registry.register(
+            "token_rejections",
+            "Upstream rejections of a credential's token, by action: renewed or ignored",
+            rejections.clone(),
+        );
+        registry.register(
+            "renewal_task_restarts",
+            "Renewal tasks restarted after a crash",
+            restarts.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -123,6 +169,8 @@ impl Metrics {
             refreshes,
             expires_in,
             upstream_errors,
+            rejections,
+            restarts,
         }
     }
 
@@ -162,6 +210,32 @@ impl Metrics {
             .get_or_create(&CredentialOutcome {
                 credential: credential.clone(),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// The rejection counters of `credential` (resolved once, when its
+    /// handle is built).
+    pub fn rejection_counters(&self, credential: &Arc<str>) -> RejectionCounters {
+        let counter = |action| {
+            self.rejections
+                .get_or_create(&CredentialAction {
+                    credential: credential.clone(),
+                    action,
+                })
+                .clone()
+        };
+        RejectionCounters {
+            renewed: counter("renewed"),
+            ignored: counter("ignored"),
+        }
+    }
+
+    /// Count one restart of `credential`'s crashed renewal task.
+    pub fn record_task_restart(&self, credential: &Arc<str>) {
+        self.restarts
+            .get_or_create(&CredentialLabel {
+                credential: credential.clone(),
             })
             .inc();
     }

@@ -206,7 +206,7 @@ async fn first_tokens(credentials: &Credentials, limit: Duration) -> Result<(), 
             continue;
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Err(unavailable) = handle.wait_for_first_attempt(left).await {
+        if let Err(unavailable) = handle.wait_for_token(left).await {
             let reason = if tokio::time::Instant::now() >= deadline {
                 format!(
                     "no token within {} s: {}",

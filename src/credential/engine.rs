@@ -1,59 +1,65 @@
-//! The renewal engine: one task per credential, the only caller of its
-//! provider, so there is never more than one token request in flight.
+//! The renewal engine: one task per credential that obtains a token,
+//! publishes its headers, renews it before expiry, retries failures, and
+//! renews on demand when an upstream rejects the token. A supervisor
+//! restarts the task if it ever panics.
 //!
-//! What the task does, in order:
-//! - **First token** at once. Until it arrives [`CredentialHandle::current`]
-//!   answers `Unavailable` ("never obtained: …").
-//! - **Renewal before expiry**: a token with lifetime `L` is renewed after
-//!   `L - refresh_before - jitter`, where `refresh_before` defaults to the
-//!   smaller of 5 minutes and `L / 4`, and the jitter is 0–5 % of `L`
-//!   (at most 30 s), so replicas do not renew in step. The expiry is computed
-//!   on the monotonic clock from the lifetime at receipt. The provider gets the
-//!   held token while it is still valid (Inbenta renews it with
-//!   `/refreshToken`), else `None`.
-//! - **Failure**: retried after 1 s, doubling to 30 s, each ±20 %; a
-//!   `Retry-After` from the token endpoint is used instead (at most 5 min).
-//!   The old token keeps serving until it really expires; after that
-//!   `current()` answers `Unavailable` with the last error. Each failure is
-//!   one `warn` line and one `sidekey_token_refresh_total{outcome="failure"}`.
-//! - **Rejection**: [`CredentialHandle::report_rejected`] wakes the task to
-//!   renew at once (without offering the rejected token to the provider).
-//! - **Tokens without lifetime** (static) are fetched again every
-//!   [`Provider::poll_interval`]; a new generation is published only when the
-//!   value changed, and a failed re-read keeps the old value.
+//! Contract:
+//! - The first token request starts at once; at most one token request of a
+//!   credential is in flight, ever.
+//! - A token's life counts from the instant its request was sent, clamped to
+//!   a year; it is handed out until a safety margin before that expiry. When
+//!   to renew, how long to back off, and how long requests wait on an
+//!   expired token are [`super::timing`]'s rules.
+//! - A failed renewal keeps the old token serving until it stops being
+//!   handed out; every failure is counted in
+//!   `sidekey_token_refresh_total{outcome="failure"}`, logged as a WARN (at
+//!   most one every 30 s while the message stays the same, DEBUG otherwise),
+//!   and its message becomes the credential's reason while no valid token
+//!   is held. Messages never contain secrets (see [`super::redact`]).
+//! - A rejection reported through the handle wakes the engine for one
+//!   renewal of that token ([`super::rejection`] decides whether to); the
+//!   token being replaced is not offered to the provider (no Inbenta
+//!   `/refreshToken` of a rejected token). When that attempt ends, whatever
+//!   its outcome, waiting requests are released.
+//! - A token without expiry (static) is read again every
+//!   [`Provider::poll_interval`]; only a changed value is published.
+//! - If the task panics, its supervisor logs an ERROR, counts it in
+//!   `sidekey_renewal_task_restarts_total`, makes the credential's reason say
+//!   so, and restarts it after a backoff (1 s doubling to 30 s); the handle
+//!   and the published token survive, and the restarted task fetches a new
+//!   token at once.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::timing::{
+    BACKOFF_MAX, RETRY_FLOOR, backoff_delay, renewal_delay, retry_delay, safety_margin,
+};
+use super::token_client::MAX_LIFETIME;
 use super::{CredentialHandle, EngineSettings, FetchError, Provider, Published, Token};
 use crate::metrics::{Metrics, RefreshOutcome};
 
-/// First retry delay after a failure.
-pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-/// Longest retry delay computed by the backoff.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Longest `Retry-After` honoured.
-pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
-/// Default `refresh_before` cap (the default is the smaller of this and a quarter of the lifetime).
-pub const REFRESH_BEFORE_DEFAULT_MAX: Duration = Duration::from_secs(300);
-/// Cap on the renewal jitter (0–5 % of the lifetime).
-pub const RENEWAL_JITTER_MAX: Duration = Duration::from_secs(30);
-/// Shortest wait before renewing a token, however short its lifetime.
-const RENEWAL_MIN: Duration = Duration::from_millis(500);
+/// A failure message is logged at WARN again after this long, if unchanged.
+const REPEAT_WARNING_AFTER: Duration = Duration::from_secs(30);
 
-/// What the handle reads: the published token (if any) and the last failure.
+/// What the handle reads: the published token (if any), the last failure
+/// and when the next attempt comes.
 #[derive(Default)]
 pub(super) struct State {
     /// The latest token's headers, kept after expiry so the reason can say when.
     pub(super) published: Option<Arc<Published>>,
-    /// Wall-clock expiry of `published`, for messages only.
+    /// Wall-clock time when `published` stops being handed out, for messages only.
     pub(super) wall_expiry: Option<SystemTime>,
     /// The last failure since the last success (never contains a secret).
     pub(super) last_error: Option<Box<str>>,
+    /// A token request is in flight.
+    pub(super) in_flight: bool,
+    /// When the next token request is due (`None`: none scheduled).
+    pub(super) next_attempt: Option<Instant>,
 }
 
 impl State {
@@ -75,41 +81,128 @@ impl State {
             }
         }
     }
+
+    /// A copy with the same token and error.
+    fn with_attempt(&self, in_flight: bool, next_attempt: Option<Instant>) -> State {
+        State {
+            published: self.published.clone(),
+            wall_expiry: self.wall_expiry,
+            last_error: self.last_error.clone(),
+            in_flight,
+            next_attempt,
+        }
+    }
 }
 
 /// The token the engine holds.
 struct Held {
     token: Token,
-    expires_at: Option<Instant>,
+    /// Until when it is handed out (`None`: no expiry).
+    usable_until: Option<Instant>,
 }
 
 impl Held {
     fn valid_at(&self, now: Instant) -> bool {
-        self.expires_at.is_none_or(|at| now < at)
+        self.usable_until.is_none_or(|at| now < at)
+    }
+
+    /// How much longer it is handed out; `None` when it has no expiry.
+    fn usable_for(&self, now: Instant) -> Option<Duration> {
+        self.usable_until
+            .map(|at| at.saturating_duration_since(now))
+    }
+}
+
+/// Aborts the task when dropped, so aborting the supervisor stops the engine.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Run the credential's engine, restarting it after a panic, until aborted.
+pub(super) async fn supervise<P: Provider>(
+    provider: P,
+    handle: Arc<CredentialHandle>,
+    settings: EngineSettings,
+    metrics: Metrics,
+) {
+    let provider = Arc::new(provider);
+    let mut crashes: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let mut task = AbortOnDrop(tokio::spawn(run(
+            Arc::clone(&provider),
+            Arc::clone(&handle),
+            settings.clone(),
+            metrics.clone(),
+        )));
+        match (&mut task.0).await {
+            Err(error) if error.is_panic() => {}
+            // `run` never returns; cancelled means the runtime is stopping.
+            _ => return,
+        }
+        if started.elapsed() > BACKOFF_MAX {
+            crashes = 0;
+        }
+        let delay = backoff_delay(crashes).max(RETRY_FLOOR);
+        crashes = crashes.saturating_add(1);
+        metrics.record_task_restart(&handle.name);
+        // The panic message itself was printed by the panic hook.
+        tracing::error!(
+            credential = %handle.name,
+            restart_in_s = delay.as_secs_f64(),
+            "renewal task crashed; restarting it (a published token keeps serving until it expires)"
+        );
+        let message: Box<str> = format!(
+            "renewal task crashed; restarting in {:.1} s",
+            delay.as_secs_f64()
+        )
+        .into();
+        handle.state.rcu(|state| State {
+            last_error: Some(message.clone()),
+            ..state.with_attempt(false, Instant::now().checked_add(delay))
+        });
+        // Release requests waiting on a renewal the crashed task owed them.
+        let renewing = handle.renewing();
+        handle.settled.send_if_modified(|settled| {
+            let changed = *settled < renewing;
+            *settled = (*settled).max(renewing);
+            changed
+        });
+        handle.attempted.notify_waiters();
+        tokio::time::sleep(delay).await;
     }
 }
 
 /// The credential's task: fetch, publish, wait, forever (until aborted).
-pub(super) async fn run<P: Provider>(
-    provider: P,
+async fn run<P: Provider>(
+    provider: Arc<P>,
     handle: Arc<CredentialHandle>,
     settings: EngineSettings,
     metrics: Metrics,
 ) {
     let name = Arc::clone(&handle.name);
     let mut held: Option<Held> = None;
-    let mut generation: u64 = 0;
+    // A restarted task continues the numbering of the handle.
+    let mut generation: u64 = *handle.generation.borrow();
     let mut failures: u32 = 0;
-    let mut rejected = false;
+    let mut on_rejection = false;
+    let mut warned: Option<(Instant, Box<str>)> = None;
     loop {
-        let now = Instant::now();
-        let offered = if rejected {
+        // The rejected generation this attempt answers.
+        let covering = handle.renewing();
+        let sent = Instant::now();
+        let offered = if on_rejection {
             None
         } else {
             held.as_ref()
-                .filter(|held| held.valid_at(now))
+                .filter(|held| held.valid_at(sent))
                 .map(|held| &held.token)
         };
+        handle.state.rcu(|state| state.with_attempt(true, None));
         let result =
             match tokio::time::timeout(settings.fetch_timeout, provider.fetch(offered)).await {
                 Ok(result) => result,
@@ -124,36 +217,46 @@ pub(super) async fn run<P: Provider>(
 
         let next: Option<Duration> = match result {
             Ok(token) => {
-                let received = Instant::now();
-                let lifetime = token.lifetime;
+                let lifetime = token.lifetime.map(|lifetime| lifetime.min(MAX_LIFETIME));
                 let unchanged = lifetime.is_none()
                     && held.as_ref().is_some_and(|held| {
-                        held.expires_at.is_none()
+                        held.usable_until.is_none()
                             && held.token.value == token.value
                             && held.token.headers == token.headers
                     });
                 if unchanged {
                     if failures > 0 {
                         tracing::info!(credential = %name, "token source readable again; value unchanged");
-                        handle.state.rcu(|state| State {
-                            published: state.published.clone(),
-                            wall_expiry: state.wall_expiry,
-                            last_error: None,
-                        });
                     }
+                    handle.state.rcu(|state| State {
+                        last_error: None,
+                        ..state.with_attempt(false, None)
+                    });
                 } else {
                     generation += 1;
-                    let expires_at = lifetime.map(|lifetime| received + lifetime);
+                    let usable =
+                        lifetime.map(|lifetime| lifetime.saturating_sub(safety_margin(lifetime)));
+                    // At most a year: cannot overflow; if it did, the token is not used.
+                    let usable_until =
+                        usable.map(|usable| sent.checked_add(usable).unwrap_or(sent));
                     let published = Arc::new(Published {
                         headers: build_headers(&token.headers, &settings.headers),
-                        expires_at,
+                        expires_at: usable_until,
                         generation,
                         apis: token.apis.clone(),
+                        renewed_on_rejection: on_rejection,
+                    });
+                    let wall_expiry = usable.and_then(|usable| {
+                        SystemTime::now()
+                            .checked_sub(sent.elapsed())?
+                            .checked_add(usable)
                     });
                     handle.state.store(Arc::new(State {
                         published: Some(published),
-                        wall_expiry: lifetime.and_then(|l| SystemTime::now().checked_add(l)),
+                        wall_expiry,
                         last_error: None,
+                        in_flight: false,
+                        next_attempt: None,
                     }));
                     handle.generation.send_replace(generation);
                     metrics.record_token_refresh(&name, RefreshOutcome::Success);
@@ -170,11 +273,21 @@ pub(super) async fn run<P: Provider>(
                             "obtained token without expiry"
                         ),
                     }
-                    held = Some(Held { token, expires_at });
+                    held = Some(Held {
+                        token,
+                        usable_until,
+                    });
                 }
                 failures = 0;
+                warned = None;
                 match lifetime {
-                    Some(lifetime) => Some(renewal_delay(lifetime, settings.refresh_before)),
+                    Some(lifetime) => {
+                        let after = renewal_delay(lifetime, settings.refresh_before);
+                        Some(
+                            sent.checked_add(after)
+                                .map_or(after, |at| at.saturating_duration_since(Instant::now())),
+                        )
+                    }
                     None => provider.poll_interval(),
                 }
             }
@@ -183,44 +296,59 @@ pub(super) async fn run<P: Provider>(
                 let now = Instant::now();
                 // A token without expiry (static) keeps serving and is simply
                 // read again at the next poll.
-                let keeps_forever = held.as_ref().is_some_and(|held| held.expires_at.is_none());
+                let keeps_forever = held
+                    .as_ref()
+                    .is_some_and(|held| held.usable_until.is_none());
+                let usable_for = held.as_ref().and_then(|held| held.usable_for(now));
                 let delay = if keeps_forever {
                     provider.poll_interval()
                 } else {
-                    Some(retry_delay(&error, failures))
+                    Some(retry_delay(&error, failures, usable_for))
                 };
-                let serving = held.as_ref().is_some_and(|held| held.valid_at(now));
+                let message: Box<str> = error.to_string().into();
+                let repeated = warned.as_ref().is_some_and(|(at, last)| {
+                    *last == message && now.saturating_duration_since(*at) < REPEAT_WARNING_AFTER
+                });
                 let retry_in = delay.map_or(-1.0, |d| d.as_secs_f64());
-                if failures == 0 || !keeps_forever {
+                let serving = held.as_ref().is_some_and(|held| held.valid_at(now));
+                if repeated || (keeps_forever && failures > 0) {
+                    tracing::debug!(credential = %name, attempt = failures + 1, retry_in_s = retry_in, "token request failed again: {message}");
+                } else {
                     tracing::warn!(
                         credential = %name,
                         attempt = failures + 1,
                         retry_in_s = retry_in,
                         old_token_valid = serving,
-                        "token request failed: {error}"
+                        "token request failed: {message}"
                     );
-                } else {
-                    tracing::debug!(credential = %name, attempt = failures + 1, "token request failed again: {error}");
+                    warned = Some((now, message.clone()));
                 }
-                let message: Box<str> = error.to_string().into();
                 handle.state.rcu(|state| State {
-                    published: state.published.clone(),
-                    wall_expiry: state.wall_expiry,
                     last_error: Some(message.clone()),
+                    ..state.with_attempt(false, None)
                 });
                 failures = failures.saturating_add(1);
                 delay
             }
         };
+        let deadline = next.and_then(|delay| Instant::now().checked_add(delay));
+        handle
+            .state
+            .rcu(|state| state.with_attempt(false, deadline));
+        // Requests waiting on a renewal this attempt answered get its outcome.
+        handle.settled.send_if_modified(|settled| {
+            let changed = *settled < covering;
+            *settled = (*settled).max(covering);
+            changed
+        });
         handle.attempted.notify_waiters();
-        rejected = wait(&handle, next).await;
+        on_rejection = wait(&handle, deadline).await;
     }
 }
 
-/// Sleep for `delay` (`None` = until woken), or until an upstream rejects the
-/// current token. Returns whether a rejection woke it.
-async fn wait(handle: &CredentialHandle, delay: Option<Duration>) -> bool {
-    let deadline = delay.map(|delay| Instant::now() + delay);
+/// Sleep until `deadline` (`None` = until woken), or until an upstream
+/// rejects the current token. Returns whether a rejection woke it.
+async fn wait(handle: &CredentialHandle, deadline: Option<Instant>) -> bool {
     loop {
         let sleep = async {
             match deadline {
@@ -235,7 +363,7 @@ async fn wait(handle: &CredentialHandle, delay: Option<Duration>) -> bool {
         // A wake-up stored while a renewal was in flight may concern a token
         // already replaced: only the currently published generation counts.
         let current = *handle.generation.borrow();
-        if current != 0 && handle.rejected.load(Ordering::Acquire) == current {
+        if current != 0 && handle.renewing() == current {
             return true;
         }
     }
@@ -255,40 +383,6 @@ fn build_headers(
         })
         .chain(fixed.iter().cloned())
         .collect()
-}
-
-/// How long to keep a fresh token of `lifetime` before renewing it.
-pub fn renewal_delay(lifetime: Duration, refresh_before: Option<Duration>) -> Duration {
-    let before = refresh_before.unwrap_or_else(|| (lifetime / 4).min(REFRESH_BEFORE_DEFAULT_MAX));
-    let jitter = lifetime
-        .mul_f64(rand::random_range(0.0..0.05))
-        .min(RENEWAL_JITTER_MAX);
-    let floor = (lifetime / 10).max(RENEWAL_MIN);
-    lifetime
-        .saturating_sub(before)
-        .saturating_sub(jitter)
-        .max(floor)
-}
-
-/// The `n`th (0-based) retry delay after consecutive failures: 1 s doubling,
-/// ±20 %, never above 30 s.
-pub fn backoff_delay(failures: u32) -> Duration {
-    let base = BACKOFF_INITIAL
-        .saturating_mul(1u32 << failures.min(16))
-        .min(BACKOFF_MAX);
-    base.mul_f64(rand::random_range(0.8..1.2)).min(BACKOFF_MAX)
-}
-
-/// The delay before retrying after `error`: its `Retry-After` when given
-/// (at most 5 min), else the backoff.
-fn retry_delay(error: &FetchError, failures: u32) -> Duration {
-    match error {
-        FetchError::Transient {
-            retry_after: Some(retry_after),
-            ..
-        } => (*retry_after).min(RETRY_AFTER_MAX),
-        _ => backoff_delay(failures),
-    }
 }
 
 /// `2024-05-01T12:00:00Z` (UTC, whole seconds).
@@ -321,58 +415,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renewal_default_is_quarter_or_five_minutes_minus_jitter() {
-        for _ in 0..200 {
-            let hour = renewal_delay(Duration::from_secs(3600), None);
-            // 3600 - 300 - [0, 30]
-            assert!(hour <= Duration::from_secs(3300) && hour >= Duration::from_secs(3270));
-            let short = renewal_delay(Duration::from_secs(100), None);
-            // 100 - 25 - [0, 5]
-            assert!(short <= Duration::from_secs(75) && short >= Duration::from_secs(70));
-            let configured = renewal_delay(Duration::from_secs(100), Some(Duration::from_secs(10)));
-            assert!(configured <= Duration::from_secs(90) && configured >= Duration::from_secs(85));
-        }
-    }
-
-    #[test]
-    fn renewal_never_spins_on_tiny_or_odd_lifetimes() {
-        assert_eq!(renewal_delay(Duration::ZERO, None), RENEWAL_MIN);
-        let d = renewal_delay(Duration::from_secs(60), Some(Duration::from_secs(120)));
-        assert_eq!(d, Duration::from_secs(6));
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter() {
-        for _ in 0..200 {
-            for (n, base) in [1.0, 2.0, 4.0, 8.0, 16.0].iter().enumerate() {
-                let d = backoff_delay(n as u32).as_secs_f64();
-                assert!(d >= base * 0.8 && d <= base * 1.2, "{n}: {d}");
-            }
-            for n in [5, 6, 20, u32::MAX] {
-                let d = backoff_delay(n).as_secs_f64();
-                assert!((24.0..=30.0).contains(&d), "{n}: {d}");
-            }
-        }
-    }
-
-    #[test]
-    fn retry_after_wins_and_is_capped() {
-        let transient = |retry_after| FetchError::Transient {
-            message: "busy".into(),
-            retry_after,
-        };
-        assert_eq!(
-            retry_delay(&transient(Some(Duration::from_secs(42))), 3),
-            Duration::from_secs(42)
-        );
-        assert_eq!(
-            retry_delay(&transient(Some(Duration::from_secs(86_400))), 0),
-            RETRY_AFTER_MAX
-        );
-        assert!(retry_delay(&transient(None), 0) <= Duration::from_millis(1200));
-    }
-
-    #[test]
     fn formats_utc_timestamps() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // leap day 2024
@@ -399,9 +441,11 @@ mod tests {
                 expires_at: None,
                 generation: 1,
                 apis: None,
+                renewed_on_rejection: false,
             })),
             wall_expiry: Some(UNIX_EPOCH),
             last_error: Some("HTTP 500".into()),
+            ..State::default()
         };
         assert_eq!(
             state.reason(),

@@ -14,8 +14,10 @@
 //!   like every secret here it is re-read on each call.
 //!
 //! The answer's `accessToken` is required. Its lifetime is `expires_in`
-//! (seconds, number or string), else the absolute `expiration` (Unix
-//! seconds) minus the system clock. `apis` (product → base URL) becomes
+//! (seconds: a positive number or numeric string), else the absolute
+//! `expiration` (Unix seconds) minus the system clock; a value that is not a
+//! number, not positive, or already past is an error to retry. Lifetimes are
+//! clamped to a year. `apis` (product → base URL) becomes
 //! [`Token::apis`]; entries that are not absolute URLs are skipped with a
 //! warning.
 //!
@@ -24,7 +26,13 @@
 //! and `x-inbenta-key` is tried first. Its answer may carry only
 //! `accessToken` and `expiration`/`expires_in`; the previous `apis` map is
 //! kept then. If the refresh fails for any reason, one warning says why and a
-//! new token is obtained through `/auth`.
+//! new token is obtained through `/auth`. Each of the two requests has the
+//! credential's whole `timeout`; the engine's limit on one renewal leaves
+//! room for both (see [`super::EngineSettings::from_config`]).
+//!
+//! Error text from either endpoint is redacted of the `api_key`, the secret
+//! or domain key, the `oauth_token` and the access token sent to
+//! `/refreshToken`, in every spelling (see [`super::redact`]).
 //!
 //! `auth_url` may carry a base path (`https://api.inbenta.io/v1`), with or
 //! without a trailing `/`. Every proxied request carries `authorization:
@@ -33,7 +41,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, ORIGIN};
@@ -41,7 +48,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
 use super::token_client::{
-    TokenClient, describe_url, seconds_field, sensitive_header, transient, unix_now,
+    TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header, transient,
+    unix_now, unix_time_field,
 };
 use super::{ApiMap, FetchError, Provider, Token};
 use crate::config::{EnvSource, InbentaConfig, InbentaKey, Secret};
@@ -197,23 +205,22 @@ fn parse_token(
     json: &Value,
     api_key: &Secret,
     previous_apis: Option<&Arc<ApiMap>>,
-    now: u64,
+    now: f64,
 ) -> Result<Token, FetchError> {
     let access_token = json
         .get("accessToken")
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| transient("Inbenta answer has no accessToken".to_owned()))?;
-    let lifetime = match seconds_field(json.get("expires_in")).filter(|s| *s > 0) {
-        Some(seconds) => Duration::from_secs(seconds),
-        None => match seconds_field(json.get("expiration")) {
-            Some(expiration) if expiration > now => Duration::from_secs(expiration - now),
-            Some(_) => {
-                return Err(transient(
+    let lifetime = match lifetime_field(json.get("expires_in"), "expires_in")? {
+        Some(lifetime) => lifetime,
+        None => match unix_time_field(json.get("expiration"), "expiration")? {
+            Some(expiration) => lifetime_until(expiration, now).ok_or_else(|| {
+                transient(
                     "Inbenta answer's expiration has already passed (is the system clock right?)"
                         .to_owned(),
-                ));
-            }
+                )
+            })?,
             None => {
                 return Err(transient(
                     "Inbenta answer has neither expires_in nor expiration".to_owned(),
@@ -268,6 +275,7 @@ fn parse_apis(map: &serde_json::Map<String, Value>) -> ApiMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn lifetime_from_expires_in_then_expiration() {
@@ -276,7 +284,7 @@ mod tests {
             &json!({"accessToken": "a", "expires_in": "1200", "expiration": 5}),
             &key,
             None,
-            1000,
+            1000.0,
         )
         .unwrap();
         assert_eq!(t.lifetime, Some(Duration::from_secs(1200)));
@@ -284,7 +292,7 @@ mod tests {
             &json!({"accessToken": "a", "expiration": 1600}),
             &key,
             None,
-            1000,
+            1000.0,
         )
         .unwrap();
         assert_eq!(t.lifetime, Some(Duration::from_secs(600)));
@@ -293,12 +301,18 @@ mod tests {
                 &json!({"accessToken": "a", "expiration": 999}),
                 &key,
                 None,
-                1000
+                1000.0
             )
             .is_err()
         );
-        assert!(parse_token(&json!({"accessToken": "a"}), &key, None, 1000).is_err());
-        assert!(parse_token(&json!({"expires_in": 10}), &key, None, 1000).is_err());
+        assert!(parse_token(&json!({"accessToken": "a"}), &key, None, 1000.0).is_err());
+        assert!(parse_token(&json!({"expires_in": 10}), &key, None, 1000.0).is_err());
+        for (field, bad) in [("expires_in", json!(0)), ("expiration", json!("never"))] {
+            let err = parse_token(&json!({"accessToken": "a", field: bad}), &key, None, 1000.0)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]
@@ -312,7 +326,7 @@ mod tests {
             }}),
             &key,
             None,
-            0,
+            0.0,
         )
         .unwrap();
         let apis = t.apis.unwrap();
@@ -325,7 +339,7 @@ mod tests {
             &json!({"accessToken": "b", "expires_in": 10}),
             &key,
             Some(&apis),
-            0,
+            0.0,
         )
         .unwrap();
         assert!(Arc::ptr_eq(&kept.apis.unwrap(), &apis));

@@ -5,9 +5,11 @@
 //! `ArcSwap` load of prebuilt header values), the [`Provider`] trait each
 //! credential type implements (`inbenta`, `oauth2`, `static`, dispatched
 //! through [`AnyProvider`]), and the renewal engine ([`engine`]) that runs one
-//! task per credential: first token before readiness, renewal before expiry,
-//! jittered backoff on failure, and renewal on demand when an upstream
-//! rejects a token.
+//! supervised task per credential: first token before readiness, renewal
+//! before expiry, backoff on failure ([`timing`] has the exact rules), and
+//! renewal on demand when an upstream rejects a token ([`rejection`] decides
+//! when a rejection is not about the token). Error text from token
+//! endpoints is redacted of every secret sent ([`redact`]).
 //!
 //! Entry points: [`Credentials::start`] (one engine per `[credentials.NAME]`,
 //! stopped when the [`Credentials`] is dropped), [`Credentials::spawn`] (an
@@ -15,23 +17,29 @@
 //! without an engine, for `sidekey token`).
 //!
 //! A request's view of a credential: [`CredentialHandle::current`] gives the
-//! [`Published`] headers and their `generation`; when the upstream answers a
+//! [`Published`] headers and their `generation`, or — when there is no valid
+//! token — [`CredentialHandle::wait_for_token`] waits (bounded) for the first
+//! token or for a renewal about to happen. When the upstream answers a
 //! status in `renew_on_status` ([`CredentialHandle::renews_on`]), the proxy
 //! calls [`CredentialHandle::report_rejected`] with that generation (one
-//! renewal however many requests report it) and
-//! [`CredentialHandle::wait_for_newer`] to retry with the next token.
+//! renewal however many requests report it, none when fresh tokens are
+//! rejected too) and, unless the rejection is ignored,
+//! [`CredentialHandle::wait_for_renewal`] to retry with the next token; that
+//! wait ends as soon as the renewal attempt ends, new token or not.
 
 pub mod engine;
 pub mod inbenta;
 pub mod oauth2;
+pub mod redact;
+pub mod rejection;
 pub mod static_token;
+pub mod timing;
 pub mod token_client;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -42,11 +50,12 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, CredentialConfig, CredentialKind, EnvSource, Secret, SecretError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RejectionCounters};
 use crate::tls::TlsError;
 
 use self::inbenta::InbentaProvider;
 use self::oauth2::OAuth2Provider;
+use self::rejection::{Decision, Rejections};
 use self::static_token::StaticProvider;
 use self::token_client::TokenClient;
 
@@ -58,7 +67,8 @@ pub type ApiMap = HashMap<String, Uri>;
 pub struct Token {
     /// The token itself (Inbenta `accessToken`, OAuth `access_token`, the static value).
     pub value: Secret,
-    /// How long it is valid from the moment it was received; `None` = no expiry (static).
+    /// How long it is valid from the moment its request was sent; `None` =
+    /// no expiry (static). The engine clamps it to a year.
     pub lifetime: Option<Duration>,
     /// The headers every proxied request carries with this token, values
     /// marked sensitive: `authorization: Bearer …`, `x-inbenta-key`, …
@@ -125,12 +135,28 @@ pub trait Provider: Send + Sync + 'static {
 pub struct Published {
     /// Every header to set (token headers + credential static headers), values marked sensitive.
     pub headers: Box<[(HeaderName, HeaderValue)]>,
-    /// When the token stops being valid (monotonic clock); `None` = never.
+    /// When the token stops being handed out (monotonic clock): a safety
+    /// margin before the issuer's expiry; `None` = never.
     pub expires_at: Option<Instant>,
     /// Increases with every newly published token; identifies "the token a request saw".
     pub generation: u64,
     /// Inbenta product base URLs of this token.
     pub apis: Option<Arc<ApiMap>>,
+    /// Obtained by a renewal that an upstream's rejection triggered.
+    pub renewed_on_rejection: bool,
+}
+
+/// What [`CredentialHandle::report_rejected`] did about a rejection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A renewal of the rejected token was requested (now or before):
+    /// [`CredentialHandle::wait_for_renewal`] gives its outcome.
+    Renewing,
+    /// The rejected token was already replaced: retry with the current one.
+    Replaced,
+    /// Fresh tokens are rejected too, so the rejection is not about the
+    /// token: no renewal; pass the answer on.
+    Ignored,
 }
 
 /// Why a credential cannot serve a request right now (→ 503 `credential_unavailable`).
@@ -168,7 +194,7 @@ pub struct EngineSettings {
     /// `renew_on_status`.
     pub renew_on_status: Vec<StatusCode>,
     /// Longest one `fetch` may take before the engine gives up on it and
-    /// retries (a safety net; providers time out on their own first).
+    /// retries (a safety net; providers time out on each request first).
     pub fetch_timeout: Duration,
 }
 
@@ -184,13 +210,22 @@ impl Default for EngineSettings {
 }
 
 impl EngineSettings {
-    /// The settings `[credentials.NAME]` describes.
+    /// The settings `[credentials.NAME]` describes. The fetch limit leaves
+    /// each token-endpoint request of one fetch its whole `timeout` (Inbenta
+    /// may make two: `/refreshToken`, then `/auth`), plus 5 s.
     pub fn from_config(config: &CredentialConfig) -> Self {
+        let requests = match config.kind {
+            CredentialKind::Inbenta(_) => 2,
+            CredentialKind::OAuth2(_) | CredentialKind::Static(_) => 1,
+        };
         EngineSettings {
             refresh_before: config.refresh_before,
             headers: config.headers.clone(),
             renew_on_status: config.renew_on_status.clone(),
-            fetch_timeout: config.timeout.saturating_add(Duration::from_secs(5)),
+            fetch_timeout: config
+                .timeout
+                .saturating_mul(requests)
+                .saturating_add(Duration::from_secs(5)),
         }
     }
 }
@@ -203,14 +238,18 @@ pub struct CredentialHandle {
     state: ArcSwap<engine::State>,
     strip_names: Box<[HeaderName]>,
     renew_on: Box<[StatusCode]>,
-    /// Highest generation an upstream rejected (renewal already requested for it).
-    rejected: AtomicU64,
+    /// Which rejections renew the token.
+    rejections: Mutex<Rejections>,
     /// Wakes the engine when a token is rejected.
     wake: Notify,
     /// Generation of the latest published token (0 = none yet).
     generation: watch::Sender<u64>,
+    /// Highest rejected generation whose renewal attempt has ended.
+    settled: watch::Sender<u64>,
     /// Woken after every token request, successful or not.
     attempted: Notify,
+    /// `sidekey_token_rejections_total` of this credential.
+    counters: RejectionCounters,
 }
 
 impl fmt::Debug for CredentialHandle {
@@ -224,21 +263,29 @@ impl fmt::Debug for CredentialHandle {
 }
 
 impl CredentialHandle {
-    fn new(name: &str, strip_names: Vec<HeaderName>, renew_on: &[StatusCode]) -> Self {
+    fn new(
+        name: &str,
+        strip_names: Vec<HeaderName>,
+        renew_on: &[StatusCode],
+        metrics: &Metrics,
+    ) -> Self {
         let mut unique: Vec<HeaderName> = Vec::with_capacity(strip_names.len());
         for name in strip_names {
             if !unique.contains(&name) {
                 unique.push(name);
             }
         }
+        let name: Arc<str> = Arc::from(name);
         CredentialHandle {
-            name: Arc::from(name),
+            counters: metrics.rejection_counters(&name),
+            name,
             state: ArcSwap::from_pointee(engine::State::default()),
             strip_names: unique.into_boxed_slice(),
             renew_on: renew_on.into(),
-            rejected: AtomicU64::new(0),
+            rejections: Mutex::new(Rejections::default()),
             wake: Notify::new(),
             generation: watch::Sender::new(0),
+            settled: watch::Sender::new(0),
             attempted: Notify::new(),
         }
     }
@@ -276,39 +323,97 @@ impl CredentialHandle {
         self.renew_on.contains(&status)
     }
 
-    /// An upstream rejected the token of `generation`: renew it, once per
-    /// generation however many requests report it. A report about a token
-    /// that has already been replaced does nothing.
-    pub fn report_rejected(&self, generation: u64) {
+    /// An upstream rejected the token of `generation`. The first rejection
+    /// of a token renews it (once, however many requests report it); a
+    /// rejection of a token that a rejection-triggered renewal produced is
+    /// ignored for a cool-down ([`rejection`]). Counted in
+    /// `sidekey_token_rejections_total`.
+    pub fn report_rejected(&self, generation: u64) -> Rejection {
         let state = self.state.load();
         let Some(published) = &state.published else {
-            return;
+            return Rejection::Ignored;
         };
         if published.generation != generation {
-            return;
+            self.counters.renewed();
+            return Rejection::Replaced;
         }
-        if self.rejected.fetch_max(generation, Ordering::AcqRel) < generation {
-            self.wake.notify_one();
+        let decision = self
+            .rejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decide(generation, published.renewed_on_rejection, Instant::now());
+        match decision {
+            Decision::Renew => {
+                self.counters.renewed();
+                self.wake.notify_one();
+                Rejection::Renewing
+            }
+            Decision::Join => {
+                self.counters.renewed();
+                Rejection::Renewing
+            }
+            Decision::Ignore { first } => {
+                self.counters.ignored();
+                if first {
+                    tracing::warn!(
+                        credential = %self.name,
+                        cool_down_s = rejection::COOL_DOWN.as_secs(),
+                        "a freshly renewed token was rejected too: the upstream's rejections \
+                         are not about the token; not renewing on rejection for a while"
+                    );
+                }
+                Rejection::Ignored
+            }
         }
     }
 
-    /// Right after start: wait (up to `timeout`) until the first token
-    /// request has finished, then the current state. Returns at once when a
-    /// token was ever published or the first request already failed, so a
-    /// broken token endpoint costs requests no extra wait.
-    pub async fn wait_for_first_attempt(
-        &self,
-        timeout: Duration,
-    ) -> Result<Arc<Published>, Unavailable> {
-        let deadline = Instant::now() + timeout;
+    /// The highest generation whose rejection requested a renewal.
+    fn renewing(&self) -> u64 {
+        self.rejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .renewing()
+    }
+
+    /// When there is no valid token: wait, at most `timeout`, for one that
+    /// is about to come, then the current state.
+    ///
+    /// - Before the first token: until the first token request has ended
+    ///   (at once when it already failed, so a broken endpoint costs no
+    ///   extra wait).
+    /// - After the token stopped being handed out: only within
+    ///   [`timing::EXPIRY_WAIT`] of that moment, and only while a token
+    ///   request is in flight or due before then (it keeps waiting across
+    ///   failed attempts in that window). Later, or during a longer outage,
+    ///   it returns at once.
+    pub async fn wait_for_token(&self, timeout: Duration) -> Result<Arc<Published>, Unavailable> {
+        let limit = deadline_after(timeout);
         loop {
             let attempted = self.attempted.notified();
             tokio::pin!(attempted);
             attempted.as_mut().enable();
             let state = self.state.load();
-            if state.published.is_some() || state.last_error.is_some() {
-                break;
-            }
+            let now = Instant::now();
+            let deadline = match &state.published {
+                Some(published) if published.expires_at.is_none_or(|at| now < at) => break,
+                None if state.last_error.is_some() => break,
+                None => limit,
+                Some(published) => {
+                    let Some(grace) = published
+                        .expires_at
+                        .and_then(|at| at.checked_add(timing::EXPIRY_WAIT))
+                    else {
+                        break;
+                    };
+                    let deadline = limit.min(grace);
+                    let coming =
+                        state.in_flight || state.next_attempt.is_some_and(|at| at <= deadline);
+                    if now >= deadline || !coming {
+                        break;
+                    }
+                    deadline
+                }
+            };
             drop(state);
             if tokio::time::timeout_at(deadline, attempted).await.is_err() {
                 break;
@@ -330,6 +435,35 @@ impl CredentialHandle {
         self.current()
     }
 
+    /// After [`CredentialHandle::report_rejected`]: wait (up to `timeout`)
+    /// until the renewal of the token of `generation` has ended — a newer
+    /// token was published, or the attempt failed or yielded the same token
+    /// (a static token) — then the current state.
+    pub async fn wait_for_renewal(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<Arc<Published>, Unavailable> {
+        let mut published = self.generation.subscribe();
+        let mut settled = self.settled.subscribe();
+        let ended = async {
+            loop {
+                if *published.borrow_and_update() > generation
+                    || *settled.borrow_and_update() >= generation
+                {
+                    return;
+                }
+                // Both senders live as long as `self`.
+                tokio::select! {
+                    _ = published.changed() => {}
+                    _ = settled.changed() => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, ended).await;
+        self.current()
+    }
+
     /// Readiness now.
     pub fn status(&self) -> CredentialStatus {
         let state = self.state.load();
@@ -337,7 +471,9 @@ impl CredentialHandle {
         match &state.published {
             Some(published) if published.expires_at.is_none_or(|at| now < at) => {
                 CredentialStatus::Ready {
-                    expires_in: published.expires_at.map(|at| at - now),
+                    expires_in: published
+                        .expires_at
+                        .map(|at| at.saturating_duration_since(now)),
                 }
             }
             _ => CredentialStatus::Unavailable {
@@ -494,8 +630,9 @@ impl Credentials {
             name,
             strip,
             &settings.renew_on_status,
+            metrics,
         ));
-        let task = tokio::spawn(engine::run(
+        let task = tokio::spawn(engine::supervise(
             provider,
             Arc::clone(&handle),
             settings,
@@ -534,6 +671,14 @@ impl Credentials {
             .iter()
             .map(|(name, engine)| (name.as_str(), &engine.handle))
     }
+}
+
+/// `now + timeout`, or a year from now when that overflows.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(token_client::MAX_LIFETIME))
+        .unwrap_or(now)
 }
 
 /// Why `sidekey token` could not obtain a token.

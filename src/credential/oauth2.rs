@@ -16,10 +16,12 @@
 //! - `Accept: application/json`.
 //!
 //! The answer's `access_token` is required; `token_type`, when present, must
-//! be `bearer` in any case. The lifetime is `expires_in` (number or string);
-//! without it, the `exp` claim of a JWT access token (payload decoded, the
-//! signature is not checked: only the issuer's word on its own token's
-//! expiry is read) relative to the system clock; without that, `default_ttl`.
+//! be `bearer` in any case. The lifetime is `expires_in` (a positive number
+//! or numeric string; `0`, negative or non-numeric values are an error to
+//! retry, not "no lifetime"); without it, the `exp` claim of a JWT access
+//! token (payload decoded, the signature is not checked: only the issuer's
+//! word on its own token's expiry is read) relative to the system clock;
+//! without that, `default_ttl`. Lifetimes are clamped to a year.
 //!
 //! Every request carries `authorization: Bearer <access_token>`.
 
@@ -35,7 +37,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::token_client::{
-    TokenClient, describe_url, seconds_field, sensitive_header, transient, unix_now,
+    MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header,
+    transient, unix_now,
 };
 use super::{FetchError, Provider, Token};
 use crate::config::{BodyFormat, ClientAuth, EnvSource, OAuth2Config, Secret};
@@ -135,7 +138,7 @@ impl Provider for OAuth2Provider {
             .client
             .post(&self.config.token_url, headers, body)
             .await?
-            .error_for_status(&[id.expose(), secret.expose()])?;
+            .error_for_status(&[secret.expose()])?;
         parse_token(&response.json()?, self.config.default_ttl, unix_now())
     }
 
@@ -152,7 +155,7 @@ fn basic_credentials(id: &Secret, secret: &Secret) -> String {
 }
 
 /// A token from an RFC 6749 §5.1 answer; `now` is the system clock in Unix seconds.
-fn parse_token(json: &Value, default_ttl: Duration, now: u64) -> Result<Token, FetchError> {
+fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Token, FetchError> {
     let access_token = json
         .get("access_token")
         .and_then(Value::as_str)
@@ -171,18 +174,17 @@ fn parse_token(json: &Value, default_ttl: Duration, now: u64) -> Result<Token, F
             )));
         }
     }
-    let lifetime = match seconds_field(json.get("expires_in")).filter(|s| *s > 0) {
-        Some(seconds) => Duration::from_secs(seconds),
+    let lifetime = match lifetime_field(json.get("expires_in"), "expires_in")? {
+        Some(lifetime) => lifetime,
         None => match jwt_exp(access_token) {
-            Some(exp) if exp > now => Duration::from_secs(exp - now),
-            Some(_) => {
-                return Err(transient(
+            Some(exp) => lifetime_until(exp, now).ok_or_else(|| {
+                transient(
                     "token endpoint issued an access token whose exp claim has passed \
                      (is the system clock right?)"
                         .to_owned(),
-                ));
-            }
-            None => default_ttl,
+                )
+            })?,
+            None => default_ttl.min(MAX_LIFETIME),
         },
     };
     let bearer = sensitive_header(&format!("Bearer {access_token}"), "the access token")?;
@@ -194,8 +196,9 @@ fn parse_token(json: &Value, default_ttl: Duration, now: u64) -> Result<Token, F
     })
 }
 
-/// The `exp` claim of a JWT (`header.payload.signature`), unverified.
-fn jwt_exp(token: &str) -> Option<u64> {
+/// The `exp` claim of a JWT (`header.payload.signature`), unverified, in
+/// Unix seconds; `None` when the token is not a JWT or `exp` is not a number.
+fn jwt_exp(token: &str) -> Option<f64> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -203,14 +206,7 @@ fn jwt_exp(token: &str) -> Option<u64> {
     }
     let bytes = URL_SAFE_NO_PAD_INDIFFERENT.decode(payload).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    match claims.get("exp")? {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| *f >= 0.0 && f.is_finite())
-                .map(|f| f as u64)
-        }),
-        _ => None,
-    }
+    claims.get("exp")?.as_f64().filter(|exp| exp.is_finite())
 }
 
 #[cfg(test)]
@@ -240,8 +236,10 @@ mod tests {
     fn jwt_exp_is_read_without_verification() {
         assert_eq!(
             jwt_exp(&jwt(json!({"exp": 1_700_000_000}))),
-            Some(1_700_000_000)
+            Some(1_700_000_000.0)
         );
+        assert_eq!(jwt_exp(&jwt(json!({"exp": 1e300}))), Some(1e300));
+        assert_eq!(jwt_exp(&jwt(json!({"exp": "soon"}))), None);
         assert_eq!(jwt_exp(&jwt(json!({"sub": "x"}))), None);
         assert_eq!(jwt_exp("not-a-jwt"), None);
         assert_eq!(jwt_exp("a.!!!.c"), None);
@@ -250,7 +248,7 @@ mod tests {
     #[test]
     fn lifetime_sources_in_order() {
         let ttl = Duration::from_secs(3600);
-        let now = 1_000_000;
+        let now = 1_000_000.0;
         let token = parse_token(
             &json!({"access_token": "abc", "expires_in": "120", "token_type": "BEARER"}),
             ttl,
@@ -261,24 +259,37 @@ mod tests {
         assert_eq!(token.value.expose(), "abc");
         assert!(token.headers[0].1.is_sensitive());
 
-        let access = jwt(json!({"exp": now + 900}));
+        let access = jwt(json!({"exp": now + 900.0}));
         let token = parse_token(&json!({"access_token": access}), ttl, now).unwrap();
         assert_eq!(token.lifetime, Some(Duration::from_secs(900)));
 
         let token = parse_token(&json!({"access_token": "opaque"}), ttl, now).unwrap();
         assert_eq!(token.lifetime, Some(ttl));
 
-        let expired = jwt(json!({"exp": now - 1}));
+        let expired = jwt(json!({"exp": now - 1.0}));
         assert!(parse_token(&json!({"access_token": expired}), ttl, now).is_err());
+
+        // Absurd lifetimes are clamped, never an overflow later.
+        let forever = jwt(json!({"exp": 1e300}));
+        let token = parse_token(&json!({"access_token": forever}), ttl, now).unwrap();
+        assert_eq!(token.lifetime, Some(MAX_LIFETIME));
+        let token =
+            parse_token(&json!({"access_token": "a", "expires_in": 1e300}), ttl, now).unwrap();
+        assert_eq!(token.lifetime, Some(MAX_LIFETIME));
+        // A lifetime that is not positive is an error, not "use default_ttl".
+        let err = parse_token(&json!({"access_token": "a", "expires_in": 0}), ttl, now)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expires_in"), "{err}");
     }
 
     #[test]
     fn token_type_must_be_bearer() {
         let ttl = Duration::from_secs(60);
-        let err = parse_token(&json!({"access_token": "a", "token_type": "mac"}), ttl, 0)
+        let err = parse_token(&json!({"access_token": "a", "token_type": "mac"}), ttl, 0.0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"mac\""), "{err}");
-        assert!(parse_token(&json!({"token_type": "bearer"}), ttl, 0).is_err());
+        assert!(parse_token(&json!({"token_type": "bearer"}), ttl, 0.0).is_err());
     }
 }

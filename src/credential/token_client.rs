@@ -13,10 +13,18 @@
 //! - Response bodies over [`MAX_BODY`] are refused.
 //! - [`TokenResponse::error_for_status`] is the one place where an error
 //!   answer becomes a [`FetchError`]: 4xx (except 429) → `Refused`; 5xx, 429
-//!   → `Transient` with `Retry-After`. The body becomes one readable line
-//!   (RFC 6749 `{error, error_description}`, Inbenta `{"error": {code,
-//!   message}}`, a gateway's `{"Message": …}`, or a short sanitized excerpt),
-//!   with every request secret the provider names cut out.
+//!   → `Transient` with `Retry-After` (delay-seconds or any HTTP-date form;
+//!   a date in the past is zero, the engine applies its own floor). The body
+//!   becomes one readable line (RFC 6749 `{error, error_description}`,
+//!   Inbenta `{"error": {code, message}}`, a gateway's `{"Message": …}`, or
+//!   an excerpt). Every secret the request carried — the values of its
+//!   sensitive headers and the secrets the provider names — is cut out in
+//!   every spelling ([`Redactor`]) *before* the text is collapsed and cut to
+//!   [`MAX_MESSAGE`] characters.
+//! - Lifetimes in answers ([`lifetime_field`], [`unix_time_field`]) are
+//!   positive numbers or numeric strings; zero, negative or non-numeric
+//!   values are errors naming the field; anything beyond [`MAX_LIFETIME`] is
+//!   clamped to it, so no later arithmetic on it can overflow.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +41,7 @@ use rustls::RootCertStore;
 use serde_json::Value;
 
 use super::FetchError;
+use super::redact::{Redactor, collapse_whitespace};
 use crate::error::error_chain;
 use crate::tls::TlsError;
 
@@ -40,7 +49,10 @@ use crate::tls::TlsError;
 pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Longest excerpt of an error body put into a message, in characters.
-const MAX_MESSAGE: usize = 200;
+pub const MAX_MESSAGE: usize = 200;
+
+/// Longest token lifetime believed: a year. Larger values are clamped.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
 /// HTTPS client for token endpoints. Cheap to clone; clones share the pool.
 #[derive(Clone)]
@@ -68,6 +80,8 @@ pub struct TokenResponse {
     pub headers: HeaderMap,
     /// The whole body (at most [`MAX_BODY`] bytes).
     pub body: Bytes,
+    /// The sensitive header values the request carried.
+    sent: Redactor,
 }
 
 impl TokenClient {
@@ -133,6 +147,11 @@ impl TokenClient {
         if url.authority().is_none() {
             return Err(transient(format!("token URL {target} has no host")));
         }
+        let sent = headers
+            .values()
+            .filter(|value| value.is_sensitive())
+            .filter_map(|value| value.to_str().ok())
+            .fold(Redactor::new(), Redactor::header_value);
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(url.clone())
@@ -174,6 +193,7 @@ impl TokenClient {
                 status: parts.status,
                 headers: parts.headers,
                 body,
+                sent,
             })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
@@ -188,13 +208,17 @@ impl TokenClient {
 
 impl TokenResponse {
     /// `Ok(self)` for a 2xx answer; otherwise the classified error with one
-    /// readable line from the body. Every string in `redact` (the secrets the
-    /// request carried) is cut out of the message.
-    pub fn error_for_status(self, redact: &[&str]) -> Result<TokenResponse, FetchError> {
+    /// readable line from the body. The request's sensitive header values
+    /// and every secret in `secrets` (the other secrets the request carried,
+    /// e.g. in its body) are cut out of the message in every spelling.
+    pub fn error_for_status(self, secrets: &[&str]) -> Result<TokenResponse, FetchError> {
         let status = self.status;
         if status.is_success() {
             return Ok(self);
         }
+        let redactor = secrets.iter().fold(self.sent.clone(), |redactor, secret| {
+            redactor.secret(secret)
+        });
         if status.is_redirection() {
             let location = self
                 .headers
@@ -203,13 +227,13 @@ impl TokenResponse {
                 .and_then(|v| v.parse::<Uri>().ok())
                 .map(|u| format!(" to {}", describe_url(&u)))
                 .unwrap_or_default();
-            let message = redact_secrets(
+            let message = excerpt(
                 &format!("redirect{location} not followed; configure the final URL"),
-                redact,
+                &redactor,
             );
             return Err(FetchError::Refused { status, message });
         }
-        let message = redact_secrets(&error_message(status, &self.body), redact);
+        let message = error_message(status, &self.body, &redactor);
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let retry_after = if matches!(
                 status,
@@ -270,34 +294,78 @@ pub fn sensitive_header(value: &str, what: &str) -> Result<HeaderValue, FetchErr
     Ok(header)
 }
 
-/// The lifetime in a JSON field that may be a number (`3600`, `3600.0`) or a
-/// string (`"3600"`). `None` when absent, not a number, or negative.
-pub fn seconds_field(value: Option<&Value>) -> Option<u64> {
-    match value? {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| *f >= 0.0 && f.is_finite())
-                .map(|f| f as u64)
-        }),
-        Value::String(s) => {
-            let s = s.trim();
-            s.parse::<u64>().ok().or_else(|| {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|f| *f >= 0.0 && f.is_finite())
-                    .map(|f| f as u64)
-            })
-        }
-        _ => None,
+/// A number of seconds in a JSON field: a number (`3600`, `3599.5`) or a
+/// string holding one (`"3600"`). `Ok(None)` when absent or `null`; an
+/// error naming `field` when it is anything else or not finite.
+fn number_field(value: Option<&Value>, field: &str) -> Result<Option<f64>, FetchError> {
+    let number = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match number.filter(|n| n.is_finite()) {
+        Some(n) => Ok(Some(n)),
+        None => Err(bad_field(field, value)),
     }
 }
 
+/// "the answer's expires_in (…) is not a positive number of seconds".
+fn bad_field(field: &str, value: Option<&Value>) -> FetchError {
+    let shown: String = value
+        .map(Value::to_string)
+        .unwrap_or_default()
+        .chars()
+        .take(40)
+        .collect();
+    transient(format!(
+        "token endpoint answered {field} {shown}, which is not a positive number of seconds"
+    ))
+}
+
+/// A lifetime from `expires_in`-style field (seconds from now): `Ok(None)`
+/// when absent or `null`; a positive number (or numeric string) clamped to
+/// [`MAX_LIFETIME`]; an error naming `field` for zero, negative or
+/// non-numeric values.
+pub fn lifetime_field(value: Option<&Value>, field: &str) -> Result<Option<Duration>, FetchError> {
+    match number_field(value, field)? {
+        None => Ok(None),
+        Some(seconds) => lifetime_from_secs(seconds)
+            .map(Some)
+            .ok_or_else(|| bad_field(field, value)),
+    }
+}
+
+/// An absolute time in Unix seconds from a JSON field (`expiration`, a JWT
+/// `exp`): `Ok(None)` when absent or `null`, an error naming `field` when not
+/// a number.
+pub fn unix_time_field(value: Option<&Value>, field: &str) -> Result<Option<f64>, FetchError> {
+    number_field(value, field)
+}
+
+/// The lifetime left at `now` until `unix_time` (both in seconds since the
+/// epoch), clamped to [`MAX_LIFETIME`]; `None` when it has passed.
+pub fn lifetime_until(unix_time: f64, now: f64) -> Option<Duration> {
+    lifetime_from_secs(unix_time - now)
+}
+
+/// `seconds` as a lifetime: `None` unless positive, clamped to [`MAX_LIFETIME`].
+fn lifetime_from_secs(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds <= 0.0 {
+        return None;
+    }
+    if seconds >= MAX_LIFETIME.as_secs_f64() {
+        return Some(MAX_LIFETIME);
+    }
+    Some(Duration::from_secs_f64(seconds)).filter(|d| !d.is_zero())
+}
+
 /// Seconds since the Unix epoch on the system clock.
-pub fn unix_now() -> u64 {
+pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// `FetchError::Transient` without `Retry-After`.
@@ -326,21 +394,34 @@ pub(crate) fn describe_url(url: &Uri) -> String {
     )
 }
 
-/// One readable line from an error body.
-fn error_message(status: StatusCode, body: &[u8]) -> String {
-    if let Ok(json) = serde_json::from_slice::<Value>(body)
-        && let Some(message) = json_error_message(&json)
-    {
-        return message;
-    }
-    let text = sanitize(&String::from_utf8_lossy(body));
-    if text.is_empty() {
+/// One readable line from an error body, without any secret the request
+/// carried: the body is redacted as received, then the message is taken
+/// from it, redacted again (JSON unescaping may spell a secret anew),
+/// collapsed, and only then cut to an excerpt.
+fn error_message(status: StatusCode, body: &[u8], redactor: &Redactor) -> String {
+    let text = redactor.redact(&String::from_utf8_lossy(body));
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|json| json_error_message(&json))
+        .unwrap_or(text);
+    let message = excerpt(&message, redactor);
+    if message.is_empty() {
         status
             .canonical_reason()
             .map(|r| format!("{r} (empty body)"))
             .unwrap_or_else(|| "empty body".to_owned())
     } else {
-        text
+        message
+    }
+}
+
+/// `text` redacted, collapsed to one line, redacted again, and cut to
+/// [`MAX_MESSAGE`] characters (`…` marks the cut).
+fn excerpt(text: &str, redactor: &Redactor) -> String {
+    let line = redactor.redact(&collapse_whitespace(&redactor.redact(text)));
+    match line.char_indices().nth(MAX_MESSAGE) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
     }
 }
 
@@ -348,21 +429,21 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
 fn json_error_message(json: &Value) -> Option<String> {
     let object = json.as_object()?;
     let text = |v: &Value| match v {
-        Value::String(s) => Some(sanitize(s)),
+        Value::String(s) => Some(collapse_whitespace(s)),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
     match object.get("error") {
         // RFC 6749 §5.2 (and Auth0): {"error": "invalid_client", "error_description": "…"}
         Some(Value::String(code)) => {
-            let code = sanitize(code);
+            let code = collapse_whitespace(code);
             let description = object
                 .get("error_description")
                 .or_else(|| object.get("message"))
                 .and_then(text)
                 .filter(|d| !d.is_empty());
             return Some(match description {
-                Some(d) => sanitize(&format!("{code}: {d}")),
+                Some(d) => format!("{code}: {d}"),
                 None => code,
             });
         }
@@ -371,7 +452,7 @@ fn json_error_message(json: &Value) -> Option<String> {
             let code = inner.get("code").and_then(text);
             let message = inner.get("message").and_then(text);
             match (code, message) {
-                (Some(c), Some(m)) => return Some(sanitize(&format!("{c}: {m}"))),
+                (Some(c), Some(m)) => return Some(format!("{c}: {m}")),
                 (None, Some(m)) => return Some(m),
                 (Some(c), None) => return Some(format!("error code {c}")),
                 (None, None) => {}
@@ -385,110 +466,15 @@ fn json_error_message(json: &Value) -> Option<String> {
         .find_map(|key| object.get(*key).and_then(text).filter(|t| !t.is_empty()))
 }
 
-/// Control characters become spaces, runs of whitespace one space, and the
-/// result is cut to [`MAX_MESSAGE`] characters.
-fn sanitize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE + 4));
-    let mut count = 0;
-    let mut pending_space = false;
-    for c in text.chars() {
-        if c.is_whitespace() || c.is_control() {
-            pending_space = !out.is_empty();
-            continue;
-        }
-        if pending_space {
-            if count + 1 >= MAX_MESSAGE {
-                out.push('…');
-                return out;
-            }
-            out.push(' ');
-            count += 1;
-            pending_space = false;
-        }
-        if count >= MAX_MESSAGE {
-            out.push('…');
-            return out;
-        }
-        out.push(c);
-        count += 1;
-    }
-    out
-}
-
-/// Cut every secret (and its form-urlencoded spelling) out of a message.
-fn redact_secrets(message: &str, secrets: &[&str]) -> String {
-    let mut out = message.to_owned();
-    for secret in secrets {
-        // Very short values would shred the message and reveal little.
-        if secret.len() < 4 {
-            continue;
-        }
-        out = out.replace(secret, "<redacted>");
-        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        if encoded != *secret {
-            out = out.replace(&encoded, "<redacted>");
-        }
-    }
-    out
-}
-
-/// `Retry-After` as delay-seconds or an IMF-fixdate HTTP-date.
+/// `Retry-After` as delay-seconds or an HTTP-date (IMF-fixdate, RFC 850 or
+/// asctime); a date in the past is zero.
 fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = parse_http_date(text)?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(Duration::from_secs(at.saturating_sub(now)))
-}
-
-/// Unix seconds of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_http_date(text: &str) -> Option<u64> {
-    let mut parts = text.split_ascii_whitespace();
-    let _weekday = parts.next()?.strip_suffix(',')?;
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut hms = parts.next()?.split(':');
-    let hour: u64 = hms.next()?.parse().ok()?;
-    let minute: u64 = hms.next()?.parse().ok()?;
-    let second: u64 = hms.next()?.parse().ok()?;
-    if parts.next()? != "GMT" || parts.next().is_some() || hms.next().is_some() {
-        return None;
-    }
-    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 || year < 1970 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day as i64);
-    u64::try_from(days)
-        .ok()
-        .map(|d| d * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -500,6 +486,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers: HeaderMap::new(),
             body: Bytes::from(body.to_owned()),
+            sent: Redactor::new(),
         }
     }
 
@@ -580,6 +567,19 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_cut_before_the_excerpt_is() {
+        // The secret straddles the excerpt's cut: no piece of it may remain.
+        let secret = "SeCrEt-0123456789-abcdefghij";
+        let body = format!("{}{secret} trailing text", "x".repeat(MAX_MESSAGE - 10));
+        let message = match response(400, &body).error_for_status(&[secret]) {
+            Err(FetchError::Refused { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(!message.contains("SeCrEt"), "{message}");
+        assert!(message.chars().count() <= MAX_MESSAGE + 1, "{message}");
+    }
+
+    #[test]
     fn retry_after_seconds_and_date() {
         let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(
@@ -604,10 +604,18 @@ mod tests {
             parse_retry_after(&HeaderValue::from_static("soon"), now),
             None
         );
-        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        // The obsolete forms a server may still send.
+        for old_form in ["Sunday, 06-Nov-94 08:50:07 GMT", "Sun Nov  6 08:50:07 1994"] {
+            assert_eq!(
+                parse_retry_after(&HeaderValue::from_str(old_form).unwrap(), now),
+                Some(Duration::from_secs(30)),
+                "{old_form}"
+            );
+        }
+        // Too large for a number of seconds: not a delay at all.
         assert_eq!(
-            parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
-            Some(951_825_600)
+            parse_retry_after(&HeaderValue::from_static("99999999999999999999999"), now),
+            None
         );
     }
 
@@ -620,15 +628,37 @@ mod tests {
     }
 
     #[test]
-    fn seconds_as_number_or_string() {
+    fn lifetimes_are_positive_numbers_clamped_to_a_year() {
         use serde_json::json;
-        assert_eq!(seconds_field(Some(&json!(3600))), Some(3600));
-        assert_eq!(seconds_field(Some(&json!("3600"))), Some(3600));
-        assert_eq!(seconds_field(Some(&json!(" 86400 "))), Some(86400));
-        assert_eq!(seconds_field(Some(&json!(3600.5))), Some(3600));
-        assert_eq!(seconds_field(Some(&json!(-5))), None);
-        assert_eq!(seconds_field(Some(&json!("soon"))), None);
-        assert_eq!(seconds_field(Some(&json!(null))), None);
-        assert_eq!(seconds_field(None), None);
+        let secs =
+            |v: Value| lifetime_field(Some(&v), "expires_in").map(|d| d.map(|d| d.as_secs_f64()));
+        assert_eq!(secs(json!(3600)).unwrap(), Some(3600.0));
+        assert_eq!(secs(json!("3600")).unwrap(), Some(3600.0));
+        assert_eq!(secs(json!(" 86400 ")).unwrap(), Some(86400.0));
+        assert_eq!(secs(json!(3600.5)).unwrap(), Some(3600.5));
+        assert_eq!(secs(json!(null)).unwrap(), None);
+        assert_eq!(lifetime_field(None, "expires_in").unwrap(), None);
+        let year = MAX_LIFETIME.as_secs_f64();
+        for huge in [json!(u64::MAX), json!(1e300), json!("1e300"), json!(9.3e18)] {
+            assert_eq!(secs(huge.clone()).unwrap(), Some(year), "{huge}");
+        }
+        for bad in [
+            json!(0),
+            json!(-5),
+            json!("soon"),
+            json!("inf"),
+            json!("NaN"),
+            json!(true),
+            json!([1]),
+        ] {
+            let err = secs(bad.clone()).unwrap_err().to_string();
+            assert!(err.contains("expires_in"), "{bad}: {err}");
+        }
+        assert_eq!(lifetime_until(990.0, 1000.0), None);
+        assert_eq!(
+            lifetime_until(1600.0, 1000.0),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(lifetime_until(1e300, 1000.0), Some(MAX_LIFETIME));
     }
 }

@@ -4,9 +4,12 @@
 //! [`RETRY_BODY_LIMIT`] ([`super::body::take`]): then it is kept, so that when the upstream
 //! answers with a status in the credential's `renew_on_status`, the proxy
 //! reports the token as rejected (one renewal per token, shared by all
-//! requests that saw it), waits for the new token and sends the request once
-//! more. A streamed request's rejection is passed on; the next request gets
-//! the new token.
+//! requests that saw it), waits for that renewal to end and, when it brought
+//! a new token, sends the request once more; when it did not (a static
+//! token, a failed renewal) or the rejection is ignored (fresh tokens are
+//! rejected too), the upstream's answer goes back at once. A rejected retry
+//! is reported too. A streamed request's rejection is reported and passed
+//! on; the next request gets the new token.
 //!
 //! Bodies are wrapped here ([`super::body`]): the app's body may pause at
 //! most the route's `body_timeout` (else 408, when the upstream has not
@@ -28,7 +31,7 @@ use super::body::{BodyError, FromUpstream, Idle, Outgoing, StallFlag, take};
 use super::client::on_stale_connection;
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
 use super::{ResponseBody, Route};
-use crate::credential::Published;
+use crate::credential::{Published, Rejection};
 use crate::error::{ProxyError, error_chain};
 use crate::metrics::Metrics;
 
@@ -87,14 +90,14 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let published = match route.credential.current() {
         Ok(published) => published,
-        // Right after start the first token may be on its way: wait for that
-        // request (bounded) instead of failing the app's first requests. Once
-        // any token was published, or the first request failed, this returns
+        // The first token, or the renewal of one that just expired, may be
+        // on its way: wait for it (bounded) instead of failing the request.
+        // During an outage, or after the first request failed, this returns
         // at once.
         Err(_) => {
             route
                 .credential
-                .wait_for_first_attempt(FIRST_TOKEN_WAIT.min(route.request_timeout))
+                .wait_for_token(FIRST_TOKEN_WAIT.min(route.request_timeout))
                 .await?
         }
     };
@@ -123,7 +126,8 @@ pub async fn forward(
             )
             .await?;
             if route.credential.renews_on(response.status()) {
-                route.credential.report_rejected(published.generation);
+                // Never retried: the next request gets whatever comes of it.
+                let _ = route.credential.report_rejected(published.generation);
             }
             return Ok(finish(response));
         }
@@ -145,10 +149,13 @@ pub async fn forward(
     if !route.credential.renews_on(first.status()) {
         return Ok(finish(first));
     }
-    route.credential.report_rejected(published.generation);
+    if route.credential.report_rejected(published.generation) == Rejection::Ignored {
+        debug!(route = %route.name, status = first.status().as_u16(), "token rejected; fresh tokens are rejected too, not renewing");
+        return Ok(finish(first));
+    }
     let renewed = match route
         .credential
-        .wait_for_newer(
+        .wait_for_renewal(
             published.generation,
             RENEWAL_WAIT.min(route.request_timeout),
         )
@@ -163,7 +170,12 @@ pub async fn forward(
     debug!(route = %route.name, status = first.status().as_u16(), "token rejected; retrying once with the renewed token");
     drop(first);
     let retry = rebuild(kept, route, &renewed);
-    Ok(finish(send(route, retry, None, metrics).await?))
+    let response = send(route, retry, None, metrics).await?;
+    if route.credential.renews_on(response.status()) {
+        // Rejected with a fresh token: not about the token (see `rejection`).
+        let _ = route.credential.report_rejected(renewed.generation);
+    }
+    Ok(finish(response))
 }
 
 /// The kept request with the renewed credential headers.

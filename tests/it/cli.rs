@@ -1,16 +1,13 @@
 //! The `sidekey` binary: exit codes, `check` messages, `run` with signals,
 //! and the demo.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::process::{BIN, log_lines, signal, wait_for};
 use crate::support::proxy::TestClient;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sidekey");
 
 fn sidekey(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
@@ -99,44 +96,6 @@ fn check_names_file_line_and_key() {
     let missing = sidekey(&["check", "--config", "/nonexistent/sidekey.toml"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/sidekey.toml"));
-}
-
-/// Reads the child's JSON log lines on a thread and hands them over.
-fn log_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str(&line)
-                && tx.send(value).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for(lines: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
-    loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no log line `{message}`"));
-        if line["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(message))
-        {
-            return line;
-        }
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test]

@@ -98,8 +98,15 @@ async fn chatbot_route_uses_the_apis_map_and_sends_token_and_key() {
     assert_eq!(auth_request.header("x-inbenta-key"), Some("test-api-key"));
 }
 
-#[tokio::test]
-async fn gateway_403_on_a_dead_token_renews_through_auth_and_retries_once() {
+/// An Inbenta product API behind a gateway that answers 403 for tokens in
+/// the returned set, an auth server advertising it, and the proxy, with a
+/// first request served.
+async fn gateway_with_dead_tokens() -> (
+    Arc<Mutex<HashSet<String>>>,
+    Upstream,
+    InbentaServer,
+    TestProxy,
+) {
     let pki = Arc::new(TestPki::new());
     let dead: Arc<Mutex<HashSet<String>>> = Arc::default();
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).respond({
@@ -123,6 +130,12 @@ async fn gateway_403_on_a_dead_token_renews_through_auth_and_retries_once() {
     let proxy = start_proxy(&config(&pki, &auth), env()).await;
     wait_ready(&proxy).await;
     assert_eq!(proxy.get("/first").await.status, 200);
+    (dead, upstream, auth, proxy)
+}
+
+#[tokio::test]
+async fn gateway_403_on_a_dead_token_renews_through_auth_and_retries_once() {
+    let (dead, upstream, auth, proxy) = gateway_with_dead_tokens().await;
 
     // Inbenta revokes the token behind our back.
     let first = auth.last_token().unwrap();
@@ -154,28 +167,40 @@ async fn gateway_403_on_a_dead_token_renews_through_auth_and_retries_once() {
     );
     assert_eq!(auth.refresh_calls(), 0);
 
-    // Again with a small chunked body: it is kept too, and retried whole.
+    // The fresh token is refused as well: that is not about the token. The
+    // 403 goes back at once, without another renewal.
     dead.lock().unwrap().insert(second.clone());
+    let response = proxy.get("/third").await;
+    assert_eq!(response.status, 403);
+    assert_eq!(auth.auth_calls(), 2);
+    assert_eq!(upstream.request_count(), 4);
+}
+
+#[tokio::test]
+async fn gateway_403_with_a_small_chunked_body_retries_it_whole() {
+    let (dead, upstream, auth, proxy) = gateway_with_dead_tokens().await;
+    let first = auth.last_token().unwrap();
+    dead.lock().unwrap().insert(first);
     auth.revoke_tokens();
     let response = proxy
         .client
         .send(request(
             Method::POST,
-            &format!("{}/third", proxy.route_url(0)),
+            &format!("{}/chunked", proxy.route_url(0)),
             body_generated(20_000, false),
         ))
         .await;
     assert_eq!(response.status, 200, "{}", response.text());
     let seen = upstream.requests();
-    assert_eq!(seen.len(), 5);
-    let third = auth.last_token().unwrap();
+    assert_eq!(seen.len(), 3);
+    let renewed = auth.last_token().unwrap();
     assert_eq!(
-        seen[4].header("authorization"),
-        Some(format!("Bearer {third}").as_str())
+        seen[2].header("authorization"),
+        Some(format!("Bearer {renewed}").as_str())
     );
-    assert_eq!(seen[4].body_len, 20_000);
-    assert_eq!(seen[4].body_digest, generated_digest(20_000));
-    assert_eq!(auth.auth_calls(), 3);
+    assert_eq!(seen[2].body_len, 20_000);
+    assert_eq!(seen[2].body_digest, generated_digest(20_000));
+    assert_eq!(auth.auth_calls(), 2);
 }
 
 #[tokio::test]

@@ -14,5 +14,6 @@ mod providers;
 mod proxy;
 mod renewal;
 mod support_selftest;
+mod token_faults;
 mod token_lifecycle;
 mod upstream_faults;

@@ -591,6 +591,71 @@ async fn oauth_expires_in_string_and_token_type_in_any_case() {
 }
 
 #[tokio::test]
+async fn a_lifetime_that_is_not_a_positive_number_is_an_error_naming_the_field() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let provider = oauth(&server, ClientAuth::Basic, BodyFormat::Form);
+    for bad in [
+        json!(0),
+        json!(-5),
+        json!(-0.5),
+        json!("0"),
+        json!("-1"),
+        json!("soon"),
+        json!(""),
+        json!(true),
+        json!({"seconds": 60}),
+    ] {
+        server.set_next_error(TokenReply::json(
+            200,
+            json!({"access_token": "x", "token_type": "Bearer", "expires_in": bad}),
+        ));
+        let (message, retry_after) = transient(
+            provider
+                .fetch(None)
+                .await
+                .expect_err(&format!("expires_in {bad} accepted")),
+        );
+        assert!(message.contains("expires_in"), "{bad}: {message}");
+        assert_eq!(retry_after, None);
+    }
+    // Numbers as strings, fractions and null are fine; null means "absent".
+    for (good, secs) in [
+        (json!("3600"), 3600),
+        (json!(" 60 "), 60),
+        (json!(3599.9), 3599),
+        (json!(null), 3600),
+    ] {
+        server.set_next_error(TokenReply::json(
+            200,
+            json!({"access_token": "x", "expires_in": good}),
+        ));
+        let token = provider.fetch(None).await.unwrap();
+        assert_eq!(lifetime_secs(&token), secs, "{good}");
+    }
+
+    // Inbenta: the same for expires_in, and for expiration.
+    let auth = InbentaServer::start(InbentaBehaviour::default()).await;
+    let provider = inbenta(&auth);
+    for (field, bad) in [
+        ("expires_in", json!(0)),
+        ("expires_in", json!("soon")),
+        ("expiration", json!("tomorrow")),
+    ] {
+        auth.push_reply(
+            Some(InbentaEndpoint::Auth),
+            TokenReply::json(200, json!({"accessToken": "x", field: bad})),
+        );
+        let (message, _) = transient(
+            provider
+                .fetch(None)
+                .await
+                .expect_err(&format!("{field} {bad} accepted")),
+        );
+        assert!(message.contains(field), "{field} {bad}: {message}");
+    }
+}
+
+#[tokio::test]
 async fn oauth_lifetime_from_jwt_exp_then_default_ttl() {
     let server = OAuthServer::start(OAuthBehaviour {
         expires_in: None,

@@ -1,5 +1,8 @@
 //! The renewal engine: first token, renewal before expiry, backoff,
-//! Retry-After, outages, renewal on rejection, static file rotation.
+//! Retry-After, outages, renewal on rejection (and the cool-down when fresh
+//! tokens are rejected too), static file rotation, and faults: absurd
+//! lifetimes, a panicking task, server-chosen delays, short tokens under
+//! random failures.
 //!
 //! Timing tests run on tokio's paused clock with a scripted in-process
 //! [`Provider`], so "an hour later" takes no real time and every delay the
@@ -11,7 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +30,7 @@ use sidekey::config::{Config, Secret, SecretRef, StaticConfig};
 use sidekey::credential::static_token::StaticProvider;
 use sidekey::credential::{
     CredentialHandle, CredentialStatus, Credentials, EngineSettings, FetchError, Provider,
-    Published, Token, obtain_once,
+    Published, Rejection, Token, obtain_once,
 };
 use sidekey::metrics::Metrics;
 
@@ -112,7 +115,12 @@ impl Provider for Scripted {
                 offered: current.map(|t| t.value.expose().to_owned()),
             });
             drop(calls);
-            (self.0.respond.lock().unwrap())(index)
+            // A script may panic on purpose (a provider bug); the next call still runs.
+            (self
+                .0
+                .respond
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner))(index)
         };
         if !self.0.latency.is_zero() {
             sleep(self.0.latency).await;
@@ -230,16 +238,18 @@ async fn first_token_is_fetched_at_once_and_only_then_served() {
     assert!(published.headers[0].1.is_sensitive());
     assert_eq!(published.headers[1].0, "x-tenant");
     assert_eq!(published.headers[1].1, "acme");
+    // The lifetime counts from when the request was sent, and the token is
+    // handed out until 5 s (the safety margin) before it ends.
     assert_eq!(
         published.expires_at,
-        Some(t0 + Duration::from_secs(2 + 3600)),
-        "expiry counts from receipt"
+        Some(t0 + Duration::from_secs(3600 - 5)),
+        "expiry counts from the request"
     );
     assert_eq!(handle.current().unwrap().generation, 1);
     assert_eq!(
         handle.status(),
         CredentialStatus::Ready {
-            expires_in: Some(Duration::from_secs(3600))
+            expires_in: Some(Duration::from_secs(3600 - 5 - 2))
         }
     );
     assert_eq!(provider.count(), 1);
@@ -266,9 +276,10 @@ async fn renews_before_expiry_without_a_gap_across_rotations() {
     }
     assert!(last_generation >= 8, "rotations: {last_generation}");
 
-    // Default refresh_before for 100 s is 25 s; the jitter takes up to 5 s more.
+    // Default refresh_before for 100 s is 30 s (tokens under 2 minutes renew
+    // at half their life, at most 30 s before); the jitter takes up to 5 s more.
     for gap in provider.gaps() {
-        assert_between(gap, 70.0, 75.0, "renewal after");
+        assert_between(gap, 65.0, 70.0, "renewal after");
     }
     // Each renewal is offered the still-valid token it replaces.
     let calls = provider.calls();
@@ -308,26 +319,32 @@ async fn configured_refresh_before_sets_the_renewal_time() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failures_back_off_exponentially_to_30s_then_reset() {
-    // 7 failures, a token, then one failed renewal.
+async fn failed_renewals_back_off_exponentially_to_30s_then_reset() {
+    // A token, 7 failed renewals, a token, then one failed renewal.
     let provider = Scripted::new(|n| match n {
-        0..7 => transient("token endpoint answered 500"),
-        7 => ok("t", 100),
-        8 => transient("token endpoint answered 502"),
-        _ => ok("t2", 100),
+        0 => ok("t0", 3600),
+        1..8 => transient("token endpoint answered 500"),
+        8 => ok("t1", 3600),
+        9 => transient("token endpoint answered 502"),
+        _ => ok("t2", 3600),
     });
     let (_credentials, handle, metrics) = start(provider.clone(), EngineSettings::default());
-    let published = first_token(&handle).await;
-    assert_eq!(published.generation, 1);
+    let first = first_token(&handle).await;
+    let second = handle
+        .wait_for_newer(first.generation, Duration::from_secs(4000))
+        .await
+        .unwrap();
     handle
-        .wait_for_newer(1, Duration::from_secs(1000))
+        .wait_for_newer(second.generation, Duration::from_secs(4000))
         .await
         .unwrap();
 
     let gaps = provider.gaps();
-    assert_eq!(gaps.len(), 9, "{gaps:?}");
+    assert_eq!(gaps.len(), 10, "{gaps:?}");
+    // 3600 - 300 - [0, 30]
+    assert_between(gaps[0], 3270.0, 3300.0, "renewal");
     let bounds = [
-        (0.8, 1.2),
+        (1.0, 1.2),
         (1.6, 2.4),
         (3.2, 4.8),
         (6.4, 9.6),
@@ -335,12 +352,12 @@ async fn failures_back_off_exponentially_to_30s_then_reset() {
         (24.0, 30.0),
         (24.0, 30.0),
     ];
-    for (i, (gap, (low, high))) in gaps.iter().zip(bounds).enumerate() {
+    for (i, (gap, (low, high))) in gaps[1..8].iter().zip(bounds).enumerate() {
         assert_between(*gap, low, high, &format!("retry {}", i + 1));
     }
     // Scheduled renewal, then the backoff starts over at ~1 s.
-    assert_between(gaps[7], 70.0, 75.0, "renewal");
-    assert_between(gaps[8], 0.8, 1.2, "first retry after a success");
+    assert_between(gaps[8], 3270.0, 3300.0, "renewal");
+    assert_between(gaps[9], 1.0, 1.2, "first retry after a success");
 
     let text = metrics.encode();
     assert!(
@@ -348,9 +365,35 @@ async fn failures_back_off_exponentially_to_30s_then_reset() {
         "{text}"
     );
     assert!(
-        text.contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"success\"} 2"),
+        text.contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"success\"} 3"),
         "{text}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_back_off_exponentially_even_without_a_token() {
+    let provider = Scripted::new(|n| match n {
+        0..6 => Err(FetchError::Refused {
+            status: StatusCode::UNAUTHORIZED,
+            message: "invalid_client".into(),
+        }),
+        _ => ok("t", 3600),
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    first_token(&handle).await;
+    let gaps = provider.gaps();
+    let bounds = [
+        (1.0, 1.2),
+        (1.6, 2.4),
+        (3.2, 4.8),
+        (6.4, 9.6),
+        (12.8, 19.2),
+        (24.0, 30.0),
+    ];
+    assert_eq!(gaps.len(), bounds.len());
+    for (i, (gap, (low, high))) in gaps.iter().zip(bounds).enumerate() {
+        assert_between(*gap, low, high, &format!("retry {}", i + 1));
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -375,7 +418,7 @@ async fn retry_after_is_honoured_and_capped() {
     let gaps = provider.gaps();
     assert_eq!(gaps[0], 42.0);
     assert_eq!(gaps[1], 300.0, "Retry-After capped at 5 minutes");
-    assert_between(gaps[2], 3.2, 4.8, "backoff after the third failure");
+    assert_between(gaps[2], 3.2, 4.8, "backoff of refused credentials");
 }
 
 #[tokio::test(start_paused = true)]
@@ -396,7 +439,8 @@ async fn old_token_serves_through_an_outage_until_it_expires_then_recovers() {
     failing.store(true, Ordering::SeqCst);
     let expires_at = first.expires_at.unwrap();
 
-    // Renewals start at 14–15 s and fail; the token serves until 20 s.
+    // Renewals start at 9–10 s and fail; the 20 s token is handed out until
+    // 18 s (a 2 s safety margin).
     sleep_until(expires_at - Duration::from_millis(1)).await;
     assert_eq!(handle.current().unwrap().generation, 1);
     assert!(provider.count() >= 3, "renewals were attempted");
@@ -474,7 +518,7 @@ async fn first_attempt_wait_ends_with_the_first_request_success_or_failure() {
     let (_credentials, handle, _metrics) = start(slow, EngineSettings::default());
     let started = Instant::now();
     let published = handle
-        .wait_for_first_attempt(Duration::from_secs(3600))
+        .wait_for_token(Duration::from_secs(3600))
         .await
         .expect("the first token");
     assert_eq!(authorization(&published), "Bearer t0");
@@ -486,7 +530,7 @@ async fn first_attempt_wait_ends_with_the_first_request_success_or_failure() {
     let (_credentials, handle, _metrics) = start(failing.clone(), EngineSettings::default());
     let started = Instant::now();
     let unavailable = handle
-        .wait_for_first_attempt(Duration::from_secs(3600))
+        .wait_for_token(Duration::from_secs(3600))
         .await
         .unwrap_err();
     assert_eq!(started.elapsed(), Duration::from_secs(1));
@@ -499,7 +543,7 @@ async fn first_attempt_wait_ends_with_the_first_request_success_or_failure() {
     let again = Instant::now();
     assert!(
         handle
-            .wait_for_first_attempt(Duration::from_secs(3600))
+            .wait_for_token(Duration::from_secs(3600))
             .await
             .is_err()
     );
@@ -510,7 +554,7 @@ async fn first_attempt_wait_ends_with_the_first_request_success_or_failure() {
 async fn many_rejections_of_one_token_cause_one_renewal() {
     let provider =
         Scripted::with_latency(Duration::from_millis(200), |n| ok(format!("t{n}"), 3600));
-    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let (_credentials, handle, metrics) = start(provider.clone(), EngineSettings::default());
     let first = first_token(&handle).await;
 
     let mut tasks = Vec::new();
@@ -540,17 +584,87 @@ async fn many_rejections_of_one_token_cause_one_renewal() {
     assert_eq!(provider.count(), 2);
     assert_eq!(handle.current().unwrap().generation, 2);
 
-    // The new token can be rejected in turn, once.
-    handle.report_rejected(2);
-    handle.report_rejected(2);
+    // Token 2 came from that renewal: its rejection too shows the rejections
+    // are not about the token. They are ignored for a minute…
+    assert_eq!(handle.report_rejected(2), Rejection::Ignored);
+    assert_eq!(handle.report_rejected(2), Rejection::Ignored);
+    sleep(Duration::from_secs(59)).await;
+    assert_eq!(handle.report_rejected(2), Rejection::Ignored);
+    assert_eq!(provider.count(), 2);
+    // … then one rejection renews again (a probe), shared by the others.
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.report_rejected(2), Rejection::Renewing);
+    assert_eq!(handle.report_rejected(2), Rejection::Renewing);
     let third = handle
-        .wait_for_newer(2, Duration::from_secs(10))
+        .wait_for_renewal(2, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(third.generation, 3);
     sleep(Duration::from_secs(60)).await;
     assert_eq!(provider.count(), 3);
     assert_eq!(provider.max_in_flight(), 1);
+    let text = metrics.encode();
+    assert!(
+        text.contains("sidekey_token_rejections_total{credential=\"api\",action=\"ignored\"} 3"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_renewal_that_brings_no_new_token_releases_the_waiters_at_once() {
+    // A static token: re-reading it on rejection yields the same value.
+    let provider = Scripted::new(|_| Ok(token("fixed", None)));
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+    let started = Instant::now();
+    assert_eq!(
+        handle.report_rejected(first.generation),
+        Rejection::Renewing
+    );
+    let after = handle
+        .wait_for_renewal(first.generation, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.generation, first.generation,
+        "nothing new to retry with"
+    );
+    assert_eq!(
+        Instant::now(),
+        started,
+        "released by the attempt, not the timeout"
+    );
+    assert_eq!(provider.count(), 2, "one re-read");
+    // Further rejections of that token wait for nothing and read nothing.
+    assert_eq!(
+        handle.report_rejected(first.generation),
+        Rejection::Renewing
+    );
+    handle
+        .wait_for_renewal(first.generation, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(Instant::now(), started);
+    assert_eq!(provider.count(), 2);
+
+    // A failed rejection renewal releases them too.
+    let provider = Scripted::new(|n| match n {
+        0 => ok("t0", 3600),
+        _ => transient("connection refused"),
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+    let started = Instant::now();
+    assert_eq!(
+        handle.report_rejected(first.generation),
+        Rejection::Renewing
+    );
+    let after = handle
+        .wait_for_renewal(first.generation, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(after.generation, first.generation);
+    assert_eq!(Instant::now(), started);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1079,8 +1193,8 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
     assert_eq!(seen, ["Bearer tok-1", "Bearer tok-2"]);
     assert_eq!(server.issued(), 2);
 
-    // The new token is revoked too: 20 concurrent requests see 401, share
-    // one renewal, and are all retried with the third token.
+    // The token that renewal brought is rejected too: that is not about the
+    // token. 20 concurrent requests get the 401 at once and cost no renewal.
     revoked.lock().unwrap().insert("Bearer tok-2".into());
     let mut requests = Vec::new();
     for i in 0..20 {
@@ -1090,11 +1204,14 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
     }
     for request in requests {
         let response = request.await.unwrap();
-        assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(server.issued(), 3, "one renewal for all rejections");
-    let last = upstream.last_request().unwrap();
-    assert_eq!(last.header("authorization"), Some("Bearer tok-3"));
+    assert_eq!(
+        server.issued(),
+        2,
+        "no renewal for rejections of a fresh token"
+    );
+    assert_eq!(upstream.request_count(), 22, "nothing was retried");
 }
 
 #[tokio::test]
@@ -1146,4 +1263,270 @@ async fn continuous_traffic_across_rotations_never_fails() {
     assert_eq!(upstream.request_count(), sent, "no request was retried");
     assert!(tokens.len() >= 6, "only {} tokens used", tokens.len());
     assert_eq!(server.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Faults: absurd lifetimes, a crashing task, server-chosen delays, short tokens
+// ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_lifetime_beyond_the_clock_is_clamped_to_a_year() {
+    let provider = Scripted::new(|_| Ok(token("forever", Some(Duration::MAX))));
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let published = handle
+        .wait_for_newer(0, Duration::from_secs(10))
+        .await
+        .expect("a token, not a dead task");
+    assert_eq!(authorization(&published), "Bearer forever");
+    match handle.status() {
+        CredentialStatus::Ready {
+            expires_in: Some(left),
+        } => assert!(left <= Duration::from_secs(365 * 86_400), "{left:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The renewal comes (a year minus the margin later), not a panic now.
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(provider.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_renewal_task_is_restarted_and_reported() {
+    // The first request panics: the reason says so while the restart is pending.
+    let provider = Scripted::new(|n| match n {
+        0 => panic!("provider bug"),
+        _ => ok(format!("t{n}"), 100),
+    });
+    let (_credentials, handle, metrics) = start(provider.clone(), EngineSettings::default());
+    sleep(Duration::from_millis(10)).await;
+    let reason = handle.current().unwrap_err().reason;
+    assert!(reason.contains("renewal task crashed"), "{reason}");
+    let published = handle
+        .wait_for_newer(0, Duration::from_secs(60))
+        .await
+        .expect("restarted engine obtains a token");
+    assert_eq!(authorization(&published), "Bearer t1");
+    assert!(
+        metrics
+            .encode()
+            .contains("sidekey_renewal_task_restarts_total{credential=\"api\"} 1"),
+        "{}",
+        metrics.encode()
+    );
+
+    // A panic during a renewal keeps the published token serving, and the
+    // restarted task renews it.
+    let provider = Scripted::new(|n| match n {
+        1 => panic!("provider bug during renewal"),
+        _ => ok(format!("t{n}"), 100),
+    });
+    let (_credentials, handle, metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+    while provider.count() < 2 {
+        sleep(Duration::from_millis(100)).await;
+    }
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(handle.current().unwrap().generation, first.generation);
+    let renewed = handle
+        .wait_for_newer(first.generation, Duration::from_secs(60))
+        .await
+        .expect("renewed after the restart");
+    assert_eq!(authorization(&renewed), "Bearer t2");
+    assert!(Instant::now() < first.expires_at.unwrap());
+    assert!(
+        metrics
+            .encode()
+            .contains("sidekey_renewal_task_restarts_total{credential=\"api\"} 1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_zero_or_in_the_past_is_floored_at_one_second() {
+    // 20 answers that say "retry now", then a token.
+    let provider = Scripted::new(|n| match n {
+        0..20 => Err(FetchError::Transient {
+            message: "token endpoint answered 429 Too Many Requests".into(),
+            retry_after: Some(Duration::ZERO),
+        }),
+        _ => ok("t", 3600),
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    handle
+        .wait_for_newer(0, Duration::from_secs(600))
+        .await
+        .expect("a token in the end");
+    let gaps = provider.gaps();
+    assert_eq!(gaps.len(), 20);
+    for gap in gaps {
+        assert!(gap >= 1.0, "retried after {gap} s");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_the_tokens_life_does_not_delay_past_expiry() {
+    let provider = Scripted::new(|n| match n {
+        0 => ok("t0", 100),
+        1 => Err(FetchError::Transient {
+            message: "token endpoint answered 503 Service Unavailable".into(),
+            retry_after: Some(Duration::from_secs(3600)),
+        }),
+        _ => ok(format!("t{n}"), 100),
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+    let renewed = handle
+        .wait_for_newer(first.generation, Duration::from_secs(600))
+        .await
+        .expect("renewed");
+    let calls = provider.calls();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls[2].at < first.expires_at.unwrap(),
+        "the retry came {:?} after the token stopped serving",
+        calls[2].at - first.expires_at.unwrap()
+    );
+    assert_eq!(authorization(&renewed), "Bearer t2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_counts_from_when_the_request_was_sent() {
+    // The token endpoint takes 2 s to answer a 10 s token.
+    let provider = Scripted::with_latency(Duration::from_secs(2), |n| ok(format!("t{n}"), 10));
+    let sent = Instant::now();
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let published = first_token(&handle).await;
+    let expires_at = published.expires_at.expect("expiry");
+    assert!(
+        expires_at <= sent + Duration::from_secs(10),
+        "served until {:?} after the request was sent",
+        expires_at - sent
+    );
+}
+
+/// xorshift64*: a fixed pseudo-random sequence without a dependency.
+fn pseudo_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_tokens_survive_random_renewal_failures() {
+    // 3 s tokens; a fixed pseudo-random 25 % of token requests fail (each
+    // takes 50 ms); a request every 10 ms for 3 virtual minutes.
+    const LIFETIME: Duration = Duration::from_secs(3);
+    let issued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let provider = Scripted::with_latency(Duration::from_millis(50), {
+        let issued = issued.clone();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        move |n| {
+            if pseudo_random(&mut seed) % 100 < 25 {
+                return transient("token endpoint answered 500 Internal Server Error");
+            }
+            let value = format!("t{n}");
+            // The issuer's clock starts when the request is sent, at the latest.
+            issued.lock().unwrap().insert(value.clone(), Instant::now());
+            ok(value, LIFETIME.as_secs())
+        }
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    first_token(&handle).await;
+
+    let problems: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut requests: std::collections::VecDeque<tokio::task::JoinHandle<()>> =
+        std::collections::VecDeque::new();
+    let end = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < end {
+        // Join finished requests as we go: 18000 task cells add up.
+        while requests.len() > 1000 {
+            requests.pop_front().unwrap().await.unwrap();
+        }
+        let handle = handle.clone();
+        let issued = issued.clone();
+        let problems = problems.clone();
+        requests.push_back(tokio::spawn(async move {
+            let started = Instant::now();
+            let published = match handle.current() {
+                Ok(published) => Ok(published),
+                Err(_) => handle.wait_for_token(Duration::from_secs(5)).await,
+            };
+            let now = Instant::now();
+            match published {
+                Err(unavailable) => problems.lock().unwrap().push(format!(
+                    "{:?}: unavailable after waiting {:?}: {}",
+                    started.elapsed(),
+                    now - started,
+                    unavailable.reason
+                )),
+                Ok(published) => {
+                    let value = authorization(&published)
+                        .trim_start_matches("Bearer ")
+                        .to_owned();
+                    let issued_at = issued.lock().unwrap()[&value];
+                    // The request still has to reach the upstream: 100 ms in flight.
+                    if issued_at + LIFETIME < now + Duration::from_millis(100) {
+                        problems.lock().unwrap().push(format!(
+                            "{value} handed out {:?} before its expiry",
+                            issued_at + LIFETIME - now
+                        ));
+                    }
+                }
+            }
+        }));
+        sleep(Duration::from_millis(10)).await;
+    }
+    for request in requests {
+        request.await.unwrap();
+    }
+    let problems = problems.lock().unwrap();
+    assert!(
+        problems.is_empty(),
+        "{} of 18000 requests failed, e.g. {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    let failures = provider.count() - issued.lock().unwrap().len();
+    assert!(failures > 20, "the script failed only {failures} requests");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_valid_token_attempts_are_a_second_apart_and_recovery_is_prompt() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let provider = Scripted::new({
+        let failing = failing.clone();
+        move |n| {
+            if failing.load(Ordering::SeqCst) {
+                transient("connection refused")
+            } else {
+                ok(format!("t{n}"), 20)
+            }
+        }
+    });
+    let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
+    let first = first_token(&handle).await;
+    failing.store(true, Ordering::SeqCst);
+    let expired = first.expires_at.unwrap();
+    // A 60 s outage after the token expired.
+    sleep_until(expired + Duration::from_secs(60)).await;
+    let after_expiry: Vec<Instant> = provider
+        .calls()
+        .iter()
+        .map(|call| call.at)
+        .filter(|at| *at >= expired)
+        .collect();
+    for pair in after_expiry.windows(2) {
+        let gap = (pair[1] - pair[0]).as_secs_f64();
+        assert_between(gap, 1.0, 1.25, "attempt spacing without a valid token");
+    }
+    assert!(after_expiry.len() >= 45, "{} attempts", after_expiry.len());
+
+    // The endpoint recovers: a token within about a second.
+    failing.store(false, Ordering::SeqCst);
+    let recovered_at = Instant::now();
+    handle
+        .wait_for_newer(first.generation, Duration::from_secs(60))
+        .await
+        .expect("recovers");
+    let took = (Instant::now() - recovered_at).as_secs_f64();
+    assert!(took <= 1.25, "recovery took {took} s");
 }

@@ -142,9 +142,17 @@ async fn outage_serves_the_old_token_until_expiry_then_503_then_recovers() {
     let failures = token.calls();
     assert!(failures >= 2, "renewal was retried during the outage");
 
-    // The endpoint recovers: the next backoff attempt gets a token.
+    // The outage goes on for a while; then the endpoint recovers and the
+    // next attempt, about a second later at most, gets a token.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     token.set_reply(None);
+    let recovered = tokio::time::Instant::now();
     wait_for_status(&proxy, 200, Duration::from_secs(20)).await;
+    assert!(
+        recovered.elapsed() < Duration::from_millis(1600),
+        "200 again only {:?} after the endpoint recovered",
+        recovered.elapsed()
+    );
     let issued = token.last_token().unwrap();
     assert_eq!(
         upstream.last_request().unwrap().header("authorization"),

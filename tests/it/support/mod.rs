@@ -2,6 +2,8 @@
 //! an rcgen CA, and the proxy started in-process.
 #![allow(dead_code)]
 
+pub mod logs;
+pub mod process;
 pub mod proxy;
 pub mod tls;
 pub mod token_servers;

@@ -16,12 +16,21 @@
 //! ([`InbentaServer::update`]). Scripted answers: [`TokenReply`] queued
 //! once ([`InbentaServer::push_reply`], [`InbentaServer::set_next_error`]) or
 //! kept until cleared ([`InbentaServer::set_reply`]); a scripted answer is
-//! given before any check. [`TokenReply::hang`] never answers (timeouts).
+//! given before any check. [`TokenReply::hang`] never answers (timeouts);
+//! [`TokenReply::echo`] answers with the request itself (method, path, every
+//! header, body), as gateways and HTML error pages do.
 //!
-//! HTTP/1.1 over plain TCP or TLS (`start_tls` with a [`TestPki`]); a task
-//! per connection; the servers stop when dropped.
+//! [`OAuthServer::set_fault_plan`] fails a fixed share of requests (flaky
+//! endpoints); [`OAuthServer::issued_at`] and [`OAuthServer::validator`] let
+//! an upstream reject expired tokens. Every [`Recorded`] request carries its
+//! arrival instant on the tokio clock, so paused-clock tests read backoff
+//! delays off the server.
+//!
+//! HTTP/1.1 over plain TCP or TLS (`start_tls` with a [`TestPki`]), or on a
+//! given listener ([`OAuthServer::start_on`]); a task per connection; the
+//! servers stop when dropped.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -59,6 +68,9 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
+    /// When the request arrived (tokio clock, so paused-clock tests can
+    /// measure the delays between attempts).
+    pub at: tokio::time::Instant,
 }
 
 impl Recorded {
@@ -115,6 +127,8 @@ pub struct TokenReply {
     pub delay: Option<Duration>,
     /// Never answer (the connection stays open).
     pub hang: bool,
+    /// Replace the body with the request echoed as text.
+    pub echo: bool,
 }
 
 impl TokenReply {
@@ -132,7 +146,16 @@ impl TokenReply {
             chunked: false,
             delay: None,
             hang: false,
+            echo: false,
         }
+    }
+
+    /// Answer `status` with the request echoed as text: the request line,
+    /// every header as received (`name: value`) and the body.
+    pub fn echo(status: u16) -> TokenReply {
+        let mut reply = TokenReply::text(status, "");
+        reply.echo = true;
+        reply
     }
 
     /// RFC 6749 §5.2: `{"error": error, "error_description": description}`.
@@ -277,8 +300,15 @@ impl Drop for Running {
     }
 }
 
-async fn listen(tls: Option<rustls::ServerConfig>, respond: Responder) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+async fn listen(
+    listener: Option<TcpListener>,
+    tls: Option<rustls::ServerConfig>,
+    respond: Responder,
+) -> Running {
+    let listener = match listener {
+        Some(listener) => listener,
+        None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    };
     let addr = listener.local_addr().expect("local addr");
     let core = Core::new();
     let is_tls = tls.is_some();
@@ -342,8 +372,12 @@ async fn handle(
             .unwrap_or_default(),
         headers: parts.headers,
         body,
+        at: tokio::time::Instant::now(),
     };
-    let reply = respond(&recorded);
+    let mut reply = respond(&recorded);
+    if reply.echo {
+        reply.body = echo_text(&recorded);
+    }
     {
         let mut requests = core.requests.lock().unwrap();
         requests.push(recorded);
@@ -375,6 +409,20 @@ async fn handle(
         );
     }
     Ok(response)
+}
+
+/// The request as an echoing error page shows it.
+fn echo_text(request: &Recorded) -> Bytes {
+    let mut text = format!("{} {}\n", request.method, request.path);
+    for (name, value) in &request.headers {
+        text.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    text.push('\n');
+    text.push_str(&request.body_text());
+    Bytes::from(text)
 }
 
 /// A body sent as separate frames, so hyper uses chunked encoding.
@@ -527,6 +575,7 @@ impl InbentaServer {
         }));
         let responder_state = Arc::clone(&state);
         let running = listen(
+            None,
             tls,
             Arc::new(move |req| inbenta_answer(&mut responder_state.lock().unwrap(), req)),
         )
@@ -748,6 +797,12 @@ struct OAuthState {
     behaviour: OAuthBehaviour,
     script: Script<()>,
     issued: Vec<String>,
+    /// When each token was issued (tokio clock).
+    issued_at: HashMap<String, tokio::time::Instant>,
+    /// Request `n` (counted from when the plan was set) is answered with
+    /// `plan[n % len]` when that is `Some`.
+    fault_plan: Vec<Option<TokenReply>>,
+    planned: usize,
 }
 
 /// A fake OAuth 2.0 token endpoint (client credentials). See the module docs.
@@ -769,7 +824,21 @@ impl OAuthServer {
         Self::start_with(behaviour, Some(pki.server_config(&[b"http/1.1"]))).await
     }
 
+    /// Start over plain HTTP on `listener` (to come up at an address that
+    /// refused connections until now).
+    pub async fn start_on(listener: TcpListener, behaviour: OAuthBehaviour) -> OAuthServer {
+        Self::start_full(Some(listener), behaviour, None).await
+    }
+
     async fn start_with(
+        behaviour: OAuthBehaviour,
+        tls: Option<rustls::ServerConfig>,
+    ) -> OAuthServer {
+        Self::start_full(None, behaviour, tls).await
+    }
+
+    async fn start_full(
+        listener: Option<TcpListener>,
         behaviour: OAuthBehaviour,
         tls: Option<rustls::ServerConfig>,
     ) -> OAuthServer {
@@ -777,9 +846,13 @@ impl OAuthServer {
             behaviour,
             script: Script::new(),
             issued: Vec::new(),
+            issued_at: HashMap::new(),
+            fault_plan: Vec::new(),
+            planned: 0,
         }));
         let responder_state = Arc::clone(&state);
         let running = listen(
+            listener,
             tls,
             Arc::new(move |req| oauth_answer(&mut responder_state.lock().unwrap(), req)),
         )
@@ -860,6 +933,40 @@ impl OAuthServer {
     pub fn set_reply(&self, reply: Option<TokenReply>) {
         self.state.lock().unwrap().script.set(None, reply);
     }
+
+    /// From now on answer request `n` with `plan[n % plan.len()]` when that
+    /// is `Some` (a fault), normally otherwise; an empty plan ends it.
+    pub fn set_fault_plan(&self, plan: Vec<Option<TokenReply>>) {
+        let mut state = self.state.lock().unwrap();
+        state.fault_plan = plan;
+        state.planned = 0;
+    }
+
+    /// When `token` was issued (tokio clock), if this server issued it.
+    pub fn issued_at(&self, token: &str) -> Option<tokio::time::Instant> {
+        self.state.lock().unwrap().issued_at.get(token).copied()
+    }
+
+    /// A predicate "this `authorization` value is `Bearer <token>` for a
+    /// token this server issued less than `lifetime` ago", for upstreams
+    /// that reject expired tokens.
+    pub fn validator(
+        &self,
+        lifetime: Duration,
+    ) -> impl Fn(Option<&str>) -> bool + Send + Sync + 'static {
+        let state = Arc::clone(&self.state);
+        move |authorization| {
+            let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+                return false;
+            };
+            state
+                .lock()
+                .unwrap()
+                .issued_at
+                .get(token)
+                .is_some_and(|at| at.elapsed() < lifetime)
+        }
+    }
 }
 
 fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
@@ -868,6 +975,13 @@ fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
     }
     if let Some(reply) = state.script.take(()) {
         return reply;
+    }
+    if !state.fault_plan.is_empty() {
+        let planned = state.fault_plan[state.planned % state.fault_plan.len()].clone();
+        state.planned += 1;
+        if let Some(reply) = planned {
+            return reply;
+        }
     }
     let content_type = req.header("content-type").unwrap_or("");
     let params: BTreeMap<String, String> = if content_type.starts_with("application/json") {
@@ -928,6 +1042,9 @@ fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
     if let Some(expires_in) = &b.expires_in {
         answer.insert("expires_in".into(), expires_in.clone());
     }
+    state
+        .issued_at
+        .insert(token.clone(), tokio::time::Instant::now());
     state.issued.push(token);
     TokenReply::json(200, Value::Object(answer)).header("cache-control", "no-store")
 }
