@@ -201,7 +201,8 @@ fn base_headers(api_key: &Secret) -> Result<HeaderMap, FetchError> {
 
 /// A token from an `/auth` or `/refreshToken` answer. `previous_apis` is kept
 /// when the answer has no `apis`; `now` is the system clock in Unix seconds.
-fn parse_token(
+/// Public for the fuzz targets (`fuzz/`).
+pub fn parse_token(
     json: &Value,
     api_key: &Secret,
     previous_apis: Option<&Arc<ApiMap>>,

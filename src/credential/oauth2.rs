@@ -154,8 +154,9 @@ fn basic_credentials(id: &Secret, secret: &Secret) -> String {
     format!("Basic {}", STANDARD.encode(pair))
 }
 
-/// A token from an RFC 6749 §5.1 answer; `now` is the system clock in Unix seconds.
-fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Token, FetchError> {
+/// A token from an RFC 6749 §5.1 answer; `now` is the system clock in Unix
+/// seconds. Public for the fuzz targets (`fuzz/`).
+pub fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Token, FetchError> {
     let access_token = json
         .get("access_token")
         .and_then(Value::as_str)

@@ -147,11 +147,7 @@ impl TokenClient {
         if url.authority().is_none() {
             return Err(transient(format!("token URL {target} has no host")));
         }
-        let sent = headers
-            .values()
-            .filter(|value| value.is_sensitive())
-            .filter_map(|value| value.to_str().ok())
-            .fold(Redactor::new(), Redactor::header_value);
+        let sent = sent_secrets(&headers);
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(url.clone())
@@ -206,7 +202,33 @@ impl TokenClient {
     }
 }
 
+/// The sensitive header values of a request, to cut out of its answer.
+fn sent_secrets(headers: &HeaderMap) -> Redactor {
+    headers
+        .values()
+        .filter(|value| value.is_sensitive())
+        .filter_map(|value| value.to_str().ok())
+        .fold(Redactor::new(), Redactor::header_value)
+}
+
 impl TokenResponse {
+    /// An answer to a request that carried `request_headers` (whose
+    /// sensitive values are cut out of any message made from the answer).
+    /// [`TokenClient::post`] builds these; public for the fuzz targets.
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        request_headers: &HeaderMap,
+    ) -> TokenResponse {
+        TokenResponse {
+            status,
+            headers,
+            body,
+            sent: sent_secrets(request_headers),
+        }
+    }
+
     /// `Ok(self)` for a 2xx answer; otherwise the classified error with one
     /// readable line from the body. The request's sensitive header values
     /// and every secret in `secrets` (the other secrets the request carried,

@@ -114,13 +114,7 @@ impl Route {
     /// Whether `path` falls under this route's prefix (`/chatbot` takes
     /// `/chatbot` and `/chatbot/…`, not `/chatbots`).
     pub fn matches(&self, path: &str) -> bool {
-        if self.prefix == "/" {
-            return true;
-        }
-        match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        prefix_matches(&self.prefix, path)
     }
 
     /// The upstream URI for a request to `uri`, with `published` supplying
@@ -146,41 +140,13 @@ impl Route {
                 &owned_base
             }
         };
-        let path_and_query = self.join_path(base, uri)?;
+        let path_and_query = join_path(&base.path, &self.prefix, self.strip_prefix, uri)?;
         Uri::builder()
             .scheme(base.scheme.clone())
             .authority(base.authority.clone())
             .path_and_query(path_and_query)
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))
-    }
-
-    /// Base path + (request path, minus the prefix when `strip_prefix`) + query.
-    fn join_path(&self, base: &Base, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
-        let path = uri.path();
-        let rest = if self.strip_prefix && self.prefix != "/" {
-            path.get(self.prefix.len()..).unwrap_or_default()
-        } else {
-            path
-        };
-        if base.path.is_empty() && rest.len() == path.len() {
-            // Nothing to rewrite: reuse the request's own path and query.
-            if let Some(pq) = uri.path_and_query() {
-                return Ok(pq.clone());
-            }
-        }
-        let mut joined = String::with_capacity(base.path.len() + rest.len() + 1);
-        joined.push_str(&base.path);
-        joined.push_str(rest);
-        if joined.is_empty() {
-            joined.push('/');
-        }
-        if let Some(query) = uri.query() {
-            joined.push('?');
-            joined.push_str(query);
-        }
-        PathAndQuery::try_from(joined)
-            .map_err(|e| ProxyError::BadRequest(format!("invalid request path: {e}")))
     }
 
     /// `scheme://authority` of a fixed upstream, or a description of the target.
@@ -190,4 +156,51 @@ impl Route {
             Target::InbentaApi(api) => format!("inbenta api `{api}`"),
         }
     }
+}
+
+/// Whether `path` falls under the normalised `prefix` (`/chatbot` takes
+/// `/chatbot` and `/chatbot/…`, not `/chatbots`; `/` takes everything).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The upstream path and query for a request to `uri` on a route with the
+/// normalised `prefix`: `base_path` (no trailing `/`) + the request path
+/// (minus the prefix when `strip_prefix`) + the query.
+pub fn join_path(
+    base_path: &str,
+    prefix: &str,
+    strip_prefix: bool,
+    uri: &Uri,
+) -> Result<PathAndQuery, ProxyError> {
+    let path = uri.path();
+    let rest = if strip_prefix && prefix != "/" {
+        path.get(prefix.len()..).unwrap_or_default()
+    } else {
+        path
+    };
+    if base_path.is_empty() && rest.len() == path.len() {
+        // Nothing to rewrite: reuse the request's own path and query.
+        if let Some(pq) = uri.path_and_query() {
+            return Ok(pq.clone());
+        }
+    }
+    let mut joined = String::with_capacity(base_path.len() + rest.len() + 1);
+    joined.push_str(base_path);
+    joined.push_str(rest);
+    if joined.is_empty() {
+        joined.push('/');
+    }
+    if let Some(query) = uri.query() {
+        joined.push('?');
+        joined.push_str(query);
+    }
+    PathAndQuery::try_from(joined)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid request path: {e}")))
 }
