@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sidekey::config::{self, Config, ProcessEnv};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -129,6 +129,7 @@ async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
 async fn run(path: &Path) -> Result<(), String> {
     let config = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
+    raise_fd_limit();
     let mut signals = signals::Signals::install();
     let mut handle = sidekey::server::serve(config)
         .await
@@ -150,6 +151,19 @@ async fn run(path: &Path) -> Result<(), String> {
     info!("shutting down");
     handle.shutdown().await;
     Ok(())
+}
+
+/// Each app connection costs a file descriptor (and often a second one
+/// upstream); the common soft limit of 1024 is far below what the hard limit
+/// allows, so take the hard limit before binding anything.
+fn raise_fd_limit() {
+    match sidekey::conn::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            info!(from = before, to = after, "raised the open-file limit");
+        }
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "cannot raise the open-file limit"),
+    }
 }
 
 mod signals {

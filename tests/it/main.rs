@@ -9,6 +9,7 @@ mod cli;
 mod deploy;
 mod inbenta;
 mod lifecycle;
+mod limits;
 mod providers;
 mod proxy;
 mod renewal;

@@ -2,6 +2,7 @@
 //! an rcgen CA, and the proxy started in-process.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod proxy;
 pub mod tls;
 pub mod token_servers;
