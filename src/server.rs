@@ -551,6 +551,9 @@ fn no_route_label() -> Arc<str> {
     LABEL.get_or_init(|| Arc::from("none")).clone()
 }
 
+/// The one log line of an error sidekey answers itself. Lines at WARN and
+/// above carry `route`, so a storm of them is folded into one line per
+/// interval ([`crate::telemetry`]).
 fn log_error(route: &str, err: &ProxyError) {
     match err {
         ProxyError::CredentialUnavailable(_) => error!(route, code = err.code(), "{err}"),

@@ -13,7 +13,7 @@ use crate::support::proxy::{
     CLIENT_TIMEOUT, RawConn, start_proxy, start_proxy_adjusted, toml_path, toml_str,
 };
 use crate::support::tls::TestPki;
-use crate::support::upstream::{Upstream, UpstreamOpts};
+use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
 
 fn env() -> MapEnv {
     MapEnv::from([("API_TOKEN", "tok-123")])
@@ -266,6 +266,84 @@ async fn a_full_admin_listener_leaves_the_proxy_serving_and_healthz_answers_once
         assert!(
             conn.closed_within(Duration::from_secs(5)).await,
             "an idle admin connection is closed after the admin idle timeout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn repeated_request_failures_log_one_line_then_a_count_per_interval() {
+    let interval = Duration::from_millis(300);
+    let (logs, _guard) = LogCapture::install("info", interval);
+    let dead = closed_port();
+    let config = format!(
+        r#"
+[credentials.api]
+type = "static"
+token = {{ env = "API_TOKEN" }}
+
+[credentials.unreachable]
+type = "oauth2"
+token_url = "http://{dead}/oauth/token"
+allow_insecure_http = true
+client_id = {{ env = "API_TOKEN" }}
+client_secret = {{ env = "API_TOKEN" }}
+
+[[routes]]
+name = "bad-upstream"
+listen = "127.0.0.1:0"
+path_prefix = "/bad"
+upstream = "https://{dead}"
+credential = "api"
+
+[[routes]]
+name = "no-token"
+listen = "127.0.0.1:0"
+path_prefix = "/none"
+upstream = "https://{dead}"
+credential = "unreachable"
+"#
+    );
+    let proxy = start_proxy(&config, env()).await;
+
+    const REQUESTS: usize = 40;
+    for _ in 0..REQUESTS {
+        let response = proxy
+            .client
+            .get(&format!("{}/bad/x", proxy.route_url(0)))
+            .await;
+        assert_eq!(response.status, 502);
+        let response = proxy
+            .client
+            .get(&format!("{}/none/x", proxy.route_url(0)))
+            .await;
+        assert_eq!(response.status, 503);
+    }
+    // Two intervals: the last count is written.
+    tokio::time::sleep(interval * 3).await;
+
+    for (route, status) in [("bad-upstream", 502), ("no-token", 503)] {
+        let lines = logs.lines_with(&[route]);
+        assert!(
+            !lines.is_empty() && lines.len() <= 3,
+            "{REQUESTS} {status}s on {route} logged {} lines:\n{}",
+            lines.len(),
+            logs.text()
+        );
+        let summarised: usize = lines
+            .iter()
+            .filter_map(|line| {
+                let (_, rest) = line.split_once("suppressed=")?;
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        assert_eq!(
+            summarised,
+            REQUESTS - 1,
+            "the summaries count every line left out on {route}:\n{}",
+            logs.text()
         );
     }
 }
