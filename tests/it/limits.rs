@@ -166,6 +166,31 @@ async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_tls_listener_closes_connections_that_never_finish_the_handshake() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let text = config(&pki, &upstream.url(), r#"idle_timeout = "300ms""#).replace(
+        r#"credential = "api""#,
+        &format!(
+            "credential = \"api\"\ntls = {{ cert = {}, key = {} }}",
+            toml_path(pki.server_cert_path()),
+            toml_path(pki.server_key_path())
+        ),
+    );
+    let proxy = start_proxy(&text, env()).await;
+
+    // A TCP connection that never sends a ClientHello would otherwise hold
+    // its place under max_connections for ever.
+    let mut silent = RawConn::connect(proxy.route_addr(0)).await;
+    let started = Instant::now();
+    assert!(
+        silent.closed_within(Duration::from_secs(5)).await,
+        "a connection without a TLS handshake is closed after idle_timeout"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
 async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_closes() {
     let (logs, _guard) = LogCapture::install("info", Duration::from_secs(10));
     let pki = Arc::new(TestPki::new());
