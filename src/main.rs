@@ -12,6 +12,13 @@ use clap::{Parser, Subcommand};
 use sidekey::config::{self, Config, ProcessEnv};
 use tracing::{error, info, warn};
 
+/// jemalloc rather than glibc malloc: after a flood of connections it gives
+/// the memory back (see `return_freed_memory`); glibc keeps it in its
+/// per-thread arenas. Measured with bench/flood.sh.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sidekey",
@@ -130,6 +137,7 @@ async fn run(path: &Path) -> Result<(), String> {
     let config = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
     raise_fd_limit();
+    return_freed_memory();
     let mut signals = signals::Signals::install();
     let mut handle = sidekey::server::serve(config)
         .await
@@ -163,6 +171,17 @@ fn raise_fd_limit() {
         }
         Ok(_) => {}
         Err(err) => warn!(error = %err, "cannot raise the open-file limit"),
+    }
+}
+
+/// jemalloc returns freed pages to the OS once they have been unused for
+/// its decay time (10 s), but it does so while allocating, or from a
+/// background thread: without the thread an idle proxy would keep a
+/// connection flood's memory until its next burst of work.
+fn return_freed_memory() {
+    #[cfg(feature = "jemalloc")]
+    if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
+        warn!(error = %err, "cannot start jemalloc's background purging; freed memory is returned only while serving");
     }
 }
 
