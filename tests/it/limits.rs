@@ -373,14 +373,14 @@ credential = "unreachable"
     }
 }
 
+/// `sidekey run` on a minimal config under `ulimit ULIMIT_ARGS`: the child
+/// and what it logged up to "sidekey running".
 #[cfg(target_os = "linux")]
-#[test]
-fn run_raises_the_soft_open_file_limit_to_the_hard_limit() {
+fn run_under_ulimit(dir: &std::path::Path, ulimit_args: &str) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidekey.toml");
+    let path = dir.join("sidekey.toml");
     std::fs::write(
         &path,
         r#"
@@ -395,26 +395,11 @@ credential = "legacy"
 "#,
     )
     .unwrap();
-    let limits = |pid: u32| -> (String, String) {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        let line = text
-            .lines()
-            .find(|line| line.starts_with("Max open files"))
-            .unwrap()
-            .to_owned();
-        let mut numbers = line.split_whitespace().skip(3);
-        (
-            numbers.next().unwrap().to_owned(),
-            numbers.next().unwrap().to_owned(),
-        )
-    };
-    let (_, hard) = limits(std::process::id());
-    if hard == "256" || hard == "unlimited" {
-        return; // nothing to raise to, or nothing to compare
-    }
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -Sn 256 && exec "$0" run --config "$1""#)
+        .arg(format!(
+            r#"ulimit {ulimit_args} && exec "$0" run --config "$1""#
+        ))
         .arg(env!("CARGO_BIN_EXE_sidekey"))
         .arg(&path)
         .env("SIDEKEY_TEST_TOKEN", "t0ken")
@@ -423,16 +408,44 @@ credential = "legacy"
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
     let mut seen = String::new();
+    let mut line = String::new();
     while !seen.contains("sidekey running") {
         line.clear();
-        if stderr.read_line(&mut line).unwrap() == 0 {
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
             break;
         }
         seen.push_str(&line);
     }
-    let (soft, child_hard) = limits(child.id());
+    (child, seen)
+}
+
+/// The soft and hard "Max open files" of process `pid`.
+#[cfg(target_os = "linux")]
+fn open_file_limits(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut numbers = line.split_whitespace().skip(3);
+    (
+        numbers.next().unwrap().to_owned(),
+        numbers.next().unwrap().to_owned(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_raises_the_soft_open_file_limit_to_the_hard_limit() {
+    let (_, hard) = open_file_limits(std::process::id());
+    if hard == "unlimited" || hard.parse::<u64>().is_ok_and(|hard| hard <= 256) {
+        return; // nothing to raise to, or nothing to compare
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, seen) = run_under_ulimit(dir.path(), "-Sn 256");
+    let (soft, child_hard) = open_file_limits(child.id());
     let _ = child.kill();
     let _ = child.wait();
     assert!(seen.contains("sidekey running"), "{seen}");
@@ -441,6 +454,25 @@ credential = "legacy"
         soft, hard,
         "the soft limit (256 at start) is raised to the hard limit"
     );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn max_connections_is_lowered_to_what_the_open_file_limit_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Soft and hard: nothing to raise. (200 - 64 reserved) / 2 = 68 (no
+    // admin listener), each app connection counted with an upstream one.
+    let (mut child, seen) = run_under_ulimit(dir.path(), "-n 200");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("sidekey running"), "{seen}");
+    let lowered: Vec<&str> = seen
+        .lines()
+        .filter(|line| line.contains("max_connections is more than the open-file limit allows"))
+        .collect();
+    assert_eq!(lowered.len(), 1, "{seen}");
+    assert!(lowered[0].contains("max_connections=512"), "{seen}");
+    assert!(lowered[0].contains("lowered_to=68"), "{seen}");
 }
 
 #[test]
