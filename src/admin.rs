@@ -8,6 +8,11 @@
 //!   token expiry gauge is refreshed at each scrape.
 //!
 //! Anything else is 404. Nothing here reveals a token or secret.
+//!
+//! The listener is capped ([`ConnLimits::ADMIN`]: 16 connections, 8 KiB
+//! request heads, 10 s idle timeout), so idle or slow admin clients can
+//! neither exhaust file descriptors nor crowd out the proxy; at the cap new
+//! connections wait in the listen backlog.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,13 +22,14 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::config::ConnLimits;
+use crate::conn;
 use crate::credential::CredentialStatus;
 use crate::metrics::Metrics;
 use crate::server::CredentialsView;
@@ -37,31 +43,33 @@ pub struct AdminState {
     pub credentials: CredentialsView,
 }
 
-/// Serve the admin endpoint until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+/// Serve the admin endpoint until `shutdown` turns true, with at most
+/// `limits.max_connections` connections open (more wait in the listen
+/// backlog), each closed after `limits.idle_timeout` without a request.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    limits: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut listener =
+        conn::Listener::new(listener, conn::Gate::new("admin", limits.max_connections));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(err) => {
-                        warn!(error = %err, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, _, slot) = listener.accept() => {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(respond(&state, &request)) }
                     });
-                    if let Err(err) = http1::Builder::new()
+                    if let Err(err) = conn::http1(&limits)
                         .serve_connection(TokioIo::new(stream), service)
                         .await
                     {
                         debug!(error = %err, "admin connection error");
                     }
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => return,

@@ -11,6 +11,7 @@
 //! - [`proxy`]: route matching, strip-then-inject, forwarding
 //! - [`server`]: listeners, graceful shutdown, reload ([`server::serve`])
 //! - [`error`]: errors sidekey answers itself, as JSON
+//! - [`conn`]: connection caps, per-connection limits, accept errors
 //! - [`tls`], [`admin`], [`metrics`], [`telemetry`], [`demo`]
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod conn;
 pub mod credential;
 pub mod demo;
 pub mod error;

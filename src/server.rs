@@ -17,9 +17,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +28,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::admin;
-use crate::config::{Config, RouteConfig, Upstream};
+use crate::config::{Config, ConnLimits, RouteConfig, Upstream};
+use crate::conn;
 use crate::credential::Credentials;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -380,6 +380,14 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // One cap for every route listener and the forward proxy together.
+    let policy = ConnPolicy {
+        limits: config.limits,
+        gate: conn::Gate::for_proxy(
+            &config.limits,
+            config.admin.as_ref().map(|admin| &admin.limits),
+        ),
+    };
 
     // Bind every route listener once, in config order.
     let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
@@ -414,6 +422,7 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
             acceptor,
             slot,
             shared.clone(),
+            policy.clone(),
             shutdown_rx.clone(),
         ));
         bound.insert(route.listen, local);
@@ -435,6 +444,7 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
             None,
             slot.clone(),
             shared.clone(),
+            policy.clone(),
             shutdown_rx.clone(),
         ));
         forward_proxy_addr = Some(local);
@@ -453,7 +463,12 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
             metrics: shared.metrics.clone(),
             credentials: CredentialsView(shared.clone()),
         };
-        tasks.spawn(admin::serve(listener, state, shutdown_rx.clone()));
+        tasks.spawn(admin::serve(
+            listener,
+            state,
+            admin_config.limits,
+            shutdown_rx.clone(),
+        ));
         admin_addr = Some(local);
     }
 
@@ -488,33 +503,35 @@ impl std::fmt::Debug for CredentialsView {
     }
 }
 
+/// What every proxy connection may hold, and the cap they share.
+#[derive(Clone)]
+struct ConnPolicy {
+    limits: ConnLimits,
+    gate: Arc<conn::Gate>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     dispatch: Arc<ArcSwap<Dispatch>>,
     shared: Arc<Shared>,
+    policy: ConnPolicy,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let mut listener = conn::Listener::new(listener, policy.gate.clone());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Out of file descriptors and similar: back off briefly, keep serving.
-                        warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer, slot) = listener.accept() => {
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
                 let dispatch = dispatch.clone();
                 let shared = shared.clone();
                 let acceptor = acceptor.clone();
+                let limits = policy.limits;
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, acceptor, dispatch, shared, watcher).await;
+                    serve_connection(stream, peer, acceptor, dispatch, shared, &limits, watcher).await;
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => break,
@@ -530,6 +547,7 @@ async fn serve_connection(
     acceptor: Option<TlsAcceptor>,
     dispatch: Arc<ArcSwap<Dispatch>>,
     shared: Arc<Shared>,
+    limits: &ConnLimits,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     // The tap sees the raw request heads that hyper's parser tidies up.
@@ -542,28 +560,33 @@ async fn serve_connection(
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle_request(&dispatch, request, &shared.metrics).await) }
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .keep_alive(true);
+    let builder = conn::http1(limits);
     let result = match acceptor {
         None => {
             watcher
                 .watch(builder.serve_connection(TokioIo::new(tap.wrap(stream)), service))
                 .await
         }
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls_stream) => {
-                watcher
-                    .watch(builder.serve_connection(TokioIo::new(tap.wrap(tls_stream)), service))
-                    .await
+        Some(acceptor) => {
+            // The TLS handshake is bounded by the idle timeout too.
+            match tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    watcher
+                        .watch(
+                            builder.serve_connection(TokioIo::new(tap.wrap(tls_stream)), service),
+                        )
+                        .await
+                }
+                Ok(Err(err)) => {
+                    debug!(%peer, error = %err, "TLS handshake with the app failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake with the app timed out");
+                    return;
+                }
             }
-            Err(err) => {
-                debug!(%peer, error = %err, "TLS handshake with the app failed");
-                return;
-            }
-        },
+        }
     };
     if let Err(err) = result {
         debug!(%peer, error = %err, "connection ended with an error");
@@ -612,6 +635,9 @@ fn no_route_label() -> Arc<str> {
     LABEL.get_or_init(|| Arc::from("none")).clone()
 }
 
+/// The one log line of an error sidekey answers itself. Lines at WARN and
+/// above carry `route`, so a storm of them is folded into one line per
+/// interval ([`crate::telemetry`]).
 fn log_error(route: &str, err: &ProxyError) {
     match err {
         ProxyError::CredentialUnavailable(_) => error!(route, code = err.code(), "{err}"),

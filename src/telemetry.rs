@@ -1,10 +1,26 @@
 //! Logging setup: `[log] level` and `format`, with `RUST_LOG` taking
 //! precedence over the configured level. Nothing logged anywhere in sidekey
 //! contains a token or a secret; request logging is at debug level only.
+//!
+//! Per-request warnings and errors (a 503, an unreachable upstream, a
+//! timeout) are written once, then counted: one summary line per route or
+//! credential every [`REPEAT_INTERVAL`] ([`repeats`](mod@repeats)).
+
+mod repeats;
 
 use std::io::IsTerminal as _;
+use std::time::Duration;
 
+use tracing::Dispatch;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use self::repeats::Repeats;
+
+/// How often repeated warnings and errors are summarised.
+pub const REPEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -13,13 +29,46 @@ pub fn init(log: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let dispatch = build(
+        log.format,
+        filter,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+        REPEAT_INTERVAL,
+    );
+    let _ = dispatch.try_init();
+}
+
+/// A subscriber writing `format` lines that pass `filter` to `writer`,
+/// folding repeated per-request warnings per `repeat_interval` (tests hand
+/// in a buffer and a short interval, and install it with
+/// `tracing::dispatcher::set_default`).
+pub fn build<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+    repeat_interval: Duration,
+) -> Dispatch
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false);
-    let _ = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let repeats = Repeats::default();
+    let dispatch = match format {
+        LogFormat::Text => Dispatch::new(builder.finish().with(repeats.clone())),
+        LogFormat::Json => Dispatch::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .finish()
+                .with(repeats.clone()),
+        ),
     };
+    repeats.start_flusher(dispatch.downgrade(), repeat_interval);
+    dispatch
 }

@@ -33,6 +33,10 @@ pub struct Config {
     pub path: PathBuf,
     /// How long SIGTERM/SIGINT waits for in-flight requests (`shutdown_grace`, default 20s).
     pub shutdown_grace: Duration,
+    /// What one app connection may hold, and how many there may be, across
+    /// every route listener and the forward proxy (`max_connections`,
+    /// `max_header_bytes`, `idle_timeout`).
+    pub limits: ConnLimits,
     /// `[admin]`: /healthz, /readyz, /metrics. `None` when the table is absent.
     pub admin: Option<AdminConfig>,
     /// `[log]`.
@@ -60,6 +64,40 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// `allow_non_loopback`: permit a listen address outside loopback.
     pub allow_non_loopback: bool,
+    /// Limits of the admin listener. Not configuration keys: fixed at
+    /// [`ConnLimits::ADMIN`] (a few probes and a scraper need little), and
+    /// only code (tests) changes them.
+    pub limits: ConnLimits,
+}
+
+/// Connection limits of one kind of listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Open connections at most; at the cap the listener stops accepting and
+    /// new connections wait in the kernel's listen backlog.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes; a larger request head is answered
+    /// `431 Request Header Fields Too Large` and the connection closed.
+    pub max_header_bytes: usize,
+    /// How long a connection may wait for the next complete request head
+    /// (idle keep-alive, or headers trickling in) before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// Route listeners and the forward proxy, unless configured otherwise.
+    pub const PROXY: ConnLimits = ConnLimits {
+        max_connections: 512,
+        max_header_bytes: 64 * 1024,
+        idle_timeout: Duration::from_secs(30),
+    };
+
+    /// The admin listener.
+    pub const ADMIN: ConnLimits = ConnLimits {
+        max_connections: 16,
+        max_header_bytes: 8 * 1024,
+        idle_timeout: Duration::from_secs(10),
+    };
 }
 
 /// `[log]`.

@@ -20,6 +20,9 @@ pub(crate) type StrMap = BTreeMap<Str, Str>;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     pub shutdown_grace: Option<Str>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Str>,
     pub admin: Option<Spanned<RawAdmin>>,
     pub log: Option<Spanned<RawLog>>,
     pub tls: Option<Spanned<RawTls>>,

@@ -10,6 +10,7 @@ mod deploy;
 mod hostile;
 mod inbenta;
 mod lifecycle;
+mod limits;
 mod providers;
 mod proxy;
 mod renewal;

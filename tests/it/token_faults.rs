@@ -320,11 +320,11 @@ async fn token_endpoints_echoing_the_request_never_leak_a_secret() {
 
     let text = logs.text();
     assert!(
-        !logs.lines_with("token request failed").is_empty(),
+        !logs.lines_with(&["token request failed"]).is_empty(),
         "no failure was logged:\n{text}"
     );
     assert!(
-        !logs.lines_with("refresh failed").is_empty(),
+        !logs.lines_with(&["refresh failed"]).is_empty(),
         "the refresh failure was not logged:\n{text}"
     );
     assert_no_secret(&text, "the log");
@@ -541,7 +541,7 @@ async fn inbenta_auth_fallback_gets_its_own_timeout() {
     assert!(
         !text.contains("outcome=\"failure\""),
         "the renewal failed first: {}\n{text}",
-        logs.lines_with("token request failed").join("\n")
+        logs.lines_with(&["token request failed"]).join("\n")
     );
     assert!(
         Instant::now() < first.expires_at.unwrap(),
@@ -786,7 +786,7 @@ async fn every_token_endpoint_fault_is_classified_backed_off_reported_and_recove
     }
     let text = logs.text();
     assert!(!text.contains(CLIENT_SECRET), "{text}");
-    let warnings = logs.lines_with("token request failed");
+    let warnings = logs.lines_with(&["token request failed"]);
     assert!(warnings.len() >= faults().len(), "{text}");
 }
 

@@ -4,6 +4,7 @@
 //! that collide). Each refusal names the line and dotted key.
 
 mod credential;
+mod limits;
 mod route;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,8 @@ use super::duration::parse_duration;
 use super::load::{ConfigError, key_segment, line_of};
 use super::raw::{RawAdmin, RawConfig, RawLog, RawSecret, RawTls, Str, StrMap};
 use super::{
-    AdminConfig, Config, EnvSource, LogConfig, LogFormat, RouteConfig, SecretRef, TlsConfig,
+    AdminConfig, Config, ConnLimits, EnvSource, LogConfig, LogFormat, RouteConfig, SecretRef,
+    TlsConfig,
 };
 
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -47,6 +49,7 @@ pub(crate) fn build(
         &raw.shutdown_grace,
         DEFAULT_SHUTDOWN_GRACE,
     )?;
+    let limits = cx.limits(&raw)?;
     let admin = raw.admin.map(|admin| cx.admin(admin)).transpose()?;
     let log = cx.log(raw.log)?;
     let tls = cx.tls(raw.tls)?;
@@ -81,6 +84,7 @@ pub(crate) fn build(
     let config = Config {
         path: path.to_path_buf(),
         shutdown_grace,
+        limits,
         admin,
         log,
         tls,
@@ -360,6 +364,7 @@ impl Cx<'_> {
         Ok(AdminConfig {
             listen: self.listen("admin.listen", &admin.listen, allow_non_loopback, "[admin]")?,
             allow_non_loopback,
+            limits: ConnLimits::ADMIN,
         })
     }
 

@@ -1,62 +1,98 @@
-//! Log output captured in memory: a `tracing` subscriber installed for the
-//! current thread only, so a `#[tokio::test]` (current-thread runtime, every
-//! spawned task on the test's thread) sees exactly its own lines, at every
-//! level, while other tests run in parallel.
+//! Capturing what sidekey logs into a buffer the test reads: either the same
+//! subscriber the binary installs (`sidekey::telemetry::build`, with repeats
+//! folded; [`LogCapture::install`]) or every event at every level as it
+//! happens ([`capture`]).
+//!
+//! Install it at the top of a `#[tokio::test]` (current-thread runtime): the
+//! guard makes it the default for the test's thread, where the in-process
+//! proxy's and engines' tasks run too, so parallel tests see only their own
+//! lines.
 
-use std::io;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tracing::subscriber::DefaultGuard;
+use sidekey::config::LogFormat;
+use tracing::dispatcher::DefaultGuard;
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Lines logged since [`capture`] was called.
+/// A shared buffer of log text.
 #[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<Vec<u8>>>);
+pub struct LogCapture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+}
 
-impl Logs {
-    /// Everything logged so far, as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+impl LogCapture {
+    /// Capture sidekey's text log at `level` (an `EnvFilter` directive),
+    /// folding repeats per `repeat_interval`, until the guard is dropped.
+    pub fn install(level: &str, repeat_interval: Duration) -> (LogCapture, DefaultGuard) {
+        let capture = LogCapture::default();
+        let dispatch = sidekey::telemetry::build(
+            LogFormat::Text,
+            EnvFilter::new(level),
+            capture.clone(),
+            false,
+            repeat_interval,
+        );
+        let guard = tracing::dispatcher::set_default(&dispatch);
+        (capture, guard)
     }
 
-    /// Lines containing `needle`.
-    pub fn lines_with(&self, needle: &str) -> Vec<String> {
-        self.text()
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        let buffer = self.buffer.lock().expect("log buffer");
+        String::from_utf8_lossy(&buffer)
             .lines()
-            .filter(|line| line.contains(needle))
             .map(str::to_owned)
             .collect()
     }
-}
 
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
+    /// The lines containing every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+            .collect()
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    /// Everything so far, for assertion messages.
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+/// One writer per event, appending to the shared buffer.
+pub struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
 
-impl<'a> MakeWriter<'a> for Logs {
-    type Writer = Logs;
+impl<'w> MakeWriter<'w> for LogCapture {
+    type Writer = CaptureWriter;
 
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
+    fn make_writer(&'w self) -> Self::Writer {
+        CaptureWriter(self.buffer.clone())
     }
 }
 
-/// Capture every event (all levels, without ANSI colours) on this thread
-/// until the guard is dropped.
-pub fn capture() -> (Logs, DefaultGuard) {
-    let logs = Logs::default();
+/// Capture every event (all levels, no folding, no ANSI colours) on this
+/// thread until the guard is dropped.
+pub fn capture() -> (LogCapture, DefaultGuard) {
+    let capture = LogCapture::default();
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
+        .with_writer(capture.clone())
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
         .finish();
     let guard = tracing::subscriber::set_default(subscriber);
-    (logs, guard)
+    (capture, guard)
 }

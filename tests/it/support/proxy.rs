@@ -520,6 +520,27 @@ pub async fn start_proxy(config_toml: &str, env: MapEnv) -> TestProxy {
     }
 }
 
+/// Parse `config_toml`, let `adjust` change what the file cannot (such as
+/// the admin listener's fixed limits), and start sidekey; panics with the
+/// error when either fails.
+pub async fn start_proxy_adjusted(
+    config_toml: &str,
+    env: MapEnv,
+    adjust: impl FnOnce(&mut Config),
+) -> TestProxy {
+    let mut config = parse_config(config_toml, env)
+        .unwrap_or_else(|e| panic!("config refused: {e}\n---\n{config_toml}"));
+    adjust(&mut config);
+    let handle = sidekey::server::serve(config.clone())
+        .await
+        .unwrap_or_else(|e| panic!("serve failed: {e}\n---\n{config_toml}"));
+    TestProxy {
+        handle,
+        config,
+        client: TestClient::new(),
+    }
+}
+
 /// Parse `config_toml` and start sidekey.
 pub async fn try_start_proxy(config_toml: &str, env: MapEnv) -> Result<TestProxy, StartError> {
     let config = parse_config(config_toml, env).map_err(StartError::Config)?;
@@ -585,5 +606,108 @@ impl TestProxy {
     /// Send `req` (absolute-form URI) through the forward proxy.
     pub async fn via_forward_proxy(&self, req: Request<ReqBody>) -> TestResponse {
         send_to(self.forward_proxy_addr(), req).await
+    }
+}
+
+/// A hand-driven HTTP/1.1 client connection, for tests about connections
+/// themselves: whether the server accepted, answered or closed one.
+pub struct RawConn {
+    tcp: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl RawConn {
+    /// Open a TCP connection (the kernel completes it even when the server
+    /// has not accepted it yet).
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        let tcp = tokio::time::timeout(CLIENT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connect {addr}: timed out"))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        RawConn {
+            tcp,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Write bytes (a write error, such as a reset from a server that gave
+    /// up on us, is returned rather than a panic).
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.tcp.write_all(bytes).await
+    }
+
+    /// `GET path` with `Host: sidekey` and nothing else.
+    pub async fn send_get(&mut self, path: &str) -> std::io::Result<()> {
+        self.send(format!("GET {path} HTTP/1.1\r\nhost: sidekey\r\n\r\n").as_bytes())
+            .await
+    }
+
+    /// Read one response ([`RawResponse`]: head, and a `content-length` body), or `None` when
+    /// none arrives within `within` or the server closes first.
+    pub async fn read_response(&mut self, within: Duration) -> Option<RawResponse> {
+        tokio::time::timeout(within, self.read_response_inner())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn read_response_inner(&mut self) -> Option<RawResponse> {
+        let head_end = loop {
+            if let Some(at) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())
+                    .flatten()
+            })
+            .unwrap_or(0);
+        while self.pending.len() < head_end + length {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        let body = self.pending[head_end..head_end + length].to_vec();
+        self.pending.drain(..head_end + length);
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        Some(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Whether the server closes the connection (EOF or reset) within
+    /// `within`; bytes that arrive meanwhile are kept for `read_response`.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, async { while self.fill().await {} })
+            .await
+            .is_ok()
+    }
+
+    /// Read more bytes; false on EOF or error.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.pending.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
     }
 }

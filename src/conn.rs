@@ -1,0 +1,365 @@
+//! App and admin connections: how many may be open, what one may hold, and
+//! how accepting survives running out of file descriptors.
+//!
+//! - [`Gate`]: a cap on open connections shared by listeners of one kind
+//!   (every route listener and the forward proxy share one; the admin
+//!   listener has its own). At the cap a listener stops accepting: new
+//!   connections wait in the kernel's listen backlog, not in sidekey's
+//!   memory, and are accepted as soon as one closes. Reaching the cap is
+//!   logged once a minute at most, never per connection.
+//! - [`Listener::accept`]: waits for room, accepts, and on an accept error
+//!   (`EMFILE`, …) backs off exponentially (10 ms doubling to 1 s) and logs
+//!   the first failure of a streak, then one count a minute, then the
+//!   recovery.
+//! - [`http1`]: the per-connection HTTP/1 settings: request head limit
+//!   (`431` beyond it; more than 100 headers also get `431`) and the idle
+//!   timeout, which hyper measures from the moment it waits for a request
+//!   head, so it bounds idle keep-alive connections and trickling headers
+//!   alike.
+//! - [`raise_fd_limit`] and the file-descriptor budget that keeps
+//!   `max_connections` below what the open-file limit allows.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::ConnLimits;
+
+/// How often a persisting condition (a full cap, failing accepts) is logged again.
+const LOG_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// First pause after a failed accept; it doubles up to [`MAX_ACCEPT_PAUSE`].
+const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+
+/// Longest pause between accept attempts while they fail.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// hyper's smallest read buffer limit (its initial buffer size).
+const MIN_BUF_SIZE: usize = 8192;
+
+/// File descriptors kept for everything but app connections: listeners,
+/// token endpoint connections, files, the runtime.
+const RESERVED_FDS: u64 = 64;
+
+/// The HTTP/1 server settings for connections under `limits`.
+pub fn http1(limits: &ConnLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .max_header_size(limits.max_header_bytes)
+        // The read buffer also bounds what one connection holds while a body
+        // streams through; hyper's default is ~400 KB.
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUF_SIZE))
+        .keep_alive(true);
+    builder
+}
+
+/// A cap on open connections, shared by the listeners of one kind.
+#[derive(Debug)]
+pub struct Gate {
+    kind: &'static str,
+    limit: usize,
+    slots: Arc<Semaphore>,
+    /// When "limit reached" was last logged.
+    logged_full: Mutex<Option<Instant>>,
+}
+
+/// One open connection's place under its [`Gate`]; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Gate {
+    /// A cap of `limit` connections for listeners of `kind` ("proxy", "admin").
+    pub fn new(kind: &'static str, limit: usize) -> Arc<Gate> {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Gate {
+            kind,
+            limit,
+            slots: Arc::new(Semaphore::new(limit)),
+            logged_full: Mutex::new(None),
+        })
+    }
+
+    /// The cap for the proxy listeners: `limits.max_connections`, lowered
+    /// (and logged) when the open-file limit could not hold that many app
+    /// connections, each with an upstream connection, next to `admin`
+    /// connections and [`RESERVED_FDS`].
+    pub fn for_proxy(limits: &ConnLimits, admin: Option<&ConnLimits>) -> Arc<Gate> {
+        let wanted = limits.max_connections;
+        let admin = admin.map_or(0, |admin| admin.max_connections);
+        let limit = match fd_budget(admin) {
+            Some((budget, open_files)) if budget < wanted => {
+                warn!(
+                    max_connections = wanted,
+                    lowered_to = budget,
+                    open_file_limit = open_files,
+                    "max_connections is more than the open-file limit allows (each app \
+                     connection can need a second descriptor for its upstream); raise the \
+                     limit (LimitNOFILE=, ulimit -n) to allow more"
+                );
+                budget
+            }
+            _ => wanted,
+        };
+        Gate::new("proxy", limit)
+    }
+
+    /// The cap.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.limit - self.slots.available_permits()
+    }
+
+    /// Return once there is room for one more connection, without taking it.
+    async fn room(&self) {
+        if self.slots.available_permits() > 0 {
+            return;
+        }
+        self.log_full();
+        // Acquired and released at once: this only waits for a free place.
+        let _ = self.slots.acquire().await;
+    }
+
+    /// Take a place for an accepted connection. Normally there is one (see
+    /// [`Gate::room`]); when another listener of the same gate took it
+    /// first, wait for the next.
+    async fn claim(&self) -> Slot {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => self.slots.clone().acquire_owned().await.ok(),
+        };
+        Slot { _permit: permit }
+    }
+
+    fn log_full(&self) {
+        let now = Instant::now();
+        let Ok(mut logged) = self.logged_full.lock() else {
+            return;
+        };
+        if logged.is_some_and(|at| now.duration_since(at) < LOG_AGAIN_AFTER) {
+            return;
+        }
+        *logged = Some(now);
+        warn!(
+            kind = self.kind,
+            max_connections = self.limit,
+            "{} connection limit reached; new connections wait in the listen backlog \
+             until one closes (logged at most once a minute)",
+            self.kind
+        );
+    }
+}
+
+/// A listener under a [`Gate`].
+#[derive(Debug)]
+pub struct Listener {
+    listener: TcpListener,
+    local: SocketAddr,
+    gate: Arc<Gate>,
+    errors: AcceptErrors,
+}
+
+impl Listener {
+    /// Accept on `listener` under `gate`.
+    pub fn new(listener: TcpListener, gate: Arc<Gate>) -> Listener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Listener {
+            listener,
+            local,
+            gate,
+            errors: AcceptErrors::default(),
+        }
+    }
+
+    /// The next connection and its place under the cap. Waits while the
+    /// cap is reached; pauses and retries while accepting fails. Safe to
+    /// cancel (in a `select!` with shutdown).
+    pub async fn accept(&mut self) -> (TcpStream, SocketAddr, Slot) {
+        loop {
+            self.gate.room().await;
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    self.errors.recovered(self.local, Instant::now());
+                    let slot = self.gate.claim().await;
+                    return (stream, peer, slot);
+                }
+                Err(err) => {
+                    let pause = self.errors.failed(self.local, &err, Instant::now());
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// What a listener does about failing `accept` calls: how long to pause,
+/// and which failures to log.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    /// Failures since the last success.
+    streak: u64,
+    /// Failures since the last line about them.
+    unlogged: u64,
+    /// When the streak started, and when it was last logged.
+    since: Option<(Instant, Instant)>,
+}
+
+impl AcceptErrors {
+    /// An accept failed: log (or count) it and return how long to pause.
+    fn failed(&mut self, listener: SocketAddr, err: &std::io::Error, now: Instant) -> Duration {
+        self.streak += 1;
+        match self.since {
+            None => {
+                warn!(%listener, error = %err, "accept failed; retrying with backoff");
+                self.since = Some((now, now));
+            }
+            Some((started, logged)) if now.duration_since(logged) >= LOG_AGAIN_AFTER => {
+                warn!(
+                    %listener,
+                    error = %err,
+                    failures = self.unlogged + 1,
+                    failing_for_s = now.duration_since(started).as_secs(),
+                    "accept still failing"
+                );
+                self.since = Some((started, now));
+                self.unlogged = 0;
+            }
+            Some(_) => self.unlogged += 1,
+        }
+        let doublings = u32::try_from(self.streak - 1).unwrap_or(u32::MAX).min(16);
+        FIRST_ACCEPT_PAUSE
+            .saturating_mul(1 << doublings)
+            .min(MAX_ACCEPT_PAUSE)
+    }
+
+    /// An accept succeeded.
+    fn recovered(&mut self, listener: SocketAddr, now: Instant) {
+        if let Some((started, _)) = self.since.take() {
+            info!(
+                %listener,
+                failures = self.streak,
+                failed_for_ms = now.duration_since(started).as_millis() as u64,
+                "accepting again"
+            );
+        }
+        self.streak = 0;
+        self.unlogged = 0;
+    }
+}
+
+/// Raise the soft open-file limit to the hard limit; returns (before, after).
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        let (before, _) = rlimit::Resource::NOFILE.get()?;
+        let after = rlimit::increase_nofile_limit(u64::MAX)?;
+        Ok((before, after))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok((0, 0))
+    }
+}
+
+/// How many app connections the soft open-file limit can hold next to
+/// `admin` connections, and that limit; `None` when unlimited or unknown.
+fn fd_budget(admin: usize) -> Option<(usize, u64)> {
+    #[cfg(unix)]
+    {
+        let (soft, _) = rlimit::Resource::NOFILE.get().ok()?;
+        if soft == rlimit::INFINITY {
+            return None;
+        }
+        let spare = soft.saturating_sub(RESERVED_FDS + admin as u64);
+        let budget = usize::try_from(spare / 2).unwrap_or(usize::MAX).max(1);
+        Some((budget, soft))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = admin;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log lines written while `f` runs.
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_long_accept_failure_streak_logs_a_handful_of_lines_and_backs_off() {
+        let listener = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let start = Instant::now();
+        let mut attempts = 0;
+        let lines = logged(|| {
+            let mut errors = AcceptErrors::default();
+            let mut now = start;
+            // The issue's scenario: 45 s of EMFILE.
+            while now - start < Duration::from_secs(45) {
+                attempts += 1;
+                now += errors.failed(listener, &emfile, now);
+            }
+            errors.recovered(listener, now);
+        });
+        assert!(
+            lines.len() <= 3,
+            "45 s of accept failures logged {} lines",
+            lines.len()
+        );
+        assert!(
+            lines.first().is_some_and(|l| l.contains("accept failed")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.last().is_some_and(|l| l.contains("accepting again")),
+            "the recovery is logged with the count: {lines:?}"
+        );
+        assert!(
+            attempts <= 60,
+            "{attempts} accept attempts in 45 s: the pause grows to 1 s"
+        );
+    }
+}

@@ -1,0 +1,526 @@
+//! Connections, memory and logs under floods: the connection caps of the
+//! proxy and admin listeners, request-head limits, idle timeouts, the
+//! open-file limit, and repeated error lines folded into summaries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sidekey::config::ConnLimits;
+use sidekey::config::secret::MapEnv;
+
+use crate::support::logs::LogCapture;
+use crate::support::proxy::{
+    CLIENT_TIMEOUT, RawConn, start_proxy, start_proxy_adjusted, toml_path, toml_str,
+};
+use crate::support::tls::TestPki;
+use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
+
+fn env() -> MapEnv {
+    MapEnv::from([("API_TOKEN", "tok-123")])
+}
+
+/// Top-level keys `top`, an admin listener, and one route to `upstream`
+/// with a static credential.
+fn config(pki: &TestPki, upstream: &str, top: &str) -> String {
+    format!(
+        r#"
+{top}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[tls]
+ca_file = {ca}
+
+[credentials.api]
+type = "static"
+token = {{ env = "API_TOKEN" }}
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = {upstream}
+credential = "api"
+"#,
+        ca = toml_path(pki.ca_pem_path()),
+        upstream = toml_str(upstream),
+    )
+}
+
+/// A GET whose head carries an `x-fill` header of `len` bytes.
+fn get_with_header(len: usize) -> Vec<u8> {
+    let mut request = b"GET /fill HTTP/1.1\r\nhost: sidekey\r\nx-fill: ".to_vec();
+    request.resize(request.len() + len, b'a');
+    request.extend_from_slice(b"\r\n\r\n");
+    request
+}
+
+/// A GET with `count` small headers.
+fn get_with_headers(count: usize) -> Vec<u8> {
+    let mut request = String::from("GET /many HTTP/1.1\r\nhost: sidekey\r\n");
+    for i in 0..count {
+        request.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+/// Send `bytes` on a fresh connection and read the answer.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, RawConn) {
+    let mut conn = RawConn::connect(addr).await;
+    // The server may answer and close before it read everything: a failed
+    // write is fine, the answer is what counts.
+    let _ = conn.send(bytes).await;
+    let response = conn
+        .read_response(CLIENT_TIMEOUT)
+        .await
+        .expect("an answer before the connection closed");
+    (response.status, conn)
+}
+
+#[tokio::test]
+async fn a_request_head_over_64_kib_gets_431_and_never_reaches_the_upstream() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = start_proxy(&config(&pki, &upstream.url(), ""), env()).await;
+    let addr = proxy.route_addr(0);
+
+    let (status, _) = exchange(addr, &get_with_header(60 * 1024)).await;
+    assert_eq!(status, 200, "a 60 KiB head is within the default limit");
+    assert_eq!(upstream.request_count(), 1);
+
+    let (status, mut conn) = exchange(addr, &get_with_header(100 * 1024)).await;
+    assert_eq!(status, 431, "a 100 KiB head is over the default 64 KiB");
+    assert!(
+        conn.closed_within(Duration::from_secs(5)).await,
+        "the connection is closed after a 431"
+    );
+
+    let (status, _) = exchange(addr, &get_with_headers(101)).await;
+    assert_eq!(status, 431, "more than 100 headers");
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "refused heads never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn max_header_bytes_sets_the_request_head_limit() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = start_proxy(
+        &config(&pki, &upstream.url(), "max_header_bytes = 4096"),
+        env(),
+    )
+    .await;
+    let addr = proxy.route_addr(0);
+
+    let (status, _) = exchange(addr, &get_with_header(3 * 1024)).await;
+    assert_eq!(status, 200);
+    let (status, _) = exchange(addr, &get_with_header(5 * 1024)).await;
+    assert_eq!(status, 431);
+    assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test]
+async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = start_proxy(
+        &config(&pki, &upstream.url(), r#"idle_timeout = "300ms""#),
+        env(),
+    )
+    .await;
+    let addr = proxy.route_addr(0);
+
+    // Keep-alive after one request.
+    let mut keep_alive = RawConn::connect(addr).await;
+    keep_alive.send_get("/one").await.unwrap();
+    let response = keep_alive.read_response(CLIENT_TIMEOUT).await.unwrap();
+    assert_eq!(response.status, 200);
+    // Never sent anything.
+    let mut silent = RawConn::connect(addr).await;
+    // Headers that never end.
+    let mut trickle = RawConn::connect(addr).await;
+    trickle
+        .send(b"GET /slow HTTP/1.1\r\nhost: sidekey\r\nx-a: 1\r\n")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    for (what, conn) in [
+        ("idle keep-alive", &mut keep_alive),
+        ("silent", &mut silent),
+        ("trickling headers", &mut trickle),
+    ] {
+        assert!(
+            conn.closed_within(Duration::from_secs(5)).await,
+            "{what} connection still open"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed by the timeout, not at once"
+    );
+    assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_tls_listener_closes_connections_that_never_finish_the_handshake() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let text = config(&pki, &upstream.url(), r#"idle_timeout = "300ms""#).replace(
+        r#"credential = "api""#,
+        &format!(
+            "credential = \"api\"\ntls = {{ cert = {}, key = {} }}",
+            toml_path(pki.server_cert_path()),
+            toml_path(pki.server_key_path())
+        ),
+    );
+    let proxy = start_proxy(&text, env()).await;
+
+    // A TCP connection that never sends a ClientHello would otherwise hold
+    // its place under max_connections for ever.
+    let mut silent = RawConn::connect(proxy.route_addr(0)).await;
+    let started = Instant::now();
+    assert!(
+        silent.closed_within(Duration::from_secs(5)).await,
+        "a connection without a TLS handshake is closed after idle_timeout"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_closes() {
+    let (logs, _guard) = LogCapture::install("info", Duration::from_secs(10));
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = start_proxy(&config(&pki, &upstream.url(), "max_connections = 2"), env()).await;
+    let addr = proxy.route_addr(0);
+
+    let mut open = Vec::new();
+    for i in 0..2 {
+        let mut conn = RawConn::connect(addr).await;
+        conn.send_get(&format!("/first/{i}")).await.unwrap();
+        let response = conn.read_response(CLIENT_TIMEOUT).await.unwrap();
+        assert_eq!(response.status, 200);
+        open.push(conn);
+    }
+
+    // Both slots taken by idle keep-alive connections: new ones wait.
+    let mut third = RawConn::connect(addr).await;
+    third.send_get("/third").await.unwrap();
+    let mut fourth = RawConn::connect(addr).await;
+    fourth.send_get("/fourth").await.unwrap();
+    assert!(
+        third
+            .read_response(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a connection over the cap is not served"
+    );
+    assert_eq!(upstream.request_count(), 2);
+
+    // One closes: the waiting connection is accepted and served.
+    drop(open.remove(0));
+    let response = third
+        .read_response(CLIENT_TIMEOUT)
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(response.status, 200);
+    assert!(
+        fourth
+            .read_response(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "still at the cap"
+    );
+    drop(open);
+    let response = fourth.read_response(CLIENT_TIMEOUT).await.unwrap();
+    assert_eq!(response.status, 200);
+
+    let saturated = logs.lines_with(&["connection limit"]);
+    assert_eq!(
+        saturated.len(),
+        1,
+        "the cap is logged once, not per connection:\n{}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn a_full_admin_listener_leaves_the_proxy_serving_and_healthz_answers_once_idle_ones_time_out()
+ {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let admin_limits = ConnLimits {
+        max_connections: 4,
+        max_header_bytes: 8 * 1024,
+        idle_timeout: Duration::from_millis(500),
+    };
+    let proxy = start_proxy_adjusted(&config(&pki, &upstream.url(), ""), env(), |config| {
+        if let Some(admin) = config.admin.as_mut() {
+            admin.limits = admin_limits;
+        }
+    })
+    .await;
+    let admin = proxy.admin_addr();
+
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..2 * admin_limits.max_connections {
+        idle.push(RawConn::connect(admin).await);
+    }
+
+    let response = proxy.get("/while-admin-is-full").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let mut probe = RawConn::connect(admin).await;
+    probe.send_get("/healthz").await.unwrap();
+    let response = probe
+        .read_response(Duration::from_secs(10))
+        .await
+        .expect("/healthz answers once the idle connections time out");
+    assert_eq!(response.status, 200);
+    assert!(
+        started.elapsed() >= admin_limits.idle_timeout,
+        "/healthz waited for a free admin slot (answered after {:?})",
+        started.elapsed()
+    );
+    for conn in &mut idle {
+        assert!(
+            conn.closed_within(Duration::from_secs(5)).await,
+            "an idle admin connection is closed after the admin idle timeout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn repeated_request_failures_log_one_line_then_a_count_per_interval() {
+    let interval = Duration::from_millis(300);
+    let (logs, _guard) = LogCapture::install("info", interval);
+    let dead = closed_port();
+    let config = format!(
+        r#"
+[credentials.api]
+type = "static"
+token = {{ env = "API_TOKEN" }}
+
+[credentials.unreachable]
+type = "oauth2"
+token_url = "http://{dead}/oauth/token"
+allow_insecure_http = true
+client_id = {{ env = "API_TOKEN" }}
+client_secret = {{ env = "API_TOKEN" }}
+
+[[routes]]
+name = "bad-upstream"
+listen = "127.0.0.1:0"
+path_prefix = "/bad"
+upstream = "https://{dead}"
+credential = "api"
+
+[[routes]]
+name = "no-token"
+listen = "127.0.0.1:0"
+path_prefix = "/none"
+upstream = "https://{dead}"
+credential = "unreachable"
+"#
+    );
+    let proxy = start_proxy(&config, env()).await;
+
+    const REQUESTS: usize = 40;
+    for _ in 0..REQUESTS {
+        let response = proxy
+            .client
+            .get(&format!("{}/bad/x", proxy.route_url(0)))
+            .await;
+        assert_eq!(response.status, 502);
+        let response = proxy
+            .client
+            .get(&format!("{}/none/x", proxy.route_url(0)))
+            .await;
+        assert_eq!(response.status, 503);
+    }
+    // Two intervals: the last count is written.
+    tokio::time::sleep(interval * 3).await;
+
+    for (route, status) in [("bad-upstream", 502), ("no-token", 503)] {
+        let lines = logs.lines_with(&[route]);
+        assert!(
+            !lines.is_empty() && lines.len() <= 3,
+            "{REQUESTS} {status}s on {route} logged {} lines:\n{}",
+            lines.len(),
+            logs.text()
+        );
+        let summarised: usize = lines
+            .iter()
+            .filter_map(|line| {
+                let (_, rest) = line.split_once("suppressed=")?;
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        assert_eq!(
+            summarised,
+            REQUESTS - 1,
+            "the summaries count every line left out on {route}:\n{}",
+            logs.text()
+        );
+    }
+}
+
+/// `sidekey run` on a minimal config under `ulimit ULIMIT_ARGS`: the child
+/// and what it logged up to "sidekey running".
+#[cfg(target_os = "linux")]
+fn run_under_ulimit(dir: &std::path::Path, ulimit_args: &str) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let path = dir.join("sidekey.toml");
+    std::fs::write(
+        &path,
+        r#"
+[credentials.legacy]
+type = "static"
+token = { env = "SIDEKEY_TEST_TOKEN" }
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = "https://api.example.test"
+credential = "legacy"
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"ulimit {ulimit_args} && exec "$0" run --config "$1""#
+        ))
+        .arg(env!("CARGO_BIN_EXE_sidekey"))
+        .arg(&path)
+        .env("SIDEKEY_TEST_TOKEN", "t0ken")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("sidekey running") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    (child, seen)
+}
+
+/// The soft and hard "Max open files" of process `pid`.
+#[cfg(target_os = "linux")]
+fn open_file_limits(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut numbers = line.split_whitespace().skip(3);
+    (
+        numbers.next().unwrap().to_owned(),
+        numbers.next().unwrap().to_owned(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_raises_the_soft_open_file_limit_to_the_hard_limit() {
+    let (_, hard) = open_file_limits(std::process::id());
+    if hard == "unlimited" || hard.parse::<u64>().is_ok_and(|hard| hard <= 256) {
+        return; // nothing to raise to, or nothing to compare
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, seen) = run_under_ulimit(dir.path(), "-Sn 256");
+    let (soft, child_hard) = open_file_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("sidekey running"), "{seen}");
+    assert_eq!(child_hard, hard);
+    assert_eq!(
+        soft, hard,
+        "the soft limit (256 at start) is raised to the hard limit"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn max_connections_is_lowered_to_what_the_open_file_limit_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Soft and hard: nothing to raise. (200 - 64 reserved) / 2 = 68 (no
+    // admin listener), each app connection counted with an upstream one.
+    let (mut child, seen) = run_under_ulimit(dir.path(), "-n 200");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("sidekey running"), "{seen}");
+    let lowered: Vec<&str> = seen
+        .lines()
+        .filter(|line| line.contains("max_connections is more than the open-file limit allows"))
+        .collect();
+    assert_eq!(lowered.len(), 1, "{seen}");
+    assert!(lowered[0].contains("max_connections=512"), "{seen}");
+    assert!(lowered[0].contains("lowered_to=68"), "{seen}");
+}
+
+#[test]
+fn the_systemd_unit_sets_an_open_file_limit() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/sidekey.service"),
+    )
+    .unwrap();
+    let limit = unit
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("LimitNOFILE="))
+        .expect("LimitNOFILE= in the unit");
+    let limit: u64 = limit.parse().expect("a number");
+    let max_connections = ConnLimits::PROXY.max_connections as u64;
+    assert!(
+        limit >= 4 * max_connections,
+        "LimitNOFILE={limit} leaves room for max_connections ({max_connections}) app \
+         connections, as many upstream ones, and the rest"
+    );
+}
+
+#[test]
+fn connection_limits_are_checked_with_file_line_and_key() {
+    use crate::support::proxy::parse_config;
+    let base = r#"
+[credentials.api]
+type = "static"
+token = { env = "API_TOKEN" }
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = "https://api.example.test"
+credential = "api"
+"#;
+    let config = parse_config(base, env()).unwrap();
+    assert_eq!(config.limits, ConnLimits::PROXY, "defaults");
+    assert_eq!(config.limits.max_connections, 512);
+    assert_eq!(config.limits.max_header_bytes, 64 * 1024);
+    assert_eq!(config.limits.idle_timeout, Duration::from_secs(30));
+
+    for (line, key, message) in [
+        ("max_connections = 0", "max_connections", "out of range"),
+        ("max_header_bytes = 100", "max_header_bytes", "out of range"),
+        ("idle_timeout = \"0s\"", "idle_timeout", "longer than zero"),
+    ] {
+        let err = parse_config(&format!("\n{line}\n{base}"), env()).unwrap_err();
+        assert_eq!(err.key, key);
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.message.contains(message), "{err}");
+    }
+}
