@@ -124,6 +124,7 @@ headers = {{ "x-route" = "demo" }}
         ),
     ]));
     let config = crate::config::parse(&toml, Path::new("<demo>"), Arc::new(env))
+        .and_then(crate::preflight::preflight)
         .map_err(|e| DemoError::Config(e.to_string()))?;
     let proxy = crate::server::serve(config).await?;
     Ok(Demo {

@@ -25,6 +25,7 @@ pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

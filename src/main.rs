@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sidekey::config::{self, Config, ProcessEnv};
+use sidekey::config::{self, ProcessEnv};
+use sidekey::preflight::{Checked, preflight};
 use tracing::{error, info, warn};
 
 /// Longest a reload waits for the first tokens of new or changed credentials.
@@ -96,14 +97,14 @@ fn main() -> ExitCode {
 }
 
 /// Load and fully validate (including secrets and TLS files).
-fn load_checked(path: &Path) -> Result<Config, String> {
-    let config = config::load(path, Arc::new(ProcessEnv)).map_err(|e| e.to_string())?;
-    config.check_secrets().map_err(|e| e.to_string())?;
-    Ok(config)
+fn load_checked(path: &Path) -> Result<Checked, String> {
+    config::load(path, Arc::new(ProcessEnv))
+        .and_then(preflight)
+        .map_err(|e| e.to_string())
 }
 
 fn check(path: &Path) -> Result<(), String> {
-    let config = load_checked(path)?;
+    let Checked { config, .. } = load_checked(path)?;
     println!(
         "{}: ok ({} credential(s), {} route(s){})",
         path.display(),
@@ -119,9 +120,8 @@ fn check(path: &Path) -> Result<(), String> {
 }
 
 async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
-    let config = load_checked(path)?;
+    let Checked { config, roots, .. } = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
-    let roots = sidekey::tls::root_store(&config.tls).map_err(|e| e.to_string())?;
     let (token, kind) = sidekey::credential::obtain_once(&config, name, &roots)
         .await
         .map_err(|e| format!("credential {name}: {e}"))?;
@@ -153,12 +153,12 @@ async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
 }
 
 async fn run(path: &Path) -> Result<(), String> {
-    let config = load_checked(path)?;
-    sidekey::telemetry::init(&config.log);
+    let checked = load_checked(path)?;
+    sidekey::telemetry::init(&checked.config.log);
     raise_fd_limit();
     return_freed_memory();
     let mut signals = signals::Signals::install();
-    let mut handle = sidekey::server::serve(config)
+    let mut handle = sidekey::server::serve(checked)
         .await
         .map_err(|e| e.to_string())?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");

@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,6 +32,7 @@ use crate::conn;
 use crate::credential::Credentials;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::preflight::{Checked, RouteTls};
 use crate::proxy::client::{ClientOptions, upstream_client};
 use crate::proxy::framing::{Framing, Tap};
 use crate::proxy::route::{Base, RouteParts, Target};
@@ -135,19 +135,21 @@ impl Handle {
     /// configuration keeps serving, so a reload never replaces a working
     /// token with none. Cancel-safe: dropping the future before it returns
     /// leaves the old configuration in place and stops the new engines.
-    pub async fn reload(&mut self, config: Config, ready_wait: Duration) -> Result<(), ServeError> {
-        if listen_plan(&config) != self.listen_plan {
+    pub async fn reload(
+        &mut self,
+        checked: Checked,
+        ready_wait: Duration,
+    ) -> Result<(), ServeError> {
+        let config = &checked.config;
+        if listen_plan(config) != self.listen_plan {
             return Err(ServeError::Config(
                 "listen addresses, listener TLS or [forward_proxy] presence changed; \
                  these need a restart"
                     .to_owned(),
             ));
         }
-        config
-            .check_secrets()
-            .map_err(|e| ServeError::Config(e.to_string()))?;
         let current = self.shared.credentials.load_full();
-        let generation = build_generation(&config, &self.shared.metrics, Some(&current))?;
+        let generation = build_generation(&checked, &self.shared.metrics, Some(&current))?;
         first_tokens(&generation.credentials, ready_wait).await?;
         for (addr, dispatch) in &generation.listeners {
             if let Some(slot) = self.dispatchers.get(addr) {
@@ -248,8 +250,8 @@ fn listen_plan(
 
 fn build_route(
     route: &RouteConfig,
+    route_tls: &RouteTls,
     credentials: &Credentials,
-    roots: &RootCertStore,
 ) -> Result<Route, ServeError> {
     let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
         ServeError::Config(format!(
@@ -258,7 +260,7 @@ fn build_route(
         ))
     })?;
     let client = upstream_client(
-        roots,
+        route_tls.upstream.clone(),
         ClientOptions {
             connect_timeout: route.connect_timeout,
             allow_insecure_http: route.allow_insecure_http,
@@ -290,19 +292,20 @@ fn build_route(
 /// Start credentials (taking over the unchanged ones of `previous`) and
 /// build every dispatch table of `config`.
 fn build_generation(
-    config: &Config,
+    checked: &Checked,
     metrics: &Metrics,
     previous: Option<&Credentials>,
 ) -> Result<Generation, ServeError> {
-    let roots = tls::root_store(&config.tls).map_err(|e| ServeError::Config(e.to_string()))?;
-    let credentials = Credentials::start_reusing(config, &roots, metrics, previous)
+    let config = &checked.config;
+    let roots = &*checked.roots;
+    let credentials = Credentials::start_reusing(config, roots, metrics, previous)
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();
-    for route in &config.routes {
+    for (route, route_tls) in config.routes.iter().zip(&checked.routes) {
         grouped
             .entry(route.listen)
             .or_default()
-            .push(Arc::new(build_route(route, &credentials, &roots)?));
+            .push(Arc::new(build_route(route, route_tls, &credentials)?));
     }
     let listeners = grouped
         .into_iter()
@@ -319,7 +322,8 @@ fn build_generation(
                     ))
                 })?;
                 let client = upstream_client(
-                    &roots,
+                    tls::client_config(roots, None)
+                        .map_err(|e| ServeError::Config(format!("forward_proxy: {e}")))?,
                     ClientOptions {
                         connect_timeout: forward.connect_timeout,
                         allow_insecure_http: false,
@@ -367,13 +371,11 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Start everything `config` describes and return once every listener is bound.
-pub async fn serve(config: Config) -> Result<Handle, ServeError> {
-    config
-        .check_secrets()
-        .map_err(|e| ServeError::Config(e.to_string()))?;
+/// Start everything `checked` describes and return once every listener is bound.
+pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
+    let config = &checked.config;
     let metrics = Metrics::new();
-    let generation = build_generation(&config, &metrics, None)?;
+    let generation = build_generation(&checked, &metrics, None)?;
     let shared = Arc::new(Shared {
         metrics,
         credentials: ArcSwap::new(generation.credentials.clone()),
@@ -393,7 +395,7 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
     let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
     let mut dispatchers = HashMap::new();
     let mut route_addrs = Vec::with_capacity(config.routes.len());
-    for route in &config.routes {
+    for (route, route_tls) in config.routes.iter().zip(&checked.routes) {
         if let Some(local) = bound.get(&route.listen) {
             route_addrs.push(*local);
             continue;
@@ -403,12 +405,7 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
             addr: route.listen,
             source,
         })?;
-        let acceptor = match &route.tls {
-            Some(listener_tls) => Some(TlsAcceptor::from(
-                tls::server_config(listener_tls).map_err(|e| ServeError::Config(e.to_string()))?,
-            )),
-            None => None,
-        };
+        let acceptor = route_tls.listener.clone().map(TlsAcceptor::from);
         let dispatch = generation
             .listeners
             .get(&route.listen)
@@ -476,7 +473,7 @@ pub async fn serve(config: Config) -> Result<Handle, ServeError> {
         route_addrs,
         admin_addr,
         forward_proxy_addr,
-        listen_plan: listen_plan(&config),
+        listen_plan: listen_plan(config),
         dispatchers,
         forward_dispatch,
         shared,

@@ -17,7 +17,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::raw::RawConfig;
-use super::{Config, CredentialKind, EnvSource, InbentaKey, SecretRef};
+use super::{Config, EnvSource};
 
 /// A configuration problem: file, line (when known), key path and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,71 +72,15 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
 }
 
 impl Config {
-    /// Resolve every secret reference once (env set, file readable, not
-    /// empty) and read every TLS file, as `check` and `run` do before binding.
-    pub fn check_secrets(&self) -> Result<(), ConfigError> {
-        for (name, credential) in &self.credentials {
-            let base = format!("credentials.{}", key_segment(name));
-            let mut refs: Vec<(&str, &SecretRef)> = Vec::new();
-            match &credential.kind {
-                CredentialKind::Inbenta(inbenta) => {
-                    refs.push(("api_key", &inbenta.api_key));
-                    refs.push(match &inbenta.key {
-                        InbentaKey::Secret(secret) => ("secret", secret),
-                        InbentaKey::DomainKey(key) => ("domain_key", key),
-                    });
-                    if let Some(token) = &inbenta.oauth_token {
-                        refs.push(("oauth_token", token));
-                    }
-                }
-                CredentialKind::OAuth2(oauth2) => {
-                    refs.push(("client_id", &oauth2.client_id));
-                    refs.push(("client_secret", &oauth2.client_secret));
-                }
-                CredentialKind::Static(token) => refs.push(("token", &token.token)),
-            }
-            for (field, secret) in refs {
-                secret
-                    .resolve(self.env.as_ref())
-                    .map_err(|e| self.key_error(format!("{base}.{field}"), e))?;
-            }
-        }
-        let roots = crate::tls::root_store(&self.tls)
-            .map_err(|e| self.key_error("tls.ca_file".into(), e))?;
-        for (index, route) in self.routes.iter().enumerate() {
-            let base = format!("routes[{index}]");
-            if let Some(tls) = &route.tls {
-                crate::tls::load_certs(&tls.cert)
-                    .map_err(|e| self.key_error(format!("{base}.tls.cert"), e))?;
-                crate::tls::load_private_key(&tls.key)
-                    .map_err(|e| self.key_error(format!("{base}.tls.key"), e))?;
-                crate::tls::server_config(tls)
-                    .map_err(|e| self.key_error(format!("{base}.tls.cert"), e))?;
-            }
-            if let Some(upstream_tls) = &route.upstream_tls {
-                if let Some(cert) = &upstream_tls.client_cert {
-                    crate::tls::load_certs(cert).map_err(|e| {
-                        self.key_error(format!("{base}.upstream_tls.client_cert"), e)
-                    })?;
-                }
-                if let Some(key) = &upstream_tls.client_key {
-                    crate::tls::load_private_key(key).map_err(|e| {
-                        self.key_error(format!("{base}.upstream_tls.client_key"), e)
-                    })?;
-                }
-                crate::tls::client_config(&roots, Some(upstream_tls))
-                    .map_err(|e| self.key_error(format!("{base}.upstream_tls.client_cert"), e))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// An error about `key`, on the line recorded for it when parsing.
-    fn key_error(&self, key: String, error: impl fmt::Display) -> ConfigError {
+    /// An error about `key` (a dotted path such as
+    /// `credentials.pliant.client_secret`), on the line of that key when it
+    /// is one whose line the loader keeps (secret references, files, listen
+    /// addresses).
+    pub fn key_error(&self, key: &str, error: impl fmt::Display) -> ConfigError {
         ConfigError {
             path: self.path.clone(),
-            line: self.key_lines.get(&key).copied(),
-            key,
+            line: self.key_lines.get(key).copied(),
+            key: key.to_owned(),
             message: error.to_string(),
         }
     }
@@ -154,7 +98,7 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 
 /// One segment of a dotted key path, quoted as TOML would when it is not a
 /// bare key (`"api.inbenta.io"`).
-pub(super) fn key_segment(name: &str) -> String {
+pub fn key_segment(name: &str) -> String {
     let bare = !name.is_empty()
         && name
             .chars()
@@ -283,8 +227,8 @@ mod tests {
 
     use super::*;
     use crate::config::{
-        BodyFormat, ClientAuth, LogFormat, SecretRef, Upstream, duration::parse_duration,
-        secret::MapEnv,
+        BodyFormat, ClientAuth, CredentialKind, InbentaKey, LogFormat, SecretRef, Upstream,
+        duration::parse_duration, secret::MapEnv,
     };
 
     const FILE: &str = "/etc/sidekey/sidekey.toml";
@@ -359,26 +303,6 @@ credential = "a"
         );
         assert_eq!(config.routes[0].name, "127.0.0.1:8080/");
         assert!(config.forward_proxy.is_none());
-    }
-
-    #[test]
-    fn example_file_check_names_the_missing_secret_file() {
-        let text = include_str!("../../config.example.toml");
-        let env = Arc::new(MapEnv::from([
-            ("INBENTA_API_KEY", "k"),
-            ("PLIANT_CLIENT_ID", "id"),
-            ("PLIANT_CLIENT_SECRET", "s"),
-        ]));
-        let config = parse(text, Path::new("config.example.toml"), env).unwrap();
-        let e = config.check_secrets().unwrap_err();
-        let line = text
-            .lines()
-            .position(|l| l.starts_with("secret  ="))
-            .unwrap()
-            + 1;
-        assert_eq!(e.key, "credentials.inbenta.secret");
-        assert_eq!(e.line, Some(line));
-        assert!(e.message.contains("/var/run/secrets/inbenta/secret"), "{e}");
     }
 
     #[test]
@@ -1088,55 +1012,6 @@ domain_key = { env = "D" }
         let body = "[credentials.o]\ntype = \"oauth2\"\ntoken_url = \"https://a/t\"\nclient_id = \"i\"\n\
                     client_secret = \"s\"\nbody = \"xml\"\n";
         assert_err(body, 6, "credentials.o.body", "unknown value `xml`");
-    }
-
-    #[test]
-    fn check_secrets_names_the_reference() {
-        let text = BASE.replace("A_TOKEN", "MISSING_TOKEN");
-        let e = ok(&text).check_secrets().unwrap_err();
-        assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
-        assert_eq!(e.message, "environment variable MISSING_TOKEN is not set");
-        assert_eq!(
-            e.to_string(),
-            format!("{FILE}:3: credentials.a.token: environment variable MISSING_TOKEN is not set")
-        );
-
-        let dir = temp_dir("check");
-        let config_path = dir.join("sidekey.toml");
-        std::fs::write(dir.join("token"), "s3cret\n").unwrap();
-        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"token\" }");
-        let config = parse(&text, &config_path, env()).unwrap();
-        config.check_secrets().unwrap();
-
-        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"nope\" }");
-        let e = parse(&text, &config_path, env())
-            .unwrap()
-            .check_secrets()
-            .unwrap_err();
-        assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
-        assert!(e.message.contains("nope"), "{e}");
-
-        let text = format!("{BASE}tls = {{ cert = \"missing.crt\", key = \"missing.key\" }}\n");
-        let e = parse(&text, &config_path, env())
-            .unwrap()
-            .check_secrets()
-            .unwrap_err();
-        assert_eq!((e.line, e.key.as_str()), (Some(9), "routes[0].tls.cert"));
-
-        let text = format!("[tls]\nca_file = \"missing-ca.pem\"\n{BASE}");
-        let e = parse(&text, &config_path, env())
-            .unwrap()
-            .check_secrets()
-            .unwrap_err();
-        assert_eq!((e.line, e.key.as_str()), (Some(2), "tls.ca_file"));
-
-        let text = BASE.replace("{ env = \"A_TOKEN\" }", "\"t0k3n\"");
-        let e = parse(
-            &text.replace("8080", "0"),
-            &config_path,
-            Arc::new(MapEnv::default()),
-        );
-        assert!(e.unwrap().check_secrets().is_ok());
     }
 
     #[test]

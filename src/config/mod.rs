@@ -23,7 +23,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 
 pub use host::ForwardHost;
-pub use load::{ConfigError, load, parse};
+pub use load::{ConfigError, key_segment, load, parse};
 pub use secret::{EnvSource, ProcessEnv, Secret, SecretError, SecretRef};
 
 /// The whole configuration of one sidekey process.
@@ -147,19 +147,23 @@ pub struct CredentialConfig {
 }
 
 impl CredentialConfig {
-    /// Every secret reference of this credential.
-    pub fn secret_refs(&self) -> Vec<&SecretRef> {
+    /// Every secret reference of this credential, with its key.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
         match &self.kind {
             CredentialKind::Inbenta(inbenta) => {
-                let key = match &inbenta.key {
-                    InbentaKey::Secret(r) | InbentaKey::DomainKey(r) => r,
+                let flow = match &inbenta.key {
+                    InbentaKey::Secret(r) => ("secret", r),
+                    InbentaKey::DomainKey(r) => ("domain_key", r),
                 };
-                let mut refs = vec![&inbenta.api_key, key];
-                refs.extend(inbenta.oauth_token.as_ref());
+                let mut refs = vec![("api_key", &inbenta.api_key), flow];
+                refs.extend(inbenta.oauth_token.as_ref().map(|r| ("oauth_token", r)));
                 refs
             }
-            CredentialKind::OAuth2(oauth2) => vec![&oauth2.client_id, &oauth2.client_secret],
-            CredentialKind::Static(fixed) => vec![&fixed.token],
+            CredentialKind::OAuth2(oauth2) => vec![
+                ("client_id", &oauth2.client_id),
+                ("client_secret", &oauth2.client_secret),
+            ],
+            CredentialKind::Static(fixed) => vec![("token", &fixed.token)],
         }
     }
 
@@ -167,7 +171,7 @@ impl CredentialConfig {
     pub fn env_vars(&self) -> Vec<&str> {
         self.secret_refs()
             .into_iter()
-            .filter_map(|r| match r {
+            .filter_map(|(_, r)| match r {
                 SecretRef::Env(name) => Some(name.as_str()),
                 SecretRef::File(_) | SecretRef::Literal(_) => None,
             })

@@ -20,13 +20,13 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::RootCertStore;
+use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tower_service::Service;
 
 use super::UpstreamBody;
 use crate::config::UpstreamTls;
-use crate::tls::{self, TlsError};
+use crate::tls::TlsError;
 
 /// How long an idle pooled connection is kept. Below the default idle
 /// timeouts of AWS's ALB (60 s), nginx (75 s) and IIS (120 s): against those, the pool drops a connection before the
@@ -48,12 +48,12 @@ pub struct ClientOptions<'a> {
     pub upstream_tls: Option<&'a UpstreamTls>,
 }
 
-/// Build a pooled client trusting `roots`.
+/// Build a pooled client speaking TLS as `tls_config` says (trust, and a
+/// client certificate for mTLS).
 pub fn upstream_client(
-    roots: &RootCertStore,
+    tls_config: ClientConfig,
     options: ClientOptions<'_>,
 ) -> Result<UpstreamClient, TlsError> {
-    let tls_config = tls::client_config(roots, options.upstream_tls)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

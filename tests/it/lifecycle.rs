@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::proxy::{TestClient, TestProxy, parse_config, start_proxy, toml_path};
+use crate::support::proxy::{TestClient, TestProxy, checked_config, start_proxy, toml_path};
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
@@ -131,7 +131,7 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
         Some("Bearer token-a")
     );
 
-    let new_config = parse_config(&config(&pki, &upstream.url(), "TOKEN_B"), env()).unwrap();
+    let new_config = checked_config(&config(&pki, &upstream.url(), "TOKEN_B"), env()).unwrap();
     proxy
         .handle
         .reload(new_config, Duration::from_secs(5))
@@ -144,15 +144,12 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
         Some("Bearer token-b")
     );
 
-    // A configuration whose secrets do not resolve is refused; the old one keeps serving.
-    let broken = parse_config(&config(&pki, &upstream.url(), "TOKEN_MISSING"), env()).unwrap();
-    assert!(
-        proxy
-            .handle
-            .reload(broken, Duration::from_secs(1))
-            .await
-            .is_err()
-    );
+    // A configuration whose secrets do not resolve never reaches the reload:
+    // the preflight checks refuse it by key, and the old one keeps serving.
+    let refused = checked_config(&config(&pki, &upstream.url(), "TOKEN_MISSING"), env())
+        .expect_err("a missing variable is refused");
+    assert_eq!(refused.key, "credentials.api.token");
+    assert!(refused.message.contains("TOKEN_MISSING"), "{refused}");
     assert_eq!(proxy.get("/3").await.status, 200);
     assert_eq!(
         upstream.last_request().unwrap().header("authorization"),
@@ -225,7 +222,7 @@ async fn reload_keeps_unchanged_credentials_and_their_tokens() {
     assert_eq!(proxy.get("/1").await.status, 200);
     assert_eq!(server.calls(), 1);
 
-    let new_config = parse_config(&config("two"), oauth_env(&secret)).unwrap();
+    let new_config = checked_config(&config("two"), oauth_env(&secret)).unwrap();
     proxy
         .handle
         .reload(new_config, Duration::from_secs(5))
@@ -261,7 +258,7 @@ async fn reload_during_a_token_outage_is_refused_and_the_old_token_keeps_serving
     let refused = proxy
         .handle
         .reload(
-            parse_config(&changed, oauth_env(&secret)).unwrap(),
+            checked_config(&changed, oauth_env(&secret)).unwrap(),
             Duration::from_secs(20),
         )
         .await
@@ -295,7 +292,7 @@ async fn reload_with_a_wrong_secret_is_refused_at_once() {
     let refused = proxy
         .handle
         .reload(
-            parse_config(&config, oauth_env("wrong-secret-value")).unwrap(),
+            checked_config(&config, oauth_env("wrong-secret-value")).unwrap(),
             Duration::from_secs(20),
         )
         .await

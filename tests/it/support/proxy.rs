@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use sidekey::config::secret::MapEnv;
 use sidekey::config::{Config, ConfigError};
+use sidekey::preflight::{Checked, preflight};
 use sidekey::server::{Handle, ServeError};
 
 use super::tls::{TestPki, provider};
@@ -490,7 +491,7 @@ pub fn raw_responses(mut raw: &[u8]) -> Vec<RawResponse> {
 /// Why [`try_start_proxy`] failed.
 #[derive(Debug)]
 pub enum StartError {
-    /// `config::parse` refused the text.
+    /// `config::parse` or the preflight checks refused the text.
     Config(ConfigError),
     /// `server::serve` refused to start.
     Serve(ServeError),
@@ -509,6 +510,11 @@ pub struct TestProxy {
 /// Parse config text as if read from `test.toml`, with `env` as the environment.
 pub fn parse_config(config_toml: &str, env: MapEnv) -> Result<Config, ConfigError> {
     sidekey::config::parse(config_toml, Path::new("test.toml"), Arc::new(env))
+}
+
+/// Parse config text and run the preflight checks, as `run` and a reload do.
+pub fn checked_config(config_toml: &str, env: MapEnv) -> Result<Checked, ConfigError> {
+    parse_config(config_toml, env).and_then(preflight)
 }
 
 /// Parse `config_toml` and start sidekey; panics with the error when either fails.
@@ -531,7 +537,9 @@ pub async fn start_proxy_adjusted(
     let mut config = parse_config(config_toml, env)
         .unwrap_or_else(|e| panic!("config refused: {e}\n---\n{config_toml}"));
     adjust(&mut config);
-    let handle = sidekey::server::serve(config.clone())
+    let checked = preflight(config.clone())
+        .unwrap_or_else(|e| panic!("preflight refused: {e}\n---\n{config_toml}"));
+    let handle = sidekey::server::serve(checked)
         .await
         .unwrap_or_else(|e| panic!("serve failed: {e}\n---\n{config_toml}"));
     TestProxy {
@@ -544,7 +552,8 @@ pub async fn start_proxy_adjusted(
 /// Parse `config_toml` and start sidekey.
 pub async fn try_start_proxy(config_toml: &str, env: MapEnv) -> Result<TestProxy, StartError> {
     let config = parse_config(config_toml, env).map_err(StartError::Config)?;
-    let handle = sidekey::server::serve(config.clone())
+    let checked = preflight(config.clone()).map_err(StartError::Config)?;
+    let handle = sidekey::server::serve(checked)
         .await
         .map_err(StartError::Serve)?;
     Ok(TestProxy {

@@ -1,0 +1,187 @@
+//! The checks made once before anything binds — by `check`, by `run` and by
+//! a reload: every secret reference resolves (variable set, file readable,
+//! value usable) and every TLS file loads and fits its use. What those files
+//! hold is kept in the [`Checked`] configuration (trust roots, each route's
+//! listener and upstream TLS configuration), so serving reads none of them
+//! again. Every failure names the file, line and key, like a syntax error.
+
+use std::sync::Arc;
+
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::{Config, ConfigError};
+use crate::tls;
+
+/// A configuration whose secrets resolve and whose TLS files load, with what
+/// was read from those files.
+#[derive(Debug)]
+pub struct Checked {
+    /// The configuration.
+    pub config: Config,
+    /// webpki + system roots + `[tls] ca_file`.
+    pub roots: Arc<RootCertStore>,
+    /// Per route (config order): the listener's TLS configuration
+    /// (`tls = { cert, key }`) and the client configuration for its upstream
+    /// (trust, and the client certificate of `upstream_tls`).
+    pub routes: Vec<RouteTls>,
+}
+
+/// The TLS configurations of one route.
+#[derive(Debug)]
+pub struct RouteTls {
+    /// HTTPS on the route's listener, when `tls` is set.
+    pub listener: Option<Arc<ServerConfig>>,
+    /// The client side towards the upstream.
+    pub upstream: ClientConfig,
+}
+
+/// Resolve every secret reference once and read every TLS file.
+pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
+    for (name, credential) in &config.credentials {
+        for (field, secret) in credential.secret_refs() {
+            secret
+                .resolve(config.env.as_ref())
+                .map_err(|e| config.key_error(&credential_key(name, field), e))?;
+        }
+    }
+    let roots =
+        Arc::new(tls::root_store(&config.tls).map_err(|e| config.key_error("tls.ca_file", e))?);
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for (index, route) in config.routes.iter().enumerate() {
+        let key = |field: &str| format!("routes[{index}].{field}");
+        let listener = match &route.tls {
+            Some(listener_tls) => {
+                tls::load_certs(&listener_tls.cert)
+                    .map_err(|e| config.key_error(&key("tls.cert"), e))?;
+                tls::load_private_key(&listener_tls.key)
+                    .map_err(|e| config.key_error(&key("tls.key"), e))?;
+                Some(
+                    tls::server_config(listener_tls)
+                        .map_err(|e| config.key_error(&key("tls.cert"), e))?,
+                )
+            }
+            None => None,
+        };
+        if let Some(upstream_tls) = &route.upstream_tls {
+            if let Some(cert) = &upstream_tls.client_cert {
+                tls::load_certs(cert)
+                    .map_err(|e| config.key_error(&key("upstream_tls.client_cert"), e))?;
+            }
+            if let Some(private_key) = &upstream_tls.client_key {
+                tls::load_private_key(private_key)
+                    .map_err(|e| config.key_error(&key("upstream_tls.client_key"), e))?;
+            }
+        }
+        let upstream = tls::client_config(&roots, route.upstream_tls.as_ref())
+            .map_err(|e| config.key_error(&key("upstream_tls.client_cert"), e))?;
+        routes.push(RouteTls { listener, upstream });
+    }
+    Ok(Checked {
+        config,
+        roots,
+        routes,
+    })
+}
+
+/// `credentials.NAME.FIELD`, with `NAME` quoted as TOML would when needed.
+fn credential_key(name: &str, field: &str) -> String {
+    format!("credentials.{}.{field}", crate::config::key_segment(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::config::EnvSource;
+    use crate::config::parse;
+    use crate::config::secret::MapEnv;
+
+    const FILE: &str = "/etc/sidekey/sidekey.toml";
+
+    /// Lines 1–8: one static credential and one route using it.
+    const BASE: &str = r#"[credentials.a]
+type = "static"
+token = { env = "A_TOKEN" }
+
+[[routes]]
+listen = "127.0.0.1:8080"
+upstream = "https://api.example.com"
+credential = "a"
+"#;
+
+    fn env() -> Arc<dyn EnvSource> {
+        Arc::new(MapEnv::from([("A_TOKEN", "t0k3n")]))
+    }
+
+    fn ok(text: &str) -> Config {
+        parse(text, Path::new(FILE), env()).expect("a valid config")
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sidekey-preflight-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn example_file_check_names_the_missing_secret_file() {
+        let text = include_str!("../config.example.toml");
+        let env = Arc::new(MapEnv::from([
+            ("INBENTA_API_KEY", "k"),
+            ("PLIANT_CLIENT_ID", "id"),
+            ("PLIANT_CLIENT_SECRET", "s"),
+        ]));
+        let config = parse(text, Path::new("config.example.toml"), env).unwrap();
+        let e = preflight(config).unwrap_err();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("secret  ="))
+            .unwrap()
+            + 1;
+        assert_eq!(e.key, "credentials.inbenta.secret");
+        assert_eq!(e.line, Some(line));
+        assert!(e.message.contains("/var/run/secrets/inbenta/secret"), "{e}");
+    }
+
+    #[test]
+    fn every_secret_and_tls_file_is_checked_by_file_line_and_key() {
+        let text = BASE.replace("A_TOKEN", "MISSING_TOKEN");
+        let e = preflight(ok(&text)).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
+        assert_eq!(e.message, "environment variable MISSING_TOKEN is not set");
+        assert_eq!(
+            e.to_string(),
+            format!("{FILE}:3: credentials.a.token: environment variable MISSING_TOKEN is not set")
+        );
+
+        let dir = temp_dir("check");
+        let config_path = dir.join("sidekey.toml");
+        std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"token\" }");
+        let config = parse(&text, &config_path, env()).unwrap();
+        preflight(config).unwrap();
+
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"nope\" }");
+        let e = preflight(parse(&text, &config_path, env()).unwrap()).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
+        assert!(e.message.contains("nope"), "{e}");
+
+        let text = format!("{BASE}tls = {{ cert = \"missing.crt\", key = \"missing.key\" }}\n");
+        let e = preflight(parse(&text, &config_path, env()).unwrap()).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(9), "routes[0].tls.cert"));
+
+        let text = format!("[tls]\nca_file = \"missing-ca.pem\"\n{BASE}");
+        let e = preflight(parse(&text, &config_path, env()).unwrap()).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "tls.ca_file"));
+
+        let text = BASE.replace("{ env = \"A_TOKEN\" }", "\"t0k3n\"");
+        let e = parse(
+            &text.replace("8080", "0"),
+            &config_path,
+            Arc::new(MapEnv::default()),
+        );
+        assert!(preflight(e.unwrap()).is_ok());
+    }
+}
