@@ -30,69 +30,22 @@
 //!   token at once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::handle::{CredentialHandle, EngineSettings, Published, State};
+use super::provider::{FetchError, Provider, Token};
 use super::timing::{
     BACKOFF_MAX, RETRY_FLOOR, backoff_delay, renewal_delay, retry_delay, safety_margin,
 };
 use super::token_client::MAX_LIFETIME;
-use super::{CredentialHandle, EngineSettings, FetchError, Provider, Published, Token};
 use crate::metrics::{Metrics, RefreshOutcome};
 
 /// A failure message is logged at WARN again after this long, if unchanged.
 const REPEAT_WARNING_AFTER: Duration = Duration::from_secs(30);
-
-/// What the handle reads: the published token (if any), the last failure
-/// and when the next attempt comes.
-#[derive(Default)]
-pub(super) struct State {
-    /// The latest token's headers, kept after expiry so the reason can say when.
-    pub(super) published: Option<Arc<Published>>,
-    /// Wall-clock time when `published` stops being handed out, for messages only.
-    pub(super) wall_expiry: Option<SystemTime>,
-    /// The last failure since the last success (never contains a secret).
-    pub(super) last_error: Option<Box<str>>,
-    /// A token request is in flight.
-    pub(super) in_flight: bool,
-    /// When the next token request is due (`None`: none scheduled).
-    pub(super) next_attempt: Option<Instant>,
-}
-
-impl State {
-    /// Why there is no valid token (called only when there is none).
-    pub(super) fn reason(&self) -> String {
-        let last = self.last_error.as_deref();
-        match (&self.published, last) {
-            (None, None) => "never obtained: first token request in progress".to_owned(),
-            (None, Some(error)) => format!("never obtained: {error}"),
-            (Some(_), last) => {
-                let when = self
-                    .wall_expiry
-                    .map(rfc3339)
-                    .unwrap_or_else(|| "an unknown time".to_owned());
-                match last {
-                    Some(error) => format!("expired at {when}; last renewal failed: {error}"),
-                    None => format!("expired at {when}; renewal in progress"),
-                }
-            }
-        }
-    }
-
-    /// A copy with the same token and error.
-    fn with_attempt(&self, in_flight: bool, next_attempt: Option<Instant>) -> State {
-        State {
-            published: self.published.clone(),
-            wall_expiry: self.wall_expiry,
-            last_error: self.last_error.clone(),
-            in_flight,
-            next_attempt,
-        }
-    }
-}
 
 /// The token the engine holds.
 struct Held {
@@ -383,73 +336,4 @@ fn build_headers(
         })
         .chain(fixed.iter().cloned())
         .collect()
-}
-
-/// `2024-05-01T12:00:00Z` (UTC, whole seconds).
-fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_timestamps() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // leap day 2024
-        assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(t), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn reasons_say_what_happened() {
-        let state = State::default();
-        assert_eq!(
-            state.reason(),
-            "never obtained: first token request in progress"
-        );
-        let state = State {
-            last_error: Some("connection refused".into()),
-            ..State::default()
-        };
-        assert_eq!(state.reason(), "never obtained: connection refused");
-        let state = State {
-            published: Some(Arc::new(Published {
-                headers: Box::new([]),
-                expires_at: None,
-                generation: 1,
-                apis: None,
-                renewed_on_rejection: false,
-            })),
-            wall_expiry: Some(UNIX_EPOCH),
-            last_error: Some("HTTP 500".into()),
-            ..State::default()
-        };
-        assert_eq!(
-            state.reason(),
-            "expired at 1970-01-01T00:00:00Z; last renewal failed: HTTP 500"
-        );
-    }
 }

@@ -47,11 +47,11 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, ORIGIN};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
+use super::provider::{ApiMap, FetchError, Provider, Token};
 use super::token_client::{
     TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header, transient,
     unix_now, unix_time_field,
 };
-use super::{ApiMap, FetchError, Provider, Token};
 use crate::config::{EnvSource, InbentaConfig, InbentaKey, Secret};
 
 /// `x-inbenta-key`.

@@ -36,11 +36,11 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+use super::provider::{FetchError, Provider, Token};
 use super::token_client::{
     MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header,
     transient, unix_now,
 };
-use super::{FetchError, Provider, Token};
 use crate::config::{BodyFormat, ClientAuth, EnvSource, OAuth2Config, Secret};
 
 /// Obtains tokens with the client credentials grant.

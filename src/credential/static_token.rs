@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use super::{FetchError, Provider, Token};
+use super::provider::{FetchError, Provider, Token};
 use crate::config::{EnvSource, SecretError, SecretRef, StaticConfig};
 
 /// How often a `{ file = … }` token is read again.

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use super::FetchError;
+use super::provider::FetchError;
 
 /// No two token requests of a credential closer than this (bar one
 /// renewal per rejected token), whatever the server says.

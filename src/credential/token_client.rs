@@ -40,9 +40,9 @@ use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 use serde_json::Value;
 
-use super::FetchError;
+use super::provider::FetchError;
 use super::redact::{Redactor, collapse_whitespace};
-use crate::error::error_chain;
+use crate::error_chain::error_chain;
 use crate::tls::TlsError;
 
 /// Largest token response body accepted (1 MiB).

@@ -1,0 +1,82 @@
+//! [`AnyProvider`]: the configured credential types behind one [`Provider`],
+//! dispatched statically.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use rustls::RootCertStore;
+
+use super::inbenta::InbentaProvider;
+use super::oauth2::OAuth2Provider;
+use super::provider::{FetchError, Provider, Token};
+use super::static_token::StaticProvider;
+use super::token_client::TokenClient;
+use crate::config::{CredentialConfig, CredentialKind, EnvSource};
+use crate::tls::TlsError;
+
+/// Any configured provider: static dispatch over the credential types.
+#[derive(Debug)]
+pub enum AnyProvider {
+    /// `type = "inbenta"`.
+    Inbenta(InbentaProvider),
+    /// `type = "oauth2"`.
+    OAuth2(OAuth2Provider),
+    /// `type = "static"`.
+    Static(StaticProvider),
+}
+
+impl AnyProvider {
+    /// The provider `config` describes, with its own token endpoint client.
+    pub fn from_config(
+        config: &CredentialConfig,
+        roots: &RootCertStore,
+        env: Arc<dyn EnvSource>,
+    ) -> Result<Self, TlsError> {
+        let client = || TokenClient::new(roots, config.timeout, config.allow_insecure_http);
+        Ok(match &config.kind {
+            CredentialKind::Inbenta(inbenta) => {
+                AnyProvider::Inbenta(InbentaProvider::new(inbenta, client()?, env))
+            }
+            CredentialKind::OAuth2(oauth2) => {
+                AnyProvider::OAuth2(OAuth2Provider::new(oauth2, client()?, env))
+            }
+            CredentialKind::Static(fixed) => AnyProvider::Static(StaticProvider::new(fixed, env)),
+        })
+    }
+
+    /// The `type` as written in the configuration.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            AnyProvider::Inbenta(_) => "inbenta",
+            AnyProvider::OAuth2(_) => "oauth2",
+            AnyProvider::Static(_) => "static",
+        }
+    }
+}
+
+impl Provider for AnyProvider {
+    async fn fetch(&self, current: Option<&Token>) -> Result<Token, FetchError> {
+        match self {
+            AnyProvider::Inbenta(p) => p.fetch(current).await,
+            AnyProvider::OAuth2(p) => p.fetch(current).await,
+            AnyProvider::Static(p) => p.fetch(current).await,
+        }
+    }
+
+    fn header_names(&self) -> Vec<HeaderName> {
+        match self {
+            AnyProvider::Inbenta(p) => p.header_names(),
+            AnyProvider::OAuth2(p) => p.header_names(),
+            AnyProvider::Static(p) => p.header_names(),
+        }
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        match self {
+            AnyProvider::Inbenta(p) => p.poll_interval(),
+            AnyProvider::OAuth2(p) => p.poll_interval(),
+            AnyProvider::Static(p) => p.poll_interval(),
+        }
+    }
+}

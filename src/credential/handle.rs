@@ -1,0 +1,467 @@
+//! The proxy's view of one credential, [`CredentialHandle`]: what to
+//! inject now (one `ArcSwap` load of prebuilt [`Published`] headers), why
+//! there is no valid token ([`Unavailable`]), the waits a request may make
+//! for a token about to come, and the reports of rejected tokens that the
+//! engine renews on. The engine task is its only writer.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue, StatusCode};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::provider::ApiMap;
+use super::rejection::{self, Decision, Rejections};
+use super::{timing, token_client};
+use crate::config::{CredentialConfig, CredentialKind};
+use crate::metrics::{Metrics, RejectionCounters};
+
+/// What the proxy injects for one credential at one moment. Built once per
+/// token and shared by every request.
+#[derive(Debug)]
+pub struct Published {
+    /// Every header to set (token headers + credential static headers), values marked sensitive.
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
+    /// When the token stops being handed out (monotonic clock): a safety
+    /// margin before the issuer's expiry; `None` = never.
+    pub expires_at: Option<Instant>,
+    /// Increases with every newly published token; identifies "the token a request saw".
+    pub generation: u64,
+    /// Inbenta product base URLs of this token.
+    pub apis: Option<Arc<ApiMap>>,
+    /// Obtained by a renewal that an upstream's rejection triggered.
+    pub renewed_on_rejection: bool,
+}
+
+/// What [`CredentialHandle::report_rejected`] did about a rejection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A renewal of the rejected token was requested (now or before):
+    /// [`CredentialHandle::wait_for_renewal`] gives its outcome.
+    Renewing,
+    /// The rejected token was already replaced: retry with the current one.
+    Replaced,
+    /// Fresh tokens are rejected too, so the rejection is not about the
+    /// token: no renewal; pass the answer on.
+    Ignored,
+}
+
+/// Why a credential cannot serve a request right now (→ 503 `credential_unavailable`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("credential {credential} has no valid token: {reason}")]
+pub struct Unavailable {
+    /// The credential name.
+    pub credential: Arc<str>,
+    /// Why (never obtained yet, expired while renewals fail, last error).
+    pub reason: String,
+}
+
+/// Readiness of one credential, for `/readyz` and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialStatus {
+    /// A valid token is held; `expires_in` is `None` for tokens without expiry.
+    Ready {
+        /// Time left until expiry.
+        expires_in: Option<Duration>,
+    },
+    /// No valid token.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Settings of one credential's renewal engine, from its configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// `refresh_before`; `None` = the smaller of 5 minutes and a quarter of the lifetime.
+    pub refresh_before: Option<Duration>,
+    /// The credential's static `headers`, sent with every token.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `renew_on_status`.
+    pub renew_on_status: Vec<StatusCode>,
+    /// Longest one `fetch` may take before the engine gives up on it and
+    /// retries (a safety net; providers time out on each request first).
+    pub fetch_timeout: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            refresh_before: None,
+            headers: Vec::new(),
+            renew_on_status: vec![StatusCode::UNAUTHORIZED],
+            fetch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl EngineSettings {
+    /// The settings `[credentials.NAME]` describes. The fetch limit leaves
+    /// each token-endpoint request of one fetch its whole `timeout` (Inbenta
+    /// may make two: `/refreshToken`, then `/auth`), plus 5 s.
+    pub fn from_config(config: &CredentialConfig) -> Self {
+        let requests = match config.kind {
+            CredentialKind::Inbenta(_) => 2,
+            CredentialKind::OAuth2(_) | CredentialKind::Static(_) => 1,
+        };
+        EngineSettings {
+            refresh_before: config.refresh_before,
+            headers: config.headers.clone(),
+            renew_on_status: config.renew_on_status.clone(),
+            fetch_timeout: config
+                .timeout
+                .saturating_mul(requests)
+                .saturating_add(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// The proxy's view of one credential. Cheap to read from any number of
+/// requests at once; the credential's engine task is the only writer.
+pub struct CredentialHandle {
+    pub(super) name: Arc<str>,
+    /// What the engine published last (token headers, last error).
+    pub(super) state: ArcSwap<State>,
+    strip_names: Box<[HeaderName]>,
+    renew_on: Box<[StatusCode]>,
+    /// Which rejections renew the token.
+    rejections: Mutex<Rejections>,
+    /// Wakes the engine when a token is rejected.
+    pub(super) wake: Notify,
+    /// Generation of the latest published token (0 = none yet).
+    pub(super) generation: watch::Sender<u64>,
+    /// Highest rejected generation whose renewal attempt has ended.
+    pub(super) settled: watch::Sender<u64>,
+    /// Woken after every token request, successful or not.
+    pub(super) attempted: Notify,
+    /// `sidekey_token_rejections_total` of this credential.
+    counters: RejectionCounters,
+}
+
+impl fmt::Debug for CredentialHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialHandle")
+            .field("name", &self.name)
+            .field("generation", &*self.generation.borrow())
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl CredentialHandle {
+    pub(super) fn new(
+        name: &str,
+        strip_names: Vec<HeaderName>,
+        renew_on: &[StatusCode],
+        metrics: &Metrics,
+    ) -> Self {
+        let mut unique: Vec<HeaderName> = Vec::with_capacity(strip_names.len());
+        for name in strip_names {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        let name: Arc<str> = Arc::from(name);
+        CredentialHandle {
+            counters: metrics.rejection_counters(&name),
+            name,
+            state: ArcSwap::from_pointee(State::default()),
+            strip_names: unique.into_boxed_slice(),
+            renew_on: renew_on.into(),
+            rejections: Mutex::new(Rejections::default()),
+            wake: Notify::new(),
+            generation: watch::Sender::new(0),
+            settled: watch::Sender::new(0),
+            attempted: Notify::new(),
+        }
+    }
+
+    /// The credential's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The headers to inject now, or why there is no valid token. One
+    /// `ArcSwap` load and a clock read: no locks, no formatting.
+    pub fn current(&self) -> Result<Arc<Published>, Unavailable> {
+        let state = self.state.load();
+        if let Some(published) = &state.published
+            && published
+                .expires_at
+                .is_none_or(|expires_at| Instant::now() < expires_at)
+        {
+            return Ok(Arc::clone(published));
+        }
+        Err(Unavailable {
+            credential: Arc::clone(&self.name),
+            reason: state.reason(),
+        })
+    }
+
+    /// Header names the proxy strips from the app's request before injecting
+    /// (provider headers and the credential's static headers).
+    pub fn strip_names(&self) -> &[HeaderName] {
+        &self.strip_names
+    }
+
+    /// Whether `status` from the upstream means "token rejected" (`renew_on_status`).
+    pub fn renews_on(&self, status: StatusCode) -> bool {
+        self.renew_on.contains(&status)
+    }
+
+    /// An upstream rejected the token of `generation`. The first rejection
+    /// of a token renews it (once, however many requests report it); a
+    /// rejection of a token that a rejection-triggered renewal produced is
+    /// ignored for a cool-down ([`rejection`]). Counted in
+    /// `sidekey_token_rejections_total`.
+    pub fn report_rejected(&self, generation: u64) -> Rejection {
+        let state = self.state.load();
+        let Some(published) = &state.published else {
+            return Rejection::Ignored;
+        };
+        if published.generation != generation {
+            self.counters.renewed();
+            return Rejection::Replaced;
+        }
+        let decision = self
+            .rejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decide(generation, published.renewed_on_rejection, Instant::now());
+        match decision {
+            Decision::Renew => {
+                self.counters.renewed();
+                self.wake.notify_one();
+                Rejection::Renewing
+            }
+            Decision::Join => {
+                self.counters.renewed();
+                Rejection::Renewing
+            }
+            Decision::Ignore { first } => {
+                self.counters.ignored();
+                if first {
+                    tracing::warn!(
+                        credential = %self.name,
+                        cool_down_s = rejection::COOL_DOWN.as_secs(),
+                        "a freshly renewed token was rejected too: the upstream's rejections \
+                         are not about the token; not renewing on rejection for a while"
+                    );
+                }
+                Rejection::Ignored
+            }
+        }
+    }
+
+    /// The highest generation whose rejection requested a renewal.
+    pub(super) fn renewing(&self) -> u64 {
+        self.rejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .renewing()
+    }
+
+    /// When there is no valid token: wait, at most `timeout`, for one that
+    /// is about to come, then the current state.
+    ///
+    /// - Before the first token: until the first token request has ended
+    ///   (at once when it already failed, so a broken endpoint costs no
+    ///   extra wait).
+    /// - After the token stopped being handed out: only within
+    ///   [`timing::EXPIRY_WAIT`] of that moment, and only while a token
+    ///   request is in flight or due before then (it keeps waiting across
+    ///   failed attempts in that window). Later, or during a longer outage,
+    ///   it returns at once.
+    pub async fn wait_for_token(&self, timeout: Duration) -> Result<Arc<Published>, Unavailable> {
+        let limit = deadline_after(timeout);
+        loop {
+            let attempted = self.attempted.notified();
+            tokio::pin!(attempted);
+            attempted.as_mut().enable();
+            let state = self.state.load();
+            let now = Instant::now();
+            let deadline = match &state.published {
+                Some(published) if published.expires_at.is_none_or(|at| now < at) => break,
+                None if state.last_error.is_some() => break,
+                None => limit,
+                Some(published) => {
+                    let Some(grace) = published
+                        .expires_at
+                        .and_then(|at| at.checked_add(timing::EXPIRY_WAIT))
+                    else {
+                        break;
+                    };
+                    let deadline = limit.min(grace);
+                    let coming =
+                        state.in_flight || state.next_attempt.is_some_and(|at| at <= deadline);
+                    if now >= deadline || !coming {
+                        break;
+                    }
+                    deadline
+                }
+            };
+            drop(state);
+            if tokio::time::timeout_at(deadline, attempted).await.is_err() {
+                break;
+            }
+        }
+        self.current()
+    }
+
+    /// Wait (up to `timeout`) for a token newer than `generation`; then the
+    /// current state, whether or not a newer token arrived.
+    pub async fn wait_for_newer(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<Arc<Published>, Unavailable> {
+        let mut published = self.generation.subscribe();
+        // On timeout the current state is the answer; the sender lives as long as `self`.
+        let _ = tokio::time::timeout(timeout, published.wait_for(|&g| g > generation)).await;
+        self.current()
+    }
+
+    /// After [`CredentialHandle::report_rejected`]: wait (up to `timeout`)
+    /// until the renewal of the token of `generation` has ended — a newer
+    /// token was published, or the attempt failed or yielded the same token
+    /// (a static token) — then the current state.
+    pub async fn wait_for_renewal(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<Arc<Published>, Unavailable> {
+        let mut published = self.generation.subscribe();
+        let mut settled = self.settled.subscribe();
+        let ended = async {
+            loop {
+                if *published.borrow_and_update() > generation
+                    || *settled.borrow_and_update() >= generation
+                {
+                    return;
+                }
+                // Both senders live as long as `self`.
+                tokio::select! {
+                    _ = published.changed() => {}
+                    _ = settled.changed() => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, ended).await;
+        self.current()
+    }
+
+    /// Readiness now.
+    pub fn status(&self) -> CredentialStatus {
+        let state = self.state.load();
+        let now = Instant::now();
+        match &state.published {
+            Some(published) if published.expires_at.is_none_or(|at| now < at) => {
+                CredentialStatus::Ready {
+                    expires_in: published
+                        .expires_at
+                        .map(|at| at.saturating_duration_since(now)),
+                }
+            }
+            _ => CredentialStatus::Unavailable {
+                reason: state.reason(),
+            },
+        }
+    }
+}
+
+/// `now + timeout`, or a year from now when that overflows.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(token_client::MAX_LIFETIME))
+        .unwrap_or(now)
+}
+
+/// What the handle reads: the published token (if any), the last failure
+/// and when the next attempt comes.
+#[derive(Default)]
+pub(super) struct State {
+    /// The latest token's headers, kept after expiry so the reason can say when.
+    pub(super) published: Option<Arc<Published>>,
+    /// Wall-clock time when `published` stops being handed out, for messages only.
+    pub(super) wall_expiry: Option<SystemTime>,
+    /// The last failure since the last success (never contains a secret).
+    pub(super) last_error: Option<Box<str>>,
+    /// A token request is in flight.
+    pub(super) in_flight: bool,
+    /// When the next token request is due (`None`: none scheduled).
+    pub(super) next_attempt: Option<Instant>,
+}
+
+impl State {
+    /// Why there is no valid token (called only when there is none).
+    pub(super) fn reason(&self) -> String {
+        let last = self.last_error.as_deref();
+        match (&self.published, last) {
+            (None, None) => "never obtained: first token request in progress".to_owned(),
+            (None, Some(error)) => format!("never obtained: {error}"),
+            (Some(_), last) => {
+                let when = self
+                    .wall_expiry
+                    .map(httpdate::fmt_http_date)
+                    .unwrap_or_else(|| "an unknown time".to_owned());
+                match last {
+                    Some(error) => format!("expired at {when}; last renewal failed: {error}"),
+                    None => format!("expired at {when}; renewal in progress"),
+                }
+            }
+        }
+    }
+
+    /// A copy with the same token and error.
+    pub(super) fn with_attempt(&self, in_flight: bool, next_attempt: Option<Instant>) -> State {
+        State {
+            published: self.published.clone(),
+            wall_expiry: self.wall_expiry,
+            last_error: self.last_error.clone(),
+            in_flight,
+            next_attempt,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    #[test]
+    fn reasons_say_what_happened() {
+        let state = State::default();
+        assert_eq!(
+            state.reason(),
+            "never obtained: first token request in progress"
+        );
+        let state = State {
+            last_error: Some("connection refused".into()),
+            ..State::default()
+        };
+        assert_eq!(state.reason(), "never obtained: connection refused");
+        let state = State {
+            published: Some(Arc::new(Published {
+                headers: Box::new([]),
+                expires_at: None,
+                generation: 1,
+                apis: None,
+                renewed_on_rejection: false,
+            })),
+            wall_expiry: Some(UNIX_EPOCH),
+            last_error: Some("HTTP 500".into()),
+            ..State::default()
+        };
+        assert_eq!(
+            state.reason(),
+            "expired at Thu, 01 Jan 1970 00:00:00 GMT; last renewal failed: HTTP 500"
+        );
+    }
+}

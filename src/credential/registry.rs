@@ -1,0 +1,252 @@
+//! All credentials of a configuration ([`Credentials`]): one supervised
+//! engine per `[credentials.NAME]`, shared with the next configuration when
+//! a reload leaves its settings unchanged, stopped when no configuration
+//! uses it any more; and [`obtain_once`], one token without an engine (for
+//! `sidekey token`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use tokio::task::AbortHandle;
+
+use super::any::AnyProvider;
+use super::engine;
+use super::handle::{CredentialHandle, EngineSettings};
+use super::provider::{FetchError, Provider, Token};
+use crate::config::{Config, CredentialConfig, EnvSource};
+use crate::metrics::Metrics;
+use crate::tls::TlsError;
+
+/// One running credential: the handle requests read, its renewal task, and
+/// what it was started from. Shared between configurations by a reload that
+/// leaves the credential's settings unchanged; the task stops when the last
+/// configuration using it is gone.
+struct Engine {
+    handle: Arc<CredentialHandle>,
+    task: AbortHandle,
+    /// `None` for engines started by [`Credentials::spawn`] (never taken over).
+    origin: Option<Origin>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The inputs an engine was built from; equal inputs mean a reload may keep it.
+struct Origin {
+    config: CredentialConfig,
+    env: Arc<dyn EnvSource>,
+    roots: Arc<RootCertStore>,
+}
+
+impl Origin {
+    /// Whether an engine started from `self` serves `config` (read through
+    /// `env`, trusting `roots`) exactly as a new one would: same settings,
+    /// same values of the environment variables it reads, same trust.
+    fn serves(
+        &self,
+        config: &CredentialConfig,
+        env: &dyn EnvSource,
+        roots: &RootCertStore,
+    ) -> bool {
+        self.config == *config
+            && self.roots.roots == roots.roots
+            && config
+                .env_vars()
+                .iter()
+                .all(|name| self.env.var(name) == env.var(name))
+    }
+}
+
+/// All credentials of a configuration, each with its renewal task running.
+/// Dropping it stops the tasks that no other configuration shares.
+#[derive(Default)]
+pub struct Credentials {
+    engines: BTreeMap<String, Arc<Engine>>,
+    /// Names of the engines taken over from a previous configuration.
+    taken_over: BTreeSet<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.engines
+                    .iter()
+                    .map(|(name, engine)| (name, &engine.handle)),
+            )
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Build one provider per `[credentials.NAME]` and start its renewal
+    /// task; each fetches its first token at once. Must be called inside a
+    /// tokio runtime. Fails only when a token endpoint client cannot be built.
+    pub fn start(
+        config: &Config,
+        roots: &RootCertStore,
+        metrics: &Metrics,
+    ) -> Result<Credentials, TlsError> {
+        Credentials::start_reusing(config, roots, metrics, None)
+    }
+
+    /// Like [`Credentials::start`], but every credential of `previous` whose
+    /// settings, environment values and trust are unchanged is taken over as
+    /// it runs (same handle, same token, no token request); only new or
+    /// changed credentials start an engine. [`Credentials::started`] names
+    /// those.
+    pub fn start_reusing(
+        config: &Config,
+        roots: &RootCertStore,
+        metrics: &Metrics,
+        previous: Option<&Credentials>,
+    ) -> Result<Credentials, TlsError> {
+        let shared_roots = Arc::new(roots.clone());
+        let mut credentials = Credentials::default();
+        for (name, credential) in &config.credentials {
+            let reusable = previous
+                .and_then(|previous| previous.engines.get(name))
+                .filter(|engine| {
+                    engine
+                        .origin
+                        .as_ref()
+                        .is_some_and(|origin| origin.serves(credential, &*config.env, roots))
+                });
+            if let Some(engine) = reusable {
+                credentials.engines.insert(name.clone(), Arc::clone(engine));
+                credentials.taken_over.insert(name.clone());
+                continue;
+            }
+            let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
+            let origin = Origin {
+                config: credential.clone(),
+                env: Arc::clone(&config.env),
+                roots: Arc::clone(&shared_roots),
+            };
+            credentials.start_engine(
+                name,
+                provider,
+                EngineSettings::from_config(credential),
+                metrics,
+                Some(origin),
+            );
+        }
+        Ok(credentials)
+    }
+
+    /// Start a renewal task for `provider` under `name` (replacing and
+    /// stopping any credential of that name). Must be called inside a tokio
+    /// runtime.
+    pub fn spawn<P: Provider>(
+        &mut self,
+        name: &str,
+        provider: P,
+        settings: EngineSettings,
+        metrics: &Metrics,
+    ) -> Arc<CredentialHandle> {
+        self.start_engine(name, provider, settings, metrics, None)
+    }
+
+    fn start_engine<P: Provider>(
+        &mut self,
+        name: &str,
+        provider: P,
+        settings: EngineSettings,
+        metrics: &Metrics,
+        origin: Option<Origin>,
+    ) -> Arc<CredentialHandle> {
+        let mut strip = provider.header_names();
+        strip.extend(settings.headers.iter().map(|(name, _)| name.clone()));
+        let handle = Arc::new(CredentialHandle::new(
+            name,
+            strip,
+            &settings.renew_on_status,
+            metrics,
+        ));
+        let task = tokio::spawn(engine::supervise(
+            provider,
+            Arc::clone(&handle),
+            settings,
+            metrics.clone(),
+        ));
+        let engine = Arc::new(Engine {
+            handle: Arc::clone(&handle),
+            task: task.abort_handle(),
+            origin,
+        });
+        self.taken_over.remove(name);
+        // Replacing an engine of the same name drops (and so stops) the old one
+        // unless another configuration still shares it.
+        self.engines.insert(name.to_owned(), engine);
+        handle
+    }
+
+    /// Names of the credentials this configuration started itself (not
+    /// taken over from the previous one): the ones a reload must see obtain
+    /// a first token before it takes effect.
+    pub fn started(&self) -> impl Iterator<Item = &str> {
+        self.engines
+            .keys()
+            .filter(|name| !self.taken_over.contains(*name))
+            .map(String::as_str)
+    }
+
+    /// The handle of credential `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<CredentialHandle>> {
+        self.engines.get(name).map(|engine| &engine.handle)
+    }
+
+    /// Every handle, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<CredentialHandle>)> {
+        self.engines
+            .iter()
+            .map(|(name, engine)| (name.as_str(), &engine.handle))
+    }
+}
+
+/// Why `sidekey token` could not obtain a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ObtainError {
+    /// No `[credentials.NAME]` of that name.
+    #[error("no credential named `{0}` in the configuration")]
+    UnknownCredential(String),
+    /// The token endpoint client could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The provider failed.
+    #[error("credential {credential}: {source}")]
+    Fetch {
+        /// The credential name.
+        credential: String,
+        /// What went wrong.
+        source: FetchError,
+    },
+}
+
+/// Obtain one token for credential `name`, outside any engine (for
+/// `sidekey token`). Returns the token and the credential type
+/// (`"inbenta"`, `"oauth2"` or `"static"`).
+pub async fn obtain_once(
+    config: &Config,
+    name: &str,
+    roots: &RootCertStore,
+) -> Result<(Token, &'static str), ObtainError> {
+    let credential = config
+        .credentials
+        .get(name)
+        .ok_or_else(|| ObtainError::UnknownCredential(name.to_owned()))?;
+    let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
+    let token = provider
+        .fetch(None)
+        .await
+        .map_err(|source| ObtainError::Fetch {
+            credential: name.to_owned(),
+            source,
+        })?;
+    Ok((token, provider.type_name()))
+}
