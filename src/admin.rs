@@ -17,6 +17,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -30,17 +32,16 @@ use tracing::debug;
 
 use crate::config::ConnLimits;
 use crate::conn;
-use crate::credential::CredentialStatus;
+use crate::credential::{CredentialStatus, Credentials};
 use crate::metrics::Metrics;
-use crate::server::CredentialsView;
 
 /// What the admin endpoint reads.
 #[derive(Clone, Debug)]
 pub struct AdminState {
     /// The metric registry.
     pub metrics: Metrics,
-    /// The credentials in service (follows reloads).
-    pub credentials: CredentialsView,
+    /// The credentials in service (a reload swaps them here).
+    pub credentials: Arc<ArcSwap<Credentials>>,
 }
 
 /// Serve the admin endpoint until `shutdown` turns true, with at most
@@ -106,7 +107,7 @@ pub fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full
 }
 
 fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
-    let credentials = state.credentials.current();
+    let credentials = state.credentials.load_full();
     let not_ready: Vec<serde_json::Value> = credentials
         .iter()
         .filter_map(|(name, handle)| match handle.status() {
@@ -127,7 +128,7 @@ fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 fn refresh_expiry_gauges(state: &AdminState) {
-    let credentials = state.credentials.current();
+    let credentials = state.credentials.load_full();
     for (name, handle) in credentials.iter() {
         let seconds = match handle.status() {
             CredentialStatus::Ready {

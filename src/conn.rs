@@ -16,21 +16,33 @@
 //!   timeout, which hyper measures from the moment it waits for a request
 //!   head, so it bounds idle keep-alive connections and trickling headers
 //!   alike.
+//! - [`serve_proxy_connection`]: one app connection from its TLS handshake
+//!   to its close, with the request framing tap in front of hyper.
 //! - [`raise_fd_limit`] and the file-descriptor budget that keeps
 //!   `max_connections` below what the open-file limit allows.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
 
 use crate::config::ConnLimits;
+use crate::metrics::Metrics;
+use crate::proxy::framing::Tap;
+use crate::proxy::{Dispatch, service};
 
 /// How often a persisting condition (a full cap, failing accepts) is logged again.
 const LOG_AGAIN_AFTER: Duration = Duration::from_secs(60);
@@ -60,6 +72,63 @@ pub fn http1(limits: &ConnLimits) -> http1::Builder {
         .max_buf_size(limits.max_header_bytes.max(MIN_BUF_SIZE))
         .keep_alive(true);
     builder
+}
+
+/// Serve one app connection of a proxy listener until it closes: the TLS
+/// handshake when the listener has one (bounded by `idle_timeout`), then
+/// HTTP/1.1 under [`http1`] with the request framing tap, each request
+/// through [`service::handle_request`] with the dispatch table in force when
+/// it arrives.
+pub async fn serve_proxy_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    dispatch: Arc<ArcSwap<Dispatch>>,
+    metrics: Metrics,
+    limits: &ConnLimits,
+    watcher: Watcher,
+) {
+    // The tap sees the raw request heads that hyper's parser tidies up.
+    let tap = Tap::default();
+    let inspector = tap.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let framing = inspector.inspect(&request);
+        request.extensions_mut().insert(framing);
+        let dispatch = dispatch.load_full();
+        let metrics = metrics.clone();
+        async move { Ok::<_, Infallible>(service::handle_request(&dispatch, request, &metrics).await) }
+    });
+    let builder = http1(limits);
+    let result = match acceptor {
+        None => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(tap.wrap(stream)), service))
+                .await
+        }
+        Some(acceptor) => {
+            // The TLS handshake is bounded by the idle timeout too.
+            match tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    watcher
+                        .watch(
+                            builder.serve_connection(TokioIo::new(tap.wrap(tls_stream)), service),
+                        )
+                        .await
+                }
+                Ok(Err(err)) => {
+                    debug!(%peer, error = %err, "TLS handshake with the app failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake with the app timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        debug!(%peer, error = %err, "connection ended with an error");
+    }
 }
 
 /// A cap on open connections, shared by the listeners of one kind.

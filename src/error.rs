@@ -113,21 +113,6 @@ pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Resp
     response
 }
 
-/// Every cause in an error chain joined with ": ", for one-line messages.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,12 +124,5 @@ mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()["x-sidekey-error"], "no_route");
         assert_eq!(response.headers()["content-type"], "application/json");
-    }
-
-    #[test]
-    fn chain_joins_causes_once() {
-        let inner = std::io::Error::other("connection refused");
-        let outer = std::io::Error::other(inner);
-        assert_eq!(error_chain(&outer), "connection refused");
     }
 }

@@ -24,6 +24,7 @@ pub mod conn;
 pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod error_chain;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;

@@ -8,43 +8,39 @@
 //! already validated configuration without dropping a connection; listen
 //! addresses and listener TLS cannot change on reload.
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::admin;
-use crate::config::{Config, ConnLimits, RouteConfig, Upstream};
+use crate::config::{Config, ConnLimits};
 use crate::conn;
 use crate::credential::Credentials;
-use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::preflight::{Checked, RouteTls};
-use crate::proxy::client::{ClientOptions, upstream_client};
-use crate::proxy::framing::{Framing, Tap};
-use crate::proxy::route::{Base, RouteParts, Target};
-use crate::proxy::{Dispatch, ForwardHosts, ResponseBody, Route, forward::forward};
-use crate::tls;
+use crate::preflight::Checked;
+use crate::proxy::Dispatch;
+use crate::proxy::build::{BuildError, build_generation};
 
 /// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The configuration could not be turned into running parts.
-    #[error("{0}")]
-    Config(String),
+    #[error("cannot build the configuration's routes and credentials")]
+    Build(#[from] BuildError),
+    /// A reload changed what only a restart can change.
+    #[error(
+        "listen addresses, listener TLS or [forward_proxy] presence changed; these need a restart"
+    )]
+    ListenersChanged,
     /// A credential new to this configuration (or with changed settings)
     /// did not obtain its first token, so the configuration is not taken.
     #[error("credential {credential} could not obtain a token: {reason}")]
@@ -64,20 +60,10 @@ pub enum ServeError {
     },
 }
 
-/// Routes and credentials of one configuration; replaced whole on reload.
-struct Generation {
-    /// Dispatch per configured listen address (as written, before binding).
-    listeners: HashMap<SocketAddr, Arc<Dispatch>>,
-    /// Dispatch of the forward proxy.
-    forward: Option<Arc<Dispatch>>,
-    /// The credential engines of this configuration.
-    credentials: Arc<Credentials>,
-}
-
 /// What every connection task shares.
 struct Shared {
     metrics: Metrics,
-    credentials: ArcSwap<Credentials>,
+    credentials: Arc<ArcSwap<Credentials>>,
 }
 
 /// A running proxy.
@@ -142,11 +128,7 @@ impl Handle {
     ) -> Result<(), ServeError> {
         let config = &checked.config;
         if listen_plan(config) != self.listen_plan {
-            return Err(ServeError::Config(
-                "listen addresses, listener TLS or [forward_proxy] presence changed; \
-                 these need a restart"
-                    .to_owned(),
-            ));
+            return Err(ServeError::ListenersChanged);
         }
         let current = self.shared.credentials.load_full();
         let generation = build_generation(&checked, &self.shared.metrics, Some(&current))?;
@@ -248,123 +230,6 @@ fn listen_plan(
     plan
 }
 
-fn build_route(
-    route: &RouteConfig,
-    route_tls: &RouteTls,
-    credentials: &Credentials,
-) -> Result<Route, ServeError> {
-    let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
-        ServeError::Config(format!(
-            "route {} names unknown credential {}",
-            route.name, route.credential
-        ))
-    })?;
-    let client = upstream_client(
-        route_tls.upstream.clone(),
-        ClientOptions {
-            connect_timeout: route.connect_timeout,
-            allow_insecure_http: route.allow_insecure_http,
-            upstream_tls: route.upstream_tls.as_ref(),
-        },
-    )
-    .map_err(|e| ServeError::Config(format!("route {}: {e}", route.name)))?;
-    let target = match &route.upstream {
-        Upstream::Url(uri) => Target::Fixed(Base::from_uri(uri).ok_or_else(|| {
-            ServeError::Config(format!("route {}: upstream is not absolute", route.name))
-        })?),
-        Upstream::InbentaApi(api) => Target::InbentaApi(api.clone()),
-    };
-    Ok(Route::new(
-        &route.path_prefix,
-        route.strip_prefix,
-        target,
-        RouteParts {
-            name: Arc::from(route.name.as_str()),
-            credential,
-            headers: route.headers.clone(),
-            client,
-            request_timeout: route.request_timeout,
-            body_timeout: route.body_timeout,
-        },
-    ))
-}
-
-/// Start credentials (taking over the unchanged ones of `previous`) and
-/// build every dispatch table of `config`.
-fn build_generation(
-    checked: &Checked,
-    metrics: &Metrics,
-    previous: Option<&Credentials>,
-) -> Result<Generation, ServeError> {
-    let config = &checked.config;
-    let roots = &*checked.roots;
-    let credentials = Credentials::start_reusing(config, roots, metrics, previous)
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();
-    for (route, route_tls) in config.routes.iter().zip(&checked.routes) {
-        grouped
-            .entry(route.listen)
-            .or_default()
-            .push(Arc::new(build_route(route, route_tls, &credentials)?));
-    }
-    let listeners = grouped
-        .into_iter()
-        .map(|(addr, routes)| (addr, Arc::new(Dispatch::routes(routes))))
-        .collect();
-    let forward = match &config.forward_proxy {
-        None => None,
-        Some(forward) => {
-            let mut hosts = ForwardHosts::default();
-            for (host, credential_name) in &forward.hosts {
-                let credential = credentials.get(credential_name).cloned().ok_or_else(|| {
-                    ServeError::Config(format!(
-                        "forward_proxy.hosts.{host} names unknown credential {credential_name}"
-                    ))
-                })?;
-                let client = upstream_client(
-                    tls::client_config(roots, None)
-                        .map_err(|e| ServeError::Config(format!("forward_proxy: {e}")))?,
-                    ClientOptions {
-                        connect_timeout: forward.connect_timeout,
-                        allow_insecure_http: false,
-                        upstream_tls: None,
-                    },
-                )
-                .map_err(|e| ServeError::Config(format!("forward_proxy: {e}")))?;
-                // The upstream is the configured host and port, never the
-                // request's spelling of it.
-                let base = format!("https://{}", host.upstream_authority())
-                    .parse::<http::Uri>()
-                    .ok()
-                    .and_then(|uri| Base::from_uri(&uri))
-                    .ok_or_else(|| {
-                        ServeError::Config(format!("forward_proxy.hosts.{host} is not a host"))
-                    })?;
-                let route = Route::new(
-                    "/",
-                    false,
-                    Target::Fixed(base),
-                    RouteParts {
-                        name: Arc::from(format!("forward_proxy:{host}")),
-                        credential,
-                        headers: Vec::new(),
-                        client,
-                        request_timeout: forward.request_timeout,
-                        body_timeout: forward.body_timeout,
-                    },
-                );
-                hosts.insert(&host.host, host.request_port(), Arc::new(route));
-            }
-            Some(Arc::new(Dispatch::Forward(hosts)))
-        }
-    };
-    Ok(Generation {
-        listeners,
-        forward,
-        credentials: Arc::new(credentials),
-    })
-}
-
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
@@ -378,7 +243,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
     let generation = build_generation(&checked, &metrics, None)?;
     let shared = Arc::new(Shared {
         metrics,
-        credentials: ArcSwap::new(generation.credentials.clone()),
+        credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -406,11 +271,10 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
             source,
         })?;
         let acceptor = route_tls.listener.clone().map(TlsAcceptor::from);
-        let dispatch = generation
-            .listeners
-            .get(&route.listen)
-            .cloned()
-            .ok_or_else(|| ServeError::Config(format!("no routes for {}", route.listen)))?;
+        let Some(dispatch) = generation.listeners.get(&route.listen).cloned() else {
+            // build_generation made a dispatch for every listen address.
+            continue;
+        };
         let slot = Arc::new(ArcSwap::new(dispatch));
         dispatchers.insert(route.listen, slot.clone());
         info!(listen = %local, tls = acceptor.is_some(), "proxy listening");
@@ -458,7 +322,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
         info!(listen = %local, "admin listening");
         let state = admin::AdminState {
             metrics: shared.metrics.clone(),
-            credentials: CredentialsView(shared.clone()),
+            credentials: shared.credentials.clone(),
         };
         tasks.spawn(admin::serve(
             listener,
@@ -481,23 +345,6 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
         tasks,
         grace: config.shutdown_grace,
     })
-}
-
-/// The admin endpoint's view of the current credentials (follows reloads).
-#[derive(Clone)]
-pub struct CredentialsView(Arc<Shared>);
-
-impl CredentialsView {
-    /// The credentials in service now.
-    pub fn current(&self) -> Arc<Credentials> {
-        self.0.credentials.load_full()
-    }
-}
-
-impl std::fmt::Debug for CredentialsView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CredentialsView")
-    }
 }
 
 /// What every proxy connection may hold, and the cap they share.
@@ -523,11 +370,11 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
                 let dispatch = dispatch.clone();
-                let shared = shared.clone();
+                let metrics = shared.metrics.clone();
                 let acceptor = acceptor.clone();
                 let limits = policy.limits;
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, acceptor, dispatch, shared, &limits, watcher).await;
+                    conn::serve_proxy_connection(stream, peer, acceptor, dispatch, metrics, &limits, watcher).await;
                     drop(slot);
                 });
             }
@@ -536,111 +383,4 @@ async fn accept_loop(
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    acceptor: Option<TlsAcceptor>,
-    dispatch: Arc<ArcSwap<Dispatch>>,
-    shared: Arc<Shared>,
-    limits: &ConnLimits,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    // The tap sees the raw request heads that hyper's parser tidies up.
-    let tap = Tap::default();
-    let inspector = tap.clone();
-    let service = service_fn(move |mut request: Request<Incoming>| {
-        let framing = inspector.inspect(&request);
-        request.extensions_mut().insert(framing);
-        let dispatch = dispatch.load_full();
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle_request(&dispatch, request, &shared.metrics).await) }
-    });
-    let builder = conn::http1(limits);
-    let result = match acceptor {
-        None => {
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(tap.wrap(stream)), service))
-                .await
-        }
-        Some(acceptor) => {
-            // The TLS handshake is bounded by the idle timeout too.
-            match tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    watcher
-                        .watch(
-                            builder.serve_connection(TokioIo::new(tap.wrap(tls_stream)), service),
-                        )
-                        .await
-                }
-                Ok(Err(err)) => {
-                    debug!(%peer, error = %err, "TLS handshake with the app failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake with the app timed out");
-                    return;
-                }
-            }
-        }
-    };
-    if let Err(err) = result {
-        debug!(%peer, error = %err, "connection ended with an error");
-    }
-}
-
-/// Route, forward and account for one request; never fails.
-async fn handle_request(
-    dispatch: &Dispatch,
-    request: Request<Incoming>,
-    metrics: &Metrics,
-) -> Response<ResponseBody> {
-    let started = tokio::time::Instant::now();
-    let closes = request
-        .extensions()
-        .get::<Framing>()
-        .is_some_and(|framing| framing.closes_connection());
-    let (label, result) = match dispatch.find(&request) {
-        Ok(route) => (route.name.clone(), forward(route, request, metrics).await),
-        Err(err) => (no_route_label(), Err(err)),
-    };
-    let mut response = match result {
-        Ok(response) => response,
-        Err(err) => {
-            log_error(&label, &err);
-            err.to_response().map(http_body_util::Either::Right)
-        }
-    };
-    if closes {
-        // A refused framing: the tap no longer knows where a next request
-        // would start (see `proxy::framing`), so this is the connection's last.
-        response
-            .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    metrics.record_request(
-        &label,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
-}
-
-fn no_route_label() -> Arc<str> {
-    static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    LABEL.get_or_init(|| Arc::from("none")).clone()
-}
-
-/// The one log line of an error sidekey answers itself. Lines at WARN and
-/// above carry `route`, so a storm of them is folded into one line per
-/// interval ([`crate::telemetry`]).
-fn log_error(route: &str, err: &ProxyError) {
-    match err {
-        ProxyError::CredentialUnavailable(_) => error!(route, code = err.code(), "{err}"),
-        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
-            // Already logged where the upstream failed.
-        }
-        _ => debug!(route, code = err.code(), "{err}"),
-    }
 }

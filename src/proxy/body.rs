@@ -32,7 +32,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
-use crate::error::error_chain;
+use crate::error_chain::error_chain;
 use crate::metrics::Metrics;
 
 /// Why a body ended early.

@@ -32,7 +32,8 @@ use super::client::on_stale_connection;
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
 use super::{ResponseBody, Route};
 use crate::credential::{Published, Rejection};
-use crate::error::{ProxyError, error_chain};
+use crate::error::ProxyError;
+use crate::error_chain::error_chain;
 use crate::metrics::Metrics;
 
 /// Largest request body kept in memory for a retry (64 KiB).

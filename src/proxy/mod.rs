@@ -17,6 +17,7 @@
 //!    ([`body::Idle`]).
 
 pub mod body;
+pub mod build;
 pub mod chunked;
 pub mod client;
 pub mod forward;
@@ -25,6 +26,7 @@ pub mod headers;
 pub mod hosts;
 pub mod path;
 pub mod route;
+pub mod service;
 
 use std::sync::Arc;
 

@@ -1,0 +1,71 @@
+//! The per-request service of a proxy listener: route the request
+//! ([`Dispatch::find`]), forward it ([`forward`]), turn a refusal or failure
+//! into sidekey's JSON error (logged once, see [`crate::error`]), close the
+//! connection after a refused framing, and count the request in the metrics.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tracing::{debug, error};
+
+use super::forward::forward;
+use super::framing::Framing;
+use super::{Dispatch, ResponseBody};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+/// Route, forward and account for one request; never fails.
+pub async fn handle_request(
+    dispatch: &Dispatch,
+    request: Request<Incoming>,
+    metrics: &Metrics,
+) -> Response<ResponseBody> {
+    let started = tokio::time::Instant::now();
+    let closes = request
+        .extensions()
+        .get::<Framing>()
+        .is_some_and(|framing| framing.closes_connection());
+    let (label, result) = match dispatch.find(&request) {
+        Ok(route) => (route.name.clone(), forward(route, request, metrics).await),
+        Err(err) => (no_route_label(), Err(err)),
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            log_error(&label, &err);
+            err.to_response().map(http_body_util::Either::Right)
+        }
+    };
+    if closes {
+        // A refused framing: the tap no longer knows where a next request
+        // would start (see `proxy::framing`), so this is the connection's last.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    metrics.record_request(
+        &label,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn no_route_label() -> Arc<str> {
+    static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| Arc::from("none")).clone()
+}
+
+/// The one log line of an error sidekey answers itself. Lines at WARN and
+/// above carry `route`, so a storm of them is folded into one line per
+/// interval ([`crate::telemetry`]).
+fn log_error(route: &str, err: &ProxyError) {
+    match err {
+        ProxyError::CredentialUnavailable(_) => error!(route, code = err.code(), "{err}"),
+        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+            // Already logged where the upstream failed.
+        }
+        _ => debug!(route, code = err.code(), "{err}"),
+    }
+}
