@@ -45,8 +45,8 @@ pub enum DemoError {
         source: std::io::Error,
     },
     /// The generated configuration was refused (a bug).
-    #[error("demo configuration: {0}")]
-    Config(String),
+    #[error("demo configuration")]
+    Config(#[source] crate::config::ConfigError),
     /// The proxy could not start.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -125,7 +125,7 @@ headers = {{ "x-route" = "demo" }}
     ]));
     let config = crate::config::parse(&toml, Path::new("<demo>"), Arc::new(env))
         .and_then(crate::preflight::preflight)
-        .map_err(|e| DemoError::Config(e.to_string()))?;
+        .map_err(DemoError::Config)?;
     let proxy = crate::server::serve(config).await?;
     Ok(Demo {
         proxy,

@@ -9,8 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sidekey::config::{self, ProcessEnv};
+use sidekey::config::{self, ConfigError, ProcessEnv};
+use sidekey::credential::ObtainError;
+use sidekey::demo::DemoError;
+use sidekey::error_chain::error_chain;
 use sidekey::preflight::{Checked, preflight};
+use sidekey::server::ServeError;
 use tracing::{error, info, warn};
 
 /// Longest a reload waits for the first tokens of new or changed credentials.
@@ -67,43 +71,52 @@ enum Command {
     },
 }
 
+/// Why a command failed; printed once, with its causes, as `error: …`.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Token(#[from] ObtainError),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run { config } => run(&config).await,
-            Command::Check { config } => check(&config),
-            Command::Token { config, name, show } => token(&config, &name, show).await,
-            Command::Demo { listen } => sidekey::demo::run(listen).await.map_err(|e| e.to_string()),
-        }
-    });
+        .map_err(CliError::Runtime)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.command {
+                    Command::Run { config } => run(&config).await,
+                    Command::Check { config } => check(&config),
+                    Command::Token { config, name, show } => token(&config, &name, show).await,
+                    Command::Demo { listen } => Ok(sidekey::demo::run(listen).await?),
+                }
+            })
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(err) => {
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::from(1)
         }
     }
 }
 
 /// Load and fully validate (including secrets and TLS files).
-fn load_checked(path: &Path) -> Result<Checked, String> {
-    config::load(path, Arc::new(ProcessEnv))
-        .and_then(preflight)
-        .map_err(|e| e.to_string())
+fn load_checked(path: &Path) -> Result<Checked, ConfigError> {
+    config::load(path, Arc::new(ProcessEnv)).and_then(preflight)
 }
 
-fn check(path: &Path) -> Result<(), String> {
+fn check(path: &Path) -> Result<(), CliError> {
     let Checked { config, .. } = load_checked(path)?;
     println!(
         "{}: ok ({} credential(s), {} route(s){})",
@@ -119,12 +132,10 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
+async fn token(path: &Path, name: &str, show: bool) -> Result<(), CliError> {
     let Checked { config, roots, .. } = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
-    let (token, kind) = sidekey::credential::obtain_once(&config, name, &roots)
-        .await
-        .map_err(|e| format!("credential {name}: {e}"))?;
+    let (token, kind) = sidekey::credential::obtain_once(&config, name, &roots).await?;
     let lifetime = match token.lifetime {
         Some(lifetime) => format!("expires in {}s", lifetime.as_secs()),
         None => "does not expire".to_owned(),
@@ -141,26 +152,27 @@ async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
 async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
     info!(config = %path.display(), "reloading the configuration");
     let outcome = match load_checked(path) {
-        Ok(new_config) => handle
-            .reload(new_config, RELOAD_READY_WAIT)
+        Ok(checked) => handle
+            .reload(checked, RELOAD_READY_WAIT)
             .await
-            .map_err(|e| e.to_string()),
-        Err(err) => Err(err),
+            .map_err(CliError::from),
+        Err(err) => Err(err.into()),
     };
     if let Err(err) = outcome {
-        error!("reload refused, the old configuration keeps serving: {err}");
+        error!(
+            "reload refused, the old configuration keeps serving: {}",
+            error_chain(&err)
+        );
     }
 }
 
-async fn run(path: &Path) -> Result<(), String> {
+async fn run(path: &Path) -> Result<(), CliError> {
     let checked = load_checked(path)?;
     sidekey::telemetry::init(&checked.config.log);
     raise_fd_limit();
     return_freed_memory();
     let mut signals = signals::Signals::install();
-    let mut handle = sidekey::server::serve(checked)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut handle = sidekey::server::serve(checked).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     let mut signal = signals.next().await;
     while signal == signals::Signal::Reload {

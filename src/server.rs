@@ -1,12 +1,14 @@
 //! Listeners and lifecycle.
 //!
-//! [`serve`] validates everything first (secrets, TLS files), starts the
-//! credential engines, binds every listener (routes sharing a `listen`
-//! address share one listener), then serves until [`Handle::shutdown`]:
-//! stop accepting, let in-flight requests finish within `shutdown_grace`,
-//! return. [`Handle::reload`] swaps in the routes and credentials of a new,
-//! already validated configuration without dropping a connection; listen
-//! addresses and listener TLS cannot change on reload.
+//! [`serve`] takes a configuration that passed the preflight checks
+//! ([`crate::preflight`]), builds its routes and starts its credential
+//! engines ([`crate::proxy::build`]), binds every listener (routes sharing a
+//! `listen` address share one listener; each connection is served by
+//! [`crate::conn`]), then serves until [`Handle::shutdown`]: stop accepting,
+//! let in-flight requests finish within `shutdown_grace`, return.
+//! [`Handle::reload`] swaps in the routes and credentials of a new checked
+//! configuration without dropping a connection, once its new credentials
+//! hold tokens; listen addresses and listener TLS cannot change on reload.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
