@@ -16,7 +16,8 @@
 //!   timeout, which hyper measures from the moment it waits for a request
 //!   head, so it bounds idle keep-alive connections and trickling headers
 //!   alike.
-//! - [`serve_proxy_connection`]: one app connection from its TLS handshake
+//! - [`serve_proxy_listener`] and [`serve_proxy_connection`]: a proxy
+//!   listener's accept loop, and one app connection from its TLS handshake
 //!   to its close, with the request framing tap in front of hyper.
 //! - [`raise_fd_limit`] and the file-descriptor budget that keeps
 //!   `max_connections` below what the open-file limit allows.
@@ -32,9 +33,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -72,6 +73,48 @@ pub fn http1(limits: &ConnLimits) -> http1::Builder {
         .max_buf_size(limits.max_header_bytes.max(MIN_BUF_SIZE))
         .keep_alive(true);
     builder
+}
+
+/// What every proxy connection may hold, and the cap they share.
+#[derive(Clone, Debug)]
+pub struct ProxyPolicy {
+    /// Per-connection limits.
+    pub limits: ConnLimits,
+    /// The cap shared by every proxy listener.
+    pub gate: Arc<Gate>,
+}
+
+/// Serve a proxy listener's connections until `shutdown` turns true, then
+/// let the open ones finish (the caller bounds how long).
+pub async fn serve_proxy_listener(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    dispatch: Arc<ArcSwap<Dispatch>>,
+    metrics: Metrics,
+    policy: ProxyPolicy,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut listener = Listener::new(listener, policy.gate.clone());
+    loop {
+        tokio::select! {
+            (stream, peer, slot) = listener.accept() => {
+                let _ = stream.set_nodelay(true);
+                let watcher = graceful.watcher();
+                let dispatch = dispatch.clone();
+                let metrics = metrics.clone();
+                let acceptor = acceptor.clone();
+                let limits = policy.limits;
+                tokio::spawn(async move {
+                    serve_proxy_connection(stream, peer, acceptor, dispatch, metrics, &limits, watcher).await;
+                    drop(slot);
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Serve one app connection of a proxy listener until it closes: the TLS

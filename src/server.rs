@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -24,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::config::{Config, ConnLimits};
+use crate::config::Config;
 use crate::conn;
 use crate::credential::Credentials;
 use crate::metrics::Metrics;
@@ -232,10 +231,12 @@ fn listen_plan(
     plan
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+/// Bind `addr`; the listener and the address it got (port 0 resolved).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let bind_error = |source| ServeError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }
 
 /// Start everything `checked` describes and return once every listener is bound.
@@ -250,7 +251,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     // One cap for every route listener and the forward proxy together.
-    let policy = ConnPolicy {
+    let policy = conn::ProxyPolicy {
         limits: config.limits,
         gate: conn::Gate::for_proxy(
             &config.limits,
@@ -267,11 +268,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
             route_addrs.push(*local);
             continue;
         }
-        let listener = bind(route.listen).await?;
-        let local = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: route.listen,
-            source,
-        })?;
+        let (listener, local) = bind(route.listen).await?;
         let acceptor = route_tls.listener.clone().map(TlsAcceptor::from);
         let Some(dispatch) = generation.listeners.get(&route.listen).cloned() else {
             // build_generation made a dispatch for every listen address.
@@ -280,11 +277,11 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
         let slot = Arc::new(ArcSwap::new(dispatch));
         dispatchers.insert(route.listen, slot.clone());
         info!(listen = %local, tls = acceptor.is_some(), "proxy listening");
-        tasks.spawn(accept_loop(
+        tasks.spawn(conn::serve_proxy_listener(
             listener,
             acceptor,
             slot,
-            shared.clone(),
+            shared.metrics.clone(),
             policy.clone(),
             shutdown_rx.clone(),
         ));
@@ -295,18 +292,14 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
     let mut forward_proxy_addr = None;
     let mut forward_dispatch = None;
     if let (Some(forward_config), Some(dispatch)) = (&config.forward_proxy, &generation.forward) {
-        let listener = bind(forward_config.listen).await?;
-        let local = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: forward_config.listen,
-            source,
-        })?;
+        let (listener, local) = bind(forward_config.listen).await?;
         let slot = Arc::new(ArcSwap::new(dispatch.clone()));
         info!(listen = %local, "forward proxy listening");
-        tasks.spawn(accept_loop(
+        tasks.spawn(conn::serve_proxy_listener(
             listener,
             None,
             slot.clone(),
-            shared.clone(),
+            shared.metrics.clone(),
             policy.clone(),
             shutdown_rx.clone(),
         ));
@@ -316,11 +309,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
 
     let mut admin_addr = None;
     if let Some(admin_config) = &config.admin {
-        let listener = bind(admin_config.listen).await?;
-        let local = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: admin_config.listen,
-            source,
-        })?;
+        let (listener, local) = bind(admin_config.listen).await?;
         info!(listen = %local, "admin listening");
         let state = admin::AdminState {
             metrics: shared.metrics.clone(),
@@ -347,42 +336,4 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
         tasks,
         grace: config.shutdown_grace,
     })
-}
-
-/// What every proxy connection may hold, and the cap they share.
-#[derive(Clone)]
-struct ConnPolicy {
-    limits: ConnLimits,
-    gate: Arc<conn::Gate>,
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    dispatch: Arc<ArcSwap<Dispatch>>,
-    shared: Arc<Shared>,
-    policy: ConnPolicy,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut listener = conn::Listener::new(listener, policy.gate.clone());
-    loop {
-        tokio::select! {
-            (stream, peer, slot) = listener.accept() => {
-                let _ = stream.set_nodelay(true);
-                let watcher = graceful.watcher();
-                let dispatch = dispatch.clone();
-                let metrics = shared.metrics.clone();
-                let acceptor = acceptor.clone();
-                let limits = policy.limits;
-                tokio::spawn(async move {
-                    conn::serve_proxy_connection(stream, peer, acceptor, dispatch, metrics, &limits, watcher).await;
-                    drop(slot);
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
 }
