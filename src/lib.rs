@@ -5,13 +5,15 @@
 //! forwards them over HTTPS. One background task per credential keeps a valid
 //! token published, so requests never wait for or carry an expired token.
 //!
-//! Map of the crate:
+//! Map of the crate, in the order a configuration travels:
 //! - [`config`]: the configuration schema, loading and validation
+//! - [`preflight`]: secrets resolve and TLS files load, checked once
 //! - [`credential`]: token providers and the renewal engine
-//! - [`proxy`]: route matching, strip-then-inject, forwarding
+//! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
 //! - [`server`]: listeners, graceful shutdown, reload ([`server::serve`])
-//! - [`error`]: errors sidekey answers itself, as JSON
-//! - [`conn`]: connection caps, per-connection limits, accept errors
+//! - [`conn`]: one app connection: caps, limits, TLS, the framing tap
+//! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
+//!   renders any error with its causes on one line)
 //! - [`tls`], [`admin`], [`metrics`], [`telemetry`], [`demo`]
 
 #![forbid(unsafe_code)]
