@@ -122,8 +122,6 @@ impl TestResponse {
 pub struct Download {
     /// Status.
     pub status: StatusCode,
-    /// Version.
-    pub version: Version,
     /// Headers.
     pub headers: HeaderMap,
     /// Bytes received.
@@ -282,7 +280,6 @@ pub async fn count_body(response: http::Response<Incoming>) -> Download {
     }
     Download {
         status: parts.status,
-        version: parts.version,
         headers: parts.headers,
         len: digest.len(),
         digest: digest.digest(),
@@ -312,22 +309,6 @@ pub async fn send_to(addr: SocketAddr, req: Request<ReqBody>) -> TestResponse {
     tokio::time::timeout(CLIENT_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| panic!("{what}: no complete response within {CLIENT_TIMEOUT:?}"))
-}
-
-/// Write raw bytes to `addr`, close the write half, and read until the peer
-/// closes (for malformed-request tests).
-pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let exchange = async {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(bytes).await.expect("write");
-        tcp.shutdown().await.expect("shutdown write");
-        let mut out = Vec::new();
-        let _ = tcp.read_to_end(&mut out).await;
-        out
-    };
-    tokio::time::timeout(CLIENT_TIMEOUT, exchange)
-        .await
-        .expect("raw exchange timed out")
 }
 
 /// What [`send_partial`] got back.
