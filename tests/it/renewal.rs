@@ -34,7 +34,8 @@ use sidekey::credential::{
 };
 use sidekey::metrics::Metrics;
 
-use crate::support::proxy::{start_proxy, toml_str};
+use crate::support::config::toml_str;
+use crate::support::proxy::start_proxy;
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
 
 // ---------------------------------------------------------------------------

@@ -788,6 +788,12 @@ impl Upstream {
         self.state.requests.lock().expect("lock").clone()
     }
 
+    /// The path of every request so far, in order of arrival.
+    pub fn paths(&self) -> Vec<String> {
+        let requests = self.state.requests.lock().expect("lock");
+        requests.iter().map(|r| r.path.clone()).collect()
+    }
+
     /// The number of requests so far.
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().expect("lock").len()
