@@ -28,6 +28,7 @@ use sidekey::metrics::Metrics;
 use crate::support::config::{Table, TestConfig, inbenta, oauth2, route, static_token};
 use crate::support::logs;
 use crate::support::proxy::TestProxy;
+use crate::support::timing::{assert_between, gaps};
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{
     InbentaBehaviour, InbentaEndpoint, InbentaServer, Lifetime, OAuthBehaviour, OAuthServer,
@@ -66,21 +67,6 @@ fn reason(handle: &CredentialHandle) -> String {
         CredentialStatus::Unavailable { reason } => reason,
         ready => panic!("expected no valid token, got {ready:?}"),
     }
-}
-
-/// Seconds between consecutive instants.
-fn gaps(instants: &[Instant]) -> Vec<f64> {
-    instants
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs_f64())
-        .collect()
-}
-
-fn assert_between(value: f64, low: f64, high: f64, what: &str) {
-    assert!(
-        (low..=high).contains(&value),
-        "{what}: {value} s not within [{low}, {high}]"
-    );
 }
 
 // ---- absurd lifetimes -------------------------------------------------------

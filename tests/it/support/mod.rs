@@ -9,6 +9,7 @@ pub mod logs;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod timing;
 pub mod tls;
 pub mod token_servers;
 pub mod upstream;
