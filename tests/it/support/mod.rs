@@ -2,7 +2,6 @@
 //! received, an rcgen CA, configurations built from the shapes tests share,
 //! the proxy started in-process or as a child process, and clients (a pooled
 //! HTTP one, and one that writes raw bytes).
-#![allow(dead_code)]
 
 pub mod config;
 pub mod logs;
