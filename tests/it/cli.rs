@@ -2,11 +2,12 @@
 //! and the demo.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::support::process::{BIN, log_lines, signal, wait_for};
-use crate::support::proxy::TestClient;
+use crate::support::config::{TestConfig, oauth2, route};
+use crate::support::process::{BIN, SidekeyProcess};
+use crate::support::proxy::{TestClient, body_bytes, request_with};
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 
 fn sidekey(args: &[&str]) -> std::process::Output {
@@ -103,19 +104,8 @@ async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}");
     let path = write(dir.path(), "run.toml", &config);
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", &path])
-        .env("SIDEKEY_TEST_TOKEN", "t0ken-value")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let admin = wait_for(&lines, "admin listening")["listen"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mut sidekey = SidekeyProcess::run(&path, &[("SIDEKEY_TEST_TOKEN", "t0ken-value")]);
+    let admin = sidekey.listen_addr("admin listening");
     let client = TestClient::new();
     assert_eq!(
         client.get(&format!("http://{admin}/readyz")).await.status,
@@ -124,22 +114,18 @@ async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
 
     // An invalid new configuration is refused and the old one keeps serving.
     std::fs::write(&path, format!("{config}\nbogus_key = 1\n")).unwrap();
-    signal(&child, "HUP");
-    let refused = wait_for(&lines, "reload refused");
+    sidekey.signal("HUP");
+    let refused = sidekey.wait_for("reload refused");
     assert!(refused["message"].as_str().unwrap().contains("bogus_key"));
     assert_eq!(
         client.get(&format!("http://{admin}/healthz")).await.status,
         200
     );
 
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
     // Nothing the process logged contained the token.
-    while let Ok(line) = lines.try_recv() {
+    while let Ok(line) = sidekey.lines.try_recv() {
         assert!(!line.to_string().contains("t0ken-value"));
     }
 }
@@ -150,14 +136,11 @@ async fn demo_injects_a_rotating_token_the_app_never_sees() {
         .await
         .expect("demo starts");
     let client = TestClient::new();
-    let mut req = crate::support::proxy::request(
+    let req = request_with(
         http::Method::GET,
         &format!("http://{}/hello?x=1", demo.proxy_addr()),
-        crate::support::proxy::body_bytes(""),
-    );
-    req.headers_mut().insert(
-        "authorization",
-        "Bearer app-should-not-leak".parse().unwrap(),
+        &[("authorization", "Bearer app-should-not-leak")],
+        body_bytes(""),
     );
     let response = client.send(req).await;
     assert_eq!(response.status, 200, "{}", response.text());
@@ -181,51 +164,32 @@ async fn sigterm_during_a_reload_cancels_it_and_drains_within_the_grace() {
     let hanging = OAuthServer::start(OAuthBehaviour::default()).await;
     hanging.set_reply(Some(TokenReply::hang()));
     let config = |token_url: &str| {
-        format!(
-            r#"
-shutdown_grace = "1s"
-[log]
-format = "json"
-[credentials.pliant]
-type = "oauth2"
-token_url = "{token_url}"
-client_id = {{ env = "SIDEKEY_TEST_CLIENT_ID" }}
-client_secret = {{ env = "SIDEKEY_TEST_CLIENT_SECRET" }}
-allow_insecure_http = true
-timeout = "25s"
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = "https://api.example.test"
-credential = "pliant"
-"#
-        )
+        TestConfig::new()
+            .top(r#"shutdown_grace = "1s""#)
+            .json_log()
+            .with(oauth2("pliant", token_url).line(r#"timeout = "25s""#))
+            .with(route("https://api.example.test", "pliant"))
+            .text()
     };
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "run.toml", &config(&server.url()));
     let defaults = OAuthBehaviour::default();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", &path])
-        .env("SIDEKEY_TEST_CLIENT_ID", &defaults.client_id)
-        .env("SIDEKEY_TEST_CLIENT_SECRET", &defaults.client_secret)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    wait_for(&lines, "obtained token");
+    let mut sidekey = SidekeyProcess::run(
+        &path,
+        &[
+            ("CLIENT_ID", defaults.client_id.as_str()),
+            ("CLIENT_SECRET", defaults.client_secret.as_str()),
+        ],
+    );
+    sidekey.wait_for("obtained token");
 
     // The new token endpoint never answers: the reload waits for its first token.
     std::fs::write(&path, config(&hanging.url())).unwrap();
-    signal(&child, "HUP");
+    sidekey.signal("HUP");
     hanging.wait_for_requests(1).await;
     let stopping = std::time::Instant::now();
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
     assert!(
         stopping.elapsed() < Duration::from_secs(10),
         "SIGTERM during a reload stops within shutdown_grace, took {:?}",

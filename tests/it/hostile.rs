@@ -5,16 +5,15 @@
 //! app) would send, mostly as raw bytes so no client library tidies it up,
 //! and asserts on the answer and on what each upstream saw.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use sidekey::config::secret::MapEnv;
 
-use crate::support::proxy::{
-    RawResponse, TestProxy, body_bytes, raw_exchange_in_pieces, raw_exchange_open, raw_responses,
-    request, start_proxy, toml_path,
-};
+use crate::support::config::{TestConfig, forward_proxy, route, static_token};
+use crate::support::proxy::{TestProxy, body_bytes, request_with};
+use crate::support::raw::{RawConn, RawResponse};
 use crate::support::tls::TestPki;
 use crate::support::upstream::{Upstream, UpstreamOpts};
 
@@ -24,13 +23,9 @@ const TOKEN: &str = "tok-hostile";
 /// connection was left open.
 const IDLE: Duration = Duration::from_secs(2);
 
-fn env() -> MapEnv {
-    MapEnv::from([("API_TOKEN", TOKEN)])
-}
-
 /// A proxy with one reverse route (`good` with base path `/v1`) and a
-/// forward proxy whose `hosts` is `hosts_toml`; an `evil` upstream runs
-/// beside them and is named nowhere.
+/// forward proxy whose only host is `host(GOOD_PORT)`; an `evil` upstream
+/// runs beside them and is named nowhere.
 struct Scene {
     good: Upstream,
     evil: Upstream,
@@ -38,39 +33,24 @@ struct Scene {
 }
 
 impl Scene {
-    async fn start(hosts: impl FnOnce(u16) -> String) -> Scene {
+    async fn start(host: impl FnOnce(u16) -> String) -> Scene {
         let pki = Arc::new(TestPki::new());
         let good = Upstream::start(UpstreamOpts::tls(&pki)).await;
         let evil = Upstream::start(UpstreamOpts::tls(&pki)).await;
-        let config = format!(
-            r#"
-[tls]
-ca_file = {ca}
-
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = "{good}/v1"
-credential = "api"
-
-[forward_proxy]
-listen = "127.0.0.1:0"
-hosts = {{ {hosts} }}
-"#,
-            ca = toml_path(pki.ca_pem_path()),
-            good = good.url(),
-            hosts = hosts(good.addr().port()),
-        );
-        let proxy = start_proxy(&config, env()).await;
+        let proxy = TestConfig::new()
+            .trusting(&pki)
+            .with(static_token("api", "API_TOKEN"))
+            .with(route(&format!("{}/v1", good.url()), "api"))
+            .with(forward_proxy(&[(&host(good.addr().port()), "api")]))
+            .env("API_TOKEN", TOKEN)
+            .start()
+            .await;
         Scene { good, evil, proxy }
     }
 
     /// The forward proxy names `localhost:GOOD_PORT` only.
     async fn localhost_only() -> Scene {
-        Scene::start(|port| format!(r#""localhost:{port}" = "api""#)).await
+        Scene::start(|port| format!("localhost:{port}")).await
     }
 
     fn g(&self) -> u16 {
@@ -83,20 +63,34 @@ hosts = {{ {hosts} }}
 
     /// Raw bytes to the reverse route's listener.
     async fn reverse(&self, bytes: &[u8]) -> (Vec<RawResponse>, bool) {
-        let (raw, closed) = raw_exchange_open(self.proxy.route_addr(0), bytes, IDLE).await;
-        (raw_responses(&raw), closed)
+        exchange(self.proxy.route_addr(0), bytes).await
     }
 
     /// Raw bytes to the forward proxy's listener.
     async fn forward(&self, bytes: &[u8]) -> (Vec<RawResponse>, bool) {
-        let (raw, closed) = raw_exchange_open(self.proxy.forward_proxy_addr(), bytes, IDLE).await;
-        (raw_responses(&raw), closed)
+        exchange(self.proxy.forward_proxy_addr(), bytes).await
     }
 
     /// The evil upstream was never even connected to.
     fn assert_evil_untouched(&self) {
         assert_eq!(self.evil.connections(), 0, "the evil upstream was reached");
     }
+}
+
+/// Write `bytes` on a fresh connection, keeping it open; the responses,
+/// and whether the server closed the connection (a server that keeps a
+/// connection open after a refused request would answer a request pipelined
+/// behind it).
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<RawResponse>, bool) {
+    let mut conn = RawConn::connect(addr).await;
+    // The server may close while we still write: read what it said.
+    let _ = conn.send(bytes).await;
+    let closed = conn.closed_when_idle(IDLE).await;
+    (conn.responses(), closed)
+}
+
+fn statuses(responses: &[RawResponse]) -> Vec<u16> {
+    responses.iter().map(|r| r.status).collect()
 }
 
 /// Exactly one response, a 4xx; returns it.
@@ -107,7 +101,7 @@ fn one_4xx<'a>(responses: &'a [RawResponse], what: &str) -> &'a RawResponse {
         (400..500).contains(&response.status),
         "{what}: status {} ({})",
         response.status,
-        String::from_utf8_lossy(&response.body)
+        response.body_text()
     );
     response
 }
@@ -185,7 +179,7 @@ async fn connect_trace_and_track_are_refused_on_every_listener() {
 async fn forward_proxy_key_without_port_allows_only_the_default_port() {
     // "127.0.0.1" names the host on the default port; the evil upstream
     // listens on the same address, another port.
-    let scene = Scene::start(|_| r#""127.0.0.1" = "api""#.to_owned()).await;
+    let scene = Scene::start(|_| "127.0.0.1".to_owned()).await;
     let e = scene.e();
     let (responses, _) = scene
         .forward(&get(
@@ -204,13 +198,12 @@ async fn forward_proxy_host_and_port_key_allows_that_port_only() {
     let scene = Scene::localhost_only().await;
     let (g, e) = (scene.g(), scene.e());
 
-    let mut req = request(
+    let req = request_with(
         Method::GET,
         &format!("http://localhost:{g}/v2/items?q=1"),
+        &[("authorization", "Bearer app")],
         body_bytes(""),
     );
-    req.headers_mut()
-        .insert("authorization", "Bearer app".parse().unwrap());
     let r = scene.proxy.via_forward_proxy(req).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = scene.good.last_request().expect("forwarded");
@@ -392,7 +385,7 @@ async fn legitimate_paths_are_forwarded_unchanged() {
             responses[0].status,
             200,
             "{path}: {}",
-            String::from_utf8_lossy(&responses[0].body)
+            responses[0].body_text()
         );
         let seen = scene.good.last_request().expect("forwarded");
         assert_eq!(seen.uri.to_string(), format!("/v1{path}"), "{path}");
@@ -453,17 +446,10 @@ async fn conflicting_framing_is_caught_behind_earlier_requests_on_a_connection()
         decoy.len()
     );
     let (responses, closed) = scene.reverse(bytes.as_bytes()).await;
-    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [400, 200, 200, 400], "{responses:?}");
+    assert_eq!(statuses(&responses), [400, 200, 200, 400], "{responses:?}");
     assert_eq!(responses[3].header("x-sidekey-error"), Some("bad_request"));
     assert!(closed);
-    let paths: Vec<String> = scene
-        .good
-        .requests()
-        .iter()
-        .map(|r| r.path.clone())
-        .collect();
-    assert_eq!(paths, ["/v1/one", "/v1/two"]);
+    assert_eq!(scene.good.paths(), ["/v1/one", "/v1/two"]);
     assert_eq!(scene.good.requests()[0].body_text(), decoy);
 }
 
@@ -501,8 +487,11 @@ fn assert_all_forwarded_on_one_connection(
     closed: bool,
     expected: &[(&str, String)],
 ) {
-    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![200; expected.len()], "{responses:?}");
+    assert_eq!(
+        statuses(responses),
+        vec![200; expected.len()],
+        "{responses:?}"
+    );
     for response in responses {
         assert_eq!(response.header("connection"), None, "{response:?}");
     }
@@ -533,9 +522,10 @@ async fn chunked_requests_read_in_small_pieces_keep_their_connection_open() {
     let scene = Scene::localhost_only().await;
     let (bytes, expected) = chunked_uploads();
     // Read boundaries fall inside heads, size lines, data, CRLFs, trailers.
-    let (raw, closed) =
-        raw_exchange_in_pieces(scene.proxy.route_addr(0), bytes.as_bytes(), 3, IDLE).await;
-    assert_all_forwarded_on_one_connection(&scene, &raw_responses(&raw), closed, &expected);
+    let mut conn = RawConn::connect(scene.proxy.route_addr(0)).await;
+    let _ = conn.send_in_pieces(bytes.as_bytes(), 3).await;
+    let closed = conn.closed_when_idle(IDLE).await;
+    assert_all_forwarded_on_one_connection(&scene, &conn.responses(), closed, &expected);
 }
 
 #[tokio::test]
@@ -567,17 +557,10 @@ async fn conflicting_framing_behind_chunked_requests_is_refused() {
                  0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n\
                  GET /after HTTP/1.1\r\nhost: a\r\n\r\n";
     let (responses, closed) = scene.reverse(bytes.as_bytes()).await;
-    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [200, 200, 400], "{responses:?}");
+    assert_eq!(statuses(&responses), [200, 200, 400], "{responses:?}");
     assert_eq!(responses[2].header("x-sidekey-error"), Some("bad_request"));
     assert!(closed);
-    let paths: Vec<String> = scene
-        .good
-        .requests()
-        .iter()
-        .map(|r| r.path.clone())
-        .collect();
-    assert_eq!(paths, ["/v1/one", "/v1/two"]);
+    assert_eq!(scene.good.paths(), ["/v1/one", "/v1/two"]);
 }
 
 #[tokio::test]
@@ -616,18 +599,15 @@ async fn chunked_bodies_the_tap_cannot_follow_end_the_connection() {
     for body in refused_by_the_tap {
         let bytes = format!("{upload}{body}{after}");
         let (responses, closed) = scene.reverse(bytes.as_bytes()).await;
-        let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
-        assert_eq!(statuses, [200, 400], "{body:?}: {responses:?}");
+        assert_eq!(statuses(&responses), [200, 400], "{body:?}: {responses:?}");
         assert_eq!(responses[1].header("x-sidekey-error"), Some("bad_request"));
         assert!(closed, "{body:?}");
     }
-    let paths: Vec<String> = scene
-        .good
-        .requests()
-        .iter()
-        .map(|r| r.path.clone())
-        .collect();
-    assert_eq!(paths, ["/v1/up", "/v1/up"], "nothing after an upload");
+    assert_eq!(
+        scene.good.paths(),
+        ["/v1/up", "/v1/up"],
+        "nothing after an upload"
+    );
 }
 
 // ---- limits and malformed heads ----
@@ -653,10 +633,10 @@ async fn oversized_heads_get_4xx_and_nothing_is_forwarded() {
         ("many headers", many),
         ("long path", long_path),
     ] {
-        let (raw, _) = raw_exchange_open(scene.proxy.route_addr(0), bytes.as_bytes(), IDLE).await;
+        let (responses, _) = scene.reverse(bytes.as_bytes()).await;
         // The server may close while we still write: a 4xx, or nothing at all.
-        if !raw.is_empty() {
-            one_4xx(&raw_responses(&raw), what);
+        if !responses.is_empty() {
+            one_4xx(&responses, what);
         }
     }
     assert_eq!(scene.good.request_count(), 0, "nothing was forwarded");
@@ -680,13 +660,12 @@ async fn malformed_request_lines_and_headers_get_400_and_nothing_is_forwarded() 
     ];
     for bytes in cases {
         let what = String::from_utf8_lossy(bytes).into_owned();
-        let (raw, _) = raw_exchange_open(scene.proxy.route_addr(0), bytes, IDLE).await;
-        one_4xx(&raw_responses(&raw), &what);
+        let (responses, _) = scene.reverse(bytes).await;
+        one_4xx(&responses, &what);
         let forward = what.replacen("/a", &format!("http://localhost:{g}/a"), 1);
-        let (raw, _) =
-            raw_exchange_open(scene.proxy.forward_proxy_addr(), forward.as_bytes(), IDLE).await;
+        let (responses, _) = scene.forward(forward.as_bytes()).await;
         // Lossy UTF-8 may have changed the bytes; any answer must be a 4xx.
-        one_4xx(&raw_responses(&raw), &forward);
+        one_4xx(&responses, &forward);
     }
     let bad_te =
         "POST /a HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n";

@@ -6,43 +6,25 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::proxy::{
-    TestProxy, body_bytes, body_generated, request, start_proxy, toml_path,
-};
+use crate::support::config::{TestConfig, inbenta, inbenta_route};
+use crate::support::proxy::{TestProxy, body_bytes, body_generated, request, request_with};
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{InbentaBehaviour, InbentaServer, Lifetime};
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts, generated_digest};
 use http::Method;
 use serde_json::json;
-use sidekey::config::secret::MapEnv;
 
-fn env() -> MapEnv {
-    MapEnv::from([
-        ("INBENTA_API_KEY", "test-api-key"),
-        ("INBENTA_SECRET", "test-secret"),
-    ])
-}
-
-fn config(pki: &TestPki, auth: &InbentaServer) -> String {
-    format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.inbenta]
-type = "inbenta"
-api_key = {{ env = "INBENTA_API_KEY" }}
-secret = {{ env = "INBENTA_SECRET" }}
-auth_url = "{auth}"
-
-[[routes]]
-listen = "127.0.0.1:0"
-inbenta_api = "chatbot"
-credential = "inbenta"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        auth = auth.url(),
-    )
+/// An Inbenta credential against `auth` and a route to the chatbot API,
+/// both trusted through `pki`; the proxy started.
+async fn start_proxy(pki: &TestPki, auth: &InbentaServer) -> TestProxy {
+    TestConfig::new()
+        .trusting(pki)
+        .with(inbenta("inbenta", &auth.url()))
+        .with(inbenta_route("chatbot", "inbenta"))
+        .env("INBENTA_API_KEY", "test-api-key")
+        .env("INBENTA_SECRET", "test-secret")
+        .start()
+        .await
 }
 
 /// The auth server advertises `upstream` as the chatbot API.
@@ -58,29 +40,19 @@ fn behaviour(upstream: &Upstream, lifetime: Lifetime) -> InbentaBehaviour {
     }
 }
 
-async fn wait_ready(proxy: &TestProxy) {
-    for (_, handle) in proxy.handle.credentials().iter() {
-        handle
-            .wait_for_newer(0, Duration::from_secs(10))
-            .await
-            .expect("first token");
-    }
-}
-
 #[tokio::test]
 async fn chatbot_route_uses_the_apis_map_and_sends_token_and_key() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
     let auth = InbentaServer::start_tls(behaviour(&upstream, Lifetime::Both(1200)), &pki).await;
-    let proxy = start_proxy(&config(&pki, &auth), env()).await;
+    let proxy = start_proxy(&pki, &auth).await;
 
-    let mut req = request(
+    let req = request_with(
         Method::POST,
         &format!("{}/v1/conversation/message", proxy.route_url(0)),
+        &[("x-inbenta-key", "app-key")],
         body_bytes(r#"{"message":"hi"}"#),
     );
-    req.headers_mut()
-        .insert("x-inbenta-key", "app-key".parse().unwrap());
     let response = proxy.client.send(req).await;
     assert_eq!(response.status, 200, "{}", response.text());
 
@@ -127,8 +99,8 @@ async fn gateway_with_dead_tokens() -> (
     }))
     .await;
     let auth = InbentaServer::start_tls(behaviour(&upstream, Lifetime::Both(1200)), &pki).await;
-    let proxy = start_proxy(&config(&pki, &auth), env()).await;
-    wait_ready(&proxy).await;
+    let proxy = start_proxy(&pki, &auth).await;
+    proxy.wait_for_tokens().await;
     assert_eq!(proxy.get("/first").await.status, 200);
     (dead, upstream, auth, proxy)
 }
@@ -210,8 +182,8 @@ async fn short_tokens_are_refreshed_and_the_apis_map_survives_refresh_answers() 
     // 4-second tokens: renewed about every 3 s through /refreshToken, whose
     // answers carry no `apis` (as Inbenta's do).
     let auth = InbentaServer::start_tls(behaviour(&upstream, Lifetime::Both(4)), &pki).await;
-    let proxy = start_proxy(&config(&pki, &auth), env()).await;
-    wait_ready(&proxy).await;
+    let proxy = start_proxy(&pki, &auth).await;
+    proxy.wait_for_tokens().await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut sent = 0;

@@ -3,46 +3,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::proxy::{TestClient, TestProxy, checked_config, start_proxy, toml_path};
+use crate::support::config::{TestConfig, oauth2, route, static_token};
+use crate::support::proxy::{TestClient, TestProxy};
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
-use sidekey::config::secret::MapEnv;
 
-fn config(pki: &TestPki, upstream: &str, token_env: &str) -> String {
-    format!(
-        r#"
-shutdown_grace = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[tls]
-ca_file = {ca}
-
-[credentials.api]
-type = "static"
-token = {{ env = "{token_env}" }}
-
-[[routes]]
-name = "api"
-listen = "127.0.0.1:0"
-upstream = "{upstream}"
-credential = "api"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-    )
-}
-
-fn env() -> MapEnv {
-    MapEnv::from([("TOKEN_A", "token-a"), ("TOKEN_B", "token-b")])
+/// A static credential whose token is read from `token_env` (`TOKEN_A` and
+/// `TOKEN_B` are set), a route named `api`, and an admin listener.
+fn config(pki: &TestPki, upstream: &str, token_env: &str) -> TestConfig {
+    TestConfig::new()
+        .top(r#"shutdown_grace = "5s""#)
+        .admin()
+        .trusting(pki)
+        .with(static_token("api", token_env))
+        .with(route(upstream, "api").line(r#"name = "api""#))
+        .env("TOKEN_A", "token-a")
+        .env("TOKEN_B", "token-b")
 }
 
 #[tokio::test]
 async fn healthz_readyz_and_metrics() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
+    let proxy = config(&pki, &upstream.url(), "TOKEN_A").start().await;
 
     let health = proxy.admin_get("/healthz").await;
     assert_eq!(health.status, 200);
@@ -80,31 +64,17 @@ async fn healthz_readyz_and_metrics() {
 async fn readyz_lists_credentials_without_a_token_and_why() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let text = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[tls]
-ca_file = {ca}
-
-[credentials.pliant]
-type = "oauth2"
-token_url = "http://{token}/oauth/token"
-client_id = "id"
-client_secret = "very-secret-value"
-allow_insecure_http = true
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = "{upstream}"
-credential = "pliant"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        token = closed_port(),
-        upstream = upstream.url(),
-    );
-    let proxy = start_proxy(&text, MapEnv::default()).await;
+    let proxy = TestConfig::new()
+        .admin()
+        .trusting(&pki)
+        .with(
+            oauth2("pliant", &format!("http://{}/oauth/token", closed_port()))
+                .line(r#"client_id = "id""#)
+                .line(r#"client_secret = "very-secret-value""#),
+        )
+        .with(route(&upstream.url(), "pliant"))
+        .start()
+        .await;
     let ready = proxy.admin_get("/readyz").await;
     assert_eq!(ready.status, 503);
     let body = ready.json();
@@ -123,7 +93,7 @@ credential = "pliant"
 async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let mut proxy = start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
+    let mut proxy = config(&pki, &upstream.url(), "TOKEN_A").start().await;
     let addr = proxy.route_addr(0);
     assert_eq!(proxy.get("/1").await.status, 200);
     assert_eq!(
@@ -131,7 +101,7 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
         Some("Bearer token-a")
     );
 
-    let new_config = checked_config(&config(&pki, &upstream.url(), "TOKEN_B"), env()).unwrap();
+    let new_config = config(&pki, &upstream.url(), "TOKEN_B").checked().unwrap();
     proxy
         .handle
         .reload(new_config, Duration::from_secs(5))
@@ -146,7 +116,8 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
 
     // A configuration whose secrets do not resolve never reaches the reload:
     // the preflight checks refuse it by key, and the old one keeps serving.
-    let refused = checked_config(&config(&pki, &upstream.url(), "TOKEN_MISSING"), env())
+    let refused = config(&pki, &upstream.url(), "TOKEN_MISSING")
+        .checked()
         .expect_err("a missing variable is refused");
     assert_eq!(refused.key, "credentials.api.token");
     assert!(refused.message.contains("TOKEN_MISSING"), "{refused}");
@@ -161,8 +132,7 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
 async fn shutdown_lets_in_flight_requests_finish_then_stops_listening() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).delay(Duration::from_millis(400))).await;
-    let TestProxy { handle, .. } =
-        start_proxy(&config(&pki, &upstream.url(), "TOKEN_A"), env()).await;
+    let TestProxy { handle, .. } = config(&pki, &upstream.url(), "TOKEN_A").start().await;
     let addr = handle.route_addr(0).unwrap();
     let client = TestClient::new();
     let in_flight = tokio::spawn({
@@ -179,36 +149,30 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops_listening() {
     );
 }
 
-/// One OAuth 2.0 credential (`scope` as given) and one route with a
-/// `x-route` header, for the reload tests.
-fn oauth_config(pki: &TestPki, token_url: &str, upstream: &str, scope: &str, tag: &str) -> String {
-    format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.pliant]
-type = "oauth2"
-token_url = "{token_url}"
-client_id = {{ env = "CLIENT_ID" }}
-client_secret = {{ env = "CLIENT_SECRET" }}
-scope = "{scope}"
-allow_insecure_http = true
-timeout = "2s"
-
-[[routes]]
-name = "api"
-listen = "127.0.0.1:0"
-upstream = "{upstream}"
-credential = "pliant"
-headers = {{ "x-route" = "{tag}" }}
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-    )
-}
-
-fn oauth_env(secret: &str) -> MapEnv {
-    MapEnv::from([("CLIENT_ID", "test-client"), ("CLIENT_SECRET", secret)])
+/// One OAuth 2.0 credential (`scope` as given, the test server's client
+/// id and secret) and one route with a `x-route` header, for the reload tests.
+fn oauth_config(
+    pki: &TestPki,
+    token_url: &str,
+    upstream: &str,
+    scope: &str,
+    tag: &str,
+) -> TestConfig {
+    let client = OAuthBehaviour::default();
+    TestConfig::new()
+        .trusting(pki)
+        .with(
+            oauth2("pliant", token_url)
+                .line(&format!(r#"scope = "{scope}""#))
+                .line(r#"timeout = "2s""#),
+        )
+        .with(
+            route(upstream, "pliant")
+                .line(r#"name = "api""#)
+                .line(&format!(r#"headers = {{ "x-route" = "{tag}" }}"#)),
+        )
+        .env("CLIENT_ID", &client.client_id)
+        .env("CLIENT_SECRET", &client.client_secret)
 }
 
 #[tokio::test]
@@ -217,12 +181,11 @@ async fn reload_keeps_unchanged_credentials_and_their_tokens() {
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
     let server = OAuthServer::start(OAuthBehaviour::default()).await;
     let config = |tag| oauth_config(&pki, &server.url(), &upstream.url(), "read", tag);
-    let secret = OAuthBehaviour::default().client_secret;
-    let mut proxy = start_proxy(&config("one"), oauth_env(&secret)).await;
+    let mut proxy = config("one").start().await;
     assert_eq!(proxy.get("/1").await.status, 200);
     assert_eq!(server.calls(), 1);
 
-    let new_config = checked_config(&config("two"), oauth_env(&secret)).unwrap();
+    let new_config = config("two").checked().unwrap();
     proxy
         .handle
         .reload(new_config, Duration::from_secs(5))
@@ -244,12 +207,9 @@ async fn reload_during_a_token_outage_is_refused_and_the_old_token_keeps_serving
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
     let server = OAuthServer::start(OAuthBehaviour::default()).await;
-    let secret = OAuthBehaviour::default().client_secret;
-    let mut proxy = start_proxy(
-        &oauth_config(&pki, &server.url(), &upstream.url(), "read", "one"),
-        oauth_env(&secret),
-    )
-    .await;
+    let mut proxy = oauth_config(&pki, &server.url(), &upstream.url(), "read", "one")
+        .start()
+        .await;
     assert_eq!(proxy.get("/1").await.status, 200);
 
     // The token endpoint is down, and the reload changes the credential.
@@ -257,10 +217,7 @@ async fn reload_during_a_token_outage_is_refused_and_the_old_token_keeps_serving
     let changed = oauth_config(&pki, &server.url(), &upstream.url(), "write", "two");
     let refused = proxy
         .handle
-        .reload(
-            checked_config(&changed, oauth_env(&secret)).unwrap(),
-            Duration::from_secs(20),
-        )
+        .reload(changed.checked().unwrap(), Duration::from_secs(20))
         .await
         .expect_err("a credential without a token is never swapped in");
     let message = refused.to_string();
@@ -283,16 +240,18 @@ async fn reload_with_a_wrong_secret_is_refused_at_once() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
     let server = OAuthServer::start(OAuthBehaviour::default()).await;
-    let secret = OAuthBehaviour::default().client_secret;
     let config = oauth_config(&pki, &server.url(), &upstream.url(), "read", "one");
-    let mut proxy = start_proxy(&config, oauth_env(&secret)).await;
+    let mut proxy = config.start().await;
     assert_eq!(proxy.get("/1").await.status, 200);
 
     let started = tokio::time::Instant::now();
     let refused = proxy
         .handle
         .reload(
-            checked_config(&config, oauth_env("wrong-secret-value")).unwrap(),
+            config
+                .env("CLIENT_SECRET", "wrong-secret-value")
+                .checked()
+                .unwrap(),
             Duration::from_secs(20),
         )
         .await

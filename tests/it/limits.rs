@@ -6,44 +6,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sidekey::config::ConnLimits;
-use sidekey::config::secret::MapEnv;
 
+use crate::support::config::{TestConfig, listen_tls, oauth2, route, static_token};
 use crate::support::logs::LogCapture;
-use crate::support::proxy::{
-    CLIENT_TIMEOUT, RawConn, start_proxy, start_proxy_adjusted, toml_path, toml_str,
-};
+use crate::support::proxy::CLIENT_TIMEOUT;
+use crate::support::raw::RawConn;
 use crate::support::tls::TestPki;
 use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
 
-fn env() -> MapEnv {
-    MapEnv::from([("API_TOKEN", "tok-123")])
-}
-
-/// Top-level keys `top`, an admin listener, and one route to `upstream`
-/// with a static credential.
-fn config(pki: &TestPki, upstream: &str, top: &str) -> String {
-    format!(
-        r#"
-{top}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[tls]
-ca_file = {ca}
-
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = {upstream}
-credential = "api"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        upstream = toml_str(upstream),
-    )
+/// An admin listener, and one route to `upstream` with a static credential.
+fn config(pki: &TestPki, upstream: &str) -> TestConfig {
+    TestConfig::new()
+        .admin()
+        .trusting(pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(upstream, "api"))
+        .env("API_TOKEN", "tok-123")
 }
 
 /// A GET whose head carries an `x-fill` header of `len` bytes.
@@ -81,7 +59,7 @@ async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, RawConn) {
 async fn a_request_head_over_64_kib_gets_431_and_never_reaches_the_upstream() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(&config(&pki, &upstream.url(), ""), env()).await;
+    let proxy = config(&pki, &upstream.url()).start().await;
     let addr = proxy.route_addr(0);
 
     let (status, _) = exchange(addr, &get_with_header(60 * 1024)).await;
@@ -108,11 +86,10 @@ async fn a_request_head_over_64_kib_gets_431_and_never_reaches_the_upstream() {
 async fn max_header_bytes_sets_the_request_head_limit() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(
-        &config(&pki, &upstream.url(), "max_header_bytes = 4096"),
-        env(),
-    )
-    .await;
+    let proxy = config(&pki, &upstream.url())
+        .top("max_header_bytes = 4096")
+        .start()
+        .await;
     let addr = proxy.route_addr(0);
 
     let (status, _) = exchange(addr, &get_with_header(3 * 1024)).await;
@@ -126,11 +103,10 @@ async fn max_header_bytes_sets_the_request_head_limit() {
 async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(
-        &config(&pki, &upstream.url(), r#"idle_timeout = "300ms""#),
-        env(),
-    )
-    .await;
+    let proxy = config(&pki, &upstream.url())
+        .top(r#"idle_timeout = "300ms""#)
+        .start()
+        .await;
     let addr = proxy.route_addr(0);
 
     // Keep-alive after one request.
@@ -169,15 +145,11 @@ async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
 async fn a_tls_listener_closes_connections_that_never_finish_the_handshake() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let text = config(&pki, &upstream.url(), r#"idle_timeout = "300ms""#).replace(
-        r#"credential = "api""#,
-        &format!(
-            "credential = \"api\"\ntls = {{ cert = {}, key = {} }}",
-            toml_path(pki.server_cert_path()),
-            toml_path(pki.server_key_path())
-        ),
-    );
-    let proxy = start_proxy(&text, env()).await;
+    let proxy = config(&pki, &upstream.url())
+        .top(r#"idle_timeout = "300ms""#)
+        .line("[[routes]]", &listen_tls(&pki))
+        .start()
+        .await;
 
     // A TCP connection that never sends a ClientHello would otherwise hold
     // its place under max_connections for ever.
@@ -195,7 +167,10 @@ async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_clo
     let (logs, _guard) = LogCapture::install("info", Duration::from_secs(10));
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(&config(&pki, &upstream.url(), "max_connections = 2"), env()).await;
+    let proxy = config(&pki, &upstream.url())
+        .top("max_connections = 2")
+        .start()
+        .await;
     let addr = proxy.route_addr(0);
 
     let mut open = Vec::new();
@@ -258,12 +233,13 @@ async fn a_full_admin_listener_leaves_the_proxy_serving_and_healthz_answers_once
         max_header_bytes: 8 * 1024,
         idle_timeout: Duration::from_millis(500),
     };
-    let proxy = start_proxy_adjusted(&config(&pki, &upstream.url(), ""), env(), |config| {
-        if let Some(admin) = config.admin.as_mut() {
-            admin.limits = admin_limits;
-        }
-    })
-    .await;
+    let proxy = config(&pki, &upstream.url())
+        .start_adjusted(|config| {
+            if let Some(admin) = config.admin.as_mut() {
+                admin.limits = admin_limits;
+            }
+        })
+        .await;
     let admin = proxy.admin_addr();
 
     let started = Instant::now();
@@ -300,35 +276,24 @@ async fn repeated_request_failures_log_one_line_then_a_count_per_interval() {
     let interval = Duration::from_millis(300);
     let (logs, _guard) = LogCapture::install("info", interval);
     let dead = closed_port();
-    let config = format!(
-        r#"
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-
-[credentials.unreachable]
-type = "oauth2"
-token_url = "http://{dead}/oauth/token"
-allow_insecure_http = true
-client_id = {{ env = "API_TOKEN" }}
-client_secret = {{ env = "API_TOKEN" }}
-
-[[routes]]
-name = "bad-upstream"
-listen = "127.0.0.1:0"
-path_prefix = "/bad"
-upstream = "https://{dead}"
-credential = "api"
-
-[[routes]]
-name = "no-token"
-listen = "127.0.0.1:0"
-path_prefix = "/none"
-upstream = "https://{dead}"
-credential = "unreachable"
-"#
-    );
-    let proxy = start_proxy(&config, env()).await;
+    let proxy = TestConfig::new()
+        .with(static_token("api", "API_TOKEN"))
+        .with(oauth2("unreachable", &format!("http://{dead}/oauth/token")))
+        .with(
+            route(&format!("https://{dead}"), "api")
+                .line(r#"name = "bad-upstream""#)
+                .line(r#"path_prefix = "/bad""#),
+        )
+        .with(
+            route(&format!("https://{dead}"), "unreachable")
+                .line(r#"name = "no-token""#)
+                .line(r#"path_prefix = "/none""#),
+        )
+        .env("API_TOKEN", "tok-123")
+        .env("CLIENT_ID", "tok-123")
+        .env("CLIENT_SECRET", "tok-123")
+        .start()
+        .await;
 
     const REQUESTS: usize = 40;
     for _ in 0..REQUESTS {
@@ -373,6 +338,14 @@ credential = "unreachable"
     }
 }
 
+/// A static credential from `SIDEKEY_TEST_TOKEN` and a route to an
+/// upstream that is never called.
+fn minimal() -> TestConfig {
+    TestConfig::new()
+        .with(static_token("legacy", "SIDEKEY_TEST_TOKEN"))
+        .with(route("https://api.example.test", "legacy"))
+}
+
 /// `sidekey run` on a minimal config under `ulimit ULIMIT_ARGS`: the child
 /// and what it logged up to "sidekey running".
 #[cfg(target_os = "linux")]
@@ -381,20 +354,7 @@ fn run_under_ulimit(dir: &std::path::Path, ulimit_args: &str) -> (std::process::
     use std::process::{Command, Stdio};
 
     let path = dir.join("sidekey.toml");
-    std::fs::write(
-        &path,
-        r#"
-[credentials.legacy]
-type = "static"
-token = { env = "SIDEKEY_TEST_TOKEN" }
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = "https://api.example.test"
-credential = "legacy"
-"#,
-    )
-    .unwrap();
+    std::fs::write(&path, minimal().text()).unwrap();
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -497,17 +457,8 @@ fn the_systemd_unit_sets_an_open_file_limit() {
 #[test]
 fn connection_limits_are_checked_with_file_line_and_key() {
     use crate::support::proxy::parse_config;
-    let base = r#"
-[credentials.api]
-type = "static"
-token = { env = "API_TOKEN" }
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = "https://api.example.test"
-credential = "api"
-"#;
-    let config = parse_config(base, env()).unwrap();
+    let base = minimal().env("SIDEKEY_TEST_TOKEN", "t0ken");
+    let config = base.parse();
     assert_eq!(config.limits, ConnLimits::PROXY, "defaults");
     assert_eq!(config.limits.max_connections, 512);
     assert_eq!(config.limits.max_header_bytes, 64 * 1024);
@@ -518,7 +469,8 @@ credential = "api"
         ("max_header_bytes = 100", "max_header_bytes", "out of range"),
         ("idle_timeout = \"0s\"", "idle_timeout", "longer than zero"),
     ] {
-        let err = parse_config(&format!("\n{line}\n{base}"), env()).unwrap_err();
+        // The key on line 2, before the tables.
+        let err = parse_config(&format!("\n{line}\n{base}"), base.map_env()).unwrap_err();
         assert_eq!(err.key, key);
         assert_eq!(err.line, Some(2), "{err}");
         assert!(err.message.contains(message), "{err}");

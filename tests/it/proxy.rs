@@ -5,66 +5,49 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::process::SidekeyProcess;
-use crate::support::proxy::{
-    TestClient, body_bytes, body_generated, request, start_proxy, toml_path, toml_str,
+use crate::support::config::{
+    TestConfig, forward_proxy, listen_tls, oauth2, route, static_token, toml_path,
 };
+use crate::support::process::SidekeyProcess;
+use crate::support::proxy::{TestClient, body_bytes, body_generated, request, request_with};
 use crate::support::tls::TestPki;
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts, closed_port, generated_digest};
 use http::{Method, Version};
-use sidekey::config::secret::MapEnv;
 
-fn env() -> MapEnv {
-    MapEnv::from([("API_TOKEN", "tok-123")])
-}
-
-/// A static credential and one route to `upstream`, trusting `pki`.
-fn one_route(pki: &TestPki, upstream: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-headers = {{ "x-tenant" = "acme" }}
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = {upstream}
-credential = "api"
-{route_extra}
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        upstream = toml_str(upstream),
-    )
+/// A static credential (with a tenant header) and one route to
+/// `upstream`, trusting `pki`.
+fn one_route(pki: &TestPki, upstream: &str) -> TestConfig {
+    TestConfig::new()
+        .trusting(pki)
+        .with(static_token("api", "API_TOKEN").line(r#"headers = { "x-tenant" = "acme" }"#))
+        .with(route(upstream, "api"))
+        .env("API_TOKEN", "tok-123")
 }
 
 #[tokio::test]
 async fn injects_the_credential_and_replaces_what_the_app_sent() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(
-        &one_route(&pki, &upstream.url(), r#"headers = { "x-route" = "r1" }"#),
-        env(),
-    )
-    .await;
+    let proxy = one_route(&pki, &upstream.url())
+        .line("[[routes]]", r#"headers = { "x-route" = "r1" }"#)
+        .start()
+        .await;
 
-    let mut req = request(
+    let req = request_with(
         Method::GET,
         &format!("{}/items?page=2", proxy.route_url(0)),
+        &[
+            ("authorization", "Bearer app-token"),
+            ("authorization", "Basic YXBwOmFwcA=="),
+            ("x-tenant", "evil"),
+            ("x-route", "app"),
+            ("connection", "x-hop"),
+            ("x-hop", "secret-hop"),
+            ("proxy-authorization", "Basic cHJveHk="),
+            ("accept", "application/json"),
+        ],
         body_bytes(""),
     );
-    let headers = req.headers_mut();
-    headers.append("authorization", "Bearer app-token".parse().unwrap());
-    headers.append("authorization", "Basic YXBwOmFwcA==".parse().unwrap());
-    headers.insert("x-tenant", "evil".parse().unwrap());
-    headers.insert("x-route", "app".parse().unwrap());
-    headers.insert("connection", "x-hop".parse().unwrap());
-    headers.insert("x-hop", "secret-hop".parse().unwrap());
-    headers.insert("proxy-authorization", "Basic cHJveHk=".parse().unwrap());
-    headers.insert("accept", "application/json".parse().unwrap());
     let response = proxy.client.send(req).await;
 
     assert_eq!(response.status, 200, "{}", response.text());
@@ -92,33 +75,18 @@ async fn prefix_routing_strips_and_joins_base_paths() {
     let pki = Arc::new(TestPki::new());
     let chatbot = Upstream::start(UpstreamOpts::tls(&pki)).await;
     let search = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let config = format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-
-[[routes]]
-listen = "127.0.0.1:0"
-path_prefix = "/chatbot"
-strip_prefix = true
-upstream = "{chatbot}/v1/"
-credential = "api"
-
-[[routes]]
-listen = "127.0.0.1:0"
-path_prefix = "/search"
-upstream = "{search}/api"
-credential = "api"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        chatbot = chatbot.url(),
-        search = search.url(),
-    );
-    let proxy = start_proxy(&config, env()).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(
+            route(&format!("{}/v1/", chatbot.url()), "api")
+                .line(r#"path_prefix = "/chatbot""#)
+                .line("strip_prefix = true"),
+        )
+        .with(route(&format!("{}/api", search.url()), "api").line(r#"path_prefix = "/search""#))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
     assert_eq!(
         proxy.route_addr(0),
         proxy.route_addr(1),
@@ -160,7 +128,7 @@ credential = "api"
 async fn content_length_and_chunked_bodies_arrive_intact() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
     let url = format!("{}/upload", proxy.route_url(0));
 
     for (len, exact) in [
@@ -207,11 +175,8 @@ async fn hundred_megabytes_stream_both_ways_without_buffering() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("sidekey.toml");
-    let config = format!(
-        "[log]\nformat = \"json\"\n{}",
-        one_route(&pki, &upstream.url(), "")
-    );
-    std::fs::write(&config_path, config).unwrap();
+    let config = one_route(&pki, &upstream.url()).json_log();
+    std::fs::write(&config_path, config.text()).unwrap();
     let proxy = SidekeyProcess::run(config_path.to_str().unwrap(), &[("API_TOKEN", "tok-123")]);
     // Reading the log blocks this worker; the upstream runs on the other.
     let addr = proxy.listen_addr("proxy listening");
@@ -253,7 +218,7 @@ async fn http2_upstream_is_used_when_alpn_offers_it_and_connections_are_pooled()
             .expect_version(Version::HTTP_2),
     )
     .await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
     for i in 0..20 {
         let r = proxy.get(&format!("/n/{i}")).await;
         assert_eq!(r.status, 200, "{}", r.text());
@@ -272,7 +237,7 @@ async fn http2_upstream_is_used_when_alpn_offers_it_and_connections_are_pooled()
 async fn http1_upstream_connections_are_kept_alive_and_reused() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
     for i in 0..20 {
         assert_eq!(proxy.get(&format!("/n/{i}")).await.status, 200);
     }
@@ -292,11 +257,9 @@ async fn http1_upstream_connections_are_kept_alive_and_reused() {
 #[tokio::test]
 async fn unreachable_upstream_is_502_json() {
     let pki = Arc::new(TestPki::new());
-    let proxy = start_proxy(
-        &one_route(&pki, &format!("https://{}", closed_port()), ""),
-        env(),
-    )
-    .await;
+    let proxy = one_route(&pki, &format!("https://{}", closed_port()))
+        .start()
+        .await;
     let r = proxy.get("/x").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.sidekey_error(), Some("upstream_unreachable"));
@@ -310,7 +273,7 @@ async fn untrusted_upstream_certificate_is_502_and_no_token_leaves() {
     let trusted = TestPki::new();
     let other = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&other)).await;
-    let proxy = start_proxy(&one_route(&trusted, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&trusted, &upstream.url()).start().await;
     let r = proxy.get("/x").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.sidekey_error(), Some("upstream_unreachable"));
@@ -325,11 +288,10 @@ async fn untrusted_upstream_certificate_is_502_and_no_token_leaves() {
 async fn slow_upstream_is_504_after_request_timeout() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).delay(Duration::from_secs(5))).await;
-    let proxy = start_proxy(
-        &one_route(&pki, &upstream.url(), r#"request_timeout = "300ms""#),
-        env(),
-    )
-    .await;
+    let proxy = one_route(&pki, &upstream.url())
+        .line("[[routes]]", r#"request_timeout = "300ms""#)
+        .start()
+        .await;
     let r = proxy.get("/slow").await;
     assert_eq!(r.status, 504);
     assert_eq!(r.sidekey_error(), Some("upstream_timeout"));
@@ -340,28 +302,16 @@ async fn slow_upstream_is_504_after_request_timeout() {
 async fn no_token_yet_is_503_credential_unavailable() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let config = format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.pliant]
-type = "oauth2"
-token_url = "http://{token}/oauth/token"
-client_id = "id"
-client_secret = "secret"
-allow_insecure_http = true
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = "{upstream}"
-credential = "pliant"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        token = closed_port(),
-        upstream = upstream.url(),
-    );
-    let proxy = start_proxy(&config, MapEnv::default()).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(
+            oauth2("pliant", &format!("http://{}/oauth/token", closed_port()))
+                .line(r#"client_id = "id""#)
+                .line(r#"client_secret = "secret""#),
+        )
+        .with(route(&upstream.url(), "pliant"))
+        .start()
+        .await;
     let r = proxy.get("/cards").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.sidekey_error(), Some("credential_unavailable"));
@@ -378,32 +328,21 @@ credential = "pliant"
 async fn forward_proxy_injects_only_for_listed_hosts() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let config = format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-
-[forward_proxy]
-listen = "127.0.0.1:0"
-hosts = {{ "127.0.0.1:{port}" = "api" }}
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        port = upstream.addr().port(),
-    );
-    let proxy = start_proxy(&config, env()).await;
     let port = upstream.addr().port();
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(forward_proxy(&[(&format!("127.0.0.1:{port}"), "api")]))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
 
-    let mut req = request(
+    let req = request_with(
         Method::GET,
         &format!("http://127.0.0.1:{port}/v1/x?y=1"),
+        &[("authorization", "Bearer app")],
         body_bytes(""),
     );
-    req.headers_mut()
-        .insert("authorization", "Bearer app".parse().unwrap());
     let r = proxy.via_forward_proxy(req).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = upstream.last_request().unwrap();
@@ -436,14 +375,16 @@ hosts = {{ "127.0.0.1:{port}" = "api" }}
 async fn https_listener_and_mtls_upstream() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).require_client_cert()).await;
-    let route_extra = format!(
-        "tls = {{ cert = {cert}, key = {key} }}\nupstream_tls = {{ client_cert = {ccert}, client_key = {ckey} }}",
-        cert = toml_path(pki.server_cert_path()),
-        key = toml_path(pki.server_key_path()),
-        ccert = toml_path(pki.client_cert_path()),
-        ckey = toml_path(pki.client_key_path()),
+    let upstream_tls = format!(
+        "upstream_tls = {{ client_cert = {}, client_key = {} }}",
+        toml_path(pki.client_cert_path()),
+        toml_path(pki.client_key_path()),
     );
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), &route_extra), env()).await;
+    let proxy = one_route(&pki, &upstream.url())
+        .line("[[routes]]", &listen_tls(&pki))
+        .line("[[routes]]", &upstream_tls)
+        .start()
+        .await;
     let client = TestClient::trusting(&pki);
     let r = client
         .get(&format!("{}/secure", proxy.route_https_url(0)))
@@ -461,14 +402,12 @@ async fn https_listener_and_mtls_upstream() {
 async fn upstream_server_name_override_verifies_against_that_name() {
     let pki = Arc::new(TestPki::with_server_names(&["api.internal.test"]));
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(
-        &one_route(
-            &pki,
-            &upstream.url(),
+    let proxy = one_route(&pki, &upstream.url())
+        .line(
+            "[[routes]]",
             r#"upstream_tls = { server_name = "api.internal.test" }"#,
-        ),
-        env(),
-    )
-    .await;
+        )
+        .start()
+        .await;
     assert_eq!(proxy.get("/x").await.status, 200);
 }

@@ -10,23 +10,16 @@
 //! use a real OAuth 2.0 token server on loopback with short lifetimes.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use sidekey::config::secret::MapEnv;
-use sidekey::config::{Config, Secret, SecretRef, StaticConfig};
+use sidekey::config::{Secret, SecretRef, StaticConfig};
 use sidekey::credential::static_token::StaticProvider;
 use sidekey::credential::{
     CredentialHandle, CredentialStatus, Credentials, EngineSettings, FetchError, Provider,
@@ -34,7 +27,10 @@ use sidekey::credential::{
 };
 use sidekey::metrics::Metrics;
 
-use crate::support::proxy::{start_proxy, toml_str};
+use crate::support::config::{TestConfig, oauth2, route, static_token};
+use crate::support::proxy::TestProxy;
+use crate::support::timing::{assert_between, gaps};
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
 
 // ---------------------------------------------------------------------------
@@ -92,10 +88,7 @@ impl Scripted {
 
     /// Seconds between consecutive calls.
     fn gaps(&self) -> Vec<f64> {
-        self.calls()
-            .windows(2)
-            .map(|w| (w[1].at - w[0].at).as_secs_f64())
-            .collect()
+        gaps(&self.calls().iter().map(|call| call.at).collect::<Vec<_>>())
     }
 
     fn max_in_flight(&self) -> usize {
@@ -184,13 +177,6 @@ async fn first_token(handle: &CredentialHandle) -> Arc<Published> {
         .wait_for_newer(0, Duration::from_secs(3600))
         .await
         .expect("first token")
-}
-
-fn assert_between(value: f64, low: f64, high: f64, what: &str) {
-    assert!(
-        (low..=high).contains(&value),
-        "{what}: {value} s not within [{low}, {high}]"
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -421,8 +407,9 @@ async fn retry_after_is_honoured_and_capped() {
     assert_between(gaps[2], 3.2, 4.8, "backoff of refused credentials");
 }
 
-#[tokio::test(start_paused = true)]
-async fn old_token_serves_through_an_outage_until_it_expires_then_recovers() {
+/// A provider of 20 s tokens `t0`, `t1`, … that fails ("connection
+/// refused") while the switch is on, and the switch.
+fn with_outage_switch() -> (Scripted, Arc<AtomicBool>) {
     let failing = Arc::new(AtomicBool::new(false));
     let provider = Scripted::new({
         let failing = failing.clone();
@@ -434,6 +421,12 @@ async fn old_token_serves_through_an_outage_until_it_expires_then_recovers() {
             }
         }
     });
+    (provider, failing)
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_token_serves_through_an_outage_until_it_expires_then_recovers() {
+    let (provider, failing) = with_outage_switch();
     let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
     let first = first_token(&handle).await;
     failing.store(true, Ordering::SeqCst);
@@ -893,135 +886,33 @@ async fn static_file_missing_at_start_is_unavailable_until_it_appears() {
 // End to end with a real OAuth 2.0 token server on loopback
 // ---------------------------------------------------------------------------
 
-/// A client-credentials token endpoint issuing `tok-1`, `tok-2`, … with a
-/// fixed `expires_in`, counting calls and concurrent requests.
-struct OAuthServer {
-    addr: SocketAddr,
-    issued: Arc<AtomicUsize>,
-    /// When each token was issued.
-    issued_at: Arc<Mutex<HashMap<String, std::time::Instant>>>,
-    expires_in: u64,
-    max_in_flight: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+/// A client-credentials token endpoint issuing `oauth-token-1`, `-2`, …
+/// that live `expires_in` seconds, answering each after 20 ms so that
+/// overlapping requests show.
+async fn token_server(expires_in: u64) -> OAuthServer {
+    OAuthServer::start(OAuthBehaviour {
+        client_id: "client".into(),
+        client_secret: "s3cr3t".into(),
+        expires_in: Some(serde_json::json!(expires_in)),
+        delay: Some(Duration::from_millis(20)),
+        ..OAuthBehaviour::default()
+    })
+    .await
 }
 
-impl OAuthServer {
-    async fn start(expires_in: u64) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let issued = Arc::new(AtomicUsize::new(0));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let max_in_flight = Arc::new(AtomicUsize::new(0));
-        let issued_at = Arc::new(Mutex::new(HashMap::new()));
-        let task = tokio::spawn({
-            let issued = issued.clone();
-            let issued_at = issued_at.clone();
-            let max_in_flight = max_in_flight.clone();
-            async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let issued = issued.clone();
-                    let in_flight = in_flight.clone();
-                    let max_in_flight = max_in_flight.clone();
-                    let issued_at = issued_at.clone();
-                    let service = service_fn(move |_request| {
-                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                        max_in_flight.fetch_max(now, Ordering::SeqCst);
-                        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
-                        issued_at
-                            .lock()
-                            .unwrap()
-                            .insert(format!("tok-{n}"), std::time::Instant::now());
-                        let body = serde_json::json!({
-                            "access_token": format!("tok-{n}"),
-                            "token_type": "Bearer",
-                            "expires_in": expires_in,
-                        });
-                        let in_flight = in_flight.clone();
-                        async move {
-                            // Answer slowly enough for overlapping requests to show.
-                            sleep(Duration::from_millis(20)).await;
-                            in_flight.fetch_sub(1, Ordering::SeqCst);
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body.to_string())))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    tokio::spawn(
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service),
-                    );
-                }
-            }
-        });
-        OAuthServer {
-            addr,
-            issued,
-            issued_at,
-            expires_in,
-            max_in_flight,
-            task,
-        }
-    }
-
-    fn token_url(&self) -> String {
-        format!("http://{}/oauth/token", self.addr)
-    }
-
-    fn issued(&self) -> usize {
-        self.issued.load(Ordering::SeqCst)
-    }
-
-    /// A predicate "this `authorization` value carries a token the server
-    /// issued and that has not expired", for upstreams.
-    fn validator(&self) -> impl Fn(Option<&str>) -> bool + Send + Sync + 'static {
-        let issued_at = self.issued_at.clone();
-        let lifetime = Duration::from_secs(self.expires_in);
-        move |authorization| {
-            let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
-                return false;
-            };
-            issued_at
-                .lock()
-                .unwrap()
-                .get(token)
-                .is_some_and(|at| at.elapsed() < lifetime)
-        }
-    }
-}
-
-impl Drop for OAuthServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A configuration with the given `[credentials.NAME]` tables (TOML bodies).
-fn config_with(credentials: &[(&str, String)]) -> Config {
-    let mut text = String::new();
-    for (name, body) in credentials {
-        text.push_str(&format!("[credentials.{name}]\n{body}\n"));
-    }
-    let env = MapEnv::from([("CLIENT_SECRET", "s3cr3t"), ("LEGACY", "fixed")]);
-    sidekey::config::parse(&text, Path::new("test.toml"), Arc::new(env))
-        .unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
-
-fn oauth2(token_url: &str) -> String {
-    format!(
-        "type = \"oauth2\"\ntoken_url = \"{token_url}\"\nclient_id = \"client\"\n\
-         client_secret = {{ env = \"CLIENT_SECRET\" }}\nallow_insecure_http = true\n"
-    )
-}
-
-fn static_env() -> String {
-    "type = \"static\"\ntoken = { env = \"LEGACY\" }\nheader = \"x-api-key\"\nscheme = \"\"\n"
-        .to_owned()
+/// `pliant` (OAuth 2.0 against `token_url`) and `legacy` (a static
+/// `x-api-key`), with the secrets they read.
+fn credentials_config(token_url: &str) -> TestConfig {
+    TestConfig::new()
+        .with(oauth2("pliant", token_url))
+        .with(
+            static_token("legacy", "LEGACY")
+                .line(r#"header = "x-api-key""#)
+                .line(r#"scheme = """#),
+        )
+        .env("CLIENT_ID", "client")
+        .env("CLIENT_SECRET", "s3cr3t")
+        .env("LEGACY", "fixed")
 }
 
 fn no_roots() -> rustls::RootCertStore {
@@ -1030,14 +921,10 @@ fn no_roots() -> rustls::RootCertStore {
 
 #[tokio::test]
 async fn credentials_start_rotates_real_tokens_without_a_failed_read() {
-    let server = OAuthServer::start(1).await;
-    let config = config_with(&[
-        (
-            "pliant",
-            oauth2(&server.token_url()) + "refresh_before = \"500ms\"\n",
-        ),
-        ("legacy", static_env()),
-    ]);
+    let server = token_server(1).await;
+    let config = credentials_config(&server.url())
+        .line("[credentials.pliant]", r#"refresh_before = "500ms""#)
+        .parse();
     let metrics = Metrics::new();
     let credentials = Credentials::start(&config, &no_roots(), &metrics).unwrap();
     assert_eq!(
@@ -1052,7 +939,7 @@ async fn credentials_start_rotates_real_tokens_without_a_failed_read() {
         .wait_for_newer(0, Duration::from_secs(10))
         .await
         .expect("first token");
-    assert_eq!(authorization(&first), "Bearer tok-1");
+    assert_eq!(authorization(&first), "Bearer oauth-token-1");
     let fixed = legacy
         .wait_for_newer(0, Duration::from_secs(10))
         .await
@@ -1071,7 +958,7 @@ async fn credentials_start_rotates_real_tokens_without_a_failed_read() {
         let published = pliant.current().expect("never without a valid token");
         assert_eq!(
             authorization(&published),
-            format!("Bearer tok-{}", published.generation)
+            format!("Bearer oauth-token-{}", published.generation)
         );
         seen = published.generation;
         assert!(
@@ -1080,25 +967,22 @@ async fn credentials_start_rotates_real_tokens_without_a_failed_read() {
         );
         sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(server.max_in_flight.load(Ordering::SeqCst), 1);
-    assert!(server.issued() <= 8);
+    assert_eq!(server.max_in_flight(), 1);
+    assert!(server.calls() <= 8);
     drop(credentials);
-    let issued = server.issued();
+    let issued = server.calls();
     sleep(Duration::from_millis(1500)).await;
-    assert_eq!(server.issued(), issued, "engines stop with Credentials");
+    assert_eq!(server.calls(), issued, "engines stop with Credentials");
 }
 
 #[tokio::test]
 async fn obtain_once_returns_token_and_type() {
-    let server = OAuthServer::start(3600).await;
-    let config = config_with(&[
-        ("pliant", oauth2(&server.token_url())),
-        ("legacy", static_env()),
-    ]);
+    let server = token_server(3600).await;
+    let config = credentials_config(&server.url()).parse();
     let (token, kind) = obtain_once(&config, "pliant", &no_roots()).await.unwrap();
     assert_eq!(kind, "oauth2");
     assert_eq!(token.lifetime, Some(Duration::from_secs(3600)));
-    assert_eq!(token.value.expose(), "tok-1");
+    assert_eq!(token.value.expose(), "oauth-token-1");
 
     let (token, kind) = obtain_once(&config, "legacy", &no_roots()).await.unwrap();
     assert_eq!(kind, "static");
@@ -1111,7 +995,7 @@ async fn obtain_once_returns_token_and_type() {
     );
 
     drop(server);
-    let config = config_with(&[("pliant", oauth2("http://127.0.0.1:9/oauth/token"))]);
+    let config = credentials_config("http://127.0.0.1:9/oauth/token").parse();
     let failed = obtain_once(&config, "pliant", &no_roots())
         .await
         .unwrap_err()
@@ -1124,46 +1008,29 @@ async fn obtain_once_returns_token_and_type() {
 // End to end through the proxy
 // ---------------------------------------------------------------------------
 
-fn proxy_config(token_url: &str, upstream: &str) -> String {
-    format!(
-        r#"
-[credentials.api]
-type = "oauth2"
-token_url = {token_url}
-client_id = {{ env = "CLIENT_ID" }}
-client_secret = {{ env = "CLIENT_SECRET" }}
-allow_insecure_http = true
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = {upstream}
-credential = "api"
-allow_insecure_http = true
-"#,
-        token_url = toml_str(token_url),
-        upstream = toml_str(upstream),
-    )
-}
-
-/// Wait for the proxy's first token (the proxy answers 503 until then).
-async fn wait_ready(proxy: &crate::support::proxy::TestProxy) {
-    let credentials = proxy.handle.credentials();
-    let handle = credentials.get("api").expect("credential api");
-    handle
-        .wait_for_newer(0, Duration::from_secs(10))
-        .await
-        .expect("first token");
-}
-
-fn proxy_env() -> MapEnv {
-    MapEnv::from([("CLIENT_ID", "client"), ("CLIENT_SECRET", "s3cr3t")])
+/// An OAuth 2.0 credential against `server` and one route with it to
+/// `upstream`, started; it has its first token (the proxy answers 503
+/// until then).
+async fn start_proxy(server: &OAuthServer, upstream: &Upstream) -> TestProxy {
+    let proxy = TestConfig::new()
+        .with(oauth2("api", &server.url()))
+        .with(route(&upstream.url(), "api"))
+        .env("CLIENT_ID", "client")
+        .env("CLIENT_SECRET", "s3cr3t")
+        .start()
+        .await;
+    proxy.wait_for_tokens().await;
+    proxy
 }
 
 #[tokio::test]
 async fn rejected_token_is_renewed_once_and_the_request_retried() {
-    let server = OAuthServer::start(3600).await;
+    let server = token_server(3600).await;
     let revoked: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
-    revoked.lock().unwrap().insert("Bearer tok-1".into());
+    revoked
+        .lock()
+        .unwrap()
+        .insert("Bearer oauth-token-1".into());
     let upstream = Upstream::start(UpstreamOpts::plain().respond({
         let revoked = revoked.clone();
         move |request| {
@@ -1176,12 +1043,7 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
         }
     }))
     .await;
-    let proxy = start_proxy(
-        &proxy_config(&server.token_url(), &upstream.url()),
-        proxy_env(),
-    )
-    .await;
-    wait_ready(&proxy).await;
+    let proxy = start_proxy(&server, &upstream).await;
 
     let response = proxy.get("/v1/cards").await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text());
@@ -1190,12 +1052,15 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
         .iter()
         .map(|r| r.header("authorization").unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(seen, ["Bearer tok-1", "Bearer tok-2"]);
-    assert_eq!(server.issued(), 2);
+    assert_eq!(seen, ["Bearer oauth-token-1", "Bearer oauth-token-2"]);
+    assert_eq!(server.calls(), 2);
 
     // The token that renewal brought is rejected too: that is not about the
     // token. 20 concurrent requests get the 401 at once and cost no renewal.
-    revoked.lock().unwrap().insert("Bearer tok-2".into());
+    revoked
+        .lock()
+        .unwrap()
+        .insert("Bearer oauth-token-2".into());
     let mut requests = Vec::new();
     for i in 0..20 {
         let client = proxy.client.clone();
@@ -1207,7 +1072,7 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
         assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(
-        server.issued(),
+        server.calls(),
         2,
         "no renewal for rejections of a fresh token"
     );
@@ -1217,8 +1082,8 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
 #[tokio::test]
 async fn continuous_traffic_across_rotations_never_fails() {
     // 2 s tokens renew about every 1.45 s; 8 s of traffic spans 5 rotations.
-    let server = OAuthServer::start(2).await;
-    let valid = server.validator();
+    let server = token_server(2).await;
+    let valid = server.validator(Duration::from_secs(2));
     let upstream = Upstream::start(UpstreamOpts::plain().respond(move |request| {
         if valid(request.header("authorization")) {
             Reply::echo()
@@ -1228,12 +1093,7 @@ async fn continuous_traffic_across_rotations_never_fails() {
         }
     }))
     .await;
-    let proxy = start_proxy(
-        &proxy_config(&server.token_url(), &upstream.url()),
-        proxy_env(),
-    )
-    .await;
-    wait_ready(&proxy).await;
+    let proxy = start_proxy(&server, &upstream).await;
 
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut workers = Vec::new();
@@ -1262,7 +1122,7 @@ async fn continuous_traffic_across_rotations_never_fails() {
         .collect();
     assert_eq!(upstream.request_count(), sent, "no request was retried");
     assert!(tokens.len() >= 6, "only {} tokens used", tokens.len());
-    assert_eq!(server.max_in_flight.load(Ordering::SeqCst), 1);
+    assert_eq!(server.max_in_flight(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -1491,17 +1351,7 @@ async fn short_tokens_survive_random_renewal_failures() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_valid_token_attempts_are_a_second_apart_and_recovery_is_prompt() {
-    let failing = Arc::new(AtomicBool::new(false));
-    let provider = Scripted::new({
-        let failing = failing.clone();
-        move |n| {
-            if failing.load(Ordering::SeqCst) {
-                transient("connection refused")
-            } else {
-                ok(format!("t{n}"), 20)
-            }
-        }
-    });
+    let (provider, failing) = with_outage_switch();
     let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
     let first = first_token(&handle).await;
     failing.store(true, Ordering::SeqCst);

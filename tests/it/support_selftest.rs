@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::proxy::{TestClient, body_bytes, request, start_proxy, toml_path, toml_str};
+use crate::support::config::{
+    TestConfig, forward_proxy, inbenta, oauth2, route, static_token, toml_path, toml_str,
+};
+use crate::support::proxy::{TestClient, body_bytes, body_empty, request, request_with};
 use crate::support::tls::TestPki;
 use crate::support::upstream::{
     BODY_HEAD_LIMIT, BodyDigest, ClientAuth, Reply, Upstream, UpstreamOpts, closed_port,
     generated_digest,
 };
 use http::{Method, Version};
-use sidekey::config::secret::MapEnv;
+use sidekey::config::EnvSource;
 
 fn pki() -> Arc<TestPki> {
     Arc::new(TestPki::new())
@@ -25,14 +28,12 @@ async fn tls_upstream_echoes_and_records_what_it_received() {
     assert!(upstream.url().starts_with("https://127.0.0.1:"));
     let client = TestClient::trusting(&pki);
 
-    let mut req = request(
+    let req = request_with(
         Method::POST,
         &format!("{}/v1/items?limit=5&q=a%20b", upstream.url()),
+        &[("x-custom", "one"), ("x-multi", "a"), ("x-multi", "b")],
         body_bytes("hello upstream"),
     );
-    req.headers_mut().insert("x-custom", "one".parse().unwrap());
-    req.headers_mut().append("x-multi", "a".parse().unwrap());
-    req.headers_mut().append("x-multi", "b".parse().unwrap());
     let res = client.send(req).await;
 
     assert_eq!(res.status, 200);
@@ -78,11 +79,7 @@ async fn a_client_trusting_another_ca_is_refused() {
     let other = TestPki::new();
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
     let err = TestClient::trusting(&other)
-        .send_head(request(
-            Method::GET,
-            &upstream.url(),
-            crate::support::proxy::body_empty(),
-        ))
+        .send_head(request(Method::GET, &upstream.url(), body_empty()))
         .await
         .expect_err("untrusted server certificate must fail");
     assert!(err.is_connect(), "{err:?}");
@@ -189,7 +186,7 @@ async fn required_client_certificate_refuses_anonymous_clients() {
         .send_head(request(
             Method::GET,
             &format!("{}/anon", upstream.url()),
-            crate::support::proxy::body_empty(),
+            body_empty(),
         ))
         .await;
     assert!(anon.is_err(), "anonymous client got {anon:?}");
@@ -209,24 +206,22 @@ async fn scripted_answers_depend_on_the_request() {
         .await;
     let client = TestClient::new();
 
-    let mut old = request(
+    let old = request_with(
         Method::GET,
         &upstream.url(),
-        crate::support::proxy::body_empty(),
+        &[("authorization", "Bearer old")],
+        body_empty(),
     );
-    old.headers_mut()
-        .insert("authorization", "Bearer old".parse().unwrap());
     let res = client.send(old).await;
     assert_eq!(res.status, 401);
     assert_eq!(res.header("www-authenticate"), Some("Bearer"));
 
-    let mut new = request(
+    let new = request_with(
         Method::GET,
         &upstream.url(),
-        crate::support::proxy::body_empty(),
+        &[("authorization", "Bearer new")],
+        body_empty(),
     );
-    new.headers_mut()
-        .insert("authorization", "Bearer new".parse().unwrap());
     let res = client.send(new).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.json()["ok"], true);
@@ -306,7 +301,7 @@ async fn closed_port_refuses_connections() {
         .send_head(request(
             Method::GET,
             &format!("http://{addr}/"),
-            crate::support::proxy::body_empty(),
+            body_empty(),
         ))
         .await
         .expect_err("nothing listens");
@@ -359,27 +354,14 @@ fn pki_files_exist_outside_the_repo_and_quote_as_toml() {
 async fn start_proxy_serves_a_route_to_a_tls_upstream_trusted_via_ca_file() {
     let pki = pki();
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let config = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[tls]
-ca_file = {ca}
-
-[credentials.fixed]
-type = "static"
-token = {{ env = "SELFTEST_TOKEN" }}
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = {url}
-credential = "fixed"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        url = toml_str(&upstream.url()),
-    );
-    let proxy = start_proxy(&config, MapEnv::from([("SELFTEST_TOKEN", "t0k")])).await;
+    let proxy = TestConfig::new()
+        .admin()
+        .trusting(&pki)
+        .with(static_token("fixed", "SELFTEST_TOKEN"))
+        .with(route(&upstream.url(), "fixed"))
+        .env("SELFTEST_TOKEN", "t0k")
+        .start()
+        .await;
 
     let res = proxy.get("/hello?x=1").await;
     assert_eq!(res.status, 200, "{}", res.text());
@@ -389,4 +371,55 @@ credential = "fixed"
 
     let health = proxy.admin_get("/healthz").await;
     assert_eq!(health.status, 200);
+}
+
+#[test]
+fn test_config_renders_the_shapes_and_later_lines_replace_keys() {
+    let pki = TestPki::new();
+    let config = TestConfig::new()
+        .top("max_connections = 2")
+        .admin()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN").line(r#"header = "x-api-key""#))
+        .with(oauth2("plain", "http://127.0.0.1:9/oauth/token"))
+        .with(inbenta("secure", "https://auth.example.test/v1"))
+        .with(route("https://api.example.test", "api").line(r#"name = "first""#))
+        .with(route("http://127.0.0.1:9/v1", "plain").line(r#"path_prefix = "/plain""#))
+        .with(forward_proxy(&[("api.example.test", "secure")]))
+        .line("[[routes]]", r#"name = "second""#)
+        .line("[[routes]]", r#"name = "renamed""#)
+        .top("max_connections = 3")
+        .env("API_TOKEN", "t0k")
+        .env("API_TOKEN", "t0k-2");
+    let text = config.text();
+    assert!(text.starts_with("max_connections = 3\n"), "{text}");
+    // Only the plain-HTTP token endpoint and upstream are allowed plain HTTP.
+    assert_eq!(
+        text.matches("allow_insecure_http = true").count(),
+        2,
+        "{text}"
+    );
+    let table: toml::Table = text.parse().unwrap();
+    assert_eq!(
+        table["credentials"]["api"]["header"].as_str(),
+        Some("x-api-key")
+    );
+    let names: Vec<_> = table["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["first", "renamed"], "{text}");
+
+    // sidekey accepts it; its secrets resolve only from the environment given.
+    let parsed = config.parse();
+    assert_eq!(parsed.limits.max_connections, 3);
+    assert_eq!(parsed.routes.len(), 2);
+    assert_eq!(parsed.credentials.len(), 3);
+    let refused = config
+        .checked()
+        .expect_err("CLIENT_* and INBENTA_* are not set");
+    assert!(refused.key.starts_with("credentials."), "{refused}");
+    assert_eq!(config.map_env().var("API_TOKEN").as_deref(), Some("t0k-2"));
 }

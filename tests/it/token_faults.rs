@@ -22,12 +22,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 
-use sidekey::config::secret::MapEnv;
 use sidekey::credential::{CredentialHandle, CredentialStatus, Credentials};
 use sidekey::metrics::Metrics;
 
+use crate::support::config::{Table, TestConfig, inbenta, oauth2, route, static_token};
 use crate::support::logs;
-use crate::support::proxy::{TestProxy, parse_config, start_proxy, toml_str};
+use crate::support::proxy::TestProxy;
+use crate::support::timing::{assert_between, gaps};
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{
     InbentaBehaviour, InbentaEndpoint, InbentaServer, Lifetime, OAuthBehaviour, OAuthServer,
@@ -38,29 +39,19 @@ use crate::support::upstream::{Reply, Upstream, UpstreamOpts, closed_port};
 const CLIENT_ID: &str = "test-client";
 const CLIENT_SECRET: &str = "test-client-secret";
 
-fn env() -> MapEnv {
-    MapEnv::from([
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("INBENTA_API_KEY", "test-api-key"),
-        ("INBENTA_SECRET", "test-secret"),
-    ])
+/// Nothing yet, and the client credentials the test token servers accept
+/// in the environment.
+fn base() -> TestConfig {
+    TestConfig::new()
+        .env("CLIENT_ID", CLIENT_ID)
+        .env("CLIENT_SECRET", CLIENT_SECRET)
+        .env("INBENTA_API_KEY", "test-api-key")
+        .env("INBENTA_SECRET", "test-secret")
 }
 
-/// `[credentials.api]`, type oauth2, against `token_url`, plus `extra` lines.
-fn oauth_credential(token_url: &str, extra: &str) -> String {
-    format!(
-        "[credentials.api]\ntype = \"oauth2\"\ntoken_url = {}\n\
-         client_id = {{ env = \"CLIENT_ID\" }}\nclient_secret = {{ env = \"CLIENT_SECRET\" }}\n\
-         allow_insecure_http = true\n{extra}\n",
-        toml_str(token_url)
-    )
-}
-
-/// The engines of a configuration made of `[credentials.*]` tables only.
-fn engines(credentials_toml: &str, env: MapEnv) -> (Credentials, Metrics) {
-    let config = parse_config(credentials_toml, env)
-        .unwrap_or_else(|e| panic!("{e}\n---\n{credentials_toml}"));
+/// The engines of a configuration made of one credential table.
+fn engines(credential: Table) -> (Credentials, Metrics) {
+    let config = base().with(credential).parse();
     let metrics = Metrics::new();
     let credentials =
         Credentials::start(&config, &RootCertStore::empty(), &metrics).expect("credentials");
@@ -78,21 +69,6 @@ fn reason(handle: &CredentialHandle) -> String {
     }
 }
 
-/// Seconds between consecutive instants.
-fn gaps(instants: &[Instant]) -> Vec<f64> {
-    instants
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs_f64())
-        .collect()
-}
-
-fn assert_between(value: f64, low: f64, high: f64, what: &str) {
-    assert!(
-        (low..=high).contains(&value),
-        "{what}: {value} s not within [{low}, {high}]"
-    );
-}
-
 // ---- absurd lifetimes -------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
@@ -108,7 +84,7 @@ async fn absurd_lifetimes_are_clamped_and_never_kill_the_credential() {
     for answer in answers {
         let server = OAuthServer::start(OAuthBehaviour::default()).await;
         server.push_reply(TokenReply::json(200, answer.clone()));
-        let (credentials, _metrics) = engines(&oauth_credential(&server.url(), ""), env());
+        let (credentials, _metrics) = engines(oauth2("api", &server.url()));
         let handle = api(&credentials);
         handle
             .wait_for_newer(0, Duration::from_secs(10))
@@ -137,11 +113,9 @@ async fn a_token_with_an_absurd_lifetime_serves_requests() {
     })
     .await;
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
-    let proxy = start_proxy(
-        &proxy_config(&oauth_credential(&token.url(), ""), &upstream),
-        env(),
-    )
-    .await;
+    let proxy = proxy_config("api", oauth2("api", &token.url()), &upstream)
+        .start()
+        .await;
     let response = proxy.get("/cards").await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text());
     assert_eq!(
@@ -165,7 +139,7 @@ async fn retry_after_now_or_in_the_past_still_waits_a_second() {
         };
         server.push_reply(TokenReply::text(429, "slow down").retry_after(when));
     }
-    let (credentials, _metrics) = engines(&oauth_credential(&server.url(), ""), env());
+    let (credentials, _metrics) = engines(oauth2("api", &server.url()));
     api(&credentials)
         .wait_for_newer(0, Duration::from_secs(600))
         .await
@@ -232,8 +206,8 @@ async fn token_endpoints_echoing_the_request_never_leak_a_secret() {
     post_form.set_reply(Some(TokenReply::echo(500)));
     let post_json = OAuthServer::start(OAuthBehaviour::default()).await;
     post_json.set_reply(Some(TokenReply::echo(401)));
-    let inbenta = InbentaServer::start(InbentaBehaviour::default()).await;
-    inbenta.set_reply(None, Some(TokenReply::echo(500)));
+    let auth = InbentaServer::start(InbentaBehaviour::default()).await;
+    auth.set_reply(None, Some(TokenReply::echo(500)));
     // This one issues a short token, then echoes on /refreshToken and /auth.
     let refresh = InbentaServer::start(InbentaBehaviour {
         api_key: ODD_API_KEY.into(),
@@ -245,42 +219,35 @@ async fn token_endpoints_echoing_the_request_never_leak_a_secret() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
 
     let oauth = |name: &str, server: &OAuthServer, auth: &str, body: &str| {
-        format!(
-            "[credentials.{name}]\ntype = \"oauth2\"\ntoken_url = {}\n\
-             client_id = {{ env = \"CLIENT_ID\" }}\nclient_secret = {{ env = \"ODD_SECRET\" }}\n\
-             client_auth = \"{auth}\"\nbody = \"{body}\"\nallow_insecure_http = true\n",
-            toml_str(&server.url())
-        )
+        oauth2(name, &server.url())
+            .line(r#"client_secret = { env = "ODD_SECRET" }"#)
+            .line(&format!(r#"client_auth = "{auth}""#))
+            .line(&format!(r#"body = "{body}""#))
     };
-    let inbenta_credential = |name: &str, server: &InbentaServer| {
-        format!(
-            "[credentials.{name}]\ntype = \"inbenta\"\nauth_url = {}\n\
-             api_key = {{ env = \"ODD_API_KEY\" }}\nsecret = {{ env = \"ODD_INBENTA_SECRET\" }}\n\
-             allow_insecure_http = true\n",
-            toml_str(&server.url())
-        )
+    let odd_inbenta = |name: &str, server: &InbentaServer| {
+        inbenta(name, &server.url())
+            .line(r#"api_key = { env = "ODD_API_KEY" }"#)
+            .line(r#"secret = { env = "ODD_INBENTA_SECRET" }"#)
     };
     let names = ["basic", "post_form", "post_json", "inbenta", "refresh"];
-    let mut config = "[admin]\nlisten = \"127.0.0.1:0\"\n\n".to_owned();
-    config += &oauth("basic", &basic, "basic", "form");
-    config += &oauth("post_form", &post_form, "post", "form");
-    config += &oauth("post_json", &post_json, "post", "json");
-    config += &inbenta_credential("inbenta", &inbenta);
-    config += &inbenta_credential("refresh", &refresh);
+    let mut config = TestConfig::new()
+        .admin()
+        .with(oauth("basic", &basic, "basic", "form"))
+        .with(oauth("post_form", &post_form, "post", "form"))
+        .with(oauth("post_json", &post_json, "post", "json"))
+        .with(odd_inbenta("inbenta", &auth))
+        .with(odd_inbenta("refresh", &refresh));
     for name in names {
-        config += &format!(
-            "\n[[routes]]\nlisten = \"127.0.0.1:0\"\npath_prefix = \"/{name}\"\n\
-             upstream = {}\ncredential = \"{name}\"\nallow_insecure_http = true\n",
-            toml_str(&upstream.url())
-        );
+        config =
+            config.with(route(&upstream.url(), name).line(&format!(r#"path_prefix = "/{name}""#)));
     }
-    let env = MapEnv::from([
-        ("CLIENT_ID", CLIENT_ID),
-        ("ODD_SECRET", ODD_SECRET),
-        ("ODD_API_KEY", ODD_API_KEY),
-        ("ODD_INBENTA_SECRET", ODD_INBENTA_SECRET),
-    ]);
-    let proxy = start_proxy(&config, env).await;
+    let proxy = config
+        .env("CLIENT_ID", CLIENT_ID)
+        .env("ODD_SECRET", ODD_SECRET)
+        .env("ODD_API_KEY", ODD_API_KEY)
+        .env("ODD_INBENTA_SECRET", ODD_INBENTA_SECRET)
+        .start()
+        .await;
 
     // The short token is renewed through /refreshToken (echoed), then /auth
     // (echoed) until it expires.
@@ -334,26 +301,13 @@ async fn token_endpoints_echoing_the_request_never_leak_a_secret() {
 
 // ---- rejections a new token does not cure ------------------------------------
 
-fn proxy_config(credentials_toml: &str, upstream: &Upstream) -> String {
-    let credential = credentials_toml
-        .lines()
-        .find_map(|line| line.strip_prefix("[credentials.")?.strip_suffix(']'))
-        .expect("a credential table");
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{credentials_toml}\n\
-         [[routes]]\nlisten = \"127.0.0.1:0\"\nupstream = {}\ncredential = \"{credential}\"\n\
-         allow_insecure_http = true\n",
-        toml_str(&upstream.url())
-    )
-}
-
-fn inbenta_credential(server: &InbentaServer) -> String {
-    format!(
-        "[credentials.inbenta]\ntype = \"inbenta\"\nauth_url = {}\n\
-         api_key = {{ env = \"INBENTA_API_KEY\" }}\nsecret = {{ env = \"INBENTA_SECRET\" }}\n\
-         allow_insecure_http = true\n",
-        toml_str(&server.url())
-    )
+/// An admin listener, `credential` (named `name`) and one route with it to
+/// `upstream`.
+fn proxy_config(name: &str, credential: Table, upstream: &Upstream) -> TestConfig {
+    base()
+        .admin()
+        .with(credential)
+        .with(route(&upstream.url(), name))
 }
 
 /// `requests` GETs (or streamed POSTs of 70 KiB, just over what is kept
@@ -390,14 +344,6 @@ async fn traffic(
     statuses
 }
 
-/// The value of one metric series from `/metrics` (0 when absent).
-async fn metric(proxy: &TestProxy, series: &str) -> f64 {
-    let text = proxy.admin_get("/metrics").await.text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_forbidding_everything_costs_at_most_two_token_requests() {
     let auth = InbentaServer::start(InbentaBehaviour {
@@ -406,7 +352,9 @@ async fn an_upstream_forbidding_everything_costs_at_most_two_token_requests() {
     })
     .await;
     let upstream = Upstream::start(UpstreamOpts::plain().always(Reply::status(403))).await;
-    let proxy = start_proxy(&proxy_config(&inbenta_credential(&auth), &upstream), env()).await;
+    let proxy = proxy_config("inbenta", inbenta("inbenta", &auth.url()), &upstream)
+        .start()
+        .await;
 
     let statuses = traffic(&proxy, 1000, 50, false).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::FORBIDDEN));
@@ -415,11 +363,9 @@ async fn an_upstream_forbidding_everything_costs_at_most_two_token_requests() {
         "{} token requests for 1000 forbidden requests",
         auth.calls()
     );
-    let ignored = metric(
-        &proxy,
-        "sidekey_token_rejections_total{credential=\"inbenta\",action=\"ignored\"}",
-    )
-    .await;
+    let ignored = proxy
+        .metric("sidekey_token_rejections_total{credential=\"inbenta\",action=\"ignored\"}")
+        .await;
     assert!(ignored >= 900.0, "ignored rejections: {ignored}");
     // At most one retry per request, usually none.
     assert!(upstream.request_count() <= 2000);
@@ -429,11 +375,9 @@ async fn an_upstream_forbidding_everything_costs_at_most_two_token_requests() {
 async fn an_upstream_rejecting_every_oauth_token_costs_at_most_two_token_requests() {
     let token = OAuthServer::start(OAuthBehaviour::default()).await;
     let upstream = Upstream::start(UpstreamOpts::plain().always(Reply::status(401))).await;
-    let proxy = start_proxy(
-        &proxy_config(&oauth_credential(&token.url(), ""), &upstream),
-        env(),
-    )
-    .await;
+    let proxy = proxy_config("api", oauth2("api", &token.url()), &upstream)
+        .start()
+        .await;
     let statuses = traffic(&proxy, 500, 50, false).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
     assert!(token.calls() <= 2, "{} token requests", token.calls());
@@ -447,7 +391,9 @@ async fn an_upstream_rejecting_every_oauth_token_costs_at_most_two_token_request
 async fn streamed_requests_rejected_everywhere_cause_no_storm() {
     let auth = InbentaServer::start(InbentaBehaviour::default()).await;
     let upstream = Upstream::start(UpstreamOpts::plain().always(Reply::status(403))).await;
-    let proxy = start_proxy(&proxy_config(&inbenta_credential(&auth), &upstream), env()).await;
+    let proxy = proxy_config("inbenta", inbenta("inbenta", &auth.url()), &upstream)
+        .start()
+        .await;
     let statuses = traffic(&proxy, 100, 20, true).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::FORBIDDEN));
     assert!(auth.calls() <= 2, "{} token requests", auth.calls());
@@ -464,31 +410,27 @@ async fn a_revoked_token_costs_one_renewal_and_the_request_succeeds() {
         }
     }))
     .await;
-    let proxy = start_proxy(
-        &proxy_config(&oauth_credential(&token.url(), ""), &upstream),
-        env(),
-    )
-    .await;
+    let proxy = proxy_config("api", oauth2("api", &token.url()), &upstream)
+        .start()
+        .await;
     let statuses = traffic(&proxy, 200, 20, false).await;
     assert!(
         statuses.iter().all(|s| *s == StatusCode::OK),
         "{statuses:?}"
     );
     assert_eq!(token.calls(), 2, "one renewal for the revoked token");
-    let renewed = metric(
-        &proxy,
-        "sidekey_token_rejections_total{credential=\"api\",action=\"renewed\"}",
-    )
-    .await;
+    let renewed = proxy
+        .metric("sidekey_token_rejections_total{credential=\"api\",action=\"renewed\"}")
+        .await;
     assert!(renewed >= 1.0, "renewed rejections: {renewed}");
 }
 
 #[tokio::test]
 async fn a_rejected_static_token_is_answered_at_once() {
     let upstream = Upstream::start(UpstreamOpts::plain().always(Reply::status(401))).await;
-    let credential =
-        "[credentials.legacy]\ntype = \"static\"\ntoken = { env = \"CLIENT_SECRET\" }\n".to_owned();
-    let proxy = start_proxy(&proxy_config(&credential, &upstream), env()).await;
+    let proxy = proxy_config("legacy", static_token("legacy", "CLIENT_SECRET"), &upstream)
+        .start()
+        .await;
     for _ in 0..3 {
         let started = std::time::Instant::now();
         let response = proxy.get("/v1/legacy").await;
@@ -513,11 +455,7 @@ async fn inbenta_auth_fallback_gets_its_own_timeout() {
         ..InbentaBehaviour::default()
     })
     .await;
-    let (credentials, metrics) = engines(
-        &(inbenta_credential(&auth).replace("[credentials.inbenta]", "[credentials.api]")
-            + "timeout = \"10s\"\n"),
-        env(),
-    );
+    let (credentials, metrics) = engines(inbenta("api", &auth.url()).line(r#"timeout = "10s""#));
     let handle = api(&credentials);
     let first = handle
         .wait_for_newer(0, Duration::from_secs(10))
@@ -588,13 +526,12 @@ async fn short_tokens_from_a_flaky_endpoint_never_fail_a_request() {
         }
     }))
     .await;
-    let proxy = start_proxy(
-        &proxy_config(
-            &oauth_credential(&token.url(), "timeout = \"1s\""),
-            &upstream,
-        ),
-        env(),
+    let proxy = proxy_config(
+        "api",
+        oauth2("api", &token.url()).line(r#"timeout = "1s""#),
+        &upstream,
     )
+    .start()
     .await;
 
     let deadline = Instant::now() + Duration::from_secs(8);
@@ -732,7 +669,7 @@ async fn every_token_endpoint_fault_is_classified_backed_off_reported_and_recove
         let server = OAuthServer::start(OAuthBehaviour::default()).await;
         server.set_reply(Some(fault.reply.clone()));
         let (credentials, metrics) =
-            engines(&oauth_credential(&server.url(), "timeout = \"2s\""), env());
+            engines(oauth2("api", &server.url()).line(r#"timeout = "2s""#));
         let handle = api(&credentials);
         let started = Instant::now();
         // Three attempts: measure the delays between them.
@@ -794,7 +731,7 @@ async fn every_token_endpoint_fault_is_classified_backed_off_reported_and_recove
 async fn refused_connections_are_retried_each_second_until_the_endpoint_listens() {
     let addr = closed_port();
     let url = format!("http://{addr}/oauth/token");
-    let (credentials, _metrics) = engines(&oauth_credential(&url, ""), env());
+    let (credentials, _metrics) = engines(oauth2("api", &url));
     let handle = api(&credentials);
     sleep(Duration::from_secs(10)).await;
     let why = reason(&handle);
@@ -821,7 +758,7 @@ async fn an_untrusted_token_endpoint_certificate_is_a_tls_failure() {
     let pki = TestPki::new();
     let server = OAuthServer::start_tls(OAuthBehaviour::default(), &pki).await;
     // The engines trust no root at all.
-    let (credentials, _metrics) = engines(&oauth_credential(&server.url(), ""), env());
+    let (credentials, _metrics) = engines(oauth2("api", &server.url()));
     let handle = api(&credentials);
     sleep(Duration::from_secs(5)).await;
     let why = reason(&handle);
@@ -844,10 +781,7 @@ async fn inbenta_answer_without_access_token_is_transient_and_recovers() {
         Some(InbentaEndpoint::Auth),
         Some(TokenReply::json(200, json!({"expires_in": 60}))),
     );
-    let (credentials, _metrics) = engines(
-        &inbenta_credential(&auth).replace("[credentials.inbenta]", "[credentials.api]"),
-        env(),
-    );
+    let (credentials, _metrics) = engines(inbenta("api", &auth.url()));
     let handle = api(&credentials);
     sleep(Duration::from_secs(3)).await;
     let why = reason(&handle);

@@ -2,48 +2,33 @@
 //! the token endpoint (old token serves until it truly expires, then 503
 //! JSON, then recovery), and the `sidekey token` command.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::proxy::{TestProxy, start_proxy, toml_path};
+use crate::support::config::{TestConfig, oauth2, route};
+use crate::support::process::BIN;
+use crate::support::proxy::TestProxy;
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 use crate::support::upstream::{Upstream, UpstreamOpts};
 use serde_json::json;
-use sidekey::config::secret::MapEnv;
 
-fn env() -> MapEnv {
-    MapEnv::from([
-        ("CLIENT_ID", "test-client"),
-        ("CLIENT_SECRET", "test-client-secret"),
-    ])
-}
-
-fn config(pki: &TestPki, token: &OAuthServer, upstream: &Upstream) -> String {
-    format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.pliant]
-type = "oauth2"
-token_url = "{token_url}"
-client_id = {{ env = "CLIENT_ID" }}
-client_secret = {{ env = "CLIENT_SECRET" }}
-audience = "api.getpliant.com/api/integration"
-body = "json"
-client_auth = "post"
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = "{upstream}"
-credential = "pliant"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        token_url = token.token_url(),
-        upstream = upstream.url(),
-    )
+/// An OAuth 2.0 credential (JSON body, client secret in the body) against
+/// `token` and one route to `upstream`, both trusted through `pki`.
+fn config(pki: &TestPki, token: &OAuthServer, upstream: &Upstream) -> TestConfig {
+    TestConfig::new()
+        .trusting(pki)
+        .with(
+            oauth2("pliant", &token.url())
+                .line(r#"audience = "api.getpliant.com/api/integration""#)
+                .line(r#"body = "json""#)
+                .line(r#"client_auth = "post""#),
+        )
+        .with(route(&upstream.url(), "pliant"))
+        .env("CLIENT_ID", "test-client")
+        .env("CLIENT_SECRET", "test-client-secret")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +44,7 @@ async fn hundred_requests_at_startup_share_one_token_request() {
         )
         .delay(Duration::from_millis(400)),
     );
-    let proxy = Arc::new(start_proxy(&config(&pki, &token, &upstream), env()).await);
+    let proxy = Arc::new(config(&pki, &token, &upstream).start().await);
 
     let requests: Vec<_> = (0..100)
         .map(|i| {
@@ -118,7 +103,7 @@ async fn outage_serves_the_old_token_until_expiry_then_503_then_recovers() {
         &pki,
     )
     .await;
-    let proxy = start_proxy(&config(&pki, &token, &upstream), env()).await;
+    let proxy = config(&pki, &token, &upstream).start().await;
     assert_eq!(proxy.get("/before").await.status, 200);
     let obtained = tokio::time::Instant::now();
 
@@ -167,26 +152,14 @@ async fn token_command_prints_type_and_lifetime_not_the_token() {
     let token = OAuthServer::start_tls(OAuthBehaviour::default(), &pki).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sidekey.toml");
-    std::fs::write(&path, config(&pki, &token, &upstream)).unwrap();
+    std::fs::write(&path, config(&pki, &token, &upstream).text()).unwrap();
 
     let path1 = path.clone();
-    let run = move |show: bool| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sidekey"));
-        command
-            .args(["token", "--config"])
-            .arg(&path1)
-            .arg("pliant")
-            .env("CLIENT_ID", "test-client")
-            .env("CLIENT_SECRET", "test-client-secret");
-        if show {
-            command.arg("--show");
-        }
-        command.output().unwrap()
-    };
-    let out = tokio::task::spawn_blocking(move || (run(false), run(true)))
-        .await
-        .unwrap();
-    let (quiet, shown) = out;
+    let (quiet, shown) = tokio::task::spawn_blocking(move || {
+        (token_command(&path1, false), token_command(&path1, true))
+    })
+    .await
+    .unwrap();
     assert_eq!(
         quiet.status.code(),
         Some(0),
@@ -211,21 +184,27 @@ async fn token_command_prints_type_and_lifetime_not_the_token() {
         "invalid_client",
         "Client authentication failed",
     )));
-    let path2 = path.clone();
-    let refused = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_sidekey"))
-            .args(["token", "--config"])
-            .arg(&path2)
-            .arg("pliant")
-            .env("CLIENT_ID", "test-client")
-            .env("CLIENT_SECRET", "test-client-secret")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let refused = tokio::task::spawn_blocking(move || token_command(&path, false))
+        .await
+        .unwrap();
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("invalid_client"), "{stderr}");
     assert!(!stderr.contains("test-client-secret"), "{stderr}");
+}
+
+/// `sidekey token --config PATH pliant [--show]` with the client id and
+/// secret in its environment.
+fn token_command(path: &Path, show: bool) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(["token", "--config"])
+        .arg(path)
+        .arg("pliant")
+        .env("CLIENT_ID", "test-client")
+        .env("CLIENT_SECRET", "test-client-secret");
+    if show {
+        command.arg("--show");
+    }
+    command.output().unwrap()
 }

@@ -5,46 +5,37 @@
 //! GOAWAY. Each test starts a real upstream with the fault, sidekey in
 //! front of it, and checks what the app got and what the upstream saw.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::config::{TestConfig, forward_proxy, route, static_token};
 use crate::support::proxy::{
-    TestClient, TestProxy, body_empty, body_generated, body_trickle, count_body, request,
-    send_partial, start_proxy, toml_path, toml_str,
+    Download, TestClient, TestProxy, body_empty, body_generated, body_trickle, count_body, request,
+    request_with,
 };
+use crate::support::raw::RawConn;
 use crate::support::tls::TestPki;
 use crate::support::upstream::{BodyEnd, RawStep, Reply, Upstream, UpstreamOpts};
 use http::{Method, Version};
-use sidekey::config::secret::MapEnv;
 
-fn env() -> MapEnv {
-    MapEnv::from([("API_TOKEN", "tok-123")])
+/// A static credential and one route named `api` to `upstream`, trusting
+/// `pki`; an admin listener for the metrics.
+fn one_route(pki: &TestPki, upstream: &str) -> TestConfig {
+    TestConfig::new()
+        .trusting(pki)
+        .admin()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(upstream, "api").line(r#"name = "api""#))
+        .env("API_TOKEN", "tok-123")
 }
 
-/// A static credential and one route to `upstream`, trusting `pki`.
-fn one_route(pki: &TestPki, upstream: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-
-[[routes]]
-listen = "127.0.0.1:0"
-upstream = {upstream}
-credential = "api"
-name = "api"
-{route_extra}
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        upstream = toml_str(upstream),
-    )
+/// [`one_route`] with `body_timeout = "300ms"`, started.
+async fn with_body_timeout(pki: &TestPki, upstream: &str) -> TestProxy {
+    one_route(pki, upstream)
+        .line("[[routes]]", r#"body_timeout = "300ms""#)
+        .start()
+        .await
 }
 
 /// Longest a test waits for something a timeout of a few hundred
@@ -53,13 +44,28 @@ const PATIENCE: Duration = Duration::from_secs(5);
 
 /// The value of `sidekey_upstream_errors_total{route="api",kind=KIND}`, 0 when absent.
 async fn upstream_errors(proxy: &TestProxy, kind: &str) -> u64 {
-    let metrics = proxy.admin_get("/metrics").await.text();
-    let series = format!("sidekey_upstream_errors_total{{route=\"api\",kind=\"{kind}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    let series = format!("sidekey_upstream_errors_total{{route=\"api\",kind=\"{kind}\"}}");
+    proxy.metric(&series).await as u64
+}
+
+/// `GET path` on route 0, the body streamed and counted; it must end
+/// (`what`) within [`PATIENCE`].
+async fn download_in_time(proxy: &TestProxy, path: &str, what: &str) -> Download {
+    let url = format!("{}{path}", proxy.route_url(0));
+    tokio::time::timeout(PATIENCE, proxy.client.download(&url))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {PATIENCE:?}"))
+}
+
+/// Write `bytes` on a fresh connection, keeping it open (an app that stops
+/// sending), and read until the server closes it or [`PATIENCE`] passes:
+/// the connection, whether it was closed, and the time since the write.
+async fn send_partial(addr: SocketAddr, bytes: &[u8]) -> (RawConn, bool, Duration) {
+    let mut conn = RawConn::connect(addr).await;
+    conn.send(bytes).await.expect("write");
+    let started = tokio::time::Instant::now();
+    let closed = conn.closed_within(PATIENCE).await;
+    (conn, closed, started.elapsed())
 }
 
 // ---- the app's request body (issue #7, defect 14) ----
@@ -68,30 +74,24 @@ async fn upstream_errors(proxy: &TestProxy, kind: &str) -> u64 {
 async fn app_body_that_stops_short_of_its_content_length_is_408() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(
-        &one_route(&pki, &upstream.url(), r#"body_timeout = "300ms""#),
-        env(),
-    )
-    .await;
+    let proxy = with_body_timeout(&pki, &upstream.url()).await;
 
     // 10 of the 1,000 bytes it announced, then nothing: the socket stays open.
-    let exchange = send_partial(
+    let (conn, closed, elapsed) = send_partial(
         proxy.route_addr(0),
         b"POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: 1000\r\n\r\n0123456789",
-        PATIENCE,
     )
     .await;
 
     assert_eq!(
-        exchange.status(),
+        conn.status(),
         Some(408),
-        "after {:?}: {}",
-        exchange.elapsed,
-        exchange.text()
+        "after {elapsed:?}: {}",
+        conn.text()
     );
-    assert!(exchange.text().contains("request_body_timeout"));
-    assert!(exchange.closed, "the connection is closed after the 408");
-    assert!(exchange.elapsed >= Duration::from_millis(300));
+    assert!(conn.text().contains("request_body_timeout"));
+    assert!(closed, "the connection is closed after the 408");
+    assert!(elapsed >= Duration::from_millis(300));
     assert_eq!(
         upstream.request_count(),
         0,
@@ -105,26 +105,21 @@ async fn large_app_body_that_stalls_mid_upload_is_408() {
     for http2 in [false, true] {
         let opts = UpstreamOpts::tls(&pki);
         let upstream = Upstream::start(if http2 { opts.http2() } else { opts }).await;
-        let proxy = start_proxy(
-            &one_route(&pki, &upstream.url(), r#"body_timeout = "300ms""#),
-            env(),
-        )
-        .await;
+        let proxy = with_body_timeout(&pki, &upstream.url()).await;
 
         // Too large to keep for a retry: this body streams to the upstream.
         let mut head =
             b"POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: 200000\r\n\r\n".to_vec();
         head.extend(std::iter::repeat_n(b'x', 100_000));
-        let exchange = send_partial(proxy.route_addr(0), &head, PATIENCE).await;
+        let (conn, _, elapsed) = send_partial(proxy.route_addr(0), &head).await;
 
         assert_eq!(
-            exchange.status(),
+            conn.status(),
             Some(408),
-            "http2 {http2}, after {:?}: {}",
-            exchange.elapsed,
-            exchange.text()
+            "http2 {http2}, after {elapsed:?}: {}",
+            conn.text()
         );
-        assert!(exchange.text().contains("request_body_timeout"));
+        assert!(conn.text().contains("request_body_timeout"));
     }
 }
 
@@ -132,11 +127,7 @@ async fn large_app_body_that_stalls_mid_upload_is_408() {
 async fn app_body_that_keeps_trickling_is_not_cut() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let proxy = start_proxy(
-        &one_route(&pki, &upstream.url(), r#"body_timeout = "300ms""#),
-        env(),
-    )
-    .await;
+    let proxy = with_body_timeout(&pki, &upstream.url()).await;
 
     // 8 chunks 100 ms apart: 700 ms in all, never 300 ms without a byte.
     let body = body_trickle(8, 1000, Duration::from_millis(100), BodyEnd::Finish);
@@ -155,22 +146,19 @@ async fn app_body_that_keeps_trickling_is_not_cut() {
 
 // ---- the upstream's response ----
 
+/// An upstream whose answers announce 1,000 bytes, send 10 and stall.
+async fn stalling_upstream(pki: &Arc<TestPki>) -> Upstream {
+    let stall = Reply::trickle(1, 10, Duration::from_millis(10))
+        .announce(1000)
+        .then_stall();
+    Upstream::start(UpstreamOpts::tls(pki).always(stall)).await
+}
+
 #[tokio::test]
 async fn upstream_body_that_stalls_is_cut_after_body_timeout() {
     let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(
-        UpstreamOpts::tls(&pki).always(
-            Reply::trickle(1, 10, Duration::from_millis(10))
-                .announce(1000)
-                .then_stall(),
-        ),
-    )
-    .await;
-    let proxy = start_proxy(
-        &one_route(&pki, &upstream.url(), r#"body_timeout = "300ms""#),
-        env(),
-    )
-    .await;
+    let upstream = stalling_upstream(&pki).await;
+    let proxy = with_body_timeout(&pki, &upstream.url()).await;
 
     let response = proxy
         .client
@@ -208,11 +196,7 @@ async fn upstream_body_that_keeps_trickling_arrives_whole() {
         Duration::from_millis(100),
     )))
     .await;
-    let proxy = start_proxy(
-        &one_route(&pki, &upstream.url(), r#"body_timeout = "300ms""#),
-        env(),
-    )
-    .await;
+    let proxy = with_body_timeout(&pki, &upstream.url()).await;
 
     let download = proxy
         .client
@@ -226,49 +210,28 @@ async fn upstream_body_that_keeps_trickling_arrives_whole() {
 #[tokio::test]
 async fn forward_proxy_has_a_body_timeout_too() {
     let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(
-        UpstreamOpts::tls(&pki).always(
-            Reply::trickle(1, 10, Duration::from_millis(10))
-                .announce(1000)
-                .then_stall(),
-        ),
-    )
-    .await;
-    let config = format!(
-        r#"
-[tls]
-ca_file = {ca}
-
-[credentials.api]
-type = "static"
-token = {{ env = "API_TOKEN" }}
-
-[forward_proxy]
-listen = "127.0.0.1:0"
-hosts = {{ "127.0.0.1:{port}" = "api" }}
-body_timeout = "300ms"
-"#,
-        ca = toml_path(pki.ca_pem_path()),
-        port = upstream.addr().port(),
-    );
-    let proxy = start_proxy(&config, env()).await;
-
-    let exchange = send_partial(
-        proxy.forward_proxy_addr(),
-        format!(
-            "GET http://127.0.0.1:{}/export HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
-            upstream.addr().port()
+    let upstream = stalling_upstream(&pki).await;
+    let port = upstream.addr().port();
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(
+            forward_proxy(&[(&format!("127.0.0.1:{port}"), "api")])
+                .line(r#"body_timeout = "300ms""#),
         )
-        .as_bytes(),
-        PATIENCE,
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+
+    let (conn, closed, _) = send_partial(
+        proxy.forward_proxy_addr(),
+        format!("GET http://127.0.0.1:{port}/export HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            .as_bytes(),
     )
     .await;
 
-    assert_eq!(exchange.status(), Some(200), "{}", exchange.text());
-    assert!(
-        exchange.closed,
-        "the stalled response is cut within {PATIENCE:?}"
-    );
+    assert_eq!(conn.status(), Some(200), "{}", conn.text());
+    assert!(closed, "the stalled response is cut within {PATIENCE:?}");
 }
 
 #[tokio::test]
@@ -281,11 +244,10 @@ async fn upstream_sending_its_head_slowly_is_504_after_request_timeout() {
         Duration::from_millis(100),
     )))
     .await;
-    let proxy = start_proxy(
-        &one_route(&pki, &upstream.url(), r#"request_timeout = "300ms""#),
-        env(),
-    )
-    .await;
+    let proxy = one_route(&pki, &upstream.url())
+        .line("[[routes]]", r#"request_timeout = "300ms""#)
+        .start()
+        .await;
 
     let started = tokio::time::Instant::now();
     let r = proxy.get("/slow-head").await;
@@ -306,16 +268,10 @@ async fn upstream_reset_mid_response_breaks_the_apps_response() {
     steps.push(RawStep::Sleep(Duration::from_millis(50)));
     steps.push(RawStep::Reset);
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).raw(steps)).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
 
-    let download = tokio::time::timeout(
-        PATIENCE,
-        proxy
-            .client
-            .download(&format!("{}/file", proxy.route_url(0))),
-    )
-    .await
-    .expect("a reset upstream ends the app's response");
+    let download =
+        download_in_time(&proxy, "/file", "a reset upstream ends the app's response").await;
 
     assert_eq!(download.status, 200);
     assert_eq!(download.len, 100);
@@ -326,14 +282,7 @@ async fn upstream_reset_mid_response_breaks_the_apps_response() {
     assert_eq!(upstream_errors(&proxy, "body").await, 1);
 
     // The proxy itself is fine: the next request gets its own connection.
-    let again = tokio::time::timeout(
-        PATIENCE,
-        proxy
-            .client
-            .download(&format!("{}/file", proxy.route_url(0))),
-    )
-    .await
-    .expect("second download");
+    let again = download_in_time(&proxy, "/file", "second download").await;
     assert_eq!(again.len, 100);
     assert_eq!(upstream.connections(), 2);
 }
@@ -342,7 +291,7 @@ async fn upstream_reset_mid_response_breaks_the_apps_response() {
 async fn upstream_reset_before_answering_is_502() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).raw(vec![RawStep::Reset])).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
 
     let r = proxy.get("/x").await;
 
@@ -366,16 +315,10 @@ async fn http2_stream_reset_mid_response_breaks_only_that_response() {
         }
     }))
     .await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
 
-    let broken = tokio::time::timeout(
-        PATIENCE,
-        proxy
-            .client
-            .download(&format!("{}/broken", proxy.route_url(0))),
-    )
-    .await
-    .expect("a reset stream ends the app's response");
+    let broken =
+        download_in_time(&proxy, "/broken", "a reset stream ends the app's response").await;
     assert_eq!(broken.len, 100);
     assert!(broken.error.is_some());
 
@@ -396,7 +339,7 @@ async fn idle_connection_closed_by_the_upstream_is_not_reused() {
     let pki = Arc::new(TestPki::new());
     let upstream =
         Upstream::start(UpstreamOpts::tls(&pki).close_idle_after(Duration::from_millis(200))).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
 
     assert_eq!(proxy.get("/one").await.status, 200);
     tokio::time::timeout(PATIENCE, async {
@@ -428,7 +371,7 @@ async fn let_connections_go_stale() {
 async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
     let url = |path: &str| format!("{}{path}", proxy.route_url(0));
 
     assert_eq!(proxy.get("/warm").await.status, 200);
@@ -444,9 +387,12 @@ async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
     }
     // A POST the app marked as safe to repeat (IETF Idempotency-Key).
     let_connections_go_stale().await;
-    let mut post = request(Method::POST, &url("/payments"), body_generated(100, true));
-    post.headers_mut()
-        .insert("idempotency-key", "k-1".parse().unwrap());
+    let post = request_with(
+        Method::POST,
+        &url("/payments"),
+        &[("idempotency-key", "k-1")],
+        body_generated(100, true),
+    );
     let r = proxy.client.send(post).await;
     sent += 1;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -467,7 +413,7 @@ async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
 async fn a_post_on_a_stale_pooled_connection_is_not_repeated() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
 
     assert_eq!(proxy.get("/warm").await.status, 200);
     let_connections_go_stale().await;
@@ -487,7 +433,7 @@ async fn a_post_on_a_stale_pooled_connection_is_not_repeated() {
 async fn several_stale_pooled_connections_are_all_skipped() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
 
     // Four requests at once: four pooled connections, all going stale together.
     let client = TestClient::new();
@@ -531,7 +477,7 @@ async fn http2_goaway_finishes_in_flight_requests_and_moves_new_ones() {
         }
     }))
     .await;
-    let proxy = start_proxy(&one_route(&pki, &upstream.url(), ""), env()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
     let base = proxy.route_url(0);
 
     let slow = {

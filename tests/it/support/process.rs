@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -56,6 +56,21 @@ impl SidekeyProcess {
         signal(&self.child, name);
     }
 
+    /// Wait (up to 20 s, then panic) for the process to exit by itself.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sidekey") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sidekey still running after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
     pub fn memory_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -76,7 +91,7 @@ impl Drop for SidekeyProcess {
 }
 
 /// Reads the child's JSON log lines on a thread and hands them over.
-pub fn log_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
+fn log_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -92,7 +107,7 @@ pub fn log_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
 }
 
 /// Wait (up to 20 s, then panic) for a line whose message contains `message`.
-pub fn wait_for(lines: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
+fn wait_for(lines: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
     loop {
         let line = lines
             .recv_timeout(Duration::from_secs(20))
@@ -107,7 +122,7 @@ pub fn wait_for(lines: &mpsc::Receiver<serde_json::Value>, message: &str) -> ser
 }
 
 /// Send signal `name` to `child` with `kill`.
-pub fn signal(child: &Child, name: &str) {
+fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &child.id().to_string()])
         .status()

@@ -1,4 +1,5 @@
-//! sidekey started in-process from TOML text, and a small HTTP client for
+//! sidekey started in-process from TOML text (see [`super::config`] for
+//! building it), and a small HTTP client for
 //! tests (plain HTTP, or HTTPS trusting a [`TestPki`]; HTTP/1.1, or HTTP/2
 //! when the server offers it by ALPN).
 //!
@@ -20,13 +21,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use sidekey::config::secret::MapEnv;
 use sidekey::config::{Config, ConfigError};
 use sidekey::preflight::{Checked, preflight};
-use sidekey::server::{Handle, ServeError};
+use sidekey::server::Handle;
 
 use super::tls::{TestPki, provider};
 use super::upstream::{BodyDigest, BodyEnd, GeneratedBody, TrickleBody};
@@ -70,17 +70,6 @@ pub fn body_trickle(chunks: usize, chunk_len: usize, interval: Duration, end: Bo
     TrickleBody::new(chunks, chunk_len, interval, end, None).boxed()
 }
 
-/// Quote `s` as a TOML basic string (for paths and URLs in config text).
-pub fn toml_str(s: &str) -> String {
-    // A JSON string literal is a valid TOML basic string.
-    serde_json::to_string(s).expect("string")
-}
-
-/// Quote a path as a TOML basic string.
-pub fn toml_path(path: &Path) -> String {
-    toml_str(&path.to_string_lossy())
-}
-
 /// A response read whole.
 #[derive(Debug)]
 pub struct TestResponse {
@@ -122,8 +111,6 @@ impl TestResponse {
 pub struct Download {
     /// Status.
     pub status: StatusCode,
-    /// Version.
-    pub version: Version,
     /// Headers.
     pub headers: HeaderMap,
     /// Bytes received.
@@ -239,11 +226,21 @@ impl Default for TestClient {
 
 /// Build a request.
 pub fn request(method: Method, url: &str, body: ReqBody) -> Request<ReqBody> {
-    Request::builder()
-        .method(method)
-        .uri(url)
-        .body(body)
-        .expect("request")
+    request_with(method, url, &[], body)
+}
+
+/// Build a request carrying `headers` (added in order: a name may repeat).
+pub fn request_with(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: ReqBody,
+) -> Request<ReqBody> {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(body).expect("request")
 }
 
 /// Read a response body whole.
@@ -282,7 +279,6 @@ pub async fn count_body(response: http::Response<Incoming>) -> Download {
     }
     Download {
         status: parts.status,
-        version: parts.version,
         headers: parts.headers,
         len: digest.len(),
         digest: digest.digest(),
@@ -314,195 +310,10 @@ pub async fn send_to(addr: SocketAddr, req: Request<ReqBody>) -> TestResponse {
         .unwrap_or_else(|_| panic!("{what}: no complete response within {CLIENT_TIMEOUT:?}"))
 }
 
-/// Write raw bytes to `addr`, close the write half, and read until the peer
-/// closes (for malformed-request tests).
-pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let exchange = async {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(bytes).await.expect("write");
-        tcp.shutdown().await.expect("shutdown write");
-        let mut out = Vec::new();
-        let _ = tcp.read_to_end(&mut out).await;
-        out
-    };
-    tokio::time::timeout(CLIENT_TIMEOUT, exchange)
-        .await
-        .expect("raw exchange timed out")
-}
-
-/// What [`send_partial`] got back.
-#[derive(Debug)]
-pub struct PartialExchange {
-    /// Everything the peer sent.
-    pub received: Vec<u8>,
-    /// Whether the peer closed the connection within the limit.
-    pub closed: bool,
-    /// Time from the last byte written to the end of reading.
-    pub elapsed: Duration,
-}
-
-impl PartialExchange {
-    /// The status code of the response received, if any.
-    pub fn status(&self) -> Option<u16> {
-        let text = String::from_utf8_lossy(&self.received);
-        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-    }
-
-    /// What was received, as text (lossy).
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.received).into_owned()
-    }
-}
-
-/// Write raw bytes to `addr` and keep the write half open (an app that
-/// stops sending mid-request), then read until the peer closes or `limit`
-/// passes.
-pub async fn send_partial(addr: SocketAddr, bytes: &[u8], limit: Duration) -> PartialExchange {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(bytes).await.expect("write");
-    let started = tokio::time::Instant::now();
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    PartialExchange {
-        received,
-        closed: read.is_ok(),
-        elapsed: started.elapsed(),
-    }
-}
-
-/// Write raw bytes to `addr` and keep the write half open, then read until
-/// the peer closes or nothing arrives for `idle`. Returns what was read and
-/// whether the peer closed the connection (a server that keeps a connection
-/// open after a refused request would answer a request pipelined behind it).
-pub async fn raw_exchange_open(addr: SocketAddr, bytes: &[u8], idle: Duration) -> (Vec<u8>, bool) {
-    raw_exchange_in_pieces(addr, bytes, bytes.len(), idle).await
-}
-
-/// [`raw_exchange_open`], but the bytes are written `piece` at a time with
-/// a pause after each write, so the server reads them in many small reads
-/// (an app streaming an upload; boundaries land inside heads, chunk-size
-/// lines and trailers).
-pub async fn raw_exchange_in_pieces(
-    addr: SocketAddr,
-    bytes: &[u8],
-    piece: usize,
-    idle: Duration,
-) -> (Vec<u8>, bool) {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let mut pieces = bytes.chunks(piece.max(1)).peekable();
-    while let Some(piece) = pieces.next() {
-        if tcp.write_all(piece).await.is_err() {
-            // The server closed (or reset) the connection; read what it said.
-            break;
-        }
-        if pieces.peek().is_some() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout(idle, tcp.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
-            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
-            Err(_) => return (out, false),
-        }
-    }
-}
-
-/// One HTTP/1.1 response read from raw bytes.
-#[derive(Debug)]
-pub struct RawResponse {
-    /// Status code.
-    pub status: u16,
-    /// Headers (names lowercase).
-    pub headers: Vec<(String, String)>,
-    /// Body (content-length framed).
-    pub body: Vec<u8>,
-}
-
-impl RawResponse {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Split raw bytes into the responses they hold: content-length framed (as
-/// sidekey and the test upstream answer), or delimited by the close.
-pub fn raw_responses(mut raw: &[u8]) -> Vec<RawResponse> {
-    let mut responses = Vec::new();
-    while !raw.is_empty() {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        let head_len = match response.parse(raw) {
-            Ok(httparse::Status::Complete(n)) => n,
-            other => panic!(
-                "not a complete response ({other:?}): {:?}",
-                String::from_utf8_lossy(raw)
-            ),
-        };
-        let headers: Vec<(String, String)> = response
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let status = response.code.expect("status");
-        // Without a content-length the body runs until the connection closed.
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .map_or(raw.len() - head_len, |(_, v)| {
-                v.parse().expect("content-length")
-            });
-        assert!(
-            headers.iter().all(|(n, _)| n != "transfer-encoding"),
-            "chunked responses are not expected here: {headers:?}"
-        );
-        let body = raw[head_len..head_len + len].to_vec();
-        raw = &raw[head_len + len..];
-        responses.push(RawResponse {
-            status,
-            headers,
-            body,
-        });
-    }
-    responses
-}
-
-/// Why [`try_start_proxy`] failed.
-#[derive(Debug)]
-pub enum StartError {
-    /// `config::parse` or the preflight checks refused the text.
-    Config(ConfigError),
-    /// `server::serve` refused to start.
-    Serve(ServeError),
-}
-
 /// A proxy running in this process.
 pub struct TestProxy {
     /// The handle `serve` returned.
     pub handle: Handle,
-    /// The configuration it was started with.
-    pub config: Config,
     /// A plain-HTTP client for talking to it.
     pub client: TestClient,
 }
@@ -519,11 +330,7 @@ pub fn checked_config(config_toml: &str, env: MapEnv) -> Result<Checked, ConfigE
 
 /// Parse `config_toml` and start sidekey; panics with the error when either fails.
 pub async fn start_proxy(config_toml: &str, env: MapEnv) -> TestProxy {
-    match try_start_proxy(config_toml, env).await {
-        Ok(proxy) => proxy,
-        Err(StartError::Config(e)) => panic!("config refused: {e}\n---\n{config_toml}"),
-        Err(StartError::Serve(e)) => panic!("serve failed: {e}\n---\n{config_toml}"),
-    }
+    start_proxy_adjusted(config_toml, env, |_| {}).await
 }
 
 /// Parse `config_toml`, let `adjust` change what the file cannot (such as
@@ -537,30 +344,15 @@ pub async fn start_proxy_adjusted(
     let mut config = parse_config(config_toml, env)
         .unwrap_or_else(|e| panic!("config refused: {e}\n---\n{config_toml}"));
     adjust(&mut config);
-    let checked = preflight(config.clone())
-        .unwrap_or_else(|e| panic!("preflight refused: {e}\n---\n{config_toml}"));
+    let checked =
+        preflight(config).unwrap_or_else(|e| panic!("preflight refused: {e}\n---\n{config_toml}"));
     let handle = sidekey::server::serve(checked)
         .await
         .unwrap_or_else(|e| panic!("serve failed: {e}\n---\n{config_toml}"));
     TestProxy {
         handle,
-        config,
         client: TestClient::new(),
     }
-}
-
-/// Parse `config_toml` and start sidekey.
-pub async fn try_start_proxy(config_toml: &str, env: MapEnv) -> Result<TestProxy, StartError> {
-    let config = parse_config(config_toml, env).map_err(StartError::Config)?;
-    let checked = preflight(config.clone()).map_err(StartError::Config)?;
-    let handle = sidekey::server::serve(checked)
-        .await
-        .map_err(StartError::Serve)?;
-    Ok(TestProxy {
-        handle,
-        config,
-        client: TestClient::new(),
-    })
 }
 
 impl TestProxy {
@@ -616,107 +408,28 @@ impl TestProxy {
     pub async fn via_forward_proxy(&self, req: Request<ReqBody>) -> TestResponse {
         send_to(self.forward_proxy_addr(), req).await
     }
-}
 
-/// A hand-driven HTTP/1.1 client connection, for tests about connections
-/// themselves: whether the server accepted, answered or closed one.
-pub struct RawConn {
-    tcp: TcpStream,
-    pending: Vec<u8>,
-}
-
-impl RawConn {
-    /// Open a TCP connection (the kernel completes it even when the server
-    /// has not accepted it yet).
-    pub async fn connect(addr: SocketAddr) -> RawConn {
-        let tcp = tokio::time::timeout(CLIENT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .unwrap_or_else(|_| panic!("connect {addr}: timed out"))
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        RawConn {
-            tcp,
-            pending: Vec::new(),
+    /// Wait (up to 10 s, then panic) until every credential has its first token.
+    pub async fn wait_for_tokens(&self) {
+        for (name, handle) in self.handle.credentials().iter() {
+            handle
+                .wait_for_newer(0, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("credential {name}: no first token: {e}"));
         }
     }
 
-    /// Write bytes (a write error, such as a reset from a server that gave
-    /// up on us, is returned rather than a panic).
-    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.tcp.write_all(bytes).await
-    }
-
-    /// `GET path` with `Host: sidekey` and nothing else.
-    pub async fn send_get(&mut self, path: &str) -> std::io::Result<()> {
-        self.send(format!("GET {path} HTTP/1.1\r\nhost: sidekey\r\n\r\n").as_bytes())
-            .await
-    }
-
-    /// Read one response ([`RawResponse`]: head, and a `content-length` body), or `None` when
-    /// none arrives within `within` or the server closes first.
-    pub async fn read_response(&mut self, within: Duration) -> Option<RawResponse> {
-        tokio::time::timeout(within, self.read_response_inner())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    async fn read_response_inner(&mut self) -> Option<RawResponse> {
-        let head_end = loop {
-            if let Some(at) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            if !self.fill().await {
-                return None;
-            }
-        };
-        let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
-        let status = head.split(' ').nth(1)?.parse().ok()?;
-        let length: usize = head
-            .lines()
+    /// The value of one series (`name{labels}`) on the admin `/metrics`, 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text();
+        text.lines()
             .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())
-                    .flatten()
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
             })
-            .unwrap_or(0);
-        while self.pending.len() < head_end + length {
-            if !self.fill().await {
-                return None;
-            }
-        }
-        let body = self.pending[head_end..head_end + length].to_vec();
-        self.pending.drain(..head_end + length);
-        let headers = head
-            .lines()
-            .skip(1)
-            .filter_map(|line| line.split_once(':'))
-            .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
-            .collect();
-        Some(RawResponse {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    /// Whether the server closes the connection (EOF or reset) within
-    /// `within`; bytes that arrive meanwhile are kept for `read_response`.
-    pub async fn closed_within(&mut self, within: Duration) -> bool {
-        tokio::time::timeout(within, async { while self.fill().await {} })
-            .await
-            .is_ok()
-    }
-
-    /// Read more bytes; false on EOF or error.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.tcp.read(&mut chunk).await {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.pending.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
+            .unwrap_or(0.0)
     }
 }

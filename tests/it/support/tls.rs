@@ -25,12 +25,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct Leaf {
     /// The certificate.
     pub cert_der: CertificateDer<'static>,
-    /// The certificate, PEM.
-    pub cert_pem: String,
     /// The PKCS#8 private key, DER.
     pub key_der: Vec<u8>,
-    /// The private key, PEM.
-    pub key_pem: String,
     /// Where the certificate PEM was written.
     pub cert_path: PathBuf,
     /// Where the key PEM was written.
@@ -53,9 +49,7 @@ impl Leaf {
 pub struct TestPki {
     dir: tempfile::TempDir,
     ca_der: CertificateDer<'static>,
-    ca_pem: String,
     ca_path: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
     server: Leaf,
     client: Leaf,
 }
@@ -86,10 +80,9 @@ impl TestPki {
         ];
         let ca_key = KeyPair::generate().expect("ca key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-        let ca_pem = ca_cert.pem();
         let ca_der = ca_cert.der().clone();
         let ca_path = dir.path().join("ca.pem");
-        std::fs::write(&ca_path, &ca_pem).expect("write ca.pem");
+        std::fs::write(&ca_path, ca_cert.pem()).expect("write ca.pem");
         let issuer = Issuer::new(ca_params, ca_key);
 
         let server = issue(
@@ -109,35 +102,10 @@ impl TestPki {
         TestPki {
             dir,
             ca_der,
-            ca_pem,
             ca_path,
-            issuer,
             server,
             client,
         }
-    }
-
-    /// Issue another server certificate signed by this CA, written as
-    /// `NAME.pem` / `NAME.key` in the PKI directory.
-    pub fn issue_server(&self, file_stem: &str, names: &[&str]) -> Leaf {
-        issue(
-            &self.issuer,
-            self.dir.path(),
-            file_stem,
-            names,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    /// Issue another client certificate signed by this CA.
-    pub fn issue_client(&self, file_stem: &str, name: &str) -> Leaf {
-        issue(
-            &self.issuer,
-            self.dir.path(),
-            file_stem,
-            &[name],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
     }
 
     /// The temporary directory holding every PEM file.
@@ -150,21 +118,6 @@ impl TestPki {
         &self.ca_path
     }
 
-    /// The CA certificate, PEM text.
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
-    }
-
-    /// The CA certificate, DER.
-    pub fn ca_der(&self) -> &CertificateDer<'static> {
-        &self.ca_der
-    }
-
-    /// The server certificate and key.
-    pub fn server(&self) -> &Leaf {
-        &self.server
-    }
-
     /// The server certificate PEM file (for a route's `tls = { cert = … }`).
     pub fn server_cert_path(&self) -> &Path {
         &self.server.cert_path
@@ -173,11 +126,6 @@ impl TestPki {
     /// The server key PEM file (for a route's `tls = { key = … }`).
     pub fn server_key_path(&self) -> &Path {
         &self.server.key_path
-    }
-
-    /// The client certificate and key.
-    pub fn client(&self) -> &Leaf {
-        &self.client
     }
 
     /// The client certificate PEM file (for `upstream_tls = { client_cert = … }`).
@@ -293,17 +241,13 @@ fn issue(
     params.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate().expect("leaf key");
     let cert = params.signed_by(&key, issuer).expect("sign leaf");
-    let cert_pem = cert.pem();
-    let key_pem = key.serialize_pem();
     let cert_path = dir.join(format!("{file_stem}.pem"));
     let key_path = dir.join(format!("{file_stem}.key"));
-    std::fs::write(&cert_path, &cert_pem).expect("write cert");
-    std::fs::write(&key_path, &key_pem).expect("write key");
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
     Leaf {
         cert_der: cert.der().clone(),
-        cert_pem,
         key_der: key.serialize_der(),
-        key_pem,
         cert_path,
         key_path,
     }

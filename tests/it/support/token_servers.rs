@@ -21,10 +21,11 @@
 //! header, body), as gateways and HTML error pages do.
 //!
 //! [`OAuthServer::set_fault_plan`] fails a fixed share of requests (flaky
-//! endpoints); [`OAuthServer::issued_at`] and [`OAuthServer::validator`] let
-//! an upstream reject expired tokens. Every [`Recorded`] request carries its
-//! arrival instant on the tokio clock, so paused-clock tests read backoff
-//! delays off the server.
+//! endpoints); [`OAuthServer::validator`] lets an upstream reject expired
+//! tokens; [`OAuthBehaviour::delay`] slows the answers down, and
+//! [`OAuthServer::max_in_flight`] shows whether requests overlapped. Every
+//! [`Recorded`] request carries its arrival instant on the tokio clock, so
+//! paused-clock tests read backoff delays off the server.
 //!
 //! HTTP/1.1 over plain TCP or TLS (`start_tls` with a [`TestPki`]), or on a
 //! given listener ([`OAuthServer::start_on`]); a task per connection; the
@@ -261,6 +262,9 @@ struct Core {
     requests: Mutex<Vec<Recorded>>,
     count: watch::Sender<usize>,
     connections: AtomicUsize,
+    /// Requests being answered now, and the most at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl Core {
@@ -269,6 +273,8 @@ impl Core {
             requests: Mutex::new(Vec::new()),
             count: watch::Sender::new(0),
             connections: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -357,6 +363,18 @@ async fn handle(
     core: Arc<Core>,
     respond: Responder,
 ) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+    let now = core.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    core.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let response = answer(req, &core, &respond).await;
+    core.in_flight.fetch_sub(1, Ordering::SeqCst);
+    Ok(response)
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    core: &Core,
+    respond: &Responder,
+) -> Response<BoxBody<Bytes, Infallible>> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -408,7 +426,7 @@ async fn handle(
             HeaderValue::from_str(value).expect("header value"),
         );
     }
-    Ok(response)
+    response
 }
 
 /// The request as an echoing error page shows it.
@@ -592,11 +610,6 @@ impl InbentaServer {
         format!("{}/v1", base_url(&self.running))
     }
 
-    /// [`InbentaServer::url`] as a `Uri`.
-    pub fn auth_url(&self) -> Uri {
-        self.url().parse().expect("uri")
-    }
-
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.running.core.requests()
@@ -633,24 +646,9 @@ impl InbentaServer {
         self.running.core.requests.lock().unwrap().len()
     }
 
-    /// How many TCP connections were accepted.
-    pub fn connections(&self) -> usize {
-        self.running.core.connections.load(Ordering::SeqCst)
-    }
-
-    /// Wait (up to 30 s, then panic) until `n` requests have arrived.
-    pub async fn wait_for_requests(&self, n: usize) -> Vec<Recorded> {
-        self.running.core.wait_for(n).await
-    }
-
     /// The token issued last.
     pub fn last_token(&self) -> Option<String> {
         self.state.lock().unwrap().issued.last().cloned()
-    }
-
-    /// Every token issued, in order.
-    pub fn issued_tokens(&self) -> Vec<String> {
-        self.state.lock().unwrap().issued.clone()
     }
 
     /// Make every token issued so far unknown to `/refreshToken` (401).
@@ -779,6 +777,8 @@ pub struct OAuthBehaviour {
     pub token_type: Option<String>,
     /// Issue JWT-shaped access tokens whose `exp` is this many seconds from now.
     pub jwt_exp_in: Option<u64>,
+    /// Answer with a token only after this long (so overlapping requests show).
+    pub delay: Option<Duration>,
 }
 
 impl Default for OAuthBehaviour {
@@ -789,6 +789,7 @@ impl Default for OAuthBehaviour {
             expires_in: Some(json!(86400)),
             token_type: Some("Bearer".into()),
             jwt_exp_in: None,
+            delay: None,
         }
     }
 }
@@ -807,8 +808,6 @@ struct OAuthState {
 
 /// A fake OAuth 2.0 token endpoint (client credentials). See the module docs.
 pub struct OAuthServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
     running: Running,
     state: Arc<Mutex<OAuthState>>,
 }
@@ -857,11 +856,7 @@ impl OAuthServer {
             Arc::new(move |req| oauth_answer(&mut responder_state.lock().unwrap(), req)),
         )
         .await;
-        OAuthServer {
-            addr: running.addr,
-            running,
-            state,
-        }
+        OAuthServer { running, state }
     }
 
     /// The `token_url` to configure: `http(s)://127.0.0.1:PORT/oauth/token`.
@@ -942,9 +937,9 @@ impl OAuthServer {
         state.planned = 0;
     }
 
-    /// When `token` was issued (tokio clock), if this server issued it.
-    pub fn issued_at(&self, token: &str) -> Option<tokio::time::Instant> {
-        self.state.lock().unwrap().issued_at.get(token).copied()
+    /// The most requests it was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.running.core.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// A predicate "this `authorization` value is `Bearer <token>` for a
@@ -1042,9 +1037,14 @@ fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
     if let Some(expires_in) = &b.expires_in {
         answer.insert("expires_in".into(), expires_in.clone());
     }
+    let delay = b.delay;
     state
         .issued_at
         .insert(token.clone(), tokio::time::Instant::now());
     state.issued.push(token);
-    TokenReply::json(200, Value::Object(answer)).header("cache-control", "no-store")
+    let reply = TokenReply::json(200, Value::Object(answer)).header("cache-control", "no-store");
+    match delay {
+        Some(delay) => reply.delay(delay),
+        None => reply,
+    }
 }

@@ -9,8 +9,7 @@
 //! body generated on the fly.
 //!
 //! Faults, for the proxy's error paths: a body that trickles, stalls or
-//! fails part-way ([`Reply::trickle`]); TCP resets instead of clean closes
-//! ([`UpstreamOpts::reset_connections`]); keep-alive connections closed when
+//! fails part-way ([`Reply::trickle`]); keep-alive connections closed when
 //! idle, either actively ([`UpstreamOpts::close_idle_after`]) or as the close
 //! that crosses the next request on the wire
 //! ([`UpstreamOpts::drop_requests_after_idle`]); HTTP/2 GOAWAY on demand
@@ -82,8 +81,6 @@ pub struct RecordedRequest {
     pub body_error: Option<String>,
     /// Whether the TLS client presented a certificate.
     pub client_cert_presented: bool,
-    /// The client's address.
-    pub peer: SocketAddr,
 }
 
 impl RecordedRequest {
@@ -178,11 +175,6 @@ impl BodyDigest {
         self.len
     }
 
-    /// Whether nothing was fed.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The digest of one slice.
     pub fn of(bytes: &[u8]) -> u64 {
         let mut d = Self::new();
@@ -237,8 +229,8 @@ pub enum BodyEnd {
     Finish,
     /// It never ends and never sends another byte (the connection stays open).
     Stall,
-    /// It fails: HTTP/1.1 closes the connection mid-body (a TCP reset with
-    /// [`UpstreamOpts::reset_connections`]), HTTP/2 resets the stream.
+    /// It fails: HTTP/1.1 closes the connection mid-body, HTTP/2 resets the
+    /// stream.
     Fail,
 }
 
@@ -264,11 +256,6 @@ impl Reply {
             payload: ReplyPayload::Echo,
             delay: None,
         }
-    }
-
-    /// The echo JSON with another status.
-    pub fn echo_status(status: u16) -> Reply {
-        Reply::echo().with_status(status)
     }
 
     /// A status with an empty body.
@@ -315,12 +302,6 @@ impl Reply {
             content_length: false,
         };
         reply
-    }
-
-    /// Replace the status.
-    pub fn with_status(mut self, status: u16) -> Reply {
-        self.status = StatusCode::from_u16(status).expect("status");
-        self
     }
 
     /// Add a header.
@@ -542,8 +523,6 @@ pub enum RawStep {
     Sleep(Duration),
     /// Close the connection with a TCP reset (SO_LINGER 0).
     Reset,
-    /// Close the connection cleanly.
-    Close,
 }
 
 impl RawStep {
@@ -588,7 +567,6 @@ pub struct UpstreamOpts {
     delay: Option<Duration>,
     expect_version: Option<Version>,
     respond: Responder,
-    reset_connections: bool,
     close_idle_after: Option<Duration>,
     drop_requests_after_idle: Option<Duration>,
     raw: Option<Arc<[RawStep]>>,
@@ -604,7 +582,6 @@ impl UpstreamOpts {
             delay: None,
             expect_version: None,
             respond: Arc::new(|_| Reply::echo()),
-            reset_connections: false,
             close_idle_after: None,
             drop_requests_after_idle: None,
             raw: None,
@@ -667,13 +644,6 @@ impl UpstreamOpts {
         self.always(Reply::generated(len))
     }
 
-    /// Close connections with a TCP reset (SO_LINGER 0) instead of a clean
-    /// close, whenever the upstream closes them.
-    pub fn reset_connections(mut self) -> Self {
-        self.reset_connections = true;
-        self
-    }
-
     /// Close an HTTP/1.1 keep-alive connection once it has been idle (no
     /// request in progress) for `idle`, like a server's keep-alive timeout.
     pub fn close_idle_after(mut self, idle: Duration) -> Self {
@@ -716,7 +686,6 @@ struct State {
 /// since when the connection has been idle.
 struct ConnState {
     index: usize,
-    peer: SocketAddr,
     client_cert: bool,
     served: AtomicUsize,
     in_flight: AtomicUsize,
@@ -819,6 +788,12 @@ impl Upstream {
         self.state.requests.lock().expect("lock").clone()
     }
 
+    /// The path of every request so far, in order of arrival.
+    pub fn paths(&self) -> Vec<String> {
+        let requests = self.state.requests.lock().expect("lock");
+        requests.iter().map(|r| r.path.clone()).collect()
+    }
+
     /// The number of requests so far.
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().expect("lock").len()
@@ -888,11 +863,6 @@ impl Upstream {
             .await
             .ok()
     }
-
-    /// Stop accepting and drop every open connection.
-    pub fn stop(&self) {
-        self.task.abort();
-    }
 }
 
 impl Drop for Upstream {
@@ -913,10 +883,10 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, state
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else { continue };
+                let Ok((tcp, _)) = accepted else { continue };
                 let conn_index = state.connections.fetch_add(1, Ordering::SeqCst);
                 state.changed.notify_waiters();
-                conns.spawn(serve_conn(tcp, peer, conn_index, acceptor.clone(), state.clone()));
+                conns.spawn(serve_conn(tcp, conn_index, acceptor.clone(), state.clone()));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -925,18 +895,13 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, state
 
 async fn serve_conn(
     tcp: TcpStream,
-    peer: SocketAddr,
     conn_index: usize,
     acceptor: Option<TlsAcceptor>,
     state: Arc<State>,
 ) {
     let _ = tcp.set_nodelay(true);
-    if state.opts.reset_connections {
-        let _ = tcp.set_zero_linger();
-    }
     let mut conn = ConnState {
         index: conn_index,
-        peer,
         client_cert: false,
         served: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
@@ -1062,10 +1027,6 @@ async fn serve_raw<S: RawIo>(
                     let _ = io.tcp().set_zero_linger();
                     return;
                 }
-                RawStep::Close => {
-                    let _ = io.shutdown().await;
-                    return;
-                }
             }
         }
     }
@@ -1140,7 +1101,6 @@ async fn read_raw_request<S: RawIo>(
             body_head: body.slice(..body.len().min(BODY_HEAD_LIMIT)),
             body_error: None,
             client_cert_presented: conn.client_cert,
-            peer: conn.peer,
         });
     }
     state.changed.notify_waiters();
@@ -1206,7 +1166,6 @@ async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Resp
             body_head: head.freeze(),
             body_error,
             client_cert_presented: conn.client_cert,
-            peer: conn.peer,
         };
         requests.push(recorded.clone());
         recorded
