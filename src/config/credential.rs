@@ -163,7 +163,7 @@ pub struct StaticConfig {
 /// Not a `#[serde(tag = "type")]` enum: serde reads a tagged table into a
 /// buffer first, and an error inside it would lose its line and key.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct CredentialFile {
     #[serde(rename = "type")]
     kind: Type,
@@ -247,7 +247,10 @@ impl CredentialFile {
             let message = format!("key `{other}` is not valid for type {type_name}");
             return Err(src.error(&key(&other), message));
         }
-        let missing = |field: &str| src.error(&key(field), format!("missing key `{field}`"));
+        let missing = |field: &str| {
+            let message = format!("missing key `{field}` (required for type {type_name})");
+            src.error(&key(field), message)
+        };
         let secret = |field: &str, value: Option<SecretRef>| {
             let value = value.ok_or_else(|| missing(field))?;
             Ok::<_, ConfigError>(src.secret(&key(field), value))

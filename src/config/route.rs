@@ -23,7 +23,7 @@ use super::value::{
 
 /// `[[routes]]`: where the app's requests go.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RouteConfig {
     /// `name`: label for metrics and logs (default `LISTEN` + `PATH_PREFIX`).
     #[serde(default, deserialize_with = "via::<_, NonEmpty, _>")]
@@ -126,7 +126,7 @@ pub struct UpstreamTls {
 
 /// `[forward_proxy]`: HTTP_PROXY mode.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct ForwardProxyConfig {
     /// `listen`.
     #[serde(deserialize_with = "via::<_, Listen, _>")]

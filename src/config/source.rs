@@ -60,9 +60,13 @@ impl<'a> Source<'a> {
 
     /// A `toml` or serde error at `key` (the path serde was at): the line of
     /// its span, and the key a "missing field" names. serde says "field"
-    /// where a TOML file has keys, and "variant" where it has a value.
+    /// where a TOML file has keys, "variant" where it has a value, and
+    /// "i64" where it has an integer.
     pub fn serde(&self, mut key: Key, error: &toml::de::Error) -> ConfigError {
-        let mut message = error.message().trim().to_owned();
+        let mut message = error
+            .message()
+            .trim()
+            .replace("expected i64", "expected an integer");
         for (serde, ours) in [
             ("missing field ", "missing key "),
             ("unknown field ", "unknown key "),
