@@ -105,6 +105,9 @@ fn load_checked(path: &Path) -> Result<Checked, String> {
 
 fn check(path: &Path) -> Result<(), String> {
     let Checked { config, .. } = load_checked(path)?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "{}: ok ({} credential(s), {} route(s){})",
         path.display(),
@@ -122,6 +125,7 @@ fn check(path: &Path) -> Result<(), String> {
 async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
     let Checked { config, roots, .. } = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
+    log_warnings(&config);
     let (token, kind) = sidekey::credential::obtain_once(&config, name, &roots)
         .await
         .map_err(|e| format!("credential {name}: {e}"))?;
@@ -136,15 +140,27 @@ async fn token(path: &Path, name: &str, show: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Log what the configuration accepts with a warning; loading runs before
+/// logging is set up, so the loader only collects these.
+fn log_warnings(config: &config::Config) {
+    for warning in &config.warnings {
+        let (file, key) = (warning.path.display(), &warning.key);
+        warn!(file = %file, line = warning.line, key = %key, "{}", warning.message);
+    }
+}
+
 /// Read `path` again and apply it; a refusal is logged and the old
 /// configuration keeps serving.
 async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
     info!(config = %path.display(), "reloading the configuration");
     let outcome = match load_checked(path) {
-        Ok(new_config) => handle
-            .reload(new_config, RELOAD_READY_WAIT)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(new_config) => {
+            log_warnings(&new_config.config);
+            handle
+                .reload(new_config, RELOAD_READY_WAIT)
+                .await
+                .map_err(|e| e.to_string())
+        }
         Err(err) => Err(err),
     };
     if let Err(err) = outcome {
@@ -155,6 +171,7 @@ async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
 async fn run(path: &Path) -> Result<(), String> {
     let checked = load_checked(path)?;
     sidekey::telemetry::init(&checked.config.log);
+    log_warnings(&checked.config);
     raise_fd_limit();
     return_freed_memory();
     let mut signals = signals::Signals::install();

@@ -284,10 +284,9 @@ impl CredentialFile {
                     }
                 };
                 if self.origin.is_some() && matches!(flow, InbentaKey::Secret(_)) {
-                    tracing::warn!(
-                        key = %key("origin"),
-                        "`origin` is only sent with `domain_key`; it is ignored with `secret`"
-                    );
+                    let message =
+                        "`origin` is only sent with `domain_key`; it is ignored with `secret`";
+                    src.warn(&key("origin"), message);
                 }
                 let auth_url = match self.auth_url {
                     Some(url) => https("auth_url", url.0)?,

@@ -123,6 +123,7 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
         forward_proxy: file.forward_proxy,
         env,
         text: Text(text.into()),
+        warnings: src.warnings.take(),
     };
     shared_addresses(&config, &src)?;
     Ok(config)
@@ -641,6 +642,16 @@ domain_key = { env = "D" }
             "hunter2"
         );
         assert!(!format!("{config:?}").contains("hunter2"));
+        let [warning] = &config.warnings[..] else {
+            panic!("one warning: {:?}", config.warnings)
+        };
+        assert_eq!(
+            (warning.line, warning.key.as_str()),
+            (Some(3), "credentials.a.token")
+        );
+        assert!(warning.message.contains("written literally"), "{warning}");
+        assert!(!warning.to_string().contains("hunter2"));
+        assert!(ok(BASE).warnings.is_empty());
 
         let both = BASE.replace("{ env = \"A_TOKEN\" }", "{ env = \"A\", file = \"/a\" }");
         assert_err(

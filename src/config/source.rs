@@ -2,8 +2,10 @@
 //! It names the line of a key (the line of its value, or of the nearest
 //! table holding it when the key is missing), turns a `toml` or serde error
 //! into a [`ConfigError`], resolves relative paths against the file's
-//! directory, and warns where a secret is written literally.
+//! directory, and collects warnings (a secret written literally), named
+//! like errors.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,8 @@ pub(super) struct Source<'a> {
     pub path: &'a Path,
     pub text: &'a str,
     pub doc: Spanned<DeValue<'a>>,
+    /// What is accepted but deserves a word, in the order found.
+    pub warnings: RefCell<Vec<ConfigError>>,
 }
 
 impl<'a> Source<'a> {
@@ -30,7 +34,13 @@ impl<'a> Source<'a> {
             message: error.message().trim().to_owned(),
         })?;
         let doc = Spanned::new(doc.span(), DeValue::Table(doc.into_inner()));
-        Ok(Source { path, text, doc })
+        let warnings = RefCell::default();
+        Ok(Source {
+            path,
+            text,
+            doc,
+            warnings,
+        })
     }
 
     /// `message` about `key`, on the line of its value.
@@ -41,6 +51,11 @@ impl<'a> Source<'a> {
     /// The line of `key`'s value, or of the table that lacks it.
     pub fn line(&self, key: &Key) -> usize {
         line_of(self.text, key.find(&self.doc).0.span().start)
+    }
+
+    /// Accept `key` but say `message` about it.
+    pub fn warn(&self, key: &Key, message: impl fmt::Display) {
+        self.warnings.borrow_mut().push(self.error(key, message));
     }
 
     /// Whether `key` is written in the file.
@@ -101,18 +116,14 @@ impl<'a> Source<'a> {
     }
 
     /// A secret reference at `key`: a `file` resolved like [`Self::file`], a
-    /// literal accepted with a warning that names where it is written.
+    /// literal accepted with a warning.
     pub fn secret(&self, key: &Key, secret: SecretRef) -> SecretRef {
         match secret {
             SecretRef::File(path) => SecretRef::File(self.file(&path)),
             SecretRef::Literal(_) => {
-                tracing::warn!(
-                    file = %self.path.display(),
-                    line = self.line(key),
-                    key = %key,
-                    "secret written literally in the configuration; prefer \
-                     {{ env = \"NAME\" }} or {{ file = \"PATH\" }}"
-                );
+                let message = "secret written literally in the configuration; prefer \
+                               { env = \"NAME\" } or { file = \"PATH\" }";
+                self.warn(key, message);
                 secret
             }
             SecretRef::Env(_) => secret,

@@ -45,6 +45,10 @@ pub struct Config {
     /// The text the configuration was read from, so that later checks can
     /// name a key's line ([`Config::key_error`]).
     pub text: Text,
+    /// What the file does that is accepted but deserves a word (a secret
+    /// written literally), named like errors. The loader logs nothing: it
+    /// runs before logging is set up, so its callers report these.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// A configuration file's text. `Debug` shows only its length: a secret

@@ -98,6 +98,64 @@ fn check_names_file_line_and_key() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/sidekey.toml"));
 }
 
+/// GOOD with the token written literally on line 4.
+fn literal_token() -> String {
+    GOOD.replace("{ env = \"SIDEKEY_TEST_TOKEN\" }", "\"t0ken-literal\"")
+}
+
+#[test]
+fn check_warns_where_a_secret_is_written_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "literal.toml", &literal_token());
+    let out = sidekey(&["check", "--config", &path]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("literal.toml:4: credentials.legacy.token: secret written literally"),
+        "{stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains("t0ken-literal"));
+}
+
+#[tokio::test]
+async fn run_logs_where_a_secret_is_written_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{}",
+        literal_token()
+    );
+    let path = write(dir.path(), "literal.toml", &config);
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &path])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let warning = wait_for(&lines, "secret written literally");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["key"], "credentials.legacy.token", "{warning}");
+    assert_eq!(warning["line"], 8, "{warning}");
+    assert!(
+        warning["file"].as_str().unwrap().ends_with("literal.toml"),
+        "{warning}"
+    );
+    wait_for(&lines, "admin listening");
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    while let Ok(line) = lines.try_recv() {
+        assert!(!line.to_string().contains("t0ken-literal"));
+    }
+}
+
 #[tokio::test]
 async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
