@@ -208,14 +208,18 @@ enum Type {
 }
 
 impl Type {
-    /// The keys of this type besides the common ones.
-    fn keys(self) -> &'static str {
+    /// The type's name, and the keys it accepts besides [`COMMON_KEYS`].
+    fn keys(self) -> (&'static str, &'static str) {
         match self {
-            Type::Inbenta => "api_key secret domain_key origin oauth_token auth_url",
-            Type::OAuth2 => {
-                "token_url client_id client_secret audience scope client_auth body default_ttl"
-            }
-            Type::Static => "token header scheme",
+            Type::Inbenta => (
+                "inbenta",
+                "api_key secret domain_key origin oauth_token auth_url",
+            ),
+            Type::OAuth2 => (
+                "oauth2",
+                "token_url client_id client_secret audience scope client_auth body default_ttl",
+            ),
+            Type::Static => ("static", "token header scheme"),
         }
     }
 }
@@ -232,18 +236,11 @@ impl CredentialFile {
     ) -> Result<CredentialConfig, ConfigError> {
         let base = Key::new("credentials").then(name);
         let key = |field: &str| base.clone().then(field);
-        let type_name = match self.kind {
-            Type::Inbenta => "inbenta",
-            Type::OAuth2 => "oauth2",
-            Type::Static => "static",
-        };
-        let allowed = |k: &str| {
-            COMMON_KEYS
-                .split(' ')
-                .chain(self.kind.keys().split(' '))
-                .any(|a| a == k)
-        };
-        if let Some(other) = src.keys(&base).into_iter().find(|k| !allowed(k.as_str())) {
+        let (type_name, keys) = self.kind.keys();
+        let allowed = format!("{COMMON_KEYS} {keys}");
+        if let Some(other) =
+            (src.keys(&base).into_iter()).find(|k| !allowed.split(' ').any(|a| a == k))
+        {
             let message = format!("key `{other}` is not valid for type {type_name}");
             return Err(src.error(&key(&other), message));
         }
@@ -255,16 +252,9 @@ impl CredentialFile {
             let value = value.ok_or_else(|| missing(field))?;
             Ok::<_, ConfigError>(src.secret(&key(field), value))
         };
-        let https = |field: &str, url: Uri| match url.scheme_str() {
-            Some("http") if !self.allow_insecure_http => Err(src.error(
-                &key(field),
-                format!(
-                    "`http://` sends credentials in clear text; use https:// or set \
-                     `allow_insecure_http = true` in [{base}]"
-                ),
-            )),
-            _ => Ok(url),
-        };
+        let table = format!("[{base}]");
+        let https =
+            |field: &str, url| src.https(&key(field), url, self.allow_insecure_http, &table);
         let (kind, default_statuses) = match self.kind {
             Type::Inbenta => {
                 let flow = match (self.secret, self.domain_key) {

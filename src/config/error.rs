@@ -4,7 +4,7 @@
 //! the parsed document.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 use toml::de::DeValue;
@@ -37,6 +37,24 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// `message` about `key` (empty for none) in the file at `path`.
+    pub fn new(
+        path: &Path,
+        line: Option<usize>,
+        key: impl fmt::Display,
+        message: impl fmt::Display,
+    ) -> Self {
+        let (path, key, message) = (path.to_path_buf(), key.to_string(), message.to_string());
+        ConfigError {
+            path,
+            line,
+            key,
+            message,
+        }
+    }
+}
 
 /// A key path, segment by segment; `Display` writes it as TOML would.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,12 +145,9 @@ impl fmt::Display for Key {
 
 /// The 1-based line holding byte `offset` of `text`.
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
+    text.as_bytes()[..offset.min(text.len())]
+        .split(|&b| b == b'\n')
         .count()
-        + 1
 }
 
 #[cfg(test)]

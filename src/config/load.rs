@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::credential::CredentialFile;
 use super::error::{ConfigError, Key};
-use super::route::{self, ForwardProxyConfig, RouteConfig, loopback};
+use super::route::{self, ForwardProxyConfig, RouteConfig};
 use super::secret::EnvSource;
 use super::source::Source;
 use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
@@ -70,11 +70,13 @@ fn header_bytes() -> usize {
 /// Read and validate the file at `path`. Secret references are not resolved
 /// here (see `preflight`).
 pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        path: path.to_path_buf(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read the configuration file: {e}"),
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path,
+            None,
+            "",
+            format!("cannot read the configuration file: {e}"),
+        )
     })?;
     parse(&text, path, env)
 }
@@ -91,14 +93,8 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
         credentials.insert(name, credential);
     }
     if let Some(admin) = &file.admin {
-        let key = Key::new("admin").then("listen");
-        loopback(
-            &src,
-            &key,
-            admin.listen,
-            admin.allow_non_loopback,
-            "[admin]",
-        )?;
+        let (key, allowed) = (Key::new("admin").then("listen"), admin.allow_non_loopback);
+        src.loopback(&key, admin.listen, allowed, "[admin]")?;
     }
     let mut routes = file.routes;
     route::routes(&mut routes, &credentials, &src)?;

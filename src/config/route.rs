@@ -151,30 +151,6 @@ pub struct ForwardProxyConfig {
 
 type Credentials = BTreeMap<String, CredentialConfig>;
 
-/// Refuse a listen address outside loopback unless `allowed`.
-pub(super) fn loopback(
-    src: &Source<'_>,
-    key: &Key,
-    addr: SocketAddr,
-    allowed: bool,
-    table: &str,
-) -> Result<(), ConfigError> {
-    if addr.ip().is_loopback() || allowed {
-        return Ok(());
-    }
-    let risk = match table {
-        "[admin]" => "would expose readiness and metrics beyond this host",
-        _ => "anyone who can reach it can spend the credential",
-    };
-    Err(src.error(
-        key,
-        format!(
-            "{addr} is not a loopback address and {risk}; set `allow_non_loopback = true` \
-             in {table} to permit it"
-        ),
-    ))
-}
-
 /// Check each route against the credentials and the routes before it;
 /// resolve its upstream, default name and file paths.
 pub(super) fn routes(
@@ -188,8 +164,7 @@ pub(super) fn routes(
         let base = Key::new("routes").at(index);
         let key = |field: &str| base.clone().then(field);
         let table = format!("this route ({base})");
-        loopback(
-            src,
+        src.loopback(
             &key("listen"),
             route.listen,
             route.allow_non_loopback,
@@ -208,29 +183,20 @@ pub(super) fn routes(
             );
             return Err(src.error(&key("credential"), message));
         };
+        let inbenta = matches!(credential.kind, CredentialKind::Inbenta(_));
         route.upstream = match (route.url.take(), route.inbenta_api.take()) {
             (Some(url), None) => {
-                if url.scheme_str() == Some("http") && !route.allow_insecure_http {
-                    return Err(src.error(
-                        &key("upstream"),
-                        format!(
-                            "`http://` sends credentials in clear text; use https:// or set \
-                             `allow_insecure_http = true` in {table}"
-                        ),
-                    ));
-                }
+                let url = src.https(&key("upstream"), url, route.allow_insecure_http, &table)?;
                 Upstream::Url(url)
             }
-            (None, Some(_)) if !matches!(credential.kind, CredentialKind::Inbenta(_)) => {
-                return Err(src.error(
-                    &key("inbenta_api"),
-                    format!(
-                        "`inbenta_api` needs a credential of type inbenta; `{}` is not",
-                        credential.name
-                    ),
-                ));
+            (None, Some(api)) if inbenta => Upstream::InbentaApi(api),
+            (None, Some(_)) => {
+                let message = format!(
+                    "`inbenta_api` needs a credential of type inbenta; `{}` is not",
+                    credential.name
+                );
+                return Err(src.error(&key("inbenta_api"), message));
             }
-            (None, Some(api)) => Upstream::InbentaApi(api),
             (Some(_), Some(_)) => {
                 let message = "set `upstream` or `inbenta_api`, not both";
                 return Err(src.error(&key("inbenta_api"), message));
@@ -320,7 +286,7 @@ pub(super) fn forward_proxy(
         Key::new("forward_proxy").then("listen"),
         proxy.allow_non_loopback,
     );
-    loopback(src, &listen, proxy.listen, allowed, "[forward_proxy]")?;
+    src.loopback(&listen, proxy.listen, allowed, "[forward_proxy]")?;
     let table = Key::new("forward_proxy").then("hosts");
     let mut seen: Vec<ForwardHost> = Vec::new();
     for written in src.keys(&table) {

@@ -2,13 +2,16 @@
 //! It names the line of a key (the line of its value, or of the nearest
 //! table holding it when the key is missing), turns a `toml` or serde error
 //! into a [`ConfigError`], resolves relative paths against the file's
-//! directory, and collects warnings (a secret written literally), named
-//! like errors.
+//! directory, collects warnings (a secret written literally), named like
+//! errors, and applies the two rules several tables share: https unless
+//! `allow_insecure_http`, loopback unless `allow_non_loopback`.
 
 use std::cell::RefCell;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use http::Uri;
 use toml::Spanned;
 use toml::de::DeValue;
 
@@ -27,11 +30,9 @@ pub(super) struct Source<'a> {
 impl<'a> Source<'a> {
     /// Parse `text`; a syntax error is named by its line.
     pub fn parse(path: &'a Path, text: &'a str) -> Result<Source<'a>, ConfigError> {
-        let doc = toml::de::DeTable::parse(text).map_err(|error| ConfigError {
-            path: path.to_path_buf(),
-            line: error.span().map(|span| line_of(text, span.start)),
-            key: String::new(),
-            message: error.message().trim().to_owned(),
+        let doc = toml::de::DeTable::parse(text).map_err(|error| {
+            let line = error.span().map(|span| line_of(text, span.start));
+            ConfigError::new(path, line, "", error.message().trim())
         })?;
         let doc = Spanned::new(doc.span(), DeValue::Table(doc.into_inner()));
         let warnings = RefCell::default();
@@ -45,7 +46,7 @@ impl<'a> Source<'a> {
 
     /// `message` about `key`, on the line of its value.
     pub fn error(&self, key: &Key, message: impl fmt::Display) -> ConfigError {
-        self.at(Some(self.line(key)), key, message)
+        ConfigError::new(self.path, Some(self.line(key)), key, message)
     }
 
     /// The line of `key`'s value, or of the table that lacks it.
@@ -98,16 +99,7 @@ impl<'a> Source<'a> {
             Some(span) => line_of(self.text, span.start),
             None => self.line(&key),
         };
-        self.at(Some(line), &key, message)
-    }
-
-    fn at(&self, line: Option<usize>, key: &Key, message: impl fmt::Display) -> ConfigError {
-        ConfigError {
-            path: self.path.to_path_buf(),
-            line,
-            key: key.to_string(),
-            message: message.to_string(),
-        }
+        ConfigError::new(self.path, Some(line), key, message)
     }
 
     /// A path as written, resolved against the configuration file's directory.
@@ -128,5 +120,45 @@ impl<'a> Source<'a> {
             }
             SecretRef::Env(_) => secret,
         }
+    }
+
+    /// `url` at `key`, refused if it is `http://` and `table` does not allow it.
+    pub fn https(
+        &self,
+        key: &Key,
+        url: Uri,
+        allowed: bool,
+        table: &str,
+    ) -> Result<Uri, ConfigError> {
+        if url.scheme_str() != Some("http") || allowed {
+            return Ok(url);
+        }
+        let message = format!(
+            "`http://` sends credentials in clear text; use https:// or set \
+             `allow_insecure_http = true` in {table}"
+        );
+        Err(self.error(key, message))
+    }
+
+    /// Refuse listen address `addr` at `key` outside loopback unless `table` allows it.
+    pub fn loopback(
+        &self,
+        key: &Key,
+        addr: SocketAddr,
+        allowed: bool,
+        table: &str,
+    ) -> Result<(), ConfigError> {
+        if addr.ip().is_loopback() || allowed {
+            return Ok(());
+        }
+        let risk = match table {
+            "[admin]" => "would expose readiness and metrics beyond this host",
+            _ => "anyone who can reach it can spend the credential",
+        };
+        let message = format!(
+            "{addr} is not a loopback address and {risk}; set `allow_non_loopback = true` \
+             in {table} to permit it"
+        );
+        Err(self.error(key, message))
     }
 }

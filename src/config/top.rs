@@ -158,14 +158,7 @@ impl Config {
     /// An error about `key` (such as `credentials.pliant.client_secret`), on
     /// the line where the file writes it.
     pub fn key_error(&self, key: &Key, error: impl fmt::Display) -> ConfigError {
-        match Source::parse(&self.path, &self.text.0) {
-            Ok(src) => src.error(key, error),
-            Err(_) => ConfigError {
-                path: self.path.clone(),
-                line: None,
-                key: key.to_string(),
-                message: error.to_string(),
-            },
-        }
+        let line = Source::parse(&self.path, &self.text.0).map(|src| src.line(key));
+        ConfigError::new(&self.path, line.ok(), key, error)
     }
 }
