@@ -118,6 +118,9 @@ fn load_checked(path: &Path) -> Result<Checked, ConfigError> {
 
 fn check(path: &Path) -> Result<(), CliError> {
     let Checked { config, .. } = load_checked(path)?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "{}: ok ({} credential(s), {} route(s){})",
         path.display(),
@@ -135,6 +138,7 @@ fn check(path: &Path) -> Result<(), CliError> {
 async fn token(path: &Path, name: &str, show: bool) -> Result<(), CliError> {
     let Checked { config, roots, .. } = load_checked(path)?;
     sidekey::telemetry::init(&config.log);
+    log_warnings(&config);
     let (token, kind) = sidekey::credential::obtain_once(&config, name, &roots).await?;
     let lifetime = match token.lifetime {
         Some(lifetime) => format!("expires in {}s", lifetime.as_secs()),
@@ -147,15 +151,27 @@ async fn token(path: &Path, name: &str, show: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Log what the configuration accepts with a warning; loading runs before
+/// logging is set up, so the loader only collects these.
+fn log_warnings(config: &config::Config) {
+    for warning in &config.warnings {
+        let (file, key) = (warning.path.display(), &warning.key);
+        warn!(file = %file, line = warning.line, key = %key, "{}", warning.message);
+    }
+}
+
 /// Read `path` again and apply it; a refusal is logged and the old
 /// configuration keeps serving.
 async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
     info!(config = %path.display(), "reloading the configuration");
     let outcome = match load_checked(path) {
-        Ok(checked) => handle
-            .reload(checked, RELOAD_READY_WAIT)
-            .await
-            .map_err(CliError::from),
+        Ok(checked) => {
+            log_warnings(&checked.config);
+            handle
+                .reload(checked, RELOAD_READY_WAIT)
+                .await
+                .map_err(CliError::from)
+        }
         Err(err) => Err(err.into()),
     };
     if let Err(err) = outcome {
@@ -169,6 +185,7 @@ async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
 async fn run(path: &Path) -> Result<(), CliError> {
     let checked = load_checked(path)?;
     sidekey::telemetry::init(&checked.config.log);
+    log_warnings(&checked.config);
     raise_fd_limit();
     return_freed_memory();
     let mut signals = signals::Signals::install();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Key};
 use crate::tls;
 
 /// A configuration whose secrets resolve and whose TLS files load, with what
@@ -44,20 +44,22 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
                 .map_err(|e| config.key_error(&credential_key(name, field), e))?;
         }
     }
-    let roots =
-        Arc::new(tls::root_store(&config.tls).map_err(|e| config.key_error("tls.ca_file", e))?);
+    let roots = Arc::new(
+        tls::root_store(&config.tls)
+            .map_err(|e| config.key_error(&Key::new("tls").then("ca_file"), e))?,
+    );
     let mut routes = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.iter().enumerate() {
-        let key = |field: &str| format!("routes[{index}].{field}");
+        let key = |table: &str, field: &str| Key::new("routes").at(index).then(table).then(field);
         let listener = match &route.tls {
             Some(listener_tls) => {
                 tls::load_certs(&listener_tls.cert)
-                    .map_err(|e| config.key_error(&key("tls.cert"), e))?;
+                    .map_err(|e| config.key_error(&key("tls", "cert"), e))?;
                 tls::load_private_key(&listener_tls.key)
-                    .map_err(|e| config.key_error(&key("tls.key"), e))?;
+                    .map_err(|e| config.key_error(&key("tls", "key"), e))?;
                 Some(
                     tls::server_config(listener_tls)
-                        .map_err(|e| config.key_error(&key("tls.cert"), e))?,
+                        .map_err(|e| config.key_error(&key("tls", "cert"), e))?,
                 )
             }
             None => None,
@@ -65,15 +67,15 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
         if let Some(upstream_tls) = &route.upstream_tls {
             if let Some(cert) = &upstream_tls.client_cert {
                 tls::load_certs(cert)
-                    .map_err(|e| config.key_error(&key("upstream_tls.client_cert"), e))?;
+                    .map_err(|e| config.key_error(&key("upstream_tls", "client_cert"), e))?;
             }
             if let Some(private_key) = &upstream_tls.client_key {
                 tls::load_private_key(private_key)
-                    .map_err(|e| config.key_error(&key("upstream_tls.client_key"), e))?;
+                    .map_err(|e| config.key_error(&key("upstream_tls", "client_key"), e))?;
             }
         }
         let upstream = tls::client_config(&roots, route.upstream_tls.as_ref())
-            .map_err(|e| config.key_error(&key("upstream_tls.client_cert"), e))?;
+            .map_err(|e| config.key_error(&key("upstream_tls", "client_cert"), e))?;
         routes.push(RouteTls { listener, upstream });
     }
     Ok(Checked {
@@ -83,9 +85,9 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
     })
 }
 
-/// `credentials.NAME.FIELD`, with `NAME` quoted as TOML would when needed.
-fn credential_key(name: &str, field: &str) -> String {
-    format!("credentials.{}.{field}", crate::config::key_segment(name))
+/// `credentials.NAME.FIELD`.
+fn credential_key(name: &str, field: &str) -> Key {
+    Key::new("credentials").then(name).then(field)
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use serde::de::{self, Deserialize, Deserializer};
+
 /// One `hosts` key: where the forward proxy may send a credential.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ForwardHost {
@@ -89,6 +91,13 @@ impl ForwardHost {
 impl fmt::Display for ForwardHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.upstream_authority())
+    }
+}
+
+impl<'de> Deserialize<'de> for ForwardHost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let key = String::deserialize(d)?;
+        ForwardHost::parse(&key).map_err(|why| de::Error::custom(format!("`{key}`: {why}")))
     }
 }
 

@@ -1,234 +1,166 @@
 //! Reading a TOML file into [`Config`]: unknown keys are errors, and every
 //! error names the file, the line and the key.
 //!
-//! [`parse`] checks TOML syntax, then deserializes into the raw structs of
-//! `raw` (which deny unknown keys and keep spans), then `validate` applies
-//! defaults and the rules of DESIGN.md. Secret references and TLS files are
-//! only read by [`Config::check_secrets`], which `check` and `run` call
+//! [`parse`] parses the text, lets the types read themselves from it
+//! (`serde_path_to_error` says at which key one failed), then applies the
+//! rules between keys and tables: each credential's `type`, each route
+//! against the credentials and the routes before it, the forward proxy, and
+//! listen addresses that must be loopback or not shared. Secret references
+//! and TLS files are only read by `preflight`, which `check` and `run` call
 //! before binding anything.
 
-use std::fmt;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
-use toml::de::{DeTable, DeValue};
 
-use super::raw::RawConfig;
-use super::{Config, EnvSource};
+use super::credential::CredentialFile;
+use super::error::{ConfigError, Key};
+use super::route::{self, ForwardProxyConfig, RouteConfig};
+use super::secret::EnvSource;
+use super::source::Source;
+use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
+use super::value::{Dur, Timeout, bounded, secs, via};
 
-/// A configuration problem: file, line (when known), key path and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The configuration file.
-    pub path: PathBuf,
-    /// 1-based line of the offending key, when known.
-    pub line: Option<usize>,
-    /// Dotted key path such as `routes[0].upstream` or `credentials.pliant.token_url`
-    /// (empty for a syntax error outside any key).
-    pub key: String,
-    /// What is wrong, never containing a secret value.
-    pub message: String,
+/// The top level as written: the connection limits are three keys here,
+/// and credentials are still flat tables.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default = "secs::<20>", deserialize_with = "via::<_, Dur, _>")]
+    shutdown_grace: Duration,
+    /// More than a sidecar's app opens; each costs memory and a descriptor.
+    #[serde(
+        default = "connections",
+        deserialize_with = "bounded::<_, 1, 1_000_000>"
+    )]
+    max_connections: usize,
+    /// From a request line and a handful of headers to a size beyond which
+    /// one connection alone could hold megabytes before a request is seen.
+    #[serde(
+        default = "header_bytes",
+        deserialize_with = "bounded::<_, 1024, 1_048_576>"
+    )]
+    max_header_bytes: usize,
+    #[serde(default = "secs::<30>", deserialize_with = "via::<_, Timeout, _>")]
+    idle_timeout: Duration,
+    admin: Option<AdminConfig>,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    credentials: BTreeMap<String, CredentialFile>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+    forward_proxy: Option<ForwardProxyConfig>,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.key.is_empty() {
-            write!(f, ": {}", self.key)?;
-        }
-        write!(f, ": {}", self.message)
-    }
+fn connections() -> usize {
+    ConnLimits::PROXY.max_connections
 }
 
-impl std::error::Error for ConfigError {}
+fn header_bytes() -> usize {
+    ConnLimits::PROXY.max_header_bytes
+}
 
 /// Read and validate the file at `path`. Secret references are not resolved
-/// here (see [`Config::check_secrets`]).
+/// here (see `preflight`).
 pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        path: path.to_path_buf(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read the configuration file: {e}"),
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path,
+            None,
+            "",
+            format!("cannot read the configuration file: {e}"),
+        )
     })?;
     parse(&text, path, env)
 }
 
 /// Validate `text` as if read from `path`.
 pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let (table, errors) = DeTable::parse_recoverable(text);
-    if let Some(error) = errors.first() {
-        return Err(toml_error(text, path, &table, error));
+    let src = Source::parse(path, text)?;
+    let de = toml::de::ValueDeserializer::from(src.doc.clone());
+    let file: File = serde_path_to_error::deserialize(de)
+        .map_err(|e| src.serde(Key::from_serde(e.path()), e.inner()))?;
+    let mut credentials = BTreeMap::new();
+    for (name, credential) in file.credentials {
+        let credential = credential.build(&name, &src)?;
+        credentials.insert(name, credential);
     }
-    let raw = RawConfig::deserialize(toml::de::Deserializer::from(table.clone()))
-        .map_err(|error| toml_error(text, path, &table, &error))?;
-    super::validate::build(raw, text, path, env)
-}
-
-impl Config {
-    /// An error about `key` (a dotted path such as
-    /// `credentials.pliant.client_secret`), on the line of that key when it
-    /// is one whose line the loader keeps (secret references, files, listen
-    /// addresses).
-    pub fn key_error(&self, key: &str, error: impl fmt::Display) -> ConfigError {
-        ConfigError {
-            path: self.path.clone(),
-            line: self.key_lines.get(key).copied(),
-            key: key.to_owned(),
-            message: error.to_string(),
-        }
+    if let Some(admin) = &file.admin {
+        let (key, allowed) = (Key::new("admin").then("listen"), admin.allow_non_loopback);
+        src.loopback(&key, admin.listen, allowed, "[admin]")?;
     }
-}
-
-/// The 1-based line holding byte `offset` of `text`.
-pub(super) fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// One segment of a dotted key path, quoted as TOML would when it is not a
-/// bare key (`"api.inbenta.io"`).
-pub fn key_segment(name: &str) -> String {
-    let bare = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if bare {
-        name.to_owned()
-    } else {
-        format!("{name:?}")
+    let mut routes = file.routes;
+    route::routes(&mut routes, &credentials, &src)?;
+    if let Some(proxy) = &file.forward_proxy {
+        route::forward_proxy(proxy, &credentials, &src)?;
     }
-}
-
-/// A syntax or type error from `toml`, located by its span: the line of the
-/// span's start, and the dotted path of the innermost key or value around it.
-fn toml_error(
-    text: &str,
-    path: &Path,
-    table: &Spanned<DeTable<'_>>,
-    error: &toml::de::Error,
-) -> ConfigError {
-    let message = error
-        .message()
-        .trim()
-        .replace("unknown field", "unknown key")
-        .replace("missing field", "missing key")
-        .replace("invalid type: string", "invalid type: a string")
-        .replace("expected i64", "expected an integer");
-    let message = match message.find("expected struct Raw") {
-        Some(at) => format!("{}expected a table", &message[..at]),
-        None => message,
-    };
-    let Some(span) = error.span() else {
-        return ConfigError {
-            path: path.to_path_buf(),
-            line: None,
-            key: String::new(),
-            message,
-        };
-    };
-    let mut found = Found::default();
-    find_key(table.get_ref(), span.start, "", 0, &mut found);
-    let mut key = found
-        .key
-        .or(found.value)
-        .map(|(_, key)| key)
-        .unwrap_or_default();
-    if key.is_empty() && message == "duplicate key" {
-        key = text.get(span.clone()).unwrap_or_default().to_owned();
-    }
-    // serde reports a missing key at the table that lacks it.
-    if let Some(missing) = message
-        .strip_prefix("missing key `")
-        .and_then(|rest| rest.strip_suffix('`'))
-    {
-        key = if key.is_empty() {
-            missing.to_owned()
-        } else {
-            format!("{key}.{missing}")
-        };
-    }
-    ConfigError {
+    let config = Config {
         path: path.to_path_buf(),
-        line: Some(line_of(text, span.start)),
-        key,
-        message,
-    }
+        shutdown_grace: file.shutdown_grace,
+        limits: ConnLimits {
+            max_connections: file.max_connections,
+            max_header_bytes: file.max_header_bytes,
+            idle_timeout: file.idle_timeout,
+        },
+        admin: file.admin,
+        log: file.log,
+        tls: TlsConfig {
+            ca_file: file.tls.ca_file.map(|file| src.file(&file)),
+        },
+        credentials,
+        routes,
+        forward_proxy: file.forward_proxy,
+        env,
+        text: Text(text.into()),
+        warnings: src.warnings.take(),
+    };
+    shared_addresses(&config, &src)?;
+    Ok(config)
 }
 
-/// The deepest key, and the deepest value, whose span holds the offset of
-/// an error, as (depth, dotted path). A key wins: the header of
-/// `[[unknown]]` is both the key `unknown` and the span of its first table.
-#[derive(Default)]
-struct Found {
-    key: Option<(usize, String)>,
-    value: Option<(usize, String)>,
-}
-
-/// Depth-first search of every key and value for spans holding `offset`.
-fn find_key(table: &DeTable<'_>, offset: usize, prefix: &str, depth: usize, found: &mut Found) {
-    for (key, value) in table {
-        let path = if prefix.is_empty() {
-            key_segment(key.get_ref())
-        } else {
-            format!("{prefix}.{}", key_segment(key.get_ref()))
-        };
-        if holds(&key.span(), offset) {
-            consider(&mut found.key, depth, &path);
+/// `[admin]` and `[forward_proxy]` need listeners of their own: refuse an
+/// address a route (or the other one) already uses. Port 0 never collides.
+fn shared_addresses(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
+    let mut taken: Vec<(SocketAddr, String)> = (config.routes.iter().enumerate())
+        .map(|(index, route)| (route.listen, format!("routes[{index}]")))
+        .collect();
+    let own = [
+        config
+            .forward_proxy
+            .as_ref()
+            .map(|p| (p.listen, "forward_proxy")),
+        config.admin.as_ref().map(|a| (a.listen, "admin")),
+    ];
+    for (addr, table) in own.into_iter().flatten() {
+        if addr.port() != 0
+            && let Some((_, owner)) = taken.iter().find(|(other, _)| *other == addr)
+        {
+            let message = format!("{addr} is already the listen address of {owner}");
+            return Err(src.error(&Key::new(table).then("listen"), message));
         }
-        if holds(&value.span(), offset) {
-            consider(&mut found.value, depth, &path);
-        }
-        find_in_value(value.get_ref(), offset, &path, depth + 1, found);
+        taken.push((addr, table.to_owned()));
     }
-}
-
-fn find_in_value(value: &DeValue<'_>, offset: usize, path: &str, depth: usize, found: &mut Found) {
-    match value {
-        DeValue::Table(table) => find_key(table, offset, path, depth, found),
-        DeValue::Array(array) => {
-            for (index, item) in array.iter().enumerate() {
-                let path = format!("{path}[{index}]");
-                if holds(&item.span(), offset) {
-                    consider(&mut found.value, depth, &path);
-                }
-                find_in_value(item.get_ref(), offset, &path, depth + 1, found);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn holds(span: &Range<usize>, offset: usize) -> bool {
-    span.contains(&offset) || (span.is_empty() && span.start == offset)
-}
-
-fn consider(best: &mut Option<(usize, String)>, depth: usize, path: &str) {
-    if best.as_ref().is_none_or(|(d, _)| depth > *d) {
-        *best = Some((depth, path.to_owned()));
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::time::Duration;
 
     use http::StatusCode;
 
     use super::*;
     use crate::config::{
-        BodyFormat, ClientAuth, CredentialKind, InbentaKey, LogFormat, SecretRef, Upstream,
-        duration::parse_duration, secret::MapEnv,
+        BodyFormat, ClientAuth, CredentialKind, InbentaKey, Key, LogFormat, SecretRef, Upstream,
+        parse_duration, secret::MapEnv,
     };
 
     const FILE: &str = "/etc/sidekey/sidekey.toml";
@@ -543,9 +475,12 @@ body_timeout = "7s"
         assert_eq!(proxy.request_timeout, Duration::from_secs(5));
         assert_eq!(proxy.body_timeout, Duration::from_secs(7));
 
-        assert_eq!(config.key_lines["credentials.o.client_secret"], 15);
-        assert_eq!(config.key_lines["routes[0].tls.cert"], 51);
-        assert_eq!(config.key_lines["tls.ca_file"], 9);
+        let line = |key: Key| config.key_error(&key, "x").line;
+        let secret = Key::new("credentials").then("o").then("client_secret");
+        assert_eq!(line(secret), Some(15));
+        let cert = Key::new("routes").at(0).then("tls").then("cert");
+        assert_eq!(line(cert), Some(51));
+        assert_eq!(line(Key::new("tls").then("ca_file")), Some(9));
     }
 
     #[test]
@@ -653,7 +588,7 @@ secret = { env = "X" }
             &text,
             2,
             "credentials.a.type",
-            "unknown credential type `jwt`",
+            "unknown value `jwt`, expected one of `inbenta`, `oauth2`, `static`",
         );
         let text = BASE.replace("token = { env = \"A_TOKEN\" }\n", "");
         assert_err(&text, 1, "credentials.a.token", "missing key `token`");
@@ -703,6 +638,16 @@ domain_key = { env = "D" }
             "hunter2"
         );
         assert!(!format!("{config:?}").contains("hunter2"));
+        let [warning] = &config.warnings[..] else {
+            panic!("one warning: {:?}", config.warnings)
+        };
+        assert_eq!(
+            (warning.line, warning.key.as_str()),
+            (Some(3), "credentials.a.token")
+        );
+        assert!(warning.message.contains("written literally"), "{warning}");
+        assert!(!warning.to_string().contains("hunter2"));
+        assert!(ok(BASE).warnings.is_empty());
 
         let both = BASE.replace("{ env = \"A_TOKEN\" }", "{ env = \"A\", file = \"/a\" }");
         assert_err(
@@ -1007,7 +952,7 @@ domain_key = { env = "D" }
             "[log]\nformat = \"xml\"\n",
             2,
             "log.format",
-            "unknown value `xml` (use \"text\" or \"json\")",
+            "unknown value `xml`, expected `text` or `json`",
         );
         let body = "[credentials.o]\ntype = \"oauth2\"\ntoken_url = \"https://a/t\"\nclient_id = \"i\"\n\
                     client_secret = \"s\"\nbody = \"xml\"\n";
@@ -1030,14 +975,5 @@ domain_key = { env = "D" }
                 .starts_with(&format!("{}: cannot read", missing.display())),
             "{e}"
         );
-    }
-
-    #[test]
-    fn key_segments_are_quoted_when_needed() {
-        assert_eq!(key_segment("pliant"), "pliant");
-        assert_eq!(key_segment("x-tenant_2"), "x-tenant_2");
-        assert_eq!(key_segment("api.inbenta.io"), "\"api.inbenta.io\"");
-        assert_eq!(line_of("a\nb\nc", 2), 2);
-        assert_eq!(line_of("a\nb\nc", 99), 3);
     }
 }

@@ -2,11 +2,16 @@
 //!
 //! A reference is resolved each time a provider needs the value, so a rotated
 //! file or a changed variable is picked up without a restart. [`Secret`]
-//! never prints its value: `Debug` and `Display` show `<redacted>`.
+//! never prints its value: `Debug` and `Display` show `<redacted>`. A
+//! reference reads itself from the file; no message about it repeats a
+//! literal (the loader warns where one is written and resolves relative
+//! `file` paths).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 /// Where environment variables come from. Tests pass a map instead of
 /// mutating the process environment.
@@ -146,6 +151,60 @@ impl SecretRef {
             SecretRef::Env(name) => format!("environment variable {name}"),
             SecretRef::File(path) => format!("file {}", path.display()),
             SecretRef::Literal(_) => "literal value".to_owned(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+struct SecretVisitor;
+
+impl<'de> Visitor<'de> for SecretVisitor {
+    type Value = SecretRef;
+
+    /// serde's "invalid type" message names what was found and this, never
+    /// the value (a number written where a secret belongs may be one).
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"{ env = "NAME" }, { file = "PATH" } or a string"#)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<SecretRef, E> {
+        match value {
+            "" => Err(E::custom("the secret is empty")),
+            value => Ok(SecretRef::Literal(Secret::new(value))),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<SecretRef, E> {
+        Err(E::invalid_type(de::Unexpected::Other("an integer"), &self))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<SecretRef, E> {
+        Err(E::invalid_type(de::Unexpected::Other("a float"), &self))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SecretRef, A::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            env: Option<String>,
+            file: Option<String>,
+        }
+        let table = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        match (table.env, table.file) {
+            (Some(name), None) if name.is_empty() => {
+                Err(de::Error::custom("`env` names no variable"))
+            }
+            (Some(name), None) => Ok(SecretRef::Env(name)),
+            (None, Some(file)) if file.is_empty() => Err(de::Error::custom("`file` names no file")),
+            (None, Some(file)) => Ok(SecretRef::File(file.into())),
+            _ => Err(de::Error::custom(
+                r#"a secret is { env = "NAME" } or { file = "PATH" }: set exactly one of `env` and `file`"#,
+            )),
         }
     }
 }

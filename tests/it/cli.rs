@@ -99,6 +99,54 @@ fn check_names_file_line_and_key() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/sidekey.toml"));
 }
 
+/// GOOD with the token written literally on line 4.
+fn literal_token() -> String {
+    GOOD.replace("{ env = \"SIDEKEY_TEST_TOKEN\" }", "\"t0ken-literal\"")
+}
+
+#[test]
+fn check_warns_where_a_secret_is_written_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "literal.toml", &literal_token());
+    let out = sidekey(&["check", "--config", &path]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("literal.toml:4: credentials.legacy.token: secret written literally"),
+        "{stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains("t0ken-literal"));
+}
+
+// Reading the log blocks a worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_where_a_secret_is_written_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{}",
+        literal_token()
+    );
+    let path = write(dir.path(), "literal.toml", &config);
+    let mut sidekey = SidekeyProcess::run(&path, &[]);
+    let warning = sidekey.wait_for("secret written literally");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["key"], "credentials.legacy.token", "{warning}");
+    assert_eq!(warning["line"], 8, "{warning}");
+    assert!(
+        warning["file"].as_str().unwrap().ends_with("literal.toml"),
+        "{warning}"
+    );
+    sidekey.wait_for("admin listening");
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+    while let Ok(line) = sidekey.lines.try_recv() {
+        assert!(!line.to_string().contains("t0ken-literal"));
+    }
+}
+
 #[tokio::test]
 async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,164 @@
+//! The top level: [`Config`], the connection limits, and the small tables
+//! `[admin]`, `[log]` and `[tls]`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::credential::CredentialConfig;
+use super::error::{ConfigError, Key};
+use super::route::{ForwardProxyConfig, RouteConfig};
+use super::secret::EnvSource;
+use super::source::Source;
+use super::value::{File, Level, Listen, via, via_some};
+
+/// The whole configuration of one sidekey process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this configuration was read from (used for reload and messages).
+    pub path: PathBuf,
+    /// How long SIGTERM/SIGINT waits for in-flight requests (`shutdown_grace`, default 20s).
+    pub shutdown_grace: Duration,
+    /// What one app connection may hold, and how many there may be, across
+    /// every route listener and the forward proxy (`max_connections`,
+    /// `max_header_bytes`, `idle_timeout`).
+    pub limits: ConnLimits,
+    /// `[admin]`: /healthz, /readyz, /metrics. `None` when the table is absent.
+    pub admin: Option<AdminConfig>,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[tls]`: extra trust for upstreams and token endpoints.
+    pub tls: TlsConfig,
+    /// `[credentials.NAME]`, by name.
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    /// `[[routes]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// `[forward_proxy]`.
+    pub forward_proxy: Option<ForwardProxyConfig>,
+    /// Where `{ env = … }` secret references are looked up.
+    pub env: Arc<dyn EnvSource>,
+    /// The text the configuration was read from, so that later checks can
+    /// name a key's line ([`Config::key_error`]).
+    pub text: Text,
+    /// What the file does that is accepted but deserves a word (a secret
+    /// written literally), named like errors. The loader logs nothing: it
+    /// runs before logging is set up, so its callers report these.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// A configuration file's text. `Debug` shows only its length: a secret
+/// may be written in it literally.
+#[derive(Clone, Default)]
+pub struct Text(pub Arc<str>);
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    #[serde(deserialize_with = "via::<_, Listen, _>")]
+    pub listen: SocketAddr,
+    /// `allow_non_loopback`: permit a listen address outside loopback.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Limits of the admin listener. Not configuration keys: fixed at
+    /// [`ConnLimits::ADMIN`] (a few probes and a scraper need little), and
+    /// only code (tests) changes them.
+    #[serde(skip, default = "ConnLimits::admin")]
+    pub limits: ConnLimits,
+}
+
+/// Connection limits of one kind of listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Open connections at most; at the cap the listener stops accepting and
+    /// new connections wait in the kernel's listen backlog.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes; a larger request head is answered
+    /// `431 Request Header Fields Too Large` and the connection closed.
+    pub max_header_bytes: usize,
+    /// How long a connection may wait for the next complete request head
+    /// (idle keep-alive, or headers trickling in) before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// Route listeners and the forward proxy, unless configured otherwise.
+    pub const PROXY: ConnLimits = ConnLimits {
+        max_connections: 512,
+        max_header_bytes: 64 * 1024,
+        idle_timeout: Duration::from_secs(30),
+    };
+
+    /// The admin listener.
+    pub const ADMIN: ConnLimits = ConnLimits {
+        max_connections: 16,
+        max_header_bytes: 8 * 1024,
+        idle_timeout: Duration::from_secs(10),
+    };
+
+    fn admin() -> ConnLimits {
+        ConnLimits::ADMIN
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
+pub struct LogConfig {
+    /// An `EnvFilter` directive such as `info` or `sidekey=debug` (default `info`).
+    #[serde(deserialize_with = "via::<_, Level, _>")]
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        let level = "info".to_owned();
+        LogConfig {
+            level,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct TlsConfig {
+    /// PEM bundle added to the system/webpki roots.
+    #[serde(default, deserialize_with = "via_some::<_, File, _>")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// An error about `key` (such as `credentials.pliant.client_secret`), on
+    /// the line where the file writes it.
+    pub fn key_error(&self, key: &Key, error: impl fmt::Display) -> ConfigError {
+        let line = Source::parse(&self.path, &self.text.0).map(|src| src.line(key));
+        ConfigError::new(&self.path, line.ok(), key, error)
+    }
+}

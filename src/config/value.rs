@@ -1,0 +1,250 @@
+//! Values checked where they are read: durations (`"750ms"`, `"30s"`,
+//! `"5m"`, `"24h"`), URLs, header names and values, status codes, listen
+//! addresses, bounded integers, file paths. Each is a newtype whose
+//! `Deserialize` says what is wrong with a value; the loader adds file, line
+//! and key. Fields of the public types read them through [`via`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+/// Parse `"750ms"`, `"30s"`, `"5m"`, `"24h"` (also `"1.5s"`). A unit is required.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h, e.g. \"30s\")"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration like \"750ms\", \"30s\", \"5m\" or \"24h\"")
+    })?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "`{text}` has unknown unit `{unit}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
+/// For `deserialize_with`: read newtype `N`, keep what it holds.
+pub(super) fn via<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
+    d: D,
+) -> Result<T, D::Error> {
+    N::deserialize(d).map(T::from)
+}
+
+/// [`via`] for an optional key (with `#[serde(default)]`).
+pub(super) fn via_some<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    via(d).map(Some)
+}
+
+/// A default of `N` seconds.
+pub(super) const fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+/// Newtypes read from a string by a function that says what is wrong.
+macro_rules! from_text {
+    ($($(#[$doc:meta])* $name:ident($inner:ty) = $parse:expr;)*) => {$(
+        $(#[$doc])*
+        pub(super) struct $name(pub(super) $inner);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                let parse: fn(&str) -> Result<$inner, String> = $parse;
+                parse(&text).map($name).map_err(de::Error::custom)
+            }
+        }
+
+        impl From<$name> for $inner {
+            fn from(value: $name) -> $inner {
+                value.0
+            }
+        }
+    )*};
+}
+
+from_text! {
+    /// A duration; zero is allowed.
+    Dur(Duration) = parse_duration;
+    /// A duration longer than zero (timeouts, TTLs).
+    Timeout(Duration) = |text| match parse_duration(text)? {
+        zero if zero.is_zero() => Err("must be longer than zero".to_owned()),
+        duration => Ok(duration),
+    };
+    /// A listen address, `IP:PORT`.
+    Listen(SocketAddr) = |text| SocketAddr::from_str(text)
+        .map_err(|_| format!("`{text}` is not an IP:PORT address such as \"127.0.0.1:8080\""));
+    /// An absolute `http(s)://` URL (whether `http` is allowed depends on a
+    /// sibling key and is checked later).
+    Url(Uri) = url;
+    /// An absolute URL below which paths are joined: no query, no trailing `/`.
+    BaseUrl(Uri) = |text| {
+        let uri = url(text)?;
+        if uri.query().is_some() {
+            return Err("a query (`?…`) is not allowed in a base URL".to_owned());
+        }
+        let (scheme, authority) = (uri.scheme_str().unwrap_or("https"), uri.authority());
+        let path = uri.path().trim_end_matches('/');
+        let authority = authority.map(|a| a.as_str()).unwrap_or_default();
+        Uri::from_str(&format!("{scheme}://{authority}{path}"))
+            .map_err(|e| format!("`{text}` is not a valid URL: {e}"))
+    };
+    /// A header name.
+    #[derive(PartialEq, Eq)]
+    Name(HeaderName) = |text| HeaderName::from_str(text)
+        .map_err(|_| format!("`{text}` is not a valid header name"));
+    /// A header value.
+    Value(HeaderValue) = |text| HeaderValue::from_str(text)
+        .map_err(|_| "the value contains characters not allowed in a header".to_owned());
+    /// A file path (relative ones are resolved by the loader).
+    File(PathBuf) = |text| match text {
+        "" => Err("the path is empty".to_owned()),
+        path => Ok(PathBuf::from(path)),
+    };
+    /// A name that is not empty.
+    NonEmpty(String) = |text| match text {
+        "" => Err("must not be empty".to_owned()),
+        text => Ok(text.to_owned()),
+    };
+    /// A route's `path_prefix`: a URL path, without its trailing `/`.
+    Prefix(String) = |text| {
+        if !text.starts_with('/') {
+            return Err(format!("`{text}` must start with `/`"));
+        }
+        if text.contains(['?', '#']) || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("`{text}` is not a URL path"));
+        }
+        Ok(match text.trim_end_matches('/') {
+            "" => "/".to_owned(),
+            trimmed => trimmed.to_owned(),
+        })
+    };
+    /// A TLS server name: a DNS name or an IP address.
+    ServerName(String) = |text| match rustls_pki_types::ServerName::try_from(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(_) => Err(format!("`{text}` is not a DNS name or IP address")),
+    };
+    /// An authorization scheme: one word, or empty for the raw value.
+    Scheme(String) = |text| match text.chars().all(|c| c.is_ascii_graphic()) {
+        true => Ok(text.to_owned()),
+        false => Err(format!(
+            "`{text}` is not a valid authorization scheme (one word such as \"Bearer\", \
+             or \"\" for the raw value)"
+        )),
+    };
+    /// A log filter such as `info` or `sidekey=debug`.
+    Level(String) = |text| match tracing_subscriber::EnvFilter::try_new(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(e) => Err(format!("not a log filter: {e}")),
+    };
+}
+
+fn url(text: &str) -> Result<Uri, String> {
+    let uri = Uri::from_str(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!(
+            "`{text}` is not an absolute URL such as \"https://api.example.com\""
+        ));
+    };
+    if authority.host().is_empty() {
+        return Err(format!("`{text}` has no host"));
+    }
+    if authority.as_str().contains('@') {
+        return Err("user information in the URL is not supported".to_owned());
+    }
+    if text.contains('#') {
+        return Err("a fragment (`#…`) is not allowed here".to_owned());
+    }
+    match scheme {
+        "https" | "http" => Ok(uri),
+        other => Err(format!("unsupported scheme `{other}` (use https)")),
+    }
+}
+
+/// An integer within `LOW..=HIGH`.
+pub(super) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: usize>(
+    d: D,
+) -> Result<usize, D::Error> {
+    let number = i64::deserialize(d)?;
+    usize::try_from(number)
+        .ok()
+        .filter(|n| (LOW..=HIGH).contains(n))
+        .ok_or_else(|| de::Error::custom(format!("{number} is out of range (use {LOW} to {HIGH})")))
+}
+
+/// `renew_on_status = [401, 403]`: HTTP status codes.
+pub(super) fn statuses<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<StatusCode>>, D::Error> {
+    let codes = Vec::<i64>::deserialize(d)?;
+    let status = |code: i64| {
+        u16::try_from(code)
+            .ok()
+            .filter(|code| (100..=599).contains(code))
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or_else(|| format!("{code} is not an HTTP status code (100-599)"))
+    };
+    let statuses: Result<Vec<_>, String> = codes.into_iter().map(status).collect();
+    statuses.map(Some).map_err(de::Error::custom)
+}
+
+/// `headers = { "X-Name" = "value" }`.
+#[derive(Deserialize)]
+pub(super) struct Headers(BTreeMap<Name, Value>);
+
+impl From<Headers> for Vec<(HeaderName, HeaderValue)> {
+    fn from(headers: Headers) -> Self {
+        headers.0.into_iter().map(|(n, v)| (n.0, v.0)).collect()
+    }
+}
+
+/// Header names are map keys: ordered by their text.
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_str().cmp(other.0.as_str())
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_unit() {
+        assert_eq!(parse_duration("750ms"), Ok(Duration::from_millis(750)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn rejects_missing_or_unknown_units() {
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").is_err());
+    }
+}
