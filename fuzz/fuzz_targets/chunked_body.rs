@@ -34,5 +34,8 @@ fuzz_target!(|input: (&[u8], &[u8])| {
     let (bytes, splits) = input;
     let whole = follow(bytes, &[]);
     let split = follow(bytes, splits);
-    assert_eq!(whole, split, "the verdict depends on how the bytes were read");
+    assert_eq!(
+        whole, split,
+        "the verdict depends on how the bytes were read"
+    );
 });

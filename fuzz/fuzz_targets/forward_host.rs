@@ -14,5 +14,9 @@ fuzz_target!(|key: &str| {
     assert_eq!(again.to_string(), canonical);
     assert_eq!(again.request_port(), host.request_port());
     assert_eq!(again.upstream_authority(), host.upstream_authority());
-    assert!(host.upstream_authority().parse::<http::uri::Authority>().is_ok());
+    assert!(
+        host.upstream_authority()
+            .parse::<http::uri::Authority>()
+            .is_ok()
+    );
 });

@@ -40,7 +40,10 @@ fn leaks(message: &str, needle: &str) -> bool {
     let mut from = 0;
     while let Some(found) = message[from..].find(needle) {
         let (start, end) = (from + found, from + found + needle.len());
-        if !markers.iter().any(|(m_start, m_end)| start < *m_end && *m_start < end) {
+        if !markers
+            .iter()
+            .any(|(m_start, m_end)| start < *m_end && *m_start < end)
+        {
             return true;
         }
         from = start + message[start..].chars().next().map_or(1, char::len_utf8);
@@ -87,7 +90,12 @@ fuzz_target!(|echo: Echo<'_>| {
         _ => credentials.to_owned(),
     };
     let body = format!("{}{spelled}{}", echo.before, echo.after);
-    let response = TokenResponse::new(status, HeaderMap::new(), Bytes::from(body), &request_headers);
+    let response = TokenResponse::new(
+        status,
+        HeaderMap::new(),
+        Bytes::from(body),
+        &request_headers,
+    );
     let message = match response.error_for_status(&[echo.secret]) {
         Err(FetchError::Refused { message, .. }) | Err(FetchError::Transient { message, .. }) => {
             message
@@ -103,5 +111,8 @@ fuzz_target!(|echo: Echo<'_>| {
     let message = excerpt;
     assert!(!leaks(message, echo.secret), "secret in {message:?}");
     assert!(!leaks(message, &spelled), "{spelled:?} in {message:?}");
-    assert!(!leaks(message, credentials), "Basic credentials in {message:?}");
+    assert!(
+        !leaks(message, credentials),
+        "Basic credentials in {message:?}"
+    );
 });

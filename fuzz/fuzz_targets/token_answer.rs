@@ -30,7 +30,10 @@ fn check(token: Result<Token, FetchError>) {
     match token {
         Ok(token) => {
             let lifetime = token.lifetime.expect("issued tokens expire");
-            assert!(lifetime > Duration::ZERO && lifetime <= YEAR, "{lifetime:?}");
+            assert!(
+                lifetime > Duration::ZERO && lifetime <= YEAR,
+                "{lifetime:?}"
+            );
             let header = token.headers[0].1.to_str().unwrap_or_default();
             assert!(header.ends_with(token.value.expose()));
         }
@@ -45,7 +48,10 @@ fuzz_target!(|answer: Answer<'_>| {
         return;
     };
     let mut headers = HeaderMap::new();
-    if let Some(value) = answer.retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
+    if let Some(value) = answer
+        .retry_after
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         headers.insert(http::header::RETRY_AFTER, value);
     }
     let response = TokenResponse::new(
