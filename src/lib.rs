@@ -7,6 +7,7 @@
 //!
 //! Map of the crate, in the order a configuration travels:
 //! - [`config`]: the configuration schema, loading and validation
+//! - [`secret`]: secret references, the environment they read, redacted values
 //! - [`preflight`]: secrets resolve and TLS files load, checked once
 //! - [`credential`]: token providers and the renewal engine
 //! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
@@ -30,6 +31,7 @@ pub mod error_chain;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;
+pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -10,11 +10,11 @@ use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Deserialize;
 
 use super::error::{ConfigError, Key};
-use super::secret::SecretRef;
 use super::source::Source;
 use super::value::{
     BaseUrl, Dur, Headers, Name, Scheme, Timeout, Url, Value, secs, statuses, via, via_some,
 };
+use crate::secret::SecretRef;
 
 /// `[credentials.NAME]`: how a token is obtained and which headers it adds.
 #[derive(Clone, Debug, PartialEq)]

@@ -20,10 +20,10 @@ use serde::Deserialize;
 use super::credential::CredentialFile;
 use super::error::{ConfigError, Key};
 use super::route::{self, ForwardProxyConfig, RouteConfig};
-use super::secret::EnvSource;
 use super::source::Source;
 use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
 use super::value::{Dur, Timeout, bounded, secs, via};
+use crate::secret::EnvSource;
 
 /// The top level as written: the connection limits are three keys here,
 /// and credentials are still flat tables.
@@ -159,9 +159,10 @@ mod tests {
 
     use super::*;
     use crate::config::{
-        BodyFormat, ClientAuth, CredentialKind, InbentaKey, Key, LogFormat, SecretRef, Upstream,
-        parse_duration, secret::MapEnv,
+        BodyFormat, ClientAuth, CredentialKind, InbentaKey, Key, LogFormat, Upstream,
+        parse_duration,
     };
+    use crate::secret::{MapEnv, SecretRef};
 
     const FILE: &str = "/etc/sidekey/sidekey.toml";
 

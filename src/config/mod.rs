@@ -5,8 +5,8 @@
 //! [`load`]) then applies the rules between keys and tables. Every refusal
 //! is a [`ConfigError`] naming file, line and key. Credentials live in
 //! `credential`, routes and the forward proxy in `route`, the top level and
-//! small tables in `top`, secret references in [`secret`], forward-proxy
-//! host keys in [`host`]. `Debug` output of anything here never shows a
+//! small tables in `top`, forward-proxy host keys in [`host`]. Secret
+//! references are [`crate::secret`]'s. `Debug` output of anything here never shows a
 //! secret.
 
 mod credential;
@@ -14,7 +14,6 @@ mod error;
 pub mod host;
 mod load;
 mod route;
-pub mod secret;
 mod source;
 mod top;
 mod value;
@@ -27,6 +26,5 @@ pub use error::{ConfigError, Key};
 pub use host::ForwardHost;
 pub use load::{load, parse};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
-pub use secret::{EnvSource, ProcessEnv, Secret, SecretError, SecretRef};
 pub use top::{AdminConfig, Config, ConnLimits, LogConfig, LogFormat, Text, TlsConfig};
 pub use value::parse_duration;

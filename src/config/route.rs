@@ -320,8 +320,8 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    use crate::config::secret::MapEnv;
     use crate::config::{ForwardHost, parse};
+    use crate::secret::MapEnv;
 
     /// A config whose `[forward_proxy]` has `hosts` on line 9.
     fn with_hosts(hosts: &str) -> String {

@@ -16,7 +16,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::error::{ConfigError, Key, line_of};
-use super::secret::SecretRef;
+use crate::secret::SecretRef;
 
 /// One configuration file, parsed.
 pub(super) struct Source<'a> {

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use super::credential::CredentialConfig;
 use super::error::{ConfigError, Key};
 use super::route::{ForwardProxyConfig, RouteConfig};
-use super::secret::EnvSource;
 use super::source::Source;
 use super::value::{File, Level, Listen, via, via_some};
+use crate::secret::EnvSource;
 
 /// The whole configuration of one sidekey process.
 #[derive(Clone, Debug)]

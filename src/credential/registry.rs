@@ -15,8 +15,9 @@ use super::any::AnyProvider;
 use super::engine;
 use super::handle::{CredentialHandle, EngineSettings};
 use super::provider::{FetchError, Provider, Token};
-use crate::config::{Config, CredentialConfig, EnvSource};
+use crate::config::{Config, CredentialConfig};
 use crate::metrics::Metrics;
+use crate::secret::EnvSource;
 use crate::tls::TlsError;
 
 /// One running credential: the handle requests read, its renewal task, and
