@@ -470,7 +470,7 @@ body_timeout = "7s"
         assert_eq!(url.to_string(), "http://127.0.0.1:9000/base");
 
         let proxy = config.forward_proxy.as_ref().unwrap();
-        let inbenta = crate::config::ForwardHost::parse("api.inbenta.io").unwrap();
+        let inbenta = crate::host::ForwardHost::parse("api.inbenta.io").unwrap();
         assert_eq!(proxy.hosts[&inbenta], "i");
         assert_eq!(proxy.connect_timeout, Duration::from_secs(4));
         assert_eq!(proxy.request_timeout, Duration::from_secs(5));

@@ -15,11 +15,11 @@ use serde::Deserialize;
 
 use super::credential::{CredentialConfig, CredentialKind};
 use super::error::{ConfigError, Key};
-use super::host::ForwardHost;
 use super::source::Source;
 use super::value::{
     BaseUrl, File, Headers, Listen, NonEmpty, Prefix, ServerName, Timeout, secs, via, via_some,
 };
+use crate::host::ForwardHost;
 
 /// `[[routes]]`: where the app's requests go.
 #[derive(Clone, Debug, Deserialize)]
@@ -320,7 +320,8 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    use crate::config::{ForwardHost, parse};
+    use crate::config::parse;
+    use crate::host::ForwardHost;
     use crate::secret::MapEnv;
 
     /// A config whose `[forward_proxy]` has `hosts` on line 9.
