@@ -4,8 +4,8 @@
 //! [`parse`] parses the text, lets the types read themselves from it
 //! (`serde_path_to_error` says at which key one failed), then applies the
 //! rules between keys and tables: each credential's `type`, each route
-//! against the credentials and the routes before it, the forward proxy, and
-//! listen addresses that must be loopback or not shared. Secret references
+//! against the credentials and the routes before it, the forward proxy's
+//! `hosts`, then the rules several tables share. Secret references
 //! and TLS files are only read by `preflight`, which `check` and `run` call
 //! before binding anything.
 
@@ -16,17 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
-use super::credential::CredentialFile;
+use super::credential::{self, CredentialKind};
 use super::error::{ConfigError, Key};
-use super::route::{self, ForwardProxyConfig, RouteConfig};
+use super::route::{self, ForwardProxyConfig, RouteConfig, Upstream};
 use super::source::Source;
 use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
 use super::value::{Dur, Timeout, bounded, secs, via};
 use crate::secret::EnvSource;
 
 /// The top level as written: the connection limits are three keys here,
-/// and credentials are still flat tables.
+/// and each credential is read by its type (`credential`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -53,7 +54,7 @@ struct File {
     #[serde(default)]
     tls: TlsConfig,
     #[serde(default)]
-    credentials: BTreeMap<String, CredentialFile>,
+    credentials: BTreeMap<String, IgnoredAny>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
     forward_proxy: Option<ForwardProxyConfig>,
@@ -71,12 +72,8 @@ fn header_bytes() -> usize {
 /// here (see `preflight`).
 pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            path,
-            None,
-            "",
-            format!("cannot read the configuration file: {e}"),
-        )
+        let message = format!("cannot read the configuration file: {e}");
+        ConfigError::new(path, None, "", message)
     })?;
     parse(&text, path, env)
 }
@@ -84,68 +81,75 @@ pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError>
 /// Validate `text` as if read from `path`.
 pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
     let src = Source::parse(path, text)?;
-    let de = toml::de::ValueDeserializer::from(src.doc.clone());
-    let file: File = serde_path_to_error::deserialize(de)
-        .map_err(|e| src.serde(Key::from_serde(e.path()), e.inner()))?;
+    let file: File = src.read(&Key::default())?;
     let mut credentials = BTreeMap::new();
-    for (name, credential) in file.credentials {
-        let credential = credential.build(&name, &src)?;
-        credentials.insert(name, credential);
+    for name in file.credentials.keys() {
+        credentials.insert(name.clone(), credential::read(name, &src)?);
     }
-    if let Some(admin) = &file.admin {
-        let (key, allowed) = (Key::new("admin").then("listen"), admin.allow_non_loopback);
-        src.loopback(&key, admin.listen, allowed, "[admin]")?;
-    }
-    let mut routes = file.routes;
-    route::routes(&mut routes, &credentials, &src)?;
-    if let Some(proxy) = &file.forward_proxy {
-        route::forward_proxy(proxy, &credentials, &src)?;
-    }
-    let config = Config {
+    let limits = ConnLimits {
+        max_connections: file.max_connections,
+        max_header_bytes: file.max_header_bytes,
+        idle_timeout: file.idle_timeout,
+    };
+    let ca_file = file.tls.ca_file.map(|file| src.file(&file));
+    let mut config = Config {
         path: path.to_path_buf(),
         shutdown_grace: file.shutdown_grace,
-        limits: ConnLimits {
-            max_connections: file.max_connections,
-            max_header_bytes: file.max_header_bytes,
-            idle_timeout: file.idle_timeout,
-        },
+        limits,
         admin: file.admin,
         log: file.log,
-        tls: TlsConfig {
-            ca_file: file.tls.ca_file.map(|file| src.file(&file)),
-        },
+        tls: TlsConfig { ca_file },
         credentials,
-        routes,
+        routes: file.routes,
         forward_proxy: file.forward_proxy,
         env,
         text: Text(text.into()),
-        warnings: src.warnings.take(),
+        warnings: Vec::new(),
     };
-    shared_addresses(&config, &src)?;
+    route::routes(&mut config, &src)?;
+    route::forward_proxy(&config, &src)?;
+    shared_rules(&config, &src)?;
+    config.warnings = src.warnings.take();
     Ok(config)
 }
 
-/// `[admin]` and `[forward_proxy]` need listeners of their own: refuse an
-/// address a route (or the other one) already uses. Port 0 never collides.
-fn shared_addresses(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
-    let mut taken: Vec<(SocketAddr, String)> = (config.routes.iter().enumerate())
-        .map(|(index, route)| (route.listen, format!("routes[{index}]")))
-        .collect();
-    let own = [
-        config
-            .forward_proxy
-            .as_ref()
-            .map(|p| (p.listen, "forward_proxy")),
-        config.admin.as_ref().map(|a| (a.listen, "admin")),
-    ];
-    for (addr, table) in own.into_iter().flatten() {
-        if addr.port() != 0
-            && let Some((_, owner)) = taken.iter().find(|(other, _)| *other == addr)
-        {
-            let message = format!("{addr} is already the listen address of {owner}");
-            return Err(src.error(&Key::new(table).then("listen"), message));
+/// The rules several tables share: a credential travels to an `http://` URL
+/// only where its table allows it, a listener binds outside loopback only
+/// where its table allows it, and `[admin]` and `[forward_proxy]` listen on
+/// addresses of their own (port 0 never collides).
+fn shared_rules(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
+    for (name, credential) in &config.credentials {
+        let url = match &credential.kind {
+            CredentialKind::Inbenta(inbenta) => ("auth_url", &inbenta.auth_url),
+            CredentialKind::OAuth2(oauth2) => ("token_url", &oauth2.token_url),
+            CredentialKind::Static(_) => continue,
+        };
+        let table = Key::new("credentials").then(name);
+        src.https(&table, url, credential.allow_insecure_http)?;
+    }
+    let mut taken: Vec<(SocketAddr, Key)> = Vec::new();
+    for (index, route) in config.routes.iter().enumerate() {
+        let table = Key::new("routes").at(index);
+        if let Upstream::Url(url) = &route.upstream {
+            src.https(&table, ("upstream", url), route.allow_insecure_http)?;
         }
-        taken.push((addr, table.to_owned()));
+        src.loopback(&table, route.listen, route.allow_non_loopback)?;
+        taken.push((route.listen, table));
+    }
+    let proxy =
+        (config.forward_proxy.iter()).map(|p| ("forward_proxy", p.listen, p.allow_non_loopback));
+    let admin = (config.admin.iter()).map(|a| ("admin", a.listen, a.allow_non_loopback));
+    for (table, addr, allowed) in proxy.chain(admin) {
+        let table = Key::new(table);
+        src.loopback(&table, addr, allowed)?;
+        let clash = taken
+            .iter()
+            .find(|(other, _)| *other == addr && addr.port() != 0);
+        if let Some((_, owner)) = clash {
+            let message = format!("{addr} is already the listen address of {owner}");
+            return Err(src.error(&table.then("listen"), message));
+        }
+        taken.push((addr, table));
     }
     Ok(())
 }
