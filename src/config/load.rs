@@ -3,14 +3,11 @@
 //!
 //! [`parse`] parses the text, lets the types read themselves from it
 //! (`serde_path_to_error` says at which key one failed), then applies the
-//! rules between keys and tables: each credential's `type`, each route
-//! against the credentials and the routes before it, the forward proxy's
-//! `hosts`, then the rules several tables share. Secret references
+//! rules between tables (`rules`). Secret references
 //! and TLS files are only read by `preflight`, which `check` and `run` call
 //! before binding anything.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +15,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::credential::{self, CredentialKind};
+use super::credential;
 use super::error::{ConfigError, Key};
-use super::route::{self, ForwardProxyConfig, RouteConfig, Upstream};
+use super::route::{ForwardProxyConfig, RouteConfig};
+use super::rules;
 use super::source::Source;
 use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
 use super::value::{Dur, Timeout, bounded, secs, via};
@@ -106,52 +104,9 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
         text: Text(text.into()),
         warnings: Vec::new(),
     };
-    route::routes(&mut config, &src)?;
-    route::forward_proxy(&config, &src)?;
-    shared_rules(&config, &src)?;
+    rules::apply(&mut config, &src)?;
     config.warnings = src.warnings.take();
     Ok(config)
-}
-
-/// The rules several tables share: a credential travels to an `http://` URL
-/// only where its table allows it, a listener binds outside loopback only
-/// where its table allows it, and `[admin]` and `[forward_proxy]` listen on
-/// addresses of their own (port 0 never collides).
-fn shared_rules(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
-    for (name, credential) in &config.credentials {
-        let url = match &credential.kind {
-            CredentialKind::Inbenta(inbenta) => ("auth_url", &inbenta.auth_url),
-            CredentialKind::OAuth2(oauth2) => ("token_url", &oauth2.token_url),
-            CredentialKind::Static(_) => continue,
-        };
-        let table = Key::new("credentials").then(name);
-        src.https(&table, url, credential.allow_insecure_http)?;
-    }
-    let mut taken: Vec<(SocketAddr, Key)> = Vec::new();
-    for (index, route) in config.routes.iter().enumerate() {
-        let table = Key::new("routes").at(index);
-        if let Upstream::Url(url) = &route.upstream {
-            src.https(&table, ("upstream", url), route.allow_insecure_http)?;
-        }
-        src.loopback(&table, route.listen, route.allow_non_loopback)?;
-        taken.push((route.listen, table));
-    }
-    let proxy =
-        (config.forward_proxy.iter()).map(|p| ("forward_proxy", p.listen, p.allow_non_loopback));
-    let admin = (config.admin.iter()).map(|a| ("admin", a.listen, a.allow_non_loopback));
-    for (table, addr, allowed) in proxy.chain(admin) {
-        let table = Key::new(table);
-        src.loopback(&table, addr, allowed)?;
-        let clash = taken
-            .iter()
-            .find(|(other, _)| *other == addr && addr.port() != 0);
-        if let Some((_, owner)) = clash {
-            let message = format!("{addr} is already the listen address of {owner}");
-            return Err(src.error(&table.then("listen"), message));
-        }
-        taken.push((addr, table));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

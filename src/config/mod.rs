@@ -13,6 +13,7 @@ mod credential;
 mod error;
 mod load;
 mod route;
+mod rules;
 mod source;
 mod top;
 mod value;

@@ -1,9 +1,6 @@
 //! `[[routes]]` and `[forward_proxy]`: where the app's requests go. Owns
-//! their types, their defaults (name, `path_prefix`, the connect/request/body
-//! timeouts) and the rules between their keys and other tables: `upstream`
-//! or `inbenta_api`, credentials that exist, routes that collide (same
-//! listener and prefix, disagreeing `tls`, a name used twice), and `hosts`
-//! keys that name the same host and port.
+//! their types and defaults (name, `path_prefix`, the connect/request/body
+//! timeouts); the rules between their keys and other tables are `rules`'.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,10 +10,6 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
-use super::credential::{CredentialConfig, CredentialKind};
-use super::error::{ConfigError, Key};
-use super::source::Source;
-use super::top::Config;
 use super::value::{BaseUrl, File, Headers, Listen, NonEmpty, Prefix, ServerName, Timeout};
 use super::value::{secs, via, via_some};
 use crate::host::ForwardHost;
@@ -40,10 +33,10 @@ pub struct RouteConfig {
         default,
         deserialize_with = "via_some::<_, BaseUrl, _>"
     )]
-    url: Option<Uri>,
+    pub(super) url: Option<Uri>,
     /// `inbenta_api` as written, moved into [`Self::upstream`] by the loader.
     #[serde(default, deserialize_with = "via_some::<_, NonEmpty, _>")]
-    inbenta_api: Option<String>,
+    pub(super) inbenta_api: Option<String>,
     /// `credential`: the name of a `[credentials.NAME]` table.
     pub credential: String,
     /// `path_prefix` (default `/`), always starting with `/`.
@@ -143,122 +136,6 @@ pub struct ForwardProxyConfig {
     /// `body_timeout` (default 60s).
     #[serde(default = "secs::<60>", deserialize_with = "via::<_, Timeout, _>")]
     pub body_timeout: Duration,
-}
-
-impl RouteConfig {
-    /// [`Self::upstream`] from `upstream` or `inbenta_api` as written, for a
-    /// route using `credential`; or the key that is wrong, and why.
-    fn take_upstream(&mut self, credential: &CredentialConfig) -> Result<Upstream, (&str, String)> {
-        let inbenta = matches!(credential.kind, CredentialKind::Inbenta(_));
-        let (key, message) = match (self.url.take(), self.inbenta_api.take()) {
-            (Some(url), None) => return Ok(Upstream::Url(url)),
-            (None, Some(api)) if inbenta => return Ok(Upstream::InbentaApi(api)),
-            (None, Some(_)) => {
-                let name = &credential.name;
-                let why =
-                    format!("`inbenta_api` needs a credential of type inbenta; `{name}` is not");
-                return Err(("inbenta_api", why));
-            }
-            (Some(_), Some(_)) => ("inbenta_api", "set `upstream` or `inbenta_api`, not both"),
-            (None, None) => ("upstream", "missing key `upstream` (or `inbenta_api`)"),
-        };
-        Err((key, message.to_owned()))
-    }
-}
-
-/// Check each route against the credentials and the routes before it;
-/// resolve its upstream, default name and file paths.
-pub(super) fn routes(config: &mut Config, src: &Source<'_>) -> Result<(), ConfigError> {
-    let credentials = &config.credentials;
-    for index in 0..config.routes.len() {
-        let (earlier, rest) = config.routes.split_at_mut(index);
-        let (route, base) = (&mut rest[0], Key::new("routes").at(index));
-        let Some(credential) = credentials.get(&route.credential) else {
-            let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
-            let known = if known.is_empty() {
-                vec!["none"]
-            } else {
-                known
-            };
-            let (name, known) = (&route.credential, known.join(", "));
-            let message = format!("no credential named `{name}` (defined: {known})");
-            return Err(src.error(&base.then("credential"), message));
-        };
-        let upstream = route.take_upstream(credential);
-        route.upstream = upstream.map_err(|(key, why)| src.error(&base.then(key), why))?;
-        if route.name.is_empty() {
-            route.name = format!("{}{}", route.listen, route.path_prefix);
-        }
-        if let Some(tls) = &mut route.tls {
-            (tls.cert, tls.key) = (src.file(&tls.cert), src.file(&tls.key));
-        }
-        if let Some(up) = &mut route.upstream_tls {
-            if up.client_cert.is_some() != up.client_key.is_some() {
-                let message = "set both `client_cert` and `client_key`, or neither";
-                return Err(src.error(&base.then("upstream_tls"), message));
-            }
-            up.client_cert = up.client_cert.as_deref().map(|f| src.file(f));
-            up.client_key = up.client_key.as_deref().map(|f| src.file(f));
-        }
-        // A collision names `path_prefix` or `name` where written, else `listen`.
-        let written = |field: &str| match src.written(&base.then(field)) {
-            true => base.then(field),
-            false => base.then("listen"),
-        };
-        for (index, other) in earlier.iter().enumerate() {
-            let (listen, prefix) = (route.listen, &route.path_prefix);
-            if other.listen == listen && other.path_prefix == *prefix {
-                let message =
-                    format!("routes[{index}] already serves path_prefix `{prefix}` on {listen}");
-                return Err(src.error(&written("path_prefix"), message));
-            }
-            if other.listen == listen && other.tls != route.tls {
-                let message = format!(
-                    "routes sharing the listen address {listen} must use the same `tls`; this one \
-                     differs from routes[{index}]"
-                );
-                return Err(src.error(&base.then("tls"), message));
-            }
-        }
-        if let Some(index) = earlier.iter().position(|other| other.name == route.name) {
-            let (name, line) = (&route.name, src.line(&Key::new("routes").at(index)));
-            let message =
-                format!("route name `{name}` is already used by routes[{index}] (line {line})");
-            return Err(src.error(&written("name"), message));
-        }
-    }
-    Ok(())
-}
-
-/// `[forward_proxy] hosts`: keys that name a credential that exists and a
-/// host and port no other key names.
-pub(super) fn forward_proxy(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
-    let Some(proxy) = &config.forward_proxy else {
-        return Ok(());
-    };
-    let table = Key::new("forward_proxy").then("hosts");
-    let mut seen = BTreeMap::new();
-    for written in src.keys(&table) {
-        let Ok(host) = ForwardHost::parse(&written) else {
-            continue;
-        };
-        let (key, port) = (table.then(&written), host.request_port());
-        if let Some(other) = seen.insert((host.host.clone(), port), host.clone()) {
-            let message = format!(
-                "`{written}` names the same host and port as `{other}` (host names ignore \
-                 case; a key without a port means port 80)"
-            );
-            return Err(src.error(&key, message));
-        }
-        if let Some(name) = proxy
-            .hosts
-            .get(&host)
-            .filter(|n| !config.credentials.contains_key(*n))
-        {
-            return Err(src.error(&key, format!("no credential named `{name}`")));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -60,11 +60,6 @@ impl<'a> Source<'a> {
         self.warnings.borrow_mut().push(self.error(key, message));
     }
 
-    /// Whether `key` is written in the file.
-    pub fn written(&self, key: &Key) -> bool {
-        key.find(&self.doc).1
-    }
-
     /// The keys written in table `key`.
     pub fn keys(&self, key: &Key) -> Vec<String> {
         let table = match key.find(&self.doc) {
