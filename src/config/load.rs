@@ -66,8 +66,7 @@ fn header_bytes() -> usize {
     ConnLimits::PROXY.max_header_bytes
 }
 
-/// Read and validate the file at `path`. Secret references are not resolved
-/// here (see `preflight`).
+/// Read and validate the file at `path`; secrets are resolved later (`preflight`).
 pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let message = format!("cannot read the configuration file: {e}");

@@ -25,8 +25,7 @@ pub(super) fn apply(config: &mut Config, src: &Source<'_>) -> Result<(), ConfigE
 }
 
 /// Check each route against the credentials and the routes before it;
-/// resolve its upstream (`upstream` or `inbenta_api`), default name and
-/// file paths.
+/// resolve its upstream (`upstream` or `inbenta_api`), name and file paths.
 fn routes(config: &mut Config, src: &Source<'_>) -> Result<(), ConfigError> {
     let credentials = &config.credentials;
     for index in 0..config.routes.len() {
@@ -132,10 +131,8 @@ fn forward_proxy(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The rules several tables share: a credential travels to an `http://` URL
-/// only where its table allows it, a listener binds outside loopback only
-/// where its table allows it, and `[admin]` and `[forward_proxy]` listen on
-/// addresses of their own (port 0 never collides).
+/// The rules several tables share: https, loopback, addresses of their own
+/// for `[admin]` and `[forward_proxy]` (port 0 never collides).
 fn shared(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
     for (name, credential) in &config.credentials {
         let url = match &credential.kind {

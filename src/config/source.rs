@@ -122,8 +122,7 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Refuse `url`, the value of `field` in `table`, if it is `http://` and
-    /// the table does not allow it.
+    /// Refuse an `http://` `url` at `table.field` unless the table allows it.
     pub fn https(&self, table: &Key, (field, url): (&str, &Uri), allowed: bool) -> Result<()> {
         if url.scheme_str() != Some("http") || allowed {
             return Ok(());
@@ -136,8 +135,7 @@ impl<'a> Source<'a> {
         Err(self.error(&table.then(field), message))
     }
 
-    /// Refuse `table`'s listen address `addr` outside loopback unless the
-    /// table allows it.
+    /// Refuse `table`'s listen address `addr` outside loopback unless the table allows it.
     pub fn loopback(&self, table: &Key, addr: SocketAddr, allowed: bool) -> Result<()> {
         if addr.ip().is_loopback() || allowed {
             return Ok(());

@@ -91,8 +91,7 @@ from_text! {
     /// A listen address, `IP:PORT`.
     Listen(SocketAddr) = |text| SocketAddr::from_str(text)
         .map_err(|_| format!("`{text}` is not an IP:PORT address such as \"127.0.0.1:8080\""));
-    /// An absolute `http(s)://` URL (whether `http` is allowed depends on a
-    /// sibling key and is checked later).
+    /// An absolute `http(s)://` URL (whether `http` is allowed is a rule between keys).
     Url(Uri) = url;
     /// An absolute URL below which paths are joined: no query, no trailing `/`.
     BaseUrl(Uri) = |text| {
