@@ -25,7 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::config::{LogConfig, LogFormat, secret::MapEnv};
+use crate::config::{LogConfig, LogFormat};
+use crate::secret::MapEnv;
 use crate::server::{Handle, ServeError};
 
 /// Lifetime of the demo's tokens, in seconds.

@@ -7,6 +7,8 @@
 //!
 //! Map of the crate, in the order a configuration travels:
 //! - [`config`]: the configuration schema, loading and validation
+//! - [`secret`]: secret references, the environment they read, redacted values
+//! - [`host`]: forward-proxy host keys and request hosts in one canonical form
 //! - [`preflight`]: secrets resolve and TLS files load, checked once
 //! - [`credential`]: token providers and the renewal engine
 //! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
@@ -27,9 +29,11 @@ pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod error_chain;
+pub mod host;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;
+pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

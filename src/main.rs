@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sidekey::config::{self, ConfigError, ProcessEnv};
+use sidekey::config::{self, ConfigError};
 use sidekey::credential::ObtainError;
 use sidekey::demo::DemoError;
 use sidekey::error_chain::error_chain;
 use sidekey::preflight::{Checked, preflight};
+use sidekey::secret::ProcessEnv;
 use sidekey::server::ServeError;
 use tracing::{error, info, warn};
 

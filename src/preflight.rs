@@ -95,9 +95,8 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::config::EnvSource;
     use crate::config::parse;
-    use crate::config::secret::MapEnv;
+    use crate::secret::{EnvSource, MapEnv};
 
     const FILE: &str = "/etc/sidekey/sidekey.toml";
 

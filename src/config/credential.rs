@@ -1,8 +1,9 @@
 //! `[credentials.NAME]`: how a token is obtained and which headers it adds.
-//! Owns the credential types, the keys each `type` accepts and requires,
-//! their defaults (token timeout, TTL, Inbenta auth URL, `renew_on_status`)
-//! and the rules between keys (`secret` or `domain_key`, https unless
-//! `allow_insecure_http`).
+//! Owns the credential types, the keys each `type` accepts and requires, and
+//! their defaults (token timeout, TTL, Inbenta auth URL, `renew_on_status`).
+//! A table is read twice from the parsed file, never through a buffer (as a
+//! `#[serde(tag = "type")]` enum would, losing every line): once for `type`
+//! and the keys all types share, once for the keys of its type.
 
 use std::time::Duration;
 
@@ -10,11 +11,11 @@ use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Deserialize;
 
 use super::error::{ConfigError, Key};
-use super::secret::SecretRef;
 use super::source::Source;
 use super::value::{
     BaseUrl, Dur, Headers, Name, Scheme, Timeout, Url, Value, secs, statuses, via, via_some,
 };
+use crate::secret::SecretRef;
 
 /// `[credentials.NAME]`: how a token is obtained and which headers it adds.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,13 +24,11 @@ pub struct CredentialConfig {
     pub name: String,
     /// The type-specific part.
     pub kind: CredentialKind,
-    /// `refresh_before`: renew when this much lifetime is left. `None` means the
-    /// default: the smaller of 5 minutes and a quarter of the lifetime.
+    /// `refresh_before`: renew with this much lifetime left (`None`: the lesser of 5m and 1/4).
     pub refresh_before: Option<Duration>,
     /// `headers`: extra static headers sent with this credential.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// `renew_on_status`: upstream statuses meaning "token rejected"
-    /// (default `[401]`, inbenta `[401, 403]`).
+    /// `renew_on_status`: statuses meaning "token rejected" (default 401; inbenta 401, 403).
     pub renew_on_status: Vec<StatusCode>,
     /// `allow_insecure_http`: permit an `http://` token endpoint.
     pub allow_insecure_http: bool,
@@ -46,9 +45,9 @@ impl CredentialConfig {
                     InbentaKey::Secret(r) => ("secret", r),
                     InbentaKey::DomainKey(r) => ("domain_key", r),
                 };
-                let mut refs = vec![("api_key", &inbenta.api_key), flow];
-                refs.extend(inbenta.oauth_token.as_ref().map(|r| ("oauth_token", r)));
-                refs
+                let oauth = inbenta.oauth_token.as_ref().map(|r| ("oauth_token", r));
+                let refs = [("api_key", &inbenta.api_key), flow];
+                refs.into_iter().chain(oauth).collect()
             }
             CredentialKind::OAuth2(oauth2) => vec![
                 ("client_id", &oauth2.client_id),
@@ -56,17 +55,6 @@ impl CredentialConfig {
             ],
             CredentialKind::Static(fixed) => vec![("token", &fixed.token)],
         }
-    }
-
-    /// Names of the environment variables this credential reads.
-    pub fn env_vars(&self) -> Vec<&str> {
-        self.secret_refs()
-            .into_iter()
-            .filter_map(|(_, r)| match r {
-                SecretRef::Env(name) => Some(name.as_str()),
-                SecretRef::File(_) | SecretRef::Literal(_) => None,
-            })
-            .collect()
     }
 }
 
@@ -106,9 +94,10 @@ pub enum InbentaKey {
 }
 
 /// `type = "oauth2"`: RFC 6749 §4.4 client credentials grant.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct OAuth2Config {
     /// `token_url`.
+    #[serde(deserialize_with = "via::<_, Url, _>")]
     pub token_url: Uri,
     /// `client_id`.
     pub client_id: SecretRef,
@@ -119,10 +108,13 @@ pub struct OAuth2Config {
     /// `scope`.
     pub scope: Option<String>,
     /// `client_auth` (default basic).
+    #[serde(default)]
     pub client_auth: ClientAuth,
     /// `body` (default form).
+    #[serde(default)]
     pub body: BodyFormat,
     /// `default_ttl` (default 1h): lifetime when neither `expires_in` nor a JWT `exp` says.
+    #[serde(default = "secs::<3600>", deserialize_with = "via::<_, Timeout, _>")]
     pub default_ttl: Duration,
 }
 
@@ -149,22 +141,30 @@ pub enum BodyFormat {
 }
 
 /// `type = "static"`: a fixed token, re-read when its file changes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct StaticConfig {
     /// `token`.
     pub token: SecretRef,
     /// `header` (default `authorization`).
+    #[serde(default = "authorization", deserialize_with = "via::<_, Name, _>")]
     pub header: HeaderName,
     /// `scheme` (default `Bearer`; empty sends the raw value).
+    #[serde(default = "bearer", deserialize_with = "via::<_, Scheme, _>")]
     pub scheme: String,
 }
 
-/// `[credentials.NAME]` as written: one flat table of every type's keys.
-/// Not a `#[serde(tag = "type")]` enum: serde reads a tagged table into a
-/// buffer first, and an error inside it would lose its line and key.
+fn authorization() -> HeaderName {
+    http::header::AUTHORIZATION
+}
+
+fn bearer() -> String {
+    "Bearer".to_owned()
+}
+
+/// The keys every type accepts; neither read refuses the other's keys ([`KEYS`] does).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub(super) struct CredentialFile {
+#[serde(expecting = "a table")]
+struct Common {
     #[serde(rename = "type")]
     kind: Type,
     #[serde(default, deserialize_with = "via_some::<_, Dur, _>")]
@@ -177,158 +177,115 @@ pub(super) struct CredentialFile {
     allow_insecure_http: bool,
     #[serde(default = "secs::<10>", deserialize_with = "via::<_, Timeout, _>")]
     timeout: Duration,
-    api_key: Option<SecretRef>,
+}
+
+/// `type = "inbenta"` as written: the flow is one of two keys.
+#[derive(Deserialize)]
+struct InbentaFile {
+    api_key: SecretRef,
     secret: Option<SecretRef>,
     domain_key: Option<SecretRef>,
     origin: Option<Value>,
     oauth_token: Option<SecretRef>,
     auth_url: Option<BaseUrl>,
-    token_url: Option<Url>,
-    client_id: Option<SecretRef>,
-    client_secret: Option<SecretRef>,
-    audience: Option<String>,
-    scope: Option<String>,
-    #[serde(default)]
-    client_auth: ClientAuth,
-    #[serde(default)]
-    body: BodyFormat,
-    #[serde(default = "secs::<3600>", deserialize_with = "via::<_, Timeout, _>")]
-    default_ttl: Duration,
-    token: Option<SecretRef>,
-    header: Option<Name>,
-    scheme: Option<Scheme>,
 }
 
+/// A credential's `type`; its number is its row in [`KEYS`] and [`NAMES`].
 #[derive(Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Type {
-    Inbenta,
-    OAuth2,
-    Static,
+    Inbenta = 1,
+    OAuth2 = 2,
+    Static = 3,
 }
 
-impl Type {
-    /// The type's name, and the keys it accepts besides [`COMMON_KEYS`].
-    fn keys(self) -> (&'static str, &'static str) {
-        match self {
-            Type::Inbenta => (
-                "inbenta",
-                "api_key secret domain_key origin oauth_token auth_url",
+/// Each type's keys; every type accepts the first row's.
+const KEYS: [&str; 4] = [
+    "type refresh_before headers renew_on_status allow_insecure_http timeout",
+    "api_key secret domain_key origin oauth_token auth_url",
+    "token_url client_id client_secret audience scope client_auth body default_ttl",
+    "token header scheme",
+];
+const NAMES: [&str; 4] = ["", "inbenta", "oauth2", "static"];
+
+/// Read `[credentials.NAME]` by its type's keys and rules; `src` names the lines.
+pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, ConfigError> {
+    let base = Key::new("credentials").then(name);
+    let common: Common = src.read(&base)?;
+    let (type_name, own) = (NAMES[common.kind as usize], KEYS[common.kind as usize]);
+    let accepted = |key: &String| KEYS[0].split(' ').chain(own.split(' ')).any(|k| k == key);
+    if let Some(key) = src.keys(&base).into_iter().find(|key| !accepted(key)) {
+        let all: Vec<&str> = KEYS.iter().flat_map(|keys| keys.split(' ')).collect();
+        let message = match all.contains(&key.as_str()) {
+            true => format!("key `{key}` is not valid for type {type_name}"),
+            false => format!(
+                "unknown key `{key}`, expected one of `{}`",
+                all.join("`, `")
             ),
-            Type::OAuth2 => (
-                "oauth2",
-                "token_url client_id client_secret audience scope client_auth body default_ttl",
-            ),
-            Type::Static => ("static", "token header scheme"),
-        }
+        };
+        return Err(src.error(&base.then(&key), message));
     }
-}
-
-/// The keys every type accepts.
-const COMMON_KEYS: &str = "type refresh_before headers renew_on_status allow_insecure_http timeout";
-
-impl CredentialFile {
-    /// Apply the rules of this credential's `type`; `src` names the lines.
-    pub(super) fn build(
-        self,
-        name: &str,
-        src: &Source<'_>,
-    ) -> Result<CredentialConfig, ConfigError> {
-        let base = Key::new("credentials").then(name);
-        let key = |field: &str| base.clone().then(field);
-        let (type_name, keys) = self.kind.keys();
-        let allowed = format!("{COMMON_KEYS} {keys}");
-        if let Some(other) =
-            (src.keys(&base).into_iter()).find(|k| !allowed.split(' ').any(|a| a == k))
-        {
-            let message = format!("key `{other}` is not valid for type {type_name}");
-            return Err(src.error(&key(&other), message));
+    let required = |mut e: ConfigError| {
+        if e.message.starts_with("missing key") {
+            e.message = format!("{} (required for type {type_name})", e.message);
         }
-        let missing = |field: &str| {
-            let message = format!("missing key `{field}` (required for type {type_name})");
-            src.error(&key(field), message)
-        };
-        let secret = |field: &str, value: Option<SecretRef>| {
-            let value = value.ok_or_else(|| missing(field))?;
-            Ok::<_, ConfigError>(src.secret(&key(field), value))
-        };
-        let table = format!("[{base}]");
-        let https =
-            |field: &str, url| src.https(&key(field), url, self.allow_insecure_http, &table);
-        let (kind, default_statuses) = match self.kind {
-            Type::Inbenta => {
-                let flow = match (self.secret, self.domain_key) {
-                    (Some(s), None) => InbentaKey::Secret(secret("secret", Some(s))?),
-                    (None, Some(d)) => InbentaKey::DomainKey(secret("domain_key", Some(d))?),
-                    (Some(_), Some(_)) => {
-                        return Err(src.error(
-                            &key("domain_key"),
-                            "set `secret` (API Secret flow) or `domain_key` (Domain Key flow), not both",
-                        ));
-                    }
-                    (None, None) => {
-                        return Err(src.error(
-                            &key("secret"),
-                            "missing key `secret` or `domain_key` (one is required for type inbenta)",
-                        ));
-                    }
-                };
-                if self.origin.is_some() && matches!(flow, InbentaKey::Secret(_)) {
-                    let message =
-                        "`origin` is only sent with `domain_key`; it is ignored with `secret`";
-                    src.warn(&key("origin"), message);
+        e
+    };
+    let secret = |field: &str, value| src.secret(&base.then(field), value);
+    let kind = match common.kind {
+        Type::Inbenta => {
+            let file: InbentaFile = src.read(&base).map_err(required)?;
+            let key = match (file.secret, file.domain_key) {
+                (Some(s), None) => InbentaKey::Secret(secret("secret", s)),
+                (None, Some(d)) => InbentaKey::DomainKey(secret("domain_key", d)),
+                (Some(_), Some(_)) => {
+                    let message = "set `secret` (API Secret flow) or `domain_key` (Domain Key \
+                                   flow), not both";
+                    return Err(src.error(&base.then("domain_key"), message));
                 }
-                let auth_url = match self.auth_url {
-                    Some(url) => https("auth_url", url.0)?,
-                    None => Uri::from_static("https://api.inbenta.io/v1"),
-                };
-                let inbenta = InbentaConfig {
-                    api_key: secret("api_key", self.api_key)?,
-                    key: flow,
-                    origin: self.origin.map(|v| v.0),
-                    oauth_token: self.oauth_token.map(|t| src.secret(&key("oauth_token"), t)),
-                    auth_url,
-                };
-                let statuses = vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN];
-                (CredentialKind::Inbenta(inbenta), statuses)
+                (None, None) => {
+                    let message = "missing key `secret` or `domain_key` (one is required for \
+                                   type inbenta)";
+                    return Err(src.error(&base.then("secret"), message));
+                }
+            };
+            if file.origin.is_some() && matches!(key, InbentaKey::Secret(_)) {
+                let message =
+                    "`origin` is only sent with `domain_key`; it is ignored with `secret`";
+                src.warn(&base.then("origin"), message);
             }
-            Type::OAuth2 => {
-                let token_url = self.token_url.ok_or_else(|| missing("token_url"))?;
-                let oauth2 = OAuth2Config {
-                    token_url: https("token_url", token_url.0)?,
-                    client_id: secret("client_id", self.client_id)?,
-                    client_secret: secret("client_secret", self.client_secret)?,
-                    audience: self.audience,
-                    scope: self.scope,
-                    client_auth: self.client_auth,
-                    body: self.body,
-                    default_ttl: self.default_ttl,
-                };
-                (
-                    CredentialKind::OAuth2(oauth2),
-                    vec![StatusCode::UNAUTHORIZED],
-                )
-            }
-            Type::Static => {
-                let fixed = StaticConfig {
-                    token: secret("token", self.token)?,
-                    header: self.header.map_or(http::header::AUTHORIZATION, |h| h.0),
-                    scheme: self.scheme.map_or_else(|| "Bearer".to_owned(), |s| s.0),
-                };
-                (
-                    CredentialKind::Static(fixed),
-                    vec![StatusCode::UNAUTHORIZED],
-                )
-            }
-        };
-        Ok(CredentialConfig {
-            name: name.to_owned(),
-            kind,
-            refresh_before: self.refresh_before,
-            headers: self.headers,
-            renew_on_status: self.renew_on_status.unwrap_or(default_statuses),
-            allow_insecure_http: self.allow_insecure_http,
-            timeout: self.timeout,
-        })
-    }
+            let auth_url = file.auth_url.map(|url| url.0);
+            CredentialKind::Inbenta(InbentaConfig {
+                api_key: secret("api_key", file.api_key),
+                key,
+                origin: file.origin.map(|v| v.0),
+                oauth_token: file.oauth_token.map(|t| secret("oauth_token", t)),
+                auth_url: auth_url.unwrap_or(Uri::from_static("https://api.inbenta.io/v1")),
+            })
+        }
+        Type::OAuth2 => {
+            let mut oauth2: OAuth2Config = src.read(&base).map_err(required)?;
+            oauth2.client_id = secret("client_id", oauth2.client_id);
+            oauth2.client_secret = secret("client_secret", oauth2.client_secret);
+            CredentialKind::OAuth2(oauth2)
+        }
+        Type::Static => {
+            let mut fixed: StaticConfig = src.read(&base).map_err(required)?;
+            fixed.token = secret("token", fixed.token);
+            CredentialKind::Static(fixed)
+        }
+    };
+    let rejected = match common.kind {
+        Type::Inbenta => vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
+        Type::OAuth2 | Type::Static => vec![StatusCode::UNAUTHORIZED],
+    };
+    Ok(CredentialConfig {
+        name: name.to_owned(),
+        kind,
+        refresh_before: common.refresh_before,
+        headers: common.headers,
+        renew_on_status: common.renew_on_status.unwrap_or(rejected),
+        allow_insecure_http: common.allow_insecure_http,
+        timeout: common.timeout,
+    })
 }

@@ -3,7 +3,7 @@
 //! `forward_proxy.hosts."api.example.com"`), which finds its own span in
 //! the parsed document.
 
-use std::fmt;
+use std::fmt::{self, Display};
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
@@ -16,14 +16,13 @@ pub struct ConfigError {
     pub path: PathBuf,
     /// 1-based line of the offending key, when known.
     pub line: Option<usize>,
-    /// Dotted key path such as `routes[0].upstream` or `credentials.pliant.token_url`
-    /// (empty for a syntax error outside any key).
+    /// Key path such as `routes[0].upstream` (empty for a syntax error outside any key).
     pub key: String,
     /// What is wrong, never containing a secret value.
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
+impl Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.path.display())?;
         if let Some(line) = self.line {
@@ -40,12 +39,7 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     /// `message` about `key` (empty for none) in the file at `path`.
-    pub fn new(
-        path: &Path,
-        line: Option<usize>,
-        key: impl fmt::Display,
-        message: impl fmt::Display,
-    ) -> Self {
+    pub fn new(path: &Path, line: Option<usize>, key: impl Display, message: impl Display) -> Self {
         let (path, key, message) = (path.to_path_buf(), key.to_string(), message.to_string());
         ConfigError {
             path,
@@ -55,6 +49,12 @@ impl ConfigError {
         }
     }
 }
+
+/// What reading a configuration gives, or the first problem found.
+pub(super) type Result<T> = std::result::Result<T, ConfigError>;
+
+/// A parsed document, or a value in it, with its span.
+pub(super) type Doc<'i> = Spanned<DeValue<'i>>;
 
 /// A key path, segment by segment; `Display` writes it as TOML would.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,70 +73,64 @@ impl Key {
     }
 
     /// The key `name` inside this one.
-    pub fn then(mut self, name: &str) -> Key {
-        self.0.push(Segment::Name(name.to_owned()));
-        self
+    pub fn then(&self, name: &str) -> Key {
+        Key([&self.0[..], &[Segment::Name(name.to_owned())]].concat())
     }
 
     /// Element `index` of this array.
-    pub fn at(mut self, index: usize) -> Key {
-        self.0.push(Segment::Index(index));
-        self
+    pub fn at(&self, index: usize) -> Key {
+        Key([&self.0[..], &[Segment::Index(index)]].concat())
     }
 
-    /// The path serde was at when it failed, without the private key
-    /// through which `toml::Spanned` reads its value.
-    pub(super) fn from_serde(path: &serde_path_to_error::Path) -> Key {
-        let mut key = Key::default();
-        for segment in path {
-            match segment {
-                serde_path_to_error::Segment::Seq { index } => key = key.at(*index),
-                serde_path_to_error::Segment::Map { key: name } if !name.starts_with("$__") => {
-                    key = key.then(name);
-                }
-                _ => {}
-            }
+    /// The key serde was at, `path` below this one, without the private
+    /// key through which `toml::Spanned` reads its value.
+    pub(super) fn join(&self, path: &serde_path_to_error::Path) -> Key {
+        use serde_path_to_error::Segment::{Map, Seq};
+        path.iter()
+            .fold(self.clone(), |key, segment| match segment {
+                Seq { index } => key.at(*index),
+                Map { key: name } if !name.starts_with("$__") => key.then(name),
+                _ => key,
+            })
+    }
+
+    /// How a message names the table at this key: `[admin]`, or `this
+    /// route (routes[0])` for an element of the one array of tables.
+    pub(super) fn table(&self) -> String {
+        match self.0.last() {
+            Some(Segment::Index(_)) => format!("this route ({self})"),
+            _ => format!("[{self}]"),
         }
-        key
     }
 
     /// This key's value in `doc` and `true`, or the nearest table or array
     /// that would hold it and `false`.
-    pub(super) fn find<'d, 'i>(
-        &self,
-        doc: &'d Spanned<DeValue<'i>>,
-    ) -> (&'d Spanned<DeValue<'i>>, bool) {
+    pub(super) fn find<'d, 'i>(&self, doc: &'d Doc<'i>) -> (&'d Doc<'i>, bool) {
         let mut at = doc;
         for segment in &self.0 {
             let next = match segment {
                 Segment::Name(name) => at.get_ref().get(name.as_str()),
                 Segment::Index(index) => at.get_ref().get(*index),
             };
-            match next {
-                Some(value) => at = value,
-                None => return (at, false),
-            }
+            let Some(value) = next else {
+                return (at, false);
+            };
+            at = value;
         }
         (at, true)
     }
 }
 
-impl fmt::Display for Key {
+impl Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bare = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
         for (i, segment) in self.0.iter().enumerate() {
+            let dot = if i == 0 { "" } else { "." };
             match segment {
                 Segment::Index(index) => write!(f, "[{index}]")?,
-                Segment::Name(name) => {
-                    let bare = !name.is_empty()
-                        && name
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                    let dot = if i == 0 { "" } else { "." };
-                    match bare {
-                        true => write!(f, "{dot}{name}")?,
-                        false => write!(f, "{dot}{name:?}")?,
-                    }
-                }
+                Segment::Name(name) if name.is_empty() => write!(f, "{dot}\"\"")?,
+                Segment::Name(name) if name.bytes().all(bare) => write!(f, "{dot}{name}")?,
+                Segment::Name(name) => write!(f, "{dot}{name:?}")?,
             }
         }
         Ok(())
@@ -145,9 +139,8 @@ impl fmt::Display for Key {
 
 /// The 1-based line holding byte `offset` of `text`.
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .split(|&b| b == b'\n')
-        .count()
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    before.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]

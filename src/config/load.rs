@@ -3,30 +3,29 @@
 //!
 //! [`parse`] parses the text, lets the types read themselves from it
 //! (`serde_path_to_error` says at which key one failed), then applies the
-//! rules between keys and tables: each credential's `type`, each route
-//! against the credentials and the routes before it, the forward proxy, and
-//! listen addresses that must be loopback or not shared. Secret references
+//! rules between tables (`rules`). Secret references
 //! and TLS files are only read by `preflight`, which `check` and `run` call
 //! before binding anything.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
-use super::credential::CredentialFile;
+use super::credential;
 use super::error::{ConfigError, Key};
-use super::route::{self, ForwardProxyConfig, RouteConfig};
-use super::secret::EnvSource;
+use super::route::{ForwardProxyConfig, RouteConfig};
+use super::rules;
 use super::source::Source;
 use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
 use super::value::{Dur, Timeout, bounded, secs, via};
+use crate::secret::EnvSource;
 
 /// The top level as written: the connection limits are three keys here,
-/// and credentials are still flat tables.
+/// and each credential is read by its type (`credential`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -53,7 +52,7 @@ struct File {
     #[serde(default)]
     tls: TlsConfig,
     #[serde(default)]
-    credentials: BTreeMap<String, CredentialFile>,
+    credentials: BTreeMap<String, IgnoredAny>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
     forward_proxy: Option<ForwardProxyConfig>,
@@ -67,16 +66,11 @@ fn header_bytes() -> usize {
     ConnLimits::PROXY.max_header_bytes
 }
 
-/// Read and validate the file at `path`. Secret references are not resolved
-/// here (see `preflight`).
+/// Read and validate the file at `path`; secrets are resolved later (`preflight`).
 pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            path,
-            None,
-            "",
-            format!("cannot read the configuration file: {e}"),
-        )
+        let message = format!("cannot read the configuration file: {e}");
+        ConfigError::new(path, None, "", message)
     })?;
     parse(&text, path, env)
 }
@@ -84,70 +78,34 @@ pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError>
 /// Validate `text` as if read from `path`.
 pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
     let src = Source::parse(path, text)?;
-    let de = toml::de::ValueDeserializer::from(src.doc.clone());
-    let file: File = serde_path_to_error::deserialize(de)
-        .map_err(|e| src.serde(Key::from_serde(e.path()), e.inner()))?;
+    let file: File = src.read(&Key::default())?;
     let mut credentials = BTreeMap::new();
-    for (name, credential) in file.credentials {
-        let credential = credential.build(&name, &src)?;
-        credentials.insert(name, credential);
+    for name in file.credentials.keys() {
+        credentials.insert(name.clone(), credential::read(name, &src)?);
     }
-    if let Some(admin) = &file.admin {
-        let (key, allowed) = (Key::new("admin").then("listen"), admin.allow_non_loopback);
-        src.loopback(&key, admin.listen, allowed, "[admin]")?;
-    }
-    let mut routes = file.routes;
-    route::routes(&mut routes, &credentials, &src)?;
-    if let Some(proxy) = &file.forward_proxy {
-        route::forward_proxy(proxy, &credentials, &src)?;
-    }
-    let config = Config {
+    let limits = ConnLimits {
+        max_connections: file.max_connections,
+        max_header_bytes: file.max_header_bytes,
+        idle_timeout: file.idle_timeout,
+    };
+    let ca_file = file.tls.ca_file.map(|file| src.file(&file));
+    let mut config = Config {
         path: path.to_path_buf(),
         shutdown_grace: file.shutdown_grace,
-        limits: ConnLimits {
-            max_connections: file.max_connections,
-            max_header_bytes: file.max_header_bytes,
-            idle_timeout: file.idle_timeout,
-        },
+        limits,
         admin: file.admin,
         log: file.log,
-        tls: TlsConfig {
-            ca_file: file.tls.ca_file.map(|file| src.file(&file)),
-        },
+        tls: TlsConfig { ca_file },
         credentials,
-        routes,
+        routes: file.routes,
         forward_proxy: file.forward_proxy,
         env,
         text: Text(text.into()),
-        warnings: src.warnings.take(),
+        warnings: Vec::new(),
     };
-    shared_addresses(&config, &src)?;
+    rules::apply(&mut config, &src)?;
+    config.warnings = src.warnings.take();
     Ok(config)
-}
-
-/// `[admin]` and `[forward_proxy]` need listeners of their own: refuse an
-/// address a route (or the other one) already uses. Port 0 never collides.
-fn shared_addresses(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
-    let mut taken: Vec<(SocketAddr, String)> = (config.routes.iter().enumerate())
-        .map(|(index, route)| (route.listen, format!("routes[{index}]")))
-        .collect();
-    let own = [
-        config
-            .forward_proxy
-            .as_ref()
-            .map(|p| (p.listen, "forward_proxy")),
-        config.admin.as_ref().map(|a| (a.listen, "admin")),
-    ];
-    for (addr, table) in own.into_iter().flatten() {
-        if addr.port() != 0
-            && let Some((_, owner)) = taken.iter().find(|(other, _)| *other == addr)
-        {
-            let message = format!("{addr} is already the listen address of {owner}");
-            return Err(src.error(&Key::new(table).then("listen"), message));
-        }
-        taken.push((addr, table.to_owned()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -159,9 +117,10 @@ mod tests {
 
     use super::*;
     use crate::config::{
-        BodyFormat, ClientAuth, CredentialKind, InbentaKey, Key, LogFormat, SecretRef, Upstream,
-        parse_duration, secret::MapEnv,
+        BodyFormat, ClientAuth, CredentialKind, InbentaKey, Key, LogFormat, Upstream,
+        parse_duration,
     };
+    use crate::secret::{MapEnv, SecretRef};
 
     const FILE: &str = "/etc/sidekey/sidekey.toml";
 
@@ -469,7 +428,7 @@ body_timeout = "7s"
         assert_eq!(url.to_string(), "http://127.0.0.1:9000/base");
 
         let proxy = config.forward_proxy.as_ref().unwrap();
-        let inbenta = crate::config::ForwardHost::parse("api.inbenta.io").unwrap();
+        let inbenta = crate::host::ForwardHost::parse("api.inbenta.io").unwrap();
         assert_eq!(proxy.hosts[&inbenta], "i");
         assert_eq!(proxy.connect_timeout, Duration::from_secs(4));
         assert_eq!(proxy.request_timeout, Duration::from_secs(5));

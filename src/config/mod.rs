@@ -5,16 +5,15 @@
 //! [`load`]) then applies the rules between keys and tables. Every refusal
 //! is a [`ConfigError`] naming file, line and key. Credentials live in
 //! `credential`, routes and the forward proxy in `route`, the top level and
-//! small tables in `top`, secret references in [`secret`], forward-proxy
-//! host keys in [`host`]. `Debug` output of anything here never shows a
-//! secret.
+//! small tables in `top`; forward-proxy host keys are [`crate::host`]'s,
+//! secret references [`crate::secret`]'s. `Debug` output of anything here
+//! never shows a secret.
 
 mod credential;
 mod error;
-pub mod host;
 mod load;
 mod route;
-pub mod secret;
+mod rules;
 mod source;
 mod top;
 mod value;
@@ -24,9 +23,7 @@ pub use credential::{
     OAuth2Config, StaticConfig,
 };
 pub use error::{ConfigError, Key};
-pub use host::ForwardHost;
 pub use load::{load, parse};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
-pub use secret::{EnvSource, ProcessEnv, Secret, SecretError, SecretRef};
 pub use top::{AdminConfig, Config, ConnLimits, LogConfig, LogFormat, Text, TlsConfig};
 pub use value::parse_duration;

@@ -1,9 +1,6 @@
-//! `[[routes]]` and `[forward_proxy]`: where the app's requests go. Owns the
-//! route and forward-proxy types, their defaults (name, `path_prefix`, the
-//! connect/request/body timeouts), and the rules between keys and tables:
-//! `upstream` or `inbenta_api`, https unless `allow_insecure_http`, loopback
-//! unless `allow_non_loopback`, credentials that exist, and routes that
-//! collide (same listener and prefix, disagreeing `tls`, a name used twice).
+//! `[[routes]]` and `[forward_proxy]`: where the app's requests go. Owns
+//! their types and defaults (name, `path_prefix`, the connect/request/body
+//! timeouts); the rules between their keys and other tables are `rules`'.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,13 +10,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
-use super::credential::{CredentialConfig, CredentialKind};
-use super::error::{ConfigError, Key};
-use super::host::ForwardHost;
-use super::source::Source;
-use super::value::{
-    BaseUrl, File, Headers, Listen, NonEmpty, Prefix, ServerName, Timeout, secs, via, via_some,
-};
+use super::value::{BaseUrl, File, Headers, Listen, NonEmpty, Prefix, ServerName, Timeout};
+use super::value::{secs, via, via_some};
+use crate::host::ForwardHost;
 
 /// `[[routes]]`: where the app's requests go.
 #[derive(Clone, Debug, Deserialize)]
@@ -40,10 +33,10 @@ pub struct RouteConfig {
         default,
         deserialize_with = "via_some::<_, BaseUrl, _>"
     )]
-    url: Option<Uri>,
+    pub(super) url: Option<Uri>,
     /// `inbenta_api` as written, moved into [`Self::upstream`] by the loader.
     #[serde(default, deserialize_with = "via_some::<_, NonEmpty, _>")]
-    inbenta_api: Option<String>,
+    pub(super) inbenta_api: Option<String>,
     /// `credential`: the name of a `[credentials.NAME]` table.
     pub credential: String,
     /// `path_prefix` (default `/`), always starting with `/`.
@@ -61,11 +54,8 @@ pub struct RouteConfig {
     /// `request_timeout` (default 60s): until the upstream's response head arrives.
     #[serde(default = "secs::<60>", deserialize_with = "via::<_, Timeout, _>")]
     pub request_timeout: Duration,
-    /// `body_timeout` (default 60s): longest pause between two pieces of a
-    /// body, the app's request body or the upstream's response body. A live
-    /// sender never goes silent this long mid-body, while a peer that stalls
-    /// is let go within a minute (nginx's `client_body_timeout` and
-    /// `proxy_read_timeout` are the same).
+    /// `body_timeout` (default 60s): longest pause between two pieces of the app's request
+    /// body or the upstream's response body (nginx's `client_body_timeout`, `proxy_read_timeout`).
     #[serde(default = "secs::<60>", deserialize_with = "via::<_, Timeout, _>")]
     pub body_timeout: Duration,
     /// `tls`: serve HTTPS on this listener.
@@ -98,7 +88,7 @@ fn root() -> String {
 }
 
 /// `tls = { cert, key }` on a route: serve HTTPS.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct ListenerTls {
     /// PEM certificate chain.
@@ -111,16 +101,16 @@ pub struct ListenerTls {
 
 /// `upstream_tls = { client_cert, client_key, server_name }`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct UpstreamTls {
     /// PEM client certificate chain (mTLS).
-    #[serde(default, deserialize_with = "via_some::<_, File, _>")]
+    #[serde(deserialize_with = "via_some::<_, File, _>")]
     pub client_cert: Option<PathBuf>,
     /// PEM client private key (mTLS).
-    #[serde(default, deserialize_with = "via_some::<_, File, _>")]
+    #[serde(deserialize_with = "via_some::<_, File, _>")]
     pub client_key: Option<PathBuf>,
     /// SNI / verification name instead of the upstream's host.
-    #[serde(default, deserialize_with = "via_some::<_, ServerName, _>")]
+    #[serde(deserialize_with = "via_some::<_, ServerName, _>")]
     pub server_name: Option<String>,
 }
 
@@ -131,8 +121,7 @@ pub struct ForwardProxyConfig {
     /// `listen`.
     #[serde(deserialize_with = "via::<_, Listen, _>")]
     pub listen: SocketAddr,
-    /// `hosts`: (host, port) → credential name. Only these get credentials;
-    /// see [`ForwardHost`] for what a key matches.
+    /// `hosts`: (host, port) → credential name; see [`ForwardHost`] for what a key matches.
     #[serde(default)]
     pub hosts: BTreeMap<ForwardHost, String>,
     /// `allow_non_loopback`.
@@ -149,179 +138,14 @@ pub struct ForwardProxyConfig {
     pub body_timeout: Duration,
 }
 
-type Credentials = BTreeMap<String, CredentialConfig>;
-
-/// Check each route against the credentials and the routes before it;
-/// resolve its upstream, default name and file paths.
-pub(super) fn routes(
-    routes: &mut [RouteConfig],
-    credentials: &Credentials,
-    src: &Source<'_>,
-) -> Result<(), ConfigError> {
-    for index in 0..routes.len() {
-        let (earlier, rest) = routes.split_at_mut(index);
-        let route = &mut rest[0];
-        let base = Key::new("routes").at(index);
-        let key = |field: &str| base.clone().then(field);
-        let table = format!("this route ({base})");
-        src.loopback(
-            &key("listen"),
-            route.listen,
-            route.allow_non_loopback,
-            &table,
-        )?;
-        let Some(credential) = credentials.get(&route.credential) else {
-            let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
-            let known = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            };
-            let message = format!(
-                "no credential named `{}` (defined: {known})",
-                route.credential
-            );
-            return Err(src.error(&key("credential"), message));
-        };
-        let inbenta = matches!(credential.kind, CredentialKind::Inbenta(_));
-        route.upstream = match (route.url.take(), route.inbenta_api.take()) {
-            (Some(url), None) => {
-                let url = src.https(&key("upstream"), url, route.allow_insecure_http, &table)?;
-                Upstream::Url(url)
-            }
-            (None, Some(api)) if inbenta => Upstream::InbentaApi(api),
-            (None, Some(_)) => {
-                let message = format!(
-                    "`inbenta_api` needs a credential of type inbenta; `{}` is not",
-                    credential.name
-                );
-                return Err(src.error(&key("inbenta_api"), message));
-            }
-            (Some(_), Some(_)) => {
-                let message = "set `upstream` or `inbenta_api`, not both";
-                return Err(src.error(&key("inbenta_api"), message));
-            }
-            (None, None) => {
-                let message = "missing key `upstream` (or `inbenta_api`)";
-                return Err(src.error(&key("upstream"), message));
-            }
-        };
-        if route.name.is_empty() {
-            route.name = format!("{}{}", route.listen, route.path_prefix);
-        }
-        if let Some(tls) = &mut route.tls {
-            tls.cert = src.file(&tls.cert);
-            tls.key = src.file(&tls.key);
-        }
-        if let Some(up) = &mut route.upstream_tls {
-            if up.client_cert.is_some() != up.client_key.is_some() {
-                let message = "set both `client_cert` and `client_key`, or neither";
-                return Err(src.error(&key("upstream_tls"), message));
-            }
-            up.client_cert = up.client_cert.as_deref().map(|f| src.file(f));
-            up.client_key = up.client_key.as_deref().map(|f| src.file(f));
-        }
-        conflicts(route, earlier, &base, src)?;
-    }
-    Ok(())
-}
-
-/// A route against the routes before it: same listener and prefix, a
-/// listener whose `tls` disagrees, or a name already used.
-fn conflicts(
-    route: &RouteConfig,
-    earlier: &[RouteConfig],
-    base: &Key,
-    src: &Source<'_>,
-) -> Result<(), ConfigError> {
-    let written = |field: &str| {
-        let key = base.clone().then(field);
-        if src.written(&key) {
-            key
-        } else {
-            base.clone().then("listen")
-        }
-    };
-    for (index, other) in earlier.iter().enumerate() {
-        if other.listen == route.listen && other.path_prefix == route.path_prefix {
-            let message = format!(
-                "routes[{index}] already serves path_prefix `{}` on {}",
-                route.path_prefix, route.listen
-            );
-            return Err(src.error(&written("path_prefix"), message));
-        }
-        let same_tls = match (&other.tls, &route.tls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => a.cert == b.cert && a.key == b.key,
-            _ => false,
-        };
-        if other.listen == route.listen && !same_tls {
-            let message = format!(
-                "routes sharing the listen address {} must use the same `tls`; this one \
-                 differs from routes[{index}]",
-                route.listen
-            );
-            return Err(src.error(&base.clone().then("tls"), message));
-        }
-    }
-    if let Some(index) = earlier.iter().position(|other| other.name == route.name) {
-        let line = src.line(&Key::new("routes").at(index));
-        let message = format!(
-            "route name `{}` is already used by routes[{index}] (line {line})",
-            route.name
-        );
-        return Err(src.error(&written("name"), message));
-    }
-    Ok(())
-}
-
-/// `[forward_proxy]`: a loopback listener, `hosts` keys that name a
-/// credential that exists and a host and port no other key names.
-pub(super) fn forward_proxy(
-    proxy: &ForwardProxyConfig,
-    credentials: &Credentials,
-    src: &Source<'_>,
-) -> Result<(), ConfigError> {
-    let (listen, allowed) = (
-        Key::new("forward_proxy").then("listen"),
-        proxy.allow_non_loopback,
-    );
-    src.loopback(&listen, proxy.listen, allowed, "[forward_proxy]")?;
-    let table = Key::new("forward_proxy").then("hosts");
-    let mut seen: Vec<ForwardHost> = Vec::new();
-    for written in src.keys(&table) {
-        let key = table.clone().then(&written);
-        let Ok(host) = ForwardHost::parse(&written) else {
-            continue;
-        };
-        let port = host.request_port();
-        if let Some(other) = seen
-            .iter()
-            .find(|o| o.host == host.host && o.request_port() == port)
-        {
-            let message = format!(
-                "`{written}` names the same host and port as `{other}` (host names ignore \
-                 case; a key without a port means port 80)"
-            );
-            return Err(src.error(&key, message));
-        }
-        match proxy.hosts.get(&host) {
-            Some(name) if !credentials.contains_key(name) => {
-                return Err(src.error(&key, format!("no credential named `{name}`")));
-            }
-            _ => seen.push(host),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    use crate::config::secret::MapEnv;
-    use crate::config::{ForwardHost, parse};
+    use crate::config::parse;
+    use crate::host::ForwardHost;
+    use crate::secret::MapEnv;
 
     /// A config whose `[forward_proxy]` has `hosts` on line 9.
     fn with_hosts(hosts: &str) -> String {

@@ -3,34 +3,35 @@
 //! table holding it when the key is missing), turns a `toml` or serde error
 //! into a [`ConfigError`], resolves relative paths against the file's
 //! directory, collects warnings (a secret written literally), named like
-//! errors, and applies the two rules several tables share: https unless
+//! errors, and states the two rules several tables share: https unless
 //! `allow_insecure_http`, loopback unless `allow_non_loopback`.
 
 use std::cell::RefCell;
-use std::fmt;
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use http::Uri;
+use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::DeValue;
+use toml::de::{DeTable, DeValue};
 
-use super::error::{ConfigError, Key, line_of};
-use super::secret::SecretRef;
+use super::error::{ConfigError, Doc, Key, Result, line_of};
+use crate::secret::SecretRef;
 
 /// One configuration file, parsed.
 pub(super) struct Source<'a> {
     pub path: &'a Path,
     pub text: &'a str,
-    pub doc: Spanned<DeValue<'a>>,
+    pub doc: Doc<'a>,
     /// What is accepted but deserves a word, in the order found.
     pub warnings: RefCell<Vec<ConfigError>>,
 }
 
 impl<'a> Source<'a> {
     /// Parse `text`; a syntax error is named by its line.
-    pub fn parse(path: &'a Path, text: &'a str) -> Result<Source<'a>, ConfigError> {
-        let doc = toml::de::DeTable::parse(text).map_err(|error| {
+    pub fn parse(path: &'a Path, text: &'a str) -> Result<Source<'a>> {
+        let doc = DeTable::parse(text).map_err(|error| {
             let line = error.span().map(|span| line_of(text, span.start));
             ConfigError::new(path, line, "", error.message().trim())
         })?;
@@ -45,7 +46,7 @@ impl<'a> Source<'a> {
     }
 
     /// `message` about `key`, on the line of its value.
-    pub fn error(&self, key: &Key, message: impl fmt::Display) -> ConfigError {
+    pub fn error(&self, key: &Key, message: impl Display) -> ConfigError {
         ConfigError::new(self.path, Some(self.line(key)), key, message)
     }
 
@@ -55,34 +56,33 @@ impl<'a> Source<'a> {
     }
 
     /// Accept `key` but say `message` about it.
-    pub fn warn(&self, key: &Key, message: impl fmt::Display) {
+    pub fn warn(&self, key: &Key, message: impl Display) {
         self.warnings.borrow_mut().push(self.error(key, message));
-    }
-
-    /// Whether `key` is written in the file.
-    pub fn written(&self, key: &Key) -> bool {
-        key.find(&self.doc).1
     }
 
     /// The keys written in table `key`.
     pub fn keys(&self, key: &Key) -> Vec<String> {
-        match key.find(&self.doc) {
-            (value, true) => value.get_ref().as_table().map_or_else(Vec::new, |table| {
-                table.keys().map(|k| k.get_ref().to_string()).collect()
-            }),
-            (_, false) => Vec::new(),
-        }
+        let table = match key.find(&self.doc) {
+            (value, true) => value.get_ref().as_table(),
+            (_, false) => None,
+        };
+        let keys = table.into_iter().flat_map(|table| table.keys());
+        keys.map(|key| key.get_ref().to_string()).collect()
+    }
+
+    /// The value at `key` (the whole file for the empty key), read as `T`.
+    pub fn read<T: DeserializeOwned>(&self, key: &Key) -> Result<T> {
+        let de = toml::de::ValueDeserializer::from(key.find(&self.doc).0.clone());
+        serde_path_to_error::deserialize(de).map_err(|e| self.serde(key.join(e.path()), e.inner()))
     }
 
     /// A `toml` or serde error at `key` (the path serde was at): the line of
     /// its span, and the key a "missing field" names. serde says "field"
     /// where a TOML file has keys, "variant" where it has a value, and
     /// "i64" where it has an integer.
-    pub fn serde(&self, mut key: Key, error: &toml::de::Error) -> ConfigError {
-        let mut message = error
-            .message()
-            .trim()
-            .replace("expected i64", "expected an integer");
+    fn serde(&self, mut key: Key, error: &toml::de::Error) -> ConfigError {
+        let message = error.message().trim();
+        let mut message = message.replace("expected i64", "expected an integer");
         for (serde, ours) in [
             ("missing field ", "missing key "),
             ("unknown field ", "unknown key "),
@@ -122,43 +122,33 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// `url` at `key`, refused if it is `http://` and `table` does not allow it.
-    pub fn https(
-        &self,
-        key: &Key,
-        url: Uri,
-        allowed: bool,
-        table: &str,
-    ) -> Result<Uri, ConfigError> {
+    /// Refuse an `http://` `url` at `table.field` unless the table allows it.
+    pub fn https(&self, table: &Key, (field, url): (&str, &Uri), allowed: bool) -> Result<()> {
         if url.scheme_str() != Some("http") || allowed {
-            return Ok(url);
+            return Ok(());
         }
         let message = format!(
             "`http://` sends credentials in clear text; use https:// or set \
-             `allow_insecure_http = true` in {table}"
+             `allow_insecure_http = true` in {}",
+            table.table()
         );
-        Err(self.error(key, message))
+        Err(self.error(&table.then(field), message))
     }
 
-    /// Refuse listen address `addr` at `key` outside loopback unless `table` allows it.
-    pub fn loopback(
-        &self,
-        key: &Key,
-        addr: SocketAddr,
-        allowed: bool,
-        table: &str,
-    ) -> Result<(), ConfigError> {
+    /// Refuse `table`'s listen address `addr` outside loopback unless the table allows it.
+    pub fn loopback(&self, table: &Key, addr: SocketAddr, allowed: bool) -> Result<()> {
         if addr.ip().is_loopback() || allowed {
             return Ok(());
         }
-        let risk = match table {
-            "[admin]" => "would expose readiness and metrics beyond this host",
-            _ => "anyone who can reach it can spend the credential",
+        let risk = match *table == Key::new("admin") {
+            true => "would expose readiness and metrics beyond this host",
+            false => "anyone who can reach it can spend the credential",
         };
         let message = format!(
-            "{addr} is not a loopback address and {risk}; set `allow_non_loopback = true` \
-             in {table} to permit it"
+            "{addr} is not a loopback address and {risk}; set `allow_non_loopback = true` in {} \
+             to permit it",
+            table.table()
         );
-        Err(self.error(key, message))
+        Err(self.error(&table.then("listen"), message))
     }
 }

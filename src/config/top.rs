@@ -13,20 +13,18 @@ use serde::Deserialize;
 use super::credential::CredentialConfig;
 use super::error::{ConfigError, Key};
 use super::route::{ForwardProxyConfig, RouteConfig};
-use super::secret::EnvSource;
 use super::source::Source;
 use super::value::{File, Level, Listen, via, via_some};
+use crate::secret::EnvSource;
 
 /// The whole configuration of one sidekey process.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The file this configuration was read from (used for reload and messages).
+    /// The file this configuration was read from (for reload and messages).
     pub path: PathBuf,
     /// How long SIGTERM/SIGINT waits for in-flight requests (`shutdown_grace`, default 20s).
     pub shutdown_grace: Duration,
-    /// What one app connection may hold, and how many there may be, across
-    /// every route listener and the forward proxy (`max_connections`,
-    /// `max_header_bytes`, `idle_timeout`).
+    /// `max_connections`, `max_header_bytes`, `idle_timeout`: across route listeners and forward proxy.
     pub limits: ConnLimits,
     /// `[admin]`: /healthz, /readyz, /metrics. `None` when the table is absent.
     pub admin: Option<AdminConfig>,
@@ -42,17 +40,22 @@ pub struct Config {
     pub forward_proxy: Option<ForwardProxyConfig>,
     /// Where `{ env = … }` secret references are looked up.
     pub env: Arc<dyn EnvSource>,
-    /// The text the configuration was read from, so that later checks can
-    /// name a key's line ([`Config::key_error`]).
+    /// The file's text, so that later checks can name a key's line ([`Config::key_error`]).
     pub text: Text,
-    /// What the file does that is accepted but deserves a word (a secret
-    /// written literally), named like errors. The loader logs nothing: it
-    /// runs before logging is set up, so its callers report these.
+    /// What is accepted but deserves a word (a literal secret), named like errors; the
+    /// loader runs before logging is set up, so its callers report these.
     pub warnings: Vec<ConfigError>,
 }
 
-/// A configuration file's text. `Debug` shows only its length: a secret
-/// may be written in it literally.
+impl Config {
+    /// An error about `key` (such as `routes[0].tls.cert`), on the line that writes it.
+    pub fn key_error(&self, key: &Key, error: impl fmt::Display) -> ConfigError {
+        let line = Source::parse(&self.path, &self.text.0).map(|src| src.line(key));
+        ConfigError::new(&self.path, line.ok(), key, error)
+    }
+}
+
+/// A configuration file's text; `Debug` shows only its length (it may hold a literal secret).
 #[derive(Clone, Default)]
 pub struct Text(pub Arc<str>);
 
@@ -60,23 +63,6 @@ impl fmt::Debug for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "<{} bytes>", self.0.len())
     }
-}
-
-/// `[admin]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub struct AdminConfig {
-    /// Address of the admin listener.
-    #[serde(deserialize_with = "via::<_, Listen, _>")]
-    pub listen: SocketAddr,
-    /// `allow_non_loopback`: permit a listen address outside loopback.
-    #[serde(default)]
-    pub allow_non_loopback: bool,
-    /// Limits of the admin listener. Not configuration keys: fixed at
-    /// [`ConnLimits::ADMIN`] (a few probes and a scraper need little), and
-    /// only code (tests) changes them.
-    #[serde(skip, default = "ConnLimits::admin")]
-    pub limits: ConnLimits,
 }
 
 /// Connection limits of one kind of listener.
@@ -107,10 +93,25 @@ impl ConnLimits {
         max_header_bytes: 8 * 1024,
         idle_timeout: Duration::from_secs(10),
     };
+}
 
-    fn admin() -> ConnLimits {
-        ConnLimits::ADMIN
-    }
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    #[serde(deserialize_with = "via::<_, Listen, _>")]
+    pub listen: SocketAddr,
+    /// `allow_non_loopback`: permit a listen address outside loopback.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// The admin listener's limits: [`ConnLimits::ADMIN`], not keys; only code (tests) changes them.
+    #[serde(skip, default = "admin_limits")]
+    pub limits: ConnLimits,
+}
+
+fn admin_limits() -> ConnLimits {
+    ConnLimits::ADMIN
 }
 
 /// `[log]`.
@@ -127,10 +128,8 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         let level = "info".to_owned();
-        LogConfig {
-            level,
-            format: LogFormat::Text,
-        }
+        let format = LogFormat::Text;
+        LogConfig { level, format }
     }
 }
 
@@ -152,13 +151,4 @@ pub struct TlsConfig {
     /// PEM bundle added to the system/webpki roots.
     #[serde(default, deserialize_with = "via_some::<_, File, _>")]
     pub ca_file: Option<PathBuf>,
-}
-
-impl Config {
-    /// An error about `key` (such as `credentials.pliant.client_secret`), on
-    /// the line where the file writes it.
-    pub fn key_error(&self, key: &Key, error: impl fmt::Display) -> ConfigError {
-        let line = Source::parse(&self.path, &self.text.0).map(|src| src.line(key));
-        ConfigError::new(&self.path, line.ok(), key, error)
-    }
 }

@@ -4,7 +4,7 @@
 //! `Deserialize` says what is wrong with a value; the loader adds file, line
 //! and key. Fields of the public types read them through [`via`].
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -24,19 +24,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: f64 = number.parse().map_err(|_| {
         format!("`{text}` is not a duration like \"750ms\", \"30s\", \"5m\" or \"24h\"")
     })?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86400.0,
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
         _ => {
             return Err(format!(
                 "`{text}` has unknown unit `{unit}` (use ms, s, m, h or d)"
             ));
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("`{text}` is out of range"))
 }
 
 /// For `deserialize_with`: read newtype `N`, keep what it holds.
@@ -91,8 +91,7 @@ from_text! {
     /// A listen address, `IP:PORT`.
     Listen(SocketAddr) = |text| SocketAddr::from_str(text)
         .map_err(|_| format!("`{text}` is not an IP:PORT address such as \"127.0.0.1:8080\""));
-    /// An absolute `http(s)://` URL (whether `http` is allowed depends on a
-    /// sibling key and is checked later).
+    /// An absolute `http(s)://` URL (whether `http` is allowed is a rule between keys).
     Url(Uri) = url;
     /// An absolute URL below which paths are joined: no query, no trailing `/`.
     BaseUrl(Uri) = |text| {
@@ -107,7 +106,7 @@ from_text! {
             .map_err(|e| format!("`{text}` is not a valid URL: {e}"))
     };
     /// A header name.
-    #[derive(PartialEq, Eq)]
+    #[derive(PartialEq, Eq, Hash)]
     Name(HeaderName) = |text| HeaderName::from_str(text)
         .map_err(|_| format!("`{text}` is not a valid header name"));
     /// A header value.
@@ -205,26 +204,15 @@ pub(super) fn statuses<'de, D: Deserializer<'de>>(
     statuses.map(Some).map_err(de::Error::custom)
 }
 
-/// `headers = { "X-Name" = "value" }`.
+/// `headers = { "X-Name" = "value" }`, in the order of their names.
 #[derive(Deserialize)]
-pub(super) struct Headers(BTreeMap<Name, Value>);
+pub(super) struct Headers(HashMap<Name, Value>);
 
 impl From<Headers> for Vec<(HeaderName, HeaderValue)> {
     fn from(headers: Headers) -> Self {
-        headers.0.into_iter().map(|(n, v)| (n.0, v.0)).collect()
-    }
-}
-
-/// Header names are map keys: ordered by their text.
-impl Ord for Name {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.as_str().cmp(other.0.as_str())
-    }
-}
-
-impl PartialOrd for Name {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+        let mut headers: Vec<_> = headers.0.into_iter().map(|(n, v)| (n.0, v.0)).collect();
+        headers.sort_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
+        headers
     }
 }
 

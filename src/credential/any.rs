@@ -12,7 +12,8 @@ use super::oauth2::OAuth2Provider;
 use super::provider::{FetchError, Provider, Token};
 use super::static_token::StaticProvider;
 use super::token_client::TokenClient;
-use crate::config::{CredentialConfig, CredentialKind, EnvSource};
+use crate::config::{CredentialConfig, CredentialKind};
+use crate::secret::EnvSource;
 use crate::tls::TlsError;
 
 /// Any configured provider: static dispatch over the credential types.

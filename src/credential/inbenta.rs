@@ -52,7 +52,8 @@ use super::token_client::{
     TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header, transient,
     unix_now, unix_time_field,
 };
-use crate::config::{EnvSource, InbentaConfig, InbentaKey, Secret};
+use crate::config::{InbentaConfig, InbentaKey};
+use crate::secret::{EnvSource, Secret};
 
 /// `x-inbenta-key`.
 const X_INBENTA_KEY: HeaderName = HeaderName::from_static("x-inbenta-key");

@@ -41,7 +41,8 @@ use super::token_client::{
     MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header,
     transient, unix_now,
 };
-use crate::config::{BodyFormat, ClientAuth, EnvSource, OAuth2Config, Secret};
+use crate::config::{BodyFormat, ClientAuth, OAuth2Config};
+use crate::secret::{EnvSource, Secret};
 
 /// Obtains tokens with the client credentials grant.
 pub struct OAuth2Provider {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 
-use crate::config::{Secret, SecretError};
+use crate::secret::{Secret, SecretError};
 
 /// Inbenta product name (`chatbot`, `search`, …) → base URL, from the auth response's `apis`.
 pub type ApiMap = HashMap<String, Uri>;

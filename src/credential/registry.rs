@@ -15,8 +15,9 @@ use super::any::AnyProvider;
 use super::engine;
 use super::handle::{CredentialHandle, EngineSettings};
 use super::provider::{FetchError, Provider, Token};
-use crate::config::{Config, CredentialConfig, EnvSource};
+use crate::config::{Config, CredentialConfig};
 use crate::metrics::Metrics;
+use crate::secret::{EnvSource, SecretRef};
 use crate::tls::TlsError;
 
 /// One running credential: the handle requests read, its renewal task, and
@@ -53,12 +54,13 @@ impl Origin {
         env: &dyn EnvSource,
         roots: &RootCertStore,
     ) -> bool {
+        let same_value = |(_, secret): &(&str, &SecretRef)| match secret {
+            SecretRef::Env(name) => self.env.var(name) == env.var(name),
+            SecretRef::File(_) | SecretRef::Literal(_) => true,
+        };
         self.config == *config
             && self.roots.roots == roots.roots
-            && config
-                .env_vars()
-                .iter()
-                .all(|name| self.env.var(name) == env.var(name))
+            && config.secret_refs().iter().all(same_value)
     }
 }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 use super::provider::{FetchError, Provider, Token};
-use crate::config::{EnvSource, SecretError, SecretRef, StaticConfig};
+use crate::config::StaticConfig;
+use crate::secret::{EnvSource, SecretError, SecretRef};
 
 /// How often a `{ file = … }` token is read again.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -84,8 +85,7 @@ impl Provider for StaticProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
-    use crate::config::secret::MapEnv;
+    use crate::secret::{MapEnv, Secret};
 
     fn provider(token: SecretRef, header: &str, scheme: &str) -> StaticProvider {
         let config = StaticConfig {

@@ -175,7 +175,7 @@ pub fn build_generation(
                         body_timeout: forward.body_timeout,
                     },
                 );
-                hosts.insert(&host.host, host.request_port(), Arc::new(route));
+                hosts.insert(host, Arc::new(route));
             }
             Some(Arc::new(Dispatch::Forward(hosts)))
         }

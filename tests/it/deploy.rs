@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_yaml_ng::Value;
-use sidekey::config::secret::MapEnv;
-use sidekey::config::{Config, CredentialKind, InbentaKey, SecretRef};
+use sidekey::config::{Config, CredentialKind, InbentaKey};
+use sidekey::secret::{MapEnv, SecretRef};
 
 const MANIFEST: &str = "deploy/kubernetes/sidecar.yaml";
 const UNIT: &str = "deploy/systemd/sidekey.service";

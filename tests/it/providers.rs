@@ -11,14 +11,12 @@ use http::StatusCode;
 use rustls::RootCertStore;
 use serde_json::json;
 
-use sidekey::config::secret::MapEnv;
-use sidekey::config::{
-    BodyFormat, ClientAuth, EnvSource, InbentaConfig, InbentaKey, OAuth2Config, SecretRef,
-};
+use sidekey::config::{BodyFormat, ClientAuth, InbentaConfig, InbentaKey, OAuth2Config};
 use sidekey::credential::inbenta::InbentaProvider;
 use sidekey::credential::oauth2::OAuth2Provider;
 use sidekey::credential::token_client::TokenClient;
 use sidekey::credential::{FetchError, Provider, Token};
+use sidekey::secret::{EnvSource, MapEnv, SecretRef};
 
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{
@@ -1026,13 +1024,13 @@ async fn debug_output_shows_no_secret() {
     .await;
     let oauth_server = OAuthServer::start(OAuthBehaviour::default()).await;
     let mut config = inbenta_config(&inbenta_server.url());
-    config.oauth_token = Some(SecretRef::Literal(sidekey::config::Secret::new(
+    config.oauth_token = Some(SecretRef::Literal(sidekey::secret::Secret::new(
         "oauth-value",
     )));
     let inbenta_provider = InbentaProvider::new(&config, plain_client(), inbenta_env());
     let mut oauth_cfg = oauth_config(&oauth_server, ClientAuth::Basic, BodyFormat::Form);
     oauth_cfg.client_secret =
-        SecretRef::Literal(sidekey::config::Secret::new("test-client-secret"));
+        SecretRef::Literal(sidekey::secret::Secret::new("test-client-secret"));
     let oauth_provider = OAuth2Provider::new(&oauth_cfg, plain_client(), oauth_env());
 
     let inbenta_token = inbenta_provider.fetch(None).await.unwrap();

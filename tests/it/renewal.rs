@@ -18,14 +18,14 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use sidekey::config::secret::MapEnv;
-use sidekey::config::{Secret, SecretRef, StaticConfig};
+use sidekey::config::StaticConfig;
 use sidekey::credential::static_token::StaticProvider;
 use sidekey::credential::{
     CredentialHandle, CredentialStatus, Credentials, EngineSettings, FetchError, Provider,
     Published, Rejection, Token, obtain_once,
 };
 use sidekey::metrics::Metrics;
+use sidekey::secret::{MapEnv, Secret, SecretRef};
 
 use crate::support::config::{TestConfig, oauth2, route, static_token};
 use crate::support::proxy::TestProxy;

@@ -15,7 +15,7 @@ use crate::support::upstream::{
     generated_digest,
 };
 use http::{Method, Version};
-use sidekey::config::EnvSource;
+use sidekey::secret::EnvSource;
 
 fn pki() -> Arc<TestPki> {
     Arc::new(TestPki::new())

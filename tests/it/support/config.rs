@@ -20,9 +20,9 @@
 use std::fmt;
 use std::path::Path;
 
-use sidekey::config::secret::MapEnv;
 use sidekey::config::{Config, ConfigError};
 use sidekey::preflight::Checked;
+use sidekey::secret::MapEnv;
 
 use super::proxy::{TestProxy, checked_config, parse_config, start_proxy, start_proxy_adjusted};
 use super::tls::TestPki;

@@ -23,9 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 
-use sidekey::config::secret::MapEnv;
 use sidekey::config::{Config, ConfigError};
 use sidekey::preflight::{Checked, preflight};
+use sidekey::secret::MapEnv;
 use sidekey::server::Handle;
 
 use super::tls::{TestPki, provider};

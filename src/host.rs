@@ -1,4 +1,7 @@
-//! What a `[forward_proxy] hosts` key means, resolved once at config time.
+//! What host and port sidekey considers the same: a `[forward_proxy] hosts`
+//! key, checked and put in canonical form once at config time
+//! ([`ForwardHost`]), and the authority of an app's `http://` request, put
+//! in the same form for the lookup ([`request_key`]).
 //!
 //! A key is a host and an optional port: `"api.example"`, `"api.example:8443"`,
 //! `"10.0.0.7"`, `"[2001:db8::7]:8443"`. It names exactly one (host, port)
@@ -9,15 +12,20 @@
 //! - with a port, that port: `http://api.example:8443/…` goes to
 //!   `https://api.example:8443/…`.
 //!
-//! Host names compare ASCII case-insensitively and nothing else: no trailing
-//! dot, no percent-decoding, no other spelling of an IP address. A key that
-//! could never match such a request (`*.x`, a URL, user information, an
-//! unbracketed or malformed IPv6 literal, a number that only some resolvers
-//! read as an IPv4 address, a port outside 1-65535) is refused by `check`.
+//! The canonical form is a lowercase DNS name, dotted-decimal IPv4 or
+//! `[IPv6]` as Rust writes it. Host names compare ASCII case-insensitively
+//! and nothing else: no trailing dot, no percent-decoding, no other spelling
+//! of an IP address. A key that could never match such a request (`*.x`, a
+//! URL, user information, an unbracketed or malformed IPv6 literal, a number
+//! that only some resolvers read as an IPv4 address, a port outside
+//! 1-65535) is refused by `check`; a request spelling a host some other way
+//! finds no key.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use http::uri::Authority;
 use serde::de::{self, Deserialize, Deserializer};
 
 /// One `hosts` key: where the forward proxy may send a credential.
@@ -76,7 +84,7 @@ impl ForwardHost {
 
     /// The port the app's `http://` URL names for this key (80 when none).
     pub fn request_port(&self) -> u16 {
-        self.port.unwrap_or(80)
+        self.port.unwrap_or(HTTP_PORT)
     }
 
     /// The authority of the `https://` upstream: the host, with the key's port if any.
@@ -99,6 +107,26 @@ impl<'de> Deserialize<'de> for ForwardHost {
         let key = String::deserialize(d)?;
         ForwardHost::parse(&key).map_err(|why| de::Error::custom(format!("`{key}`: {why}")))
     }
+}
+
+/// The port of an `http://` URL that writes none.
+const HTTP_PORT: u16 = 80;
+
+/// The (host, port) of a request's authority in the form of a key:
+/// lowercased, `[IPv6]` canonical, port 80 when none is written. Other
+/// spellings are left as they are (and so match no key); `None` for a
+/// bracketed literal that is no IPv6 address. A host already in canonical
+/// form is borrowed, not copied.
+pub fn request_key(authority: &Authority) -> Option<(Cow<'_, str>, u16)> {
+    let (host, port) = (authority.host(), authority.port_u16().unwrap_or(HTTP_PORT));
+    if let Some(inner) = host.strip_prefix('[') {
+        let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
+        return Some((Cow::Owned(format!("[{ip}]")), port));
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some((Cow::Owned(host.to_ascii_lowercase()), port));
+    }
+    Some((Cow::Borrowed(host), port))
 }
 
 /// `host[:port]`, `[v6][:port]`.
@@ -179,7 +207,9 @@ fn dns_name(host: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::ForwardHost;
+    use http::uri::Authority;
+
+    use super::{ForwardHost, request_key};
 
     fn key(text: &str) -> (String, Option<u16>) {
         let host = ForwardHost::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -242,5 +272,23 @@ mod tests {
             let err = ForwardHost::parse(text).expect_err(text);
             assert!(err.contains(why), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn request_hosts_are_canonical_only_where_keys_are() {
+        let key = |authority: &'static str| {
+            request_key(&Authority::from_static(authority)).map(|(h, p)| (h.into_owned(), p))
+        };
+        assert_eq!(key("api.example"), Some(("api.example".into(), 80)));
+        assert_eq!(key("API.Example:8443"), Some(("api.example".into(), 8443)));
+        assert_eq!(key("[0:0::1]"), Some(("[::1]".into(), 80)));
+        assert_eq!(
+            key("[::FFFF:7f00:1]:81"),
+            Some(("[::ffff:127.0.0.1]".into(), 81))
+        );
+        assert_eq!(key("[zz]"), None);
+        // Other spellings of a name or address stay what they are.
+        assert_eq!(key("api.example."), Some(("api.example.".into(), 80)));
+        assert_eq!(key("2130706433"), Some(("2130706433".into(), 80)));
     }
 }

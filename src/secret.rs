@@ -1,11 +1,14 @@
-//! Secret references: `{ env = "NAME" }`, `{ file = "PATH" }` or a literal.
+//! Secrets and where they come from: [`SecretRef`] (`{ env = "NAME" }`,
+//! `{ file = "PATH" }` or a literal, as the configuration writes it), the
+//! [`EnvSource`] it is looked up in, and [`Secret`], the value.
 //!
 //! A reference is resolved each time a provider needs the value, so a rotated
 //! file or a changed variable is picked up without a restart. [`Secret`]
 //! never prints its value: `Debug` and `Display` show `<redacted>`. A
-//! reference reads itself from the file; no message about it repeats a
-//! literal (the loader warns where one is written and resolves relative
-//! `file` paths).
+//! reference reads itself from the configuration file (its `Deserialize` is
+//! here, next to the type); no message about it repeats a literal. The
+//! configuration loader warns where a literal is written and resolves
+//! relative `file` paths.
 
 use std::collections::HashMap;
 use std::fmt;
