@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use sidekey::config::secret::MapEnv;
+use sidekey::secret::MapEnv;
 
 fuzz_target!(|text: &str| {
     let env = Arc::new(MapEnv::from([("TOKEN", "fuzz-token"), ("ID", "id")]));

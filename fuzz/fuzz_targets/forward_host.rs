@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sidekey::config::host::ForwardHost;
+use sidekey::host::ForwardHost;
 
 fuzz_target!(|key: &str| {
     let Ok(host) = ForwardHost::parse(key) else {

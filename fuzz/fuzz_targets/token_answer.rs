@@ -10,7 +10,7 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use sidekey::config::Secret;
+use sidekey::secret::Secret;
 use sidekey::credential::token_client::TokenResponse;
 use sidekey::credential::{FetchError, Token, inbenta, oauth2};
 
