@@ -517,6 +517,7 @@ async fn assert_all_forwarded_on_one_connection(
         Some(200),
         "the connection is left open for the next request"
     );
+    assert_eq!(conn.text(), "", "nothing but the answers was sent");
     let mut expected = expected.to_vec();
     expected.push((probe_seen, String::new()));
     let seen: Vec<(String, String)> = scene
