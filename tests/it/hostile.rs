@@ -12,16 +12,17 @@ use std::time::Duration;
 use http::Method;
 
 use crate::support::config::{TestConfig, forward_proxy, route, static_token};
-use crate::support::proxy::{TestProxy, body_bytes, request_with};
+use crate::support::proxy::{CLIENT_TIMEOUT, TestProxy, body_bytes, request_with};
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::tls::TestPki;
 use crate::support::upstream::{Upstream, UpstreamOpts};
 
 const TOKEN: &str = "tok-hostile";
 
-/// How long a raw exchange waits for more bytes before deciding the
-/// connection was left open.
-const IDLE: Duration = Duration::from_secs(2);
+/// How long a raw exchange waits for the server to close the connection
+/// (every exchange here ends with a close: `connection: close`, or a
+/// refusal); the close, not this bound, ends a passing exchange.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
 /// A proxy with one reverse route (`good` with base path `/v1`) and a
 /// forward proxy whose only host is `host(GOOD_PORT)`; an `evil` upstream
@@ -78,14 +79,14 @@ impl Scene {
 }
 
 /// Write `bytes` on a fresh connection, keeping it open; the responses,
-/// and whether the server closed the connection (a server that keeps a
-/// connection open after a refused request would answer a request pipelined
-/// behind it).
+/// and whether the server closed the connection within [`CLOSE_WITHIN`] (a
+/// server that keeps a connection open after a refused request would answer
+/// a request pipelined behind it).
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<RawResponse>, bool) {
     let mut conn = RawConn::connect(addr).await;
     // The server may close while we still write: read what it said.
     let _ = conn.send(bytes).await;
-    let closed = conn.closed_when_idle(IDLE).await;
+    let closed = conn.closed_within(CLOSE_WITHIN).await;
     (conn.responses(), closed)
 }
 
@@ -479,23 +480,46 @@ fn chunked_uploads() -> (String, [(&'static str, String); 4]) {
     (bytes, expected)
 }
 
-/// Every request answered 200 without `Connection: close`, the connection
-/// left open, and the upstream saw each request with its body.
-fn assert_all_forwarded_on_one_connection(
+/// On `conn`, where the requests of `expected` were written: each is
+/// answered 200 without `Connection: close`, the connection is left open
+/// (a GET of `probe` sent after the answers is answered on it too), and the
+/// upstream saw each request with its body, then the probe at `probe_seen`.
+async fn assert_all_forwarded_on_one_connection(
     scene: &Scene,
-    responses: &[RawResponse],
-    closed: bool,
+    conn: &mut RawConn,
     expected: &[(&str, String)],
+    (probe, probe_seen): (&str, &str),
 ) {
+    let mut responses = Vec::new();
+    for _ in expected {
+        match conn.read_response(CLIENT_TIMEOUT).await {
+            Some(response) => responses.push(response),
+            None => panic!(
+                "closed or silent after {responses:?}; unparsed: {:?}",
+                conn.text()
+            ),
+        }
+    }
     assert_eq!(
-        statuses(responses),
+        statuses(&responses),
         vec![200; expected.len()],
         "{responses:?}"
     );
-    for response in responses {
+    for response in &responses {
         assert_eq!(response.header("connection"), None, "{response:?}");
     }
-    assert!(!closed, "the connection is left open for the next request");
+    conn.send(format!("GET {probe} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes())
+        .await
+        .expect("the connection is left open for the next request");
+    let answer = conn.read_response(CLIENT_TIMEOUT).await;
+    assert_eq!(
+        answer.map(|r| r.status),
+        Some(200),
+        "the connection is left open for the next request"
+    );
+    assert_eq!(conn.text(), "", "nothing but the answers was sent");
+    let mut expected = expected.to_vec();
+    expected.push((probe_seen, String::new()));
     let seen: Vec<(String, String)> = scene
         .good
         .requests()
@@ -513,8 +537,10 @@ fn assert_all_forwarded_on_one_connection(
 async fn chunked_requests_keep_their_connection_open() {
     let scene = Scene::localhost_only().await;
     let (bytes, expected) = chunked_uploads();
-    let (responses, closed) = scene.reverse(bytes.as_bytes()).await;
-    assert_all_forwarded_on_one_connection(&scene, &responses, closed, &expected);
+    let mut conn = RawConn::connect(scene.proxy.route_addr(0)).await;
+    conn.send(bytes.as_bytes()).await.expect("write");
+    assert_all_forwarded_on_one_connection(&scene, &mut conn, &expected, ("/probe", "/v1/probe"))
+        .await;
 }
 
 #[tokio::test]
@@ -523,9 +549,11 @@ async fn chunked_requests_read_in_small_pieces_keep_their_connection_open() {
     let (bytes, expected) = chunked_uploads();
     // Read boundaries fall inside heads, size lines, data, CRLFs, trailers.
     let mut conn = RawConn::connect(scene.proxy.route_addr(0)).await;
-    let _ = conn.send_in_pieces(bytes.as_bytes(), 3).await;
-    let closed = conn.closed_when_idle(IDLE).await;
-    assert_all_forwarded_on_one_connection(&scene, &conn.responses(), closed, &expected);
+    conn.send_in_pieces(bytes.as_bytes(), 3)
+        .await
+        .expect("write");
+    assert_all_forwarded_on_one_connection(&scene, &mut conn, &expected, ("/probe", "/v1/probe"))
+        .await;
 }
 
 #[tokio::test]
@@ -541,9 +569,11 @@ async fn chunked_requests_keep_the_forward_proxy_connection_open() {
             1,
         );
     }
-    let (responses, closed) = scene.forward(bytes.as_bytes()).await;
+    let mut conn = RawConn::connect(scene.proxy.forward_proxy_addr()).await;
+    conn.send(bytes.as_bytes()).await.expect("write");
     let expected = expected.map(|(path, body)| (path.strip_prefix("/v1").unwrap_or(path), body));
-    assert_all_forwarded_on_one_connection(&scene, &responses, closed, &expected);
+    let probe = format!("http://localhost:{}/probe", scene.g());
+    assert_all_forwarded_on_one_connection(&scene, &mut conn, &expected, (&probe, "/probe")).await;
 }
 
 #[tokio::test]

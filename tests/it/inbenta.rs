@@ -175,11 +175,13 @@ async fn gateway_403_with_a_small_chunked_body_retries_it_whole() {
     assert_eq!(auth.auth_calls(), 2);
 }
 
-#[tokio::test]
+// On tokio's paused clock: the seconds of token life pass in virtual time
+// while every request crosses the real proxy, upstream and auth server.
+#[tokio::test(start_paused = true)]
 async fn short_tokens_are_refreshed_and_the_apis_map_survives_refresh_answers() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    // 4-second tokens: renewed about every 3 s through /refreshToken, whose
+    // 4-second tokens: renewed about every 2 s through /refreshToken, whose
     // answers carry no `apis` (as Inbenta's do).
     let auth = InbentaServer::start_tls(behaviour(&upstream, Lifetime::Both(4)), &pki).await;
     let proxy = start_proxy(&pki, &auth).await;

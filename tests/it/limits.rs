@@ -1,9 +1,15 @@
 //! Connections, memory and logs under floods: the connection caps of the
 //! proxy and admin listeners, request-head limits, idle timeouts, the
 //! open-file limit, and repeated error lines folded into summaries.
+//!
+//! Idle timeouts and waits at a connection cap run on tokio's paused clock
+//! (the clients and sidekey share the test's runtime); the folding of
+//! repeated lines runs on a thread of its own, in real time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sidekey::config::ConnLimits;
 
@@ -99,7 +105,7 @@ async fn max_header_bytes_sets_the_request_head_limit() {
     assert_eq!(upstream.request_count(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -141,7 +147,7 @@ async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
     assert_eq!(upstream.request_count(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_tls_listener_closes_connections_that_never_finish_the_handshake() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -162,7 +168,7 @@ async fn a_tls_listener_closes_connections_that_never_finish_the_handshake() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_closes() {
     let (logs, _guard) = LogCapture::install("info", Duration::from_secs(10));
     let pki = Arc::new(TestPki::new());
@@ -223,7 +229,7 @@ async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_clo
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_full_admin_listener_leaves_the_proxy_serving_and_healthz_answers_once_idle_ones_time_out()
  {
     let pki = Arc::new(TestPki::new());
@@ -308,18 +314,12 @@ async fn repeated_request_failures_log_one_line_then_a_count_per_interval() {
             .await;
         assert_eq!(response.status, 503);
     }
-    // Two intervals: the last count is written.
-    tokio::time::sleep(interval * 3).await;
-
-    for (route, status) in [("bad-upstream", 502), ("no-token", 503)] {
-        let lines = logs.lines_with(&[route]);
-        assert!(
-            !lines.is_empty() && lines.len() <= 3,
-            "{REQUESTS} {status}s on {route} logged {} lines:\n{}",
-            lines.len(),
-            logs.text()
-        );
-        let summarised: usize = lines
+    // The flusher writes the last counts at its next tick (real time, on
+    // its own thread): wait for them, then one more interval, in which a
+    // quiet route writes nothing.
+    let routes = [("bad-upstream", 502), ("no-token", 503)];
+    let summarised = |route: &str| -> usize {
+        logs.lines_with(&[route])
             .iter()
             .filter_map(|line| {
                 let (_, rest) = line.split_once("suppressed=")?;
@@ -328,9 +328,28 @@ async fn repeated_request_failures_log_one_line_then_a_count_per_interval() {
                     .parse::<usize>()
                     .ok()
             })
-            .sum();
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while routes
+        .iter()
+        .any(|(route, _)| summarised(route) < REQUESTS - 1)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(interval).await;
+
+    for (route, status) in routes {
+        let lines = logs.lines_with(&[route]);
+        assert!(
+            !lines.is_empty() && lines.len() <= 3,
+            "{REQUESTS} {status}s on {route} logged {} lines:\n{}",
+            lines.len(),
+            logs.text()
+        );
         assert_eq!(
-            summarised,
+            summarised(route),
             REQUESTS - 1,
             "the summaries count every line left out on {route}:\n{}",
             logs.text()

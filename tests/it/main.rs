@@ -2,6 +2,21 @@
 //! shared helpers in `support`). Each module is one capability and starts
 //! real servers on 127.0.0.1:0: token endpoints and TLS upstreams that record
 //! what they received, with rcgen-made certificates, and the proxy itself.
+//!
+//! The whole suite runs in a few seconds, and stays there by three habits:
+//!
+//! - Anything about time (lifetimes, renewals, backoff, timeouts, idle
+//!   periods) runs on tokio's paused clock (`#[tokio::test(start_paused =
+//!   true)]`). The proxy, the token servers and the upstreams run on the
+//!   test's runtime, so virtual time passes only while all of them wait on
+//!   a timer, and exchanges on loopback take none. The real clock is for what
+//!   runs outside the runtime: child processes, the thread that folds
+//!   repeated log lines.
+//! - Wait for the event, not for a while: read until the close or the
+//!   response, poll the recorded requests or the logs with a generous bound;
+//!   show a connection is open by using it.
+//! - Bodies only as large as the claim needs: streaming is proved by peak
+//!   RSS against a body twice the allowed growth, not by volume.
 
 mod support;
 

@@ -7,7 +7,10 @@
 //! Timing tests run on tokio's paused clock with a scripted in-process
 //! [`Provider`], so "an hour later" takes no real time and every delay the
 //! engine chose can be read off the recorded call instants. End-to-end tests
-//! use a real OAuth 2.0 token server on loopback with short lifetimes.
+//! use a real OAuth 2.0 token server on loopback with short lifetimes; those
+//! about rotations over seconds run on the paused clock too (the token
+//! server, the upstream and the proxy all live on the test's runtime, so
+//! virtual time passes only while every one of them waits on a timer).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -919,7 +922,7 @@ fn no_roots() -> rustls::RootCertStore {
     rustls::RootCertStore::empty()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn credentials_start_rotates_real_tokens_without_a_failed_read() {
     let server = token_server(1).await;
     let config = credentials_config(&server.url())
@@ -1079,9 +1082,11 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
     assert_eq!(upstream.request_count(), 22, "nothing was retried");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn continuous_traffic_across_rotations_never_fails() {
-    // 2 s tokens renew about every 1.45 s; 8 s of traffic spans 5 rotations.
+    // 2 s tokens renew about every second; 8 virtual seconds of traffic
+    // span 6 or more rotations. Requests take no virtual time, so the
+    // upstream's validator rejects any token used past its issued life.
     let server = token_server(2).await;
     let valid = server.validator(Duration::from_secs(2));
     let upstream = Upstream::start(UpstreamOpts::plain().respond(move |request| {
@@ -1095,18 +1100,21 @@ async fn continuous_traffic_across_rotations_never_fails() {
     .await;
     let proxy = start_proxy(&server, &upstream).await;
 
+    // Four workers, each sending every 20 ms and 5 ms apart from the next:
+    // a request every 5 ms all along.
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut workers = Vec::new();
     for worker in 0..4 {
         let client = proxy.client.clone();
         let url = format!("{}/work/{worker}", proxy.route_url(0));
         workers.push(tokio::spawn(async move {
+            sleep(Duration::from_millis(5) * worker).await;
             let mut sent = 0;
             while Instant::now() < deadline {
                 let response = client.get(&url).await;
                 assert_eq!(response.status, StatusCode::OK, "{}", response.text());
                 sent += 1;
-                sleep(Duration::from_millis(5)).await;
+                sleep(Duration::from_millis(20)).await;
             }
             sent
         }));

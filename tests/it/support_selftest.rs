@@ -242,9 +242,41 @@ async fn delayed_answers_arrive_after_the_delay() {
     assert_eq!(upstream.request_count(), 1);
 }
 
+#[test]
+fn body_digest_ignores_chunking_and_tells_bodies_apart() {
+    let body: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let whole = BodyDigest::of(&body);
+    for chunk in [1, 3, 7, 8, 9, 64, 999] {
+        let mut d = BodyDigest::new();
+        for piece in body.chunks(chunk) {
+            d.update(piece);
+        }
+        assert_eq!((d.digest(), d.len()), (whole, 1000), "chunks of {chunk}");
+    }
+    // One flipped bit anywhere, two that a plain word-wise multiply would
+    // cancel, swapped words, a missing or an extra zero byte: all differ.
+    let mut others = Vec::new();
+    for (at, bit) in [(0, 0), (7, 7), (500, 3), (999, 7)] {
+        let mut changed = body.clone();
+        changed[at] ^= 1 << bit;
+        others.push(changed);
+    }
+    let mut twice = body.clone();
+    twice[7] ^= 0x80;
+    twice[15] ^= 0x80;
+    let mut swapped = body.clone();
+    swapped[..16].rotate_left(8);
+    let mut longer = body.clone();
+    longer.push(0);
+    others.extend([twice, swapped, body[..999].to_vec(), longer]);
+    for other in others {
+        assert_ne!(BodyDigest::of(&other), whole);
+    }
+}
+
 #[tokio::test]
 async fn large_download_is_generated_and_counted_not_buffered() {
-    const LEN: u64 = 100 * 1024 * 1024;
+    const LEN: u64 = 16 * 1024 * 1024;
     let pki = pki();
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).stream_body(LEN)).await;
     let dl = TestClient::trusting(&pki)
@@ -274,7 +306,7 @@ async fn chunked_download_has_no_content_length() {
 
 #[tokio::test]
 async fn large_upload_is_streamed_and_counted_not_kept() {
-    const LEN: u64 = 100 * 1024 * 1024;
+    const LEN: u64 = 16 * 1024 * 1024;
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
     let res = TestClient::new()
         .post_streaming(&format!("{}/upload", upstream.url()), LEN, false)

@@ -6,9 +6,10 @@
 //! classified, backed off, reported in one line without secrets, and
 //! recovered from.
 //!
-//! Engine-only tests run on tokio's paused clock against real loopback
-//! servers, so seconds of backoff take no real time; tests through the proxy
-//! run in real time with short durations.
+//! Tests of timing run on tokio's paused clock against real loopback
+//! servers, so seconds of backoff and token life take no real time; that
+//! includes the proxy, which runs on the test's runtime too. Tests of
+//! request storms need no clock and run multi-threaded in real time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -197,7 +198,7 @@ fn assert_no_secret(text: &str, what: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn token_endpoints_echoing_the_request_never_leak_a_secret() {
     let (logs, _guard) = logs::capture();
     let basic = OAuthServer::start(OAuthBehaviour::default()).await;
@@ -491,7 +492,7 @@ async fn inbenta_auth_fallback_gets_its_own_timeout() {
 
 // ---- short tokens against a flaky token endpoint -----------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn short_tokens_from_a_flaky_endpoint_never_fail_a_request() {
     const LIFETIME: Duration = Duration::from_secs(3);
     let token = OAuthServer::start(OAuthBehaviour {

@@ -4,6 +4,11 @@
 //! connections the upstream closed while they sat in the pool, and HTTP/2
 //! GOAWAY. Each test starts a real upstream with the fault, sidekey in
 //! front of it, and checks what the app got and what the upstream saw.
+//!
+//! Every test runs on tokio's paused clock: the app, sidekey and the
+//! upstream share the test's runtime, so the timeouts, trickles and idle
+//! periods pass in virtual time, exactly as sidekey's timers count them,
+//! and the clock moves only while all of them wait.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,7 +75,7 @@ async fn send_partial(addr: SocketAddr, bytes: &[u8]) -> (RawConn, bool, Duratio
 
 // ---- the app's request body (issue #7, defect 14) ----
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn app_body_that_stops_short_of_its_content_length_is_408() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -99,7 +104,7 @@ async fn app_body_that_stops_short_of_its_content_length_is_408() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn large_app_body_that_stalls_mid_upload_is_408() {
     let pki = Arc::new(TestPki::new());
     for http2 in [false, true] {
@@ -123,7 +128,7 @@ async fn large_app_body_that_stalls_mid_upload_is_408() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn app_body_that_keeps_trickling_is_not_cut() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -154,7 +159,7 @@ async fn stalling_upstream(pki: &Arc<TestPki>) -> Upstream {
     Upstream::start(UpstreamOpts::tls(pki).always(stall)).await
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn upstream_body_that_stalls_is_cut_after_body_timeout() {
     let pki = Arc::new(TestPki::new());
     let upstream = stalling_upstream(&pki).await;
@@ -187,7 +192,7 @@ async fn upstream_body_that_stalls_is_cut_after_body_timeout() {
     assert_eq!(upstream_errors(&proxy, "body_timeout").await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn upstream_body_that_keeps_trickling_arrives_whole() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).always(Reply::trickle(
@@ -207,7 +212,7 @@ async fn upstream_body_that_keeps_trickling_arrives_whole() {
     assert_eq!(download.len, 8000, "an idle timeout, not a total one");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn forward_proxy_has_a_body_timeout_too() {
     let pki = Arc::new(TestPki::new());
     let upstream = stalling_upstream(&pki).await;
@@ -234,7 +239,7 @@ async fn forward_proxy_has_a_body_timeout_too() {
     assert!(closed, "the stalled response is cut within {PATIENCE:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn upstream_sending_its_head_slowly_is_504_after_request_timeout() {
     let pki = Arc::new(TestPki::new());
     // One header line every 100 ms: the connection is busy, the head takes 1.1 s.
@@ -258,7 +263,7 @@ async fn upstream_sending_its_head_slowly_is_504_after_request_timeout() {
     assert_eq!(upstream_errors(&proxy, "timeout").await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn upstream_reset_mid_response_breaks_the_apps_response() {
     let pki = Arc::new(TestPki::new());
     let mut steps = vec![RawStep::text(
@@ -287,7 +292,7 @@ async fn upstream_reset_mid_response_breaks_the_apps_response() {
     assert_eq!(upstream.connections(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn upstream_reset_before_answering_is_502() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).raw(vec![RawStep::Reset])).await;
@@ -304,7 +309,7 @@ async fn upstream_reset_before_answering_is_502() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn http2_stream_reset_mid_response_breaks_only_that_response() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|req| {
@@ -334,7 +339,7 @@ async fn http2_stream_reset_mid_response_breaks_only_that_response() {
 
 // ---- pooled connections the upstream closed ----
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_connection_closed_by_the_upstream_is_not_reused() {
     let pki = Arc::new(TestPki::new());
     let upstream =
@@ -367,7 +372,7 @@ async fn let_connections_go_stale() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
@@ -409,7 +414,7 @@ async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_post_on_a_stale_pooled_connection_is_not_repeated() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
@@ -429,7 +434,7 @@ async fn a_post_on_a_stale_pooled_connection_is_not_repeated() {
     assert_eq!(upstream.request_count(), 1, "only the warm-up was answered");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn several_stale_pooled_connections_are_all_skipped() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
@@ -466,7 +471,7 @@ async fn several_stale_pooled_connections_are_all_skipped() {
 
 // ---- HTTP/2 GOAWAY ----
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn http2_goaway_finishes_in_flight_requests_and_moves_new_ones() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|req| {

@@ -115,7 +115,7 @@ pub struct Download {
     pub headers: HeaderMap,
     /// Bytes received.
     pub len: u64,
-    /// FNV-1a digest of the bytes received ([`BodyDigest`]).
+    /// Digest of the bytes received ([`BodyDigest`]).
     pub digest: u64,
     /// Set when the body ended with an error.
     pub error: Option<String>,

@@ -117,18 +117,6 @@ impl RawConn {
             .is_ok()
     }
 
-    /// Read until the server closes the connection (true) or sends nothing
-    /// for `idle` (false: it kept the connection open); bytes are kept.
-    pub async fn closed_when_idle(&mut self, idle: Duration) -> bool {
-        loop {
-            match tokio::time::timeout(idle, self.fill()).await {
-                Ok(true) => {}
-                Ok(false) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
     /// What was received, as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.received).into_owned()
