@@ -95,35 +95,12 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::config::fixture::{BASE, FILE, env, ok};
     use crate::config::parse;
-    use crate::secret::{EnvSource, MapEnv};
-
-    const FILE: &str = "/etc/sidekey/sidekey.toml";
-
-    /// Lines 1–8: one static credential and one route using it.
-    const BASE: &str = r#"[credentials.a]
-type = "static"
-token = { env = "A_TOKEN" }
-
-[[routes]]
-listen = "127.0.0.1:8080"
-upstream = "https://api.example.com"
-credential = "a"
-"#;
-
-    fn env() -> Arc<dyn EnvSource> {
-        Arc::new(MapEnv::from([("A_TOKEN", "t0k3n")]))
-    }
-
-    fn ok(text: &str) -> Config {
-        parse(text, Path::new(FILE), env()).expect("a valid config")
-    }
+    use crate::secret::MapEnv;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("sidekey-preflight-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::config::fixture::temp_dir("preflight", name)
     }
 
     #[test]

@@ -122,36 +122,7 @@ mod tests {
     };
     use crate::secret::{MapEnv, SecretRef};
 
-    const FILE: &str = "/etc/sidekey/sidekey.toml";
-
-    /// Lines 1–8: one static credential and one route using it.
-    const BASE: &str = r#"[credentials.a]
-type = "static"
-token = { env = "A_TOKEN" }
-
-[[routes]]
-listen = "127.0.0.1:8080"
-upstream = "https://api.example.com"
-credential = "a"
-"#;
-
-    fn env() -> Arc<dyn EnvSource> {
-        Arc::new(MapEnv::from([("A_TOKEN", "t0k3n")]))
-    }
-
-    fn ok(text: &str) -> Config {
-        match parse(text, Path::new(FILE), env()) {
-            Ok(config) => config,
-            Err(e) => panic!("expected a valid config, got {e}"),
-        }
-    }
-
-    fn err(text: &str) -> ConfigError {
-        match parse(text, Path::new(FILE), env()) {
-            Ok(_) => panic!("expected an error for:\n{text}"),
-            Err(e) => e,
-        }
-    }
+    use crate::config::fixture::{BASE, FILE, env, err, ok};
 
     /// Assert the error's line and key, and that its message contains `part`.
     #[track_caller]
@@ -163,9 +134,7 @@ credential = "a"
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sidekey-load-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::config::fixture::temp_dir("load", name)
     }
 
     #[test]

@@ -11,6 +11,8 @@
 
 mod credential;
 mod error;
+#[cfg(test)]
+pub(crate) mod fixture;
 mod load;
 mod route;
 mod rules;

@@ -182,6 +182,16 @@ async fn first_token(handle: &CredentialHandle) -> Arc<Published> {
         .expect("first token")
 }
 
+/// Report `generation` rejected, expect a renewal to start, and wait for
+/// its outcome (at most 10 s on the paused clock).
+async fn reject_and_wait(handle: &CredentialHandle, generation: u64) -> Arc<Published> {
+    assert_eq!(handle.report_rejected(generation), Rejection::Renewing);
+    handle
+        .wait_for_renewal(generation, Duration::from_secs(10))
+        .await
+        .expect("the renewal's outcome")
+}
+
 // ---------------------------------------------------------------------------
 // Timing on the paused clock
 // ---------------------------------------------------------------------------
@@ -613,14 +623,7 @@ async fn a_rejection_renewal_that_brings_no_new_token_releases_the_waiters_at_on
     let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
     let first = first_token(&handle).await;
     let started = Instant::now();
-    assert_eq!(
-        handle.report_rejected(first.generation),
-        Rejection::Renewing
-    );
-    let after = handle
-        .wait_for_renewal(first.generation, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let after = reject_and_wait(&handle, first.generation).await;
     assert_eq!(
         after.generation, first.generation,
         "nothing new to retry with"
@@ -632,14 +635,7 @@ async fn a_rejection_renewal_that_brings_no_new_token_releases_the_waiters_at_on
     );
     assert_eq!(provider.count(), 2, "one re-read");
     // Further rejections of that token wait for nothing and read nothing.
-    assert_eq!(
-        handle.report_rejected(first.generation),
-        Rejection::Renewing
-    );
-    handle
-        .wait_for_renewal(first.generation, Duration::from_secs(10))
-        .await
-        .unwrap();
+    reject_and_wait(&handle, first.generation).await;
     assert_eq!(Instant::now(), started);
     assert_eq!(provider.count(), 2);
 
@@ -651,14 +647,7 @@ async fn a_rejection_renewal_that_brings_no_new_token_releases_the_waiters_at_on
     let (_credentials, handle, _metrics) = start(provider.clone(), EngineSettings::default());
     let first = first_token(&handle).await;
     let started = Instant::now();
-    assert_eq!(
-        handle.report_rejected(first.generation),
-        Rejection::Renewing
-    );
-    let after = handle
-        .wait_for_renewal(first.generation, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let after = reject_and_wait(&handle, first.generation).await;
     assert_eq!(after.generation, first.generation);
     assert_eq!(Instant::now(), started);
 }
