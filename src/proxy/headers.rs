@@ -13,52 +13,163 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The fields removed from every message whether or not `Connection` names
+/// them: RFC 9110 §7.6.1's, and the older `Keep-Alive` and
+/// `Proxy-Connection`; [`hop_by_hop_bit`] gives each one's bit.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Which of [`HOP_BY_HOP`] a map holds, one bit each (bit `i` is entry `i`).
+type Present = u16;
+
+/// `name`'s bit in [`Present`], or 0 when it is no [`HOP_BY_HOP`] field.
+/// A `match` on the (lowercase) text: a length test for most names.
+fn hop_by_hop_bit(name: &str) -> Present {
+    let at = match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return 0,
+    };
+    1 << at
+}
+
+/// What a pass over a map found to remove.
+#[derive(Default)]
+struct Found {
+    /// The [`HOP_BY_HOP`] fields present.
+    hop_by_hop: Present,
+    /// `Connection` lists a field beyond [`HOP_BY_HOP`].
+    listed: bool,
+}
+
+impl Found {
+    /// Note the field `name: value`.
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let bit = hop_by_hop_bit(name.as_str());
+        self.hop_by_hop |= bit;
+        if bit == 1 && !self.listed {
+            self.listed = lists_others(value);
+        }
+    }
+
+    /// Remove what was found from `headers`.
+    fn remove(&self, headers: &mut HeaderMap) {
+        if self.listed {
+            remove_listed(headers);
+        }
+        if self.hop_by_hop == 0 {
+            return;
+        }
+        for (at, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.hop_by_hop & (1 << at) != 0 {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// The names a `Connection` value lists: comma-separated, trimmed, empty
+/// ones skipped; none for a value that is not visible ASCII.
+fn listed_names(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+}
+
+/// Whether a `Connection` value lists a field beyond [`HOP_BY_HOP`]
+/// (usually it lists `keep-alive`, `upgrade` or `te`).
+fn lists_others(value: &HeaderValue) -> bool {
+    if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+        return false;
+    }
+    listed_names(value).any(|name| {
+        !HOP_BY_HOP
+            .iter()
+            .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Remove the fields `Connection` lists (RFC 9110 §7.6.1). Without
+/// allocating: a name is looked up as text (`HeaderMap` parses it on the
+/// stack, case-insensitively; a token that is no field name matches
+/// nothing), and each value taken out is a shared `Bytes` handle.
+fn remove_listed(headers: &mut HeaderMap) {
+    let mut at = 0;
+    // By index, so that `headers` can change in between. `Connection`
+    // itself stays until [`Found::remove`] ends, so the values stay put.
+    while let Some(value) = headers.get_all(CONNECTION).iter().nth(at).cloned() {
+        at += 1;
+        for name in listed_names(&value) {
+            if !name.eq_ignore_ascii_case(CONNECTION.as_str()) {
+                headers.remove(name);
+            }
+        }
+    }
+}
 
 /// Remove hop-by-hop headers, including those listed in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
-        }
-        headers.remove(CONNECTION);
+    let mut found = Found::default();
+    for (name, value) in headers.iter() {
+        found.note(name, value);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
-        headers.remove(name);
-    }
+    found.remove(headers);
 }
 
 /// Prepare the app's headers for the upstream: remove hop-by-hop headers,
 /// `Host`, `Expect` and every name in `strip`; insert `route_headers`, then
 /// `credential_headers` (the credential wins on a clash).
+///
+/// One pass over the fields finds what is there to remove; only those are
+/// looked up (hashed) again.
 pub fn prepare_request(
     headers: &mut HeaderMap,
     strip: &[HeaderName],
     route_headers: &[(HeaderName, HeaderValue)],
     credential_headers: &[(HeaderName, HeaderValue)],
 ) {
-    remove_hop_by_hop(headers);
-    headers.remove(HOST);
-    headers.remove(EXPECT);
-    for name in strip {
-        headers.remove(name);
+    let mut found = Found::default();
+    let (mut host, mut expect, mut stripped) = (false, false, false);
+    for (name, value) in headers.iter() {
+        if *name == HOST {
+            host = true;
+        } else if *name == EXPECT {
+            expect = true;
+        } else {
+            found.note(name, value);
+            stripped = stripped || strip.contains(name);
+        }
+    }
+    found.remove(headers);
+    if host {
+        headers.remove(HOST);
+    }
+    if expect {
+        headers.remove(EXPECT);
+    }
+    if stripped {
+        for name in strip {
+            headers.remove(name);
+        }
     }
     inject(headers, route_headers, credential_headers);
 }
@@ -133,6 +244,87 @@ mod tests {
         ] {
             assert!(!headers.contains_key(gone), "{gone} should be removed");
         }
+    }
+
+    #[test]
+    fn connection_lists_are_removed_case_insensitively_across_values() {
+        let mut headers = map(&[
+            ("connection", "X-Secret-Hop ,  keep-alive"),
+            ("connection", "close, x-other"),
+            ("x-secret-hop", "1"),
+            ("x-other", "2"),
+            ("close", "3"),
+            ("keep-alive", "timeout=5"),
+            ("content-type", "application/json"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn connection_may_list_end_to_end_fields_and_itself() {
+        // The listing decides, however odd: RFC 9110 §7.6.1.
+        let mut headers = map(&[
+            ("connection", "content-type, connection, ,"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-length"]);
+    }
+
+    #[test]
+    fn tokens_that_are_no_field_names_and_unreadable_values_remove_nothing_else() {
+        let mut headers = map(&[("accept", "*/*"), ("te", "trailers")]);
+        headers.append(CONNECTION, HeaderValue::from_static("no such name!, {}"));
+        headers.append(CONNECTION, HeaderValue::from_bytes(b"accept\xff").unwrap());
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_field_goes_without_a_connection_header() {
+        let mut headers = HeaderMap::new();
+        for name in &HOP_BY_HOP[1..] {
+            headers.append(name.clone(), HeaderValue::from_static("x"));
+        }
+        headers.append("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_bits_name_their_fields() {
+        for (at, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(name.as_str()), 1 << at, "{name}");
+        }
+        assert_eq!(hop_by_hop_bit("user-agent"), 0);
+    }
+
+    #[test]
+    fn stripped_names_go_with_all_their_values_and_connection_listed_ones_too() {
+        let mut headers = map(&[
+            ("authorization", "Bearer app-token"),
+            ("authorization", "Basic second"),
+            ("connection", "x-route"),
+            ("x-route", "app"),
+            ("x-app", "kept"),
+        ]);
+        prepare_request(
+            &mut headers,
+            &[AUTHORIZATION],
+            &[],
+            &[(AUTHORIZATION, HeaderValue::from_static("Bearer real"))],
+        );
+        let all: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(all, [("x-app", "kept"), ("authorization", "Bearer real")]);
     }
 
     #[test]
