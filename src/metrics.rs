@@ -20,9 +20,14 @@
 //!
 //! Label values are route and credential names from the configuration, never
 //! anything taken from a request or a token.
+//!
+//! A request records through its route's [`RouteMetrics`]: the route's
+//! series, looked up in the families (label hashing under a lock) on first
+//! use only, then kept. A series still appears only once it has been
+//! recorded, as when every request looked it up.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -99,10 +104,13 @@ impl RejectionCounters {
     }
 }
 
-/// The metric families; cheap to clone (all handles are shared).
+/// The metric families; cheap to clone (one shared handle).
 #[derive(Clone, Debug)]
-pub struct Metrics {
-    registry: Arc<Registry>,
+pub struct Metrics(Arc<Families>);
+
+#[derive(Debug)]
+struct Families {
+    registry: Registry,
     requests: Family<RouteStatus, Counter>,
     durations: Family<RouteLabel, Histogram>,
     refreshes: Family<CredentialOutcome, Counter>,
@@ -110,6 +118,8 @@ pub struct Metrics {
     upstream_errors: Family<RouteKind, Counter>,
     rejections: Family<CredentialAction, Counter>,
     restarts: Family<CredentialLabel, Counter>,
+    /// The series of requests no route took (`route="none"`).
+    no_route: OnceLock<Arc<RouteMetrics>>,
 }
 
 impl Default for Metrics {
@@ -162,8 +172,8 @@ impl Metrics {
             "Renewal tasks restarted after a crash",
             restarts.clone(),
         );
-        Metrics {
-            registry: Arc::new(registry),
+        Metrics(Arc::new(Families {
+            registry,
             requests,
             durations,
             refreshes,
@@ -171,33 +181,20 @@ impl Metrics {
             upstream_errors,
             rejections,
             restarts,
-        }
+            no_route: OnceLock::new(),
+        }))
     }
 
-    /// Count one response to the app and observe its duration.
-    pub fn record_request(&self, route: &Arc<str>, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RouteStatus {
-                route: route.clone(),
-                status,
-            })
-            .inc();
-        self.durations
-            .get_or_create(&RouteLabel {
-                route: route.clone(),
-            })
-            .observe(seconds);
+    /// The series of route `route`, for its requests to record through.
+    pub fn route(&self, route: &Arc<str>) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics::new(route.clone(), &self.0))
     }
 
-    /// Count one failure reaching the upstream (`connect`, `timeout`,
-    /// `other`, `body`, `body_timeout`, `stale_connection`).
-    pub fn record_upstream_error(&self, route: &Arc<str>, kind: &'static str) {
-        self.upstream_errors
-            .get_or_create(&RouteKind {
-                route: route.clone(),
-                kind,
-            })
-            .inc();
+    /// The series of requests no route took (`route="none"`).
+    pub fn no_route(&self) -> &Arc<RouteMetrics> {
+        self.0
+            .no_route
+            .get_or_init(|| Arc::new(RouteMetrics::new(Arc::from("none"), &self.0)))
     }
 
     /// Count one token request.
@@ -206,7 +203,8 @@ impl Metrics {
             RefreshOutcome::Success => "success",
             RefreshOutcome::Failure => "failure",
         };
-        self.refreshes
+        self.0
+            .refreshes
             .get_or_create(&CredentialOutcome {
                 credential: credential.clone(),
                 outcome,
@@ -218,7 +216,8 @@ impl Metrics {
     /// handle is built).
     pub fn rejection_counters(&self, credential: &Arc<str>) -> RejectionCounters {
         let counter = |action| {
-            self.rejections
+            self.0
+                .rejections
                 .get_or_create(&CredentialAction {
                     credential: credential.clone(),
                     action,
@@ -233,7 +232,8 @@ impl Metrics {
 
     /// Count one restart of `credential`'s crashed renewal task.
     pub fn record_task_restart(&self, credential: &Arc<str>) {
-        self.restarts
+        self.0
+            .restarts
             .get_or_create(&CredentialLabel {
                 credential: credential.clone(),
             })
@@ -248,10 +248,10 @@ impl Metrics {
         };
         match seconds {
             Some(seconds) => {
-                self.expires_in.get_or_create(&label).set(seconds);
+                self.0.expires_in.get_or_create(&label).set(seconds);
             }
             None => {
-                self.expires_in.remove(&label);
+                self.0.expires_in.remove(&label);
             }
         }
     }
@@ -260,7 +260,149 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
         out
+    }
+}
+
+/// Statuses whose series a [`RouteMetrics`] keeps: 100 to 599, every status
+/// RFC 9110 defines a class for. Any other is looked up each time.
+const KEPT_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+
+/// The series of one route: resolved from the families on first use, then
+/// kept, so recording a request is an atomic add and one histogram update.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    requests: Family<RouteStatus, Counter>,
+    durations: Family<RouteLabel, Histogram>,
+    upstream_errors: Family<RouteKind, Counter>,
+    /// `requests_total{route, status}` by status, from [`KEPT_STATUSES`]' start.
+    by_status: Box<[OnceLock<Counter>]>,
+    duration: OnceLock<Histogram>,
+}
+
+impl RouteMetrics {
+    fn new(route: Arc<str>, families: &Families) -> Self {
+        RouteMetrics {
+            route,
+            requests: families.requests.clone(),
+            durations: families.durations.clone(),
+            upstream_errors: families.upstream_errors.clone(),
+            by_status: KEPT_STATUSES.map(|_| OnceLock::new()).collect(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    /// The route's name, its `route` label.
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    /// Count one response to the app and observe its duration.
+    pub fn record_request(&self, status: u16, seconds: f64) {
+        let resolve = || {
+            self.requests
+                .get_or_create(&RouteStatus {
+                    route: self.route.clone(),
+                    status,
+                })
+                .clone()
+        };
+        match status
+            .checked_sub(*KEPT_STATUSES.start())
+            .and_then(|at| self.by_status.get(usize::from(at)))
+        {
+            Some(kept) => kept.get_or_init(resolve).inc(),
+            None => resolve().inc(),
+        };
+        self.duration
+            .get_or_init(|| {
+                self.durations
+                    .get_or_create(&RouteLabel {
+                        route: self.route.clone(),
+                    })
+                    .clone()
+            })
+            .observe(seconds);
+    }
+
+    /// Count one failure reaching the upstream (`connect`, `timeout`,
+    /// `other`, `body`, `body_timeout`, `stale_connection`): rare, so
+    /// looked up each time.
+    pub fn record_upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&RouteKind {
+                route: self.route.clone(),
+                kind,
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(metrics: &Metrics, prefix: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn route_series_appear_once_recorded_and_encode_as_family_lookups_did() {
+        let metrics = Metrics::new();
+        let api = metrics.route(&Arc::from("api"));
+        let none = metrics.no_route();
+        assert!(
+            lines(&metrics, "sidekey_request").is_empty(),
+            "no series before the first request"
+        );
+        api.record_request(200, 0.001);
+        api.record_request(200, 0.002);
+        api.record_request(503, 0.001);
+        api.record_request(999, 0.001);
+        none.record_request(404, 0.0);
+        // A second handle for the same route (a reload) adds to the same series.
+        metrics.route(&Arc::from("api")).record_request(200, 0.001);
+        api.record_upstream_error("timeout");
+
+        let requests = lines(&metrics, "sidekey_requests_total");
+        for expected in [
+            r#"sidekey_requests_total{route="api",status="200"} 3"#,
+            r#"sidekey_requests_total{route="api",status="503"} 1"#,
+            r#"sidekey_requests_total{route="api",status="999"} 1"#,
+            r#"sidekey_requests_total{route="none",status="404"} 1"#,
+        ] {
+            assert!(
+                requests.iter().any(|l| l == expected),
+                "{expected} in {requests:?}"
+            );
+        }
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        let counts = lines(&metrics, "sidekey_request_duration_seconds_count");
+        assert!(
+            counts.contains(&r#"sidekey_request_duration_seconds_count{route="api"} 5"#.to_owned())
+        );
+        assert!(
+            counts
+                .contains(&r#"sidekey_request_duration_seconds_count{route="none"} 1"#.to_owned())
+        );
+        assert_eq!(
+            lines(&metrics, "sidekey_upstream_errors_total"),
+            [r#"sidekey_upstream_errors_total{route="api",kind="timeout"} 1"#]
+        );
+        let buckets = lines(
+            &metrics,
+            r#"sidekey_request_duration_seconds_bucket{le="0.001",route="api"}"#,
+        );
+        assert_eq!(
+            buckets,
+            [r#"sidekey_request_duration_seconds_bucket{le="0.001",route="api"} 4"#]
+        );
     }
 }

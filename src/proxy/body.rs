@@ -33,7 +33,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
 use crate::error_chain::error_chain;
-use crate::metrics::Metrics;
+use crate::metrics::RouteMetrics;
 
 /// Why a body ended early.
 #[derive(Debug, thiserror::Error)]
@@ -135,16 +135,14 @@ where
 #[derive(Debug)]
 pub struct FromUpstream {
     body: Idle,
-    route: Arc<str>,
-    metrics: Metrics,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl FromUpstream {
-    /// The upstream's `body` for route `route`, allowed to pause `timeout`.
-    pub fn new(body: Incoming, timeout: Duration, route: Arc<str>, metrics: Metrics) -> Self {
+    /// The upstream's `body` for the route of `metrics`, allowed to pause `timeout`.
+    pub fn new(body: Incoming, timeout: Duration, metrics: Arc<RouteMetrics>) -> Self {
         FromUpstream {
             body: Idle::new(body, timeout),
-            route,
             metrics,
         }
     }
@@ -161,11 +159,10 @@ impl Body for FromUpstream {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Err(err))) = &polled {
-            let route = &*this.route;
+            let route = &**this.metrics.route();
             match err {
                 BodyError::Stalled(timeout) => {
-                    this.metrics
-                        .record_upstream_error(&this.route, "body_timeout");
+                    this.metrics.record_upstream_error("body_timeout");
                     warn!(
                         route,
                         ?timeout,
@@ -173,7 +170,7 @@ impl Body for FromUpstream {
                     );
                 }
                 BodyError::Read(_) => {
-                    this.metrics.record_upstream_error(&this.route, "body");
+                    this.metrics.record_upstream_error("body");
                     warn!(route, error = %error_chain(err), "upstream response body failed; response to the app cut off");
                 }
             }

@@ -63,6 +63,7 @@ fn build_route(
     route: &RouteConfig,
     route_tls: &RouteTls,
     credentials: &Credentials,
+    metrics: &Metrics,
 ) -> Result<Route, BuildError> {
     let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
         BuildError::UnknownCredential {
@@ -90,12 +91,14 @@ fn build_route(
         }
         Upstream::InbentaApi(api) => Target::InbentaApi(api.clone()),
     };
+    let name = Arc::from(route.name.as_str());
     Ok(Route::new(
         &route.path_prefix,
         route.strip_prefix,
         target,
         RouteParts {
-            name: Arc::from(route.name.as_str()),
+            metrics: metrics.route(&name),
+            name,
             credential,
             headers: route.headers.clone(),
             client,
@@ -121,7 +124,12 @@ pub fn build_generation(
         grouped
             .entry(route.listen)
             .or_default()
-            .push(Arc::new(build_route(route, route_tls, &credentials)?));
+            .push(Arc::new(build_route(
+                route,
+                route_tls,
+                &credentials,
+                metrics,
+            )?));
     }
     let listeners = grouped
         .into_iter()
@@ -162,12 +170,14 @@ pub fn build_generation(
                     .ok_or_else(|| BuildError::NotAbsolute {
                         user: format!("forward_proxy.hosts.{host}"),
                     })?;
+                let name = Arc::from(format!("forward_proxy:{host}"));
                 let route = Route::new(
                     "/",
                     false,
                     Target::Fixed(base),
                     RouteParts {
-                        name: Arc::from(format!("forward_proxy:{host}")),
+                        metrics: metrics.route(&name),
+                        name,
                         credential,
                         headers: Vec::new(),
                         client,

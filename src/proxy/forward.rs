@@ -34,7 +34,6 @@ use super::{ResponseBody, Route};
 use crate::credential::{Published, Rejection};
 use crate::error::ProxyError;
 use crate::error_chain::error_chain;
-use crate::metrics::Metrics;
 
 /// Largest request body kept in memory for a retry (64 KiB).
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
@@ -87,7 +86,6 @@ impl Kept {
 pub async fn forward(
     route: &Arc<Route>,
     request: Request<Incoming>,
-    metrics: &Metrics,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let published = match route.credential.current() {
         Ok(published) => published,
@@ -119,13 +117,8 @@ pub async fn forward(
     {
         Outgoing::Kept(body) => body,
         Outgoing::Streamed(body) => {
-            let response = send(
-                route,
-                Request::from_parts(parts, Either::Left(body)),
-                None,
-                metrics,
-            )
-            .await?;
+            let response =
+                send(route, Request::from_parts(parts, Either::Left(body)), None).await?;
             if route.credential.renews_on(response.status()) {
                 // Never retried: the next request gets whatever comes of it.
                 let _ = route.credential.report_rejected(published.generation);
@@ -144,7 +137,6 @@ pub async fn forward(
         route,
         Request::from_parts(parts, Either::Right(Full::new(body))),
         Some(&kept),
-        metrics,
     )
     .await?;
     if !route.credential.renews_on(first.status()) {
@@ -171,7 +163,7 @@ pub async fn forward(
     debug!(route = %route.name, status = first.status().as_u16(), "token rejected; retrying once with the renewed token");
     drop(first);
     let retry = rebuild(kept, route, &renewed);
-    let response = send(route, retry, None, metrics).await?;
+    let response = send(route, retry, None).await?;
     if route.credential.renews_on(response.status()) {
         // Rejected with a fresh token: not about the token (see `rejection`).
         let _ = route.credential.report_rejected(renewed.generation);
@@ -212,7 +204,6 @@ async fn send(
     route: &Route,
     request: Request<super::UpstreamBody>,
     replay: Option<&Kept>,
-    metrics: &Metrics,
 ) -> Result<Response<FromUpstream>, ProxyError> {
     let upstream = || route.describe_target();
     let stall_flag = match request.body() {
@@ -234,27 +225,23 @@ async fn send(
             let Some(kept) = again else {
                 return Err(err);
             };
-            metrics.record_upstream_error(&route.name, "stale_connection");
+            route.metrics.record_upstream_error("stale_connection");
             debug!(route = %route.name, attempt, error = %error_chain(&err), "pooled upstream connection was closed; sending the request again");
             request = kept.request();
             attempt += 1;
         }
     };
     match tokio::time::timeout(route.request_timeout, exchange).await {
-        Ok(Ok(response)) => Ok(response.map(|body| {
-            FromUpstream::new(
-                body,
-                route.body_timeout,
-                route.name.clone(),
-                metrics.clone(),
-            )
-        })),
+        Ok(Ok(response)) => {
+            Ok(response
+                .map(|body| FromUpstream::new(body, route.body_timeout, route.metrics.clone())))
+        }
         Ok(Err(err)) => {
             if stall_flag.as_ref().is_some_and(StallFlag::is_raised) {
                 return Err(unreadable(route, BodyError::Stalled(route.body_timeout)));
             }
             let kind = if err.is_connect() { "connect" } else { "other" };
-            metrics.record_upstream_error(&route.name, kind);
+            route.metrics.record_upstream_error(kind);
             let reason = error_chain(&err);
             warn!(route = %route.name, kind, error = %reason, "upstream request failed");
             Err(ProxyError::UpstreamUnreachable {
@@ -263,7 +250,7 @@ async fn send(
             })
         }
         Err(_) => {
-            metrics.record_upstream_error(&route.name, "timeout");
+            route.metrics.record_upstream_error("timeout");
             warn!(route = %route.name, timeout = ?route.request_timeout, "upstream timed out");
             Err(ProxyError::UpstreamTimeout {
                 upstream: upstream(),

@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use super::client::UpstreamClient;
 use crate::credential::{CredentialHandle, Published};
 use crate::error::ProxyError;
+use crate::metrics::RouteMetrics;
 
 /// Scheme, authority and base path of an upstream.
 #[derive(Clone, Debug)]
@@ -66,6 +67,8 @@ pub struct Route {
     pub request_timeout: Duration,
     /// Longest pause within the app's request body or the upstream's response body.
     pub body_timeout: Duration,
+    /// The route's metric series.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// The parts of a route that are not the path rules.
@@ -83,6 +86,8 @@ pub struct RouteParts {
     pub request_timeout: Duration,
     /// `body_timeout`.
     pub body_timeout: Duration,
+    /// The route's metric series ([`crate::metrics::Metrics::route`]).
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
@@ -103,6 +108,7 @@ impl Route {
             client: parts.client,
             request_timeout: parts.request_timeout,
             body_timeout: parts.body_timeout,
+            metrics: parts.metrics,
         }
     }
 

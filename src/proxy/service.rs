@@ -3,8 +3,6 @@
 //! into sidekey's JSON error (logged once, see [`crate::error`]), close the
 //! connection after a refused framing, and count the request in the metrics.
 
-use std::sync::Arc;
-
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tracing::{debug, error};
@@ -26,14 +24,14 @@ pub async fn handle_request(
         .extensions()
         .get::<Framing>()
         .is_some_and(|framing| framing.closes_connection());
-    let (label, result) = match dispatch.find(&request) {
-        Ok(route) => (route.name.clone(), forward(route, request, metrics).await),
-        Err(err) => (no_route_label(), Err(err)),
+    let (series, result) = match dispatch.find(&request) {
+        Ok(route) => (&route.metrics, forward(route, request).await),
+        Err(err) => (metrics.no_route(), Err(err)),
     };
     let mut response = match result {
         Ok(response) => response,
         Err(err) => {
-            log_error(&label, &err);
+            log_error(series.route(), &err);
             err.to_response().map(http_body_util::Either::Right)
         }
     };
@@ -44,17 +42,8 @@ pub async fn handle_request(
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    metrics.record_request(
-        &label,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    series.record_request(response.status().as_u16(), started.elapsed().as_secs_f64());
     response
-}
-
-fn no_route_label() -> Arc<str> {
-    static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    LABEL.get_or_init(|| Arc::from("none")).clone()
 }
 
 /// The one log line of an error sidekey answers itself. Lines at WARN and
