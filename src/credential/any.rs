@@ -73,6 +73,14 @@ impl Provider for AnyProvider {
         }
     }
 
+    fn can_change(&self) -> bool {
+        match self {
+            AnyProvider::Inbenta(p) => p.can_change(),
+            AnyProvider::OAuth2(p) => p.can_change(),
+            AnyProvider::Static(p) => p.can_change(),
+        }
+    }
+
     fn poll_interval(&self) -> Option<Duration> {
         match self {
             AnyProvider::Inbenta(p) => p.poll_interval(),

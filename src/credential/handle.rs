@@ -128,6 +128,8 @@ pub struct CredentialHandle {
     pub(super) state: ArcSwap<State>,
     strip_names: Box<[HeaderName]>,
     renew_on: Box<[StatusCode]>,
+    /// A rejection can bring a different token (see [`Self::retries_on_rejection`]).
+    retries: bool,
     /// Which rejections renew the token.
     rejections: Mutex<Rejections>,
     /// Wakes the engine when a token is rejected.
@@ -157,6 +159,7 @@ impl CredentialHandle {
         name: &str,
         strip_names: Vec<HeaderName>,
         renew_on: &[StatusCode],
+        token_can_change: bool,
         metrics: &Metrics,
     ) -> Self {
         let mut unique: Vec<HeaderName> = Vec::with_capacity(strip_names.len());
@@ -172,6 +175,7 @@ impl CredentialHandle {
             state: ArcSwap::from_pointee(State::default()),
             strip_names: unique.into_boxed_slice(),
             renew_on: renew_on.into(),
+            retries: token_can_change && !renew_on.is_empty(),
             rejections: Mutex::new(Rejections::default()),
             wake: Notify::new(),
             generation: watch::Sender::new(0),
@@ -211,6 +215,14 @@ impl CredentialHandle {
     /// Whether `status` from the upstream means "token rejected" (`renew_on_status`).
     pub fn renews_on(&self, status: StatusCode) -> bool {
         self.renew_on.contains(&status)
+    }
+
+    /// Whether a request whose token is rejected can be retried with a
+    /// different one: some status renews the token (`renew_on_status`), and
+    /// a renewal can bring a different token (not so for a fixed `static`
+    /// token). When not, requests are not kept for a retry.
+    pub fn retries_on_rejection(&self) -> bool {
+        self.retries
     }
 
     /// An upstream rejected the token of `generation`. The first rejection

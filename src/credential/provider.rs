@@ -75,6 +75,13 @@ pub trait Provider: Send + Sync + 'static {
     /// these are removed before injecting.
     fn header_names(&self) -> Vec<HeaderName>;
 
+    /// Whether `fetch` can bring a different token than the last one, so
+    /// that a request whose token was rejected is worth keeping to retry
+    /// with the next. Only a fixed token cannot.
+    fn can_change(&self) -> bool {
+        true
+    }
+
     /// How often to call `fetch` again when the token has no lifetime (a
     /// static token read from a file); `None` = never.
     fn poll_interval(&self) -> Option<Duration> {

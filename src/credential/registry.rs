@@ -168,6 +168,7 @@ impl Credentials {
             name,
             strip,
             &settings.renew_on_status,
+            provider.can_change(),
             metrics,
         ));
         let task = tokio::spawn(engine::supervise(

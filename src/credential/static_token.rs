@@ -77,6 +77,12 @@ impl Provider for StaticProvider {
         vec![self.header.clone()]
     }
 
+    /// A file's content can be replaced; a literal, or the process's own
+    /// environment, stays what it was.
+    fn can_change(&self) -> bool {
+        matches!(self.token, SecretRef::File(_))
+    }
+
     fn poll_interval(&self) -> Option<Duration> {
         self.poll_interval
     }
@@ -121,6 +127,10 @@ mod tests {
             vec![HeaderName::from_static("x-api-key")]
         );
         assert!(!format!("{token:?} {raw:?}").contains("s3cr3t"));
+        // Neither can bring a different token: no request is kept to retry.
+        assert!(!bearer.can_change() && !raw.can_change());
+        let file = provider(SecretRef::File("/run/token".into()), "authorization", "");
+        assert!(file.can_change(), "a file can be rotated");
     }
 
     #[tokio::test]

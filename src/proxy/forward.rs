@@ -1,21 +1,23 @@
 //! Forwarding one request to its route's upstream, and the one retry.
 //!
 //! The request body streams through unless it turns out to be at most
-//! [`RETRY_BODY_LIMIT`] ([`super::body::take`]): then it is kept, so that when the upstream
-//! answers with a status in the credential's `renew_on_status`, the proxy
-//! reports the token as rejected (one renewal per token, shared by all
-//! requests that saw it), waits for that renewal to end and, when it brought
-//! a new token, sends the request once more; when it did not (a static
-//! token, a failed renewal) or the rejection is ignored (fresh tokens are
-//! rejected too), the upstream's answer goes back at once. A rejected retry
-//! is reported too. A streamed request's rejection is reported and passed
-//! on; the next request gets the new token.
+//! [`RETRY_BODY_LIMIT`] ([`super::body::take`]): then it is kept, and so is
+//! a copy of the request when it could be sent again ([`needs_copy`]). When
+//! the upstream answers with a status in the credential's
+//! `renew_on_status`, the proxy reports the token as rejected (one renewal
+//! per token, shared by all requests that saw it), waits for that renewal
+//! to end and, when it brought a new token, sends the request once more;
+//! when it did not (a failed renewal), when it cannot (a fixed static
+//! token: not even a copy was kept) or the rejection is ignored (fresh
+//! tokens are rejected too), the upstream's answer goes back at once. A
+//! rejected retry is reported too. A streamed request's rejection is
+//! reported and passed on; the next request gets the new token.
 //!
 //! Bodies are wrapped here ([`super::body`]): the app's body may pause at
 //! most the route's `body_timeout` (else 408, when the upstream has not
 //! answered yet), and so may the upstream's (else the app's response is cut
 //! off). A kept request that failed on a pooled connection the upstream had
-//! closed is sent again when that is harmless ([`Kept::replayable`]).
+//! closed is sent again when that is harmless ([`replayable`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +54,27 @@ const STALE_ATTEMPTS: u32 = 8;
 /// (IETF httpapi "The Idempotency-Key HTTP Header Field").
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// Whether a request whose body was kept whole needs a copy of itself
+/// ([`Kept`]) for sending it a second time. There are two reasons, and
+/// this is where both are weighed:
+/// - its token is rejected (`renew_on_status`): only when the credential
+///   can bring a different token (`retry_on_rejection`, see
+///   [`crate::credential::CredentialHandle::retries_on_rejection`]);
+/// - its pooled connection turns out to have been closed by the upstream:
+///   only when sending it twice is harmless (`replayable`, see
+///   [`replayable`]).
+fn needs_copy(retry_on_rejection: bool, replayable: bool) -> bool {
+    retry_on_rejection || replayable
+}
+
+/// Whether sending a request twice is harmless: an idempotent method (RFC
+/// 9110 §9.2.2) or an `Idempotency-Key` from the app. Other requests are
+/// not repeated after a connection failure, since the upstream may have
+/// acted on them (RFC 9112 §9.3.1).
+fn replayable(method: &Method, headers: &HeaderMap) -> bool {
+    method.is_idempotent() || headers.contains_key(&IDEMPOTENCY_KEY)
+}
+
 /// What is kept of a request so it can be sent a second time.
 struct Kept {
     method: Method,
@@ -62,14 +85,6 @@ struct Kept {
 }
 
 impl Kept {
-    /// Whether sending it twice is harmless: an idempotent method (RFC 9110
-    /// §9.2.2) or an `Idempotency-Key` from the app. Other requests are not
-    /// repeated after a connection failure, since the upstream may have
-    /// acted on them (RFC 9112 §9.3.1).
-    fn replayable(&self) -> bool {
-        self.method.is_idempotent() || self.headers.contains_key(&IDEMPOTENCY_KEY)
-    }
-
     /// The same request once more.
     fn request(&self) -> Request<super::UpstreamBody> {
         let mut request = Request::new(Either::Right(Full::new(self.body.clone())));
@@ -126,22 +141,30 @@ pub async fn forward(
             return Ok(finish(response));
         }
     };
-    let kept = Kept {
+    let retry_on_rejection = route.credential.retries_on_rejection();
+    let replay = replayable(&parts.method, &parts.headers);
+    let kept = needs_copy(retry_on_rejection, replay).then(|| Kept {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
-    };
+    });
     let first = send(
         route,
         Request::from_parts(parts, Either::Right(Full::new(body))),
-        Some(&kept),
+        kept.as_ref().filter(|_| replay),
     )
     .await?;
     if !route.credential.renews_on(first.status()) {
         return Ok(finish(first));
     }
+    let Some(kept) = kept.filter(|_| retry_on_rejection) else {
+        // No different token can come of a renewal: report it (it is
+        // counted, and the token source read again) and pass the answer on.
+        let _ = route.credential.report_rejected(published.generation);
+        return Ok(finish(first));
+    };
     if route.credential.report_rejected(published.generation) == Rejection::Ignored {
         debug!(route = %route.name, status = first.status().as_u16(), "token rejected; fresh tokens are rejected too, not renewing");
         return Ok(finish(first));
@@ -198,7 +221,7 @@ fn unreadable(route: &Route, err: BodyError) -> ProxyError {
 
 /// One exchange with the upstream, bounded by the route's `request_timeout`
 /// (one deadline, whatever the attempts). A request that can be sent again
-/// (`replay`, when [`Kept::replayable`]) is, when it failed on a pooled
+/// (`replay`, given when [`replayable`]) is, when it failed on a pooled
 /// connection the upstream had closed ([`on_stale_connection`]).
 async fn send(
     route: &Route,
@@ -219,9 +242,8 @@ async fn send(
                 Ok(response) => return Ok(response),
                 Err(err) => err,
             };
-            let again = replay.filter(|kept| {
-                attempt < STALE_ATTEMPTS && kept.replayable() && on_stale_connection(&err, started)
-            });
+            let again =
+                replay.filter(|_| attempt < STALE_ATTEMPTS && on_stale_connection(&err, started));
             let Some(kept) = again else {
                 return Err(err);
             };

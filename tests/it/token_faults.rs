@@ -442,8 +442,19 @@ async fn a_rejected_static_token_is_answered_at_once() {
             started.elapsed()
         );
     }
+    // Not idempotent, small body: nothing to keep it for.
+    let response = proxy
+        .client
+        .post(&format!("{}/v1/legacy", proxy.route_url(0)), "{}")
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     // Nothing new to retry with: each request reached the upstream once.
-    assert_eq!(upstream.request_count(), 3);
+    assert_eq!(upstream.request_count(), 4);
+    // Still reported: counted, and the token source read again.
+    let renewed = proxy
+        .metric("sidekey_token_rejections_total{credential=\"legacy\",action=\"renewed\"}")
+        .await;
+    assert!(renewed >= 1.0, "renewed rejections: {renewed}");
 }
 
 // ---- Inbenta: the /auth fallback after a hanging /refreshToken ----------------
