@@ -15,7 +15,8 @@
 //!   (`431` beyond it; more than 100 headers also get `431`) and the idle
 //!   timeout, which hyper measures from the moment it waits for a request
 //!   head, so it bounds idle keep-alive connections and trickling headers
-//!   alike.
+//!   alike. Proxy connections measure it themselves, with one timer per
+//!   connection instead of hyper's one per request ([`crate::idle`]).
 //! - [`serve_proxy_listener`] and [`serve_proxy_connection`]: a proxy
 //!   listener's accept loop, and one app connection from its TLS handshake
 //!   to its close, with the request framing tap in front of hyper.
@@ -41,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::config::ConnLimits;
+use crate::idle::{IdleClock, IdleRead, RestartsIdle};
 use crate::metrics::Metrics;
 use crate::proxy::framing::Tap;
 use crate::proxy::{Dispatch, service};
@@ -134,28 +136,38 @@ pub async fn serve_proxy_connection(
     // The tap sees the raw request heads that hyper's parser tidies up.
     let tap = Tap::default();
     let inspector = tap.clone();
+    let idle = IdleClock::start();
+    let clock = idle.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
+        clock.request_started();
         let framing = inspector.inspect(&request);
         request.extensions_mut().insert(framing);
         let dispatch = dispatch.load_full();
         let metrics = metrics.clone();
-        async move { Ok::<_, Infallible>(service::handle_request(&dispatch, request, &metrics).await) }
+        let clock = clock.clone();
+        async move {
+            let response = service::handle_request(&dispatch, request, &metrics).await;
+            Ok::<_, Infallible>(response.map(|body| RestartsIdle::new(body, clock)))
+        }
     });
-    let builder = http1(limits);
+    let mut builder = http1(limits);
+    builder.header_read_timeout(None);
+    let timeout = limits.idle_timeout;
     let result = match acceptor {
         None => {
+            let io = IdleRead::new(tap.wrap(stream), idle, timeout);
             watcher
-                .watch(builder.serve_connection(TokioIo::new(tap.wrap(stream)), service))
+                .watch(builder.serve_connection(TokioIo::new(io), service))
                 .await
         }
         Some(acceptor) => {
             // The TLS handshake is bounded by the idle timeout too.
             match tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
+                    idle.restart();
+                    let io = IdleRead::new(tap.wrap(tls_stream), idle, timeout);
                     watcher
-                        .watch(
-                            builder.serve_connection(TokioIo::new(tap.wrap(tls_stream)), service),
-                        )
+                        .watch(builder.serve_connection(TokioIo::new(io), service))
                         .await
                 }
                 Ok(Err(err)) => {

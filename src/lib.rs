@@ -30,6 +30,7 @@ pub mod demo;
 pub mod error;
 pub mod error_chain;
 pub mod host;
+pub mod idle;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;

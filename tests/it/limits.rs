@@ -18,7 +18,7 @@ use crate::support::logs::LogCapture;
 use crate::support::proxy::CLIENT_TIMEOUT;
 use crate::support::raw::RawConn;
 use crate::support::tls::TestPki;
-use crate::support::upstream::{Upstream, UpstreamOpts, closed_port};
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts, closed_port};
 
 /// An admin listener, and one route to `upstream` with a static credential.
 fn config(pki: &TestPki, upstream: &str) -> TestConfig {
@@ -145,6 +145,40 @@ async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
         "closed by the timeout, not at once"
     );
     assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_spares_a_slow_upstream_and_a_long_response_on_a_kept_alive_connection() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).respond(|request| {
+        if request.path == "/slow" {
+            Reply::status(204).delay(Duration::from_millis(900))
+        } else {
+            // 10 chunks, one per 100 ms: 900 ms of body.
+            Reply::trickle(10, 10, Duration::from_millis(100)).announce(100)
+        }
+    }))
+    .await;
+    let proxy = config(&pki, &upstream.url())
+        .top(r#"idle_timeout = "300ms""#)
+        .start()
+        .await;
+    let mut conn = RawConn::connect(proxy.route_addr(0)).await;
+    for path in ["/slow", "/long", "/slow", "/long"] {
+        conn.send_get(path).await.unwrap();
+        let response = conn.read_response(CLIENT_TIMEOUT).await;
+        let response = response.unwrap_or_else(|| panic!("{path}: no whole response"));
+        let expected = if path == "/slow" { 204 } else { 200 };
+        assert_eq!(response.status, expected, "{path}");
+        if path == "/long" {
+            assert_eq!(response.body.len(), 100, "{path}: the whole body");
+        }
+    }
+    // Idle again: the timeout applies from the end of the last response.
+    let started = Instant::now();
+    assert!(conn.closed_within(Duration::from_secs(5)).await);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(upstream.request_count(), 4);
 }
 
 #[tokio::test(start_paused = true)]
