@@ -132,7 +132,7 @@ impl Handle {
             return Err(ServeError::ListenersChanged);
         }
         let current = self.shared.credentials.load_full();
-        let generation = build_generation(&checked, &self.shared.metrics, Some(&current))?;
+        let generation = build_generation(&checked, &self.shared.metrics, Some(&current), 1)?;
         first_tokens(&generation.credentials, ready_wait).await?;
         for (addr, dispatch) in &generation.listeners {
             if let Some(slot) = self.dispatchers.get(addr) {
@@ -243,7 +243,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError>
 pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
     let config = &checked.config;
     let metrics = Metrics::new();
-    let generation = build_generation(&checked, &metrics, None)?;
+    let generation = build_generation(&checked, &metrics, None, 1)?;
     let shared = Arc::new(Shared {
         metrics,
         credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),

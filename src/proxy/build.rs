@@ -63,6 +63,7 @@ fn build_route(
     route: &RouteConfig,
     route_tls: &RouteTls,
     credentials: &Credentials,
+    workers: usize,
 ) -> Result<Route, BuildError> {
     let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
         BuildError::UnknownCredential {
@@ -76,6 +77,7 @@ fn build_route(
             connect_timeout: route.connect_timeout,
             allow_insecure_http: route.allow_insecure_http,
             upstream_tls: route.upstream_tls.as_ref(),
+            workers,
         },
     )
     .map_err(|source| BuildError::Client {
@@ -106,11 +108,13 @@ fn build_route(
 }
 
 /// Start credentials (taking over the unchanged ones of `previous`) and
-/// build every dispatch table of `checked`.
+/// build every dispatch table of `checked`, with upstream connections kept
+/// apart for each of `workers` serving workers.
 pub fn build_generation(
     checked: &Checked,
     metrics: &Metrics,
     previous: Option<&Credentials>,
+    workers: usize,
 ) -> Result<Generation, BuildError> {
     let config = &checked.config;
     let roots = &*checked.roots;
@@ -121,7 +125,12 @@ pub fn build_generation(
         grouped
             .entry(route.listen)
             .or_default()
-            .push(Arc::new(build_route(route, route_tls, &credentials)?));
+            .push(Arc::new(build_route(
+                route,
+                route_tls,
+                &credentials,
+                workers,
+            )?));
     }
     let listeners = grouped
         .into_iter()
@@ -147,6 +156,7 @@ pub fn build_generation(
                         connect_timeout: forward.connect_timeout,
                         allow_insecure_http: false,
                         upstream_tls: None,
+                        workers,
                     },
                 )
                 .map_err(|source| BuildError::Client {
