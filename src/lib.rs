@@ -16,6 +16,7 @@
 //! - [`conn`]: one app connection: caps, limits, TLS, the framing tap
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
+//! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
 //! - [`tls`], [`admin`], [`metrics`], [`telemetry`], [`demo`]
 
 #![forbid(unsafe_code)]
@@ -38,3 +39,4 @@ pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod workers;

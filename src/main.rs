@@ -15,7 +15,7 @@ use sidekey::demo::DemoError;
 use sidekey::error_chain::error_chain;
 use sidekey::preflight::{Checked, preflight};
 use sidekey::secret::ProcessEnv;
-use sidekey::server::ServeError;
+use sidekey::server::{ServeError, Serving};
 use tracing::{error, info, warn};
 
 /// Longest a reload waits for the first tokens of new or changed credentials.
@@ -89,7 +89,10 @@ enum CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    // The main thread's runtime runs the credential engines, the admin
+    // listener, signals and reloads; `run` serves the proxy listeners on
+    // their own worker threads (`sidekey::workers`).
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)
@@ -190,7 +193,7 @@ async fn run(path: &Path) -> Result<(), CliError> {
     raise_fd_limit();
     return_freed_memory();
     let mut signals = signals::Signals::install();
-    let mut handle = sidekey::server::serve(checked).await?;
+    let mut handle = sidekey::server::serve_with(checked, Serving::Workers).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     let mut signal = signals.next().await;
     while signal == signals::Signal::Reload {

@@ -1,11 +1,16 @@
 //! Listeners and lifecycle.
 //!
-//! [`serve`] takes a configuration that passed the preflight checks
+//! [`serve_with`] takes a configuration that passed the preflight checks
 //! ([`crate::preflight`]), builds its routes and starts its credential
 //! engines ([`crate::proxy::build`]), binds every listener (routes sharing a
 //! `listen` address share one listener; each connection is served by
 //! [`crate::conn`]), then serves until [`Handle::shutdown`]: stop accepting,
-//! let in-flight requests finish within `shutdown_grace`, return.
+//! let in-flight requests finish within `shutdown_grace`, return. The proxy
+//! listeners are served on `workers` threads of their own
+//! ([`Serving::Workers`], [`crate::workers`]: a socket per worker on each
+//! address, one connection cap for all) or on the calling runtime
+//! ([`serve`], for tests and the demo); credentials, the admin listener and
+//! reloads stay on the calling runtime.
 //! [`Handle::reload`] swaps in the routes and credentials of a new checked
 //! configuration without dropping a connection, once its new credentials
 //! hold tokens; listen addresses and listener TLS cannot change on reload.
@@ -30,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::preflight::Checked;
 use crate::proxy::Dispatch;
 use crate::proxy::build::{BuildError, build_generation};
+use crate::workers::{self, Workers};
 
 /// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,9 @@ pub enum ServeError {
         /// Why (the token request's failure, or that it did not finish in time).
         reason: String,
     },
+    /// The serving workers (runtimes, threads) could not be started.
+    #[error("cannot start serving")]
+    Workers(#[source] std::io::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -78,6 +87,8 @@ pub struct Handle {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The serving threads ([`Serving::Workers`]).
+    workers: Option<Workers>,
     grace: Duration,
 }
 
@@ -132,7 +143,15 @@ impl Handle {
             return Err(ServeError::ListenersChanged);
         }
         let current = self.shared.credentials.load_full();
-        let generation = build_generation(&checked, &self.shared.metrics, Some(&current))?;
+        let workers = self.workers.as_ref().map_or(1, Workers::count);
+        if config.workers != workers && self.workers.is_some() {
+            warn!(
+                running = workers,
+                configured = config.workers,
+                "workers changes at the next restart"
+            );
+        }
+        let generation = build_generation(&checked, &self.shared.metrics, Some(&current), workers)?;
         first_tokens(&generation.credentials, ready_wait).await?;
         for (addr, dispatch) in &generation.listeners {
             if let Some(slot) = self.dispatchers.get(addr) {
@@ -168,6 +187,9 @@ impl Handle {
         let grace = self.grace;
         let drained = tokio::time::timeout(grace, async {
             while self.tasks.join_next().await.is_some() {}
+            if let Some(workers) = &mut self.workers {
+                workers.stopped().await;
+            }
         })
         .await;
         if drained.is_err() {
@@ -176,6 +198,9 @@ impl Handle {
                 "shutdown grace passed; closing remaining connections"
             );
             self.tasks.abort_all();
+            if let Some(workers) = &mut self.workers {
+                workers.abort().await;
+            }
         }
         info!("stopped");
     }
@@ -231,6 +256,18 @@ fn listen_plan(
     plan
 }
 
+/// Where the proxy listeners are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// On the calling runtime, one socket per listen address (tests and
+    /// the demo, whose clocks and tasks are the caller's).
+    Here,
+    /// On `workers` threads, each with its own current-thread runtime and
+    /// socket per listen address ([`crate::workers`]); the caller's runtime
+    /// keeps the credentials, the admin listener and reloads.
+    Workers,
+}
+
 /// Bind `addr`; the listener and the address it got (port 0 resolved).
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
     let bind_error = |source| ServeError::Bind { addr, source };
@@ -239,18 +276,44 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError>
     Ok((listener, local))
 }
 
-/// Start everything `checked` describes and return once every listener is bound.
+/// One proxy listen address: a socket per worker, its TLS and dispatch.
+struct ProxyListener {
+    sockets: Vec<std::net::TcpListener>,
+    acceptor: Option<TlsAcceptor>,
+    dispatch: Arc<ArcSwap<Dispatch>>,
+}
+
+/// Bind `count` sockets on `addr` (see [`workers::bind`]).
+fn bind_proxy(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ServeError> {
+    workers::bind(addr, count).map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Start everything `checked` describes on the calling runtime and return
+/// once every listener is bound (see [`Serving::Here`]).
 pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
+    serve_with(checked, Serving::Here).await
+}
+
+/// Start everything `checked` describes, the proxy listeners as `serving`
+/// says, and return once every listener is bound.
+pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, ServeError> {
     let config = &checked.config;
+    let workers = match serving {
+        Serving::Here => 1,
+        Serving::Workers => config.workers.max(1),
+    };
     let metrics = Metrics::new();
-    let generation = build_generation(&checked, &metrics, None)?;
+    let generation = build_generation(&checked, &metrics, None, workers)?;
     let shared = Arc::new(Shared {
         metrics,
         credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    // One cap for every route listener and the forward proxy together.
+    // One cap for every route listener and the forward proxy together, on every worker.
     let policy = conn::ProxyPolicy {
         limits: config.limits,
         gate: conn::Gate::for_proxy(
@@ -260,6 +323,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
     };
 
     // Bind every route listener once, in config order.
+    let mut proxy_listeners = Vec::new();
     let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
     let mut dispatchers = HashMap::new();
     let mut route_addrs = Vec::with_capacity(config.routes.len());
@@ -268,7 +332,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
             route_addrs.push(*local);
             continue;
         }
-        let (listener, local) = bind(route.listen).await?;
+        let (sockets, local) = bind_proxy(route.listen, workers)?;
         let acceptor = route_tls.listener.clone().map(TlsAcceptor::from);
         let Some(dispatch) = generation.listeners.get(&route.listen).cloned() else {
             // build_generation made a dispatch for every listen address.
@@ -276,15 +340,12 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
         };
         let slot = Arc::new(ArcSwap::new(dispatch));
         dispatchers.insert(route.listen, slot.clone());
-        info!(listen = %local, tls = acceptor.is_some(), "proxy listening");
-        tasks.spawn(conn::serve_proxy_listener(
-            listener,
+        info!(listen = %local, tls = acceptor.is_some(), workers, "proxy listening");
+        proxy_listeners.push(ProxyListener {
+            sockets,
             acceptor,
-            slot,
-            shared.metrics.clone(),
-            policy.clone(),
-            shutdown_rx.clone(),
-        ));
+            dispatch: slot,
+        });
         bound.insert(route.listen, local);
         route_addrs.push(local);
     }
@@ -292,17 +353,14 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
     let mut forward_proxy_addr = None;
     let mut forward_dispatch = None;
     if let (Some(forward_config), Some(dispatch)) = (&config.forward_proxy, &generation.forward) {
-        let (listener, local) = bind(forward_config.listen).await?;
+        let (sockets, local) = bind_proxy(forward_config.listen, workers)?;
         let slot = Arc::new(ArcSwap::new(dispatch.clone()));
-        info!(listen = %local, "forward proxy listening");
-        tasks.spawn(conn::serve_proxy_listener(
-            listener,
-            None,
-            slot.clone(),
-            shared.metrics.clone(),
-            policy.clone(),
-            shutdown_rx.clone(),
-        ));
+        info!(listen = %local, workers, "forward proxy listening");
+        proxy_listeners.push(ProxyListener {
+            sockets,
+            acceptor: None,
+            dispatch: slot.clone(),
+        });
         forward_proxy_addr = Some(local);
         forward_dispatch = Some(slot);
     }
@@ -324,6 +382,55 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
         admin_addr = Some(local);
     }
 
+    // Worker `i` serves socket `i` of every proxy listener.
+    let mut per_worker: Vec<Vec<ProxyListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for listener in proxy_listeners {
+        for (worker, socket) in listener.sockets.into_iter().enumerate() {
+            per_worker[worker].push(ProxyListener {
+                sockets: vec![socket],
+                acceptor: listener.acceptor.clone(),
+                dispatch: listener.dispatch.clone(),
+            });
+        }
+    }
+    let serve_worker = |listeners: Vec<ProxyListener>| {
+        let (metrics, policy, shutdown_rx) =
+            (shared.metrics.clone(), policy.clone(), shutdown_rx.clone());
+        move || -> std::io::Result<Vec<workers::Listening>> {
+            let mut listening: Vec<workers::Listening> = Vec::new();
+            for listener in listeners {
+                for socket in listener.sockets {
+                    listening.push(Box::pin(conn::serve_proxy_listener(
+                        TcpListener::from_std(socket)?,
+                        listener.acceptor.clone(),
+                        listener.dispatch.clone(),
+                        metrics.clone(),
+                        policy.clone(),
+                        shutdown_rx.clone(),
+                    )));
+                }
+            }
+            Ok(listening)
+        }
+    };
+    let workers = match serving {
+        Serving::Here => {
+            for listeners in per_worker {
+                for listening in serve_worker(listeners)().map_err(ServeError::Workers)? {
+                    tasks.spawn(listening);
+                }
+            }
+            None
+        }
+        Serving::Workers => {
+            let serve: Vec<workers::Serve> = per_worker
+                .into_iter()
+                .map(|listeners| Box::new(serve_worker(listeners)) as workers::Serve)
+                .collect();
+            Some(Workers::start(serve).map_err(ServeError::Workers)?)
+        }
+    };
+
     Ok(Handle {
         route_addrs,
         admin_addr,
@@ -334,6 +441,7 @@ pub async fn serve(checked: Checked) -> Result<Handle, ServeError> {
         shared,
         shutdown,
         tasks,
+        workers,
         grace: config.shutdown_grace,
     })
 }

@@ -46,6 +46,12 @@ struct File {
     max_header_bytes: usize,
     #[serde(default = "secs::<30>", deserialize_with = "via::<_, Timeout, _>")]
     idle_timeout: Duration,
+    /// Serving threads; more than any machine sidekey runs on has cores.
+    #[serde(
+        default = "available_cores",
+        deserialize_with = "bounded::<_, 1, 1024>"
+    )]
+    workers: usize,
     admin: Option<AdminConfig>,
     #[serde(default)]
     log: LogConfig,
@@ -60,6 +66,11 @@ struct File {
 
 fn connections() -> usize {
     ConnLimits::PROXY.max_connections
+}
+
+/// One serving thread per core the process may use.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn header_bytes() -> usize {
@@ -92,6 +103,7 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
     let mut config = Config {
         path: path.to_path_buf(),
         shutdown_grace: file.shutdown_grace,
+        workers: file.workers,
         limits,
         admin: file.admin,
         log: file.log,
@@ -609,6 +621,20 @@ domain_key = { env = "D" }
             config.routes[0].tls.as_ref().unwrap().cert,
             Path::new("server.crt")
         );
+    }
+
+    #[test]
+    fn workers_default_to_the_available_cores_and_stay_in_range() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(ok(BASE).workers, cores);
+        assert_eq!(ok(&format!("workers = 3\n{BASE}")).workers, 3);
+        assert_err(
+            &format!("shutdown_grace = \"1s\"\nworkers = 0\n{BASE}"),
+            2,
+            "workers",
+            "0 is out of range (use 1 to 1024)",
+        );
+        assert_err("workers = \"two\"\n", 1, "workers", "invalid type");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Config {
     pub path: PathBuf,
     /// How long SIGTERM/SIGINT waits for in-flight requests (`shutdown_grace`, default 20s).
     pub shutdown_grace: Duration,
+    /// Serving threads, each with its own runtime, listeners and upstream
+    /// connections (`workers`, default: the cores available to the process).
+    pub workers: usize,
     /// `max_connections`, `max_header_bytes`, `idle_timeout`: across route listeners and forward proxy.
     pub limits: ConnLimits,
     /// `[admin]`: /healthz, /readyz, /metrics. `None` when the table is absent.

@@ -64,6 +64,7 @@ fn build_route(
     route_tls: &RouteTls,
     credentials: &Credentials,
     metrics: &Metrics,
+    workers: usize,
 ) -> Result<Route, BuildError> {
     let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
         BuildError::UnknownCredential {
@@ -77,6 +78,7 @@ fn build_route(
             connect_timeout: route.connect_timeout,
             allow_insecure_http: route.allow_insecure_http,
             upstream_tls: route.upstream_tls.as_ref(),
+            workers,
         },
     )
     .map_err(|source| BuildError::Client {
@@ -109,11 +111,13 @@ fn build_route(
 }
 
 /// Start credentials (taking over the unchanged ones of `previous`) and
-/// build every dispatch table of `checked`.
+/// build every dispatch table of `checked`, with upstream connections kept
+/// apart for each of `workers` serving workers.
 pub fn build_generation(
     checked: &Checked,
     metrics: &Metrics,
     previous: Option<&Credentials>,
+    workers: usize,
 ) -> Result<Generation, BuildError> {
     let config = &checked.config;
     let roots = &*checked.roots;
@@ -129,6 +133,7 @@ pub fn build_generation(
                 route_tls,
                 &credentials,
                 metrics,
+                workers,
             )?));
     }
     let listeners = grouped
@@ -155,6 +160,7 @@ pub fn build_generation(
                         connect_timeout: forward.connect_timeout,
                         allow_insecure_http: false,
                         upstream_tls: None,
+                        workers,
                     },
                 )
                 .map_err(|source| BuildError::Client {

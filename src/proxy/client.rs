@@ -1,28 +1,54 @@
-//! The pooled upstream client of a route: hyper-util's legacy client over
-//! hyper-rustls, HTTP/2 when the upstream's ALPN offers it, keep-alive
-//! connections reused across requests, never following redirects.
+//! The upstream client of a route: connections to its one upstream, kept
+//! per serving worker ([`crate::workers`]), HTTP/2 when the upstream's ALPN
+//! offers it, never following redirects.
 //!
-//! Idle connections are kept [`POOL_IDLE_TIMEOUT`], shorter than the idle
-//! timeouts of the servers and load balancers APIs usually sit behind, so
-//! that the proxy, not the upstream, usually closes an idle connection.
-//! Every connection is stamped with the moment it was opened ([`Opened`]),
-//! so that a failed request can tell a connection taken from the pool from
-//! one opened for it (`forward` sends a request again only after the former).
+//! A route has one upstream (an Inbenta route's comes from its token and
+//! changes rarely), so each worker's [`Pool`] is one list of connections to
+//! it, found by the worker's index: no hashing of an authority, no racing.
+//! - HTTP/1.1: a request takes a connection that is ready for one, or
+//!   opens a new one and keeps it; a connection is busy until its response
+//!   body has been read, so under steady load a worker holds at most as many
+//!   upstream connections as it has requests in flight.
+//! - HTTP/2: one multiplexed connection per worker, opened by the first
+//!   request while the others wait for it (ALPN of that first connection
+//!   decides between the two), and opened again once it closes or the
+//!   upstream says GOAWAY. Flow-control windows adapt to the connection's
+//!   bandwidth-delay product, so large downloads are not held back.
+//!
+//! A request the connection never sent (it closed first, or said GOAWAY)
+//! is sent again on another connection. Idle HTTP/1.1 connections are
+//! dropped after [`POOL_IDLE_TIMEOUT`], shorter than the idle timeouts of
+//! the servers and load balancers APIs usually sit behind, so that the
+//! proxy, not the upstream, usually closes an idle connection. Every failed
+//! request carries the moment its connection was opened ([`Opened`]), so
+//! that `forward` can tell a connection taken from the pool from one opened
+//! for it, and sends a request again only after the former
+//! ([`on_stale_connection`]).
+//!
+//! hyper-util's composable pool (`client::pool::cache`) was considered: its
+//! cache races a new connect against waiting for an idle connection (what
+//! opened twice as many upstream connections as app connections with the
+//! legacy client), has no idle timeout, and checks out through `&mut self`
+//! tower services; the list here is a few lines and does neither.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::future::poll_fn;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tower_service::Service;
+use tracing::debug;
 
 use super::UpstreamBody;
 use crate::config::UpstreamTls;
@@ -34,8 +60,23 @@ use crate::tls::TlsError;
 /// timeouts are covered by `forward`'s replay of idempotent requests.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A route's pooled client.
-pub type UpstreamClient = Client<Stamping<HttpsConnector<HttpConnector>>, UpstreamBody>;
+/// How often an HTTP/2 connection is pinged to tell a dead peer from a quiet one.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often a worker's idle HTTP/1.1 connections are all checked against
+/// [`POOL_IDLE_TIMEOUT`] (the ones a request looks at are checked every time).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Most tries of a request that connections keep returning unsent (each
+/// closed or said GOAWAY before taking it).
+const SEND_ATTEMPTS: u32 = 4;
+
+/// TCP keepalive of upstream connections.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+type Connector = HttpsConnector<HttpConnector>;
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Settings of one upstream client.
 #[derive(Debug, Clone, Copy)]
@@ -46,10 +87,101 @@ pub struct ClientOptions<'a> {
     pub allow_insecure_http: bool,
     /// Client certificate and server-name override.
     pub upstream_tls: Option<&'a UpstreamTls>,
+    /// How many serving workers use the client (one pool each).
+    pub workers: usize,
 }
 
-/// Build a pooled client speaking TLS as `tls_config` says (trust, and a
-/// client certificate for mTLS).
+/// A route's client: one [`Pool`] per serving worker.
+pub struct UpstreamClient {
+    connector: Connector,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    pools: Box<[Mutex<Pool>]>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("workers", &self.pools.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: TCP, TLS or the HTTP handshake failed or timed out.
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was on it.
+    #[error("the upstream connection failed")]
+    Request {
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+        /// When the connection was opened.
+        opened: Opened,
+    },
+    /// The request URI has no scheme or authority (never, from a route).
+    #[error("the upstream URI is not absolute")]
+    NotAbsolute,
+}
+
+impl UpstreamError {
+    /// Whether no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+/// When a connection was opened; carried by a failed request's error.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened(pub Instant);
+
+/// What the first connection's ALPN said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Unknown,
+    Http1,
+    Http2,
+}
+
+/// One worker's connections to the route's upstream.
+struct Pool {
+    /// The upstream these connections go to, and its `Host` header value.
+    origin: Option<(Scheme, Authority, HeaderValue)>,
+    protocol: Protocol,
+    http1: Vec<Http1Conn>,
+    http2: Option<Http2Conn>,
+    /// Set while a request opens the connection the others wait for (the
+    /// first one, and every HTTP/2 one); closed when it is done.
+    connecting: Option<watch::Receiver<()>>,
+    swept: Instant,
+    next_id: u64,
+}
+
+struct Http1Conn {
+    sender: http1::SendRequest<UpstreamBody>,
+    opened: Instant,
+    used: Instant,
+}
+
+struct Http2Conn {
+    sender: http2::SendRequest<UpstreamBody>,
+    opened: Instant,
+    id: u64,
+}
+
+/// What a request does next, decided under the pool's lock.
+enum Step {
+    Http1(Http1Conn, HeaderValue),
+    Http2(http2::SendRequest<UpstreamBody>, Instant, u64),
+    Wait(watch::Receiver<()>),
+    Connect(Option<watch::Sender<()>>),
+}
+
+/// Build a client speaking TLS as `tls_config` says (trust, and a client
+/// certificate for mTLS).
 pub fn upstream_client(
     tls_config: ClientConfig,
     options: ClientOptions<'_>,
@@ -58,7 +190,7 @@ pub fn upstream_client(
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(options.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.set_keepalive(Some(TCP_KEEPALIVE));
 
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config);
     let mut builder = if options.allow_insecure_http {
@@ -72,36 +204,377 @@ pub fn upstream_client(
         })?;
         builder = builder.with_server_name_resolver(FixedServerNameResolver::new(server_name));
     }
-    let connector = Stamping(builder.enable_http1().enable_http2().wrap_connector(http));
+    let connector = builder.enable_http1().enable_http2().wrap_connector(http);
 
-    Ok(Client::builder(TokioExecutor::new())
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(256)
-        .http2_adaptive_window(true)
-        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-        .build(connector))
+        .adaptive_window(true)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL);
+    let now = Instant::now();
+    let pools = (0..options.workers.max(1))
+        .map(|_| {
+            Mutex::new(Pool {
+                origin: None,
+                protocol: Protocol::Unknown,
+                http1: Vec::new(),
+                http2: None,
+                connecting: None,
+                swept: now,
+                next_id: 0,
+            })
+        })
+        .collect();
+    Ok(UpstreamClient {
+        connector,
+        http1: http1::Builder::new(),
+        http2,
+        pools,
+    })
+}
+
+impl UpstreamClient {
+    /// Send `request` (absolute URI) to the upstream on one of the current
+    /// worker's connections, and return the response head.
+    pub async fn request(
+        &self,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let pool = &self.pools[crate::workers::id() % self.pools.len()];
+        let (Some(scheme), Some(authority)) = (
+            request.uri().scheme().cloned(),
+            request.uri().authority().cloned(),
+        ) else {
+            return Err(UpstreamError::NotAbsolute);
+        };
+        let mut attempts = 0;
+        let mut waited = false;
+        loop {
+            attempts += 1;
+            let step = take(&mut lock(pool), &scheme, &authority, waited);
+            let (result, opened) = match step {
+                Step::Http1(mut conn, host) => {
+                    to_origin_form(&mut request, host);
+                    let sending = conn.sender.try_send_request(request);
+                    let opened = conn.opened;
+                    conn.used = Instant::now();
+                    lock(pool).http1.push(conn);
+                    (sending.await, opened)
+                }
+                Step::Http2(mut sender, opened, id) => {
+                    let result = sender.try_send_request(request).await;
+                    let unsent = result.as_ref().is_err_and(|err| err.message().is_some());
+                    if unsent || sender.is_closed() {
+                        // Closed or GOAWAY: the next request opens a new one.
+                        forget_http2(&mut lock(pool), id);
+                    }
+                    (result, opened)
+                }
+                Step::Wait(mut connecting) => {
+                    // Woken when the connection is there or the attempt ended.
+                    let _ = connecting.changed().await;
+                    waited = true;
+                    attempts -= 1;
+                    continue;
+                }
+                Step::Connect(done) => {
+                    let connected = self
+                        .connect(pool, &scheme, &authority, done.is_some())
+                        .await;
+                    drop(done);
+                    match connected? {
+                        Fresh::Http1(mut sender, host, opened) => {
+                            to_origin_form(&mut request, host);
+                            let sending = sender.try_send_request(request);
+                            keep_http1(
+                                &mut lock(pool),
+                                &authority,
+                                Http1Conn {
+                                    sender,
+                                    opened,
+                                    used: Instant::now(),
+                                },
+                            );
+                            (sending.await, opened)
+                        }
+                        Fresh::Http2(mut sender, opened) => {
+                            (sender.try_send_request(request).await, opened)
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(response) => return Ok(response),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) if attempts < SEND_ATTEMPTS => {
+                        request = to_absolute_form(unsent, &scheme, &authority);
+                    }
+                    _ => {
+                        return Err(UpstreamError::Request {
+                            source: err.into_error(),
+                            opened: Opened(opened),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Open a connection to `scheme://authority` and keep it in `pool` if it
+    /// speaks HTTP/2 (an HTTP/1.1 one is kept once its first request is on
+    /// it). `waited_for`: the others wait for this one.
+    async fn connect(
+        &self,
+        pool: &Mutex<Pool>,
+        scheme: &Scheme,
+        authority: &Authority,
+        waited_for: bool,
+    ) -> Result<Fresh, UpstreamError> {
+        let result = self.handshake(scheme, authority).await;
+        let mut pool = lock(pool);
+        if waited_for {
+            pool.connecting = None;
+        }
+        let connection = result?;
+        let same_origin = pool
+            .origin
+            .as_ref()
+            .is_some_and(|(_, current, _)| current == authority);
+        if !same_origin {
+            return Ok(connection);
+        }
+        match &connection {
+            Fresh::Http1(..) => pool.protocol = Protocol::Http1,
+            Fresh::Http2(sender, opened) => {
+                pool.protocol = Protocol::Http2;
+                pool.next_id += 1;
+                pool.http2 = Some(Http2Conn {
+                    sender: sender.clone(),
+                    opened: *opened,
+                    id: pool.next_id,
+                });
+            }
+        }
+        Ok(connection)
+    }
+
+    /// TCP, TLS (ALPN) and the HTTP handshake; the connection's task runs
+    /// on the current (worker's) runtime.
+    async fn handshake(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<Fresh, UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let io: Io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
+        let opened = Instant::now();
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = self
+                .http2
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    debug!(error = %err, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            Ok(Fresh::Http2(sender, opened))
+        } else {
+            let (sender, connection) = self
+                .http1
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    debug!(error = %err, "upstream connection ended with an error");
+                }
+            });
+            Ok(Fresh::Http1(sender, host_value(scheme, authority), opened))
+        }
+    }
+}
+
+/// A connection just opened.
+enum Fresh {
+    Http1(http1::SendRequest<UpstreamBody>, HeaderValue, Instant),
+    Http2(http2::SendRequest<UpstreamBody>, Instant),
+}
+
+fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    // A panic while holding the lock leaves the lists consistent.
+    pool.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Pick a connection for a request to `scheme://authority`, or decide to
+/// wait for one being opened, or to open one. A request that `waited`
+/// once for another's connection that did not come opens its own.
+fn take(pool: &mut Pool, scheme: &Scheme, authority: &Authority, waited: bool) -> Step {
+    let same_origin = pool
+        .origin
+        .as_ref()
+        .is_some_and(|(s, a, _)| s == scheme && a == authority);
+    if !same_origin {
+        // A new upstream (an Inbenta token with other `apis`): start over.
+        pool.origin = Some((
+            scheme.clone(),
+            authority.clone(),
+            host_value(scheme, authority),
+        ));
+        pool.protocol = Protocol::Unknown;
+        pool.http1.clear();
+        pool.http2 = None;
+        pool.connecting = None;
+    }
+    match pool.protocol {
+        Protocol::Http2 => {
+            if let Some(conn) = &pool.http2 {
+                if !conn.sender.is_closed() {
+                    return Step::Http2(conn.sender.clone(), conn.opened, conn.id);
+                }
+                pool.http2 = None;
+            }
+        }
+        Protocol::Http1 => {
+            if let Some(conn) = take_http1(pool) {
+                let host = pool
+                    .origin
+                    .as_ref()
+                    .map(|(_, _, host)| host.clone())
+                    .unwrap_or_else(|| host_value(scheme, authority));
+                return Step::Http1(conn, host);
+            }
+            // Each request in flight has its own connection.
+            return Step::Connect(None);
+        }
+        Protocol::Unknown => {}
+    }
+    if waited {
+        return Step::Connect(None);
+    }
+    // A closed channel: the request opening it gave up (was cancelled).
+    if let Some(connecting) = pool
+        .connecting
+        .as_ref()
+        .filter(|connecting| connecting.has_changed().is_ok())
+    {
+        return Step::Wait(connecting.clone());
+    }
+    let (done, connecting) = watch::channel(());
+    pool.connecting = Some(connecting);
+    Step::Connect(Some(done))
+}
+
+/// The most recently used HTTP/1.1 connection ready for a request; closed
+/// and long-idle ones are dropped on the way.
+fn take_http1(pool: &mut Pool) -> Option<Http1Conn> {
+    let now = Instant::now();
+    let idle_too_long = |conn: &Http1Conn| {
+        conn.sender.is_ready() && now.saturating_duration_since(conn.used) >= POOL_IDLE_TIMEOUT
+    };
+    if now.saturating_duration_since(pool.swept) >= SWEEP_EVERY {
+        pool.swept = now;
+        pool.http1
+            .retain(|conn| !conn.sender.is_closed() && !idle_too_long(conn));
+    }
+    let mut index = pool.http1.len();
+    while index > 0 {
+        index -= 1;
+        let conn = &pool.http1[index];
+        if conn.sender.is_closed() || idle_too_long(conn) {
+            pool.http1.swap_remove(index);
+        } else if conn.sender.is_ready() {
+            return Some(pool.http1.swap_remove(index));
+        }
+    }
+    None
+}
+
+/// Keep a new HTTP/1.1 connection, unless the route's upstream changed meanwhile.
+fn keep_http1(pool: &mut Pool, authority: &Authority, conn: Http1Conn) {
+    if pool
+        .origin
+        .as_ref()
+        .is_some_and(|(_, current, _)| current == authority)
+    {
+        pool.http1.push(conn);
+    }
+}
+
+/// Drop the HTTP/2 connection `id` (it closed or said GOAWAY).
+fn forget_http2(pool: &mut Pool, id: u64) {
+    if pool.http2.as_ref().is_some_and(|conn| conn.id == id) {
+        pool.http2 = None;
+    }
+}
+
+/// `Host` for `scheme://authority`: the authority without a default port.
+fn host_value(scheme: &Scheme, authority: &Authority) -> HeaderValue {
+    let default_port = match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    let host = match authority.port_u16() {
+        Some(port) if Some(port) != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// HTTP/1.1 form of a request: `Host` set (unless the request has one) and
+/// the URI as path and query.
+fn to_origin_form(request: &mut Request<UpstreamBody>, host: HeaderValue) {
+    request.headers_mut().entry(HOST).or_insert(host);
+    if request.uri().scheme().is_some() {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+    }
+}
+
+/// A request returned unsent, in the absolute form every attempt starts from.
+fn to_absolute_form(
+    mut request: Request<UpstreamBody>,
+    scheme: &Scheme,
+    authority: &Authority,
+) -> Request<UpstreamBody> {
+    if request.uri().scheme().is_none() {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = request.uri().path_and_query().cloned();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }
 
 /// Whether `err` happened on a pooled connection (opened before `started`,
 /// the moment the request was handed to the client) that broke before any
 /// response arrived: the upstream closed it while it sat idle, and the
-/// request may never have been read. hyper-util itself sends a request
+/// request may never have been read. The client itself sends a request
 /// again only when it was never written; this covers the rest.
-pub fn on_stale_connection(err: &hyper_util::client::legacy::Error, started: Instant) -> bool {
-    if err.is_connect() {
-        return false;
+pub fn on_stale_connection(err: &UpstreamError, started: Instant) -> bool {
+    match err {
+        UpstreamError::Request { source, opened } => opened.0 < started && connection_lost(source),
+        _ => false,
     }
-    let Some(info) = err.connect_info() else {
-        return false;
-    };
-    let mut extras = http::Extensions::new();
-    info.get_extras(&mut extras);
-    let pooled = extras
-        .get::<Opened>()
-        .is_some_and(|opened| opened.0 < started);
-    pooled && connection_lost(err)
 }
 
 /// Whether the cause of `err` is the connection going away (closed, reset,
@@ -130,91 +603,4 @@ fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
         cause = err.source();
     }
     false
-}
-
-/// When a connection was opened; found in the `connect_info` of a failed
-/// request's error (`Connected::get_extras`).
-#[derive(Clone, Copy, Debug)]
-pub struct Opened(pub Instant);
-
-/// A connector whose connections carry [`Opened`].
-#[derive(Clone, Debug)]
-pub struct Stamping<C>(C);
-
-impl<C> Service<Uri> for Stamping<C>
-where
-    C: Service<Uri>,
-    C::Future: Send + 'static,
-{
-    type Response = Stamped<C::Response>;
-    type Error = C::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move {
-            let io = connecting.await?;
-            Ok(Stamped {
-                io,
-                opened: Instant::now(),
-            })
-        })
-    }
-}
-
-/// A connection and the moment it was opened.
-#[derive(Debug)]
-pub struct Stamped<T> {
-    io: T,
-    opened: Instant,
-}
-
-impl<T: Connection> Connection for Stamped<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected().extra(Opened(self.opened))
-    }
-}
-
-impl<T: Read + Unpin> Read for Stamped<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<T: Write + Unpin> Write for Stamped<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
 }

@@ -33,3 +33,4 @@ mod support_selftest;
 mod token_faults;
 mod token_lifecycle;
 mod upstream_faults;
+mod workers;

@@ -257,6 +257,62 @@ async fn http1_upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// `apps` app connections (one client each) sending `rounds` requests one
+/// after the other, all at once; every answer must be 200.
+async fn steady_load(proxy: &crate::support::proxy::TestProxy, apps: usize, rounds: usize) {
+    let mut load = tokio::task::JoinSet::new();
+    for app in 0..apps {
+        let (client, base) = (TestClient::new(), proxy.route_url(0));
+        load.spawn(async move {
+            for i in 0..rounds {
+                let r = client.get(&format!("{base}/app/{app}/{i}")).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        });
+    }
+    while let Some(done) = load.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_load_opens_no_more_upstream_connections_than_app_connections() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
+
+    steady_load(&proxy, 32, 20).await;
+
+    assert_eq!(upstream.request_count(), 32 * 20);
+    assert!(
+        upstream.connections() <= 32,
+        "32 app connections opened {} HTTP/1.1 upstream connections",
+        upstream.connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_load_shares_one_http2_connection_per_worker() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2()).await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
+
+    steady_load(&proxy, 32, 20).await;
+
+    assert_eq!(upstream.request_count(), 32 * 20);
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.version == Version::HTTP_2)
+    );
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "requests served on the test's runtime (one worker) share one HTTP/2 connection"
+    );
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_502_json() {
     let pki = Arc::new(TestPki::new());

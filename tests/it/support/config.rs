@@ -23,8 +23,11 @@ use std::path::Path;
 use sidekey::config::{Config, ConfigError};
 use sidekey::preflight::Checked;
 use sidekey::secret::MapEnv;
+use sidekey::server::Serving;
 
-use super::proxy::{TestProxy, checked_config, parse_config, start_proxy, start_proxy_adjusted};
+use super::proxy::{
+    TestProxy, checked_config, parse_config, start_proxy, start_proxy_adjusted, start_proxy_serving,
+};
 use super::tls::TestPki;
 
 /// Quote `s` as a TOML basic string (for paths and URLs in config text).
@@ -258,6 +261,12 @@ impl TestConfig {
     /// Start sidekey in-process with it (panics when refused).
     pub async fn start(&self) -> TestProxy {
         start_proxy(&self.text(), self.map_env()).await
+    }
+
+    /// [`TestConfig::start`] with the proxy listeners served on `workers`
+    /// threads of their own (as `sidekey run` does) instead of the test's runtime.
+    pub async fn start_on_workers(&self) -> TestProxy {
+        start_proxy_serving(&self.text(), self.map_env(), |_| {}, Serving::Workers).await
     }
 
     /// [`TestConfig::start`], after `adjust` changed what the file cannot.

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use sidekey::config::{Config, ConfigError};
 use sidekey::preflight::{Checked, preflight};
 use sidekey::secret::MapEnv;
-use sidekey::server::Handle;
+use sidekey::server::{Handle, Serving};
 
 use super::tls::{TestPki, provider};
 use super::upstream::{BodyDigest, BodyEnd, GeneratedBody, TrickleBody};
@@ -341,12 +341,23 @@ pub async fn start_proxy_adjusted(
     env: MapEnv,
     adjust: impl FnOnce(&mut Config),
 ) -> TestProxy {
+    start_proxy_serving(config_toml, env, adjust, Serving::Here).await
+}
+
+/// [`start_proxy_adjusted`], serving the proxy listeners as `serving` says
+/// ([`Serving::Workers`]: on `workers` threads of their own, as `sidekey run`).
+pub async fn start_proxy_serving(
+    config_toml: &str,
+    env: MapEnv,
+    adjust: impl FnOnce(&mut Config),
+    serving: Serving,
+) -> TestProxy {
     let mut config = parse_config(config_toml, env)
         .unwrap_or_else(|e| panic!("config refused: {e}\n---\n{config_toml}"));
     adjust(&mut config);
     let checked =
         preflight(config).unwrap_or_else(|e| panic!("preflight refused: {e}\n---\n{config_toml}"));
-    let handle = sidekey::server::serve(checked)
+    let handle = sidekey::server::serve_with(checked, serving)
         .await
         .unwrap_or_else(|e| panic!("serve failed: {e}\n---\n{config_toml}"));
     TestProxy {

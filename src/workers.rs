@@ -1,0 +1,164 @@
+//! Serving workers: `workers` threads, each running its own current-thread
+//! runtime with its own socket on every proxy listen address and its own
+//! upstream connections, so that a request is accepted, proxied and
+//! answered on one thread with no hand-over between threads.
+//!
+//! - [`bind`]: the sockets of one listen address, one per worker, bound at
+//!   start with `SO_REUSEPORT` (when there is more than one) on the same
+//!   address; Linux spreads incoming connections over them by a hash of the
+//!   connection's addresses and ports.
+//! - [`Workers::start`]: one thread per worker; each serves its sockets
+//!   until shutdown, then lets its connections finish. Everything workers
+//!   share (dispatch tables, credentials, metrics, the connection cap) is
+//!   behind `Arc`/`ArcSwap` and runtime-independent; what belongs to a
+//!   runtime (sockets, timers, hyper connections) lives and dies in its
+//!   worker.
+//! - [`id`]: which worker the current thread is; per-worker state (a
+//!   route's upstream connections, [`crate::proxy::client`]) is an array
+//!   indexed by it. Threads that are not serving workers (the main runtime,
+//!   tests serving on their own runtime) are worker 0.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::warn;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The current thread's worker index (0 outside the serving workers).
+pub fn id() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// The kernel's accept queue per socket (tokio's default too).
+const BACKLOG: i32 = 1024;
+
+/// Bind `count` sockets on `addr` (port 0: the port the first one got),
+/// sharing it with `SO_REUSEPORT` when more than one; the sockets and the
+/// bound address.
+pub fn bind(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let first = bind_one(addr, count > 1)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind_one(local, true)?);
+    }
+    Ok((sockets, local))
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's `TcpListener::bind`: a restart can bind while old
+    // connections sit in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// One listener's serving, on the runtime it was made in.
+pub type Listening = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What one worker serves: a future per listener, made (inside the
+/// worker's runtime, where its sockets register) from the worker's sockets.
+pub type Serve = Box<dyn FnOnce() -> std::io::Result<Vec<Listening>>>;
+
+/// The running serving threads.
+#[derive(Debug)]
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Every worker holds a sender; all dropped: every worker has stopped.
+    running: mpsc::Receiver<()>,
+    abort: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Start one thread per entry of `serve`, worker `i` running what
+    /// `serve[i]` makes on its own current-thread runtime until those futures
+    /// end (after shutdown, once their connections are done) or
+    /// [`Workers::abort`]. An error making them stops the workers started so far.
+    pub fn start(serve: Vec<Serve>) -> std::io::Result<Workers> {
+        let (alive, running) = mpsc::channel(1);
+        let (abort, aborted) = watch::channel(false);
+        let mut threads = Vec::with_capacity(serve.len());
+        for (index, serve) in serve.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let listening = {
+                let _entered = runtime.enter();
+                serve()?
+            };
+            let (alive, mut aborted) = (alive.clone(), aborted.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("sidekey-worker-{index}"))
+                .spawn(move || {
+                    WORKER.with(|worker| worker.set(index));
+                    runtime.block_on(async move {
+                        let mut listeners = JoinSet::new();
+                        for listener in listening {
+                            listeners.spawn(listener);
+                        }
+                        tokio::select! {
+                            () = async { while listeners.join_next().await.is_some() {} } => {}
+                            _ = aborted.wait_for(|aborted| *aborted) => {}
+                        }
+                    });
+                    // Dropping the runtime ends whatever connection is left.
+                    drop(runtime);
+                    drop(alive);
+                })?;
+            threads.push(thread);
+        }
+        Ok(Workers {
+            threads,
+            running,
+            abort,
+        })
+    }
+
+    /// How many workers run.
+    pub fn count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Return once every worker has stopped. Cancel-safe.
+    pub async fn stopped(&mut self) {
+        while self.running.recv().await.is_some() {}
+    }
+
+    /// End every worker now, with whatever connection it still has.
+    pub async fn abort(&mut self) {
+        let _ = self.abort.send(true);
+        self.stopped().await;
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let _ = self.abort.send(true);
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                warn!("a serving worker panicked");
+            }
+        }
+    }
+}
