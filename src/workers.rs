@@ -43,10 +43,19 @@ const BACKLOG: i32 = 1024;
 /// Bind `count` sockets on `addr` (port 0: the port the first one got),
 /// sharing it with `SO_REUSEPORT` when more than one; the sockets and the
 /// bound address.
+///
+/// `SO_REUSEPORT` would also let these sockets join another process's
+/// group on the address (a second sidekey of the same user, an old one
+/// still running) and split its connections silently. So the address is
+/// first bound once without it: anyone listening there makes that fail
+/// with "address in use", as a single socket would.
 pub fn bind(
     addr: SocketAddr,
     count: usize,
 ) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    if count > 1 && addr.port() != 0 {
+        drop(bind_one(addr, false)?);
+    }
     let first = bind_one(addr, count > 1)?;
     let local = first.local_addr()?;
     let mut sockets = vec![first];
@@ -160,5 +169,24 @@ impl Drop for Workers {
                 warn!("a serving worker panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_another_group_listens_on_is_refused() {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (sockets, addr) = bind(loopback, 2).expect("a free port");
+        assert_eq!(sockets.len(), 2);
+        for count in [1, 2] {
+            let err = bind(addr, count).expect_err("the port is taken");
+            assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{count}: {err}");
+        }
+        drop(sockets);
+        let (again, _) = bind(addr, 2).expect("free again once closed");
+        assert_eq!(again.len(), 2);
     }
 }
