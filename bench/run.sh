@@ -566,6 +566,7 @@ NGX_PX=$(pick_port)
 SK_H1=$(pick_port)
 SK_H2=$(pick_port)
 SK_ADMIN=$(pick_port)
+SK2_ADMIN=$(pick_port)
 ROT_PORT=$(pick_port)
 ROT_ADMIN=$(pick_port)
 TOKEN_PORT=$(pick_port)
@@ -674,12 +675,10 @@ for _ in $(seq 100); do port_in_use "$TOKEN_PORT" && break; sleep 0.1; done
 port_in_use "$TOKEN_PORT" || die "token endpoint did not start: $(tail -5 "$TMP/token_server.log")"
 
 # ------------------------------------------------------------- sidekey ----
-# The main instance: default settings, one route to each upstream port.
-{
-    sidekey_common "$SK_ADMIN"
-    sidekey_route h1 "$SK_H1" "$UP_H1"
-    sidekey_route h2 "$SK_H2" "$UP_H2"
-} >"$TMP/sidekey.toml"
+# One instance per upstream port, default settings, a static token; the
+# rotation instance has the same shape, so "steady" compares like with like.
+{ sidekey_common "$SK_ADMIN"; sidekey_route h1 "$SK_H1" "$UP_H1"; } >"$TMP/sidekey.toml"
+{ sidekey_common "$SK2_ADMIN"; sidekey_route h2 "$SK_H2" "$UP_H2"; } >"$TMP/sidekey-h2.toml"
 # The rotation instance: default settings, an oauth2 credential with short-lived tokens.
 {
     cat <<EOF
@@ -704,6 +703,8 @@ EOF
 } >"$TMP/sidekey-rot.toml"
 start_sidekey sidekey "$SIDEKEY" "$TMP/sidekey.toml" "$SK_ADMIN" SIDEKEY_BENCH_TOKEN="$TOKEN"
 SK_PID=$SK_STARTED
+start_sidekey sidekey-h2 "$SIDEKEY" "$TMP/sidekey-h2.toml" "$SK2_ADMIN" SIDEKEY_BENCH_TOKEN="$TOKEN"
+SK2_PID=$SK_STARTED
 start_sidekey sidekey-rot "$SIDEKEY" "$TMP/sidekey-rot.toml" "$ROT_ADMIN" \
     SIDEKEY_BENCH_CLIENT_ID="$ROT_CLIENT_ID" SIDEKEY_BENCH_CLIENT_SECRET="$ROT_CLIENT_SECRET"
 ROT_PID=$SK_STARTED
@@ -711,6 +712,7 @@ ROT_PID=$SK_STARTED
 # Idle memory: after start, before any request.
 sleep 1
 SK_IDLE=$(status_kib VmRSS "$SK_PID")
+SK2_IDLE=$(status_kib VmRSS "$SK2_PID")
 SK_THREADS=$(awk '/^Threads:/{print $2}' "/proc/$SK_PID/status")
 NGX_IDLE=$(status_kib VmRSS "${ngx_pids[@]}")
 NGX_IDLE_PSS=$(pss_kib "${ngx_pids[@]}")
@@ -727,7 +729,7 @@ done
 T_URL=([direct]="https://127.0.0.1:$UP_H1/v1/ping" [sk_h1]="http://127.0.0.1:$SK_H1/v1/ping"
     [sk_h2]="http://127.0.0.1:$SK_H2/v1/ping" [nginx]="http://127.0.0.1:$NGX_PX/v1/ping"
     [rot]="http://127.0.0.1:$ROT_PORT/v1/ping")
-T_PIDS=([sk_h1]=$SK_PID [sk_h2]=$SK_PID [nginx]=$NGX_TREE [rot]=$ROT_PID)
+T_PIDS=([sk_h1]=$SK_PID [sk_h2]=$SK2_PID [nginx]=$NGX_TREE [rot]=$ROT_PID)
 T_UP=([sk_h1]=$UP_H1 [sk_h2]=$UP_H2 [nginx]=$UP_H1 [rot]=$UP_H1)
 T_AUTH=([direct]="Bearer $TOKEN")
 ROT_TOKENS=0 ROT_SECONDS=0
@@ -767,7 +769,7 @@ transfer() { # key direction url [curl args…]
     log "transfer $key $dir: ${XFER[$key/$dir]} MB/s"
 }
 log "transfers: ${TRANSFER_MB} MB up and down"
-reset_peak "$SK_PID"
+reset_peak "$SK_PID" "$SK2_PID"
 reset_peak "${ngx_pids[@]}"
 for dir in up down; do
     path=/upload
@@ -778,11 +780,13 @@ for dir in up down; do
     transfer nginx "$dir" "http://127.0.0.1:$NGX_PX$path"
 done
 SK_XFER_PEAK=$(status_kib VmHWM "$SK_PID")
+SK2_XFER_PEAK=$(status_kib VmHWM "$SK2_PID")
 NGX_XFER_PEAK=$(status_kib VmHWM "${ngx_pids[@]}")
 
 kill -0 "$SK_PID" 2>/dev/null || die "sidekey exited during the run"
+kill -0 "$SK2_PID" 2>/dev/null || die "sidekey (HTTP/2) exited during the run"
 kill -0 "$ROT_PID" 2>/dev/null || die "sidekey (rotation) exited during the run"
-SK_LOG_LINES=$(cat "$TMP/sidekey.log" "$TMP/sidekey-rot.log" | grep -c . || true)
+SK_LOG_LINES=$(cat "$TMP/sidekey.log" "$TMP/sidekey-h2.log" "$TMP/sidekey-rot.log" | grep -c . || true)
 SK_RSS_END=$(status_kib VmRSS "$SK_PID")
 
 # -------------------------------------------------------------- report ----
@@ -794,12 +798,12 @@ row() { # upstream-label target-label key idle-kib
         "$(ms "${B_P50[$k]}")" "$(ms "${B_P99[$k]}")" "$(ms "${B_P999[$k]}")" "${ERRSUM[$k]}" \
         "${B_CPU[$k]}" "${B_USR[$k]}" "${B_CS[$k]}" "$(mib "$4")" "$(mib "${B_PEAK[$k]}")"
 }
-ratio_row() { # upstream-label sidekey-key nginx-key
+ratio_row() { # upstream-label sidekey-key nginx-key sidekey-idle-kib
     local s=$2 n=$3
     printf '%-8s %-24s %5s %8s %8s %8s %8s %5s %7s %4s %6s %6s %6s\n' "$1" "  sidekey/nginx" "" \
         "$(ratio "${B_RPS[$s]}" "${B_RPS[$n]}")" "$(ratio "${B_P50[$s]}" "${B_P50[$n]}")" \
         "$(ratio "${B_P99[$s]}" "${B_P99[$n]}")" "$(ratio "${B_P999[$s]}" "${B_P999[$n]}")" "" \
-        "$(ratio "${B_CPU[$s]}" "${B_CPU[$n]}")" "" "" "$(ratio "$SK_IDLE" "$NGX_IDLE")" \
+        "$(ratio "${B_CPU[$s]}" "${B_CPU[$n]}")" "" "" "$(ratio "$4" "$NGX_IDLE")" \
         "$(ratio "${B_PEAK[$s]}" "${B_PEAK[$n]}")"
 }
 added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%+d µs", a-b}'; }
@@ -814,7 +818,7 @@ REPORT=$(
 machine   : $(machine_line)
 command   : $COMMAND
 load avg  : $LOAD_START at the start of the wrk runs, $LOAD_END at the end; CPU steal during them: $STEAL
-sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev), default settings ($SK_THREADS threads at idle)
+sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev), default settings ($SK_THREADS threads at idle), one process per upstream port
 tools     : $(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'), $(openssl version | cut -d' ' -f1-2)
 upstream  : nginx, 1 worker, HTTPS (TLS 1.3, ECDSA P-256) on loopback; GET answers 200 with 1 KiB of JSON,
             401 without a right bearer token; HTTP/1.1 port, and an ALPN h2 port for "HTTP/2"
@@ -830,19 +834,19 @@ $HDR
 $(row HTTP/1.1 "direct (wrk -> upstream)" "direct/1" -)
 $(row HTTP/1.1 "sidekey" "sk_h1/1" "$SK_IDLE")
 $(row HTTP/1.1 "nginx" "nginx/1" "$NGX_IDLE")
-$(ratio_row HTTP/1.1 "sk_h1/1" "nginx/1")
+$(ratio_row HTTP/1.1 "sk_h1/1" "nginx/1" "$SK_IDLE")
 $(row HTTP/1.1 "direct (wrk -> upstream)" "direct/$C" -)
 $(row HTTP/1.1 "sidekey" "sk_h1/$C" "$SK_IDLE")
 $(row HTTP/1.1 "nginx" "nginx/$C" "$NGX_IDLE")
-$(ratio_row HTTP/1.1 "sk_h1/$C" "nginx/$C")
+$(ratio_row HTTP/1.1 "sk_h1/$C" "nginx/$C" "$SK_IDLE")
 $(row HTTP/2 "direct* (HTTP/1.1)" "direct/1" -)
-$(row HTTP/2 "sidekey" "sk_h2/1" "$SK_IDLE")
+$(row HTTP/2 "sidekey" "sk_h2/1" "$SK2_IDLE")
 $(row HTTP/2 "nginx* (HTTP/1.1 up)" "nginx/1" "$NGX_IDLE")
-$(ratio_row HTTP/2 "sk_h2/1" "nginx/1")
+$(ratio_row HTTP/2 "sk_h2/1" "nginx/1" "$SK2_IDLE")
 $(row HTTP/2 "direct* (HTTP/1.1)" "direct/$C" -)
-$(row HTTP/2 "sidekey" "sk_h2/$C" "$SK_IDLE")
+$(row HTTP/2 "sidekey" "sk_h2/$C" "$SK2_IDLE")
 $(row HTTP/2 "nginx* (HTTP/1.1 up)" "nginx/$C" "$NGX_IDLE")
-$(ratio_row HTTP/2 "sk_h2/$C" "nginx/$C")
+$(ratio_row HTTP/2 "sk_h2/$C" "nginx/$C" "$SK2_IDLE")
   * the same runs as in the HTTP/1.1 rows: wrk speaks only HTTP/1.1, and nginx proxies only HTTP/1.1
     to an upstream (no h2 in proxy_pass), so its answer to an HTTP/2 upstream is HTTP/1.1.
 
@@ -863,10 +867,10 @@ $(xfer_row "sidekey -> HTTP/1.1" sk_h1)
 $(xfer_row "sidekey -> HTTP/2" sk_h2)
 $(xfer_row "nginx -> HTTP/1.1" nginx)
 $(printf '%-28s %8s %9s' "  sidekey/nginx (HTTP/1.1)" "$(ratio "${XFER[sk_h1/up]}" "${XFER[nginx/up]}")" "$(ratio "${XFER[sk_h1/down]}" "${XFER[nginx/down]}")")
-  peak RSS during the transfers: sidekey $(mib "$SK_XFER_PEAK") MiB, nginx $(mib "$NGX_XFER_PEAK") MiB (bodies stream, not buffered)
+  peak RSS during the transfers: sidekey -> HTTP/1.1 $(mib "$SK_XFER_PEAK") MiB, -> HTTP/2 $(mib "$SK2_XFER_PEAK") MiB, nginx $(mib "$NGX_XFER_PEAK") MiB (bodies stream, not buffered)
 
 memory    : idle PSS (shared pages split between processes): sidekey $(mib "$SK_IDLE_PSS") MiB, nginx $(mib "$NGX_IDLE_PSS") MiB;
-            sidekey VmRSS at the end $(mib "$SK_RSS_END") MiB
+            sidekey -> HTTP/1.1 VmRSS at the end $(mib "$SK_RSS_END") MiB
 upstream TLS connections held right after the best -c$C run: sidekey -> HTTP/1.1 ${B_CONNS[sk_h1/$C]}, -> HTTP/2 ${B_CONNS[sk_h2/$C]}, nginx ${B_CONNS[nginx/$C]}
 sidekey binary: $(mib "$(($(stat -c %s "$SIDEKEY") / 1024))") MiB; sidekey log: $SK_LOG_LINES line(s) at level warn or above
 EOF
