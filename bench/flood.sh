@@ -24,13 +24,15 @@
 # set 512 to see the default cap at work), FLOOD_CARGO_FLAGS (extra flags
 # for `cargo build --release`, e.g. `--no-default-features`),
 # FLOOD_SIDEKEY (a prebuilt binary instead of building), FLOOD_ENV (extra
-# environment for sidekey, e.g. `MALLOC_ARENA_MAX=2`).
+# environment for sidekey, e.g. `MALLOC_ARENA_MAX=2`), FLOOD_PHASES (which of
+# the three phases to run: "1 2 3").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${FLOOD_N:-2000}
 BIG_N=${FLOOD_BIG_N:-1000}
 SETTLE=${FLOOD_SETTLE:-30}
+PHASES=${FLOOD_PHASES:-1 2 3}
 MAX_CONNECTIONS=${FLOOD_MAX_CONNECTIONS:-$((N + 100))}
 
 log() { printf '[flood %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -75,10 +77,15 @@ trap 'exit 130' INT TERM
 
 # --------------------------------------------------------------- config ----
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Below the ephemeral range: a port there may be in use as the source port of
+# an outgoing connection, which a connect test does not see.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+PORT_BASE=10000 PORT_SPAN=$((EPHEMERAL_LOW - 10000))
+((PORT_SPAN >= 1000)) || PORT_BASE=20000 PORT_SPAN=30000
 pick_port() {
     local p
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((PORT_BASE + RANDOM % PORT_SPAN))
         port_in_use "$p" || { echo "$p"; return 0; }
     done
     die "no free port"
@@ -116,10 +123,11 @@ for _ in $(seq 100); do port_in_use "$PORT" && break; sleep 0.1; done
 port_in_use "$PORT" || { cat "$TMP/sidekey.log" >&2; die "sidekey did not start"; }
 
 # --------------------------------------------------------------- client ----
-python3 - "$PID" "$PORT" "$N" "$BIG_N" "$SETTLE" <<'PY'
+python3 - "$PID" "$PORT" "$N" "$BIG_N" "$SETTLE" "$PHASES" <<'PY'
 import socket, sys, time
 
-pid, port, n, big_n, settle = (int(a) for a in sys.argv[1:])
+pid, port, n, big_n, settle = (int(a) for a in sys.argv[1:6])
+phases = set(sys.argv[6].split())
 
 def status(field):
     with open(f"/proc/{pid}/status") as f:
@@ -191,94 +199,101 @@ baseline = rss()
 say(f"sidekey pid {pid}; RSS at rest after warm-up: {baseline:.1f} MiB")
 
 # 1. idle keep-alive connections
-reset_peak()
-before = rss()
-conns = []
-for i in range(n):
-    s = connect()
-    s.settimeout(5)
-    s.sendall(b"GET /idle HTTP/1.1\r\nhost: sidekey\r\nuser-agent: flood\r\naccept: */*\r\n\r\n")
-    try:
-        head = read_head(s)
-    except socket.timeout:
-        say(f"connection {i} not served within 5 s: the connection cap is reached")
+def idle_keep_alive():
+    reset_peak()
+    before = rss()
+    conns = []
+    for i in range(n):
+        s = connect()
+        s.settimeout(5)
+        s.sendall(b"GET /idle HTTP/1.1\r\nhost: sidekey\r\nuser-agent: flood\r\naccept: */*\r\n\r\n")
+        try:
+            head = read_head(s)
+        except socket.timeout:
+            say(f"connection {i} not served within 5 s: the connection cap is reached")
+            s.close()
+            break
+        if not head.startswith(b"HTTP/1.1 404"):
+            say(f"unexpected answer on connection {i}: {head[:40]!r}")
+            break
+        conns.append(s)
+    time.sleep(1)
+    peak = max(rss(), status("VmHWM"))
+    say(f"{len(conns)} idle keep-alive connections open: RSS {rss():.1f} MiB, "
+        f"{(rss() - before) * 1024 / max(len(conns), 1):.1f} KiB per connection")
+    opened = len(conns)
+    for s in conns:
         s.close()
-        break
-    if not head.startswith(b"HTTP/1.1 404"):
-        say(f"unexpected answer on connection {i}: {head[:40]!r}")
-        break
-    conns.append(s)
-time.sleep(1)
-peak = max(rss(), status("VmHWM"))
-say(f"{len(conns)} idle keep-alive connections open: RSS {rss():.1f} MiB, "
-    f"{(rss() - before) * 1024 / max(len(conns), 1):.1f} KiB per connection")
-opened = len(conns)
-for s in conns:
-    s.close()
-settle_and_report(f"{opened} idle keep-alive", peak, before)
+    settle_and_report(f"{opened} idle keep-alive", peak, before)
 
 # 2. unterminated 60 KiB heads
-reset_peak()
-before = rss()
-head = b"GET /slow HTTP/1.1\r\nhost: sidekey\r\nx-fill: " + b"a" * (60 * 1024)
-conns = open_many(n, head, "slow heads")
-time.sleep(2)
-peak = max(rss(), status("VmHWM"))
-say(f"{len(conns)} unterminated 60 KiB heads held: RSS {rss():.1f} MiB, "
-    f"{(rss() - before) * 1024 / len(conns):.1f} KiB per connection")
-for s in conns:
-    s.close()
-settle_and_report(f"{len(conns)} x 60 KiB slow heads", peak, before)
+def slow_heads():
+    reset_peak()
+    before = rss()
+    head = b"GET /slow HTTP/1.1\r\nhost: sidekey\r\nx-fill: " + b"a" * (60 * 1024)
+    conns = open_many(n, head, "slow heads")
+    time.sleep(2)
+    peak = max(rss(), status("VmHWM"))
+    say(f"{len(conns)} unterminated 60 KiB heads held: RSS {rss():.1f} MiB, "
+        f"{(rss() - before) * 1024 / len(conns):.1f} KiB per connection")
+    for s in conns:
+        s.close()
+    settle_and_report(f"{len(conns)} x 60 KiB slow heads", peak, before)
 
 # 3. 400 KB heads, all connections opened first
-reset_peak()
-before = rss()
-head = b"GET /big HTTP/1.1\r\nhost: sidekey\r\nx-fill: " + b"a" * (400 * 1000)
-conns = []
-answers = {}
-for s in open_many(big_n, b"", "400 KB heads"):
-    s.setblocking(False)
-    conns.append([s, 0])
-deadline = time.monotonic() + 60
-while any(sent < len(head) for _, sent in conns) and time.monotonic() < deadline:
-    progressed = False
-    for c in conns:
-        s, sent = c
-        if sent >= len(head):
-            continue
-        try:
-            k = s.send(head[sent:sent + 65536])
-            c[1] += k
-            progressed = progressed or k > 0
-        except BlockingIOError:
-            pass
-        except OSError:
-            c[1] = len(head)  # closed by the server (431): done
-    if not progressed:
-        time.sleep(0.01)
-time.sleep(1)
-peak = max(rss(), status("VmHWM"))
-import select
-pending = {s.fileno(): s for s, _ in conns}
-replies = {}
-deadline = time.monotonic() + 3
-while pending and time.monotonic() < deadline:
-    ready, _, _ = select.select(list(pending.values())[:1000], [], [], 0.2)
-    for s in ready:
-        try:
-            data = s.recv(64)
-        except OSError as e:
-            data = type(e).__name__.encode()
-        replies[s.fileno()] = data
-        del pending[s.fileno()]
-for fd, data in replies.items():
-    key = data.split(b"\r\n")[0].decode(errors="replace")[:12] or "closed"
-    answers[key] = answers.get(key, 0) + 1
-if pending:
-    answers["no answer"] = len(pending)
-say(f"{len(conns)} x 400 KB heads: answers {answers}")
-for s, _ in conns:
-    s.close()
-settle_and_report(f"{len(conns)} x 400 KB heads", peak, before)
+def big_heads():
+    reset_peak()
+    before = rss()
+    head = b"GET /big HTTP/1.1\r\nhost: sidekey\r\nx-fill: " + b"a" * (400 * 1000)
+    conns = []
+    answers = {}
+    for s in open_many(big_n, b"", "400 KB heads"):
+        s.setblocking(False)
+        conns.append([s, 0])
+    deadline = time.monotonic() + 60
+    while any(sent < len(head) for _, sent in conns) and time.monotonic() < deadline:
+        progressed = False
+        for c in conns:
+            s, sent = c
+            if sent >= len(head):
+                continue
+            try:
+                k = s.send(head[sent:sent + 65536])
+                c[1] += k
+                progressed = progressed or k > 0
+            except BlockingIOError:
+                pass
+            except OSError:
+                c[1] = len(head)  # closed by the server (431): done
+        if not progressed:
+            time.sleep(0.01)
+    time.sleep(1)
+    peak = max(rss(), status("VmHWM"))
+    import select
+    pending = {s.fileno(): s for s, _ in conns}
+    replies = {}
+    deadline = time.monotonic() + 3
+    while pending and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(pending.values())[:1000], [], [], 0.2)
+        for s in ready:
+            try:
+                data = s.recv(64)
+            except OSError as e:
+                data = type(e).__name__.encode()
+            replies[s.fileno()] = data
+            del pending[s.fileno()]
+    for fd, data in replies.items():
+        key = data.split(b"\r\n")[0].decode(errors="replace")[:12] or "closed"
+        answers[key] = answers.get(key, 0) + 1
+    if pending:
+        answers["no answer"] = len(pending)
+    say(f"{len(conns)} x 400 KB heads: answers {answers}")
+    for s, _ in conns:
+        s.close()
+    settle_and_report(f"{len(conns)} x 400 KB heads", peak, before)
+
+for phase, run in (("1", idle_keep_alive), ("2", slow_heads), ("3", big_heads)):
+    if phase in phases:
+        run()
 PY
 log "done"

@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
-# sidekey benchmark: sidekey vs. nginx as an auth-injecting reverse proxy in
-# front of an HTTPS upstream (nginx), all on loopback. See bench/README.md.
+# sidekey benchmark: direct vs. sidekey vs. nginx as an auth-injecting reverse
+# proxy in front of an HTTPS upstream (nginx), all on loopback; or, with the
+# `allocators` argument, sidekey built with each global allocator.
+# See bench/README.md.
 #
-#   bash bench/run.sh
+#   bash bench/run.sh               # the comparison table and a PNG plot
+#   bash bench/run.sh allocators    # system vs. mimalloc vs. jemalloc
 #
-# Tunables (environment): BENCH_DURATION (default 6s), BENCH_WARMUP (1s),
-# BENCH_ROUNDS (2), BENCH_CONNS (32), BENCH_THREADS (2), BENCH_TRANSFER_MB
-# (100), BENCH_SKIP_BUILD=1 (use an existing target/release/sidekey).
+# Tunables (environment): BENCH_DURATION (default 8s), BENCH_WARMUP (1s),
+# BENCH_ROUNDS (2), BENCH_CONNS (64), BENCH_THREADS (1), BENCH_TRANSFER_MB
+# (100), BENCH_TOKEN_TTL (2, seconds), BENCH_PLOT (bench/latest.png),
+# BENCH_SKIP_BUILD=1 (use an existing target/release/sidekey; with `allocators`
+# it stands in for all three: a dry run of the mechanics),
+# BENCH_SPIKE_N (5000) and BENCH_BUILD_TIMES (1) for `allocators`.
 set -euo pipefail
 
+# The exact command, for the report (before the script sets anything).
+COMMAND=""
+for var in $(compgen -e | grep '^BENCH_' | sort); do COMMAND+="$var=${!var} "; done
+COMMAND+="bash bench/run.sh${*:+ $*}"
+
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DURATION=${BENCH_DURATION:-6s}
+MODE=${1:-compare}
+case $MODE in
+compare | allocators) ;;
+-h | --help)
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+    exit 0
+    ;;
+*)
+    echo "usage: bash bench/run.sh [allocators]" >&2
+    exit 2
+    ;;
+esac
+DURATION=${BENCH_DURATION:-8s}
 WARMUP=${BENCH_WARMUP:-1s}
 ROUNDS=${BENCH_ROUNDS:-2}
-CONNS=${BENCH_CONNS:-32}
-THREADS=${BENCH_THREADS:-2}
+CONNS=${BENCH_CONNS:-64}
+THREADS=${BENCH_THREADS:-1}
 TRANSFER_MB=${BENCH_TRANSFER_MB:-100}
+TOKEN_TTL=${BENCH_TOKEN_TTL:-2}
+PLOT=${BENCH_PLOT:-$ROOT/bench/latest.png}
+SPIKE_N=${BENCH_SPIKE_N:-5000}
+BUILD_TIMES=${BENCH_BUILD_TIMES:-1}
+NCPU=$(nproc)
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -26,6 +54,8 @@ command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
 command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+[[ $MODE == compare ]] && ! command -v gnuplot >/dev/null 2>&1 && need_pkgs+=(gnuplot-nox)
 if ((${#need_pkgs[@]})); then
     [[ $EUID -eq 0 ]] || die "missing ${need_pkgs[*]}; run as root or install them"
     log "installing ${need_pkgs[*]} (apt-get)"
@@ -34,16 +64,9 @@ if ((${#need_pkgs[@]})); then
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found (a Rust toolchain is required)"
-
-# ---------------------------------------------------------------- build ----
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release --quiet)
-fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR = /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
 SIDEKEY=$TARGET_DIR/release/sidekey
-[[ -x $SIDEKEY ]] || die "$SIDEKEY not found"
 
 # ------------------------------------------------------------- cleanup ----
 TMP=$(mktemp -d /tmp/sidekey-bench.XXXXXX)
@@ -66,13 +89,70 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# ---------------------------------------------------------------- build ----
+# allocators: the three variants one after another into the same target/,
+# each final binary copied aside (a target dir per variant would cost GBs).
+declare -A ALLOC_FLAGS=([system]="--no-default-features" [mimalloc]="--no-default-features --features mimalloc" [jemalloc]="")
+declare -A ALLOC_SYS=([system]="" [mimalloc]="libmimalloc-sys" [jemalloc]="tikv-jemalloc-sys")
+declare -A ALLOC_BUILD_S=()
+ALLOCATORS=(system mimalloc jemalloc) # jemalloc (the default) last: target/ is left as a plain build leaves it
+timed_build() { # flags... -> seconds on stdout
+    local t0 t1
+    t0=$(date +%s.%N)
+    (cd "$ROOT" && cargo build --release --quiet --bin sidekey "$@") >&2
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}'
+}
+if [[ $MODE == allocators && ${BENCH_SKIP_BUILD:-0} == 1 ]]; then
+    # A dry run of the mechanics: the existing binary under all three names.
+    [[ -x $SIDEKEY ]] || die "$SIDEKEY not found"
+    log "BENCH_SKIP_BUILD=1: measuring $SIDEKEY under all three names (a dry run, not a comparison)"
+    for v in "${ALLOCATORS[@]}"; do
+        cp "$SIDEKEY" "$TMP/sidekey-$v"
+        ALLOC_BUILD_S[$v]="-"
+    done
+elif [[ $MODE == allocators ]]; then
+    for v in "${ALLOCATORS[@]}"; do
+        read -r -a flags <<<"${ALLOC_FLAGS[$v]}"
+        ALLOC_BUILD_S[$v]="-"
+        # The allocator crate's own cost: this build, after `cargo clean -p`
+        # of its -sys crate, minus one that recompiles just as much of sidekey
+        # (lib and bin both depend on the allocator crates, so both rebuild).
+        if [[ $BUILD_TIMES == 1 && -n ${ALLOC_SYS[$v]} ]]; then
+            (cd "$ROOT" && cargo clean --release --quiet -p "${ALLOC_SYS[$v]}")
+        fi
+        log "cargo build --release ${flags[*]} ($v)"
+        with_sys=$(timed_build "${flags[@]}")
+        cp "$SIDEKEY" "$TMP/sidekey-$v"
+        [[ $BUILD_TIMES == 1 ]] || continue
+        if [[ -z ${ALLOC_SYS[$v]} ]]; then
+            ALLOC_BUILD_S[$v]=0
+            continue
+        fi
+        touch "$ROOT/src/lib.rs" "$ROOT/src/main.rs"
+        log "timing: build after touching src/lib.rs and src/main.rs"
+        without_sys=$(timed_build "${flags[@]}")
+        ALLOC_BUILD_S[$v]=$(awk -v a="$with_sys" -v b="$without_sys" 'BEGIN{printf "%.0f", a-b}')
+        log "$v: ${with_sys}s with ${ALLOC_SYS[$v]} rebuilt, ${without_sys}s without"
+    done
+elif [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release --quiet --bin sidekey)
+fi
+[[ -x $SIDEKEY ]] || die "$SIDEKEY not found"
+
 # --------------------------------------------------------------- ports ----
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Below the ephemeral range: a port there may be in use as the source port of
+# an outgoing connection, which a connect test does not see.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+PORT_BASE=10000 PORT_SPAN=$((EPHEMERAL_LOW - 10000))
+((PORT_SPAN >= 1000)) || PORT_BASE=20000 PORT_SPAN=30000
 USED_PORTS=" "
 pick_port() {
     local p
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((PORT_BASE + RANDOM % PORT_SPAN))
         [[ $USED_PORTS == *" $p "* ]] && continue
         port_in_use "$p" && continue
         USED_PORTS+="$p "
@@ -81,16 +161,9 @@ pick_port() {
     done
     die "no free port found"
 }
-UP_H1=$(pick_port)   # upstream HTTPS, HTTP/1.1 only
-UP_H2=$(pick_port)   # upstream HTTPS, ALPN h2
-UP_PLAIN=$(pick_port) # upstream plain HTTP (reference row only)
-NGX_PX1=$(pick_port) # nginx proxy, 1 worker
-NGX_PX2=$(pick_port) # nginx proxy, 2 workers
-SK_H1=$(pick_port)   # sidekey route -> UP_H1
-SK_H2=$(pick_port)   # sidekey route -> UP_H2
-SK_ADMIN=$(pick_port)
-SK1_H1=$(pick_port)  # second sidekey, TOKIO_WORKER_THREADS=1, route -> UP_H1
-SK1_ADMIN=$(pick_port)
+UP_H1=$(pick_port)    # upstream HTTPS, HTTP/1.1 only
+UP_H2=$(pick_port)    # upstream HTTPS, ALPN h2
+UP_PLAIN=$(pick_port) # upstream plain HTTP (only to check that it refuses a request without a token)
 
 wait_http() { # url [expected-status] : poll up to 10 s
     local code
@@ -104,8 +177,8 @@ wait_http() { # url [expected-status] : poll up to 10 s
 
 # ---------------------------------------------------------- material ----
 umask 077
-TOKEN=$(openssl rand -hex 24)   # throwaway; never printed
-log "temp dir $TMP; ports upstream h1=$UP_H1 h2=$UP_H2 plain=$UP_PLAIN, nginx proxy=$NGX_PX1/$NGX_PX2, sidekey=$SK_H1/$SK_H2 admin=$SK_ADMIN, sidekey 1 thread=$SK1_H1 admin=$SK1_ADMIN"
+TOKEN=$(openssl rand -hex 24) # throwaway; never printed
+log "temp dir $TMP; upstream ports h1=$UP_H1 h2=$UP_H2"
 
 # A throwaway CA and a leaf for 127.0.0.1/localhost. (A single self-signed
 # CA:TRUE certificate cannot be served as the leaf: rustls/webpki refuses a CA
@@ -120,15 +193,21 @@ printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:F
     "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$TMP/leaf.ext"
 openssl x509 -req -in "$TMP/leaf.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
     -days 1 -extfile "$TMP/leaf.ext" -out "$TMP/leaf.pem" 2>/dev/null
+printf 'Authorization: Bearer %s\n' "$TOKEN" >"$TMP/auth.header" # for curl -H @file: not in argv
 
 mkdir -p "$TMP/www" "$TMP/ngx"
-printf '{"ok":true}' >"$TMP/www/small.json"
-cp "$TMP/www/small.json" "$TMP/www/upload"
+# The answer: 1 KiB of JSON.
+BODY='{"ok":true,"pad":"'
+BODY+=$(printf '%*s' $((1024 - ${#BODY} - 2)) '' | tr ' ' x)
+BODY+='"}'
+((${#BODY} == 1024)) || die "answer body is ${#BODY} bytes, not 1024"
+printf '%s' "$BODY" >"$TMP/www/answer.json"
+cp "$TMP/www/answer.json" "$TMP/www/upload"
 TRANSFER_BYTES=$((TRANSFER_MB * 1024 * 1024))
-head -c "$TRANSFER_BYTES" /dev/urandom >"$TMP/www/big.bin"
+[[ $MODE == compare ]] && head -c "$TRANSFER_BYTES" /dev/urandom >"$TMP/www/big.bin"
 
 NGINX_USER=""
-[[ $EUID -eq 0 ]] && NGINX_USER="user root;"   # workers must read the 0700 temp dir
+[[ $EUID -eq 0 ]] && NGINX_USER="user root;" # workers must read the 0700 temp dir
 
 ngx_common() { # name
     cat <<EOF
@@ -152,9 +231,10 @@ EOF
 }
 
 # ------------------------------------------------------------ upstream ----
-# Answers {"ok":true} for any path, 401 unless the right bearer token came
-# along (so a proxy that forgets to inject shows up as non-2xx), accepts POST
-# bodies of any size at /upload, and serves $TRANSFER_MB MB at /big.bin.
+# Answers 1 KiB of JSON for any path, 401 unless a right bearer token came
+# along (so a proxy that forgets to inject shows up as non-2xx): the static
+# token, or any token of the rotation row's token endpoint (rot-N-<hex>).
+# Accepts POST bodies of any size at /upload, serves $TRANSFER_MB MB at /big.bin.
 cat >"$TMP/upstream.conf" <<EOF
 $(ngx_common upstream)
 worker_processes 1;
@@ -163,7 +243,11 @@ http {
 $(ngx_http_common upstream)
     default_type application/json;
     map_hash_bucket_size 128;
-    map \$http_authorization \$bench_auth_ok { "Bearer $TOKEN" 1; default 0; }
+    map \$http_authorization \$bench_auth_ok {
+        "Bearer $TOKEN" 1;
+        "~^Bearer rot-[0-9]+-[0-9a-f]{32}\$" 1;
+        default 0;
+    }
     server {
         listen 127.0.0.1:$UP_H1 ssl;
         listen 127.0.0.1:$UP_H2 ssl http2;
@@ -174,22 +258,22 @@ $(ngx_http_common upstream)
         root $TMP/www;
         location / {
             if (\$bench_auth_ok = 0) { return 401 '{"error":"unauthorized"}'; }
-            return 200 '{"ok":true}';
+            return 200 '$BODY';
         }
         # Reads the whole body (in memory) before answering: mirror with
         # mirror_request_body waits for it; the static handler then refuses
         # the POST to the file www/upload (405), which error_page turns into
-        # 200 {"ok":true}. A plain "return 200" would answer before the body
-        # arrived (and an HTTP/2 client may then stop sending it).
+        # 200. A plain "return 200" would answer before the body arrived (and
+        # an HTTP/2 client may then stop sending it).
         location = /upload {
             if (\$bench_auth_ok = 0) { return 401 '{"error":"unauthorized"}'; }
             client_body_buffer_size 256m;
             mirror /sink;
             mirror_request_body on;
-            error_page 405 =200 /small.json;
+            error_page 405 =200 /answer.json;
         }
         location = /sink { internal; return 204; }
-        location = /small.json { }
+        location = /answer.json { }
         location = /big.bin {
             if (\$bench_auth_ok = 0) { return 401 '{"error":"unauthorized"}'; }
             default_type application/octet-stream;
@@ -207,18 +291,297 @@ start_nginx() { # name
 }
 start_nginx upstream
 wait_http "http://127.0.0.1:$UP_PLAIN/" 401 || die "upstream nginx did not start"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$UP_PLAIN/v1/ping")
+[[ $code == 401 ]] || die "upstream should refuse a request without a token, got $code"
+body=$(curl -sS --max-time 5 --cacert "$TMP/ca.pem" -H @"$TMP/auth.header" "https://127.0.0.1:$UP_H1/v1/ping") \
+    || die "direct request to the upstream failed"
+[[ $body == "$BODY" ]] || die "unexpected answer from the upstream"
+
+# ------------------------------------------------------------- helpers ----
+CLK_TCK=$(getconf CLK_TCK)
+proc_tree() { # master pid -> itself and its children
+    local kids
+    kids=$(cat "/proc/$1/task/$1/children" 2>/dev/null || pgrep -P "$1" || true)
+    echo "$1" "$(xargs <<<"$kids")"
+}
+ctx_switches() { # pids... -> voluntary + involuntary context switches of all their threads
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null || true; done |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/{s+=$2} END{print s+0}'
+}
+cpu_ticks() { # pids... -> "utime stime" summed, in clock ticks
+    local p
+    for p in "$@"; do
+        # fields after the ")" of comm: utime is the 12th, stime the 13th
+        if [[ -r /proc/$p/stat ]]; then sed 's/^.*) //' "/proc/$p/stat"; fi
+    done | awk '{u+=$12; s+=$13} END{print u+0, s+0}'
+}
+status_kib() { # field pids... -> the field of /proc/PID/status summed over the pids, in KiB
+    local field=$1 p
+    shift
+    for p in "$@"; do awk -v f="$field:" '$1==f{print $2}' "/proc/$p/status" 2>/dev/null || true; done |
+        awk '{s+=$1} END{print s+0}'
+}
+reset_peak() { # pids... : VmHWM starts again from VmRSS (needs root or the same user)
+    local p
+    for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
+}
+pss_kib() { # pids... -> proportional set size summed (shared pages split between processes)
+    local p
+    for p in "$@"; do awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || true; done |
+        awk '{s+=$1} END{print s+0}'
+}
+mib() { awk -v k="$1" 'BEGIN{ if (k == "" || k == "-") print "-"; else printf "%.1f", k/1024}'; }
+# Upstream TCP connections the given processes hold to 127.0.0.1:PORT.
+upstream_conns() { # "pid pid…" port
+    command -v ss >/dev/null 2>&1 || { echo "?"; return; }
+    local pat
+    pat=$(sed -E 's/ +$//; s/ +/|/g' <<<"$1")
+    ss -Htnp state established "( dport = :$2 )" 2>/dev/null | grep -cE "pid=($pat)," || true
+}
+
+start_sidekey() { # name binary config admin-port [VAR=value…] -> SK_STARTED (pid)
+    local name=$1 bin=$2 config=$3 admin=$4
+    shift 4
+    env "$@" "$bin" check --config "$config" >"$TMP/$name-check.log" 2>&1 \
+        || die "sidekey check ($name) failed: $(cat "$TMP/$name-check.log")"
+    env "$@" "$bin" run --config "$config" >"$TMP/$name.log" 2>&1 &
+    SK_STARTED=$!
+    PIDS+=("$SK_STARTED")
+    wait_http "http://127.0.0.1:$admin/readyz" || die "sidekey $name not ready: $(tail -5 "$TMP/$name.log")"
+}
+sidekey_common() { # admin-port
+    cat <<EOF
+shutdown_grace = "1s"
+
+[admin]
+listen = "127.0.0.1:$1"
+
+[log]
+level = "warn"
+
+[tls]
+ca_file = "$TMP/ca.pem"
+
+[credentials.bench]
+type = "static"
+token = { env = "SIDEKEY_BENCH_TOKEN" }
+EOF
+}
+sidekey_route() { # name listen-port upstream-port [credential]
+    cat <<EOF
+
+[[routes]]
+name = "$1"
+listen = "127.0.0.1:$2"
+upstream = "https://127.0.0.1:$3"
+credential = "${4:-bench}"
+EOF
+}
+
+cat >"$TMP/report.lua" <<'EOF'
+-- The direct rows send the token themselves.
+local auth = os.getenv("WRK_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d p999_us=%d max_us=%d non2xx=%d sockerr=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end
+EOF
+
+# measure URL CONNS PIDS-FOR-CPU-AND-RSS (space separated, may be empty) [UPSTREAM-PORT]
+# One warm-up run (discarded), then the measured run. Sets LAST_* (latencies
+# in µs, RSS peak in KiB, CPU in µs per request; "-" where not measured).
+measure() {
+    local url=$1 c=$2 pids=$3 upstream_port=${4:-} out res c0 c1 x0 x1
+    local -a p
+    read -r -a p <<<"$pids"
+    if ((${#p[@]})); then reset_peak "${p[@]}"; fi
+    timeout 60 wrk -t"$THREADS" -c"$c" -d"$WARMUP" --timeout 5s -s "$TMP/report.lua" "$url" >/dev/null 2>&1 || true
+    c0=$(cpu_ticks "${p[@]}")
+    x0=$(ctx_switches "${p[@]}")
+    out=$(timeout 120 wrk -t"$THREADS" -c"$c" -d"$DURATION" --timeout 5s -s "$TMP/report.lua" "$url" 2>&1) || true
+    c1=$(cpu_ticks "${p[@]}")
+    x1=$(ctx_switches "${p[@]}")
+    res=$(grep '^RESULT' <<<"$out") || die "no wrk result for $url: $out"
+    local requests duration u0 s0 u1 s1
+    requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$res")
+    duration=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<<"$res")
+    LAST_P50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$res")
+    LAST_P99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$res")
+    LAST_P999=$(sed -E 's/.*p999_us=([0-9]+).*/\1/' <<<"$res")
+    LAST_ERR=$(($(sed -E 's/.*non2xx=([0-9]+).*/\1/' <<<"$res") + $(sed -E 's/.*sockerr=([0-9]+).*/\1/' <<<"$res")))
+    LAST_REQUESTS=$requests
+    LAST_RPS=$(awk -v n="$requests" -v us="$duration" 'BEGIN{printf "%.0f", n/(us/1e6)}')
+    LAST_CPU="-" LAST_USR="-" LAST_CS="-" LAST_PEAK="-" LAST_CONNS="-"
+    if ((${#p[@]})); then
+        read -r u0 s0 <<<"$c0"
+        read -r u1 s1 <<<"$c1"
+        local du=$((u1 - u0)) ds=$((s1 - s0))
+        LAST_CPU=$(awk -v d="$((du + ds))" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN{ if (n>0) printf "%.1f", 1e6*d/hz/n; else print "-"}')
+        LAST_USR=$(awk -v u="$du" -v d="$((du + ds))" 'BEGIN{ if (d>0) printf "%.0f%%", 100*u/d; else print "-"}')
+        LAST_CS=$(awk -v d="$((x1 - x0))" -v n="$requests" 'BEGIN{ if (n>0) printf "%.2f", d/n; else print "-"}')
+        LAST_PEAK=$(status_kib VmHWM "${p[@]}")
+        if [[ -n $upstream_port ]]; then LAST_CONNS=$(upstream_conns "$pids" "$upstream_port"); fi
+    fi
+}
+
+# Best-of-rounds bookkeeping, by KEY (target/conns).
+declare -A B_RPS=() B_P50=() B_P99=() B_P999=() B_CPU=() B_USR=() B_CS=() B_PEAK=() B_CONNS=() ERRSUM=() REQSUM=()
+keep_best() { # key
+    local k=$1
+    ERRSUM[$k]=$((${ERRSUM[$k]:-0} + LAST_ERR))
+    REQSUM[$k]=$((${REQSUM[$k]:-0} + LAST_REQUESTS))
+    if [[ -z ${B_RPS[$k]:-} ]] || ((LAST_RPS > B_RPS[$k])); then
+        B_RPS[$k]=$LAST_RPS B_P50[$k]=$LAST_P50 B_P99[$k]=$LAST_P99 B_P999[$k]=$LAST_P999
+        B_CPU[$k]=$LAST_CPU B_USR[$k]=$LAST_USR B_CS[$k]=$LAST_CS B_CONNS[$k]=$LAST_CONNS
+    fi
+    # The peak is the highest of the rounds, not the best round's.
+    if [[ $LAST_PEAK != - ]] && { [[ -z ${B_PEAK[$k]:-} || ${B_PEAK[$k]} == - ]] || ((LAST_PEAK > B_PEAK[$k])); }; then
+        B_PEAK[$k]=$LAST_PEAK
+    elif [[ -z ${B_PEAK[$k]:-} ]]; then
+        B_PEAK[$k]=-
+    fi
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "-" || b == "-" || b+0 == 0) print "-"; else printf "%.2f", a/b}'; }
+ms() { awk -v u="$1" 'BEGIN{ if (u == "-") print "-"; else printf "%.3f", u/1000}'; }
+
+# Runs every (target, conns) of RUNS (entries "target conns") for $ROUNDS
+# rounds, even rounds in reverse order so that drift on the machine does not
+# favour whoever runs first; keeps each one's best round by req/s (on a
+# shared VM, noise only ever makes a run slower). T_URL/T_PIDS/T_UP/T_AUTH
+# describe the targets; a T_BEFORE/T_AFTER hook may wrap a run.
+run_rounds() {
+    local round i j swap target c n=${#RUNS[@]}
+    local -a order
+    for ((round = 1; round <= ROUNDS; round++)); do
+        order=("${RUNS[@]}")
+        if ((round % 2 == 0)); then
+            for ((i = 0, j = n - 1; i < j; i++, j--)); do
+                swap=${order[i]}
+                order[i]=${order[j]}
+                order[j]=$swap
+            done
+        fi
+        for entry in "${order[@]}"; do
+            read -r target c <<<"$entry"
+            if [[ -n ${T_AUTH[$target]:-} ]]; then export WRK_AUTH=${T_AUTH[$target]}; fi
+            if [[ -n ${T_BEFORE[$target]:-} ]]; then "${T_BEFORE[$target]}"; fi
+            measure "${T_URL[$target]}" "$c" "${T_PIDS[$target]:-}" "${T_UP[$target]:-}"
+            if [[ -n ${T_AFTER[$target]:-} ]]; then "${T_AFTER[$target]}"; fi
+            unset WRK_AUTH
+            keep_best "$target/$c"
+            log "round $round/$ROUNDS: $target -c$c: $LAST_RPS req/s, p50 $(ms "$LAST_P50") ms, errors $LAST_ERR"
+        done
+    done
+}
+declare -A T_URL=() T_PIDS=() T_UP=() T_AUTH=() T_BEFORE=() T_AFTER=()
+
+machine_line() {
+    echo "$NCPU CPUs, $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal:/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+}
+git_rev() {
+    local rev
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
+    git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || rev+=" (+uncommitted changes)"
+    echo "$rev"
+}
+
+# ========================================================== allocators ====
+if [[ $MODE == allocators ]]; then
+    declare -A ALLOC_PID=() ALLOC_IDLE=() ALLOC_BIN=()
+    export SIDEKEY_BENCH_TOKEN=$TOKEN
+    for v in "${ALLOCATORS[@]}"; do
+        port=$(pick_port) admin=$(pick_port)
+        { sidekey_common "$admin"; sidekey_route h1 "$port" "$UP_H1"; } >"$TMP/sidekey-$v.toml"
+        start_sidekey "sidekey-$v" "$TMP/sidekey-$v" "$TMP/sidekey-$v.toml" "$admin"
+        ALLOC_PID[$v]=$SK_STARTED
+        sleep 1
+        ALLOC_IDLE[$v]=$(status_kib VmRSS "$SK_STARTED")
+        ALLOC_BIN[$v]=$(stat -c %s "$TMP/sidekey-$v")
+        body=$(curl -sS --max-time 5 "http://127.0.0.1:$port/v1/ping") || die "request via sidekey-$v failed"
+        [[ $body == "$BODY" ]] || die "unexpected answer via sidekey-$v"
+        T_URL[$v]="http://127.0.0.1:$port/v1/ping" T_PIDS[$v]=$SK_STARTED
+    done
+    unset SIDEKEY_BENCH_TOKEN
+    RUNS=()
+    for v in "${ALLOCATORS[@]}"; do RUNS+=("$v $CONNS"); done
+    log "$ROUNDS round(s) of wrk -t$THREADS -c$CONNS -d$DURATION per allocator (warm-up $WARMUP)"
+    run_rounds
+    for v in "${ALLOCATORS[@]}"; do kill -TERM "${ALLOC_PID[$v]}" 2>/dev/null || true; done
+
+    # The spike: bench/flood.sh against each binary (its own instance, no
+    # upstream needed): SPIKE_N idle keep-alive connections, then SPIKE_N
+    # unterminated 60 KiB request heads; RSS at the peak and 10 s after close.
+    declare -A SPIKE=()
+    for v in "${ALLOCATORS[@]}"; do
+        log "flood: $SPIKE_N connections against sidekey-$v"
+        out=$(FLOOD_SIDEKEY="$TMP/sidekey-$v" FLOOD_N=$SPIKE_N FLOOD_PHASES="1 2" FLOOD_SETTLE=10 \
+            bash "$ROOT/bench/flood.sh" 2>"$TMP/flood-$v.log") || die "flood.sh failed for $v: $(tail -5 "$TMP/flood-$v.log")"
+        printf '%s\n' "$out" >"$TMP/flood-$v.out"
+        # "<label> before B peak P after close: +1s A +10s T (MiB)"
+        SPIKE[$v/idle]=$(awk '/idle keep-alive +before/{for(i=1;i<=NF;i++){if($i=="peak")p=$(i+1); if($i=="+10s")t=$(i+1)} print p" "t; exit}' <<<"$out")
+        SPIKE[$v/heads]=$(awk '/slow heads +before/{for(i=1;i<=NF;i++){if($i=="peak")p=$(i+1); if($i=="+10s")t=$(i+1)} print p" "t; exit}' <<<"$out")
+        SPIKE[$v/conns]=$(awk '/idle keep-alive connections open/{print $1; exit}' <<<"$out")
+    done
+
+    cat <<EOF
+
+========================== sidekey allocators ===========================
+machine   : $(machine_line)
+command   : $COMMAND
+sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev); load avg now $(cut -d' ' -f1-3 /proc/loadavg)
+load      : wrk -t$THREADS -c$CONNS -d$DURATION (warm-up $WARMUP), GET /v1/ping via sidekey -> HTTPS HTTP/1.1
+            upstream (1 KiB answer), best of $ROUNDS rounds (alternating order); RSS in MiB
+spike     : bench/flood.sh, its own instance per binary: ${SPIKE_N} idle keep-alive connections (one
+            request each), then ${SPIKE_N} unterminated 60 KiB request heads; peak and 10 s after close
+build     : seconds the allocator crate adds to a release build (after cargo clean -p <its -sys
+            crate>, minus a build that recompiles the same sidekey crates)$(
+        [[ ${ALLOC_BUILD_S[jemalloc]} == - ]] && printf '%s' ": not measured" || printf '%s' ";
+            noisy while other builds share the machine")
+
+allocator  build s  binary   req/s  CPU/req  RSS idle  RSS peak   keep-alive spike     60 KiB heads spike
+                                                      (load)    peak -> +10 s        peak -> +10 s
+EOF
+    for v in "${ALLOCATORS[@]}"; do
+        read -r ip it <<<"${SPIKE[$v/idle]:-- -}"
+        read -r hp ht <<<"${SPIKE[$v/heads]:-- -}"
+        printf '%-10s %7s %6s %7s %8s %9s %9s   %7s -> %-7s   %7s -> %-7s\n' "$v" "${ALLOC_BUILD_S[$v]}" \
+            "$(mib "$((ALLOC_BIN[$v] / 1024))")" "${B_RPS[$v/$CONNS]}" "${B_CPU[$v/$CONNS]}" \
+            "$(mib "${ALLOC_IDLE[$v]}")" "$(mib "${B_PEAK[$v/$CONNS]}")" "$ip" "$it" "$hp" "$ht"
+    done
+    errs=0
+    for v in "${ALLOCATORS[@]}"; do errs=$((errs + ${ERRSUM[$v/$CONNS]})); done
+    echo "errors (non-2xx + socket errors, all rounds): $errs; keep-alive connections served in the spike: $(for v in "${ALLOCATORS[@]}"; do printf '%s %s  ' "$v" "${SPIKE[$v/conns]:-?}"; done)"
+    echo "========================================================================="
+    exit 0
+fi
+
+# ============================================================ compare ====
+NGX_PX=$(pick_port)
+SK_H1=$(pick_port)
+SK_H2=$(pick_port)
+SK_ADMIN=$(pick_port)
+SK2_ADMIN=$(pick_port)
+ROT_PORT=$(pick_port)
+ROT_ADMIN=$(pick_port)
+TOKEN_PORT=$(pick_port)
 
 # --------------------------------------------------------- nginx proxy ----
-NGINX_PROXY_SETTINGS="proxy_http_version 1.1; proxy_set_header Connection \"\"; upstream keepalive 64 (keepalive_requests 1000000); \
-proxy_ssl_verify on + proxy_ssl_trusted_certificate (bench CA), proxy_ssl_name localhost, proxy_ssl_session_reuse on; \
-proxy_request_buffering off; proxy_buffering off (stream both ways, like sidekey); access_log off; keepalive_requests 1000000"
-write_nginx_proxy() { # name port workers
-    cat >"$TMP/$1.conf" <<EOF
-$(ngx_common "$1")
-worker_processes $3;
+NGINX_PROXY_SETTINGS="worker_processes $NCPU; upstream keepalive 64 (keepalive_requests 1000000); proxy_http_version 1.1;
+            proxy_set_header Connection \"\"; proxy_set_header Authorization \"Bearer …\"; proxy_ssl_verify on
+            + proxy_ssl_trusted_certificate (bench CA), proxy_ssl_name localhost, proxy_ssl_session_reuse on;
+            proxy_request_buffering off; proxy_buffering off (streams both ways, like sidekey); access_log off"
+cat >"$TMP/nginx-proxy.conf" <<EOF
+$(ngx_common nginx-proxy)
+worker_processes $NCPU;
 events { worker_connections 4096; }
 http {
-$(ngx_http_common "$1")
+$(ngx_http_common nginx-proxy)
     upstream api {
         server 127.0.0.1:$UP_H1;
         keepalive 64;
@@ -226,7 +589,7 @@ $(ngx_http_common "$1")
         keepalive_timeout 75s;
     }
     server {
-        listen 127.0.0.1:$2;
+        listen 127.0.0.1:$NGX_PX;
         location / {
             proxy_pass https://api;
             proxy_http_version 1.1;
@@ -243,21 +606,86 @@ $(ngx_http_common "$1")
     }
 }
 EOF
-}
-write_nginx_proxy nginx-proxy-1w "$NGX_PX1" 1
-write_nginx_proxy nginx-proxy-2w "$NGX_PX2" 2
-start_nginx nginx-proxy-1w
-start_nginx nginx-proxy-2w
-wait_http "http://127.0.0.1:$NGX_PX1/" || die "nginx proxy (1 worker) not answering 200"
-wait_http "http://127.0.0.1:$NGX_PX2/" || die "nginx proxy (2 workers) not answering 200"
+start_nginx nginx-proxy
+wait_http "http://127.0.0.1:$NGX_PX/" || die "nginx proxy not answering 200"
+NGX_TREE=$(proc_tree "$(cat "$TMP/nginx-proxy.master")")
+read -r -a ngx_pids <<<"$NGX_TREE"
+((${#ngx_pids[@]} == NCPU + 1)) || log "warning: nginx proxy has ${#ngx_pids[@]} processes, expected $((NCPU + 1))"
+
+# ------------------------------------------------------- token endpoint ----
+# OAuth 2.0 client credentials over HTTPS (the bench leaf): HTTP Basic client
+# authentication, grant_type=client_credentials, tokens rot-N-<32 hex> that
+# live BENCH_TOKEN_TTL seconds. It counts what it issued in a file.
+cat >"$TMP/token_server.py" <<'EOF'
+import base64, http.server, json, os, secrets, ssl, sys, threading, urllib.parse
+
+port, cert, key, ttl, count_file = sys.argv[1:]
+expected = "Basic " + base64.b64encode(
+    f"{os.environ['ROT_CLIENT_ID']}:{os.environ['ROT_CLIENT_SECRET']}".encode()).decode()
+lock = threading.Lock()
+issued = 0
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.reply(404, {"error": "not_found"})
+
+    def do_POST(self):
+        global issued
+        form = urllib.parse.parse_qs(
+            self.rfile.read(int(self.headers.get("content-length") or 0)).decode(errors="replace"))
+        if self.path != "/oauth/token" or self.headers.get("authorization") != expected:
+            return self.reply(401, {"error": "invalid_client"})
+        if form.get("grant_type") != ["client_credentials"]:
+            return self.reply(400, {"error": "unsupported_grant_type"})
+        with lock:
+            issued += 1
+            n = issued
+            with open(count_file, "w") as f:
+                f.write(str(n))
+        self.reply(200, {"access_token": f"rot-{n}-{secrets.token_hex(16)}",
+                         "token_type": "Bearer", "expires_in": int(ttl)})
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+EOF
+ROT_CLIENT_ID=bench-$(openssl rand -hex 4)
+ROT_CLIENT_SECRET=$(openssl rand -hex 16) # never printed
+echo 0 >"$TMP/tokens-issued"
+ROT_CLIENT_ID=$ROT_CLIENT_ID ROT_CLIENT_SECRET=$ROT_CLIENT_SECRET \
+    python3 "$TMP/token_server.py" "$TOKEN_PORT" "$TMP/leaf.pem" "$TMP/leaf.key" "$TOKEN_TTL" "$TMP/tokens-issued" \
+    2>"$TMP/token_server.log" &
+PIDS+=($!)
+for _ in $(seq 100); do port_in_use "$TOKEN_PORT" && break; sleep 0.1; done
+port_in_use "$TOKEN_PORT" || die "token endpoint did not start: $(tail -5 "$TMP/token_server.log")"
 
 # ------------------------------------------------------------- sidekey ----
-sidekey_common() { # admin-port
+# One instance per upstream port, default settings, a static token; the
+# rotation instance has the same shape, so "steady" compares like with like.
+{ sidekey_common "$SK_ADMIN"; sidekey_route h1 "$SK_H1" "$UP_H1"; } >"$TMP/sidekey.toml"
+{ sidekey_common "$SK2_ADMIN"; sidekey_route h2 "$SK_H2" "$UP_H2"; } >"$TMP/sidekey-h2.toml"
+# The rotation instance: default settings, an oauth2 credential with short-lived tokens.
+{
     cat <<EOF
 shutdown_grace = "1s"
 
 [admin]
-listen = "127.0.0.1:$1"
+listen = "127.0.0.1:$ROT_ADMIN"
 
 [log]
 level = "warn"
@@ -265,284 +693,265 @@ level = "warn"
 [tls]
 ca_file = "$TMP/ca.pem"
 
-[credentials.bench]
-type = "static"
-token = { env = "BENCH_TOKEN" }
+[credentials.rotating]
+type = "oauth2"
+token_url = "https://127.0.0.1:$TOKEN_PORT/oauth/token"
+client_id = { env = "SIDEKEY_BENCH_CLIENT_ID" }
+client_secret = { env = "SIDEKEY_BENCH_CLIENT_SECRET" }
 EOF
-}
-# The main instance: default runtime (one worker thread per CPU), two routes.
-cat >"$TMP/sidekey.toml" <<EOF
-$(sidekey_common "$SK_ADMIN")
+    sidekey_route h1 "$ROT_PORT" "$UP_H1" rotating
+} >"$TMP/sidekey-rot.toml"
+start_sidekey sidekey "$SIDEKEY" "$TMP/sidekey.toml" "$SK_ADMIN" SIDEKEY_BENCH_TOKEN="$TOKEN"
+SK_PID=$SK_STARTED
+start_sidekey sidekey-h2 "$SIDEKEY" "$TMP/sidekey-h2.toml" "$SK2_ADMIN" SIDEKEY_BENCH_TOKEN="$TOKEN"
+SK2_PID=$SK_STARTED
+start_sidekey sidekey-rot "$SIDEKEY" "$TMP/sidekey-rot.toml" "$ROT_ADMIN" \
+    SIDEKEY_BENCH_CLIENT_ID="$ROT_CLIENT_ID" SIDEKEY_BENCH_CLIENT_SECRET="$ROT_CLIENT_SECRET"
+ROT_PID=$SK_STARTED
 
-[[routes]]
-name = "h1"
-listen = "127.0.0.1:$SK_H1"
-upstream = "https://127.0.0.1:$UP_H1"
-credential = "bench"
+# Idle memory: after start, before any request.
+sleep 1
+SK_IDLE=$(status_kib VmRSS "$SK_PID")
+SK2_IDLE=$(status_kib VmRSS "$SK2_PID")
+SK_THREADS=$(awk '/^Threads:/{print $2}' "/proc/$SK_PID/status")
+NGX_IDLE=$(status_kib VmRSS "${ngx_pids[@]}")
+NGX_IDLE_PSS=$(pss_kib "${ngx_pids[@]}")
+SK_IDLE_PSS=$(pss_kib "$SK_PID")
 
-[[routes]]
-name = "h2"
-listen = "127.0.0.1:$SK_H2"
-upstream = "https://127.0.0.1:$UP_H2"
-credential = "bench"
-EOF
-# A second instance limited to one runtime worker thread, to compare with one nginx worker.
-cat >"$TMP/sidekey-1t.toml" <<EOF
-$(sidekey_common "$SK1_ADMIN")
-
-[[routes]]
-name = "h1"
-listen = "127.0.0.1:$SK1_H1"
-upstream = "https://127.0.0.1:$UP_H1"
-credential = "bench"
-EOF
-export BENCH_TOKEN=$TOKEN
-"$SIDEKEY" check --config "$TMP/sidekey.toml" >"$TMP/sidekey-check.log" 2>&1 \
-    || die "sidekey check failed: $(cat "$TMP/sidekey-check.log")"
-"$SIDEKEY" run --config "$TMP/sidekey.toml" >"$TMP/sidekey.log" 2>&1 &
-SK_PID=$!
-PIDS+=("$SK_PID")
-wait_http "http://127.0.0.1:$SK_ADMIN/readyz" || die "sidekey not ready: $(tail -5 "$TMP/sidekey.log")"
-TOKIO_WORKER_THREADS=1 "$SIDEKEY" run --config "$TMP/sidekey-1t.toml" >"$TMP/sidekey-1t.log" 2>&1 &
-SK1_PID=$!
-PIDS+=("$SK1_PID")
-wait_http "http://127.0.0.1:$SK1_ADMIN/readyz" || die "sidekey (1 thread) not ready: $(tail -5 "$TMP/sidekey-1t.log")"
-unset BENCH_TOKEN
-
-rss() { awk '/^VmRSS:/{r=$2} /^VmHWM:/{h=$2} END{printf "%.1f MiB (peak %.1f MiB)", r/1024, h/1024}' "/proc/$1/status"; }
-RSS_IDLE=$(rss "$SK_PID")
-THREADS_IDLE=$(awk '/^Threads:/{print $2}' "/proc/$SK_PID/status")
-
-# Sanity: every path through a proxy must answer 200 (the upstream checks the token).
-for url in "http://127.0.0.1:$SK_H1/v1/ping" "http://127.0.0.1:$SK_H2/v1/ping" "http://127.0.0.1:$SK1_H1/v1/ping" \
-    "http://127.0.0.1:$NGX_PX1/v1/ping" "http://127.0.0.1:$NGX_PX2/v1/ping"; do
+# Sanity: every path through a proxy answers the upstream's 1 KiB (the upstream checks the token).
+for url in "http://127.0.0.1:$SK_H1/v1/ping" "http://127.0.0.1:$SK_H2/v1/ping" \
+    "http://127.0.0.1:$ROT_PORT/v1/ping" "http://127.0.0.1:$NGX_PX/v1/ping"; do
     body=$(curl -sS --max-time 5 "$url") || die "request to $url failed"
-    [[ $body == '{"ok":true}' ]] || die "unexpected answer from $url: $body"
+    [[ $body == "$BODY" ]] || die "unexpected answer from $url: ${body:0:80}"
 done
-# The upstream really does refuse a request without the token.
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$UP_PLAIN/v1/ping")
-[[ $code == 401 ]] || die "upstream should refuse a request without a token, got $code"
 
-# ---------------------------------------------------------------- wrk ----
-cat >"$TMP/report.lua" <<'EOF'
--- Optional header for the reference row (direct to the upstream).
-local auth = os.getenv("BENCH_DIRECT_AUTH")
-if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+# ---------------------------------------------------------------- runs ----
+T_URL=([direct]="https://127.0.0.1:$UP_H1/v1/ping" [sk_h1]="http://127.0.0.1:$SK_H1/v1/ping"
+    [sk_h2]="http://127.0.0.1:$SK_H2/v1/ping" [nginx]="http://127.0.0.1:$NGX_PX/v1/ping"
+    [rot]="http://127.0.0.1:$ROT_PORT/v1/ping")
+T_PIDS=([sk_h1]=$SK_PID [sk_h2]=$SK2_PID [nginx]=$NGX_TREE [rot]=$ROT_PID)
+T_UP=([sk_h1]=$UP_H1 [sk_h2]=$UP_H2 [nginx]=$UP_H1 [rot]=$UP_H1)
+T_AUTH=([direct]="Bearer $TOKEN")
+ROT_TOKENS=0 ROT_SECONDS=0
+rot_before() { ROT_T0=$(date +%s.%N) ROT_N0=$(cat "$TMP/tokens-issued"); }
+rot_after() {
+    ROT_TOKENS=$((ROT_TOKENS + $(cat "$TMP/tokens-issued") - ROT_N0))
+    ROT_SECONDS=$(awk -v s="$ROT_SECONDS" -v a="$ROT_T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", s+b-a}')
+}
+T_BEFORE=([rot]=rot_before)
+T_AFTER=([rot]=rot_after)
+RUNS=("direct 1" "direct $CONNS" "sk_h1 1" "sk_h1 $CONNS" "sk_h2 1" "sk_h2 $CONNS" "nginx 1" "nginx $CONNS" "rot $CONNS")
 
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d p50_us=%d p90_us=%d p99_us=%d max_us=%d non2xx=%d sockerr=%d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
-end
-EOF
-
-CLK_TCK=$(getconf CLK_TCK)
-proc_tree() { # master pid -> itself and its children
-    local kids
-    kids=$(cat "/proc/$1/task/$1/children" 2>/dev/null || pgrep -P "$1" || true)
-    echo "$1 $kids"
-}
-ctx_switches() { # pids... -> voluntary + involuntary context switches of all their threads
-    local p
-    for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null || true; done |
-        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/{s+=$2} END{print s+0}'
-}
-cpu_ticks() { # pids... -> "utime stime" summed, in clock ticks
-    local p
-    for p in "$@"; do
-        # fields after the ")" of comm: utime is the 12th, stime the 13th
-        if [[ -r /proc/$p/stat ]]; then sed 's/^.*) //' "/proc/$p/stat"; fi
-    done | awk '{u+=$12; s+=$13} END{print u+0, s+0}'
-}
-# Upstream TCP connections the given processes hold to 127.0.0.1:PORT.
-upstream_conns() { # "pid pid…" port
-    command -v ss >/dev/null 2>&1 || { echo "?"; return; }
-    local pat
-    pat=$(sed -E 's/ +$//; s/ +/|/g' <<<"$1")
-    ss -Htnp state established "( dport = :$2 )" 2>/dev/null | grep -cE "pid=($pat)," || true
-}
-
-# measure LABEL URL THREADS CONNS PIDS-FOR-CPU(space separated, may be empty) [UPSTREAM-PORT]
-# Sets LAST_RPS, LAST_ROW (a formatted table row) and LAST_CONNS.
-measure() {
-    local label=$1 url=$2 t=$3 c=$4 pids=$5 upstream_port=${6:-} out res c0 c1 x0 x1
-    timeout 30 wrk -t"$t" -c"$c" -d"$WARMUP" --timeout 5s -s "$TMP/report.lua" "$url" >/dev/null 2>&1 || true
-    # shellcheck disable=SC2086
-    c0=$(cpu_ticks $pids)
-    # shellcheck disable=SC2086
-    x0=$(ctx_switches $pids)
-    out=$(timeout 60 wrk -t"$t" -c"$c" -d"$DURATION" --timeout 5s -s "$TMP/report.lua" "$url" 2>&1) \
-        || die "wrk failed for $label: $out"
-    # shellcheck disable=SC2086
-    c1=$(cpu_ticks $pids)
-    # shellcheck disable=SC2086
-    x1=$(ctx_switches $pids)
-    res=$(grep '^RESULT' <<<"$out") || die "no wrk result for $label: $out"
-    local requests duration p50 p90 p99 max non2xx sockerr
-    requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$res")
-    duration=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<<"$res")
-    p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$res")
-    p90=$(sed -E 's/.*p90_us=([0-9]+).*/\1/' <<<"$res")
-    p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$res")
-    max=$(sed -E 's/.*max_us=([0-9]+).*/\1/' <<<"$res")
-    non2xx=$(sed -E 's/.*non2xx=([0-9]+).*/\1/' <<<"$res")
-    sockerr=$(sed -E 's/.*sockerr=([0-9]+).*/\1/' <<<"$res")
-    local cpu_col="-" cpu_req="-" usr_col="-" cs_req="-" u0 s0 u1 s1
-    if [[ -n $pids ]]; then
-        read -r u0 s0 <<<"$c0"
-        read -r u1 s1 <<<"$c1"
-        local du=$((u1 - u0)) ds=$((s1 - s0))
-        cpu_col=$(awk -v d="$((du + ds))" -v hz="$CLK_TCK" -v us="$duration" 'BEGIN{printf "%.0f%%", 100*d/hz/(us/1e6)}')
-        cpu_req=$(awk -v d="$((du + ds))" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN{ if (n>0) printf "%.0f", 1e6*d/hz/n; else print "-"}')
-        usr_col=$(awk -v u="$du" -v d="$((du + ds))" 'BEGIN{ if (d>0) printf "%.0f%%", 100*u/d; else print "-"}')
-        cs_req=$(awk -v d="$((x1 - x0))" -v n="$requests" 'BEGIN{ if (n>0) printf "%.2f", d/n; else print "-"}')
-    fi
-    LAST_CONNS=""
-    [[ -n $upstream_port ]] && LAST_CONNS=$(upstream_conns "$pids" "$upstream_port")
-    LAST_RPS=$(awk -v n="$requests" -v us="$duration" 'BEGIN{printf "%.0f", n/(us/1e6)}')
-    LAST_ROW=$(awk -v l="$label" -v n="$requests" -v us="$duration" -v p50="$p50" -v p90="$p90" -v p99="$p99" \
-        -v max="$max" -v e="$((non2xx + sockerr))" -v cpu="$cpu_col" -v cpr="$cpu_req" -v usr="$usr_col" -v cs="$cs_req" \
-        'BEGIN{printf "%-30s %7.0f %6.3f %6.3f %6.3f %6.2f %5d %6s %7s %5s %6s", l, n/(us/1e6), p50/1000, p90/1000, p99/1000, max/1000, e, cpu, cpr, usr, cs}')
-    log "done: $label c=$c: $LAST_RPS req/s"
-}
-
-SK_TREE="$SK_PID"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STAT_START=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat)
-NGX1_TREE=$(proc_tree "$(cat "$TMP/nginx-proxy-1w.master")")
-NGX2_TREE=$(proc_tree "$(cat "$TMP/nginx-proxy-2w.master")")
-
-TARGETS=(
-    "upstream direct, plain (ceil.)|http://127.0.0.1:$UP_PLAIN/v1/ping||"
-    "sidekey -> h1 upstream|http://127.0.0.1:$SK_H1/v1/ping|$SK_TREE|$UP_H1"
-    "sidekey -> h2 upstream|http://127.0.0.1:$SK_H2/v1/ping|$SK_TREE|$UP_H2"
-    "sidekey, 1 thread -> h1|http://127.0.0.1:$SK1_H1/v1/ping|$SK1_PID|$UP_H1"
-    "nginx proxy, 1 worker -> h1|http://127.0.0.1:$NGX_PX1/v1/ping|$NGX1_TREE|$UP_H1"
-    "nginx proxy, 2 workers -> h1|http://127.0.0.1:$NGX_PX2/v1/ping|$NGX2_TREE|$UP_H1"
-)
-# Each round runs every target (-c$CONNS, then -c1); even rounds in reverse order,
-# so that drift on the machine does not favour whoever runs first. For each
-# target and setting the round with the most requests/s is reported: on a
-# shared VM, noise only ever makes a run slower.
-declare -A BEST_RPS=() BEST_ROW=() BEST_CONNS=()
-log "$ROUNDS round(s): -t$THREADS -c$CONNS -d$DURATION and -t1 -c1 -d$DURATION per target, warm-up $WARMUP each"
-for ((round = 1; round <= ROUNDS; round++)); do
-    order=("${!TARGETS[@]}")
-    if ((round % 2 == 0)); then
-        for ((i = 0, j = ${#order[@]} - 1; i < j; i++, j--)); do
-            swap=${order[i]}
-            order[i]=${order[j]}
-            order[j]=$swap
-        done
-    fi
-    for idx in "${order[@]}"; do
-        IFS='|' read -r label url pids upstream_port <<<"${TARGETS[idx]}"
-        if [[ $label == upstream* ]]; then export BENCH_DIRECT_AUTH="Bearer $TOKEN"; else unset BENCH_DIRECT_AUTH; fi
-        for setting in "$THREADS $CONNS" "1 1"; do
-            read -r t c <<<"$setting"
-            measure "$label" "$url" "$t" "$c" "$pids" "$upstream_port"
-            key="$idx/$c"
-            if [[ -z ${BEST_RPS[$key]:-} ]] || ((LAST_RPS > BEST_RPS[$key])); then
-                BEST_RPS[$key]=$LAST_RPS
-                BEST_ROW[$key]=$LAST_ROW
-                BEST_CONNS[$key]=$LAST_CONNS
-            fi
-        done
-    done
-done
-unset BENCH_DIRECT_AUTH
-TP_ROWS=() LAT_ROWS=() CONN_NOTES=()
-for idx in "${!TARGETS[@]}"; do
-    TP_ROWS+=("${BEST_ROW[$idx/$CONNS]}")
-    LAT_ROWS+=("${BEST_ROW[$idx/1]}")
-    [[ -n ${BEST_CONNS[$idx/$CONNS]} ]] && CONN_NOTES+=("${TARGETS[idx]%%|*}: ${BEST_CONNS[$idx/$CONNS]}")
-done
+log "$ROUNDS round(s) of wrk -t$THREADS -c1 and -c$CONNS, -d$DURATION per target (warm-up $WARMUP each)"
+run_rounds
 STEAL=$(awk -v start="$STAT_START" '/^cpu /{split(start, a, " "); t=$2+$3+$4+$5+$6+$7+$8+$9-a[1]; s=$9-a[2];
     if (t>0) printf "%.1f%%", 100*s/t; else print "?"}' /proc/stat)
-RSS_LOAD=$(rss "$SK_PID")
-RSS1_LOAD=$(rss "$SK1_PID")
-THREADS1=$(awk '/^Threads:/{print $2}' "/proc/$SK1_PID/status")
-NGX1_RSS=$(for p in $NGX1_TREE; do awk '/^VmRSS:/{print $2}' "/proc/$p/status"; done | awk '{s+=$1} END{printf "%.1f MiB", s/1024}')
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ----------------------------------------------------------- transfers ----
-XFER=()
-transfer() { # label direction url
-    local label=$1 dir=$2 url=$3 out code size speed secs
+declare -A XFER=()
+transfer() { # key direction url [curl args…]
+    local key=$1 dir=$2 url=$3 out code size speed
+    shift 3
     if [[ $dir == up ]]; then
-        out=$(curl -sS --max-time 60 -o /dev/null -H 'Expect:' -H 'Content-Type: application/octet-stream' \
-            --data-binary "@$TMP/www/big.bin" -w '%{http_code} %{size_upload} %{speed_upload} %{time_total}' "$url") \
-            || die "upload via $label failed"
+        out=$(curl -sS --max-time 120 -o /dev/null -H 'Expect:' -H 'Content-Type: application/octet-stream' "$@" \
+            --data-binary "@$TMP/www/big.bin" -w '%{http_code} %{size_upload} %{speed_upload}' "$url") \
+            || die "upload via $key failed"
     else
-        out=$(curl -sS --max-time 60 -o /dev/null -w '%{http_code} %{size_download} %{speed_download} %{time_total}' "$url") \
-            || die "download via $label failed"
+        out=$(curl -sS --max-time 120 -o /dev/null "$@" -w '%{http_code} %{size_download} %{speed_download}' "$url") \
+            || die "download via $key failed"
     fi
-    read -r code size speed secs <<<"$out"
-    [[ $code == 200 && $size == "$TRANSFER_BYTES" ]] || die "$dir via $label: status $code, $size bytes"
-    XFER+=("$(awk -v l="$label" -v d="$dir" -v s="$speed" -v t="$secs" \
-        'BEGIN{printf "%-24s %-8s %9.0f MB/s %7.2f s", l, (d=="up"?"upload":"download"), s/1e6, t}')")
+    read -r code size speed <<<"$out"
+    [[ $code == 200 && $size == "$TRANSFER_BYTES" ]] || die "$dir via $key: status $code, $size bytes"
+    XFER[$key/$dir]=$(awk -v s="$speed" 'BEGIN{printf "%.0f", s/1e6}')
+    log "transfer $key $dir: ${XFER[$key/$dir]} MB/s"
 }
 log "transfers: ${TRANSFER_MB} MB up and down"
-transfer "sidekey -> h1" up "http://127.0.0.1:$SK_H1/upload"
-transfer "sidekey -> h1" down "http://127.0.0.1:$SK_H1/big.bin"
-transfer "sidekey -> h2" up "http://127.0.0.1:$SK_H2/upload"
-transfer "sidekey -> h2" down "http://127.0.0.1:$SK_H2/big.bin"
-RSS_XFER=$(rss "$SK_PID")
-transfer "nginx proxy 1w -> h1" up "http://127.0.0.1:$NGX_PX1/upload"
-transfer "nginx proxy 1w -> h1" down "http://127.0.0.1:$NGX_PX1/big.bin"
+reset_peak "$SK_PID" "$SK2_PID"
+reset_peak "${ngx_pids[@]}"
+for dir in up down; do
+    path=/upload
+    [[ $dir == down ]] && path=/big.bin
+    transfer direct "$dir" "https://127.0.0.1:$UP_H1$path" --http1.1 --cacert "$TMP/ca.pem" -H @"$TMP/auth.header"
+    transfer sk_h1 "$dir" "http://127.0.0.1:$SK_H1$path"
+    transfer sk_h2 "$dir" "http://127.0.0.1:$SK_H2$path"
+    transfer nginx "$dir" "http://127.0.0.1:$NGX_PX$path"
+done
+SK_XFER_PEAK=$(status_kib VmHWM "$SK_PID")
+SK2_XFER_PEAK=$(status_kib VmHWM "$SK2_PID")
+NGX_XFER_PEAK=$(status_kib VmHWM "${ngx_pids[@]}")
 
-THREADS_END=$(awk '/^Threads:/{print $2}' "/proc/$SK_PID/status")
 kill -0 "$SK_PID" 2>/dev/null || die "sidekey exited during the run"
-SK_WARN=$(cat "$TMP/sidekey.log" "$TMP/sidekey-1t.log" | grep -c . || true)
+kill -0 "$SK2_PID" 2>/dev/null || die "sidekey (HTTP/2) exited during the run"
+kill -0 "$ROT_PID" 2>/dev/null || die "sidekey (rotation) exited during the run"
+SK_LOG_LINES=$(cat "$TMP/sidekey.log" "$TMP/sidekey-h2.log" "$TMP/sidekey-rot.log" | grep -c . || true)
+SK_RSS_END=$(status_kib VmRSS "$SK_PID")
 
 # -------------------------------------------------------------- report ----
-BIN_SIZE=$(stat -c %s "$SIDEKEY")
-STRIPPED=$( (strip -o "$TMP/sidekey.stripped" "$SIDEKEY" 2>/dev/null && stat -c %s "$TMP/sidekey.stripped") || echo "")
-mib() { awk -v b="$1" 'BEGIN{printf "%.1f MiB", b/1048576}'; }
-GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || GIT_REV+=" (+uncommitted changes)"
-
-cat <<EOF
+HDR=$(printf '%-8s %-24s %5s %8s %8s %8s %8s %5s %7s %4s %6s %6s %6s' \
+    upstream target conns "req/s" "p50" "p99" "p99.9" errs "CPU/req" usr cs/req idle peak)
+row() { # upstream-label target-label key idle-kib
+    local k=$3
+    printf '%-8s %-24s %5s %8s %8s %8s %8s %5s %7s %4s %6s %6s %6s\n' "$1" "$2" "${k#*/}" "${B_RPS[$k]}" \
+        "$(ms "${B_P50[$k]}")" "$(ms "${B_P99[$k]}")" "$(ms "${B_P999[$k]}")" "${ERRSUM[$k]}" \
+        "${B_CPU[$k]}" "${B_USR[$k]}" "${B_CS[$k]}" "$(mib "$4")" "$(mib "${B_PEAK[$k]}")"
+}
+ratio_row() { # upstream-label sidekey-key nginx-key sidekey-idle-kib
+    local s=$2 n=$3
+    printf '%-8s %-24s %5s %8s %8s %8s %8s %5s %7s %4s %6s %6s %6s\n' "$1" "  sidekey/nginx" "" \
+        "$(ratio "${B_RPS[$s]}" "${B_RPS[$n]}")" "$(ratio "${B_P50[$s]}" "${B_P50[$n]}")" \
+        "$(ratio "${B_P99[$s]}" "${B_P99[$n]}")" "$(ratio "${B_P999[$s]}" "${B_P999[$n]}")" "" \
+        "$(ratio "${B_CPU[$s]}" "${B_CPU[$n]}")" "" "" "$(ratio "$4" "$NGX_IDLE")" \
+        "$(ratio "${B_PEAK[$s]}" "${B_PEAK[$n]}")"
+}
+added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%+d µs", a-b}'; }
+xfer_row() { # label key
+    printf '%-28s %8s %9s\n' "$1" "${XFER[$2/up]}" "${XFER[$2/down]}"
+}
+C=$CONNS
+REPORT=$(
+    cat <<EOF
 
 =============================== sidekey bench ===============================
-machine   : $(nproc) CPUs, $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), kernel $(uname -r)
-load avg  : $LOAD_START at the start of the measurements, $(cut -d' ' -f1-3 /proc/loadavg) at the end;
-            CPU steal (hypervisor) during the wrk runs: $STEAL
-sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $GIT_REV, tokio multi-thread runtime (default: one worker per CPU)
+machine   : $(machine_line)
+command   : $COMMAND
+load avg  : $LOAD_START at the start of the wrk runs, $LOAD_END at the end; CPU steal during them: $STEAL
+sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev), default settings ($SK_THREADS threads at idle), one process per upstream port
 tools     : $(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'), $(openssl version | cut -d' ' -f1-2)
-upstream  : nginx, 1 worker, HTTPS (TLS 1.3, ECDSA P-256) on loopback, returns 200 {"ok":true}
-            and 401 without the right bearer token; h1 = HTTP/1.1-only port, h2 = ALPN h2 port
+upstream  : nginx, 1 worker, HTTPS (TLS 1.3, ECDSA P-256) on loopback; GET answers 200 with 1 KiB of JSON,
+            401 without a right bearer token; HTTP/1.1 port, and an ALPN h2 port for "HTTP/2"
 nginx px  : $NGINX_PROXY_SETTINGS
-load      : wrk, warm-up $WARMUP then $DURATION per run; GET /v1/ping; all on loopback, same CPUs;
-            $ROUNDS rounds (alternating order), each row is the target's best round by req/s
-            proxy = CPU time of the proxy process(es) / wall time (200% = both cores busy);
-            CPU/req = proxy CPU microseconds per request (lower is better);
-            usr = share of that CPU time spent in user space (the rest is kernel: syscalls, TCP);
-            cs/req = context switches of the proxy's threads per request
+load      : wrk -t$THREADS -c1 and -t$THREADS -c$C, warm-up $WARMUP then $DURATION per run, GET /v1/ping; all on
+            loopback, same CPUs; $ROUNDS round(s) (alternating order), each row its best round by req/s
+columns   : latencies in ms (wrk, client side); errs = non-2xx + socket errors, all rounds;
+            CPU/req = proxy CPU µs per request (utime+stime from /proc, nginx: master + $NCPU workers);
+            usr = user-space share of it; cs/req = context switches per request;
+            idle / peak = VmRSS before any request / VmHWM during the run, MiB (nginx: summed over its processes)
 
-latencies in ms; errors = non-2xx answers + socket errors (the upstream answers 401 without the token)
+$HDR
+$(row HTTP/1.1 "direct (wrk -> upstream)" "direct/1" -)
+$(row HTTP/1.1 "sidekey" "sk_h1/1" "$SK_IDLE")
+$(row HTTP/1.1 "nginx" "nginx/1" "$NGX_IDLE")
+$(ratio_row HTTP/1.1 "sk_h1/1" "nginx/1" "$SK_IDLE")
+$(row HTTP/1.1 "direct (wrk -> upstream)" "direct/$C" -)
+$(row HTTP/1.1 "sidekey" "sk_h1/$C" "$SK_IDLE")
+$(row HTTP/1.1 "nginx" "nginx/$C" "$NGX_IDLE")
+$(ratio_row HTTP/1.1 "sk_h1/$C" "nginx/$C" "$SK_IDLE")
+$(row HTTP/2 "direct* (HTTP/1.1)" "direct/1" -)
+$(row HTTP/2 "sidekey" "sk_h2/1" "$SK2_IDLE")
+$(row HTTP/2 "nginx* (HTTP/1.1 up)" "nginx/1" "$NGX_IDLE")
+$(ratio_row HTTP/2 "sk_h2/1" "nginx/1" "$SK2_IDLE")
+$(row HTTP/2 "direct* (HTTP/1.1)" "direct/$C" -)
+$(row HTTP/2 "sidekey" "sk_h2/$C" "$SK2_IDLE")
+$(row HTTP/2 "nginx* (HTTP/1.1 up)" "nginx/$C" "$NGX_IDLE")
+$(ratio_row HTTP/2 "sk_h2/$C" "nginx/$C" "$SK2_IDLE")
+  * the same runs as in the HTTP/1.1 rows: wrk speaks only HTTP/1.1, and nginx proxies only HTTP/1.1
+    to an upstream (no h2 in proxy_pass), so its answer to an HTTP/2 upstream is HTTP/1.1.
 
-throughput: wrk -t$THREADS -c$CONNS -d$DURATION
-target                           req/s    p50    p90    p99    max  errs  proxy CPU/req   usr cs/req
-$(printf '%s\n' "${TP_ROWS[@]}")
+p50 added over direct at 1 connection: sidekey -> HTTP/1.1 $(added "${B_P50[sk_h1/1]}" "${B_P50[direct/1]}"), sidekey -> HTTP/2 $(added "${B_P50[sk_h2/1]}" "${B_P50[direct/1]}"), nginx $(added "${B_P50[nginx/1]}" "${B_P50[direct/1]}")
 
-latency: wrk -t1 -c1 -d$DURATION (one connection, one request at a time)
-target                           req/s    p50    p90    p99    max  errs  proxy CPU/req   usr cs/req
-$(printf '%s\n' "${LAT_ROWS[@]}")
+token rotation: sidekey with an oauth2 credential whose tokens live ${TOKEN_TTL} s (HTTPS token endpoint on loopback),
+HTTP/1.1 upstream, -c$C; "steady" is the static-token row above
+$HDR
+$(row HTTP/1.1 "sidekey, ${TOKEN_TTL} s tokens" "rot/$C" -)
+$(row HTTP/1.1 "sidekey, steady" "sk_h1/$C" "$SK_IDLE")
+  $ROT_TOKENS tokens issued in ${ROT_SECONDS} s of load (one per $(awk -v t="$ROT_TOKENS" -v s="$ROT_SECONDS" 'BEGIN{ if (t>0) printf "%.1f", s/t; else print "-"}') s); failed requests (non-2xx + socket errors) over ${REQSUM[rot/$C]} requests: ${ERRSUM[rot/$C]} (expected 0)
+  p99.9 during rotation / steady: $(ms "${B_P999[rot/$C]}") / $(ms "${B_P999[sk_h1/$C]}") ms = $(ratio "${B_P999[rot/$C]}" "${B_P999[sk_h1/$C]}")
 
-transfers (${TRANSFER_MB} MB, curl, one request each):
-$(printf '%s\n' "${XFER[@]}")
+streaming: ${TRANSFER_MB} MB in one request each way (curl, POST /upload, GET /big.bin), MB/s
+target                         upload  download
+$(xfer_row "direct (HTTPS HTTP/1.1)" direct)
+$(xfer_row "sidekey -> HTTP/1.1" sk_h1)
+$(xfer_row "sidekey -> HTTP/2" sk_h2)
+$(xfer_row "nginx -> HTTP/1.1" nginx)
+$(printf '%-28s %8s %9s' "  sidekey/nginx (HTTP/1.1)" "$(ratio "${XFER[sk_h1/up]}" "${XFER[nginx/up]}")" "$(ratio "${XFER[sk_h1/down]}" "${XFER[nginx/down]}")")
+  peak RSS during the transfers: sidekey -> HTTP/1.1 $(mib "$SK_XFER_PEAK") MiB, -> HTTP/2 $(mib "$SK2_XFER_PEAK") MiB, nginx $(mib "$NGX_XFER_PEAK") MiB (bodies stream, not buffered)
 
-sidekey memory (VmRSS; peak = VmHWM), main instance (both routes):
-  idle after start                  : $RSS_IDLE, $THREADS_IDLE threads
-  after the wrk runs                : $RSS_LOAD
-  after ${TRANSFER_MB} MB up + down (h1 and h2) : $RSS_XFER, $THREADS_END threads
-  1-thread instance, after the load : $RSS1_LOAD, $THREADS1 threads
-  nginx proxy 1 worker, after load  : $NGX1_RSS (master + worker), for comparison
-upstream TLS connections open right after the reported -c$CONNS run (nginx keeps <= 64 idle per worker):
-$(printf '  %s\n' "${CONN_NOTES[@]}")
-sidekey binary : $(mib "$BIN_SIZE")${STRIPPED:+ ($(mib "$STRIPPED") stripped)}
-sidekey log    : $SK_WARN line(s) at level warn during the run
-=============================================================================
+memory    : idle PSS (shared pages split between processes): sidekey $(mib "$SK_IDLE_PSS") MiB, nginx $(mib "$NGX_IDLE_PSS") MiB;
+            sidekey -> HTTP/1.1 VmRSS at the end $(mib "$SK_RSS_END") MiB
+upstream TLS connections held right after the best -c$C run: sidekey -> HTTP/1.1 ${B_CONNS[sk_h1/$C]}, -> HTTP/2 ${B_CONNS[sk_h2/$C]}, nginx ${B_CONNS[nginx/$C]}
+sidekey binary: $(mib "$(($(stat -c %s "$SIDEKEY") / 1024))") MiB; sidekey log: $SK_LOG_LINES line(s) at level warn or above
 EOF
+)
+
+# ---------------------------------------------------------------- plot ----
+PLOT_LINE="plot: not drawn (gnuplot missing)"
+if command -v gnuplot >/dev/null 2>&1; then
+    val() { [[ -z $1 || $1 == - ]] && echo NaN || echo "$1"; }
+    {
+        echo "# cluster direct sidekey nginx"
+        for up in h1 h2; do
+            for c in 1 "$C"; do
+                label="HTTP/1.1"
+                [[ $up == h2 ]] && label="HTTP/2"
+                echo "\"$label c$c\" ${B_RPS[direct/$c]} ${B_RPS[sk_$up/$c]} ${B_RPS[nginx/$c]}"
+            done
+        done
+    } >"$TMP/plot-rps.dat"
+    {
+        echo "# cluster direct sidekey nginx"
+        for up in h1 h2; do
+            for pct in P50 P99 P999; do
+                declare -n arr="B_$pct"
+                name=${pct/P999/p99.9}
+                name=${name/P/p}
+                label="h1"
+                [[ $up == h2 ]] && label="h2"
+                echo "\"$label $name\" $(ms "${arr[direct/$C]}") $(ms "${arr[sk_$up/$C]}") $(ms "${arr[nginx/$C]}")"
+                unset -n arr
+            done
+        done
+    } >"$TMP/plot-lat.dat"
+    {
+        echo "# cluster sidekey nginx"
+        for up in h1 h2; do
+            for c in 1 "$C"; do
+                label="HTTP/1.1"
+                [[ $up == h2 ]] && label="HTTP/2"
+                echo "\"$label c$c\" $(val "${B_CPU[sk_$up/$c]}") $(val "${B_CPU[nginx/$c]}")"
+            done
+        done
+    } >"$TMP/plot-cpu.dat"
+    {
+        echo "# cluster direct sidekey-h1 sidekey-h2 nginx"
+        echo "upload ${XFER[direct/up]} ${XFER[sk_h1/up]} ${XFER[sk_h2/up]} ${XFER[nginx/up]}"
+        echo "download ${XFER[direct/down]} ${XFER[sk_h1/down]} ${XFER[sk_h2/down]} ${XFER[nginx/down]}"
+    } >"$TMP/plot-xfer.dat"
+    cat >"$TMP/plot.gp" <<EOF
+set terminal pngcairo size 1400,1000 font ",10"
+set output "$TMP/plot.png"
+set multiplot layout 2,2 title "sidekey bench: $(machine_line | sed 's/"//g'), $(date -u +%Y-%m-%d) @ $(git_rev)\\nwrk -t$THREADS, best of $ROUNDS round(s) of $DURATION; nginx (HTTP/1.1 to the upstream) is the same run in both upstream groups"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set key top left
+set grid ytics
+set yrange [0:*]
+set datafile missing "NaN"
+set title "requests/s (higher is better)"
+plot "$TMP/plot-rps.dat" using 2:xtic(1) title "direct" lc rgb "#999999", "" using 3 title "sidekey" lc rgb "#1f77b4", "" using 4 title "nginx" lc rgb "#2ca02c"
+set title "latency at $C connections, ms, log scale (lower is better); h1 / h2 = HTTP/1.1 / HTTP/2 upstream"
+set logscale y
+set yrange [0.01:*]
+plot "$TMP/plot-lat.dat" using 2:xtic(1) title "direct" lc rgb "#999999", "" using 3 title "sidekey" lc rgb "#1f77b4", "" using 4 title "nginx" lc rgb "#2ca02c"
+unset logscale y
+set yrange [0:*]
+set title "proxy CPU µs per request (lower is better)"
+plot "$TMP/plot-cpu.dat" using 2:xtic(1) title "sidekey" lc rgb "#1f77b4", "" using 3 title "nginx" lc rgb "#2ca02c"
+set title "${TRANSFER_MB} MB streaming, MB/s (higher is better)"
+plot "$TMP/plot-xfer.dat" using 2:xtic(1) title "direct" lc rgb "#999999", "" using 3 title "sidekey -> HTTP/1.1" lc rgb "#1f77b4", "" using 4 title "sidekey -> HTTP/2" lc rgb "#17becf", "" using 5 title "nginx" lc rgb "#2ca02c"
+unset multiplot
+EOF
+    if gnuplot "$TMP/plot.gp" 2>"$TMP/plot.log"; then
+        mkdir -p "$(dirname "$PLOT")"
+        cp "$TMP/plot.png" "$PLOT"
+        PLOT_LINE="plot: $PLOT"
+    else
+        PLOT_LINE="plot: gnuplot failed: $(head -3 "$TMP/plot.log")"
+    fi
+fi
+printf '%s\n%s\n' "$REPORT" "$PLOT_LINE"
+echo "============================================================================="

@@ -28,6 +28,16 @@ const RELOAD_READY_WAIT: Duration = Duration::from_secs(30);
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
+compile_error!(
+    "features `jemalloc` and `mimalloc` exclude each other: build mimalloc with --no-default-features --features mimalloc"
+);
+
+/// mimalloc, the alternative measured by `bash bench/run.sh allocators`.
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sidekey",
