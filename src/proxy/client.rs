@@ -278,9 +278,12 @@ impl UpstreamClient {
                     continue;
                 }
                 Step::Connect(done) => {
-                    let connected = self
-                        .connect(pool, &scheme, &authority, done.is_some())
-                        .await;
+                    // Boxed: the handshake's state (TLS buffers, the HTTP
+                    // handshake) is kilobytes; inline, it would make every
+                    // request's future that large, and hyper moves that
+                    // future once per request.
+                    let connected =
+                        Box::pin(self.connect(pool, &scheme, &authority, done.is_some())).await;
                     drop(done);
                     match connected? {
                         Fresh::Http1(mut sender, host, opened) => {
