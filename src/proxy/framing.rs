@@ -25,6 +25,7 @@
 //! trailer fields, into a buffer reused for the connection's life.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -133,8 +134,8 @@ impl State {
         if self.stopped || !matches!(self.body, Body::Done) {
             return Framing::Lost;
         }
-        let head = match parse_head(&self.pending) {
-            Some(head) if head.method_matches(method) => head,
+        let head = match parse_head(&self.pending, method) {
+            Some(head) if head.method_matches => head,
             _ => return Framing::Lost,
         };
         self.pending.drain(..head.len);
@@ -202,26 +203,26 @@ impl Tap {
 /// What the tap needs from one raw head.
 struct Head {
     len: usize,
-    method: String,
+    /// Whether its method is the one hyper read.
+    method_matches: bool,
     content_length: Option<u64>,
     transfer_encoding: bool,
 }
 
-impl Head {
-    fn method_matches(&self, method: &http::Method) -> bool {
-        self.method == method.as_str()
-    }
-}
-
-/// Parse the head at the start of `bytes`; `None` unless it is complete and
-/// its framing headers are readable (hyper has accepted it, so they are).
-fn parse_head(bytes: &[u8]) -> Option<Head> {
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    match head_with(bytes, &mut slots) {
+/// Parse the head at the start of `bytes`, which hyper read as a `method`
+/// request; `None` unless it is complete and its framing headers are
+/// readable (hyper has accepted it, so they are).
+///
+/// The header slots are left uninitialized (httparse writes the ones it
+/// uses): initializing [`HEADER_SLOTS`] of them was 4 KiB of stores per request.
+fn parse_head(bytes: &[u8], method: &http::Method) -> Option<Head> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
+    match head_with(bytes, method, &mut slots) {
         Err(httparse::Error::TooManyHeaders) => {
             let lines = bytes.iter().filter(|b| **b == b'\n').count();
-            let mut slots = vec![httparse::EMPTY_HEADER; lines + 1];
-            head_with(bytes, &mut slots).ok().flatten()
+            let mut slots: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::with_capacity(lines + 1);
+            slots.resize_with(lines + 1, MaybeUninit::uninit);
+            head_with(bytes, method, &mut slots).ok().flatten()
         }
         other => other.ok().flatten(),
     }
@@ -229,10 +230,11 @@ fn parse_head(bytes: &[u8]) -> Option<Head> {
 
 fn head_with<'b>(
     bytes: &'b [u8],
-    slots: &mut [httparse::Header<'b>],
+    method: &http::Method,
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Result<Option<Head>, httparse::Error> {
-    let mut request = httparse::Request::new(slots);
-    let httparse::Status::Complete(len) = request.parse(bytes)? else {
+    let mut request = httparse::Request::new(&mut []);
+    let httparse::Status::Complete(len) = request.parse_with_uninit_headers(bytes, slots)? else {
         return Ok(None);
     };
     let mut content_length = None;
@@ -252,7 +254,7 @@ fn head_with<'b>(
     }
     Ok(Some(Head {
         len,
-        method: request.method.unwrap_or_default().to_owned(),
+        method_matches: request.method == Some(method.as_str()),
         content_length,
         transfer_encoding,
     }))
