@@ -67,9 +67,13 @@ impl Dispatch {
     /// path (reverse routes) or not an `http://` URL (forward proxy), a path
     /// that could escape the upstream's base path ([`path::check`]), a
     /// forward-proxy host and port outside `hosts`.
-    pub fn find<B>(&self, request: &Request<B>) -> Result<&Arc<Route>, ProxyError> {
+    pub fn find<B>(
+        &self,
+        request: &Request<B>,
+        framing: framing::Framing,
+    ) -> Result<&Arc<Route>, ProxyError> {
         refuse_method(request.method())?;
-        refuse_framing(request)?;
+        refuse_framing(framing)?;
         let uri = request.uri();
         match self {
             Dispatch::Routes(routes) => {
@@ -122,15 +126,15 @@ fn refuse_method(method: &Method) -> Result<(), ProxyError> {
     )))
 }
 
-/// The [`framing::Framing`] the connection's tap attached: a conflict, or
+/// The [`framing::Framing`] the connection's tap found: a conflict, or
 /// a connection the tap could not follow, is refused.
-fn refuse_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
-    let why = match request.extensions().get::<framing::Framing>() {
-        Some(framing::Framing::Conflict) => {
+fn refuse_framing(framing: framing::Framing) -> Result<(), ProxyError> {
+    let why = match framing {
+        framing::Framing::Conflict => {
             "requests with both Content-Length and Transfer-Encoding are not forwarded"
         }
-        Some(framing::Framing::Lost) => "the request's framing could not be verified",
-        _ => return Ok(()),
+        framing::Framing::Lost => "the request's framing could not be verified",
+        framing::Framing::Clear => return Ok(()),
     };
     Err(ProxyError::BadRequest(why.to_owned()))
 }

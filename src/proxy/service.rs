@@ -13,18 +13,17 @@ use super::{Dispatch, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
-/// Route, forward and account for one request; never fails.
+/// Route, forward and account for one request, whose body the
+/// connection's tap found framed as `framing`; never fails.
 pub async fn handle_request(
     dispatch: &Dispatch,
     request: Request<Incoming>,
+    framing: Framing,
     metrics: &Metrics,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
-    let closes = request
-        .extensions()
-        .get::<Framing>()
-        .is_some_and(|framing| framing.closes_connection());
-    let (series, result) = match dispatch.find(&request) {
+    let closes = framing.closes_connection();
+    let (series, result) = match dispatch.find(&request, framing) {
         Ok(route) => (&route.metrics, forward(route, request).await),
         Err(err) => (metrics.no_route(), Err(err)),
     };
