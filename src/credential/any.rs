@@ -31,7 +31,7 @@ impl AnyProvider {
     /// The provider `config` describes, with its own token endpoint client.
     pub fn from_config(
         config: &CredentialConfig,
-        roots: &RootCertStore,
+        roots: &Arc<RootCertStore>,
         env: Arc<dyn EnvSource>,
     ) -> Result<Self, TlsError> {
         let client = || TokenClient::new(roots, config.timeout, config.allow_insecure_http);

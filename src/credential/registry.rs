@@ -94,7 +94,7 @@ impl Credentials {
         roots: &RootCertStore,
         metrics: &Metrics,
     ) -> Result<Credentials, TlsError> {
-        Credentials::start_reusing(config, roots, metrics, None)
+        Credentials::start_reusing(config, &Arc::new(roots.clone()), metrics, None)
     }
 
     /// Like [`Credentials::start`], but every credential of `previous` whose
@@ -104,11 +104,10 @@ impl Credentials {
     /// those.
     pub fn start_reusing(
         config: &Config,
-        roots: &RootCertStore,
+        roots: &Arc<RootCertStore>,
         metrics: &Metrics,
         previous: Option<&Credentials>,
     ) -> Result<Credentials, TlsError> {
-        let shared_roots = Arc::new(roots.clone());
         let mut credentials = Credentials::default();
         for (name, credential) in &config.credentials {
             let reusable = previous
@@ -128,7 +127,7 @@ impl Credentials {
             let origin = Origin {
                 config: credential.clone(),
                 env: Arc::clone(&config.env),
-                roots: Arc::clone(&shared_roots),
+                roots: Arc::clone(roots),
             };
             credentials.start_engine(
                 name,
@@ -243,7 +242,8 @@ pub async fn obtain_once(
         .credentials
         .get(name)
         .ok_or_else(|| ObtainError::UnknownCredential(name.to_owned()))?;
-    let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
+    let roots = Arc::new(roots.clone());
+    let provider = AnyProvider::from_config(credential, &roots, Arc::clone(&config.env))?;
     let token = provider
         .fetch(None)
         .await

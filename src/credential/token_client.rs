@@ -27,6 +27,7 @@
 //!   clamped to it, so no later arithmetic on it can overflow.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -88,7 +89,7 @@ impl TokenClient {
     /// A client trusting `roots`, with `timeout` for each whole exchange.
     /// `http://` URLs are refused unless `allow_insecure_http`.
     pub fn new(
-        roots: &RootCertStore,
+        roots: &Arc<RootCertStore>,
         timeout: Duration,
         allow_insecure_http: bool,
     ) -> Result<TokenClient, TlsError> {

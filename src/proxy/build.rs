@@ -120,7 +120,7 @@ pub fn build_generation(
     workers: usize,
 ) -> Result<Generation, BuildError> {
     let config = &checked.config;
-    let roots = &*checked.roots;
+    let roots = &checked.roots;
     let credentials = Credentials::start_reusing(config, roots, metrics, previous)
         .map_err(BuildError::TokenClient)?;
     let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();

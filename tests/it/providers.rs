@@ -27,7 +27,7 @@ use crate::support::token_servers::{
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn plain_client() -> TokenClient {
-    TokenClient::new(&RootCertStore::empty(), TIMEOUT, true).unwrap()
+    TokenClient::new(&Arc::new(RootCertStore::empty()), TIMEOUT, true).unwrap()
 }
 
 fn env(pairs: &[(&str, &str)]) -> Arc<dyn EnvSource> {
@@ -917,7 +917,7 @@ async fn a_server_that_never_answers_times_out() {
     let server = InbentaServer::start(InbentaBehaviour::default()).await;
     server.set_next_error(TokenReply::hang());
     let timeout = Duration::from_millis(200);
-    let client = TokenClient::new(&RootCertStore::empty(), timeout, true).unwrap();
+    let client = TokenClient::new(&Arc::new(RootCertStore::empty()), timeout, true).unwrap();
     let provider = InbentaProvider::new(&inbenta_config(&server.url()), client, inbenta_env());
 
     let started = Instant::now();
@@ -934,7 +934,7 @@ async fn a_server_that_never_answers_times_out() {
 #[tokio::test]
 async fn plain_http_is_refused_unless_allowed() {
     let server = OAuthServer::start(OAuthBehaviour::default()).await;
-    let client = TokenClient::new(&RootCertStore::empty(), TIMEOUT, false).unwrap();
+    let client = TokenClient::new(&Arc::new(RootCertStore::empty()), TIMEOUT, false).unwrap();
     let provider = OAuth2Provider::new(
         &oauth_config(&server, ClientAuth::Basic, BodyFormat::Form),
         client,
@@ -979,7 +979,7 @@ async fn tls_token_endpoints_with_a_test_ca() {
     let inbenta_server = InbentaServer::start_tls(InbentaBehaviour::default(), &pki).await;
     let oauth_server = OAuthServer::start_tls(OAuthBehaviour::default(), &pki).await;
     assert!(inbenta_server.url().starts_with("https://127.0.0.1:"));
-    let client = TokenClient::new(&pki.root_store(), TIMEOUT, false).unwrap();
+    let client = TokenClient::new(&Arc::new(pki.root_store()), TIMEOUT, false).unwrap();
 
     let provider = InbentaProvider::new(
         &inbenta_config(&inbenta_server.url()),
@@ -1002,7 +1002,7 @@ async fn tls_token_endpoints_with_a_test_ca() {
     assert_eq!(token.value.expose(), "oauth-token-1");
 
     // A client that does not trust the test CA never reaches the server.
-    let untrusting = TokenClient::new(&RootCertStore::empty(), TIMEOUT, false).unwrap();
+    let untrusting = TokenClient::new(&Arc::new(RootCertStore::empty()), TIMEOUT, false).unwrap();
     let provider = InbentaProvider::new(
         &inbenta_config(&inbenta_server.url()),
         untrusting,
