@@ -12,8 +12,9 @@
 //! - [`preflight`]: secrets resolve and TLS files load, checked once
 //! - [`credential`]: token providers and the renewal engine
 //! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
-//! - [`server`]: listeners, graceful shutdown, reload ([`server::serve`])
-//! - [`conn`]: one app connection: caps, limits, TLS, the framing tap
+//! - [`server`]: lifecycle: start, graceful shutdown, reload ([`server::serve`])
+//! - [`listeners`]: the proxy listen addresses, bound once, served here or on the workers
+//! - [`conn`]: one app connection: caps, limits, TLS, the framing tap ([`idle`]: its idle deadline)
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
@@ -32,6 +33,7 @@ pub mod error;
 pub mod error_chain;
 pub mod host;
 pub mod idle;
+pub mod listeners;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;

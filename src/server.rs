@@ -7,7 +7,7 @@
 //! [`crate::conn`]), then serves until [`Handle::shutdown`]: stop accepting,
 //! let in-flight requests finish within `shutdown_grace`, return. The proxy
 //! listeners are served on `workers` threads of their own
-//! ([`Serving::Workers`], [`crate::workers`]: a socket per worker on each
+//! ([`Serving::Workers`], [`crate::listeners`]: a socket per worker on each
 //! address, one connection cap for all) or on the calling runtime
 //! ([`serve`], for tests and the demo); credentials, the admin listener and
 //! reloads stay on the calling runtime.
@@ -24,18 +24,19 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::admin;
 use crate::config::Config;
 use crate::conn;
 use crate::credential::Credentials;
+pub use crate::listeners::Serving;
+use crate::listeners::{self, BindError};
 use crate::metrics::Metrics;
 use crate::preflight::Checked;
 use crate::proxy::Dispatch;
 use crate::proxy::build::{BuildError, build_generation};
-use crate::workers::{self, Workers};
+use crate::workers::Workers;
 
 /// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +62,8 @@ pub enum ServeError {
     #[error("cannot start serving")]
     Workers(#[source] std::io::Error),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// What every connection task shares.
@@ -256,39 +252,12 @@ fn listen_plan(
     plan
 }
 
-/// Where the proxy listeners are served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Serving {
-    /// On the calling runtime, one socket per listen address (tests and
-    /// the demo, whose clocks and tasks are the caller's).
-    Here,
-    /// On `workers` threads, each with its own current-thread runtime and
-    /// socket per listen address ([`crate::workers`]); the caller's runtime
-    /// keeps the credentials, the admin listener and reloads.
-    Workers,
-}
-
 /// Bind `addr`; the listener and the address it got (port 0 resolved).
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
-    let bind_error = |source| ServeError::Bind { addr, source };
+    let bind_error = |source| ServeError::Bind(BindError { addr, source });
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
-}
-
-/// One proxy listen address: a socket per worker, its TLS and dispatch.
-struct ProxyListener {
-    sockets: Vec<std::net::TcpListener>,
-    acceptor: Option<TlsAcceptor>,
-    dispatch: Arc<ArcSwap<Dispatch>>,
-}
-
-/// Bind `count` sockets on `addr` (see [`workers::bind`]).
-fn bind_proxy(
-    addr: SocketAddr,
-    count: usize,
-) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ServeError> {
-    workers::bind(addr, count).map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Start everything `checked` describes on the calling runtime and return
@@ -322,48 +291,9 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
         ),
     };
 
-    // Bind every route listener once, in config order.
-    let mut proxy_listeners = Vec::new();
-    let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
-    let mut dispatchers = HashMap::new();
-    let mut route_addrs = Vec::with_capacity(config.routes.len());
-    for (route, route_tls) in config.routes.iter().zip(&checked.routes) {
-        if let Some(local) = bound.get(&route.listen) {
-            route_addrs.push(*local);
-            continue;
-        }
-        let (sockets, local) = bind_proxy(route.listen, workers)?;
-        let acceptor = route_tls.listener.clone().map(TlsAcceptor::from);
-        let Some(dispatch) = generation.listeners.get(&route.listen).cloned() else {
-            // build_generation made a dispatch for every listen address.
-            continue;
-        };
-        let slot = Arc::new(ArcSwap::new(dispatch));
-        dispatchers.insert(route.listen, slot.clone());
-        info!(listen = %local, tls = acceptor.is_some(), workers, "proxy listening");
-        proxy_listeners.push(ProxyListener {
-            sockets,
-            acceptor,
-            dispatch: slot,
-        });
-        bound.insert(route.listen, local);
-        route_addrs.push(local);
-    }
-
-    let mut forward_proxy_addr = None;
-    let mut forward_dispatch = None;
-    if let (Some(forward_config), Some(dispatch)) = (&config.forward_proxy, &generation.forward) {
-        let (sockets, local) = bind_proxy(forward_config.listen, workers)?;
-        let slot = Arc::new(ArcSwap::new(dispatch.clone()));
-        info!(listen = %local, workers, "forward proxy listening");
-        proxy_listeners.push(ProxyListener {
-            sockets,
-            acceptor: None,
-            dispatch: slot.clone(),
-        });
-        forward_proxy_addr = Some(local);
-        forward_dispatch = Some(slot);
-    }
+    let bound = listeners::bind(&checked, &generation, workers)?;
+    let (route_addrs, dispatchers) = (bound.route_addrs.clone(), bound.dispatchers.clone());
+    let (forward_proxy_addr, forward_dispatch) = bound.forward.clone().unzip();
 
     let mut admin_addr = None;
     if let Some(admin_config) = &config.admin {
@@ -382,54 +312,9 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
         admin_addr = Some(local);
     }
 
-    // Worker `i` serves socket `i` of every proxy listener.
-    let mut per_worker: Vec<Vec<ProxyListener>> = (0..workers).map(|_| Vec::new()).collect();
-    for listener in proxy_listeners {
-        for (worker, socket) in listener.sockets.into_iter().enumerate() {
-            per_worker[worker].push(ProxyListener {
-                sockets: vec![socket],
-                acceptor: listener.acceptor.clone(),
-                dispatch: listener.dispatch.clone(),
-            });
-        }
-    }
-    let serve_worker = |listeners: Vec<ProxyListener>| {
-        let (metrics, policy, shutdown_rx) =
-            (shared.metrics.clone(), policy.clone(), shutdown_rx.clone());
-        move || -> std::io::Result<Vec<workers::Listening>> {
-            let mut listening: Vec<workers::Listening> = Vec::new();
-            for listener in listeners {
-                for socket in listener.sockets {
-                    listening.push(Box::pin(conn::serve_proxy_listener(
-                        TcpListener::from_std(socket)?,
-                        listener.acceptor.clone(),
-                        listener.dispatch.clone(),
-                        metrics.clone(),
-                        policy.clone(),
-                        shutdown_rx.clone(),
-                    )));
-                }
-            }
-            Ok(listening)
-        }
-    };
-    let workers = match serving {
-        Serving::Here => {
-            for listeners in per_worker {
-                for listening in serve_worker(listeners)().map_err(ServeError::Workers)? {
-                    tasks.spawn(listening);
-                }
-            }
-            None
-        }
-        Serving::Workers => {
-            let serve: Vec<workers::Serve> = per_worker
-                .into_iter()
-                .map(|listeners| Box::new(serve_worker(listeners)) as workers::Serve)
-                .collect();
-            Some(Workers::start(serve).map_err(ServeError::Workers)?)
-        }
-    };
+    let workers = bound
+        .serve(serving, &shared.metrics, &policy, &shutdown_rx, &mut tasks)
+        .map_err(ServeError::Workers)?;
 
     Ok(Handle {
         route_addrs,

@@ -11,8 +11,6 @@
 
 mod credential;
 mod error;
-#[cfg(test)]
-pub(crate) mod fixture;
 mod load;
 mod route;
 mod rules;
@@ -29,3 +27,61 @@ pub use load::{load, parse};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
 pub use top::{AdminConfig, Config, ConnLimits, LogConfig, LogFormat, Text, TlsConfig};
 pub use value::parse_duration;
+
+#[cfg(test)]
+/// Test fixtures for configuration text: one small valid file and the
+/// environment it needs, shared by the loader's and preflight's tests.
+pub(crate) mod fixture {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use super::{Config, ConfigError, parse};
+    use crate::secret::{EnvSource, MapEnv};
+
+    /// Where the fixtures say the text was read from.
+    pub const FILE: &str = "/etc/sidekey/sidekey.toml";
+
+    /// Lines 1–8: one static credential and one route using it.
+    pub const BASE: &str = r#"[credentials.a]
+    type = "static"
+    token = { env = "A_TOKEN" }
+
+    [[routes]]
+    listen = "127.0.0.1:8080"
+    upstream = "https://api.example.com"
+    credential = "a"
+    "#;
+
+    /// The environment [`BASE`] reads its token from.
+    pub fn env() -> Arc<dyn EnvSource> {
+        Arc::new(MapEnv::from([("A_TOKEN", "t0k3n")]))
+    }
+
+    /// `text` parsed as [`FILE`]; panics with the error when it is refused.
+    #[track_caller]
+    pub fn ok(text: &str) -> Config {
+        match parse(text, Path::new(FILE), env()) {
+            Ok(config) => config,
+            Err(e) => panic!("expected a valid config, got {e}"),
+        }
+    }
+
+    /// The error `text` is refused with; panics when it is accepted.
+    #[track_caller]
+    pub fn err(text: &str) -> ConfigError {
+        match parse(text, Path::new(FILE), env()) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    /// A fresh directory under the system's temp dir, for files a test writes.
+    pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sidekey-{prefix}-{}-{name}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        dir
+    }
+}
