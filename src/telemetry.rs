@@ -12,7 +12,7 @@ use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use tracing::Dispatch;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -26,9 +26,12 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber. A second call (tests, reload) is a no-op.
 pub fn init(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse().ok());
+    let filter = from_env
+        .or_else(|| log.level.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let dispatch = build(
         log.format,
         filter,
@@ -45,7 +48,7 @@ pub fn init(log: &LogConfig) {
 /// `tracing::dispatcher::set_default`).
 pub fn build<W>(
     format: LogFormat,
-    filter: EnvFilter,
+    filter: Targets,
     writer: W,
     ansi: bool,
     repeat_interval: Duration,
@@ -54,18 +57,18 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi)
         .with_target(false);
     let repeats = Repeats::default();
     let dispatch = match format {
-        LogFormat::Text => Dispatch::new(builder.finish().with(repeats.clone())),
+        LogFormat::Text => Dispatch::new(builder.finish().with(filter).with(repeats.clone())),
         LogFormat::Json => Dispatch::new(
             builder
                 .json()
                 .flatten_event(true)
                 .finish()
+                .with(filter)
                 .with(repeats.clone()),
         ),
     };

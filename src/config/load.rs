@@ -499,6 +499,18 @@ body_timeout = "7s"
     }
 
     #[test]
+    fn log_levels_are_a_level_or_target_directives() {
+        for level in ["warn", "sidekey=debug", "sidekey=debug,hyper=warn,info"] {
+            let config = ok(&format!("[log]\nlevel = \"{level}\"\n{BASE}"));
+            assert_eq!(config.log.level, level);
+        }
+        for level in ["sidekey=loud", "sidekey[span]=debug", "info,x=verbose"] {
+            let text = format!("[log]\nlevel = \"{level}\"\n{BASE}");
+            assert_err(&text, 2, "log.level", "not a log filter");
+        }
+    }
+
+    #[test]
     fn keys_of_another_type_are_refused() {
         let text = r#"[credentials.p]
 type = "oauth2"

@@ -43,14 +43,14 @@ pub(crate) mod fixture {
 
     /// Lines 1–8: one static credential and one route using it.
     pub const BASE: &str = r#"[credentials.a]
-    type = "static"
-    token = { env = "A_TOKEN" }
+type = "static"
+token = { env = "A_TOKEN" }
 
-    [[routes]]
-    listen = "127.0.0.1:8080"
-    upstream = "https://api.example.com"
-    credential = "a"
-    "#;
+[[routes]]
+listen = "127.0.0.1:8080"
+upstream = "https://api.example.com"
+credential = "a"
+"#;
 
     /// The environment [`BASE`] reads its token from.
     pub fn env() -> Arc<dyn EnvSource> {

@@ -121,7 +121,7 @@ fn admin_limits() -> ConnLimits {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct LogConfig {
-    /// An `EnvFilter` directive such as `info` or `sidekey=debug` (default `info`).
+    /// A level, or `target=level` directives such as `sidekey=debug,info` (default `info`).
     #[serde(deserialize_with = "via::<_, Level, _>")]
     pub level: String,
     /// Output format.

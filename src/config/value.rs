@@ -148,10 +148,17 @@ from_text! {
              or \"\" for the raw value)"
         )),
     };
-    /// A log filter such as `info` or `sidekey=debug`.
-    Level(String) = |text| match tracing_subscriber::EnvFilter::try_new(text) {
-        Ok(_) => Ok(text.to_owned()),
-        Err(e) => Err(format!("not a log filter: {e}")),
+    /// A log filter: a level, or `target=level` directives such as
+    /// `sidekey=debug,info` (span and field filters are not supported).
+    Level(String) = |text| {
+        if text.contains(['[', ']', '{', '}']) {
+            return Err("not a log filter: span and field filters are not supported \
+                        (use a level or `target=level` directives)".to_owned());
+        }
+        match text.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(_) => Ok(text.to_owned()),
+            Err(e) => Err(format!("not a log filter: {e}")),
+        }
     };
 }
 

@@ -258,7 +258,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
 
     use crate::config::LogFormat;
 
@@ -293,7 +293,7 @@ mod tests {
         let writer = buffer.clone();
         let dispatch = super::super::build(
             LogFormat::Text,
-            EnvFilter::new("info"),
+            Targets::new().with_default(tracing::Level::INFO),
             move || writer.clone(),
             false,
             interval,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sidekey::config::LogFormat;
 use tracing::dispatcher::DefaultGuard;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// A shared buffer of log text.
@@ -24,13 +24,13 @@ pub struct LogCapture {
 }
 
 impl LogCapture {
-    /// Capture sidekey's text log at `level` (an `EnvFilter` directive),
+    /// Capture sidekey's text log at `level` (a level or `target=level` directives),
     /// folding repeats per `repeat_interval`, until the guard is dropped.
     pub fn install(level: &str, repeat_interval: Duration) -> (LogCapture, DefaultGuard) {
         let capture = LogCapture::default();
         let dispatch = sidekey::telemetry::build(
             LogFormat::Text,
-            EnvFilter::new(level),
+            level.parse::<Targets>().expect("a log level"),
             capture.clone(),
             false,
             repeat_interval,
