@@ -40,10 +40,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   than one per arena in use; purging is a few madvise calls per decay
 ///   period, and a flood's memory still goes back within the decay time
 ///   (bench/flood.sh).
+///
+/// jemalloc declares it `const char *malloc_conf`: a thin pointer to a NUL-
+/// terminated string, so the static is a `&u8` to the text's first byte (a
+/// `&[u8]` would be a pointer and a length, whose layout Rust leaves open).
 #[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8] = b"percpu_arena:percpu,max_background_threads:1\0";
+pub static malloc_conf: &u8 = &b"percpu_arena:percpu,max_background_threads:1\0"[0];
 
 #[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
 compile_error!(
