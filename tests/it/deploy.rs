@@ -1,10 +1,14 @@
 //! The deploy files agree with each other and with sidekey: the Kubernetes
 //! manifest parses and its embedded configuration is valid, probes hit the
 //! admin port that configuration declares, the app points at a route, the
-//! Secret mount holds every `{ file = … }` the configuration reads; the
-//! systemd unit runs and reloads sidekey with its credentials where the
-//! configuration expects them; the Dockerfile's final stage runs the binary
-//! as a non-root user.
+//! Secret mount holds every `{ file = … }` the configuration reads, the
+//! Secret template is a file of its own (applying the manifest never
+//! overwrites the real Secret), the image is pinned to this version, and
+//! README's snippet agrees; the systemd unit runs and reloads sidekey with its
+//! credentials where the configuration expects them; the Dockerfile's final
+//! stage runs the binary as a non-root user, and its `docker run` example
+//! (README's too) publishes every listener of a configuration that `check`
+//! accepts with the variables that line sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use sidekey::config::{Config, CredentialKind, InbentaKey};
 use sidekey::secret::{MapEnv, SecretRef};
 
 const MANIFEST: &str = "deploy/kubernetes/sidecar.yaml";
+const SECRET_TEMPLATE: &str = "deploy/kubernetes/secret.example.yaml";
 const UNIT: &str = "deploy/systemd/sidekey.service";
 const UNIT_CONFIG: &str = "deploy/systemd/sidekey.toml";
 const DOCKERFILE: &str = "deploy/Dockerfile";
@@ -27,27 +32,37 @@ fn read(rel: &str) -> String {
 
 // ---------------------------------------------------------------- helpers --
 
-/// Every YAML document of the manifest.
-fn documents() -> Vec<Value> {
-    let text = read(MANIFEST);
+/// Every YAML document of the Kubernetes file `rel`.
+fn documents_of(rel: &str) -> Vec<Value> {
+    let text = read(rel);
     let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| {
             serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{MANIFEST}: a document does not parse: {e}"))
+                .unwrap_or_else(|e| panic!("{rel}: a document does not parse: {e}"))
         })
         .filter(|v: &Value| !v.is_null())
         .collect();
-    assert!(!docs.is_empty(), "{MANIFEST}: no documents");
+    assert!(!docs.is_empty(), "{rel}: no documents");
     docs
 }
 
-fn doc_of_kind(kind: &str) -> Value {
-    let mut found: Vec<Value> = documents()
+/// Every YAML document of the manifest.
+fn documents() -> Vec<Value> {
+    documents_of(MANIFEST)
+}
+
+/// The one document of `kind` in the Kubernetes file `rel`.
+fn doc_of_kind_in(rel: &str, kind: &str) -> Value {
+    let mut found: Vec<Value> = documents_of(rel)
         .into_iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
         .collect();
-    assert_eq!(found.len(), 1, "{MANIFEST}: expected one {kind}");
+    assert_eq!(found.len(), 1, "{rel}: expected one {kind}");
     found.remove(0)
+}
+
+fn doc_of_kind(kind: &str) -> Value {
+    doc_of_kind_in(MANIFEST, kind)
 }
 
 fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
@@ -222,7 +237,7 @@ fn map_keys(v: &Value) -> BTreeSet<String> {
 fn every_manifest_document_parses_and_is_a_known_kind() {
     let docs = documents();
     let kinds: Vec<&str> = docs.iter().map(|d| str_of(&d["kind"], "kind")).collect();
-    assert_eq!(kinds, ["ConfigMap", "Secret", "Deployment"]);
+    assert_eq!(kinds, ["ConfigMap", "Deployment"]);
     for d in &docs {
         assert!(d["apiVersion"].as_str().is_some(), "apiVersion: {d:?}");
         assert!(d["metadata"]["name"].as_str().is_some(), "name: {d:?}");
@@ -328,7 +343,7 @@ fn the_secret_mount_holds_every_file_the_config_reads() {
     let refs = raw_file_refs(&raw);
     assert!(!refs.is_empty(), "the config reads secrets from files");
 
-    let secret = doc_of_kind("Secret");
+    let secret = doc_of_kind_in(SECRET_TEMPLATE, "Secret");
     let secret_name = str_of(&secret["metadata"]["name"], "Secret name");
     let mut keys = map_keys(&secret["stringData"]);
     keys.extend(map_keys(&secret["data"]));
@@ -426,6 +441,98 @@ fn the_sidecar_reads_the_configmap_and_is_hardened() {
         grace > shutdown_secs,
         "{grace}s <= shutdown_grace {shutdown}"
     );
+}
+
+#[test]
+fn applying_the_sidecar_manifest_leaves_the_real_secret_alone() {
+    // `kubectl apply -f sidecar.yaml` replaces every object the file holds:
+    // a Secret in it would overwrite the real credentials with placeholders.
+    let kinds: Vec<String> = documents()
+        .iter()
+        .map(|d| str_of(&d["kind"], "kind").to_owned())
+        .collect();
+    assert!(
+        !kinds.iter().any(|k| k == "Secret"),
+        "{MANIFEST} holds a Secret ({kinds:?}): applying it overwrites the real one"
+    );
+    // The template is a file of its own, for the Secret the pod mounts.
+    let docs = documents_of(SECRET_TEMPLATE);
+    assert_eq!(docs.len(), 1, "{SECRET_TEMPLATE}: only the Secret");
+    let secret = doc_of_kind_in(SECRET_TEMPLATE, "Secret");
+    let name = str_of(&secret["metadata"]["name"], "Secret name");
+    let spec = pod_spec();
+    assert!(
+        seq_of(&spec["volumes"], "volumes")
+            .iter()
+            .any(|v| v["secret"]["secretName"].as_str() == Some(name)),
+        "the Deployment mounts no Secret named {name}"
+    );
+    // The manifest tells where the Secret comes from.
+    assert!(read(MANIFEST).contains("secret.example.yaml"));
+}
+
+#[test]
+fn the_sidekey_image_is_pinned_to_this_version() {
+    let spec = pod_spec();
+    let (sidekey, _) = sidekey_container(&spec);
+    let image = str_of(&sidekey["image"], "image");
+    let tag = image.rsplit_once(':').map(|(_, tag)| tag);
+    assert_eq!(
+        tag,
+        Some(env!("CARGO_PKG_VERSION")),
+        "{image}: pin the image to the crate's version"
+    );
+}
+
+/// The fenced code blocks of README's section `heading`, as (info string, text).
+fn readme_blocks(heading: &str) -> Vec<(String, String)> {
+    let readme = read("README.md");
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has no section {heading}"));
+    let section = &readme[start + heading.len() + 2..];
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut blocks = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        let Some(info) = line.trim_start().strip_prefix("```") else {
+            continue;
+        };
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.trim_start().starts_with("```"))
+            .collect();
+        blocks.push((info.trim().to_owned(), body.join("\n")));
+    }
+    blocks
+}
+
+#[test]
+fn readme_kubernetes_snippet_agrees_with_the_manifest() {
+    let blocks = readme_blocks("## Deploying");
+    let manifest = raw_toml(&embedded_config_text(), "ConfigMap sidekey.toml");
+
+    // The probes reach the admin listener only off loopback: the snippet
+    // shows the same [admin] table as the manifest's configuration.
+    let (_, admin) = blocks
+        .iter()
+        .find(|(info, text)| info == "toml" && text.contains("[admin]"))
+        .expect("README's Kubernetes snippet shows the [admin] listener its probes reach");
+    let admin = raw_toml(admin, "README [admin] snippet");
+    assert_eq!(
+        admin["admin"], manifest["admin"],
+        "README [admin] vs {MANIFEST}"
+    );
+
+    let (_, yaml) = blocks
+        .iter()
+        .find(|(info, text)| info == "yaml" && text.contains("readinessProbe"))
+        .expect("README's Kubernetes snippet");
+    let yaml: Value = serde_yaml_ng::from_str(yaml)
+        .unwrap_or_else(|e| panic!("README's Kubernetes snippet is not YAML: {e}"));
+    let sidekey = &seq_of(&yaml["initContainers"], "initContainers")[0];
+    let port = probe_port(sidekey, &sidekey["readinessProbe"], "README readinessProbe");
+    assert_eq!(port, raw_admin_listen(&manifest).port());
 }
 
 // ---------------------------------------------------------------- systemd --
