@@ -733,3 +733,164 @@ fn dockerfile_final_stage_runs_sidekey_as_non_root() {
         assert_eq!(cmd[0], "run");
     }
 }
+
+/// The shell command starting with `prefix` in `text` (a Dockerfile's
+/// comments or a README block): `#` comment markers dropped, continuation
+/// lines joined, split into words (double quotes group, `$PWD` stays as is).
+fn shell_command(text: &str, prefix: &str, what: &str) -> Vec<String> {
+    let mut lines = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .skip_while(|l| !l.starts_with(prefix));
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        match line.strip_suffix('\\') {
+            Some(part) => command.push_str(part),
+            None => {
+                command.push_str(line);
+                break;
+            }
+        }
+    }
+    assert!(!command.is_empty(), "{what}: no `{prefix}` command");
+    let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for c in command.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    assert!(!quoted, "{what}: unbalanced quotes in {command}");
+    words.extend((!word.is_empty()).then_some(word));
+    words
+}
+
+/// What a `docker run` command line asks for.
+#[derive(Debug, Default, PartialEq)]
+struct DockerRun {
+    /// `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT`, as written.
+    publish: Vec<String>,
+    /// `-e NAME[=VALUE]`.
+    env: Vec<String>,
+    /// `-v HOST:CONTAINER[:ro]`.
+    volumes: Vec<String>,
+    image: String,
+    /// The command after the image (empty: the image's CMD).
+    args: Vec<String>,
+}
+
+fn docker_run(words: &[String]) -> DockerRun {
+    assert_eq!(words[..2], ["docker", "run"]);
+    let mut run = DockerRun::default();
+    let mut words = words[2..].iter();
+    while let Some(word) = words.next() {
+        let list = match word.as_str() {
+            "-p" | "--publish" => &mut run.publish,
+            "-e" | "--env" => &mut run.env,
+            "-v" | "--volume" => &mut run.volumes,
+            "--rm" | "-it" | "-i" | "-t" | "-d" => continue,
+            other if other.starts_with('-') => panic!("docker run option {other} not understood"),
+            image => {
+                run.image = image.to_owned();
+                run.args = words.cloned().collect();
+                break;
+            }
+        };
+        list.push(words.next().expect("option value").clone());
+    }
+    run
+}
+
+#[test]
+fn docker_run_example_serves_with_what_it_publishes_and_sets() {
+    let dockerfile = read(DOCKERFILE);
+    let build = shell_command(&dockerfile, "docker build", DOCKERFILE);
+    let tag = build
+        .iter()
+        .skip_while(|w| *w != "-t")
+        .nth(1)
+        .expect("docker build -t TAG");
+    let run = docker_run(&shell_command(&dockerfile, "docker run", DOCKERFILE));
+    assert_eq!(
+        &run.image, tag,
+        "docker run uses the image docker build makes"
+    );
+    assert!(run.args.is_empty(), "the image's CMD runs the proxy");
+
+    // The configuration: a file of the repository, mounted where CMD reads it.
+    let instructions = dockerfile_instructions(&dockerfile);
+    let (_, cmd) = instructions
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "CMD")
+        .expect("CMD");
+    let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert_eq!(cmd[..2], ["run", "--config"]);
+    let [volume] = &run.volumes[..] else {
+        panic!("one volume, the configuration: {:?}", run.volumes);
+    };
+    let parts: Vec<&str> = volume.split(':').collect();
+    assert_eq!(parts[1..], [cmd[2].as_str(), "ro"], "-v {volume}");
+    let host = parts[0]
+        .strip_prefix("$PWD/")
+        .expect("the configuration is a file of the repository ($PWD/…)");
+    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(host);
+
+    // `sidekey check` accepts it with exactly the variables the line sets.
+    let mut check = std::process::Command::new(crate::support::process::BIN);
+    check
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .env_clear();
+    for var in &run.env {
+        // `-e NAME` passes the caller's value on.
+        let (name, value) = var.split_once('=').unwrap_or((var, "example-token"));
+        check.env(name, value);
+    }
+    let out = check.output().expect("run sidekey check");
+    assert!(
+        out.status.success(),
+        "{host} with {:?}: {}",
+        run.env,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every listener is reachable through a published port (a container's
+    // loopback is not the host's), and published on the host's loopback
+    // only: whoever reaches a route spends its credential.
+    let raw = raw_toml(&read(host), host);
+    let mut listens = raw_route_listens(&raw);
+    listens.push(raw_admin_listen(&raw));
+    let mut published = BTreeSet::new();
+    for p in &run.publish {
+        let parts: Vec<&str> = p.split(':').collect();
+        let [host_ip, _, container] = parts[..] else {
+            panic!("-p {p}: write HOST_IP:HOST_PORT:CONTAINER_PORT");
+        };
+        assert_eq!(
+            host_ip, "127.0.0.1",
+            "-p {p}: publish on the host's loopback"
+        );
+        published.insert(container.parse::<u16>().expect("container port"));
+    }
+    for addr in &listens {
+        assert!(
+            addr.ip().is_unspecified(),
+            "{addr}: unreachable from outside the container"
+        );
+        assert!(published.contains(&addr.port()), "{addr} is not published");
+    }
+
+    // README shows the same command.
+    let readme = read("README.md");
+    let readme_run = docker_run(&shell_command(&readme, "docker run", "README.md"));
+    assert_eq!(
+        readme_run, run,
+        "README's docker run differs from {DOCKERFILE}'s"
+    );
+}
