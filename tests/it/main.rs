@@ -22,6 +22,7 @@ mod support;
 
 mod cli;
 mod deploy;
+mod docs;
 mod hostile;
 mod inbenta;
 mod lifecycle;
