@@ -247,14 +247,14 @@ async fn run<P: Provider>(
                         Some(lifetime) => tracing::info!(
                             credential = %name,
                             generation,
-                            reason = reason.as_str(),
+                            reason = %reason,
                             "obtained token valid for {} s",
                             lifetime.as_secs()
                         ),
                         None => tracing::info!(
                             credential = %name,
                             generation,
-                            reason = reason.as_str(),
+                            reason = %reason,
                             "obtained token without expiry"
                         ),
                     }
@@ -297,12 +297,12 @@ async fn run<P: Provider>(
                 let retry_in = delay.map_or(-1.0, |d| d.as_secs_f64());
                 let serving = held.as_ref().is_some_and(|held| held.valid_at(now));
                 if repeated || (keeps_forever && failures > 0) {
-                    tracing::debug!(credential = %name, attempt = failures + 1, reason = reason.as_str(), retry_in_s = retry_in, "token request failed again: {message}");
+                    tracing::debug!(credential = %name, attempt = failures + 1, reason = %reason, retry_in_s = retry_in, "token request failed again: {message}");
                 } else {
                     tracing::warn!(
                         credential = %name,
                         attempt = failures + 1,
-                        reason = reason.as_str(),
+                        reason = %reason,
                         retry_in_s = retry_in,
                         old_token_valid = serving,
                         "token request failed: {message}"
