@@ -147,6 +147,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     crate::telemetry::init(&LogConfig {
         level: "info".to_owned(),
         format: LogFormat::Text,
+        access: false,
     });
     let demo = start(listen).await?;
     let proxy = demo.proxy_addr();

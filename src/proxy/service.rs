@@ -1,12 +1,14 @@
 //! The per-request service of a proxy listener: route the request
 //! ([`Dispatch::find`]), forward it ([`forward`]), turn a refusal or failure
 //! into sidekey's JSON error (logged once, see [`crate::error`]), close the
-//! connection after a refused framing, and count the request in the metrics.
+//! connection after a refused framing, count the request in the metrics,
+//! and when `[log] access` is on, write its access line ([`access`]).
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tracing::{debug, error};
 
+use super::access;
 use super::forward::forward;
 use super::framing::Framing;
 use super::{Dispatch, ResponseBody};
@@ -22,6 +24,9 @@ pub async fn handle_request(
     metrics: &Metrics,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
+    let access = dispatch
+        .access_log()
+        .then(|| access::Start::new(&request, started));
     let closes = framing.closes_connection();
     let (series, result) = match dispatch.find(&request, framing) {
         Ok(route) => (&route.metrics, forward(route, request).await),
@@ -42,6 +47,9 @@ pub async fn handle_request(
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     series.record_request(response.status().as_u16(), started.elapsed().as_secs_f64());
+    if let Some(start) = access {
+        access::finish(start, series.route(), &mut response);
+    }
     response
 }
 

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use sidekey::config::LogFormat;
 
 use crate::support::config::{TestConfig, oauth2, route, static_token};
-use crate::support::logs;
+use crate::support::logs::{self, LogCapture};
 use crate::support::metrics;
 use crate::support::proxy::{ReqBody, TestProxy, TestResponse, body_empty, request_with};
 use crate::support::tls::TestPki;
@@ -340,4 +341,147 @@ async fn renewals_carry_their_reason_in_metrics_logs_and_on_the_status_page() {
         let lines = logs.lines_with(&["obtained token", &format!("reason={reason}")]);
         assert_eq!(lines.len(), 1, "{reason}:\n{}", logs.text());
     }
+}
+
+/// A static credential `api` (token `access-secret-token`) and a route
+/// `api` under `/api`, with `[log]` lines `log`.
+async fn access_log_proxy(upstream: &Upstream, pki: &TestPki, log: &str) -> TestProxy {
+    TestConfig::new()
+        .trusting(pki)
+        .line("[log]", log)
+        .with(static_token("api", "TOKEN"))
+        .with(
+            route(&upstream.url(), "api")
+                .line(r#"name = "api""#)
+                .line(r#"path_prefix = "/api""#),
+        )
+        .env("TOKEN", "access-secret-token")
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn access_log_writes_one_line_per_request_without_query_or_header_values() {
+    let (logs, _guard) = logs::capture();
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = access_log_proxy(&upstream, &pki, "access = true").await;
+    let url = |path: &str| format!("{}{path}", proxy.route_url(0));
+
+    let first = proxy
+        .client
+        .send(request_with(
+            Method::GET,
+            &url("/api/items/1?api_key=query-secret"),
+            &[("x-app-secret", "header-secret")],
+            body_empty(),
+        ))
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let second = proxy.get("/api/items/2").await;
+    assert_eq!(second.status, StatusCode::OK);
+    let refused = proxy.get("/elsewhere").await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+
+    let lines = logs.wait_for_lines(&["sidekey::access"], 3).await;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|line| line.contains(&format!("path=\"{path}\" ")))
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:#?}"))
+    };
+    let one = line("/api/items/1");
+    for field in [
+        "route=\"api\"",
+        "method=GET",
+        "status=200",
+        &format!("bytes={}", first.body.len()),
+        "upstream_ms=",
+        "duration_ms=",
+        "reused=false",
+    ] {
+        assert!(one.contains(field), "{field} in {one}");
+    }
+    let two = line("/api/items/2");
+    assert!(two.contains("reused=true"), "the pooled connection: {two}");
+    assert!(
+        two.contains(&format!("bytes={}", second.body.len())),
+        "{two}"
+    );
+    let none = line("/elsewhere");
+    assert!(
+        none.contains("route=\"none\"") && none.contains("status=404"),
+        "{none}"
+    );
+    assert!(
+        none.contains(&format!("bytes={}", refused.body.len())),
+        "{none}"
+    );
+    assert!(
+        !none.contains("upstream_ms"),
+        "no upstream was asked: {none}"
+    );
+    for secret in [
+        "query-secret",
+        "api_key",
+        "header-secret",
+        "access-secret-token",
+    ] {
+        assert!(
+            !logs.text().contains(secret),
+            "{secret} logged:\n{}",
+            logs.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn access_log_is_off_by_default() {
+    let (logs, _guard) = logs::capture();
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = access_log_proxy(&upstream, &pki, r#"level = "info""#).await;
+    assert_eq!(proxy.get("/api/x").await.status, StatusCode::OK);
+    assert_eq!(proxy.get("/elsewhere").await.status, StatusCode::NOT_FOUND);
+    drop(proxy);
+    assert!(
+        logs.lines_with(&["sidekey::access"]).is_empty(),
+        "{}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn access_log_follows_the_json_format_and_passes_a_warn_level() {
+    // What `sidekey run` installs for `level = "warn"`, `format = "json"`.
+    let filter = sidekey::telemetry::with_access_lines("warn".parse().unwrap());
+    let (logs, _guard) = LogCapture::install_with(LogFormat::Json, filter, Duration::from_secs(60));
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = access_log_proxy(
+        &upstream,
+        &pki,
+        "level = \"warn\"\nformat = \"json\"\naccess = true",
+    )
+    .await;
+    let response = proxy.get("/api/json?q=1").await;
+    assert_eq!(response.status, StatusCode::OK);
+
+    let lines = logs.wait_for_lines(&["\"access\""], 1).await;
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["message"], "access");
+    assert_eq!(line["route"], "api");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/api/json");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], response.body.len() as u64);
+    assert_eq!(line["reused"], false);
+    assert!(line["upstream_ms"].as_f64().unwrap() >= 0.0, "{line}");
+    assert!(
+        logs.lines_with(&["\"INFO\""]).len() == 1,
+        "only the access line passes warn: {}",
+        logs.text()
+    );
 }
