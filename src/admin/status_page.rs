@@ -177,6 +177,10 @@ fn credential_row(page: &mut String, report: &CredentialReport, now: SystemTime)
         (_, Some(left), None) => duration(left),
         (_, None, _) => "no expiry".to_owned(),
     };
+    let left = match report.generation {
+        0 => left,
+        n => format!("{left} <span class=\"muted\">(token #{n})</span>"),
+    };
     let last = match &report.last_attempt {
         None => dash(),
         Some(attempt) => format!(
@@ -246,10 +250,11 @@ fn ago(now: SystemTime, then: SystemTime) -> String {
     }
 }
 
-/// A duration for people: `850 ms`, `4.2 s`, `12 min 5 s`, `3 h 20 min`, `2 d 3 h`.
+/// A duration for people: `0.4 ms`, `850 ms`, `4.2 s`, `12 min 5 s`, `3 h 20 min`, `2 d 3 h`.
 fn duration(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
+        0 if d < Duration::from_millis(10) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
         0 => format!("{} ms", d.as_millis()),
         1..60 => format!("{:.1} s", d.as_secs_f64()),
         60..3600 => format!("{} min {} s", secs / 60, secs % 60),
@@ -288,6 +293,7 @@ mod tests {
 
     #[test]
     fn durations_read_well() {
+        assert_eq!(duration(Duration::from_micros(420)), "0.4 ms");
         assert_eq!(duration(Duration::from_millis(850)), "850 ms");
         assert_eq!(duration(Duration::from_millis(4_200)), "4.2 s");
         assert_eq!(duration(Duration::from_secs(725)), "12 min 5 s");
