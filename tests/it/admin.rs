@@ -485,3 +485,43 @@ async fn access_log_follows_the_json_format_and_passes_a_warn_level() {
         logs.text()
     );
 }
+
+#[tokio::test]
+async fn access_log_writes_one_line_for_a_request_retried_after_a_rejection() {
+    let (logs, _guard) = logs::capture();
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).respond(|request| {
+        match request.header("authorization") {
+            Some("Bearer oauth-token-1") => Reply::status(401),
+            _ => Reply::echo(),
+        }
+    }))
+    .await;
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let client = OAuthBehaviour::default();
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .line("[log]", "access = true")
+        .with(
+            oauth2("pliant", &format!("{}/oauth/token", server.url()))
+                .line("allow_insecure_http = true"),
+        )
+        .with(route(&upstream.url(), "pliant").line(r#"name = "api""#))
+        .env("CLIENT_ID", &client.client_id)
+        .env("CLIENT_SECRET", &client.client_secret)
+        .start()
+        .await;
+    let response = proxy.get("/x").await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(upstream.request_count(), 2, "rejected, then retried");
+    let lines = logs.wait_for_lines(&["sidekey::access"], 1).await;
+    drop(proxy);
+    let lines: Vec<String> = lines
+        .into_iter()
+        .chain(logs.lines_with(&["sidekey::access"]))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(lines.len(), 1, "the app got one answer: {lines:#?}");
+    assert!(lines[0].contains("status=200"), "{}", lines[0]);
+}

@@ -292,7 +292,10 @@ fn per_route_readiness_names_routes_of_the_embedded_config() {
     let config = sidekey_parse(&embedded_config_text(), "sidekey.toml");
     let spec = pod_spec();
     let (sidekey, _) = sidekey_container(&spec);
-    let path = str_of(&sidekey["readinessProbe"]["httpGet"]["path"], "readiness path");
+    let path = str_of(
+        &sidekey["readinessProbe"]["httpGet"]["path"],
+        "readiness path",
+    );
     let Some((_, query)) = path.split_once('?') else {
         return;
     };
