@@ -195,10 +195,9 @@ fn credential_row(page: &mut String, report: &CredentialReport, now: SystemTime)
             duration(attempt.took),
         ),
     };
-    let next = match (report.state, report.next_attempt_in) {
-        (CredentialState::Renewing, _) => "in flight".to_owned(),
-        (_, None) if report.last_attempt.is_none() => "in flight".to_owned(),
-        (_, None) => dash(),
+    let next = match (report.in_flight, report.next_attempt_in) {
+        (true, _) => "in flight".to_owned(),
+        (false, None) => dash(),
         (_, Some(delay)) if report.failures > 0 => {
             format!("retry in {} (backoff)", duration(delay))
         }

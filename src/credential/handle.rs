@@ -428,6 +428,7 @@ impl CredentialHandle {
             last_attempt: state.last_attempt.clone(),
             last_success: state.last_success,
             last_error: state.last_error.as_deref().map(str::to_owned),
+            in_flight: state.in_flight,
             failures: state.failures,
             failures_total: state.failures_total,
             next_attempt_in: state

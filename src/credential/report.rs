@@ -109,6 +109,8 @@ pub struct CredentialReport {
     pub last_success: Option<SystemTime>,
     /// The last failure since the last success (redacted by the engine).
     pub last_error: Option<String>,
+    /// A token request is in flight.
+    pub in_flight: bool,
     /// Failed token requests in a row.
     pub failures: u32,
     /// Token requests that failed since the engine started.

@@ -525,3 +525,40 @@ async fn access_log_writes_one_line_for_a_request_retried_after_a_rejection() {
     assert_eq!(lines.len(), 1, "the app got one answer: {lines:#?}");
     assert!(lines[0].contains("status=200"), "{}", lines[0]);
 }
+
+#[tokio::test]
+async fn status_page_shows_a_failing_credential_its_error_and_backoff() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let proxy = two_credentials(&pki, &server, &upstream).await;
+    proxy.wait_for_token("pliant").await;
+    // `down` has tried once (connection refused) and waits to retry.
+    let credentials = proxy.handle.credentials();
+    let down = credentials.get("down").unwrap();
+    let _ = down.wait_for_token(Duration::from_secs(5)).await;
+    let report = down.report();
+    assert_eq!(report.state.as_str(), "unavailable");
+    assert!(report.failures >= 1, "{report:?}");
+    assert!(report.last_attempt.as_ref().is_some_and(|a| !a.succeeded));
+
+    let html = proxy.admin_get("/").await.text();
+    assert!(
+        html.contains(r#"<span class="s unavailable">unavailable</span>"#),
+        "{html}"
+    );
+    assert!(html.contains("failed</span> · startup"), "{html}");
+    assert!(html.contains("never obtained"), "{html}");
+    assert!(html.contains("Connection refused"), "{html}");
+    assert!(html.contains("in a row"), "{html}");
+    assert!(
+        html.contains("(backoff)") || html.contains("in flight"),
+        "the next attempt: {html}"
+    );
+    assert!(html.contains("1 credential(s) without a token"), "{html}");
+    assert!(html.contains("down-api"), "{html}");
+    assert!(
+        !html.contains(&OAuthBehaviour::default().client_secret),
+        "{html}"
+    );
+}
