@@ -57,7 +57,8 @@ pub enum Dispatch {
 
 impl Dispatch {
     /// Whether `[log] access` is on for these routes (every route of a
-    /// configuration carries the same flag).
+    /// configuration carries the same flag), for requests no route took; a
+    /// routed request reads its route's flag.
     pub fn access_log(&self) -> bool {
         match self {
             Dispatch::Routes(routes) => routes.first().is_some_and(|route| route.access_log),

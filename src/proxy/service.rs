@@ -24,13 +24,22 @@ pub async fn handle_request(
     metrics: &Metrics,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
-    let access = dispatch
-        .access_log()
-        .then(|| access::Start::new(&request, started));
     let closes = framing.closes_connection();
-    let (series, result) = match dispatch.find(&request, framing) {
-        Ok(route) => (&route.metrics, forward(route, request).await),
-        Err(err) => (metrics.no_route(), Err(err)),
+    // `[log] access`: the request's method and path are noted before it is
+    // forwarded; when off, this is the route's flag and nothing else.
+    let (series, result, access) = match dispatch.find(&request, framing) {
+        Ok(route) => {
+            let access = route
+                .access_log
+                .then(|| access::Start::new(&request, started));
+            (&route.metrics, forward(route, request).await, access)
+        }
+        Err(err) => {
+            let access = dispatch
+                .access_log()
+                .then(|| access::Start::new(&request, started));
+            (metrics.no_route(), Err(err), access)
+        }
     };
     let mut response = match result {
         Ok(response) => response,
