@@ -210,10 +210,9 @@ async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
         Err(err) => Err(err.into()),
     };
     if let Err(err) = outcome {
-        error!(
-            "reload refused, the old configuration keeps serving: {}",
-            error_chain(&err)
-        );
+        let why = error_chain(&err);
+        error!("reload refused, the old configuration keeps serving: {why}");
+        handle.status().reload_refused(why);
     }
 }
 

@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::preflight::Checked;
 use crate::proxy::Dispatch;
 use crate::proxy::build::{BuildError, build_generation};
+use crate::status::ProcessStatus;
 use crate::workers::Workers;
 
 /// Why the proxy could not start (or a reload was refused).
@@ -70,6 +71,8 @@ pub enum ServeError {
 struct Shared {
     metrics: Metrics,
     credentials: Arc<ArcSwap<Credentials>>,
+    /// What the admin listener shows about the process.
+    status: Arc<ProcessStatus>,
 }
 
 /// A running proxy.
@@ -113,6 +116,12 @@ impl Handle {
     /// The bound forward-proxy address.
     pub fn forward_proxy_addr(&self) -> Option<SocketAddr> {
         self.forward_proxy_addr
+    }
+
+    /// What the process runs, as the admin listener shows it (the CLI
+    /// records refused reloads here).
+    pub fn status(&self) -> &Arc<ProcessStatus> {
+        &self.shared.status
     }
 
     /// The running credentials (for tests and the CLI).
@@ -173,6 +182,7 @@ impl Handle {
         // The old credentials stop when the last request using them is done;
         // the ones taken over keep running.
         self.shared.credentials.store(generation.credentials);
+        self.shared.status.reloaded(config);
         self.grace = config.shutdown_grace;
         Ok(())
     }
@@ -279,6 +289,7 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
     let shared = Arc::new(Shared {
         metrics,
         credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),
+        status: ProcessStatus::new(config),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -299,10 +310,11 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
     if let Some(admin_config) = &config.admin {
         let (listener, local) = bind(admin_config.listen).await?;
         info!(listen = %local, "admin listening");
-        let state = admin::AdminState {
-            metrics: shared.metrics.clone(),
-            credentials: shared.credentials.clone(),
-        };
+        let state = admin::AdminState::new(
+            shared.metrics.clone(),
+            shared.credentials.clone(),
+            shared.status.clone(),
+        );
         tasks.spawn(admin::serve(
             listener,
             state,

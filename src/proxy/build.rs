@@ -65,6 +65,7 @@ fn build_route(
     credentials: &Credentials,
     metrics: &Metrics,
     workers: usize,
+    access_log: bool,
 ) -> Result<Route, BuildError> {
     let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
         BuildError::UnknownCredential {
@@ -106,6 +107,7 @@ fn build_route(
             client,
             request_timeout: route.request_timeout,
             body_timeout: route.body_timeout,
+            access_log,
         },
     ))
 }
@@ -134,6 +136,7 @@ pub fn build_generation(
                 &credentials,
                 metrics,
                 workers,
+                config.log.access,
             )?));
     }
     let listeners = grouped
@@ -189,6 +192,7 @@ pub fn build_generation(
                         client,
                         request_timeout: forward.request_timeout,
                         body_timeout: forward.body_timeout,
+                        access_log: config.log.access,
                     },
                 );
                 hosts.insert(host, Arc::new(route));

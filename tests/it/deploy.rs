@@ -285,7 +285,8 @@ fn probes_hit_healthz_and_readyz_on_the_configured_admin_port() {
 
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let p = &sidekey[probe];
-        assert_eq!(p["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        let probed = p["httpGet"]["path"].as_str().unwrap_or_default();
+        assert_eq!(probed.split('?').next(), Some(path), "{probe}");
         assert_eq!(probe_port(&sidekey, p, probe), admin.port(), "{probe}");
     }
     if !sidekey["startupProbe"].is_null() {
@@ -299,6 +300,33 @@ fn probes_hit_healthz_and_readyz_on_the_configured_admin_port() {
         "httpGet probes cannot reach a loopback admin listener"
     );
     assert_eq!(raw["admin"]["allow_non_loopback"].as_bool(), Some(true));
+}
+
+#[test]
+fn per_route_readiness_names_routes_of_the_embedded_config() {
+    let config = sidekey_parse(&embedded_config_text(), "sidekey.toml");
+    let spec = pod_spec();
+    let (sidekey, _) = sidekey_container(&spec);
+    let path = str_of(
+        &sidekey["readinessProbe"]["httpGet"]["path"],
+        "readiness path",
+    );
+    let Some((_, query)) = path.split_once('?') else {
+        return;
+    };
+    let asked: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| {
+            assert_eq!(key, "route", "{path}: only route= is understood");
+            value.into_owned()
+        })
+        .collect();
+    assert!(!asked.is_empty(), "{path}");
+    for name in &asked {
+        assert!(
+            config.routes.iter().any(|route| &route.name == name),
+            "{path}: no route named {name} (a 404 would keep the pod unready)"
+        );
+    }
 }
 
 #[test]

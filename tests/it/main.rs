@@ -20,6 +20,7 @@
 
 mod support;
 
+mod admin;
 mod cli;
 mod deploy;
 mod docs;

@@ -713,7 +713,7 @@ async fn every_token_endpoint_fault_is_classified_backed_off_reported_and_recove
         assert!(
             metrics
                 .encode()
-                .contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"failure\"}"),
+                .contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"failure\","),
             "{}",
             fault.name
         );
