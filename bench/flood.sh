@@ -13,16 +13,17 @@
 # and prints sidekey's RSS before, at the peak, and at several points after
 # the connections closed, up to FLOOD_SETTLE seconds.
 #
-# Why the settle times: glibc malloc keeps freed memory in its per-thread
-# arenas indefinitely, so a short settle would hide nothing; an allocator
-# that returns memory does so within its decay time (jemalloc: 10 s,
+# Why the settle times: untrimmed glibc malloc keeps freed memory in its
+# per-thread arenas indefinitely, so a short settle would hide nothing; an
+# allocator that returns memory does so within its period (sidekey's glibc
+# trimming: 5 s; jemalloc: 10 s,
 # mimalloc: ~10 ms after the next allocator call). The +1 s, +10 s and
 # +FLOOD_SETTLE (default 30 s) figures show which of these happened.
 #
 # Tunables (environment): FLOOD_N (2000), FLOOD_BIG_N (1000), FLOOD_SETTLE
 # (30), FLOOD_MAX_CONNECTIONS (FLOOD_N + 100: every connection is served;
 # set 512 to see the default cap at work), FLOOD_CARGO_FLAGS (extra flags
-# for `cargo build --release`, e.g. `--no-default-features`),
+# for `cargo build --release`, e.g. `--features jemalloc`),
 # FLOOD_SIDEKEY (a prebuilt binary instead of building), FLOOD_ENV (extra
 # environment for sidekey, e.g. `MALLOC_ARENA_MAX=2`), FLOOD_PHASES (which of
 # the three phases to run: "1 2 3").

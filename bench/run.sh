@@ -92,10 +92,10 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- build ----
 # allocators: the three variants one after another into the same target/,
 # each final binary copied aside (a target dir per variant would cost GBs).
-declare -A ALLOC_FLAGS=([system]="--no-default-features" [mimalloc]="--no-default-features --features mimalloc" [jemalloc]="")
+declare -A ALLOC_FLAGS=([system]="" [mimalloc]="--features mimalloc" [jemalloc]="--features jemalloc")
 declare -A ALLOC_SYS=([system]="" [mimalloc]="libmimalloc-sys" [jemalloc]="tikv-jemalloc-sys")
 declare -A ALLOC_BUILD_S=()
-ALLOCATORS=(system mimalloc jemalloc) # jemalloc (the default) last: target/ is left as a plain build leaves it
+ALLOCATORS=(jemalloc mimalloc system) # system (the default) last: target/ is left as a plain build leaves it
 timed_build() { # flags... -> seconds on stdout
     local t0 t1
     t0=$(date +%s.%N)
