@@ -710,13 +710,20 @@ fn dockerfile_final_stage_runs_sidekey_as_non_root() {
         .collect();
     assert!(stages.len() >= 2, "multi-stage build");
 
-    // The builder compiles the sidekey binary in release mode.
+    // The builder compiles the sidekey binary with the profile that ships,
+    // and Cargo.toml defines it.
     let build = &instructions[stages[0]..stages[stages.len() - 1]];
     assert!(
-        build
-            .iter()
-            .any(|(k, a)| k == "RUN" && a.contains("cargo build --release")),
-        "a builder stage runs cargo build --release"
+        build.iter().any(|(k, a)| k == "RUN"
+            && a.contains("cargo build --profile dist")
+            && a.contains("target/dist/sidekey")),
+        "a builder stage runs cargo build --profile dist and takes target/dist/sidekey"
+    );
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    assert_eq!(
+        manifest["profile"]["dist"]["inherits"].as_str(),
+        Some("release"),
+        "Cargo.toml defines the dist profile"
     );
 
     let last = &instructions[stages[stages.len() - 1]..];
