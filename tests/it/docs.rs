@@ -245,7 +245,8 @@ fn readme_says_how_to_install_and_which_rust() {
         .expect("Cargo.toml states rust-version");
     let readme = read("README.md");
     for part in [
-        "cargo install --locked --path .".to_owned(),
+        "cargo install --locked --profile dist --path .".to_owned(),
+        "target/dist/sidekey".to_owned(),
         "target/release/sidekey".to_owned(),
         format!("Rust {rust}"),
         REFERENCE.to_owned(),
