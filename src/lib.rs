@@ -14,7 +14,7 @@
 //! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
 //! - [`server`]: lifecycle: start, graceful shutdown, reload ([`server::serve`])
 //! - [`listeners`]: the proxy listen addresses, bound once, served here or on the workers
-//! - [`conn`]: one app connection: caps, limits, TLS, the framing tap ([`idle`]: its idle deadline)
+//! - [`conn`]: one app connection: caps, limits ([`limits`]), TLS, the framing tap ([`idle`]: its idle deadline)
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
@@ -33,6 +33,7 @@ pub mod error;
 pub mod error_chain;
 pub mod host;
 pub mod idle;
+pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod preflight;

@@ -1,9 +1,7 @@
-//! `[credentials.NAME]`: how a token is obtained and which headers it adds.
-//! Owns the credential types, the keys each `type` accepts and requires, and
-//! their defaults (token timeout, TTL, Inbenta auth URL, `renew_on_status`).
-//! A table is read twice from the parsed file, never through a buffer (as a
-//! `#[serde(tag = "type")]` enum would, losing every line): once for `type`
-//! and the keys all types share, once for the keys of its type.
+//! `[credentials.NAME]`: the credential types, the keys each `type` accepts
+//! and requires, and their defaults. A table is read twice from the parsed
+//! file, never through a buffer (as a `#[serde(tag = "type")]` enum would,
+//! losing every line): for `type` and the shared keys, then for its type's.
 
 use std::time::Duration;
 
@@ -12,9 +10,8 @@ use serde::Deserialize;
 
 use super::error::{ConfigError, Key};
 use super::source::Source;
-use super::value::{
-    BaseUrl, Dur, Headers, Name, Scheme, Timeout, Url, Value, secs, statuses, via, via_some,
-};
+use super::value::{BaseUrl, Dur, Headers, Name, Scheme, Timeout, Url, Value};
+use super::value::{secs, statuses, via, via_some};
 use crate::secret::SecretRef;
 
 /// `[credentials.NAME]`: how a token is obtained and which headers it adds.
@@ -45,7 +42,7 @@ impl CredentialConfig {
                     InbentaKey::Secret(r) => ("secret", r),
                     InbentaKey::DomainKey(r) => ("domain_key", r),
                 };
-                let oauth = inbenta.oauth_token.as_ref().map(|r| ("oauth_token", r));
+                let oauth = inbenta.oauth_token.iter().map(|r| ("oauth_token", r));
                 let refs = [("api_key", &inbenta.api_key), flow];
                 refs.into_iter().chain(oauth).collect()
             }
@@ -208,7 +205,7 @@ const KEYS: [&str; 4] = [
 ];
 const NAMES: [&str; 4] = ["", "inbenta", "oauth2", "static"];
 
-/// Read `[credentials.NAME]` by its type's keys and rules; `src` names the lines.
+/// Read `[credentials.NAME]` by its type's keys and rules.
 pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, ConfigError> {
     let base = Key::new("credentials").then(name);
     let common: Common = src.read(&base)?;
@@ -232,6 +229,7 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, Con
         e
     };
     let secret = |field: &str, value| src.secret(&base.then(field), value);
+    let http = common.allow_insecure_http;
     let kind = match common.kind {
         Type::Inbenta => {
             let file: InbentaFile = src.read(&base).map_err(required)?;
@@ -254,19 +252,22 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, Con
                     "`origin` is only sent with `domain_key`; it is ignored with `secret`";
                 src.warn(&base.then("origin"), message);
             }
-            let auth_url = file.auth_url.map(|url| url.0);
+            let inbenta = Uri::from_static("https://api.inbenta.io/v1");
+            let auth_url = file.auth_url.map_or(inbenta, |url| url.0);
+            src.https(&base, ("auth_url", &auth_url), http)?;
             CredentialKind::Inbenta(InbentaConfig {
                 api_key: secret("api_key", file.api_key),
                 key,
                 origin: file.origin.map(|v| v.0),
                 oauth_token: file.oauth_token.map(|t| secret("oauth_token", t)),
-                auth_url: auth_url.unwrap_or(Uri::from_static("https://api.inbenta.io/v1")),
+                auth_url,
             })
         }
         Type::OAuth2 => {
             let mut oauth2: OAuth2Config = src.read(&base).map_err(required)?;
             oauth2.client_id = secret("client_id", oauth2.client_id);
             oauth2.client_secret = secret("client_secret", oauth2.client_secret);
+            src.https(&base, ("token_url", &oauth2.token_url), http)?;
             CredentialKind::OAuth2(oauth2)
         }
         Type::Static => {

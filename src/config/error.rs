@@ -24,14 +24,10 @@ pub struct ConfigError {
 
 impl Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.key.is_empty() {
-            write!(f, ": {}", self.key)?;
-        }
-        write!(f, ": {}", self.message)
+        let line = self.line.map(|line| format!(":{line}")).unwrap_or_default();
+        let key = Some(&self.key).filter(|key| !key.is_empty());
+        let key = key.map(|key| format!(": {key}")).unwrap_or_default();
+        write!(f, "{}{line}{key}: {}", self.path.display(), self.message)
     }
 }
 
@@ -69,7 +65,7 @@ enum Segment {
 impl Key {
     /// A top-level key.
     pub fn new(name: &str) -> Key {
-        Key::default().then(name)
+        Key(vec![Segment::Name(name.to_owned())])
     }
 
     /// The key `name` inside this one.
@@ -82,8 +78,7 @@ impl Key {
         Key([&self.0[..], &[Segment::Index(index)]].concat())
     }
 
-    /// The key serde was at, `path` below this one, without the private
-    /// key through which `toml::Spanned` reads its value.
+    /// This key joined with the `path` serde was at (minus `toml::Spanned`'s private key).
     pub(super) fn join(&self, path: &serde_path_to_error::Path) -> Key {
         use serde_path_to_error::Segment::{Map, Seq};
         path.iter()
@@ -94,8 +89,7 @@ impl Key {
             })
     }
 
-    /// How a message names the table at this key: `[admin]`, or `this
-    /// route (routes[0])` for an element of the one array of tables.
+    /// How a message names this table: `[admin]`, or `this route (routes[0])`.
     pub(super) fn table(&self) -> String {
         match self.0.last() {
             Some(Segment::Index(_)) => format!("this route ({self})"),
@@ -103,8 +97,7 @@ impl Key {
         }
     }
 
-    /// This key's value in `doc` and `true`, or the nearest table or array
-    /// that would hold it and `false`.
+    /// This key's value in `doc` and `true`, or the nearest table holding it and `false`.
     pub(super) fn find<'d, 'i>(&self, doc: &'d Doc<'i>) -> (&'d Doc<'i>, bool) {
         let mut at = doc;
         for segment in &self.0 {

@@ -1,11 +1,7 @@
-//! Reading a TOML file into [`Config`]: unknown keys are errors, and every
-//! error names the file, the line and the key.
-//!
-//! [`parse`] parses the text, lets the types read themselves from it
-//! (`serde_path_to_error` says at which key one failed), then applies the
-//! rules between tables (`rules`). Secret references
-//! and TLS files are only read by `preflight`, which `check` and `run` call
-//! before binding anything.
+//! Reading a TOML file into [`Config`]: the types read themselves from the
+//! parsed text (`serde_path_to_error` says at which key one failed), then
+//! `rules` applies the rules between tables. Every error names the file, the
+//! line and the key. Secrets and TLS files are read later, by `preflight`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,43 +11,34 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::credential;
 use super::error::{ConfigError, Key};
 use super::route::{ForwardProxyConfig, RouteConfig};
-use super::rules;
 use super::source::Source;
-use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
-use super::value::{Dur, Timeout, bounded, secs, via};
+use super::top::{AdminConfig, Config, LogConfig, Text, TlsConfig};
+use super::value::{Dur, Timeout, bounded, secs, via, via_some};
+use super::{credential, rules};
+use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
 
-/// The top level as written: the connection limits are three keys here,
-/// and each credential is read by its type (`credential`).
+/// The top level as written: the connection limits are three keys here
+/// (defaults: [`ConnLimits::PROXY`]), and each credential is read by its type.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default = "secs::<20>", deserialize_with = "via::<_, Dur, _>")]
     shutdown_grace: Duration,
     /// More than a sidecar's app opens; each costs memory and a descriptor.
-    #[serde(
-        default = "connections",
-        deserialize_with = "bounded::<_, 1, 1_000_000>"
-    )]
-    max_connections: usize,
+    #[serde(default, deserialize_with = "bounded::<_, 1, 1_000_000>")]
+    max_connections: Option<usize>,
     /// From a request line and a handful of headers to a size beyond which
     /// one connection alone could hold megabytes before a request is seen.
-    #[serde(
-        default = "header_bytes",
-        deserialize_with = "bounded::<_, 1024, 1_048_576>"
-    )]
-    max_header_bytes: usize,
-    #[serde(default = "secs::<30>", deserialize_with = "via::<_, Timeout, _>")]
-    idle_timeout: Duration,
-    /// Serving threads; more than any machine sidekey runs on has cores.
-    #[serde(
-        default = "available_cores",
-        deserialize_with = "bounded::<_, 1, 1024>"
-    )]
-    workers: usize,
+    #[serde(default, deserialize_with = "bounded::<_, 1024, 1_048_576>")]
+    max_header_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "via_some::<_, Timeout, _>")]
+    idle_timeout: Option<Duration>,
+    /// Default: one serving thread per core the process may use.
+    #[serde(default, deserialize_with = "bounded::<_, 1, 1024>")]
+    workers: Option<usize>,
     admin: Option<AdminConfig>,
     #[serde(default)]
     log: LogConfig,
@@ -62,19 +49,6 @@ struct File {
     #[serde(default)]
     routes: Vec<RouteConfig>,
     forward_proxy: Option<ForwardProxyConfig>,
-}
-
-fn connections() -> usize {
-    ConnLimits::PROXY.max_connections
-}
-
-/// One serving thread per core the process may use.
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-}
-
-fn header_bytes() -> usize {
-    ConnLimits::PROXY.max_header_bytes
 }
 
 /// Read and validate the file at `path`; secrets are resolved later (`preflight`).
@@ -94,20 +68,23 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
     for name in file.credentials.keys() {
         credentials.insert(name.clone(), credential::read(name, &src)?);
     }
-    let limits = ConnLimits {
-        max_connections: file.max_connections,
-        max_header_bytes: file.max_header_bytes,
-        idle_timeout: file.idle_timeout,
-    };
-    let ca_file = file.tls.ca_file.map(|file| src.file(&file));
+    let (proxy, cores) = (ConnLimits::PROXY, std::thread::available_parallelism());
     let mut config = Config {
         path: path.to_path_buf(),
         shutdown_grace: file.shutdown_grace,
-        workers: file.workers,
-        limits,
+        workers: file
+            .workers
+            .unwrap_or(cores.map_or(1, std::num::NonZeroUsize::get)),
+        limits: ConnLimits {
+            max_connections: file.max_connections.unwrap_or(proxy.max_connections),
+            max_header_bytes: file.max_header_bytes.unwrap_or(proxy.max_header_bytes),
+            idle_timeout: file.idle_timeout.unwrap_or(proxy.idle_timeout),
+        },
         admin: file.admin,
         log: file.log,
-        tls: TlsConfig { ca_file },
+        tls: TlsConfig {
+            ca_file: file.tls.ca_file.map(|file| src.file(&file)),
+        },
         credentials,
         routes: file.routes,
         forward_proxy: file.forward_proxy,

@@ -18,6 +18,7 @@ mod source;
 mod top;
 mod value;
 
+pub use crate::limits::ConnLimits;
 pub use credential::{
     BodyFormat, ClientAuth, CredentialConfig, CredentialKind, InbentaConfig, InbentaKey,
     OAuth2Config, StaticConfig,
@@ -25,7 +26,7 @@ pub use credential::{
 pub use error::{ConfigError, Key};
 pub use load::{load, parse};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
-pub use top::{AdminConfig, Config, ConnLimits, LogConfig, LogFormat, Text, TlsConfig};
+pub use top::{AdminConfig, Config, LogConfig, LogFormat, Text, TlsConfig};
 pub use value::parse_duration;
 
 #[cfg(test)]

@@ -1,13 +1,10 @@
 //! The rules between tables, applied once every table has been read: each
-//! route against the credentials and the routes before it (a credential that
-//! exists, no two routes on one listener and prefix, one `tls` per listener,
-//! names used once), `[forward_proxy] hosts` keys against the credentials
-//! and each other, and the rules several tables share (https unless
-//! `allow_insecure_http`, loopback unless `allow_non_loopback`, `[admin]`
-//! and `[forward_proxy]` on addresses of their own).
+//! route against the credentials and the routes before it, `[forward_proxy]
+//! hosts` against the credentials and each other, https unless
+//! `allow_insecure_http`, loopback unless `allow_non_loopback`, and `[admin]`
+//! and `[forward_proxy]` on addresses of their own.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use super::credential::CredentialKind;
 use super::error::{ConfigError, Key};
@@ -16,27 +13,21 @@ use super::source::Source;
 use super::top::Config;
 use crate::host::ForwardHost;
 
-/// Check `config` as read from `src`; resolve each route's upstream,
-/// default name and file paths.
+/// Check `config` as read from `src`; resolve each route's upstream, name and file paths.
 pub(super) fn apply(config: &mut Config, src: &Source<'_>) -> Result<(), ConfigError> {
     routes(config, src)?;
     forward_proxy(config, src)?;
     shared(config, src)
 }
 
-/// Check each route against the credentials and the routes before it;
-/// resolve its upstream (`upstream` or `inbenta_api`), name and file paths.
+/// Each route against the credentials and the routes before it.
 fn routes(config: &mut Config, src: &Source<'_>) -> Result<(), ConfigError> {
-    let credentials = &config.credentials;
+    let (credentials, defined) = (&config.credentials, config.defined());
     for index in 0..config.routes.len() {
         let (earlier, rest) = config.routes.split_at_mut(index);
         let (route, base) = (&mut rest[0], Key::new("routes").at(index));
         let Some(credential) = credentials.get(&route.credential) else {
-            let mut known: Vec<&str> = credentials.keys().map(String::as_str).collect();
-            if known.is_empty() {
-                known.push("none");
-            }
-            let (name, known) = (&route.credential, known.join(", "));
+            let (name, known) = (&route.credential, &defined);
             let message = format!("no credential named `{name}` (defined: {known})");
             return Err(src.error(&base.then("credential"), message));
         };
@@ -59,6 +50,10 @@ fn routes(config: &mut Config, src: &Source<'_>) -> Result<(), ConfigError> {
                 return Err(src.error(&base.then("upstream"), message));
             }
         };
+        if let Upstream::Url(url) = &route.upstream {
+            src.https(&base, ("upstream", url), route.allow_insecure_http)?;
+        }
+        src.loopback(&base, route.listen, route.allow_non_loopback)?;
         if route.name.is_empty() {
             route.name = format!("{}{}", route.listen, route.path_prefix);
         }
@@ -103,8 +98,7 @@ fn routes(config: &mut Config, src: &Source<'_>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `[forward_proxy] hosts`: keys that name a credential that exists and a
-/// host and port no other key names.
+/// `[forward_proxy] hosts`: each names a credential that exists, and its own host and port.
 fn forward_proxy(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
     let Some(proxy) = &config.forward_proxy else {
         return Ok(());
@@ -131,27 +125,12 @@ fn forward_proxy(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The rules several tables share: https, loopback, addresses of their own
-/// for `[admin]` and `[forward_proxy]` (port 0 never collides).
+/// `[admin]` and `[forward_proxy]`: loopback, and addresses of their own (port 0 never collides).
 fn shared(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
-    for (name, credential) in &config.credentials {
-        let url = match &credential.kind {
-            CredentialKind::Inbenta(inbenta) => ("auth_url", &inbenta.auth_url),
-            CredentialKind::OAuth2(oauth2) => ("token_url", &oauth2.token_url),
-            CredentialKind::Static(_) => continue,
-        };
-        let table = Key::new("credentials").then(name);
-        src.https(&table, url, credential.allow_insecure_http)?;
-    }
-    let mut taken: Vec<(SocketAddr, Key)> = Vec::new();
-    for (index, route) in config.routes.iter().enumerate() {
-        let table = Key::new("routes").at(index);
-        if let Upstream::Url(url) = &route.upstream {
-            src.https(&table, ("upstream", url), route.allow_insecure_http)?;
-        }
-        src.loopback(&table, route.listen, route.allow_non_loopback)?;
-        taken.push((route.listen, table));
-    }
+    let routes = config.routes.iter().enumerate();
+    let mut taken: Vec<_> = routes
+        .map(|(i, r)| (r.listen, Key::new("routes").at(i)))
+        .collect();
     let proxy =
         (config.forward_proxy.iter()).map(|p| ("forward_proxy", p.listen, p.allow_non_loopback));
     let admin = (config.admin.iter()).map(|a| ("admin", a.listen, a.allow_non_loopback));

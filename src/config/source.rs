@@ -1,10 +1,7 @@
 //! The configuration file being read: its path, text and parsed document.
-//! It names the line of a key (the line of its value, or of the nearest
-//! table holding it when the key is missing), turns a `toml` or serde error
-//! into a [`ConfigError`], resolves relative paths against the file's
-//! directory, collects warnings (a secret written literally), named like
-//! errors, and states the two rules several tables share: https unless
-//! `allow_insecure_http`, loopback unless `allow_non_loopback`.
+//! It names a key's line (its value's, or the nearest table's when missing),
+//! turns `toml` and serde errors into [`ConfigError`]s, resolves relative
+//! paths, collects warnings, and states the rules several tables share.
 
 use std::cell::RefCell;
 use std::fmt::Display;
@@ -76,10 +73,8 @@ impl<'a> Source<'a> {
         serde_path_to_error::deserialize(de).map_err(|e| self.serde(key.join(e.path()), e.inner()))
     }
 
-    /// A `toml` or serde error at `key` (the path serde was at): the line of
-    /// its span, and the key a "missing field" names. serde says "field"
-    /// where a TOML file has keys, "variant" where it has a value, and
-    /// "i64" where it has an integer.
+    /// A `toml` or serde error at `key`, on the line of its span, in TOML's
+    /// words (keys, not fields; values, not variants; integers, not i64).
     fn serde(&self, mut key: Key, error: &toml::de::Error) -> ConfigError {
         let message = error.message().trim();
         let mut message = message.replace("expected i64", "expected an integer");
@@ -107,8 +102,7 @@ impl<'a> Source<'a> {
         self.path.parent().unwrap_or(Path::new("")).join(path)
     }
 
-    /// A secret reference at `key`: a `file` resolved like [`Self::file`], a
-    /// literal accepted with a warning.
+    /// A secret reference at `key`: a `file` resolved, a literal accepted with a warning.
     pub fn secret(&self, key: &Key, secret: SecretRef) -> SecretRef {
         match secret {
             SecretRef::File(path) => SecretRef::File(self.file(&path)),

@@ -94,16 +94,9 @@ from_text! {
     /// An absolute `http(s)://` URL (whether `http` is allowed is a rule between keys).
     Url(Uri) = url;
     /// An absolute URL below which paths are joined: no query, no trailing `/`.
-    BaseUrl(Uri) = |text| {
-        let uri = url(text)?;
-        if uri.query().is_some() {
-            return Err("a query (`?…`) is not allowed in a base URL".to_owned());
-        }
-        let (scheme, authority) = (uri.scheme_str().unwrap_or("https"), uri.authority());
-        let path = uri.path().trim_end_matches('/');
-        let authority = authority.map(|a| a.as_str()).unwrap_or_default();
-        Uri::from_str(&format!("{scheme}://{authority}{path}"))
-            .map_err(|e| format!("`{text}` is not a valid URL: {e}"))
+    BaseUrl(Uri) = |text| match url(text)?.query() {
+        Some(_) => Err("a query (`?…`) is not allowed in a base URL".to_owned()),
+        None => url(text.trim_end_matches('/')),
     };
     /// A header name.
     #[derive(PartialEq, Eq, Hash)]
@@ -184,31 +177,34 @@ fn url(text: &str) -> Result<Uri, String> {
     }
 }
 
-/// An integer within `LOW..=HIGH`.
+/// An integer within `LOW..=HIGH`, for an optional key.
 pub(super) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: usize>(
     d: D,
-) -> Result<usize, D::Error> {
+) -> Result<Option<usize>, D::Error> {
     let number = i64::deserialize(d)?;
-    usize::try_from(number)
+    let out_of_range = || format!("{number} is out of range (use {LOW} to {HIGH})");
+    let n = usize::try_from(number)
         .ok()
-        .filter(|n| (LOW..=HIGH).contains(n))
-        .ok_or_else(|| de::Error::custom(format!("{number} is out of range (use {LOW} to {HIGH})")))
+        .filter(|n| (LOW..=HIGH).contains(n));
+    n.map(Some).ok_or_else(|| de::Error::custom(out_of_range()))
 }
 
 /// `renew_on_status = [401, 403]`: HTTP status codes.
 pub(super) fn statuses<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<StatusCode>>, D::Error> {
-    let codes = Vec::<i64>::deserialize(d)?;
     let status = |code: i64| {
-        u16::try_from(code)
+        let status = u16::try_from(code)
             .ok()
-            .filter(|code| (100..=599).contains(code))
-            .and_then(|code| StatusCode::from_u16(code).ok())
-            .ok_or_else(|| format!("{code} is not an HTTP status code (100-599)"))
+            .filter(|code| (100..=599).contains(code));
+        let status = status.and_then(|code| StatusCode::from_u16(code).ok());
+        status.ok_or_else(|| format!("{code} is not an HTTP status code (100-599)"))
     };
-    let statuses: Result<Vec<_>, String> = codes.into_iter().map(status).collect();
-    statuses.map(Some).map_err(de::Error::custom)
+    let codes = Vec::<i64>::deserialize(d)?.into_iter().map(status);
+    codes
+        .collect::<Result<_, _>>()
+        .map(Some)
+        .map_err(de::Error::custom)
 }
 
 /// `headers = { "X-Name" = "value" }`, in the order of their names.
