@@ -18,7 +18,7 @@
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
-//! - [`tls`], [`admin`], [`metrics`], [`telemetry`], [`demo`]
+//! - [`tls`], [`admin`], [`metrics`], [`telemetry`], [`demo`], [`suggest`]
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -40,6 +40,7 @@ pub mod preflight;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod suggest;
 pub mod telemetry;
 pub mod tls;
 pub mod workers;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sidekey::config::{self, ConfigError};
+use sidekey::config::{self, Config, ConfigError, ConfigErrors};
 use sidekey::credential::ObtainError;
 use sidekey::demo::DemoError;
 use sidekey::error_chain::error_chain;
-use sidekey::preflight::{Checked, preflight};
+use sidekey::preflight::{self, Checked, preflight};
 use sidekey::secret::ProcessEnv;
 use sidekey::server::{ServeError, Serving};
 use tracing::{error, info, warn};
@@ -109,7 +109,7 @@ enum CliError {
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
@@ -139,6 +139,12 @@ fn main() -> ExitCode {
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Config(ConfigErrors(errors))) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            ExitCode::from(1)
+        }
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
             ExitCode::from(1)
@@ -147,15 +153,48 @@ fn main() -> ExitCode {
 }
 
 /// Load and fully validate (including secrets and TLS files).
-fn load_checked(path: &Path) -> Result<Checked, ConfigError> {
-    config::load(path, Arc::new(ProcessEnv)).and_then(preflight)
+fn load_checked(path: &Path) -> Result<Checked, ConfigErrors> {
+    checked(config::read(path, Arc::new(ProcessEnv)))
 }
 
-fn check(path: &Path) -> Result<(), CliError> {
-    let Checked { config, .. } = load_checked(path)?;
-    for warning in &config.warnings {
-        eprintln!("warning: {warning}");
+/// A configuration read as far as it goes and the errors found, with its
+/// secrets and TLS files checked too: every error, by line.
+fn checked(
+    (config, mut errors): (Option<Config>, Vec<ConfigError>),
+) -> Result<Checked, ConfigErrors> {
+    match config.map(preflight) {
+        Some(Ok(checked)) if errors.is_empty() => return Ok(checked),
+        Some(Err(ConfigErrors(more))) => errors.extend(more),
+        _ => {}
     }
+    errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
+    Err(ConfigErrors(errors))
+}
+
+/// `sidekey check`: warnings and every error on stderr; on stdout what the
+/// configuration reads (names and paths, never values) and, when it is
+/// valid, a summary. Nothing is sent over the network.
+fn check(path: &Path) -> Result<(), CliError> {
+    let (config, errors) = config::read(path, Arc::new(ProcessEnv));
+    let mut reads = String::new();
+    if let Some(config) = &config {
+        for warning in &config.warnings {
+            eprintln!("warning: {warning}");
+        }
+        let (env, files) = preflight::inputs(config);
+        let list = |names: Vec<String>| match names.is_empty() {
+            true => "none".to_owned(),
+            false => names.join(", "),
+        };
+        let env = list(env.into_iter().map(str::to_owned).collect());
+        let files = list(files.iter().map(|f| f.display().to_string()).collect());
+        reads = format!("environment variables read: {env}\nfiles read: {files}");
+    }
+    let outcome = checked((config, errors));
+    if !reads.is_empty() {
+        println!("{reads}");
+    }
+    let Checked { config, .. } = outcome?;
     println!(
         "{}: ok ({} credential(s), {} route(s){})",
         path.display(),
@@ -166,6 +205,11 @@ fn check(path: &Path) -> Result<(), CliError> {
         } else {
             ""
         }
+    );
+    println!(
+        "check does not contact the network; `sidekey token --config {} NAME` obtains a token \
+         for credential NAME",
+        path.display()
     );
     Ok(())
 }

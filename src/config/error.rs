@@ -1,7 +1,7 @@
 //! What a configuration error says: [`ConfigError`] (file, line, key,
-//! message) and [`Key`], the key path it names (`routes[0].tls.cert`,
-//! `forward_proxy.hosts."api.example.com"`), which finds its own span in
-//! the parsed document.
+//! message), all of them ([`ConfigErrors`]), and [`Key`], the key path one
+//! names (`routes[0].tls.cert`, `forward_proxy.hosts."api.example.com"`),
+//! which finds its own span in the parsed document.
 
 use std::fmt::{self, Display};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,19 @@ impl ConfigError {
         }
     }
 }
+
+/// Every problem found in a configuration, by line; `Display` joins them with `; `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<String> = self.0.iter().map(ConfigError::to_string).collect();
+        f.write_str(&all.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 /// What reading a configuration gives, or the first problem found.
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
@@ -111,6 +124,24 @@ impl Key {
             at = value;
         }
         (at, true)
+    }
+
+    /// Take the last named key of this path (relative to `doc`) out of `doc`; whether it was there.
+    pub(super) fn remove(&self, doc: &mut Doc<'_>) -> bool {
+        let end = self.0.iter().rposition(|s| matches!(s, Segment::Name(_)));
+        let mut at = Some(doc.get_mut());
+        for (n, segment) in self.0.iter().enumerate().take(end.map_or(0, |end| end + 1)) {
+            at = match (segment, at) {
+                (Segment::Name(name), Some(DeValue::Table(table))) if Some(n) == end => {
+                    return table.remove(name.as_str()).is_some();
+                }
+                (Segment::Name(name), Some(DeValue::Table(t))) => t.get_mut(name.as_str()),
+                (Segment::Index(index), Some(DeValue::Array(array))) => array.get_mut(*index),
+                _ => None,
+            }
+            .map(Spanned::get_mut);
+        }
+        false
     }
 }
 

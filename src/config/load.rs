@@ -11,17 +11,18 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::error::{ConfigError, Key};
-use super::route::{ForwardProxyConfig, RouteConfig};
+use super::error::{ConfigError, ConfigErrors, Key};
+use super::route::RouteConfig;
 use super::source::Source;
-use super::top::{AdminConfig, Config, LogConfig, Text, TlsConfig};
+use super::top::{Config, LogConfig, Text, TlsConfig};
 use super::value::{Dur, Timeout, bounded, secs, via, via_some};
 use super::{credential, rules};
 use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
 
 /// The top level as written: the connection limits are three keys here
-/// (defaults: [`ConnLimits::PROXY`]), and each credential is read by its type.
+/// (defaults: [`ConnLimits::PROXY`]); the tables read on their own are only
+/// listed, so that one that cannot be read leaves the others readable.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -39,35 +40,64 @@ struct File {
     /// Default: one serving thread per core the process may use.
     #[serde(default, deserialize_with = "bounded::<_, 1, 1024>")]
     workers: Option<usize>,
-    admin: Option<AdminConfig>,
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
     tls: TlsConfig,
+    admin: Option<IgnoredAny>,
     #[serde(default)]
     credentials: BTreeMap<String, IgnoredAny>,
     #[serde(default)]
-    routes: Vec<RouteConfig>,
-    forward_proxy: Option<ForwardProxyConfig>,
+    routes: Vec<IgnoredAny>,
+    forward_proxy: Option<IgnoredAny>,
 }
 
 /// Read and validate the file at `path`; secrets are resolved later (`preflight`).
-pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let message = format!("cannot read the configuration file: {e}");
-        ConfigError::new(path, None, "", message)
-    })?;
-    parse(&text, path, env)
+pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigErrors> {
+    valid(read(path, env))
 }
 
 /// Validate `text` as if read from `path`.
-pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let src = Source::parse(path, text)?;
-    let file: File = src.read(&Key::default())?;
-    let mut credentials = BTreeMap::new();
-    for name in file.credentials.keys() {
-        credentials.insert(name.clone(), credential::read(name, &src)?);
+pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigErrors> {
+    valid(read_text(text, path, env))
+}
+
+/// The configuration at `path` as far as it can be read (`None` when the file
+/// cannot be read or parsed) and every error found in it, by line.
+pub fn read(path: &Path, env: Arc<dyn EnvSource>) -> (Option<Config>, Vec<ConfigError>) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => read_text(&text, path, env),
+        Err(e) => {
+            let message = format!("cannot read the configuration file: {e}");
+            (None, vec![ConfigError::new(path, None, "", message)])
+        }
     }
+}
+
+fn valid((config, errors): (Option<Config>, Vec<ConfigError>)) -> Result<Config, ConfigErrors> {
+    config
+        .filter(|_| errors.is_empty())
+        .ok_or(ConfigErrors(errors))
+}
+
+fn read_text(
+    text: &str,
+    path: &Path,
+    env: Arc<dyn EnvSource>,
+) -> (Option<Config>, Vec<ConfigError>) {
+    let src = match Source::parse(path, text) {
+        Ok(src) => src,
+        Err(error) => return (None, vec![error]),
+    };
+    let Some(file) = src.read::<File>(&Key::default()) else {
+        return (None, src.errors.take());
+    };
+    let names = file.credentials.keys();
+    let read = names.filter_map(|name| Some((name.clone(), credential::read(name, &src)?)));
+    let credentials = read.collect();
+    let routes = (0..file.routes.len()).map(|index| src.read(&Key::new("routes").at(index)));
+    let routes: Vec<Option<RouteConfig>> = routes.collect();
+    let all_routes = routes.iter().all(Option::is_some);
     let (proxy, cores) = (ConnLimits::PROXY, std::thread::available_parallelism());
     let mut config = Config {
         path: path.to_path_buf(),
@@ -80,21 +110,29 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
             max_header_bytes: file.max_header_bytes.unwrap_or(proxy.max_header_bytes),
             idle_timeout: file.idle_timeout.unwrap_or(proxy.idle_timeout),
         },
-        admin: file.admin,
+        admin: file.admin.and_then(|_| src.read(&Key::new("admin"))),
         log: file.log,
         tls: TlsConfig {
             ca_file: file.tls.ca_file.map(|file| src.file(&file)),
         },
         credentials,
-        routes: file.routes,
-        forward_proxy: file.forward_proxy,
+        routes: routes
+            .into_iter()
+            .flatten()
+            .filter(|_| all_routes)
+            .collect(),
+        forward_proxy: file
+            .forward_proxy
+            .and_then(|_| src.read(&Key::new("forward_proxy"))),
         env,
         text: Text(text.into()),
         warnings: Vec::new(),
     };
-    rules::apply(&mut config, &src)?;
+    rules::apply(&mut config, &src, all_routes);
     config.warnings = src.warnings.take();
-    Ok(config)
+    let mut errors = src.errors.take();
+    errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
+    (Some(config), errors)
 }
 
 #[cfg(test)]
@@ -111,7 +149,7 @@ mod tests {
     };
     use crate::secret::{MapEnv, SecretRef};
 
-    use crate::config::fixture::{BASE, FILE, env, err, ok};
+    use crate::config::fixture::{BASE, FILE, env, err, errs, ok};
 
     /// Assert the error's line and key, and that its message contains `part`.
     #[track_caller]
@@ -910,13 +948,137 @@ domain_key = { env = "D" }
         let config = load(&path, env()).unwrap();
         assert_eq!(config.path, path);
         let missing = dir.join("absent.toml");
-        let e = load(&missing, env()).unwrap_err();
+        let e = load(&missing, env()).unwrap_err().0.remove(0);
         assert_eq!(e.path, missing);
         assert_eq!(e.line, None);
         assert!(
             e.to_string()
                 .starts_with(&format!("{}: cannot read", missing.display())),
             "{e}"
+        );
+    }
+
+    /// `(line, key)` of each error, and whether each message contains its `part`.
+    #[track_caller]
+    fn assert_errs(text: &str, expected: &[(usize, &str, &str)]) {
+        let errors = errs(text);
+        let found: Vec<_> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        let wanted: Vec<_> = expected.iter().map(|(l, k, _)| (Some(*l), *k)).collect();
+        assert_eq!(found, wanted, "{errors:#?}");
+        for (e, (_, _, part)) in errors.iter().zip(expected) {
+            assert!(e.message.contains(part), "`{}` lacks `{part}`", e.message);
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_in_one_read() {
+        let text = r#"shutdown_grace = "soon"
+workers = 0
+[admin]
+listen = "127.0.0.1:8080"
+[credentials.a]
+type = "static"
+token = { env = "A_TOKEN" }
+scheme = "Bearer x"
+timeout = "0s"
+[credentials.b]
+type = "static"
+[[routes]]
+listen = "127.0.0.1:8080"
+upstream = "https://api.example.com"
+credential = "a"
+bogus = 1
+connect_timeout = 5
+[[routes]]
+listen = "127.0.0.1:8081"
+upstream = "https://api.example.com"
+credential = "b"
+[[routes]]
+listen = "127.0.0.1:8082"
+upstream = "https://api.example.com"
+credential = "c"
+"#;
+        assert_errs(
+            text,
+            &[
+                (1, "shutdown_grace", "not a duration"),
+                (2, "workers", "out of range"),
+                (4, "admin.listen", "already the listen address of routes[0]"),
+                (8, "credentials.a.scheme", "authorization scheme"),
+                (9, "credentials.a.timeout", "longer than zero"),
+                (10, "credentials.b.token", "missing key `token`"),
+                (16, "routes[0].bogus", "unknown key `bogus`"),
+                (17, "routes[0].connect_timeout", "a duration such as"),
+                (
+                    25,
+                    "routes[2].credential",
+                    "no credential named `c` (defined: a)",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_read_leaves_the_others_checked() {
+        // routes[0] lacks `credential`: the rules between routes wait for it,
+        // the other tables are still read and checked.
+        let text = format!(
+            "{BASE}[[routes]]\nlisten = \"127.0.0.1:9\"\n[forward_proxy]\nlisten = \"0.0.0.0:1\"\n"
+        );
+        assert_errs(
+            &text,
+            &[
+                (9, "routes[1].credential", "missing key `credential`"),
+                (12, "forward_proxy.listen", "allow_non_loopback"),
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_closest_of_their_table() {
+        // (`token` is then missing too, and said so)
+        let text = BASE.replace("token = ", "tokn = ");
+        let e = errs(&text).remove(1);
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(3), "credentials.a.tokn"),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .starts_with("unknown key `tokn`, did you mean `token`?"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("`scheme`") && !e.message.contains("`api_key`"),
+            "{e}"
+        );
+        let e = err(&format!("{BASE}conect_timeout = \"5s\"\n"));
+        assert!(e.message.contains("did you mean `connect_timeout`?"), "{e}");
+        let e = err(&format!("{BASE}[log]\nformat = \"jsn\"\n"));
+        assert!(
+            e.message
+                .contains("unknown value `jsn`, did you mean `json`?"),
+            "{e}"
+        );
+        let e = err(&format!("{BASE}flux = 1\n"));
+        assert!(!e.message.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_say_what_is_wanted() {
+        assert_err(
+            &format!("shutdown_grace = 5\n{BASE}"),
+            1,
+            "shutdown_grace",
+            r#"expected a duration such as "5s""#,
+        );
+        let listen = BASE.replace("\"127.0.0.1:8080\"", "8080");
+        assert_err(
+            &listen,
+            6,
+            "routes[0].listen",
+            r#"expected an address such as "127.0.0.1:8080""#,
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The configuration file being read: its path, text and parsed document.
 //! It names a key's line (its value's, or the nearest table's when missing),
 //! turns `toml` and serde errors into [`ConfigError`]s, resolves relative
-//! paths, collects warnings, and states the rules several tables share.
+//! paths, collects warnings and errors, and states rules several tables share.
 
 use std::cell::RefCell;
 use std::fmt::Display;
@@ -23,6 +23,8 @@ pub(super) struct Source<'a> {
     pub doc: Doc<'a>,
     /// What is accepted but deserves a word, in the order found.
     pub warnings: RefCell<Vec<ConfigError>>,
+    /// What is refused, in the order found.
+    pub errors: RefCell<Vec<ConfigError>>,
 }
 
 impl<'a> Source<'a> {
@@ -33,12 +35,13 @@ impl<'a> Source<'a> {
             ConfigError::new(path, line, "", error.message().trim())
         })?;
         let doc = Spanned::new(doc.span(), DeValue::Table(doc.into_inner()));
-        let warnings = RefCell::default();
+        let (warnings, errors) = (RefCell::default(), RefCell::default());
         Ok(Source {
             path,
             text,
             doc,
             warnings,
+            errors,
         })
     }
 
@@ -57,6 +60,11 @@ impl<'a> Source<'a> {
         self.warnings.borrow_mut().push(self.error(key, message));
     }
 
+    /// Refuse `key` with `message`.
+    pub fn fail(&self, key: &Key, message: impl Display) {
+        self.errors.borrow_mut().push(self.error(key, message));
+    }
+
     /// The keys written in table `key`.
     pub fn keys(&self, key: &Key) -> Vec<String> {
         let table = match key.find(&self.doc) {
@@ -67,10 +75,30 @@ impl<'a> Source<'a> {
         keys.map(|key| key.get_ref().to_string()).collect()
     }
 
-    /// The value at `key` (the whole file for the empty key), read as `T`.
-    pub fn read<T: DeserializeOwned>(&self, key: &Key) -> Result<T> {
-        let de = toml::de::ValueDeserializer::from(key.find(&self.doc).0.clone());
-        serde_path_to_error::deserialize(de).map_err(|e| self.serde(key.join(e.path()), e.inner()))
+    /// The value at `key` (the whole file for the empty key), read as `T`. A
+    /// bad key is reported and left out, so that one read reports them all;
+    /// `None` when `T` cannot be read without it.
+    pub fn read<T: DeserializeOwned>(&self, key: &Key) -> Option<T> {
+        let (mut doc, mut reported) = (key.find(&self.doc).0.clone(), Vec::new());
+        loop {
+            let de = toml::de::ValueDeserializer::from(doc.clone());
+            let e = match serde_path_to_error::deserialize(de) {
+                Ok(value) => return Some(value),
+                Err(e) => e,
+            };
+            let (at, error) = (
+                Key::default().join(e.path()),
+                self.serde(key.join(e.path()), e.inner()),
+            );
+            if reported.contains(&error.key) {
+                return None; // a key left out was needed
+            }
+            reported.push(error.key.clone());
+            self.errors.borrow_mut().push(error);
+            if !at.remove(&mut doc) {
+                return None;
+            }
+        }
     }
 
     /// A `toml` or serde error at `key`, on the line of its span, in TOML's
@@ -90,6 +118,7 @@ impl<'a> Source<'a> {
                 message = format!("{ours}{rest}");
             }
         }
+        let message = suggest(message);
         let line = match error.span() {
             Some(span) => line_of(self.text, span.start),
             None => self.line(&key),
@@ -117,22 +146,21 @@ impl<'a> Source<'a> {
     }
 
     /// Refuse an `http://` `url` at `table.field` unless the table allows it.
-    pub fn https(&self, table: &Key, (field, url): (&str, &Uri), allowed: bool) -> Result<()> {
-        if url.scheme_str() != Some("http") || allowed {
-            return Ok(());
+    pub fn https(&self, table: &Key, (field, url): (&str, &Uri), allowed: bool) {
+        if url.scheme_str() == Some("http") && !allowed {
+            let message = format!(
+                "`http://` sends credentials in clear text; use https:// or set \
+                 `allow_insecure_http = true` in {}",
+                table.table()
+            );
+            self.fail(&table.then(field), message);
         }
-        let message = format!(
-            "`http://` sends credentials in clear text; use https:// or set \
-             `allow_insecure_http = true` in {}",
-            table.table()
-        );
-        Err(self.error(&table.then(field), message))
     }
 
     /// Refuse `table`'s listen address `addr` outside loopback unless the table allows it.
-    pub fn loopback(&self, table: &Key, addr: SocketAddr, allowed: bool) -> Result<()> {
+    pub fn loopback(&self, table: &Key, addr: SocketAddr, allowed: bool) {
         if addr.ip().is_loopback() || allowed {
-            return Ok(());
+            return;
         }
         let risk = match *table == Key::new("admin") {
             true => "would expose readiness and metrics beyond this host",
@@ -143,6 +171,22 @@ impl<'a> Source<'a> {
              to permit it",
             table.table()
         );
-        Err(self.error(&table.then("listen"), message))
+        self.fail(&table.then("listen"), message);
+    }
+}
+
+/// `unknown key `x`, expected one of `a`, `b`` with "did you mean `a`?" when
+/// `x` looks like a misspelt `a` (likewise for values).
+pub(super) fn suggest(message: String) -> String {
+    let parts: Vec<&str> = message.split('`').collect();
+    let candidates = parts.iter().skip(3).step_by(2).copied();
+    let near = (message.starts_with("unknown ") && parts.len() > 3)
+        .then(|| crate::suggest::closest(parts[1], candidates))
+        .flatten();
+    match (near, message.split_once(", expected ")) {
+        (Some(near), Some((head, expected))) => {
+            format!("{head}, did you mean `{near}`? (expected {expected})")
+        }
+        _ => message,
     }
 }
