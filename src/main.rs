@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sidekey::config::{self, Config, ConfigError, ConfigErrors};
+use sidekey::config::{self, ConfigErrors};
 use sidekey::credential::ObtainError;
 use sidekey::demo::DemoError;
 use sidekey::error_chain::error_chain;
@@ -159,9 +159,7 @@ fn load_checked(path: &Path) -> Result<Checked, ConfigErrors> {
 
 /// A configuration read as far as it goes and the errors found, with its
 /// secrets and TLS files checked too: every error, by line.
-fn checked(
-    (config, mut errors): (Option<Config>, Vec<ConfigError>),
-) -> Result<Checked, ConfigErrors> {
+fn checked((config, mut errors): config::Loaded) -> Result<Checked, ConfigErrors> {
     match config.map(preflight) {
         Some(Ok(checked)) if errors.is_empty() => return Ok(checked),
         Some(Err(ConfigErrors(more))) => errors.extend(more),
@@ -171,16 +169,15 @@ fn checked(
     Err(ConfigErrors(errors))
 }
 
-/// `sidekey check`: warnings and every error on stderr; on stdout what the
-/// configuration reads (names and paths, never values) and, when it is
-/// valid, a summary. Nothing is sent over the network.
+/// `sidekey check`: warnings and every error on stderr; on stdout, when the
+/// configuration is valid, a summary, and what it reads (names and paths,
+/// never values) whether valid or not. Nothing is sent over the network.
 fn check(path: &Path) -> Result<(), CliError> {
     let (config, errors) = config::read(path, Arc::new(ProcessEnv));
-    let mut reads = String::new();
-    if let Some(config) = &config {
-        for warning in &config.warnings {
-            eprintln!("warning: {warning}");
-        }
+    for warning in config.iter().flat_map(|config| &config.warnings) {
+        eprintln!("warning: {warning}");
+    }
+    let reads = config.as_ref().map(|config| {
         let (env, files) = preflight::inputs(config);
         let list = |names: Vec<String>| match names.is_empty() {
             true => "none".to_owned(),
@@ -188,28 +185,24 @@ fn check(path: &Path) -> Result<(), CliError> {
         };
         let env = list(env.into_iter().map(str::to_owned).collect());
         let files = list(files.iter().map(|f| f.display().to_string()).collect());
-        reads = format!("environment variables read: {env}\nfiles read: {files}");
-    }
-    let outcome = checked((config, errors));
-    if !reads.is_empty() {
-        println!("{reads}");
-    }
-    let Checked { config, .. } = outcome?;
-    println!(
-        "{}: ok ({} credential(s), {} route(s){})",
-        path.display(),
-        config.credentials.len(),
-        config.routes.len(),
-        if config.forward_proxy.is_some() {
-            ", forward proxy"
-        } else {
-            ""
+        format!("environment variables read: {env}\nfiles read: {files}")
+    });
+    let Checked { config, .. } = checked((config, errors)).inspect_err(|_| {
+        if let Some(reads) = &reads {
+            println!("{reads}");
         }
-    );
+    })?;
+    let proxy = match config.forward_proxy {
+        Some(_) => ", forward proxy",
+        None => "",
+    };
+    let (credentials, routes) = (config.credentials.len(), config.routes.len());
+    let path = path.display();
+    println!("{path}: ok ({credentials} credential(s), {routes} route(s){proxy})");
+    println!("{}", reads.unwrap_or_default());
     println!(
-        "check does not contact the network; `sidekey token --config {} NAME` obtains a token \
-         for credential NAME",
-        path.display()
+        "check does not contact the network; `sidekey token --config {path} NAME` obtains a \
+         token for credential NAME"
     );
     Ok(())
 }

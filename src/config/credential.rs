@@ -10,10 +10,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::error::Key;
-use super::source::{Source, suggest};
+use super::source::Source;
 use super::value::{BaseUrl, Dur, Headers, Name, Scheme, Timeout, Url, Value};
 use super::value::{secs, statuses, via, via_some};
 use crate::secret::SecretRef;
+use crate::suggest::did_you_mean;
 
 /// `[credentials.NAME]`: how a token is obtained and which headers it adds.
 #[derive(Clone, Debug, PartialEq)]
@@ -219,7 +220,7 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Option<CredentialConfig> {
     {
         let message = match KEYS.iter().any(|keys| keys.split(' ').any(|k| k == key)) {
             true => format!("key `{key}` is not valid for type {type_name}"),
-            false => suggest(format!(
+            false => did_you_mean(format!(
                 "unknown key `{key}`, expected one of `{}`",
                 accepted.join("`, `")
             )),

@@ -62,9 +62,12 @@ pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config,
     valid(read_text(text, path, env))
 }
 
-/// The configuration at `path` as far as it can be read (`None` when the file
-/// cannot be read or parsed) and every error found in it, by line.
-pub fn read(path: &Path, env: Arc<dyn EnvSource>) -> (Option<Config>, Vec<ConfigError>) {
+/// A configuration as far as it could be read (`None` when the file could
+/// not be read or parsed) and every error found in it, by line.
+pub type Loaded = (Option<Config>, Vec<ConfigError>);
+
+/// The file at `path` as far as it can be read, and every error in it.
+pub fn read(path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
     match std::fs::read_to_string(path) {
         Ok(text) => read_text(&text, path, env),
         Err(e) => {
@@ -74,17 +77,13 @@ pub fn read(path: &Path, env: Arc<dyn EnvSource>) -> (Option<Config>, Vec<Config
     }
 }
 
-fn valid((config, errors): (Option<Config>, Vec<ConfigError>)) -> Result<Config, ConfigErrors> {
+fn valid((config, errors): Loaded) -> Result<Config, ConfigErrors> {
     config
         .filter(|_| errors.is_empty())
         .ok_or(ConfigErrors(errors))
 }
 
-fn read_text(
-    text: &str,
-    path: &Path,
-    env: Arc<dyn EnvSource>,
-) -> (Option<Config>, Vec<ConfigError>) {
+fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
     let src = match Source::parse(path, text) {
         Ok(src) => src,
         Err(error) => return (None, vec![error]),
@@ -98,13 +97,20 @@ fn read_text(
     let routes = (0..file.routes.len()).map(|index| src.read(&Key::new("routes").at(index)));
     let routes: Vec<Option<RouteConfig>> = routes.collect();
     let all_routes = routes.iter().all(Option::is_some);
-    let (proxy, cores) = (ConnLimits::PROXY, std::thread::available_parallelism());
+    let routes = routes
+        .into_iter()
+        .flatten()
+        .filter(|_| all_routes)
+        .collect();
+    let forward_proxy = file
+        .forward_proxy
+        .and_then(|_| src.read(&Key::new("forward_proxy")));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let proxy = ConnLimits::PROXY;
     let mut config = Config {
         path: path.to_path_buf(),
         shutdown_grace: file.shutdown_grace,
-        workers: file
-            .workers
-            .unwrap_or(cores.map_or(1, std::num::NonZeroUsize::get)),
+        workers: file.workers.unwrap_or(cores),
         limits: ConnLimits {
             max_connections: file.max_connections.unwrap_or(proxy.max_connections),
             max_header_bytes: file.max_header_bytes.unwrap_or(proxy.max_header_bytes),
@@ -116,14 +122,8 @@ fn read_text(
             ca_file: file.tls.ca_file.map(|file| src.file(&file)),
         },
         credentials,
-        routes: routes
-            .into_iter()
-            .flatten()
-            .filter(|_| all_routes)
-            .collect(),
-        forward_proxy: file
-            .forward_proxy
-            .and_then(|_| src.read(&Key::new("forward_proxy"))),
+        routes,
+        forward_proxy,
         env,
         text: Text(text.into()),
         warnings: Vec::new(),

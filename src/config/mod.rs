@@ -24,7 +24,7 @@ pub use credential::{
     OAuth2Config, StaticConfig,
 };
 pub use error::{ConfigError, ConfigErrors, Key};
-pub use load::{load, parse, read};
+pub use load::{Loaded, load, parse, read};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
 pub use top::{AdminConfig, Config, LogConfig, LogFormat, Text, TlsConfig};
 pub use value::parse_duration;

@@ -15,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, Doc, Key, Result, line_of};
 use crate::secret::SecretRef;
+use crate::suggest::did_you_mean;
 
 /// One configuration file, parsed.
 pub(super) struct Source<'a> {
@@ -118,7 +119,7 @@ impl<'a> Source<'a> {
                 message = format!("{ours}{rest}");
             }
         }
-        let message = suggest(message);
+        let message = did_you_mean(message);
         let line = match error.span() {
             Some(span) => line_of(self.text, span.start),
             None => self.line(&key),
@@ -172,21 +173,5 @@ impl<'a> Source<'a> {
             table.table()
         );
         self.fail(&table.then("listen"), message);
-    }
-}
-
-/// `unknown key `x`, expected one of `a`, `b`` with "did you mean `a`?" when
-/// `x` looks like a misspelt `a` (likewise for values).
-pub(super) fn suggest(message: String) -> String {
-    let parts: Vec<&str> = message.split('`').collect();
-    let candidates = parts.iter().skip(3).step_by(2).copied();
-    let near = (message.starts_with("unknown ") && parts.len() > 3)
-        .then(|| crate::suggest::closest(parts[1], candidates))
-        .flatten();
-    match (near, message.split_once(", expected ")) {
-        (Some(near), Some((head, expected))) => {
-            format!("{head}, did you mean `{near}`? (expected {expected})")
-        }
-        _ => message,
     }
 }
