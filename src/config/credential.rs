@@ -213,8 +213,8 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Option<CredentialConfig> {
     let common: Common = src.read(&base)?;
     let (type_name, own) = (NAMES[common.kind as usize], KEYS[common.kind as usize]);
     let accepted: Vec<&str> = KEYS[0].split(' ').chain(own.split(' ')).collect();
-    for key in src
-        .keys(&base)
+    let written = src.keys(&base);
+    for key in written
         .iter()
         .filter(|key| !accepted.contains(&key.as_str()))
     {

@@ -87,10 +87,8 @@ impl<'a> Source<'a> {
                 Ok(value) => return Some(value),
                 Err(e) => e,
             };
-            let (at, error) = (
-                Key::default().join(e.path()),
-                self.serde(key.join(e.path()), e.inner()),
-            );
+            let at = Key::default().join(e.path());
+            let error = self.serde(key.join(e.path()), e.inner());
             if reported.contains(&error.key) {
                 return None; // a key left out was needed
             }

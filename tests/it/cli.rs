@@ -394,3 +394,23 @@ fn token_reports_where_a_secret_is_written_literally() {
     assert!(stderr.contains("secret written literally"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("t0ken-literal"));
 }
+
+#[test]
+fn run_refuses_a_bad_configuration_naming_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "credential = \"legacy\"",
+        "credential = \"legacyy\"\nbogus = 1",
+    );
+    let path = write(dir.path(), "bad.toml", &text);
+    let out = sidekey(&["run", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(line_of_key(&stderr, "credentials.legacy.token").contains("SIDEKEY_TEST_TOKEN"));
+    let reference = line_of_key(&stderr, "routes[0].credential");
+    assert!(reference.contains("(defined: legacy)"), "{stderr}");
+    assert!(
+        line_of_key(&stderr, "routes[0].bogus").starts_with("error: "),
+        "{stderr}"
+    );
+}
