@@ -4,7 +4,7 @@
 //! streams are not held back for a retry, and the connection limits
 //! (idle timeout, `max_connections`, head size) hold for them too.
 //!
-//! A real gRPC client and server are in `grpc`.
+//! A real gRPC client and server are in [`crate::grpc`].
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -22,6 +22,7 @@ mod support;
 
 mod cli;
 mod deploy;
+mod grpc;
 mod h2c;
 mod hostile;
 mod inbenta;

@@ -5,6 +5,7 @@
 //! and one that writes raw bytes).
 
 pub mod config;
+pub mod grpc;
 pub mod h2c;
 pub mod logs;
 pub mod process;
