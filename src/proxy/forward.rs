@@ -36,6 +36,7 @@ use tracing::{debug, warn};
 
 use super::body::{BodyError, FromUpstream, Idle, Outgoing, Prefixed, StallFlag, take};
 use super::client::on_stale_connection;
+use super::grpc;
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
 use super::{ResponseBody, Route};
 use crate::credential::{Published, Rejection};
@@ -120,6 +121,7 @@ pub async fn forward(
                 .await?
         }
     };
+    let grpc_call = grpc::is_call(&request);
     let (mut parts, body) = request.into_parts();
     parts.uri = route.upstream_uri(&parts.uri, &published)?;
     prepare_request(
@@ -136,8 +138,13 @@ pub async fn forward(
             .await
             .map_err(|e| unreadable(route, e))?
     };
-    // The client picks HTTP/1.1 or HTTP/2 upstream, whatever the app spoke.
-    parts.version = Version::HTTP_11;
+    // The client picks HTTP/1.1 or HTTP/2 upstream, whatever the app spoke;
+    // a gRPC call must go as HTTP/2 (see `grpc`) and fails rather than not.
+    parts.version = if grpc_call {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
     let body = match outgoing {
         Outgoing::Kept(body) => body,

@@ -1,7 +1,8 @@
 //! The per-request service of a proxy listener: route the request
 //! ([`Dispatch::find`]), forward it ([`forward`]), turn a refusal or failure
-//! into sidekey's JSON error (logged once, see [`crate::error`]), close the
-//! connection after a refused framing, and count the request in the metrics.
+//! into sidekey's JSON error (logged once, see [`crate::error`]; a gRPC
+//! status for a gRPC call, see [`super::grpc`]), close the connection after
+//! a refused framing, and count the request in the metrics.
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -23,15 +24,24 @@ pub async fn handle_request(
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let closes = framing.closes_connection();
+    let grpc = super::grpc::is_call(&request);
     let (series, result) = match dispatch.find(&request, framing) {
         Ok(route) => (&route.metrics, forward(route, request).await),
         Err(err) => (metrics.no_route(), Err(err)),
     };
-    let mut response = match result {
-        Ok(response) => response,
+    let (mut response, status) = match result {
+        Ok(response) => {
+            let status = response.status();
+            (response, status)
+        }
         Err(err) => {
             log_error(series.route(), &err);
-            err.to_response().map(http_body_util::Either::Right)
+            let response = if grpc {
+                err.to_grpc_response()
+            } else {
+                err.to_response()
+            };
+            (response.map(http_body_util::Either::Right), err.status())
         }
     };
     if closes {
@@ -41,7 +51,8 @@ pub async fn handle_request(
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    series.record_request(response.status().as_u16(), started.elapsed().as_secs_f64());
+    // A gRPC call's error is counted by the HTTP status it stands for.
+    series.record_request(status.as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
