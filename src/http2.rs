@@ -8,6 +8,10 @@
 //!   header list size (RFC 9113 §6.5.2: names, values and 32 bytes per
 //!   field); a larger head is answered `431` by the h2 layer and never
 //!   reaches the service.
+//! - Memory: what the app may send ahead is bounded by flow control, the
+//!   protocol's default 64 KiB per stream and [`CONNECTION_WINDOW`] for the
+//!   connection (hyper's default is 1 MiB each); what waits to go to a slow
+//!   app by [`SEND_BUFFER`] per stream, of at most [`MAX_STREAMS`].
 //! - Idle: the connection is idle while none of its requests is being
 //!   served ([`IdleClock`], counted per request); after `idle_timeout` of
 //!   that it says GOAWAY and closes, and if the peer keeps it open past
@@ -37,6 +41,21 @@ use crate::metrics::Metrics;
 use crate::proxy::framing::Framing;
 use crate::proxy::{Dispatch, service};
 
+/// Streams one connection may have open at once (RFC 9113 §6.5.2
+/// recommends no fewer than 100).
+pub const MAX_STREAMS: u32 = 100;
+
+/// Request body bytes the app may send ahead on one stream: the protocol's
+/// initial window, enough on loopback, where window updates come at once.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// Request body bytes the app may send ahead on one connection, over all
+/// its streams.
+pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// Response bytes held for one stream while the app is slow to take them.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
 /// Serve one HTTP/2 app connection until it closes: after `idle_timeout`
 /// without a request in progress, or once `shutdown` turns true and its
 /// streams are done.
@@ -65,7 +84,12 @@ where
         })
     };
     let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(SEND_BUFFER);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
 

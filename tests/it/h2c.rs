@@ -15,13 +15,15 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use tokio::time::Instant;
 
-use crate::support::config::{TestConfig, oauth2, route, static_token};
+use crate::support::config::{TestConfig, listen_tls, oauth2, route, static_token};
 use crate::support::h2c::{H2cConn, body_with_trailers, fed_body, header_map};
-use crate::support::proxy::{CLIENT_TIMEOUT, body_bytes, body_empty, request_with};
+use crate::support::proxy::{
+    CLIENT_TIMEOUT, TestClient, body_bytes, body_empty, body_generated, request_with,
+};
 use crate::support::raw::RawConn;
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
-use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
+use crate::support::upstream::{BodyDigest, Reply, Upstream, UpstreamOpts, generated_digest};
 
 /// One route to `upstream` with a static credential `tok-123`.
 fn config(pki: &TestPki, upstream: &str) -> TestConfig {
@@ -124,6 +126,46 @@ async fn http1_and_h2c_apps_share_one_listener() {
 }
 
 #[tokio::test]
+async fn a_tls_listener_offers_h2_by_alpn_and_h2c_works_on_the_serving_workers() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = h2_upstream(&pki).await;
+    let tls = config(&pki, &upstream.url())
+        .line("[[routes]]", &listen_tls(&pki))
+        .start()
+        .await;
+    // The test client offers h2 and http/1.1, as browsers and most clients do.
+    let response = TestClient::trusting(&pki)
+        .get(&format!("{}/alpn", tls.route_https_url(0)))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.version, Version::HTTP_2, "h2 by ALPN");
+
+    let workers = config(&pki, &upstream.url())
+        .top("workers = 2")
+        .start_on_workers()
+        .await;
+    let mut conn = H2cConn::connect(workers.route_addr(0)).await;
+    for round in 0..3 {
+        let response = conn
+            .send(request_with(
+                Method::GET,
+                &format!("/workers/{round}"),
+                &[],
+                body_empty(),
+            ))
+            .await;
+        assert_eq!(response.status, StatusCode::OK);
+    }
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 4);
+    assert!(
+        requests
+            .iter()
+            .all(|seen| seen.header("authorization") == Some("Bearer tok-123"))
+    );
+}
+
+#[tokio::test]
 async fn trailers_travel_both_ways_and_te_trailers_reaches_the_upstream() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|_| {
@@ -157,6 +199,42 @@ async fn trailers_travel_both_ways_and_te_trailers_reaches_the_upstream() {
         "request trailers reach the upstream: {seen:?}"
     );
     assert_eq!(seen.header("te"), Some("trailers"));
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_over_h2c_within_the_flow_control_windows() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|request| {
+        if request.method == Method::GET {
+            Reply::generated_chunked(3 << 20)
+        } else {
+            Reply::echo()
+        }
+    }))
+    .await;
+    let proxy = config(&pki, &upstream.url()).start().await;
+    let mut conn = H2cConn::connect(proxy.route_addr(0)).await;
+
+    let len = 2 << 20;
+    let response = conn
+        .send(request_with(
+            Method::POST,
+            "/upload",
+            &[],
+            body_generated(len, false),
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.body_len, len);
+    assert_eq!(seen.body_digest, generated_digest(len));
+
+    let response = conn
+        .send(request_with(Method::GET, "/download", &[], body_empty()))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.body.len(), 3 << 20);
+    assert_eq!(BodyDigest::of(&response.body), generated_digest(3 << 20));
 }
 
 #[tokio::test]
