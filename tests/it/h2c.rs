@@ -238,6 +238,59 @@ async fn large_bodies_stream_both_ways_over_h2c_within_the_flow_control_windows(
 }
 
 #[tokio::test]
+async fn sidekeys_own_errors_reach_a_grpc_call_as_a_grpc_status() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = h2_upstream(&pki).await;
+    let proxy = config(&pki, &upstream.url())
+        .admin()
+        .line("[[routes]]", r#"path_prefix = "/pkg.Known""#)
+        .start()
+        .await;
+    let mut conn = H2cConn::connect(proxy.route_addr(0)).await;
+
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let response = conn
+        .send(request_with(
+            Method::POST,
+            "/pkg.Unknown/Call",
+            &grpc,
+            body_empty(),
+        ))
+        .await;
+    assert_eq!(
+        response.status,
+        StatusCode::OK,
+        "gRPC says errors in grpc-status"
+    );
+    assert_eq!(response.header("grpc-status"), Some("12"), "UNIMPLEMENTED");
+    assert_eq!(response.sidekey_error(), Some("no_route"));
+    let message = response.header("grpc-message").unwrap_or_default();
+    assert!(message.contains("/pkg.Unknown/Call"), "{message}");
+    assert!(response.body.is_empty());
+
+    // The same error to a plain HTTP/2 request is sidekey's JSON.
+    let response = conn
+        .send(request_with(
+            Method::POST,
+            "/pkg.Unknown/Call",
+            &[],
+            body_empty(),
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    assert_eq!(response.json()["error"], "no_route");
+
+    assert_eq!(
+        proxy
+            .metric(r#"sidekey_requests_total{route="none",status="404"}"#)
+            .await,
+        2.0,
+        "counted by the HTTP status the error stands for"
+    );
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
 async fn announced_trailers_travel_both_ways_over_http1_too() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).respond(|_| {
@@ -366,10 +419,10 @@ async fn an_h2c_stream_flows_both_ways_without_waiting_for_its_end() {
 async fn idle_h2c_connections_are_closed_after_idle_timeout_but_not_while_serving() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|request| {
-        if request.path == "/slow" {
-            Reply::status(204).delay(Duration::from_millis(900))
-        } else {
-            Reply::status(200)
+        match request.path.as_str() {
+            "/slow" => Reply::status(204).delay(Duration::from_millis(900)),
+            "/stuck" => Reply::status(204).delay(Duration::from_secs(60)),
+            _ => Reply::status(200),
         }
     }))
     .await;
@@ -390,9 +443,10 @@ async fn idle_h2c_connections_are_closed_after_idle_timeout_but_not_while_servin
     // Only part of the preface.
     let mut partial = RawConn::connect(addr).await;
     partial.send(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    // A request given up (stream reset) while the upstream works on it.
+    // A request given up (stream reset) while the upstream works on it
+    // for longer than the wait below: it must stop counting as served.
     let mut abandoned = H2cConn::connect(addr).await;
-    let slow = abandoned.send_head(request_with(Method::GET, "/slow", &[], body_empty()));
+    let slow = abandoned.send_head(request_with(Method::GET, "/stuck", &[], body_empty()));
     assert!(
         tokio::time::timeout(Duration::from_millis(100), slow)
             .await
