@@ -19,7 +19,9 @@
 //!   connection instead of hyper's one per request ([`crate::idle`]).
 //! - [`serve_proxy_listener`] and [`serve_proxy_connection`]: a proxy
 //!   listener's accept loop, and one app connection from its TLS handshake
-//!   to its close, with the request framing tap in front of hyper.
+//!   to its close: its first bytes tell HTTP/2 ([`crate::preface`], served
+//!   by [`crate::http2`]) from HTTP/1.1, served here with the request
+//!   framing tap in front of hyper.
 //! - [`raise_fd_limit`] and the file-descriptor budget that keeps
 //!   `max_connections` below what the open-file limit allows.
 
@@ -35,6 +37,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -44,6 +47,7 @@ use tracing::{debug, info, warn};
 use crate::config::ConnLimits;
 use crate::idle::{IdleClock, IdleRead, RestartsIdle};
 use crate::metrics::Metrics;
+use crate::preface::{self, Protocol};
 use crate::proxy::framing::Tap;
 use crate::proxy::{Dispatch, service};
 
@@ -103,12 +107,15 @@ pub async fn serve_proxy_listener(
             (stream, peer, slot) = listener.accept() => {
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
-                let dispatch = dispatch.clone();
-                let metrics = metrics.clone();
                 let acceptor = acceptor.clone();
-                let limits = policy.limits;
+                let app = App {
+                    dispatch: dispatch.clone(),
+                    metrics: metrics.clone(),
+                    limits: policy.limits,
+                    shutdown: shutdown.clone(),
+                };
                 tokio::spawn(async move {
-                    serve_proxy_connection(stream, peer, acceptor, dispatch, metrics, &limits, watcher).await;
+                    serve_proxy_connection(stream, peer, acceptor, app, watcher).await;
                     drop(slot);
                 });
             }
@@ -119,72 +126,130 @@ pub async fn serve_proxy_listener(
     graceful.shutdown().await;
 }
 
+/// What one app connection of a proxy listener is served with.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The listener's dispatch table; each request uses the one in force
+    /// when it arrives.
+    pub dispatch: Arc<ArcSwap<Dispatch>>,
+    /// Where requests are counted.
+    pub metrics: Metrics,
+    /// Per-connection limits.
+    pub limits: ConnLimits,
+    /// Turns true when the listener drains.
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// Serve one app connection of a proxy listener until it closes: the TLS
-/// handshake when the listener has one (bounded by `idle_timeout`), then
-/// HTTP/1.1 under [`http1`] with the request framing tap, each request
-/// through [`service::handle_request`] with the dispatch table in force when
-/// it arrives.
+/// handshake when the listener has one (bounded by `idle_timeout`), then by
+/// its first bytes HTTP/2 ([`crate::http2`]) or HTTP/1.1 under [`http1`]
+/// with the request framing tap, each request through
+/// [`service::handle_request`] with the dispatch table in force when it
+/// arrives. `watcher` keeps the listener's drain waiting until it closes.
 pub async fn serve_proxy_connection(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
-    dispatch: Arc<ArcSwap<Dispatch>>,
-    metrics: Metrics,
-    limits: &ConnLimits,
+    app: App,
     watcher: Watcher,
 ) {
+    let idle = IdleClock::start();
+    let Some(acceptor) = acceptor else {
+        return serve_app(stream, peer, app, idle, watcher).await;
+    };
+    // The TLS handshake is bounded by the idle timeout too.
+    match tokio::time::timeout(app.limits.idle_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            idle.restart();
+            serve_app(tls_stream, peer, app, idle, watcher).await;
+        }
+        Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake with the app failed"),
+        Err(_) => debug!(%peer, "TLS handshake with the app timed out"),
+    }
+}
+
+/// Serve an app connection (past TLS) in the HTTP version its first bytes
+/// tell; they must come within the idle time.
+async fn serve_app<S>(stream: S, peer: SocketAddr, app: App, idle: Arc<IdleClock>, watcher: Watcher)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = app.limits.idle_timeout;
+    let deadline = idle
+        .deadline(timeout)
+        .unwrap_or_else(|| Instant::now() + timeout);
+    let (protocol, stream) = match tokio::time::timeout_at(deadline, preface::sniff(stream)).await {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(err)) => {
+            debug!(%peer, error = %err, "connection ended before its first request");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no request within idle_timeout");
+            return;
+        }
+    };
+    let result = match protocol {
+        Protocol::Http2 => {
+            let limits = app.limits;
+            let served = crate::http2::serve_connection(
+                stream,
+                app.dispatch,
+                app.metrics,
+                &limits,
+                idle,
+                app.shutdown,
+            );
+            let result = served.await;
+            drop(watcher);
+            result
+        }
+        Protocol::Http1 => serve_http1(stream, app, idle, watcher).await,
+    };
+    if let Err(err) = result {
+        debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// Serve an HTTP/1.1 app connection under [`http1`], read through the
+/// request framing tap and the idle deadline.
+async fn serve_http1<S>(
+    stream: S,
+    app: App,
+    idle: Arc<IdleClock>,
+    watcher: Watcher,
+) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // The tap sees the raw request heads that hyper's parser tidies up.
     let tap = Tap::default();
     let inspector = tap.clone();
-    let idle = IdleClock::start();
     let clock = idle.clone();
+    let App {
+        dispatch,
+        metrics,
+        limits,
+        ..
+    } = app;
     let service = service_fn(move |request: Request<Incoming>| {
-        clock.request_started();
+        let busy = clock.request_started();
         // Passed along, not put in the request's extensions: a first
         // extension costs three allocations per request.
         let framing = inspector.inspect(&request);
         let dispatch = dispatch.load_full();
         let metrics = metrics.clone();
-        let clock = clock.clone();
         async move {
             let response = service::handle_request(&dispatch, request, framing, &metrics).await;
-            Ok::<_, Infallible>(response.map(|body| RestartsIdle::new(body, clock)))
+            Ok::<_, Infallible>(response.map(|body| RestartsIdle::new(body, busy)))
         }
     });
-    let mut builder = http1(limits);
+    let mut builder = http1(&limits);
     builder.header_read_timeout(None);
-    let timeout = limits.idle_timeout;
-    let result = match acceptor {
-        None => {
-            let io = IdleRead::new(tap.wrap(stream), idle, timeout);
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(io), service))
-                .await
-        }
-        Some(acceptor) => {
-            // The TLS handshake is bounded by the idle timeout too.
-            match tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    idle.restart();
-                    let io = IdleRead::new(tap.wrap(tls_stream), idle, timeout);
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(io), service))
-                        .await
-                }
-                Ok(Err(err)) => {
-                    debug!(%peer, error = %err, "TLS handshake with the app failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake with the app timed out");
-                    return;
-                }
-            }
-        }
-    };
-    if let Err(err) = result {
-        debug!(%peer, error = %err, "connection ended with an error");
-    }
+    let io = IdleRead::new(tap.wrap(stream), idle, limits.idle_timeout);
+    watcher
+        .watch(builder.serve_connection(TokioIo::new(io), service))
+        .await
 }
 
 /// A cap on open connections, shared by the listeners of one kind.

@@ -12,6 +12,11 @@
 //! | 403 | `host_not_allowed` | downstream: forward proxy to a host outside `hosts` |
 //! | 400 | `bad_request` | downstream: a request sidekey refuses to forward |
 //!
+//! A gRPC call ([`crate::proxy::grpc`]) gets the same error as a gRPC
+//! status instead ([`ProxyError::to_grpc_response`]): HTTP 200,
+//! `content-type: application/grpc`, `grpc-status` and `grpc-message` (the
+//! message above) in a headers-only answer, and `x-sidekey-error: CODE`.
+//!
 //! Messages never contain tokens or secrets: they are built from route
 //! names, paths and error kinds only.
 
@@ -23,6 +28,7 @@ use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::credential::Unavailable;
+use crate::proxy::grpc::{self, Code};
 
 /// The header naming the error code on every response sidekey makes itself.
 pub static SIDEKEY_ERROR: HeaderName = HeaderName::from_static("x-sidekey-error");
@@ -98,7 +104,40 @@ impl ProxyError {
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         json_error(self.status(), self.code(), &self.to_string())
     }
+
+    /// The gRPC status that says this error to a gRPC client.
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            ProxyError::NoRoute(_) => Code::Unimplemented,
+            ProxyError::CredentialUnavailable(_) | ProxyError::UpstreamUnreachable { .. } => {
+                Code::Unavailable
+            }
+            ProxyError::UpstreamTimeout { .. } => Code::DeadlineExceeded,
+            ProxyError::RequestBodyTimeout { .. } => Code::Unknown,
+            ProxyError::HostNotAllowed(_) => Code::PermissionDenied,
+            ProxyError::BadRequest(_) => Code::InvalidArgument,
+        }
+    }
+
+    /// The response for this error to a gRPC call: a status, no message body.
+    pub fn to_grpc_response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            GRPC_STATUS.clone(),
+            HeaderValue::from(u16::from(self.grpc_code() as u8)),
+        );
+        if let Ok(message) = HeaderValue::try_from(grpc::encode_message(&self.to_string())) {
+            headers.insert(GRPC_MESSAGE.clone(), message);
+        }
+        headers.insert(SIDEKEY_ERROR.clone(), HeaderValue::from_static(self.code()));
+        response
+    }
 }
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// A JSON error response `{"error": code, "message": message}` with `x-sidekey-error`.
 pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Response<Full<Bytes>> {
@@ -124,5 +163,23 @@ mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()["x-sidekey-error"], "no_route");
         assert_eq!(response.headers()["content-type"], "application/json");
+    }
+
+    #[test]
+    fn a_grpc_call_gets_its_error_as_a_status() {
+        let err = ProxyError::UpstreamTimeout {
+            upstream: "https://api.example".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let response = err.to_grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "4");
+        assert_eq!(
+            headers["grpc-message"],
+            "upstream https://api.example did not answer within 1s"
+        );
+        assert_eq!(headers["x-sidekey-error"], "upstream_timeout");
     }
 }

@@ -20,11 +20,17 @@
 //! (the upstream's wait is `request_timeout`'s, the bodies'
 //! `body_timeout`'s); and the response body, wrapped in [`RestartsIdle`],
 //! starts it again when hyper is done with it.
+//!
+//! An HTTP/2 connection serves many requests at once: the clock counts
+//! them ([`Busy`], one per request, dropped with its response body or with
+//! a request given up half-way) and runs only while none is served. There,
+//! [`IdleClock::expired`] tells the connection when to say GOAWAY
+//! ([`crate::http2`]) instead of failing a read.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,9 +45,10 @@ use tokio::time::{Instant, Sleep};
 pub struct IdleClock {
     /// The connection's start: instants are kept as nanoseconds since.
     base: Instant,
-    /// Nanoseconds from `base` to the start of the idle time, plus one;
-    /// 0 while a request is served.
+    /// Nanoseconds from `base` to the start of the idle time.
     since: AtomicU64,
+    /// Requests being served (each holds a [`Busy`]).
+    busy: AtomicUsize,
 }
 
 impl IdleClock {
@@ -49,27 +56,63 @@ impl IdleClock {
     pub fn start() -> Arc<IdleClock> {
         Arc::new(IdleClock {
             base: Instant::now(),
-            since: AtomicU64::new(1),
+            since: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
         })
     }
 
-    /// A request head was handed over: not idle until its response ends.
-    pub fn request_started(&self) {
-        self.since.store(0, Ordering::Relaxed);
+    /// A request head was handed over: not idle until the returned [`Busy`]
+    /// is dropped (with the response body, or with the request given up).
+    pub fn request_started(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
     }
 
-    /// Idle from now (the response ended, or the TLS handshake did).
+    /// Idle from now (a response ended, or the TLS handshake did), unless
+    /// another request is being served.
     pub fn restart(&self) {
-        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.since.store(nanos + 1, Ordering::Relaxed);
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.since.store(nanos, Ordering::Relaxed);
     }
 
     /// When the idle time ends, if the connection is idle.
-    fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        match self.since.load(Ordering::Relaxed) {
-            0 => None,
-            since => Some(self.base + Duration::from_nanos(since - 1) + timeout),
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
         }
+        let since = self.since.load(Ordering::Relaxed);
+        Some(self.base + Duration::from_nanos(since) + timeout)
+    }
+
+    /// Return once the connection has been idle for `timeout`. While it is
+    /// busy this wakes once per `timeout` to look again: one timer per
+    /// connection, moved, never one per request.
+    pub async fn expired(&self, timeout: Duration) {
+        let sleep = tokio::time::sleep(timeout);
+        tokio::pin!(sleep);
+        loop {
+            sleep.as_mut().await;
+            let now = Instant::now();
+            match self.deadline(timeout) {
+                Some(deadline) if deadline <= now => return,
+                Some(deadline) => sleep.as_mut().reset(deadline),
+                None => sleep.as_mut().reset(now + timeout),
+            }
+        }
+    }
+}
+
+/// One request being served on a connection: while any is held, the
+/// connection is not idle; dropping the last one starts the idle time.
+#[derive(Debug)]
+pub struct Busy(Arc<IdleClock>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // The idle time's start moves before the count drops, so a
+        // connection seen idle never shows an older start.
+        self.0.restart();
+        self.0.busy.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -184,24 +227,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleRead<S> {
     }
 }
 
-/// A response body that restarts its connection's idle time when hyper
-/// drops it: after its last frame, or when the response is abandoned.
+/// A response body that ends its request's [`Busy`] when hyper drops it:
+/// after its last frame, or when the response is abandoned.
 #[derive(Debug)]
 pub struct RestartsIdle<B> {
     body: B,
-    clock: Arc<IdleClock>,
+    _busy: Busy,
 }
 
 impl<B> RestartsIdle<B> {
-    /// `body`, restarting `clock` when dropped.
-    pub fn new(body: B, clock: Arc<IdleClock>) -> Self {
-        RestartsIdle { body, clock }
-    }
-}
-
-impl<B> Drop for RestartsIdle<B> {
-    fn drop(&mut self) {
-        self.clock.restart();
+    /// `body`, ending `busy` when dropped.
+    pub fn new(body: B, busy: Busy) -> Self {
+        RestartsIdle { body, _busy: busy }
     }
 }
 
@@ -238,17 +275,40 @@ mod tests {
         let mut buf = [0u8; 8];
 
         // Serving a request: a long silence is no idleness.
-        clock.request_started();
+        let busy = clock.request_started();
         let waited = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
         assert!(waited.is_err(), "the read still waits after 5 s");
 
         // The response ended: idle from now, failing 300 ms later.
-        let body = RestartsIdle::new(http_body_util::Empty::<Bytes>::new(), clock.clone());
+        let body = RestartsIdle::new(http_body_util::Empty::<Bytes>::new(), busy);
         drop(body);
         let started = Instant::now();
         let err = conn.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_millis(300));
         drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_runs_only_while_no_request_is_served() {
+        let timeout = Duration::from_millis(300);
+        let clock = IdleClock::start();
+        let first = clock.request_started();
+        let second = clock.request_started();
+        drop(first);
+        assert_eq!(clock.deadline(timeout), None, "one request still served");
+        let expired = tokio::spawn({
+            let clock = clock.clone();
+            async move {
+                clock.expired(timeout).await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!expired.is_finished(), "busy for 2 s: not idle");
+        let ended = Instant::now();
+        drop(second);
+        let at = expired.await.unwrap();
+        assert_eq!(at - ended, timeout, "idle from the end of the last request");
     }
 }

@@ -14,7 +14,8 @@
 //! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
 //! - [`server`]: lifecycle: start, graceful shutdown, reload ([`server::serve`])
 //! - [`listeners`]: the proxy listen addresses, bound once, served here or on the workers
-//! - [`conn`]: one app connection: caps, limits ([`limits`]), TLS, the framing tap ([`idle`]: its idle deadline)
+//! - [`conn`]: one app connection: caps, limits ([`limits`]), TLS, the framing tap ([`idle`]: its idle deadline;
+//!   [`preface`]: HTTP/2 or HTTP/1.1 by its first bytes; [`http2`]: serving HTTP/2 apps, h2c and gRPC)
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
@@ -34,10 +35,12 @@ pub mod demo;
 pub mod error;
 pub mod error_chain;
 pub mod host;
+pub mod http2;
 pub mod idle;
 pub mod limits;
 pub mod listeners;
 pub mod metrics;
+pub mod preface;
 pub mod preflight;
 pub mod proxy;
 pub mod secret;

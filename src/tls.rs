@@ -102,7 +102,9 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Server config for a `tls = { cert, key }` listener (HTTP/1.1).
+/// Server config for a `tls = { cert, key }` listener: ALPN offers `h2`
+/// and `http/1.1` (the connection's first bytes then decide, see
+/// [`crate::preface`]).
 pub fn server_config(listener: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -111,6 +113,6 @@ pub fn server_config(listener: &ListenerTls) -> Result<Arc<ServerConfig>, TlsErr
             load_certs(&listener.cert)?,
             load_private_key(&listener.key)?,
         )?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -11,12 +11,13 @@
 //! that failed only as a stream it reset, so `forward` asks the body.
 //!
 //! Request bodies are kept whole when small enough to be sent a second time,
-//! otherwise streamed ([`take`]). A body of known length up to the limit is
-//! read whole. A body of unknown length (chunked) is read until it ends or
-//! passes the limit: a small one is kept like any other, a large one streams
-//! on with the frames already read in front ([`Prefixed`]), so nothing is
-//! lost either way. A body with trailers is streamed (a kept body has no
-//! place for them).
+//! otherwise streamed ([`take`]). A body of known length over the limit
+//! streams at once. Any other is read until it ends or passes the limit: a
+//! small one is kept, a large one streams on with the frames already read
+//! in front ([`Prefixed`]), so nothing is lost either way. A body with
+//! trailers is streamed, whatever its length (a kept body has no place for
+//! them). Whether a body may be held back at all is `forward`'s call (an
+//! HTTP/2 stream of unknown length is not: see there).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -212,10 +213,8 @@ pub enum Outgoing {
 
 /// Read `body` as far as needed to decide whether it can be kept (≤ `limit` bytes).
 pub async fn take(mut body: Idle, limit: u64) -> Result<Outgoing, BodyError> {
-    match body.size_hint().exact() {
-        Some(len) if len > limit => return Ok(Outgoing::Streamed(Prefixed::new(body))),
-        Some(_) => return Ok(Outgoing::Kept(body.collect().await?.to_bytes())),
-        None => {}
+    if body.size_hint().exact().is_some_and(|len| len > limit) {
+        return Ok(Outgoing::Streamed(Prefixed::new(body)));
     }
     let mut head = VecDeque::new();
     let mut size: u64 = 0;
@@ -229,6 +228,11 @@ pub async fn take(mut body: Idle, limit: u64) -> Result<Outgoing, BodyError> {
         if size > limit || !is_data {
             return Ok(Outgoing::Streamed(Prefixed::after(head, body)));
         }
+    }
+    if head.len() <= 1 {
+        // One frame (the usual `Content-Length` body) or none: no copy.
+        let data = head.pop_front().and_then(|frame| frame.into_data().ok());
+        return Ok(Outgoing::Kept(data.unwrap_or_default()));
     }
     let mut whole = BytesMut::with_capacity(size as usize);
     for frame in head {

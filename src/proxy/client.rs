@@ -15,6 +15,11 @@
 //!   upstream says GOAWAY. Flow-control windows adapt to the connection's
 //!   bandwidth-delay product, so large downloads are not held back.
 //!
+//! A request marked HTTP/2 (a gRPC call, see [`super::grpc`]) is never
+//! sent over HTTP/1.1: its status would travel in trailers that HTTP/1.1
+//! cannot carry, and a bidirectional stream would wait for ever. When the
+//! upstream speaks only HTTP/1.1, it fails at once ([`UpstreamError::NeedsHttp2`]).
+//!
 //! A request the connection never sent (it closed first, or said GOAWAY)
 //! is sent again on another connection. Idle HTTP/1.1 connections are
 //! dropped after [`POOL_IDLE_TIMEOUT`], shorter than the idle timeouts of
@@ -37,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
@@ -125,6 +130,12 @@ pub enum UpstreamError {
     /// The request URI has no scheme or authority (never, from a route).
     #[error("the upstream URI is not absolute")]
     NotAbsolute,
+    /// The request must go as HTTP/2 (a gRPC call) and the upstream speaks
+    /// only HTTP/1.1.
+    #[error(
+        "the upstream speaks only HTTP/1.1 (TLS ALPN did not offer h2); a gRPC call needs HTTP/2"
+    )]
+    NeedsHttp2,
 }
 
 impl UpstreamError {
@@ -255,6 +266,10 @@ impl UpstreamClient {
             let step = take(&mut lock(pool), &scheme, &authority, waited);
             let (result, opened) = match step {
                 Step::Http1(mut conn, host) => {
+                    if request.version() == Version::HTTP_2 {
+                        lock(pool).http1.push(conn);
+                        return Err(UpstreamError::NeedsHttp2);
+                    }
                     to_origin_form(&mut request, host);
                     let sending = conn.sender.try_send_request(request);
                     let opened = conn.opened;
@@ -288,8 +303,11 @@ impl UpstreamClient {
                     drop(done);
                     match connected? {
                         Fresh::Http1(mut sender, host, opened) => {
-                            to_origin_form(&mut request, host);
-                            let sending = sender.try_send_request(request);
+                            let needs_http2 = request.version() == Version::HTTP_2;
+                            let sending = (!needs_http2).then(|| {
+                                to_origin_form(&mut request, host);
+                                sender.try_send_request(request)
+                            });
                             keep_http1(
                                 &mut lock(pool),
                                 &authority,
@@ -299,6 +317,9 @@ impl UpstreamClient {
                                     used: Instant::now(),
                                 },
                             );
+                            let Some(sending) = sending else {
+                                return Err(UpstreamError::NeedsHttp2);
+                            };
                             (sending.await, opened)
                         }
                         Fresh::Http2(mut sender, opened) => {

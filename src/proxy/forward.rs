@@ -13,6 +13,11 @@
 //! rejected retry is reported too. A streamed request's rejection is
 //! reported and passed on; the next request gets the new token.
 //!
+//! An HTTP/2 request body of unknown length (a gRPC call, any stream) is
+//! never held back: its other end may wait for the response before it
+//! sends more (a bidirectional stream), so reading ahead for a retry could
+//! wait for ever. It streams from its first byte and is never retried.
+//!
 //! Bodies are wrapped here ([`super::body`]): the app's body may pause at
 //! most the route's `body_timeout` (else 408, when the upstream has not
 //! answered yet), and so may the upstream's (else the app's response is cut
@@ -26,12 +31,13 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use tracing::{debug, warn};
 
 use super::access::Line;
-use super::body::{BodyError, FromUpstream, Idle, Outgoing, StallFlag, take};
+use super::body::{BodyError, FromUpstream, Idle, Outgoing, Prefixed, StallFlag, take};
 use super::client::on_stale_connection;
+use super::grpc;
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
 use super::{ResponseBody, Route};
 use crate::credential::{Published, Rejection};
@@ -116,6 +122,7 @@ pub async fn forward(
                 .await?
         }
     };
+    let grpc_call = grpc::is_call(&request);
     let (mut parts, body) = request.into_parts();
     parts.uri = route.upstream_uri(&parts.uri, &published)?;
     prepare_request(
@@ -124,13 +131,23 @@ pub async fn forward(
         &route.headers,
         &published.headers,
     );
-    // The app speaks HTTP/1.x to us; the client picks HTTP/1.1 or HTTP/2 upstream.
-    parts.version = Version::HTTP_11;
+    let body = Idle::new(body, route.body_timeout);
+    let outgoing = if parts.version == Version::HTTP_2 && body.size_hint().exact().is_none() {
+        Outgoing::Streamed(Prefixed::new(body))
+    } else {
+        take(body, RETRY_BODY_LIMIT)
+            .await
+            .map_err(|e| unreadable(route, e))?
+    };
+    // The client picks HTTP/1.1 or HTTP/2 upstream, whatever the app spoke;
+    // a gRPC call must go as HTTP/2 (see `grpc`) and fails rather than not.
+    parts.version = if grpc_call {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
-    let body = match take(Idle::new(body, route.body_timeout), RETRY_BODY_LIMIT)
-        .await
-        .map_err(|e| unreadable(route, e))?
-    {
+    let body = match outgoing {
         Outgoing::Kept(body) => body,
         Outgoing::Streamed(body) => {
             let response =

@@ -6,27 +6,36 @@
 //! credential or route sets; then the route's static headers and the
 //! credential's prebuilt headers are inserted. Values are shared `Bytes`:
 //! inserting clones a reference, never the text.
+//!
+//! Trailers: `TE` is hop-by-hop, but an app that accepts trailers
+//! (`TE: trailers`, which gRPC clients send and gRPC servers require) gets
+//! `te: trailers` passed on, since the proxy passes trailers on too; it is
+//! the one `TE` value HTTP/2 allows (RFC 9113 §8.2.2). `Trailer`, which
+//! names the trailer fields to come, is end-to-end (RFC 9110 §6.6.2) and
+//! kept: hyper sends an HTTP/1.1 trailer field only when `Trailer` names it.
 
 use http::header::{
-    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The fields removed from every message whether or not `Connection` names
 /// them: RFC 9110 §7.6.1's, and the older `Keep-Alive` and
 /// `Proxy-Connection`; [`hop_by_hop_bit`] gives each one's bit.
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
     TE,
-    TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
 ];
+
+/// [`TE`]'s bit in [`Present`].
+const TE_BIT: Present = 1 << 5;
 
 /// Which of [`HOP_BY_HOP`] a map holds, one bit each (bit `i` is entry `i`).
 type Present = u16;
@@ -41,9 +50,8 @@ fn hop_by_hop_bit(name: &str) -> Present {
         "proxy-authenticate" => 3,
         "proxy-authorization" => 4,
         "te" => 5,
-        "trailer" => 6,
-        "transfer-encoding" => 7,
-        "upgrade" => 8,
+        "transfer-encoding" => 6,
+        "upgrade" => 7,
         _ => return 0,
     };
     1 << at
@@ -159,7 +167,11 @@ pub fn prepare_request(
             stripped = stripped || strip.contains(name);
         }
     }
+    let accepts_trailers = found.hop_by_hop & TE_BIT != 0 && accepts_trailers(headers);
     found.remove(headers);
+    if accepts_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
     if host {
         headers.remove(HOST);
     }
@@ -172,6 +184,16 @@ pub fn prepare_request(
         }
     }
     inject(headers, route_headers, credential_headers);
+}
+
+/// Whether the `TE` values list `trailers` (RFC 9110 §10.1.4).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(TE).iter().any(|value| {
+        listed_names(value).any(|coding| {
+            let name = coding.split(';').next().unwrap_or_default().trim();
+            name.eq_ignore_ascii_case("trailers")
+        })
+    })
 }
 
 /// Insert `route_headers` then `credential_headers`, replacing any value.
@@ -243,6 +265,24 @@ mod tests {
             "expect",
         ] {
             assert!(!headers.contains_key(gone), "{gone} should be removed");
+        }
+    }
+
+    #[test]
+    fn te_trailers_is_passed_on_alone_and_trailer_is_kept() {
+        for (te, passed) in [
+            ("trailers", Some("trailers")),
+            ("gzip, Trailers", Some("trailers")),
+            ("deflate;q=0.5", None),
+            ("trailersx", None),
+        ] {
+            let mut headers = map(&[("connection", "te"), ("trailer", "x-sum")]);
+            headers.insert(TE, HeaderValue::from_static(te));
+            prepare_request(&mut headers, &[], &[], &[]);
+            let te_left = headers.get(TE).map(|v| v.to_str().unwrap());
+            assert_eq!(te_left, passed, "{te}");
+            assert_eq!(headers["trailer"], "x-sum");
+            assert!(!headers.contains_key(CONNECTION));
         }
     }
 

@@ -1,8 +1,9 @@
 //! The per-request service of a proxy listener: route the request
 //! ([`Dispatch::find`]), forward it ([`forward`]), turn a refusal or failure
-//! into sidekey's JSON error (logged once, see [`crate::error`]), close the
-//! connection after a refused framing, count the request in the metrics,
-//! and when `[log] access` is on, write its access line ([`access`]).
+//! into sidekey's JSON error (logged once, see [`crate::error`]; a gRPC
+//! status for a gRPC call, see [`super::grpc`]), close the connection after
+//! a refused framing, count the request in the metrics, and when
+//! `[log] access` is on, write its access line ([`access`]).
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -25,6 +26,7 @@ pub async fn handle_request(
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let closes = framing.closes_connection();
+    let grpc = super::grpc::is_call(&request);
     // `[log] access`: the request's method and path are noted before it is
     // forwarded; when off, this is the route's flag and nothing else.
     let (series, result, access) = match dispatch.find(&request, framing) {
@@ -41,11 +43,19 @@ pub async fn handle_request(
             (metrics.no_route(), Err(err), access)
         }
     };
-    let mut response = match result {
-        Ok(response) => response,
+    let (mut response, status) = match result {
+        Ok(response) => {
+            let status = response.status();
+            (response, status)
+        }
         Err(err) => {
             log_error(series.route(), &err);
-            err.to_response().map(http_body_util::Either::Right)
+            let response = if grpc {
+                err.to_grpc_response()
+            } else {
+                err.to_response()
+            };
+            (response.map(http_body_util::Either::Right), err.status())
         }
     };
     if closes {
@@ -55,7 +65,8 @@ pub async fn handle_request(
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    series.record_request(response.status().as_u16(), started.elapsed().as_secs_f64());
+    // A gRPC call's error is counted by the HTTP status it stands for.
+    series.record_request(status.as_u16(), started.elapsed().as_secs_f64());
     if let Some(start) = access {
         access::finish(start, series.route(), &mut response);
     }

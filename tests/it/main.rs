@@ -24,6 +24,8 @@ mod admin;
 mod cli;
 mod deploy;
 mod docs;
+mod grpc;
+mod h2c;
 mod hostile;
 mod inbenta;
 mod lifecycle;

@@ -1,9 +1,12 @@
 //! Shared test support: servers on 127.0.0.1:0 that record what they
 //! received, an rcgen CA, configurations built from the shapes tests share,
 //! the proxy started in-process or as a child process, and clients (a pooled
-//! HTTP one, and one that writes raw bytes).
+//! HTTP one, an HTTP/2 one with prior knowledge,
+//! and one that writes raw bytes).
 
 pub mod config;
+pub mod grpc;
+pub mod h2c;
 pub mod logs;
 pub mod metrics;
 pub mod process;

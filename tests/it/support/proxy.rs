@@ -81,6 +81,8 @@ pub struct TestResponse {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// Trailers after the body, if any came.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl TestResponse {
@@ -98,6 +100,11 @@ impl TestResponse {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// A trailer's value as text.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers.as_ref()?.get(name)?.to_str().ok()
     }
 
     /// The `x-sidekey-error` code of an error sidekey made itself.
@@ -246,16 +253,17 @@ pub fn request_with(
 /// Read a response body whole.
 pub async fn read_whole(response: http::Response<Incoming>) -> TestResponse {
     let (parts, body) = response.into_parts();
-    let body = body
+    let collected = body
         .collect()
         .await
-        .unwrap_or_else(|e| panic!("reading response body: {e:?}"))
-        .to_bytes();
+        .unwrap_or_else(|e| panic!("reading response body: {e:?}"));
+    let trailers = collected.trailers().cloned();
     TestResponse {
         status: parts.status,
         version: parts.version,
         headers: parts.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     }
 }
 

@@ -79,6 +79,8 @@ pub struct RecordedRequest {
     pub body_head: Bytes,
     /// Set when reading the body failed (client aborted, …).
     pub body_error: Option<String>,
+    /// Trailers after the body, if any came.
+    pub trailers: Option<HeaderMap>,
     /// Whether the TLS client presented a certificate.
     pub client_cert_presented: bool,
 }
@@ -112,8 +114,8 @@ impl RecordedRequest {
     }
 
     /// The echo answer's JSON: method, path, query, version, headers
-    /// (name → value, or a list when repeated), body_len, body_digest, and
-    /// body (the head as lossy UTF-8, at most 4 KiB).
+    /// (name → value, or a list when repeated), body_len, body_digest,
+    /// body (the head as lossy UTF-8, at most 4 KiB), and trailers (name → value).
     pub fn echo_json(&self) -> serde_json::Value {
         let mut headers = serde_json::Map::new();
         for name in self.headers.keys() {
@@ -126,6 +128,15 @@ impl RecordedRequest {
             headers.insert(name.as_str().to_owned(), value);
         }
         let head = &self.body_head[..self.body_head.len().min(4096)];
+        let trailers: serde_json::Map<String, serde_json::Value> = self
+            .trailers
+            .iter()
+            .flatten()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), serde_json::Value::String(value))
+            })
+            .collect();
         serde_json::json!({
             "method": self.method.as_str(),
             "path": self.path,
@@ -136,6 +147,7 @@ impl RecordedRequest {
             "body_digest": format!("{:016x}", self.body_digest),
             "body": String::from_utf8_lossy(head),
             "client_cert": self.client_cert_presented,
+            "trailers": trailers,
         })
     }
 }
@@ -281,6 +293,8 @@ pub struct Reply {
     pub payload: ReplyPayload,
     /// Wait this long before answering (for timeout tests).
     pub delay: Option<Duration>,
+    /// Trailers sent after the body (none: no trailers).
+    pub trailers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Reply {
@@ -291,6 +305,7 @@ impl Reply {
             headers: Vec::new(),
             payload: ReplyPayload::Echo,
             delay: None,
+            trailers: Vec::new(),
         }
     }
 
@@ -306,6 +321,7 @@ impl Reply {
             headers: Vec::new(),
             payload: ReplyPayload::Bytes(body.into()),
             delay: None,
+            trailers: Vec::new(),
         }
     }
 
@@ -327,6 +343,7 @@ impl Reply {
                 content_length: true,
             },
             delay: None,
+            trailers: Vec::new(),
         }
     }
 
@@ -345,6 +362,15 @@ impl Reply {
         self.headers.push((
             HeaderName::from_bytes(name.as_bytes()).expect("header name"),
             HeaderValue::from_str(value).expect("header value"),
+        ));
+        self
+    }
+
+    /// Send a trailer field after the body.
+    pub fn trailer(mut self, name: &str, value: &str) -> Reply {
+        self.trailers.push((
+            HeaderName::from_bytes(name.as_bytes()).expect("trailer name"),
+            HeaderValue::from_str(value).expect("trailer value"),
         ));
         self
     }
@@ -373,6 +399,7 @@ impl Reply {
                 length: None,
             },
             delay: None,
+            trailers: Vec::new(),
         }
     }
 
@@ -614,6 +641,7 @@ pub struct UpstreamOpts {
     close_idle_after: Option<Duration>,
     drop_requests_after_idle: Option<Duration>,
     raw: Option<Arc<[RawStep]>>,
+    echo_stream: bool,
 }
 
 impl UpstreamOpts {
@@ -629,6 +657,7 @@ impl UpstreamOpts {
             close_idle_after: None,
             drop_requests_after_idle: None,
             raw: None,
+            echo_stream: false,
         }
     }
 
@@ -702,6 +731,15 @@ impl UpstreamOpts {
     /// [`Upstream::dropped_requests`], not recorded as a request.
     pub fn drop_requests_after_idle(mut self, idle: Duration) -> Self {
         self.drop_requests_after_idle = Some(idle);
+        self
+    }
+
+    /// Answer every request at once, before its body has arrived, with
+    /// the request body streamed back frame by frame (trailers too): a
+    /// full-duplex echo. The request is recorded as its head arrives
+    /// (`body_len` 0).
+    pub fn echo_stream(mut self) -> Self {
+        self.echo_stream = true;
         self
     }
 
@@ -1144,6 +1182,7 @@ async fn read_raw_request<S: RawIo>(
             body_digest: BodyDigest::of(&body),
             body_head: body.slice(..body.len().min(BODY_HEAD_LIMIT)),
             body_error: None,
+            trailers: None,
             client_cert_presented: conn.client_cert,
         });
     }
@@ -1167,6 +1206,9 @@ async fn handle(
         state.changed.notify_waiters();
         return Err(DroppedRequest);
     }
+    if state.opts.echo_stream {
+        return Ok(echo_stream(req, &state, &conn));
+    }
     conn.in_flight.fetch_add(1, Ordering::SeqCst);
     let response = answer(req, &state, &conn).await;
     *conn.idle_since.lock().expect("lock") = Instant::now();
@@ -1174,11 +1216,39 @@ async fn handle(
     Ok(response)
 }
 
+/// [`UpstreamOpts::echo_stream`]: record the head, stream the body back.
+fn echo_stream(req: Request<Incoming>, state: &State, conn: &ConnState) -> Response<ReplyBody> {
+    let (parts, body) = req.into_parts();
+    {
+        let mut requests = state.requests.lock().expect("lock");
+        let index = requests.len();
+        requests.push(RecordedRequest {
+            index,
+            connection: conn.index,
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body_len: 0,
+            body_digest: BodyDigest::of(b""),
+            body_head: Bytes::new(),
+            body_error: None,
+            trailers: None,
+            client_cert_presented: conn.client_cert,
+        });
+    }
+    state.changed.notify_waiters();
+    Response::new(body.map_err(ReplyError::from).boxed())
+}
+
 async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Response<ReplyBody> {
     let (parts, mut body) = req.into_parts();
     let mut digest = BodyDigest::new();
     let mut head = BytesMut::new();
     let mut body_error = None;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
@@ -1186,6 +1256,8 @@ async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Resp
                     digest.update(data);
                     let room = BODY_HEAD_LIMIT.saturating_sub(head.len());
                     head.extend_from_slice(&data[..data.len().min(room)]);
+                } else if let Some(fields) = frame.trailers_ref() {
+                    trailers = Some(fields.clone());
                 }
             }
             Err(e) => {
@@ -1209,6 +1281,7 @@ async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Resp
             body_digest: digest.digest(),
             body_head: head.freeze(),
             body_error,
+            trailers,
             client_cert_presented: conn.client_cert,
         };
         requests.push(recorded.clone());
@@ -1251,6 +1324,13 @@ fn build_response(reply: Reply, recorded: &RecordedRequest) -> Response<ReplyBod
             end,
             length,
         } => TrickleBody::new(chunks, chunk_len, interval, end, length).boxed(),
+    };
+    let body = if reply.trailers.is_empty() {
+        body
+    } else {
+        let trailers: HeaderMap = reply.trailers.into_iter().collect();
+        body.with_trailers(async move { Some(Ok(trailers)) })
+            .boxed()
     };
     let mut response = Response::new(body);
     *response.status_mut() = reply.status;

@@ -1,0 +1,124 @@
+//! HTTP/2 app connections on a proxy listener: h2c by prior knowledge (the
+//! preface, [`crate::preface`]) on a plain listener, or `h2` by ALPN on a
+//! TLS one. Each request goes through [`service::handle_request`] exactly
+//! as an HTTP/1.1 one does (strip-then-inject, body timeouts, the one
+//! retry); what differs is the connection around it:
+//!
+//! - Request heads are bounded by `max_header_bytes`, as the HTTP/2
+//!   header list size (RFC 9113 §6.5.2: names, values and 32 bytes per
+//!   field); a larger head is answered `431` by the h2 layer and never
+//!   reaches the service.
+//! - Memory: what the app may send ahead is bounded by flow control, the
+//!   protocol's default 64 KiB per stream and [`CONNECTION_WINDOW`] for the
+//!   connection (hyper's default is 1 MiB each); what waits to go to a slow
+//!   app by [`SEND_BUFFER`] per stream, of at most [`MAX_STREAMS`].
+//! - Idle: the connection is idle while none of its requests is being
+//!   served ([`IdleClock`], counted per request); after `idle_timeout` of
+//!   that it says GOAWAY and closes, and if the peer keeps it open past
+//!   another `idle_timeout`, it is dropped.
+//! - Drain: on shutdown it says GOAWAY, lets the streams in progress
+//!   finish, then closes (the caller bounds how long, `shutdown_grace`).
+//! - There is no request framing to check: HTTP/2 frames every body
+//!   itself, and the h2 layer refuses connection-specific headers
+//!   (`transfer-encoding`, `connection`, a `te` other than `trailers`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::ConnLimits;
+use crate::idle::{IdleClock, RestartsIdle};
+use crate::metrics::Metrics;
+use crate::proxy::framing::Framing;
+use crate::proxy::{Dispatch, service};
+
+/// Streams one connection may have open at once (RFC 9113 §6.5.2
+/// recommends no fewer than 100).
+pub const MAX_STREAMS: u32 = 100;
+
+/// Request body bytes the app may send ahead on one stream: the protocol's
+/// initial window, enough on loopback, where window updates come at once.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// Request body bytes the app may send ahead on one connection, over all
+/// its streams.
+pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// Response bytes held for one stream while the app is slow to take them.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
+/// Serve one HTTP/2 app connection until it closes: after `idle_timeout`
+/// without a request in progress, or once `shutdown` turns true and its
+/// streams are done.
+pub async fn serve_connection<S>(
+    stream: S,
+    dispatch: Arc<ArcSwap<Dispatch>>,
+    metrics: Metrics,
+    limits: &ConnLimits,
+    clock: Arc<IdleClock>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let clock = clock.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let busy = clock.request_started();
+            let dispatch = dispatch.load_full();
+            let metrics = metrics.clone();
+            async move {
+                let response =
+                    service::handle_request(&dispatch, request, Framing::Clear, &metrics).await;
+                Ok::<_, Infallible>(response.map(|body| RestartsIdle::new(body, busy)))
+            }
+        })
+    };
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(SEND_BUFFER);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+
+    let timeout = limits.idle_timeout;
+    // Set once GOAWAY was said for idleness: the peer must be gone by then.
+    let mut closing_by: Option<Instant> = None;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = clock.expired(timeout), if closing_by.is_none() && !draining => {
+                connection.as_mut().graceful_shutdown();
+                closing_by = Some(Instant::now() + timeout);
+            }
+            _ = shutdown.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                if closing_by.is_none() {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+            () = sleep_until(closing_by) => return Ok(()),
+        }
+    }
+}
+
+/// Sleep until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

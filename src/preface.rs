@@ -1,0 +1,181 @@
+//! Which HTTP version an app connection speaks, told by its first bytes.
+//!
+//! A client speaking HTTP/2 with prior knowledge (h2c, as gRPC clients do
+//! to a local proxy; or after TLS ALPN `h2`) opens with the connection
+//! preface `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113 §3.4), which no
+//! HTTP/1.x request line can start like: `PRI` is refused as a method
+//! anyway. [`sniff`] reads until the bytes either differ from the preface
+//! (usually at the first byte: one read, which also brings the first
+//! request head) or match all of it. The bytes read are handed back to the
+//! server that follows, in front of the rest of the stream ([`Rewind`]).
+//!
+//! The caller bounds the wait (a connection that never sends a byte is
+//! closed after `idle_timeout`, as for HTTP/1.1).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// The HTTP/2 client connection preface.
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How much the first read may bring: a typical request head, so that
+/// the first request costs no extra read.
+const FIRST_READ: usize = 4096;
+
+/// What an app connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2 (the preface came).
+    Http2,
+}
+
+/// Read from `stream` until its first bytes tell its [`Protocol`]; the
+/// stream with those bytes put back. Fails when the connection ends or
+/// breaks first.
+pub async fn sniff<S: AsyncRead + Unpin>(mut stream: S) -> io::Result<(Protocol, Rewind<S>)> {
+    let mut read = BytesMut::with_capacity(FIRST_READ);
+    let protocol = loop {
+        if stream.read_buf(&mut read).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(protocol) = decide(&read) {
+            break protocol;
+        }
+    };
+    Ok((protocol, Rewind::new(read.freeze(), stream)))
+}
+
+/// The protocol the bytes so far tell, if they tell.
+fn decide(read: &[u8]) -> Option<Protocol> {
+    let seen = read.len().min(PREFACE.len());
+    if read[..seen] != PREFACE[..seen] {
+        Some(Protocol::Http1)
+    } else if seen == PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
+/// A stream whose first bytes were read already: they are read again
+/// first, then the stream's own. Writes pass through.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    head: Option<Bytes>,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    /// `head`, then `stream`.
+    pub fn new(head: Bytes, stream: S) -> Self {
+        Rewind {
+            head: (!head.is_empty()).then_some(head),
+            inner: stream,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(head) = this.head.as_mut() {
+            let n = head.len().min(buf.remaining());
+            buf.put_slice(&head[..n]);
+            head.advance(n);
+            if head.is_empty() {
+                this.head = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn the_first_differing_byte_decides() {
+        assert_eq!(decide(b"G"), Some(Protocol::Http1));
+        assert_eq!(decide(b"PRI * HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(decide(b"POST / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(decide(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(decide(PREFACE), Some(Protocol::Http2));
+        let mut more = PREFACE.to_vec();
+        more.extend_from_slice(b"\x00\x00\x00\x04");
+        assert_eq!(decide(&more), Some(Protocol::Http2));
+    }
+
+    #[tokio::test]
+    async fn the_bytes_read_to_decide_are_read_again() {
+        for (sent, expected) in [
+            (b"GET / HTTP/1.1\r\n\r\n".as_slice(), Protocol::Http1),
+            (PREFACE, Protocol::Http2),
+        ] {
+            let (mut client, server) = tokio::io::duplex(64);
+            // The preface split over several writes, then more bytes.
+            for piece in sent.chunks(5) {
+                client.write_all(piece).await.unwrap();
+            }
+            client.write_all(b"rest").await.unwrap();
+            drop(client);
+            let (protocol, mut stream) = sniff(server).await.unwrap();
+            assert_eq!(protocol, expected);
+            let mut all = Vec::new();
+            stream.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, [sent, b"rest"].concat());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_telling_fails() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"PRI * HTTP/2").await.unwrap();
+        drop(client);
+        let err = sniff(server).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
