@@ -34,10 +34,13 @@ pub enum Serving {
     Workers,
 }
 
-/// A listen address that could not be bound.
+/// A listen address that could not be bound, named by the key that asks
+/// for it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
+#[error("{key}: cannot listen on {addr}: {source}")]
 pub struct BindError {
+    /// The configuration key: `routes[2].listen`, `forward_proxy.listen`, `admin.listen`.
+    pub key: String,
     /// The address.
     pub addr: SocketAddr,
     /// The I/O error.
@@ -70,7 +73,9 @@ pub fn bind(
     workers: usize,
 ) -> Result<Bound, BindError> {
     let config = &checked.config;
-    let bind = |addr| workers::bind(addr, workers).map_err(|source| BindError { addr, source });
+    let bind = |key: String, addr| {
+        workers::bind(addr, workers).map_err(|source| BindError { key, addr, source })
+    };
     let mut bound = Bound {
         listeners: Vec::new(),
         route_addrs: Vec::with_capacity(config.routes.len()),
@@ -78,12 +83,12 @@ pub fn bind(
         forward: None,
     };
     let mut locals: HashMap<SocketAddr, SocketAddr> = HashMap::new();
-    for (route, route_tls) in config.routes.iter().zip(&checked.routes) {
+    for (index, (route, route_tls)) in config.routes.iter().zip(&checked.routes).enumerate() {
         if let Some(local) = locals.get(&route.listen) {
             bound.route_addrs.push(*local);
             continue;
         }
-        let (sockets, local) = bind(route.listen)?;
+        let (sockets, local) = bind(format!("routes[{index}].listen"), route.listen)?;
         let acceptor = route_tls.listener.clone().map(TlsAcceptor::from);
         let Some(dispatch) = generation.listeners.get(&route.listen).cloned() else {
             // build_generation made a dispatch for every listen address.
@@ -101,7 +106,7 @@ pub fn bind(
         bound.route_addrs.push(local);
     }
     if let (Some(forward), Some(dispatch)) = (&config.forward_proxy, &generation.forward) {
-        let (sockets, local) = bind(forward.listen)?;
+        let (sockets, local) = bind("forward_proxy.listen".to_owned(), forward.listen)?;
         let slot = Arc::new(ArcSwap::new(dispatch.clone()));
         info!(listen = %local, workers, "forward proxy listening");
         bound.listeners.push(ProxyListener {

@@ -252,9 +252,12 @@ fn listen_plan(
     plan
 }
 
-/// Bind `addr`; the listener and the address it got (port 0 resolved).
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
-    let bind_error = |source| ServeError::Bind(BindError { addr, source });
+/// Bind `addr` (asked for by `key`); the listener and the address it got (port 0 resolved).
+async fn bind(key: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let bind_error = |source| {
+        let key = key.to_owned();
+        ServeError::Bind(BindError { key, addr, source })
+    };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
@@ -297,7 +300,7 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
 
     let mut admin_addr = None;
     if let Some(admin_config) = &config.admin {
-        let (listener, local) = bind(admin_config.listen).await?;
+        let (listener, local) = bind("admin.listen", admin_config.listen).await?;
         info!(listen = %local, "admin listening");
         let state = admin::AdminState {
             metrics: shared.metrics.clone(),

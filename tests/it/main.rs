@@ -26,6 +26,7 @@ mod hostile;
 mod inbenta;
 mod lifecycle;
 mod limits;
+mod listeners;
 mod providers;
 mod proxy;
 mod renewal;
