@@ -39,6 +39,7 @@ pub mod preflight;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod stop;
 pub mod telemetry;
 pub mod tls;
 pub mod workers;

@@ -11,4 +11,5 @@ pub mod raw;
 pub mod timing;
 pub mod tls;
 pub mod token_servers;
+pub mod traffic;
 pub mod upstream;
