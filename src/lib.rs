@@ -37,6 +37,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;
+pub mod rotating;
 pub mod secret;
 pub mod server;
 pub mod stop;

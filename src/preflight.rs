@@ -2,14 +2,16 @@
 //! a reload: every secret reference resolves (variable set, file readable,
 //! value usable) and every TLS file loads and fits its use. What those files
 //! hold is kept in the [`Checked`] configuration (trust roots, each route's
-//! listener and upstream TLS configuration), so serving reads none of them
-//! again. Every failure names the file, line and key, like a syntax error.
+//! listener and upstream TLS configuration); serving reads them again only
+//! when they change ([`crate::rotating`]). Every failure names the file,
+//! line and key, like a syntax error.
 
 use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::{Config, ConfigError, Key};
+use crate::rotating::{self, Reread, Trust};
 use crate::tls;
 
 /// A configuration whose secrets resolve and whose TLS files load, with what
@@ -18,8 +20,12 @@ use crate::tls;
 pub struct Checked {
     /// The configuration.
     pub config: Config,
-    /// webpki + system roots + `[tls] ca_file`.
+    /// webpki + system roots + `[tls] ca_file`, as read now (token endpoints).
     pub roots: Arc<RootCertStore>,
+    /// The same roots for the upstream clients, read again when `ca_file` changes.
+    pub trust: Arc<Trust>,
+    /// Every value read from TLS files that [`rotating::watch`] keeps current.
+    pub rotating: Vec<Arc<dyn Reread>>,
     /// Per route (config order): the listener's TLS configuration
     /// (`tls = { cert, key }`) and the client configuration for its upstream
     /// (trust, and the client certificate of `upstream_tls`).
@@ -44,10 +50,10 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
                 .map_err(|e| config.key_error(&credential_key(name, field), e))?;
         }
     }
-    let roots = Arc::new(
-        tls::root_store(&config.tls)
-            .map_err(|e| config.key_error(&Key::new("tls").then("ca_file"), e))?,
-    );
+    let ca_key = Key::new("tls").then("ca_file");
+    let roots = Arc::new(tls::root_store(&config.tls).map_err(|e| config.key_error(&ca_key, e))?);
+    let trust = rotating::trust(&roots, &config.tls).map_err(|e| config.key_error(&ca_key, e))?;
+    let mut watched: Vec<Arc<dyn Reread>> = vec![trust.clone()];
     let mut routes = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.iter().enumerate() {
         let key = |table: &str, field: &str| Key::new("routes").at(index).then(table).then(field);
@@ -57,13 +63,14 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
                     .map_err(|e| config.key_error(&key("tls", "cert"), e))?;
                 tls::load_private_key(&listener_tls.key)
                     .map_err(|e| config.key_error(&key("tls", "key"), e))?;
-                Some(
-                    tls::server_config(listener_tls)
-                        .map_err(|e| config.key_error(&key("tls", "cert"), e))?,
-                )
+                let (server, cert) = rotating::server_config(listener_tls)
+                    .map_err(|e| config.key_error(&key("tls", "cert"), e))?;
+                watched.push(cert);
+                Some(server)
             }
             None => None,
         };
+        let mut client_cert = None;
         if let Some(upstream_tls) = &route.upstream_tls {
             if let Some(cert) = &upstream_tls.client_cert {
                 tls::load_certs(cert)
@@ -73,14 +80,24 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
                 tls::load_private_key(private_key)
                     .map_err(|e| config.key_error(&key("upstream_tls", "client_key"), e))?;
             }
+            if let (Some(cert), Some(private_key)) =
+                (&upstream_tls.client_cert, &upstream_tls.client_key)
+            {
+                let cert = rotating::cert("upstream client certificate", cert, private_key)
+                    .map_err(|e| config.key_error(&key("upstream_tls", "client_cert"), e))?;
+                watched.push(cert.clone());
+                client_cert = Some(cert);
+            }
         }
-        let upstream = tls::client_config(&roots, route.upstream_tls.as_ref())
+        let upstream = rotating::upstream_config(&trust, client_cert)
             .map_err(|e| config.key_error(&key("upstream_tls", "client_cert"), e))?;
         routes.push(RouteTls { listener, upstream });
     }
     Ok(Checked {
         config,
         roots,
+        trust,
+        rotating: watched,
         routes,
     })
 }

@@ -37,6 +37,7 @@ use crate::listeners::{BindError, ProxyListeners};
 use crate::metrics::Metrics;
 use crate::preflight::Checked;
 use crate::proxy::build::{BuildError, build_generation};
+use crate::rotating;
 use crate::stop::{self, Stop};
 
 /// Why the proxy could not start (or a reload was refused).
@@ -155,6 +156,7 @@ impl Handle {
         self.warn_restart_only(config);
         self.grace = config.shutdown_grace;
         self.proxy.commit(prepared, &generation, self.grace);
+        rotating::watch(&checked.rotating);
         if let Some(admin) = admin {
             if let Some(old) = self.admin.take() {
                 info!(listen = %old.local, "admin listener removed");
@@ -321,6 +323,7 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
         credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),
     });
     proxy.commit(prepared, &generation, config.shutdown_grace);
+    rotating::watch(&checked.rotating);
     let mut handle = Handle {
         proxy,
         admin: None,

@@ -15,7 +15,8 @@ use crate::config::{RouteConfig, Upstream};
 use crate::credential::Credentials;
 use crate::metrics::Metrics;
 use crate::preflight::{Checked, RouteTls};
-use crate::tls::{self, TlsError};
+use crate::rotating;
+use crate::tls::TlsError;
 
 /// Routes and credentials of one configuration; replaced whole on reload.
 pub struct Generation {
@@ -152,9 +153,11 @@ pub fn build_generation(
                     }
                 })?;
                 let client = upstream_client(
-                    tls::client_config(roots, None).map_err(|source| BuildError::Client {
-                        user: "forward_proxy".to_owned(),
-                        source,
+                    rotating::upstream_config(&checked.trust, None).map_err(|source| {
+                        BuildError::Client {
+                            user: "forward_proxy".to_owned(),
+                            source,
+                        }
                     })?,
                     ClientOptions {
                         connect_timeout: forward.connect_timeout,

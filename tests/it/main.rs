@@ -30,6 +30,7 @@ mod listeners;
 mod providers;
 mod proxy;
 mod renewal;
+mod rotation;
 mod support_selftest;
 mod token_faults;
 mod token_lifecycle;

@@ -13,3 +13,4 @@ pub mod tls;
 pub mod token_servers;
 pub mod traffic;
 pub mod upstream;
+pub mod volume;
