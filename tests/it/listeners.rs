@@ -10,6 +10,7 @@ use std::time::Duration;
 use sidekey::server::Serving;
 
 use crate::support::config::{TestConfig, forward_proxy, listen_tls, route, static_token};
+use crate::support::process::SidekeyProcess;
 use crate::support::proxy::{TestClient, TestProxy, body_empty, request_with, send_to};
 use crate::support::tls::TestPki;
 use crate::support::traffic::Traffic;
@@ -135,7 +136,7 @@ fn route_on(
 
 async fn reload_adds_and_removes_listeners_under_traffic(serving: Serving) {
     let pki = Arc::new(TestPki::new());
-    let upstream = upstream_with_slow_paths(&pki, Duration::from_millis(800)).await;
+    let upstream = upstream_with_slow_paths(&pki, Duration::from_millis(1500)).await;
     let (removed, added) = (closed_port(), closed_port());
     let config = |edition: &str, second: SocketAddr| {
         TestConfig::new()
@@ -314,4 +315,50 @@ async fn a_reload_switches_a_listener_to_tls_on_the_same_socket() {
 
     reload(&mut proxy, &plain).await.expect("reload taken");
     assert_eq!(proxy.get("/plain-again").await.status, 200);
+}
+
+// Reading the log blocks a worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_a_listener_to_the_running_binary_and_names_a_busy_one() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidekey.toml");
+    let write = |config: &TestConfig| std::fs::write(&path, config.text()).unwrap();
+    let config = base(&pki, &upstream.url()).admin().json_log();
+    write(&config);
+    let mut sidekey = SidekeyProcess::run(path.to_str().unwrap(), &[("TOKEN", "token-1")]);
+    let first = sidekey.listen_addr("proxy listening");
+    sidekey.wait_for("admin listening");
+
+    let added = closed_port();
+    let with_added = config
+        .clone()
+        .with(route_on(&upstream.url(), &added.to_string(), "/", "2"));
+    write(&with_added);
+    sidekey.signal("HUP");
+    let listening = sidekey.wait_for("proxy listening");
+    assert_eq!(listening["listen"], added.to_string(), "{listening}");
+    assert_eq!(listening["key"], "routes[1].listen", "{listening}");
+    sidekey.wait_for("configuration reloaded");
+    let client = TestClient::new();
+    assert_eq!(client.get(&format!("http://{added}/new")).await.status, 200);
+    assert_eq!(client.get(&format!("http://{first}/old")).await.status, 200);
+
+    let (_held, busy) = busy_port();
+    write(&with_added.with(route_on(&upstream.url(), &busy.to_string(), "/", "3")));
+    sidekey.signal("HUP");
+    let refused = sidekey.wait_for("reload refused");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("routes[2].listen: cannot listen on {busy}: ")),
+        "{refused}"
+    );
+    assert_eq!(
+        client.get(&format!("http://{added}/still")).await.status,
+        200
+    );
+
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
 }
