@@ -257,6 +257,9 @@ impl ProxyListeners {
             };
             kept.insert(want.ident, running);
         }
+        // Let go of what earlier reloads finished with.
+        while self.draining.try_join_next().is_some() {}
+        while self.tasks.try_join_next().is_some() {}
         for (_, removed) in std::mem::replace(&mut self.running, kept) {
             let local = removed.local;
             info!(listen = %local, "listener removed: no longer accepting, draining its connections");

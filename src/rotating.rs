@@ -68,21 +68,24 @@ impl<T> fmt::Debug for Rotating<T> {
 }
 
 impl<T: Send + Sync + 'static> Rotating<T> {
-    /// `initial`, replaced by what `load` makes whenever `files` change.
+    /// What `initial` makes, replaced by what `load` makes whenever `files`
+    /// change. The files' digest is taken before `initial` reads them, so a
+    /// change in between is loaded at the next poll rather than missed.
     fn new(
         what: &'static str,
         files: Vec<PathBuf>,
-        initial: T,
+        initial: impl FnOnce() -> Result<T, TlsError>,
         load: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
-    ) -> Arc<Rotating<T>> {
+    ) -> Result<Arc<Rotating<T>>, TlsError> {
         let seen = digest(&files).ok();
-        Arc::new(Rotating {
+        let initial = initial()?;
+        Ok(Arc::new(Rotating {
             what,
             files,
             load: Box::new(load),
             current: ArcSwap::from_pointee(initial),
             seen: Mutex::new(seen),
-        })
+        }))
     }
 
     /// The value in force.
@@ -203,12 +206,14 @@ fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 
 /// The certificate of `cert` and `key`, read now and again when they change.
 pub fn cert(what: &'static str, cert: &Path, key: &Path) -> Result<Arc<RotatingCert>, TlsError> {
-    let initial = certified_key(cert, key)?;
-    let (cert, key) = (cert.to_owned(), key.to_owned());
-    let files = vec![cert.clone(), key.clone()];
-    Ok(Rotating::new(what, files, initial, move || {
-        certified_key(&cert, &key)
-    }))
+    let files = vec![cert.to_owned(), key.to_owned()];
+    let (cert_path, key_path) = (cert.to_owned(), key.to_owned());
+    Rotating::new(
+        what,
+        files,
+        || certified_key(cert, key),
+        move || certified_key(&cert_path, &key_path),
+    )
 }
 
 impl ResolvesServerCert for RotatingCert {
@@ -264,12 +269,14 @@ fn verifier(roots: Arc<RootCertStore>) -> Result<Arc<WebPkiServerVerifier>, TlsE
 /// The trust of `roots` (read from `tls` already), read again from the
 /// system and `ca_file` when `ca_file` changes.
 pub fn trust(roots: &Arc<RootCertStore>, tls_config: &TlsConfig) -> Result<Arc<Trust>, TlsError> {
-    let initial = verifier(Arc::clone(roots))?;
     let files: Vec<PathBuf> = tls_config.ca_file.iter().cloned().collect();
     let tls_config = tls_config.clone();
-    Ok(Rotating::new("CA file", files, initial, move || {
-        verifier(Arc::new(tls::root_store(&tls_config)?))
-    }))
+    Rotating::new(
+        "CA file",
+        files,
+        || verifier(Arc::clone(roots)),
+        move || verifier(Arc::new(tls::root_store(&tls_config)?)),
+    )
 }
 
 impl ServerCertVerifier for Trust {

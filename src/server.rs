@@ -157,6 +157,7 @@ impl Handle {
         self.grace = config.shutdown_grace;
         self.proxy.commit(prepared, &generation, self.grace);
         rotating::watch(&checked.rotating);
+        while self.draining.try_join_next().is_some() {}
         if let Some(admin) = admin {
             if let Some(old) = self.admin.take() {
                 info!(listen = %old.local, "admin listener removed");
