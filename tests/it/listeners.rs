@@ -362,3 +362,16 @@ async fn sighup_adds_a_listener_to_the_running_binary_and_names_a_busy_one() {
     sidekey.signal("TERM");
     assert_eq!(sidekey.wait_exit().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_running_connection_limits_and_says_so() {
+    let (logs, _guard) = crate::support::logs::capture();
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let mut proxy = base(&pki, &upstream.url()).start().await;
+    let more = base(&pki, &upstream.url()).top("max_connections = 7");
+    reload(&mut proxy, &more).await.expect("reload taken");
+    let warned = logs.lines_with(&["WARN", "max_connections", "next restart"]);
+    assert_eq!(warned.len(), 1, "{}", logs.text());
+    assert_eq!(proxy.get("/still").await.status, 200);
+}
