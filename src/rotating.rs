@@ -337,3 +337,59 @@ pub fn upstream_config(
         None => builder.with_no_client_auth(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value that is the file's text, refused when empty.
+    fn text_file(path: &Path) -> Arc<Rotating<String>> {
+        let read = |path: &Path| -> Result<String, TlsError> {
+            let text = std::fs::read_to_string(path).map_err(|e| TlsError::File {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            if text.is_empty() {
+                return Err(TlsError::File {
+                    path: path.to_owned(),
+                    message: "empty".to_owned(),
+                });
+            }
+            Ok(text)
+        };
+        let owned = path.to_owned();
+        Rotating::new(
+            "test file",
+            vec![path.to_owned()],
+            || read(path),
+            move || read(&owned),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_usable_change_replaces_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("value");
+        std::fs::write(&path, "one").unwrap();
+        let value = text_file(&path);
+        let first = value.current();
+        value.reread();
+        assert!(
+            Arc::ptr_eq(&first, &value.current()),
+            "unchanged: not loaded again"
+        );
+
+        std::fs::write(&path, "").unwrap();
+        value.reread();
+        assert_eq!(*value.current(), "one", "unusable: the old value stays");
+        std::fs::remove_file(&path).unwrap();
+        value.reread();
+        assert_eq!(*value.current(), "one", "gone: the old value stays");
+
+        std::fs::write(&path, "two").unwrap();
+        value.reread();
+        assert_eq!(*value.current(), "two");
+        assert!(value.has_files());
+    }
+}

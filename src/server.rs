@@ -82,8 +82,8 @@ struct AdminListener {
 pub struct Handle {
     proxy: ProxyListeners,
     admin: Option<AdminListener>,
-    /// Removed admin listeners closing.
-    draining: JoinSet<()>,
+    /// The admin listener's serving, and removed admin listeners closing.
+    admin_tasks: JoinSet<()>,
     shared: Arc<Shared>,
     /// The proxy listeners' connection limits (fixed until a restart).
     limits: ConnLimits,
@@ -141,6 +141,8 @@ impl Handle {
     ) -> Result<(), ServeError> {
         let config = &checked.config;
         let prepared = self.proxy.prepare(&checked)?;
+        // `Some(new)`: the admin listener changes (to `new`, maybe none);
+        // `None`: the one running stays.
         let admin = match &config.admin {
             Some(admin) if self.admin.as_ref().map(|a| a.configured) != Some(admin.listen) => {
                 Some(Some(bind("admin.listen", admin.listen).await?))
@@ -157,12 +159,12 @@ impl Handle {
         self.grace = config.shutdown_grace;
         self.proxy.commit(prepared, &generation, self.grace);
         rotating::watch(&checked.rotating);
-        while self.draining.try_join_next().is_some() {}
+        while self.admin_tasks.try_join_next().is_some() {}
         if let Some(admin) = admin {
             if let Some(old) = self.admin.take() {
                 info!(listen = %old.local, "admin listener removed");
                 let grace = self.grace;
-                self.draining.spawn(async move {
+                self.admin_tasks.spawn(async move {
                     old.stop.drain_within(grace).await;
                 });
             }
@@ -219,7 +221,7 @@ impl Handle {
         };
         let (stop, stopping) = stop::channel();
         let serving = admin::serve(listener, state, config.limits, stopping.drain());
-        self.draining.spawn(stopping.guard(serving));
+        self.admin_tasks.spawn(stopping.guard(serving));
         AdminListener {
             configured: config.listen,
             local,
@@ -231,7 +233,7 @@ impl Handle {
     pub async fn shutdown(mut self) {
         let grace = self.grace;
         if let Some(admin) = self.admin.take() {
-            self.draining.spawn(async move {
+            self.admin_tasks.spawn(async move {
                 admin.stop.drain_within(grace).await;
             });
         }
@@ -242,8 +244,8 @@ impl Handle {
                 "shutdown grace passed; closing remaining connections"
             );
         }
-        self.draining.abort_all();
-        while self.draining.join_next().await.is_some() {}
+        self.admin_tasks.abort_all();
+        while self.admin_tasks.join_next().await.is_some() {}
         info!("stopped");
     }
 }
@@ -328,7 +330,7 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
     let mut handle = Handle {
         proxy,
         admin: None,
-        draining: JoinSet::new(),
+        admin_tasks: JoinSet::new(),
         shared,
         limits: config.limits,
         grace: config.shutdown_grace,
