@@ -4,7 +4,7 @@
 #
 #   bash bench/flood.sh
 #
-# Builds release, starts sidekey on loopback, then, in three phases, opens
+# Builds the dist profile (what ships), starts sidekey on loopback, then, in three phases, opens
 #   1. FLOOD_N idle keep-alive connections (each sends one request first),
 #   2. FLOOD_N connections that send a 60 KiB request head and never end it
 #      (just under the 64 KiB limit: the most one connection may hold),
@@ -13,16 +13,17 @@
 # and prints sidekey's RSS before, at the peak, and at several points after
 # the connections closed, up to FLOOD_SETTLE seconds.
 #
-# Why the settle times: glibc malloc keeps freed memory in its per-thread
-# arenas indefinitely, so a short settle would hide nothing; an allocator
-# that returns memory does so within its decay time (jemalloc: 10 s,
+# Why the settle times: untrimmed glibc malloc keeps freed memory in its
+# per-thread arenas indefinitely, so a short settle would hide nothing; an
+# allocator that returns memory does so within its period (sidekey's glibc
+# trimming: 5 s; jemalloc: 10 s,
 # mimalloc: ~10 ms after the next allocator call). The +1 s, +10 s and
 # +FLOOD_SETTLE (default 30 s) figures show which of these happened.
 #
 # Tunables (environment): FLOOD_N (2000), FLOOD_BIG_N (1000), FLOOD_SETTLE
 # (30), FLOOD_MAX_CONNECTIONS (FLOOD_N + 100: every connection is served;
 # set 512 to see the default cap at work), FLOOD_CARGO_FLAGS (extra flags
-# for `cargo build --release`, e.g. `--no-default-features`),
+# for `cargo build --profile dist`, e.g. `--features jemalloc`),
 # FLOOD_SIDEKEY (a prebuilt binary instead of building), FLOOD_ENV (extra
 # environment for sidekey, e.g. `MALLOC_ARENA_MAX=2`), FLOOD_PHASES (which of
 # the three phases to run: "1 2 3").
@@ -44,12 +45,12 @@ command -v python3 >/dev/null 2>&1 || die "python3 is required for the client si
 if [[ -n ${FLOOD_SIDEKEY:-} ]]; then
     SIDEKEY=$FLOOD_SIDEKEY
 else
-    log "cargo build --release ${FLOOD_CARGO_FLAGS:-}"
+    log "cargo build --profile dist ${FLOOD_CARGO_FLAGS:-}"
     # shellcheck disable=SC2086
-    (cd "$ROOT" && cargo build --release --quiet --bin sidekey ${FLOOD_CARGO_FLAGS:-})
+    (cd "$ROOT" && cargo build --profile dist --quiet --bin sidekey ${FLOOD_CARGO_FLAGS:-})
     TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
     [[ $TARGET_DIR = /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
-    SIDEKEY=$TARGET_DIR/release/sidekey
+    SIDEKEY=$TARGET_DIR/dist/sidekey
 fi
 [[ -x $SIDEKEY ]] || die "$SIDEKEY not found"
 

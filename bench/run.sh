@@ -10,7 +10,7 @@
 # Tunables (environment): BENCH_DURATION (default 8s), BENCH_WARMUP (1s),
 # BENCH_ROUNDS (2), BENCH_CONNS (64), BENCH_THREADS (1), BENCH_TRANSFER_MB
 # (100), BENCH_TOKEN_TTL (2, seconds), BENCH_PLOT (bench/latest.png),
-# BENCH_SKIP_BUILD=1 (use an existing target/release/sidekey; with `allocators`
+# BENCH_SKIP_BUILD=1 (use an existing target/dist/sidekey; with `allocators`
 # it stands in for all three: a dry run of the mechanics),
 # BENCH_SPIKE_N (5000) and BENCH_BUILD_TIMES (1) for `allocators`.
 set -euo pipefail
@@ -66,7 +66,7 @@ fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found (a Rust toolchain is required)"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR = /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
-SIDEKEY=$TARGET_DIR/release/sidekey
+SIDEKEY=$TARGET_DIR/dist/sidekey
 
 # ------------------------------------------------------------- cleanup ----
 TMP=$(mktemp -d /tmp/sidekey-bench.XXXXXX)
@@ -92,14 +92,14 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- build ----
 # allocators: the three variants one after another into the same target/,
 # each final binary copied aside (a target dir per variant would cost GBs).
-declare -A ALLOC_FLAGS=([system]="--no-default-features" [mimalloc]="--no-default-features --features mimalloc" [jemalloc]="")
+declare -A ALLOC_FLAGS=([system]="" [mimalloc]="--features mimalloc" [jemalloc]="--features jemalloc")
 declare -A ALLOC_SYS=([system]="" [mimalloc]="libmimalloc-sys" [jemalloc]="tikv-jemalloc-sys")
 declare -A ALLOC_BUILD_S=()
-ALLOCATORS=(system mimalloc jemalloc) # jemalloc (the default) last: target/ is left as a plain build leaves it
+ALLOCATORS=(jemalloc mimalloc system) # system (the default) last: target/ is left as a plain build leaves it
 timed_build() { # flags... -> seconds on stdout
     local t0 t1
     t0=$(date +%s.%N)
-    (cd "$ROOT" && cargo build --release --quiet --bin sidekey "$@") >&2
+    (cd "$ROOT" && cargo build --profile dist --quiet --bin sidekey "$@") >&2
     t1=$(date +%s.%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}'
 }
@@ -119,9 +119,9 @@ elif [[ $MODE == allocators ]]; then
         # of its -sys crate, minus one that recompiles just as much of sidekey
         # (lib and bin both depend on the allocator crates, so both rebuild).
         if [[ $BUILD_TIMES == 1 && -n ${ALLOC_SYS[$v]} ]]; then
-            (cd "$ROOT" && cargo clean --release --quiet -p "${ALLOC_SYS[$v]}")
+            (cd "$ROOT" && cargo clean --profile dist --quiet -p "${ALLOC_SYS[$v]}")
         fi
-        log "cargo build --release ${flags[*]} ($v)"
+        log "cargo build --profile dist ${flags[*]} ($v)"
         with_sys=$(timed_build "${flags[@]}")
         cp "$SIDEKEY" "$TMP/sidekey-$v"
         [[ $BUILD_TIMES == 1 ]] || continue
@@ -136,8 +136,8 @@ elif [[ $MODE == allocators ]]; then
         log "$v: ${with_sys}s with ${ALLOC_SYS[$v]} rebuilt, ${without_sys}s without"
     done
 elif [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release --quiet --bin sidekey)
+    log "cargo build --profile dist"
+    (cd "$ROOT" && cargo build --profile dist --quiet --bin sidekey)
 fi
 [[ -x $SIDEKEY ]] || die "$SIDEKEY not found"
 
@@ -539,7 +539,7 @@ load      : wrk -t$THREADS -c$CONNS -d$DURATION (warm-up $WARMUP), GET /v1/ping 
             upstream (1 KiB answer), best of $ROUNDS rounds (alternating order); RSS in MiB
 spike     : bench/flood.sh, its own instance per binary: ${SPIKE_N} idle keep-alive connections (one
             request each), then ${SPIKE_N} unterminated 60 KiB request heads; peak and 10 s after close
-build     : seconds the allocator crate adds to a release build (after cargo clean -p <its -sys
+build     : seconds the allocator crate adds to a dist build (after cargo clean -p <its -sys
             crate>, minus a build that recompiles the same sidekey crates)$(
         [[ ${ALLOC_BUILD_S[jemalloc]} == - ]] && printf '%s' ": not measured" || printf '%s' ";
             noisy while other builds share the machine")

@@ -154,6 +154,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     crate::telemetry::init(&LogConfig {
         level: "info".to_owned(),
         format: LogFormat::Text,
+        access: false,
     });
     let demo = start(listen).await?;
     let proxy = demo.proxy_addr();
@@ -172,6 +173,8 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     println!();
     println!("Try (the app sends no credentials; the echo shows what the upstream received):");
     println!("  curl -s http://{proxy}/hello -H 'authorization: Bearer app-should-not-leak'");
+    println!("Status page (reloads itself; watch the token rotate):");
+    println!("  http://{admin}/");
     println!("Readiness and metrics:");
     println!(
         "  curl -s http://{admin}/readyz; curl -s http://{admin}/metrics | grep sidekey_token"

@@ -18,7 +18,9 @@
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
-//! - [`tls`], [`admin`], [`metrics`], [`telemetry`], [`demo`]
+//! - [`admin`]: status page, health, readiness and metrics ([`status`]: what
+//!   the process runs, for them)
+//! - [`tls`], [`metrics`], [`telemetry`], [`demo`]
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -40,6 +42,7 @@ pub mod proxy;
 pub mod rotating;
 pub mod secret;
 pub mod server;
+pub mod status;
 pub mod stop;
 pub mod telemetry;
 pub mod tls;

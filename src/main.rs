@@ -18,46 +18,10 @@ use sidekey::secret::ProcessEnv;
 use sidekey::server::{ServeError, Serving};
 use tracing::{error, info, warn};
 
+mod memory;
+
 /// Longest a reload waits for the first tokens of new or changed credentials.
 const RELOAD_READY_WAIT: Duration = Duration::from_secs(30);
-
-/// jemalloc rather than glibc malloc: after a flood of connections it gives
-/// the memory back (see `return_freed_memory`); glibc keeps it in its
-/// per-thread arenas. Measured with bench/flood.sh.
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's start-up options (its `MALLOC_CONF`, read at the first
-/// allocation; the environment's `_RJEM_MALLOC_CONF` still overrides them),
-/// for a smaller idle footprint at equal speed:
-/// - `percpu_arena:percpu`: one arena per CPU, used by whichever thread runs
-///   on it, instead of four per CPU handed out per thread: the serving
-///   workers (one per core) still rarely share one, and the main thread's
-///   and the workers' start-up allocations no longer spread over three
-///   half-empty arenas (-0.2 MiB idle RSS on 2 CPUs).
-/// - `max_background_threads:1`: one purging thread for all arenas rather
-///   than one per arena in use; purging is a few madvise calls per decay
-///   period, and a flood's memory still goes back within the decay time
-///   (bench/flood.sh).
-///
-/// jemalloc declares it `const char *malloc_conf`: a thin pointer to a NUL-
-/// terminated string, so the static is a `&u8` to the text's first byte (a
-/// `&[u8]` would be a pointer and a length, whose layout Rust leaves open).
-#[cfg(feature = "jemalloc")]
-#[allow(non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &u8 = &b"percpu_arena:percpu,max_background_threads:1\0"[0];
-
-#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
-compile_error!(
-    "features `jemalloc` and `mimalloc` exclude each other: build mimalloc with --no-default-features --features mimalloc"
-);
-
-/// mimalloc, the alternative measured by `bash bench/run.sh allocators`.
-#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -210,10 +174,9 @@ async fn reload(path: &Path, handle: &mut sidekey::server::Handle) {
         Err(err) => Err(err.into()),
     };
     if let Err(err) = outcome {
-        error!(
-            "reload refused, the old configuration keeps serving: {}",
-            error_chain(&err)
-        );
+        let why = error_chain(&err);
+        error!("reload refused, the old configuration keeps serving: {why}");
+        handle.status().reload_refused(why);
     }
 }
 
@@ -222,7 +185,7 @@ async fn run(path: &Path) -> Result<(), CliError> {
     sidekey::telemetry::init(&checked.config.log);
     log_warnings(&checked.config);
     raise_fd_limit();
-    return_freed_memory();
+    memory::return_freed_memory();
     let mut signals = signals::Signals::install();
     let mut handle = sidekey::server::serve_with(checked, Serving::Workers).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
@@ -257,17 +220,6 @@ fn raise_fd_limit() {
         }
         Ok(_) => {}
         Err(err) => warn!(error = %err, "cannot raise the open-file limit"),
-    }
-}
-
-/// jemalloc returns freed pages to the OS once they have been unused for
-/// its decay time (10 s), but it does so while allocating, or from a
-/// background thread: without the thread an idle proxy would keep a
-/// connection flood's memory until its next burst of work.
-fn return_freed_memory() {
-    #[cfg(feature = "jemalloc")]
-    if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
-        warn!(error = %err, "cannot start jemalloc's background purging; freed memory is returned only while serving");
     }
 }
 

@@ -4,7 +4,9 @@
 //! Families (all prefixed `sidekey_`):
 //! - `requests_total{route,status}` — responses sent to the app
 //! - `request_duration_seconds{route}` — histogram, request start to response head
-//! - `token_refresh_total{credential,outcome}` — outcome `success` | `failure`
+//! - `token_refresh_total{credential,outcome,reason}` — outcome `success` |
+//!   `failure`; reason `startup` | `scheduled` | `rejected` | `reload` (see
+//!   [`crate::credential::RenewalReason`])
 //! - `token_expires_in_seconds{credential}` — refreshed on every scrape; absent
 //!   for tokens that never expire
 //! - `upstream_errors_total{route,kind}` — kind `connect` | `timeout` | `other`,
@@ -49,11 +51,12 @@ struct RouteLabel {
     route: Arc<str>,
 }
 
-/// Labels `{credential, outcome}`.
+/// Labels `{credential, outcome, reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CredentialOutcome {
     credential: Arc<str>,
     outcome: &'static str,
+    reason: &'static str,
 }
 
 /// Labels `{credential}`.
@@ -149,7 +152,7 @@ impl Metrics {
         );
         registry.register(
             "token_refresh",
-            "Token requests by outcome",
+            "Token requests by outcome and reason",
             refreshes.clone(),
         );
         registry.register(
@@ -197,8 +200,14 @@ impl Metrics {
             .get_or_init(|| Arc::new(RouteMetrics::new(Arc::from("none"), &self.0)))
     }
 
-    /// Count one token request.
-    pub fn record_token_refresh(&self, credential: &Arc<str>, outcome: RefreshOutcome) {
+    /// Count one token request, made for `reason` (a
+    /// [`crate::credential::RenewalReason`] label value).
+    pub fn record_token_refresh(
+        &self,
+        credential: &Arc<str>,
+        outcome: RefreshOutcome,
+        reason: &'static str,
+    ) {
         let outcome = match outcome {
             RefreshOutcome::Success => "success",
             RefreshOutcome::Failure => "failure",
@@ -208,6 +217,7 @@ impl Metrics {
             .get_or_create(&CredentialOutcome {
                 credential: credential.clone(),
                 outcome,
+                reason,
             })
             .inc();
     }

@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::preflight::Checked;
 use crate::proxy::build::{BuildError, build_generation};
 use crate::rotating;
+use crate::status::ProcessStatus;
 use crate::stop::{self, Stop};
 
 /// Why the proxy could not start (or a reload was refused).
@@ -67,6 +68,8 @@ pub enum ServeError {
 struct Shared {
     metrics: Metrics,
     credentials: Arc<ArcSwap<Credentials>>,
+    /// What the admin listener shows about the process.
+    status: Arc<ProcessStatus>,
 }
 
 /// The admin listener being served.
@@ -114,6 +117,12 @@ impl Handle {
     /// The bound forward-proxy address.
     pub fn forward_proxy_addr(&self) -> Option<SocketAddr> {
         self.proxy.forward_addr()
+    }
+
+    /// What the process runs, as the admin listener shows it (the CLI
+    /// records refused reloads here).
+    pub fn status(&self) -> &Arc<ProcessStatus> {
+        &self.shared.status
     }
 
     /// The running credentials (for tests and the CLI).
@@ -188,6 +197,7 @@ impl Handle {
         // The old credentials stop when the last request using them is done;
         // the ones taken over keep running.
         self.shared.credentials.store(generation.credentials);
+        self.shared.status.reloaded(config);
         Ok(())
     }
 
@@ -215,10 +225,11 @@ impl Handle {
         config: &AdminConfig,
     ) -> AdminListener {
         info!(listen = %local, "admin listening");
-        let state = admin::AdminState {
-            metrics: self.shared.metrics.clone(),
-            credentials: self.shared.credentials.clone(),
-        };
+        let state = admin::AdminState::new(
+            self.shared.metrics.clone(),
+            self.shared.credentials.clone(),
+            self.shared.status.clone(),
+        );
         let (stop, stopping) = stop::channel();
         let serving = admin::serve(listener, state, config.limits, stopping.drain());
         self.admin_tasks.spawn(stopping.guard(serving));
@@ -324,6 +335,7 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
     let shared = Arc::new(Shared {
         metrics,
         credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),
+        status: ProcessStatus::new(config),
     });
     proxy.commit(prepared, &generation, config.shutdown_grace);
     rotating::watch(&checked.rotating);

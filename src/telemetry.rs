@@ -1,6 +1,9 @@
 //! Logging setup: `[log] level` and `format`, with `RUST_LOG` taking
 //! precedence over the configured level. Nothing logged anywhere in sidekey
-//! contains a token or a secret; request logging is at debug level only.
+//! contains a token or a secret. Requests are logged at debug level, and
+//! with `[log] access = true` one access line each (target
+//! `sidekey::access`, see [`crate::proxy::access`]), let through at INFO
+//! whatever the configured level; `RUST_LOG` decides alone when set.
 //!
 //! Per-request warnings and errors (a 503, an unreachable upstream, a
 //! timeout) are written once, then counted: one summary line per route or
@@ -29,9 +32,13 @@ pub fn init(log: &LogConfig) {
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .and_then(|text| text.parse().ok());
-    let filter = from_env
-        .or_else(|| log.level.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let filter = from_env.unwrap_or_else(|| {
+        let configured: Targets = log
+            .level
+            .parse()
+            .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+        with_access_lines(configured)
+    });
     let dispatch = build(
         log.format,
         filter,
@@ -41,6 +48,20 @@ pub fn init(log: &LogConfig) {
     );
     let _ = dispatch.try_init();
 }
+
+/// `filter`, letting the access log's lines (`sidekey::access` at INFO)
+/// through whatever the level, unless it names that target itself. They are
+/// written only when `[log] access` is on, so `level = "warn"` with the
+/// access log keeps both.
+pub fn with_access_lines(filter: Targets) -> Targets {
+    if filter.iter().any(|(target, _)| target == ACCESS_TARGET) {
+        return filter;
+    }
+    filter.with_target(ACCESS_TARGET, tracing::Level::INFO)
+}
+
+/// The target of the access log's lines.
+pub const ACCESS_TARGET: &str = "sidekey::access";
 
 /// A subscriber writing `format` lines that pass `filter` to `writer`,
 /// folding repeated per-request warnings per `repeat_interval` (tests hand

@@ -126,13 +126,19 @@ pub struct LogConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+    /// `access`: one line per proxied request (default false).
+    pub access: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         let level = "info".to_owned();
         let format = LogFormat::Text;
-        LogConfig { level, format }
+        LogConfig {
+            level,
+            format,
+            access: false,
+        }
     }
 }
 

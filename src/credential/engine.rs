@@ -21,6 +21,13 @@
 //!   token being replaced is not offered to the provider (no Inbenta
 //!   `/refreshToken` of a rejected token). When that attempt ends, whatever
 //!   its outcome, waiting requests are released.
+//! - Every token request has a reason ([`RenewalReason`]): `startup` or
+//!   `reload` for an engine's first (`startup` again after a crash),
+//!   `rejected` when an upstream's rejection woke the engine, `scheduled`
+//!   otherwise; a retry after a failure keeps the reason of what it
+//!   retries. The reason labels `sidekey_token_refresh_total`, is a field of
+//!   the engine's log lines, and the last attempt (when, why, outcome, how
+//!   long) is kept for the status page ([`CredentialHandle::report`]).
 //! - A token without expiry (static) is read again every
 //!   [`Provider::poll_interval`]; only a changed value is published.
 //! - If the task panics, its supervisor logs an ERROR, counts it in
@@ -38,6 +45,7 @@ use tokio::time::Instant;
 
 use super::handle::{CredentialHandle, EngineSettings, Published, State};
 use super::provider::{FetchError, Provider, Token};
+use super::report::{LastAttempt, RenewalReason};
 use super::timing::{
     BACKOFF_MAX, RETRY_FLOOR, backoff_delay, renewal_delay, retry_delay, safety_margin,
 };
@@ -84,6 +92,7 @@ pub(super) async fn supervise<P: Provider>(
 ) {
     let provider = Arc::new(provider);
     let mut crashes: u32 = 0;
+    let mut first_reason = settings.first_reason;
     loop {
         let started = Instant::now();
         let mut task = AbortOnDrop(tokio::spawn(run(
@@ -91,7 +100,10 @@ pub(super) async fn supervise<P: Provider>(
             Arc::clone(&handle),
             settings.clone(),
             metrics.clone(),
+            first_reason,
         )));
+        // A restarted task's first token request is a start-up's.
+        first_reason = RenewalReason::Startup;
         match (&mut task.0).await {
             Err(error) if error.is_panic() => {}
             // `run` never returns; cancelled means the runtime is stopping.
@@ -131,11 +143,13 @@ pub(super) async fn supervise<P: Provider>(
 }
 
 /// The credential's task: fetch, publish, wait, forever (until aborted).
+/// `reason` is why its first token request is made.
 async fn run<P: Provider>(
     provider: Arc<P>,
     handle: Arc<CredentialHandle>,
     settings: EngineSettings,
     metrics: Metrics,
+    mut reason: RenewalReason,
 ) {
     let name = Arc::clone(&handle.name);
     let mut held: Option<Held> = None;
@@ -168,6 +182,12 @@ async fn run<P: Provider>(
                 }),
             };
 
+        let attempt = LastAttempt {
+            at: SystemTime::now(),
+            reason,
+            succeeded: result.is_ok(),
+            took: sent.elapsed(),
+        };
         let next: Option<Duration> = match result {
             Ok(token) => {
                 let lifetime = token.lifetime.map(|lifetime| lifetime.min(MAX_LIFETIME));
@@ -183,6 +203,9 @@ async fn run<P: Provider>(
                     }
                     handle.state.rcu(|state| State {
                         last_error: None,
+                        last_attempt: Some(attempt.clone()),
+                        last_success: Some(attempt.at),
+                        failures: 0,
                         ..state.with_attempt(false, None)
                     });
                 } else {
@@ -204,25 +227,34 @@ async fn run<P: Provider>(
                             .checked_sub(sent.elapsed())?
                             .checked_add(usable)
                     });
+                    // The engine is the only writer: load, then store.
+                    let failures_total = handle.state.load().failures_total;
                     handle.state.store(Arc::new(State {
                         published: Some(published),
                         wall_expiry,
                         last_error: None,
                         in_flight: false,
                         next_attempt: None,
+                        lifetime,
+                        last_attempt: Some(attempt.clone()),
+                        last_success: Some(attempt.at),
+                        failures: 0,
+                        failures_total,
                     }));
                     handle.generation.send_replace(generation);
-                    metrics.record_token_refresh(&name, RefreshOutcome::Success);
+                    metrics.record_token_refresh(&name, RefreshOutcome::Success, reason.as_str());
                     match lifetime {
                         Some(lifetime) => tracing::info!(
                             credential = %name,
                             generation,
+                            reason = %reason,
                             "obtained token valid for {} s",
                             lifetime.as_secs()
                         ),
                         None => tracing::info!(
                             credential = %name,
                             generation,
+                            reason = %reason,
                             "obtained token without expiry"
                         ),
                     }
@@ -245,7 +277,7 @@ async fn run<P: Provider>(
                 }
             }
             Err(error) => {
-                metrics.record_token_refresh(&name, RefreshOutcome::Failure);
+                metrics.record_token_refresh(&name, RefreshOutcome::Failure, reason.as_str());
                 let now = Instant::now();
                 // A token without expiry (static) keeps serving and is simply
                 // read again at the next poll.
@@ -265,11 +297,12 @@ async fn run<P: Provider>(
                 let retry_in = delay.map_or(-1.0, |d| d.as_secs_f64());
                 let serving = held.as_ref().is_some_and(|held| held.valid_at(now));
                 if repeated || (keeps_forever && failures > 0) {
-                    tracing::debug!(credential = %name, attempt = failures + 1, retry_in_s = retry_in, "token request failed again: {message}");
+                    tracing::debug!(credential = %name, attempt = failures + 1, reason = %reason, retry_in_s = retry_in, "token request failed again: {message}");
                 } else {
                     tracing::warn!(
                         credential = %name,
                         attempt = failures + 1,
+                        reason = %reason,
                         retry_in_s = retry_in,
                         old_token_valid = serving,
                         "token request failed: {message}"
@@ -278,6 +311,9 @@ async fn run<P: Provider>(
                 }
                 handle.state.rcu(|state| State {
                     last_error: Some(message.clone()),
+                    last_attempt: Some(attempt.clone()),
+                    failures: failures.saturating_add(1),
+                    failures_total: state.failures_total.saturating_add(1),
                     ..state.with_attempt(false, None)
                 });
                 failures = failures.saturating_add(1);
@@ -296,6 +332,11 @@ async fn run<P: Provider>(
         });
         handle.attempted.notify_waiters();
         on_rejection = wait(&handle, deadline).await;
+        if on_rejection {
+            reason = RenewalReason::Rejected;
+        } else if failures == 0 {
+            reason = RenewalReason::Scheduled;
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::provider::ApiMap;
 use super::rejection::{self, Decision, Rejections};
+use super::report::{CredentialReport, CredentialState, LastAttempt, RenewalReason};
 use super::{timing, token_client};
 use crate::config::{CredentialConfig, CredentialKind};
 use crate::metrics::{Metrics, RejectionCounters};
@@ -86,6 +87,11 @@ pub struct EngineSettings {
     /// Longest one `fetch` may take before the engine gives up on it and
     /// retries (a safety net; providers time out on each request first).
     pub fetch_timeout: Duration,
+    /// The credential's `type`, for people (`custom` by default).
+    pub kind: &'static str,
+    /// Why the engine's first token request is made: [`RenewalReason::Startup`],
+    /// or [`RenewalReason::Reload`] for an engine a reload started.
+    pub first_reason: RenewalReason,
 }
 
 impl Default for EngineSettings {
@@ -95,6 +101,8 @@ impl Default for EngineSettings {
             headers: Vec::new(),
             renew_on_status: vec![StatusCode::UNAUTHORIZED],
             fetch_timeout: Duration::from_secs(30),
+            kind: "custom",
+            first_reason: RenewalReason::Startup,
         }
     }
 }
@@ -104,9 +112,10 @@ impl EngineSettings {
     /// each token-endpoint request of one fetch its whole `timeout` (Inbenta
     /// may make two: `/refreshToken`, then `/auth`), plus 5 s.
     pub fn from_config(config: &CredentialConfig) -> Self {
-        let requests = match config.kind {
-            CredentialKind::Inbenta(_) => 2,
-            CredentialKind::OAuth2(_) | CredentialKind::Static(_) => 1,
+        let (requests, kind) = match config.kind {
+            CredentialKind::Inbenta(_) => (2, "inbenta"),
+            CredentialKind::OAuth2(_) => (1, "oauth2"),
+            CredentialKind::Static(_) => (1, "static"),
         };
         EngineSettings {
             refresh_before: config.refresh_before,
@@ -116,6 +125,8 @@ impl EngineSettings {
                 .timeout
                 .saturating_mul(requests)
                 .saturating_add(Duration::from_secs(5)),
+            kind,
+            first_reason: RenewalReason::Startup,
         }
     }
 }
@@ -124,6 +135,8 @@ impl EngineSettings {
 /// requests at once; the credential's engine task is the only writer.
 pub struct CredentialHandle {
     pub(super) name: Arc<str>,
+    /// The credential's `type`, for people.
+    kind: &'static str,
     /// What the engine published last (token headers, last error).
     pub(super) state: ArcSwap<State>,
     strip_names: Box<[HeaderName]>,
@@ -157,6 +170,7 @@ impl fmt::Debug for CredentialHandle {
 impl CredentialHandle {
     pub(super) fn new(
         name: &str,
+        kind: &'static str,
         strip_names: Vec<HeaderName>,
         renew_on: &[StatusCode],
         token_can_change: bool,
@@ -172,6 +186,7 @@ impl CredentialHandle {
         CredentialHandle {
             counters: metrics.rejection_counters(&name),
             name,
+            kind,
             state: ArcSwap::from_pointee(State::default()),
             strip_names: unique.into_boxed_slice(),
             renew_on: renew_on.into(),
@@ -385,6 +400,46 @@ impl CredentialHandle {
     }
 }
 
+impl CredentialHandle {
+    /// Everything an operator may know about the credential now (never the
+    /// token): for the status page and `/readyz`.
+    pub fn report(&self) -> CredentialReport {
+        let state = self.state.load();
+        let now = Instant::now();
+        let valid = state
+            .published
+            .as_ref()
+            .filter(|published| published.expires_at.is_none_or(|at| now < at));
+        let credential_state = match valid {
+            None => CredentialState::Unavailable,
+            Some(_) if state.in_flight => CredentialState::Renewing,
+            Some(_) if state.last_error.is_some() => CredentialState::Retrying,
+            Some(_) => CredentialState::Ready,
+        };
+        CredentialReport {
+            name: self.name.to_string(),
+            kind: self.kind,
+            state: credential_state,
+            expires_in: valid
+                .and_then(|published| published.expires_at)
+                .map(|at| at.saturating_duration_since(now)),
+            lifetime: valid.and(state.lifetime),
+            generation: *self.generation.borrow(),
+            last_attempt: state.last_attempt.clone(),
+            last_success: state.last_success,
+            last_error: state.last_error.as_deref().map(str::to_owned),
+            in_flight: state.in_flight,
+            failures: state.failures,
+            failures_total: state.failures_total,
+            next_attempt_in: state
+                .next_attempt
+                .filter(|_| !state.in_flight)
+                .map(|at| at.saturating_duration_since(now)),
+            unavailable_reason: valid.is_none().then(|| state.reason()),
+        }
+    }
+}
+
 /// `now + timeout`, or a year from now when that overflows.
 fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
@@ -394,8 +449,9 @@ fn deadline_after(timeout: Duration) -> Instant {
 }
 
 /// What the handle reads: the published token (if any), the last failure
-/// and when the next attempt comes.
-#[derive(Default)]
+/// and when the next attempt comes, and for people the last attempt and
+/// the failure counts.
+#[derive(Clone, Default)]
 pub(super) struct State {
     /// The latest token's headers, kept after expiry so the reason can say when.
     pub(super) published: Option<Arc<Published>>,
@@ -407,6 +463,16 @@ pub(super) struct State {
     pub(super) in_flight: bool,
     /// When the next token request is due (`None`: none scheduled).
     pub(super) next_attempt: Option<Instant>,
+    /// The issuer's lifetime of `published` (`None`: no expiry).
+    pub(super) lifetime: Option<Duration>,
+    /// The last token request that ended.
+    pub(super) last_attempt: Option<LastAttempt>,
+    /// When the last successful token request ended.
+    pub(super) last_success: Option<SystemTime>,
+    /// Failed token requests in a row.
+    pub(super) failures: u32,
+    /// Failed token requests since the engine started.
+    pub(super) failures_total: u64,
 }
 
 impl State {
@@ -429,14 +495,12 @@ impl State {
         }
     }
 
-    /// A copy with the same token and error.
+    /// A copy with the same token, error and history.
     pub(super) fn with_attempt(&self, in_flight: bool, next_attempt: Option<Instant>) -> State {
         State {
-            published: self.published.clone(),
-            wall_expiry: self.wall_expiry,
-            last_error: self.last_error.clone(),
             in_flight,
             next_attempt,
+            ..self.clone()
         }
     }
 }

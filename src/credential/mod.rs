@@ -36,6 +36,7 @@ pub mod provider;
 pub mod redact;
 pub mod registry;
 pub mod rejection;
+pub mod report;
 pub mod static_token;
 pub mod timing;
 pub mod token_client;
@@ -46,3 +47,4 @@ pub use handle::{
 };
 pub use provider::{ApiMap, FetchError, Provider, Token};
 pub use registry::{Credentials, ObtainError, obtain_once};
+pub use report::{CredentialReport, CredentialState, LastAttempt, RenewalReason};

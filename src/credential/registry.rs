@@ -15,6 +15,7 @@ use super::any::AnyProvider;
 use super::engine;
 use super::handle::{CredentialHandle, EngineSettings};
 use super::provider::{FetchError, Provider, Token};
+use super::report::RenewalReason;
 use crate::config::{Config, CredentialConfig};
 use crate::metrics::Metrics;
 use crate::secret::{EnvSource, SecretRef};
@@ -100,8 +101,8 @@ impl Credentials {
     /// Like [`Credentials::start`], but every credential of `previous` whose
     /// settings, environment values and trust are unchanged is taken over as
     /// it runs (same handle, same token, no token request); only new or
-    /// changed credentials start an engine. [`Credentials::started`] names
-    /// those.
+    /// changed credentials start an engine, whose first token request has
+    /// the reason `reload`. [`Credentials::started`] names those.
     pub fn start_reusing(
         config: &Config,
         roots: &Arc<RootCertStore>,
@@ -129,13 +130,11 @@ impl Credentials {
                 env: Arc::clone(&config.env),
                 roots: Arc::clone(roots),
             };
-            credentials.start_engine(
-                name,
-                provider,
-                EngineSettings::from_config(credential),
-                metrics,
-                Some(origin),
-            );
+            let mut settings = EngineSettings::from_config(credential);
+            if previous.is_some() {
+                settings.first_reason = RenewalReason::Reload;
+            }
+            credentials.start_engine(name, provider, settings, metrics, Some(origin));
         }
         Ok(credentials)
     }
@@ -165,6 +164,7 @@ impl Credentials {
         strip.extend(settings.headers.iter().map(|(name, _)| name.clone()));
         let handle = Arc::new(CredentialHandle::new(
             name,
+            settings.kind,
             strip,
             &settings.renew_on_status,
             provider.can_change(),

@@ -158,8 +158,13 @@ impl TokenClient {
 
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
+                let hint = if untrusted_certificate(&e) {
+                    UNTRUSTED_HINT
+                } else {
+                    ""
+                };
                 transient(format!(
-                    "token request to {target} failed: {}",
+                    "token request to {target} failed: {}{hint}",
                     error_chain(&e)
                 ))
             })?;
@@ -180,7 +185,8 @@ impl TokenClient {
                         too_large(&target)
                     } else {
                         transient(format!(
-                            "reading the answer of {target} failed: {}",
+                            "reading the answer of {target} (status {}) failed: {}",
+                            parts.status,
                             error_chain(e.as_ref())
                         ))
                     }
@@ -389,6 +395,36 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// What to do about a token endpoint whose certificate chain does not lead
+/// to a trusted root.
+const UNTRUSTED_HINT: &str = " (if the token endpoint's certificate comes from a private CA, add that CA with [tls] ca_file)";
+
+/// Whether a connect error is a certificate no trusted root vouches for
+/// (rustls' `UnknownIssuer`, or a CA certificate served as the server's).
+fn untrusted_certificate(err: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::{CertificateError, Error as TlsError};
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        matches!(
+            tls_error_in(e),
+            Some(TlsError::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::Other(_)
+            ))
+        )
+    })
+}
+
+/// The rustls error an error is or wraps. Connectors box it inside an
+/// `io::Error`, and neither a `Box<dyn Error>` nor an `io::Error` lists what
+/// it wraps as its `source()`, so both are opened here.
+fn tls_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let io = e.downcast_ref::<std::io::Error>()?;
+    let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
+    tls_error_in(inner)
 }
 
 /// `FetchError::Transient` without `Retry-After`.

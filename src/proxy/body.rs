@@ -136,6 +136,8 @@ where
 pub struct FromUpstream {
     body: Idle,
     metrics: Arc<RouteMetrics>,
+    /// The access line of this response (`[log] access`); `None` when off.
+    access: Option<Box<super::access::Line>>,
 }
 
 impl FromUpstream {
@@ -144,7 +146,14 @@ impl FromUpstream {
         FromUpstream {
             body: Idle::new(body, timeout),
             metrics,
+            access: None,
         }
+    }
+
+    /// The access line it carries, written when the body is dropped
+    /// ([`super::access`]).
+    pub fn access_line(&mut self) -> &mut Option<Box<super::access::Line>> {
+        &mut self.access
     }
 }
 
@@ -158,6 +167,11 @@ impl Body for FromUpstream {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(line) = &mut this.access
+            && let Poll::Ready(Some(Ok(frame))) = &polled
+        {
+            line.count(frame.data_ref().map_or(0, Bytes::len));
+        }
         if let Poll::Ready(Some(Err(err))) = &polled {
             let route = &**this.metrics.route();
             match err {

@@ -66,6 +66,7 @@ fn build_route(
     credentials: &Credentials,
     metrics: &Metrics,
     workers: usize,
+    access_log: bool,
 ) -> Result<Route, BuildError> {
     let credential = credentials.get(&route.credential).cloned().ok_or_else(|| {
         BuildError::UnknownCredential {
@@ -107,6 +108,7 @@ fn build_route(
             client,
             request_timeout: route.request_timeout,
             body_timeout: route.body_timeout,
+            access_log,
         },
     ))
 }
@@ -135,6 +137,7 @@ pub fn build_generation(
                 &credentials,
                 metrics,
                 workers,
+                config.log.access,
             )?));
     }
     let listeners = grouped
@@ -192,6 +195,7 @@ pub fn build_generation(
                         client,
                         request_timeout: forward.request_timeout,
                         body_timeout: forward.body_timeout,
+                        access_log: config.log.access,
                     },
                 );
                 hosts.insert(host, Arc::new(route));

@@ -235,11 +235,12 @@ pub fn upstream_client(
 
 impl UpstreamClient {
     /// Send `request` (absolute URI) to the upstream on one of the current
-    /// worker's connections, and return the response head.
+    /// worker's connections, and return the response head and when its
+    /// connection was opened.
     pub async fn request(
         &self,
         mut request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Opened), UpstreamError> {
         let pool = &self.pools[crate::workers::id() % self.pools.len()];
         let (Some(scheme), Some(authority)) = (
             request.uri().scheme().cloned(),
@@ -307,7 +308,7 @@ impl UpstreamClient {
                 }
             };
             match result {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok((response, Opened(opened))),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) if attempts < SEND_ATTEMPTS => {
                         request = to_absolute_form(unsent, &scheme, &authority);

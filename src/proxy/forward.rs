@@ -29,6 +29,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
+use super::access::Line;
 use super::body::{BodyError, FromUpstream, Idle, Outgoing, StallFlag, take};
 use super::client::on_stale_connection;
 use super::headers::{inject, prepare_request, remove_hop_by_hop};
@@ -239,7 +240,7 @@ async fn send(
         loop {
             let started = Instant::now();
             let err = match route.client.request(request).await {
-                Ok(response) => return Ok(response),
+                Ok((response, opened)) => return Ok((response, opened, started)),
                 Err(err) => err,
             };
             let again =
@@ -254,9 +255,14 @@ async fn send(
         }
     };
     match tokio::time::timeout(route.request_timeout, exchange).await {
-        Ok(Ok(response)) => {
-            Ok(response
-                .map(|body| FromUpstream::new(body, route.body_timeout, route.metrics.clone())))
+        Ok(Ok((response, opened, started))) => {
+            let mut response = response
+                .map(|body| FromUpstream::new(body, route.body_timeout, route.metrics.clone()));
+            if route.access_log {
+                *response.body_mut().access_line() =
+                    Some(Line::upstream(started.elapsed(), opened.0 < started));
+            }
+            Ok(response)
         }
         Ok(Err(err)) => {
             if stall_flag.as_ref().is_some_and(StallFlag::is_raised) {

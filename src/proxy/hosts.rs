@@ -33,6 +33,15 @@ impl ForwardHosts {
         ports.push((port, route));
     }
 
+    /// One of its routes, if it has any.
+    pub fn any(&self) -> Option<&Arc<Route>> {
+        self.by_host
+            .values()
+            .flatten()
+            .map(|(_, route)| route)
+            .next()
+    }
+
     /// The route for an absolute-form `http://` request URI.
     pub fn find(&self, uri: &Uri) -> Result<&Arc<Route>, ProxyError> {
         let authority = uri.authority().ok_or_else(|| {

@@ -16,6 +16,7 @@
 //!    Both bodies must keep moving: `body_timeout` bounds every pause
 //!    ([`body::Idle`]).
 
+pub mod access;
 pub mod body;
 pub mod build;
 pub mod chunked;
@@ -55,6 +56,16 @@ pub enum Dispatch {
 }
 
 impl Dispatch {
+    /// Whether `[log] access` is on for these routes (every route of a
+    /// configuration carries the same flag), for requests no route took; a
+    /// routed request reads its route's flag.
+    pub fn access_log(&self) -> bool {
+        match self {
+            Dispatch::Routes(routes) => routes.first().is_some_and(|route| route.access_log),
+            Dispatch::Forward(hosts) => hosts.any().is_some_and(|route| route.access_log),
+        }
+    }
+
     /// Routes of one listener; sorted here so the longest prefix wins.
     pub fn routes(mut routes: Vec<Arc<Route>>) -> Self {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix().len()));

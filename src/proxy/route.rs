@@ -69,6 +69,8 @@ pub struct Route {
     pub body_timeout: Duration,
     /// The route's metric series.
     pub metrics: Arc<RouteMetrics>,
+    /// `[log] access`: write an access line per request ([`super::access`]).
+    pub access_log: bool,
 }
 
 /// The parts of a route that are not the path rules.
@@ -88,6 +90,8 @@ pub struct RouteParts {
     pub body_timeout: Duration,
     /// The route's metric series ([`crate::metrics::Metrics::route`]).
     pub metrics: Arc<RouteMetrics>,
+    /// `[log] access`.
+    pub access_log: bool,
 }
 
 impl Route {
@@ -109,6 +113,7 @@ impl Route {
             request_timeout: parts.request_timeout,
             body_timeout: parts.body_timeout,
             metrics: parts.metrics,
+            access_log: parts.access_log,
         }
     }
 

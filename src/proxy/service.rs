@@ -1,12 +1,14 @@
 //! The per-request service of a proxy listener: route the request
 //! ([`Dispatch::find`]), forward it ([`forward`]), turn a refusal or failure
 //! into sidekey's JSON error (logged once, see [`crate::error`]), close the
-//! connection after a refused framing, and count the request in the metrics.
+//! connection after a refused framing, count the request in the metrics,
+//! and when `[log] access` is on, write its access line ([`access`]).
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tracing::{debug, error};
 
+use super::access;
 use super::forward::forward;
 use super::framing::Framing;
 use super::{Dispatch, ResponseBody};
@@ -23,9 +25,21 @@ pub async fn handle_request(
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let closes = framing.closes_connection();
-    let (series, result) = match dispatch.find(&request, framing) {
-        Ok(route) => (&route.metrics, forward(route, request).await),
-        Err(err) => (metrics.no_route(), Err(err)),
+    // `[log] access`: the request's method and path are noted before it is
+    // forwarded; when off, this is the route's flag and nothing else.
+    let (series, result, access) = match dispatch.find(&request, framing) {
+        Ok(route) => {
+            let access = route
+                .access_log
+                .then(|| access::Start::new(&request, started));
+            (&route.metrics, forward(route, request).await, access)
+        }
+        Err(err) => {
+            let access = dispatch
+                .access_log()
+                .then(|| access::Start::new(&request, started));
+            (metrics.no_route(), Err(err), access)
+        }
     };
     let mut response = match result {
         Ok(response) => response,
@@ -42,6 +56,9 @@ pub async fn handle_request(
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     series.record_request(response.status().as_u16(), started.elapsed().as_secs_f64());
+    if let Some(start) = access {
+        access::finish(start, series.route(), &mut response);
+    }
     response
 }
 

@@ -169,6 +169,12 @@ async fn run_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
         client.get(&format!("http://{admin}/healthz")).await.status,
         200
     );
+    // The status page says so, and names the file.
+    let page = client.get(&format!("http://{admin}/")).await.text();
+    assert!(page.contains("refused"), "{page}");
+    assert!(page.contains("bogus_key"), "{page}");
+    assert!(page.contains("run.toml"), "{page}");
+    assert!(!page.contains("t0ken-value"), "{page}");
 
     sidekey.signal("TERM");
     assert_eq!(sidekey.wait_exit().await.code(), Some(0));

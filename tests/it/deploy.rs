@@ -1,10 +1,14 @@
 //! The deploy files agree with each other and with sidekey: the Kubernetes
 //! manifest parses and its embedded configuration is valid, probes hit the
 //! admin port that configuration declares, the app points at a route, the
-//! Secret mount holds every `{ file = … }` the configuration reads; the
-//! systemd unit runs and reloads sidekey with its credentials where the
-//! configuration expects them; the Dockerfile's final stage runs the binary
-//! as a non-root user.
+//! Secret mount holds every `{ file = … }` the configuration reads, the
+//! Secret template is a file of its own (applying the manifest never
+//! overwrites the real Secret), the image is pinned to this version, and
+//! README's snippet agrees; the systemd unit runs and reloads sidekey with its
+//! credentials where the configuration expects them; the Dockerfile's final
+//! stage runs the binary as a non-root user, and its `docker run` example
+//! (README's too) publishes every listener of a configuration that `check`
+//! accepts with the variables that line sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use sidekey::config::{Config, CredentialKind, InbentaKey};
 use sidekey::secret::{MapEnv, SecretRef};
 
 const MANIFEST: &str = "deploy/kubernetes/sidecar.yaml";
+const SECRET_TEMPLATE: &str = "deploy/kubernetes/secret.example.yaml";
 const UNIT: &str = "deploy/systemd/sidekey.service";
 const UNIT_CONFIG: &str = "deploy/systemd/sidekey.toml";
 const DOCKERFILE: &str = "deploy/Dockerfile";
@@ -27,27 +32,37 @@ fn read(rel: &str) -> String {
 
 // ---------------------------------------------------------------- helpers --
 
-/// Every YAML document of the manifest.
-fn documents() -> Vec<Value> {
-    let text = read(MANIFEST);
+/// Every YAML document of the Kubernetes file `rel`.
+fn documents_of(rel: &str) -> Vec<Value> {
+    let text = read(rel);
     let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| {
             serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{MANIFEST}: a document does not parse: {e}"))
+                .unwrap_or_else(|e| panic!("{rel}: a document does not parse: {e}"))
         })
         .filter(|v: &Value| !v.is_null())
         .collect();
-    assert!(!docs.is_empty(), "{MANIFEST}: no documents");
+    assert!(!docs.is_empty(), "{rel}: no documents");
     docs
 }
 
-fn doc_of_kind(kind: &str) -> Value {
-    let mut found: Vec<Value> = documents()
+/// Every YAML document of the manifest.
+fn documents() -> Vec<Value> {
+    documents_of(MANIFEST)
+}
+
+/// The one document of `kind` in the Kubernetes file `rel`.
+fn doc_of_kind_in(rel: &str, kind: &str) -> Value {
+    let mut found: Vec<Value> = documents_of(rel)
         .into_iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
         .collect();
-    assert_eq!(found.len(), 1, "{MANIFEST}: expected one {kind}");
+    assert_eq!(found.len(), 1, "{rel}: expected one {kind}");
     found.remove(0)
+}
+
+fn doc_of_kind(kind: &str) -> Value {
+    doc_of_kind_in(MANIFEST, kind)
 }
 
 fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
@@ -222,7 +237,7 @@ fn map_keys(v: &Value) -> BTreeSet<String> {
 fn every_manifest_document_parses_and_is_a_known_kind() {
     let docs = documents();
     let kinds: Vec<&str> = docs.iter().map(|d| str_of(&d["kind"], "kind")).collect();
-    assert_eq!(kinds, ["ConfigMap", "Secret", "Deployment"]);
+    assert_eq!(kinds, ["ConfigMap", "Deployment"]);
     for d in &docs {
         assert!(d["apiVersion"].as_str().is_some(), "apiVersion: {d:?}");
         assert!(d["metadata"]["name"].as_str().is_some(), "name: {d:?}");
@@ -270,7 +285,8 @@ fn probes_hit_healthz_and_readyz_on_the_configured_admin_port() {
 
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let p = &sidekey[probe];
-        assert_eq!(p["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        let probed = p["httpGet"]["path"].as_str().unwrap_or_default();
+        assert_eq!(probed.split('?').next(), Some(path), "{probe}");
         assert_eq!(probe_port(&sidekey, p, probe), admin.port(), "{probe}");
     }
     if !sidekey["startupProbe"].is_null() {
@@ -284,6 +300,33 @@ fn probes_hit_healthz_and_readyz_on_the_configured_admin_port() {
         "httpGet probes cannot reach a loopback admin listener"
     );
     assert_eq!(raw["admin"]["allow_non_loopback"].as_bool(), Some(true));
+}
+
+#[test]
+fn per_route_readiness_names_routes_of_the_embedded_config() {
+    let config = sidekey_parse(&embedded_config_text(), "sidekey.toml");
+    let spec = pod_spec();
+    let (sidekey, _) = sidekey_container(&spec);
+    let path = str_of(
+        &sidekey["readinessProbe"]["httpGet"]["path"],
+        "readiness path",
+    );
+    let Some((_, query)) = path.split_once('?') else {
+        return;
+    };
+    let asked: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| {
+            assert_eq!(key, "route", "{path}: only route= is understood");
+            value.into_owned()
+        })
+        .collect();
+    assert!(!asked.is_empty(), "{path}");
+    for name in &asked {
+        assert!(
+            config.routes.iter().any(|route| &route.name == name),
+            "{path}: no route named {name} (a 404 would keep the pod unready)"
+        );
+    }
 }
 
 #[test]
@@ -328,7 +371,7 @@ fn the_secret_mount_holds_every_file_the_config_reads() {
     let refs = raw_file_refs(&raw);
     assert!(!refs.is_empty(), "the config reads secrets from files");
 
-    let secret = doc_of_kind("Secret");
+    let secret = doc_of_kind_in(SECRET_TEMPLATE, "Secret");
     let secret_name = str_of(&secret["metadata"]["name"], "Secret name");
     let mut keys = map_keys(&secret["stringData"]);
     keys.extend(map_keys(&secret["data"]));
@@ -426,6 +469,98 @@ fn the_sidecar_reads_the_configmap_and_is_hardened() {
         grace > shutdown_secs,
         "{grace}s <= shutdown_grace {shutdown}"
     );
+}
+
+#[test]
+fn applying_the_sidecar_manifest_leaves_the_real_secret_alone() {
+    // `kubectl apply -f sidecar.yaml` replaces every object the file holds:
+    // a Secret in it would overwrite the real credentials with placeholders.
+    let kinds: Vec<String> = documents()
+        .iter()
+        .map(|d| str_of(&d["kind"], "kind").to_owned())
+        .collect();
+    assert!(
+        !kinds.iter().any(|k| k == "Secret"),
+        "{MANIFEST} holds a Secret ({kinds:?}): applying it overwrites the real one"
+    );
+    // The template is a file of its own, for the Secret the pod mounts.
+    let docs = documents_of(SECRET_TEMPLATE);
+    assert_eq!(docs.len(), 1, "{SECRET_TEMPLATE}: only the Secret");
+    let secret = doc_of_kind_in(SECRET_TEMPLATE, "Secret");
+    let name = str_of(&secret["metadata"]["name"], "Secret name");
+    let spec = pod_spec();
+    assert!(
+        seq_of(&spec["volumes"], "volumes")
+            .iter()
+            .any(|v| v["secret"]["secretName"].as_str() == Some(name)),
+        "the Deployment mounts no Secret named {name}"
+    );
+    // The manifest tells where the Secret comes from.
+    assert!(read(MANIFEST).contains("secret.example.yaml"));
+}
+
+#[test]
+fn the_sidekey_image_is_pinned_to_this_version() {
+    let spec = pod_spec();
+    let (sidekey, _) = sidekey_container(&spec);
+    let image = str_of(&sidekey["image"], "image");
+    let tag = image.rsplit_once(':').map(|(_, tag)| tag);
+    assert_eq!(
+        tag,
+        Some(env!("CARGO_PKG_VERSION")),
+        "{image}: pin the image to the crate's version"
+    );
+}
+
+/// The fenced code blocks of README's section `heading`, as (info string, text).
+fn readme_blocks(heading: &str) -> Vec<(String, String)> {
+    let readme = read("README.md");
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has no section {heading}"));
+    let section = &readme[start + heading.len() + 2..];
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut blocks = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        let Some(info) = line.trim_start().strip_prefix("```") else {
+            continue;
+        };
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.trim_start().starts_with("```"))
+            .collect();
+        blocks.push((info.trim().to_owned(), body.join("\n")));
+    }
+    blocks
+}
+
+#[test]
+fn readme_kubernetes_snippet_agrees_with_the_manifest() {
+    let blocks = readme_blocks("## Deploying");
+    let manifest = raw_toml(&embedded_config_text(), "ConfigMap sidekey.toml");
+
+    // The probes reach the admin listener only off loopback: the snippet
+    // shows the same [admin] table as the manifest's configuration.
+    let (_, admin) = blocks
+        .iter()
+        .find(|(info, text)| info == "toml" && text.contains("[admin]"))
+        .expect("README's Kubernetes snippet shows the [admin] listener its probes reach");
+    let admin = raw_toml(admin, "README [admin] snippet");
+    assert_eq!(
+        admin["admin"], manifest["admin"],
+        "README [admin] vs {MANIFEST}"
+    );
+
+    let (_, yaml) = blocks
+        .iter()
+        .find(|(info, text)| info == "yaml" && text.contains("readinessProbe"))
+        .expect("README's Kubernetes snippet");
+    let yaml: Value = serde_yaml_ng::from_str(yaml)
+        .unwrap_or_else(|e| panic!("README's Kubernetes snippet is not YAML: {e}"));
+    let sidekey = &seq_of(&yaml["initContainers"], "initContainers")[0];
+    let port = probe_port(sidekey, &sidekey["readinessProbe"], "README readinessProbe");
+    assert_eq!(port, raw_admin_listen(&manifest).port());
 }
 
 // ---------------------------------------------------------------- systemd --
@@ -575,13 +710,20 @@ fn dockerfile_final_stage_runs_sidekey_as_non_root() {
         .collect();
     assert!(stages.len() >= 2, "multi-stage build");
 
-    // The builder compiles the sidekey binary in release mode.
+    // The builder compiles the sidekey binary with the profile that ships,
+    // and Cargo.toml defines it.
     let build = &instructions[stages[0]..stages[stages.len() - 1]];
     assert!(
-        build
-            .iter()
-            .any(|(k, a)| k == "RUN" && a.contains("cargo build --release")),
-        "a builder stage runs cargo build --release"
+        build.iter().any(|(k, a)| k == "RUN"
+            && a.contains("cargo build --profile dist")
+            && a.contains("target/dist/sidekey")),
+        "a builder stage runs cargo build --profile dist and takes target/dist/sidekey"
+    );
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    assert_eq!(
+        manifest["profile"]["dist"]["inherits"].as_str(),
+        Some("release"),
+        "Cargo.toml defines the dist profile"
     );
 
     let last = &instructions[stages[stages.len() - 1]..];
@@ -625,4 +767,165 @@ fn dockerfile_final_stage_runs_sidekey_as_non_root() {
         let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
         assert_eq!(cmd[0], "run");
     }
+}
+
+/// The shell command starting with `prefix` in `text` (a Dockerfile's
+/// comments or a README block): `#` comment markers dropped, continuation
+/// lines joined, split into words (double quotes group, `$PWD` stays as is).
+fn shell_command(text: &str, prefix: &str, what: &str) -> Vec<String> {
+    let mut lines = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .skip_while(|l| !l.starts_with(prefix));
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        match line.strip_suffix('\\') {
+            Some(part) => command.push_str(part),
+            None => {
+                command.push_str(line);
+                break;
+            }
+        }
+    }
+    assert!(!command.is_empty(), "{what}: no `{prefix}` command");
+    let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for c in command.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    assert!(!quoted, "{what}: unbalanced quotes in {command}");
+    words.extend((!word.is_empty()).then_some(word));
+    words
+}
+
+/// What a `docker run` command line asks for.
+#[derive(Debug, Default, PartialEq)]
+struct DockerRun {
+    /// `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT`, as written.
+    publish: Vec<String>,
+    /// `-e NAME[=VALUE]`.
+    env: Vec<String>,
+    /// `-v HOST:CONTAINER[:ro]`.
+    volumes: Vec<String>,
+    image: String,
+    /// The command after the image (empty: the image's CMD).
+    args: Vec<String>,
+}
+
+fn docker_run(words: &[String]) -> DockerRun {
+    assert_eq!(words[..2], ["docker", "run"]);
+    let mut run = DockerRun::default();
+    let mut words = words[2..].iter();
+    while let Some(word) = words.next() {
+        let list = match word.as_str() {
+            "-p" | "--publish" => &mut run.publish,
+            "-e" | "--env" => &mut run.env,
+            "-v" | "--volume" => &mut run.volumes,
+            "--rm" | "-it" | "-i" | "-t" | "-d" => continue,
+            other if other.starts_with('-') => panic!("docker run option {other} not understood"),
+            image => {
+                run.image = image.to_owned();
+                run.args = words.cloned().collect();
+                break;
+            }
+        };
+        list.push(words.next().expect("option value").clone());
+    }
+    run
+}
+
+#[test]
+fn docker_run_example_serves_with_what_it_publishes_and_sets() {
+    let dockerfile = read(DOCKERFILE);
+    let build = shell_command(&dockerfile, "docker build", DOCKERFILE);
+    let tag = build
+        .iter()
+        .skip_while(|w| *w != "-t")
+        .nth(1)
+        .expect("docker build -t TAG");
+    let run = docker_run(&shell_command(&dockerfile, "docker run", DOCKERFILE));
+    assert_eq!(
+        &run.image, tag,
+        "docker run uses the image docker build makes"
+    );
+    assert!(run.args.is_empty(), "the image's CMD runs the proxy");
+
+    // The configuration: a file of the repository, mounted where CMD reads it.
+    let instructions = dockerfile_instructions(&dockerfile);
+    let (_, cmd) = instructions
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "CMD")
+        .expect("CMD");
+    let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert_eq!(cmd[..2], ["run", "--config"]);
+    let [volume] = &run.volumes[..] else {
+        panic!("one volume, the configuration: {:?}", run.volumes);
+    };
+    let parts: Vec<&str> = volume.split(':').collect();
+    assert_eq!(parts[1..], [cmd[2].as_str(), "ro"], "-v {volume}");
+    let host = parts[0]
+        .strip_prefix("$PWD/")
+        .expect("the configuration is a file of the repository ($PWD/…)");
+    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(host);
+
+    // `sidekey check` accepts it with exactly the variables the line sets.
+    let mut check = std::process::Command::new(crate::support::process::BIN);
+    check
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .env_clear();
+    for var in &run.env {
+        // `-e NAME` passes the caller's value on.
+        let (name, value) = var.split_once('=').unwrap_or((var, "example-token"));
+        check.env(name, value);
+    }
+    let out = check.output().expect("run sidekey check");
+    assert!(
+        out.status.success(),
+        "{host} with {:?}: {}",
+        run.env,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every listener is reachable through a published port (a container's
+    // loopback is not the host's), and published on the host's loopback
+    // only: whoever reaches a route spends its credential.
+    let raw = raw_toml(&read(host), host);
+    let mut listens = raw_route_listens(&raw);
+    listens.push(raw_admin_listen(&raw));
+    let mut published = BTreeSet::new();
+    for p in &run.publish {
+        let parts: Vec<&str> = p.split(':').collect();
+        let [host_ip, _, container] = parts[..] else {
+            panic!("-p {p}: write HOST_IP:HOST_PORT:CONTAINER_PORT");
+        };
+        assert_eq!(
+            host_ip, "127.0.0.1",
+            "-p {p}: publish on the host's loopback"
+        );
+        published.insert(container.parse::<u16>().expect("container port"));
+    }
+    for addr in &listens {
+        assert!(
+            addr.ip().is_unspecified(),
+            "{addr}: unreachable from outside the container"
+        );
+        assert!(published.contains(&addr.port()), "{addr} is not published");
+    }
+
+    // README shows the same command.
+    let readme = read("README.md");
+    let readme_run = docker_run(&shell_command(&readme, "docker run", "README.md"));
+    assert_eq!(
+        readme_run, run,
+        "README's docker run differs from {DOCKERFILE}'s"
+    );
 }

@@ -52,7 +52,9 @@ async fn healthz_readyz_and_metrics() {
         "a static token never expires, so it has no expiry series: {text}"
     );
     assert!(
-        text.contains(r#"sidekey_token_refresh_total{credential="api",outcome="success"} 1"#),
+        text.contains(
+            r#"sidekey_token_refresh_total{credential="api",outcome="success",reason="startup"} 1"#
+        ),
         "{text}"
     );
     assert!(!text.contains("token-a"), "metrics never show a token");

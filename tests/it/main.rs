@@ -20,8 +20,10 @@
 
 mod support;
 
+mod admin;
 mod cli;
 mod deploy;
+mod docs;
 mod hostile;
 mod inbenta;
 mod lifecycle;

@@ -31,6 +31,7 @@ use sidekey::metrics::Metrics;
 use sidekey::secret::{MapEnv, Secret, SecretRef};
 
 use crate::support::config::{TestConfig, oauth2, route, static_token};
+use crate::support::metrics::sum as metric_sum;
 use crate::support::proxy::TestProxy;
 use crate::support::timing::{assert_between, gaps};
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
@@ -287,12 +288,18 @@ async fn renews_before_expiry_without_a_gap_across_rotations() {
         assert_eq!(call.offered.as_deref(), Some(&*format!("t{}", n - 1)));
     }
     assert_eq!(provider.max_in_flight(), 1);
+    // The first token at start-up, every other one a scheduled renewal.
     let text = metrics.encode();
-    let successes = format!(
-        "sidekey_token_refresh_total{{credential=\"api\",outcome=\"success\"}} {}",
-        calls.len()
-    );
-    assert!(text.contains(&successes), "{text}");
+    let refreshes = |reason| {
+        let labels = [
+            ("credential", "api"),
+            ("outcome", "success"),
+            ("reason", reason),
+        ];
+        metric_sum(&text, "sidekey_token_refresh_total", &labels)
+    };
+    assert_eq!(refreshes("startup"), 1.0, "{text}");
+    assert_eq!(refreshes("scheduled"), (calls.len() - 1) as f64, "{text}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -359,14 +366,12 @@ async fn failed_renewals_back_off_exponentially_to_30s_then_reset() {
     assert_between(gaps[9], 1.0, 1.2, "first retry after a success");
 
     let text = metrics.encode();
-    assert!(
-        text.contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"failure\"} 8"),
-        "{text}"
-    );
-    assert!(
-        text.contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"success\"} 3"),
-        "{text}"
-    );
+    let refreshes = |outcome| {
+        let labels = [("credential", "api"), ("outcome", outcome)];
+        metric_sum(&text, "sidekey_token_refresh_total", &labels)
+    };
+    assert_eq!(refreshes("failure"), 8.0, "{text}");
+    assert_eq!(refreshes("success"), 3.0, "{text}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -841,10 +846,12 @@ async fn static_file_rotation_by_symlink_swap_publishes_a_new_generation() {
         .unwrap();
     assert_eq!(authorization(&third), "Bearer three");
     assert_eq!(third.generation, 3);
-    assert!(
-        metrics
-            .encode()
-            .contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"success\"} 3")
+    let labels = [("credential", "api"), ("outcome", "success")];
+    let text = metrics.encode();
+    assert_eq!(
+        metric_sum(&text, "sidekey_token_refresh_total", &labels),
+        3.0,
+        "{text}"
     );
 }
 

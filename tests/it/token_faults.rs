@@ -713,7 +713,7 @@ async fn every_token_endpoint_fault_is_classified_backed_off_reported_and_recove
         assert!(
             metrics
                 .encode()
-                .contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"failure\"}"),
+                .contains("sidekey_token_refresh_total{credential=\"api\",outcome=\"failure\","),
             "{}",
             fault.name
         );
@@ -778,12 +778,41 @@ async fn an_untrusted_token_endpoint_certificate_is_a_tls_failure() {
         why.contains("certificate") || why.contains("UnknownIssuer"),
         "{why}"
     );
+    assert!(
+        why.contains("[tls] ca_file"),
+        "the reason says what to do: {why}"
+    );
     assert!(!why.contains('\n'), "{why}");
     assert_eq!(
         server.calls(),
         0,
         "nothing was sent to an untrusted endpoint"
     );
+}
+
+/// A token endpoint that answers a status and then breaks off its body: the
+/// status is the most useful thing it said, so the reason keeps it.
+#[tokio::test(start_paused = true)]
+async fn a_status_is_reported_even_when_the_body_breaks_off() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100\r\n\r\nshort")
+                .await;
+            // Dropped here: the body ends 95 bytes early.
+        }
+    });
+    let (credentials, _metrics) = engines(oauth2("api", &url));
+    let handle = api(&credentials);
+    sleep(Duration::from_secs(5)).await;
+    let why = reason(&handle);
+    assert!(why.contains("503"), "the status is kept: {why}");
+    assert!(why.contains("reading the answer"), "{why}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -27,16 +27,40 @@ impl LogCapture {
     /// Capture sidekey's text log at `level` (a level or `target=level` directives),
     /// folding repeats per `repeat_interval`, until the guard is dropped.
     pub fn install(level: &str, repeat_interval: Duration) -> (LogCapture, DefaultGuard) {
+        let filter = level.parse::<Targets>().expect("a log level");
+        Self::install_with(LogFormat::Text, filter, repeat_interval)
+    }
+
+    /// Capture sidekey's log in `format` through `filter`, folding repeats
+    /// per `repeat_interval`, until the guard is dropped.
+    pub fn install_with(
+        format: LogFormat,
+        filter: Targets,
+        repeat_interval: Duration,
+    ) -> (LogCapture, DefaultGuard) {
         let capture = LogCapture::default();
-        let dispatch = sidekey::telemetry::build(
-            LogFormat::Text,
-            level.parse::<Targets>().expect("a log level"),
-            capture.clone(),
-            false,
-            repeat_interval,
-        );
+        let dispatch =
+            sidekey::telemetry::build(format, filter, capture.clone(), false, repeat_interval);
         let guard = tracing::dispatcher::set_default(&dispatch);
         (capture, guard)
+    }
+
+    /// Wait (up to 5 s, then panic) until `n` lines contain every one of
+    /// `needles`; those lines.
+    pub async fn wait_for_lines(&self, needles: &[&str], n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.lines_with(needles);
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} lines with {needles:?} expected:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Every line so far.

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod logs;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod raw;

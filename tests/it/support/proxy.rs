@@ -430,6 +430,18 @@ impl TestProxy {
         }
     }
 
+    /// Wait (up to 10 s, then panic) until credential `name` has its first token.
+    pub async fn wait_for_token(&self, name: &str) {
+        let credentials = self.handle.credentials();
+        let handle = credentials
+            .get(name)
+            .unwrap_or_else(|| panic!("no credential {name}"));
+        handle
+            .wait_for_newer(0, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("credential {name}: no first token: {e}"));
+    }
+
     /// The value of one series (`name{labels}`) on the admin `/metrics`, 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.admin_get("/metrics").await.text();

@@ -1,48 +1,23 @@
-//! The admin endpoint (`[admin] listen`), plain HTTP/1.1:
-//!
-//! - `GET /healthz` — 200 `ok` while the process serves.
-//! - `GET /readyz` — 200 when every credential holds a valid token, else 503
-//!   with `{"ready": false, "credentials": [{"name", "reason"}]}` listing the
-//!   ones that do not, and why.
-//! - `GET /metrics` — Prometheus text format (see [`crate::metrics`]); the
-//!   token expiry gauge is refreshed at each scrape.
-//!
-//! Anything else is 404. Nothing here reveals a token or secret.
-//!
-//! The listener is capped ([`ConnLimits::ADMIN`]: 16 connections, 8 KiB
-//! request heads, 10 s idle timeout), so idle or slow admin clients can
-//! neither exhaust file descriptors nor crowd out the proxy; at the cap new
-//! connections wait in the listen backlog.
+//! The admin listener: accepting connections under the admin cap, and
+//! answering each request ([`respond`]) from the endpoint modules.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+use super::{AdminState, exposition, readyz, status_page};
 use crate::config::ConnLimits;
 use crate::conn;
-use crate::credential::{CredentialStatus, Credentials};
-use crate::metrics::Metrics;
-
-/// What the admin endpoint reads.
-#[derive(Clone, Debug)]
-pub struct AdminState {
-    /// The metric registry.
-    pub metrics: Metrics,
-    /// The credentials in service (a reload swaps them here).
-    pub credentials: Arc<ArcSwap<Credentials>>,
-}
+use crate::credential::CredentialStatus;
 
 /// Serve the admin endpoint until `shutdown` turns true, with at most
 /// `limits.max_connections` connections open (more wait in the listen
@@ -79,7 +54,7 @@ pub async fn serve(
 }
 
 /// The answer to one admin request.
-pub fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -88,15 +63,41 @@ pub fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full
         );
     }
     match request.uri().path() {
+        "/" => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_page::render(state),
+        ),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" => readyz(state),
+        "/readyz" => {
+            let (status, body) = readyz::readyz(state, request.uri().query());
+            let mut response = text(status, "application/json", body.to_string() + "\n");
+            if let Some(code) = body["error"]
+                .as_str()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+            {
+                response.headers_mut().insert("x-sidekey-error", code);
+            }
+            response
+        }
         "/metrics" => {
             refresh_expiry_gauges(state);
-            text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.encode(),
-            )
+            let openmetrics = state.metrics.encode();
+            let wants_openmetrics = request
+                .headers()
+                .get_all(ACCEPT)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .any(exposition::wants_openmetrics);
+            if wants_openmetrics {
+                text(StatusCode::OK, exposition::OPENMETRICS, openmetrics)
+            } else {
+                text(
+                    StatusCode::OK,
+                    exposition::PROMETHEUS_TEXT,
+                    exposition::to_prometheus_text(&openmetrics),
+                )
+            }
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -104,27 +105,6 @@ pub fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full
             "not found\n".to_owned(),
         ),
     }
-}
-
-fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
-    let credentials = state.credentials.load_full();
-    let not_ready: Vec<serde_json::Value> = credentials
-        .iter()
-        .filter_map(|(name, handle)| match handle.status() {
-            CredentialStatus::Ready { .. } => None,
-            CredentialStatus::Unavailable { reason } => {
-                Some(serde_json::json!({ "name": name, "reason": reason }))
-            }
-        })
-        .collect();
-    let ready = not_ready.is_empty();
-    let body = serde_json::json!({ "ready": ready, "credentials": not_ready }).to_string();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    text(status, "application/json", body + "\n")
 }
 
 fn refresh_expiry_gauges(state: &AdminState) {

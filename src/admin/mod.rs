@@ -1,0 +1,29 @@
+//! The admin endpoint (`[admin] listen`), plain HTTP/1.1, `GET` and `HEAD`:
+//!
+//! - `GET /` — the status page for people ([`status_page`]): process,
+//!   credentials (state, token lifetime left, last and next renewal,
+//!   failures), routes (request and 5xx rates, latency); reloads itself.
+//! - `GET /healthz` — 200 `ok` while the process serves.
+//! - `GET /readyz` — 200 when every credential holds a valid token, else
+//!   503; lists every credential with its state and expiry ([`readyz`]).
+//!   `GET /readyz?route=NAME` answers for that route's credential only.
+//! - `GET /metrics` — the metric families ([`crate::metrics`]) as
+//!   OpenMetrics when `Accept` prefers it, else Prometheus text 0.0.4
+//!   ([`exposition`]); the token expiry gauge is refreshed at each scrape.
+//!
+//! Anything else is 404. Nothing here reveals a token or secret.
+//!
+//! The listener is capped ([`crate::config::ConnLimits::ADMIN`]: 16
+//! connections, 8 KiB request heads, 10 s idle timeout), so idle or slow
+//! admin clients can neither exhaust file descriptors nor crowd out the
+//! proxy; at the cap new connections wait in the listen backlog.
+
+pub mod exposition;
+pub mod listener;
+pub mod rates;
+pub mod readyz;
+pub mod state;
+pub mod status_page;
+
+pub use listener::{respond, serve};
+pub use state::AdminState;
