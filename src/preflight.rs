@@ -20,9 +20,10 @@ use crate::tls;
 pub struct Checked {
     /// The configuration.
     pub config: Config,
-    /// webpki + system roots + `[tls] ca_file`, as read now (token endpoints).
+    /// webpki + system roots + `[tls] ca_file`, as read now (`sidekey token`).
     pub roots: Arc<RootCertStore>,
-    /// The same roots for the upstream clients, read again when `ca_file` changes.
+    /// The same roots for the upstream and token endpoint clients, read
+    /// again when `ca_file` changes.
     pub trust: Arc<Trust>,
     /// Every value read from TLS files that [`rotating::watch`] keeps current.
     pub rotating: Vec<Arc<dyn Reread>>,

@@ -7,8 +7,8 @@
 //! path anew).
 //!
 //! - A [`Rotating`] value holds what its files made (a certificate with its
-//!   key, or the trust of the upstream clients) and hands out the one in
-//!   force: rustls asks it at every handshake ([`ResolvesServerCert`],
+//!   key, or the trust of the upstream and token endpoint clients) and hands
+//!   out the one in force: rustls asks it at every handshake ([`ResolvesServerCert`],
 //!   [`ResolvesClientCert`], [`ServerCertVerifier`]), so a new connection
 //!   gets the new certificate and open connections keep theirs.
 //! - Only a change of the files' bytes is loaded; a change into something
@@ -27,10 +27,14 @@ use arc_swap::ArcSwap;
 use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tracing::{info, warn};
 
 use crate::config::{ListenerTls, TlsConfig};
@@ -251,20 +255,43 @@ pub fn server_config(
 }
 
 // ---------------------------------------------------------------------------
-// Trust of the upstream clients
+// Trust of the upstream and token endpoint clients
 // ---------------------------------------------------------------------------
 
-/// webpki + system roots + `[tls] ca_file`, as a server certificate verifier.
-pub type Trust = Rotating<Arc<WebPkiServerVerifier>>;
-
-fn verifier(roots: Arc<RootCertStore>) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
-    WebPkiServerVerifier::builder_with_provider(roots, tls::provider())
-        .build()
-        .map_err(|err| TlsError::File {
-            path: PathBuf::new(),
-            message: format!("no usable trust anchors: {err}"),
-        })
+/// Trust anchors as read at one time, and their WebPKI verifier.
+#[derive(Debug)]
+pub struct Anchors {
+    /// webpki + system roots + `[tls] ca_file`.
+    pub roots: Arc<RootCertStore>,
+    /// `None` when there is no root at all (tests): nothing is trusted.
+    verifier: Option<Arc<WebPkiServerVerifier>>,
+    /// The signature algorithms of the crypto provider.
+    algorithms: WebPkiSupportedAlgorithms,
 }
+
+impl Anchors {
+    fn new(roots: Arc<RootCertStore>) -> Result<Anchors, TlsError> {
+        let algorithms = tls::provider().signature_verification_algorithms;
+        let verifier = if roots.is_empty() {
+            None
+        } else {
+            let builder =
+                WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), tls::provider());
+            Some(builder.build().map_err(|err| TlsError::File {
+                path: PathBuf::new(),
+                message: format!("no usable trust anchors: {err}"),
+            })?)
+        };
+        Ok(Anchors {
+            roots,
+            verifier,
+            algorithms,
+        })
+    }
+}
+
+/// webpki + system roots + `[tls] ca_file`, as a server certificate verifier.
+pub type Trust = Rotating<Anchors>;
 
 /// The trust of `roots` (read from `tls` already), read again from the
 /// system and `ca_file` when `ca_file` changes.
@@ -274,9 +301,14 @@ pub fn trust(roots: &Arc<RootCertStore>, tls_config: &TlsConfig) -> Result<Arc<T
     Rotating::new(
         "CA file",
         files,
-        || verifier(Arc::clone(roots)),
-        move || verifier(Arc::new(tls::root_store(&tls_config)?)),
+        || Anchors::new(Arc::clone(roots)),
+        move || Anchors::new(Arc::new(tls::root_store(&tls_config)?)),
     )
+}
+
+/// The trust of `roots` alone, which no file changes (tests, `sidekey token`).
+pub fn fixed_trust(roots: &Arc<RootCertStore>) -> Result<Arc<Trust>, TlsError> {
+    trust(roots, &TlsConfig::default())
 }
 
 impl ServerCertVerifier for Trust {
@@ -288,22 +320,29 @@ impl ServerCertVerifier for Trust {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.current().verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )
+        match &self.current().verifier {
+            Some(verifier) => verifier.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
     }
 
+    // The signature checks depend on the crypto provider only, not on the
+    // roots: the same functions WebPkiServerVerifier calls.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.current().algorithms)
     }
 
     fn verify_tls13_signature(
@@ -312,18 +351,18 @@ impl ServerCertVerifier for Trust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.current().algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().supported_verify_schemes()
+        self.current().algorithms.supported_schemes()
     }
 }
 
-/// Client config for an upstream: `trust` (the WebPKI verifier of the
-/// roots in force: the same checks as `with_root_certificates`, only
-/// replaceable), with `client_cert` when the route names one. ALPN is left
-/// empty: the hyper-rustls connector sets it.
+/// Client config for an upstream or a token endpoint: `trust` (the WebPKI
+/// verifier of the roots in force: the same checks as
+/// `with_root_certificates`, only replaceable), with `client_cert` when the
+/// route names one. ALPN is left empty: the hyper-rustls connector sets it.
 pub fn upstream_config(
     trust: &Arc<Trust>,
     client_cert: Option<Arc<RotatingCert>>,

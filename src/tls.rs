@@ -1,17 +1,17 @@
-//! TLS files and the token endpoints' client: reading PEM certificates and
-//! keys, the trust roots (webpki + system roots + `[tls] ca_file`), and the
-//! rustls client config of the token endpoints. Listener and upstream
-//! configurations, whose files rotate, are [`crate::rotating`]'s. All
-//! crypto comes from rustls' `ring` provider.
+//! TLS files: reading PEM certificates and keys, and the trust roots
+//! (webpki + system roots + `[tls] ca_file`). The rustls configurations
+//! built from them (listeners, upstreams, token endpoints), whose files
+//! rotate, are [`crate::rotating`]'s. All crypto comes from rustls' `ring`
+//! provider.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::{ClientConfig, RootCertStore};
+use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{TlsConfig, UpstreamTls};
+use crate::config::TlsConfig;
 
 /// A TLS file or setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,26 +80,4 @@ pub fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
         }
     }
     Ok(roots)
-}
-
-/// Client config for token endpoints (and `sidekey token`), with a client
-/// certificate when `upstream_tls` names one. Every client config shares
-/// the one parsed `roots` (some 150 system roots, ~70 KiB each copy). ALPN is left empty: the
-/// hyper-rustls connector sets it from the HTTP versions it enables.
-pub fn client_config(
-    roots: &Arc<RootCertStore>,
-    upstream_tls: Option<&UpstreamTls>,
-) -> Result<ClientConfig, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(Arc::clone(roots));
-    let config = match upstream_tls {
-        Some(UpstreamTls {
-            client_cert: Some(cert),
-            client_key: Some(key),
-            ..
-        }) => builder.with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)?,
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(config)
 }

@@ -123,8 +123,7 @@ pub fn build_generation(
     workers: usize,
 ) -> Result<Generation, BuildError> {
     let config = &checked.config;
-    let roots = &checked.roots;
-    let credentials = Credentials::start_reusing(config, roots, metrics, previous)
+    let credentials = Credentials::start_reusing(config, &checked.trust, metrics, previous)
         .map_err(BuildError::TokenClient)?;
     let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();
     for (route, route_tls) in config.routes.iter().zip(&checked.routes) {

@@ -13,10 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::config::{TestConfig, route, static_token, toml_path};
+use crate::support::config::{TestConfig, oauth2, route, static_token, toml_path};
 use crate::support::logs;
 use crate::support::proxy::TestClient;
 use crate::support::tls::{TestPki, presented_certificate};
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
 use crate::support::upstream::{Upstream, UpstreamOpts};
 use crate::support::volume::SecretVolume;
 
@@ -172,4 +173,43 @@ async fn an_upstream_client_certificate_swapped_in_its_volume_is_presented() {
     })
     .await;
     assert!(upstream.last_request().unwrap().client_cert_presented);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ca_file_swapped_in_its_volume_is_trusted_by_token_requests() {
+    let (logs, _guard) = logs::capture();
+    let (old_ca, new_ca) = (Arc::new(TestPki::new()), Arc::new(TestPki::new()));
+    let behaviour = OAuthBehaviour {
+        client_id: "client".into(),
+        client_secret: "s3cr3t".into(),
+        ..OAuthBehaviour::default()
+    };
+    let token_server = OAuthServer::start_tls(behaviour, &new_ca).await;
+    let upstream = Upstream::start(UpstreamOpts::tls(&new_ca)).await;
+    let mut volume = SecretVolume::new(&[("ca.crt", &old_ca.ca_pem())]);
+    let proxy = TestConfig::new()
+        .line(
+            "[tls]",
+            &format!("ca_file = {}", toml_path(&volume.path("ca.crt"))),
+        )
+        .with(oauth2("api", &token_server.token_url().to_string()))
+        .with(route(&upstream.url(), "api"))
+        .env("CLIENT_ID", "client")
+        .env("CLIENT_SECRET", "s3cr3t")
+        .start()
+        .await;
+    let credential = proxy.handle.credentials().get("api").cloned().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        credential.current().is_err(),
+        "the token endpoint is not trusted yet"
+    );
+
+    volume.publish(&[("ca.crt", &new_ca.ca_pem())]);
+    // The engine's next retry (backing off) trusts the new CA.
+    credential
+        .wait_for_newer(0, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("no token after the CA changed: {e}\n{}", logs.text()));
+    assert_eq!(proxy.get("/after").await.status, 200);
 }
