@@ -48,7 +48,7 @@ pub enum DemoError {
     },
     /// The generated configuration was refused (a bug).
     #[error("demo configuration")]
-    Config(#[source] crate::config::ConfigError),
+    Config(#[source] crate::config::ConfigErrors),
     /// The proxy could not start.
     #[error(transparent)]
     Serve(#[from] ServeError),

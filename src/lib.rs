@@ -14,13 +14,13 @@
 //! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
 //! - [`server`]: lifecycle: start, graceful shutdown, reload ([`server::serve`])
 //! - [`listeners`]: the proxy listen addresses, bound once, served here or on the workers
-//! - [`conn`]: one app connection: caps, limits, TLS, the framing tap ([`idle`]: its idle deadline)
+//! - [`conn`]: one app connection: caps, limits ([`limits`]), TLS, the framing tap ([`idle`]: its idle deadline)
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
 //! - [`admin`]: status page, health, readiness and metrics ([`status`]: what
 //!   the process runs, for them)
-//! - [`tls`], [`metrics`], [`telemetry`], [`demo`]
+//! - [`tls`], [`metrics`], [`telemetry`], [`demo`], [`suggest`]
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -35,6 +35,7 @@ pub mod error;
 pub mod error_chain;
 pub mod host;
 pub mod idle;
+pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod preflight;
@@ -44,6 +45,7 @@ pub mod secret;
 pub mod server;
 pub mod status;
 pub mod stop;
+pub mod suggest;
 pub mod telemetry;
 pub mod tls;
 pub mod workers;

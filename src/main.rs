@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sidekey::config::{self, ConfigError};
+use sidekey::config::{self, ConfigErrors};
 use sidekey::credential::ObtainError;
 use sidekey::demo::DemoError;
 use sidekey::error_chain::error_chain;
-use sidekey::preflight::{Checked, preflight};
+use sidekey::preflight::{self, Checked, preflight};
 use sidekey::secret::ProcessEnv;
 use sidekey::server::{ServeError, Serving};
 use tracing::{error, info, warn};
@@ -73,7 +73,7 @@ enum CliError {
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
@@ -103,6 +103,12 @@ fn main() -> ExitCode {
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Config(ConfigErrors(errors))) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            ExitCode::from(1)
+        }
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
             ExitCode::from(1)
@@ -111,25 +117,56 @@ fn main() -> ExitCode {
 }
 
 /// Load and fully validate (including secrets and TLS files).
-fn load_checked(path: &Path) -> Result<Checked, ConfigError> {
-    config::load(path, Arc::new(ProcessEnv)).and_then(preflight)
+fn load_checked(path: &Path) -> Result<Checked, ConfigErrors> {
+    checked(config::read(path, Arc::new(ProcessEnv)))
 }
 
+/// A configuration read as far as it goes and the errors found, with its
+/// secrets and TLS files checked too: every error, by line.
+fn checked((config, mut errors): config::Loaded) -> Result<Checked, ConfigErrors> {
+    match config.map(preflight) {
+        Some(Ok(checked)) if errors.is_empty() => return Ok(checked),
+        Some(Err(ConfigErrors(more))) => errors.extend(more),
+        _ => {}
+    }
+    errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
+    Err(ConfigErrors(errors))
+}
+
+/// `sidekey check`: warnings and every error on stderr; on stdout, when the
+/// configuration is valid, a summary, and what it reads (names and paths,
+/// never values) whether valid or not. Nothing is sent over the network.
 fn check(path: &Path) -> Result<(), CliError> {
-    let Checked { config, .. } = load_checked(path)?;
-    for warning in &config.warnings {
+    let (config, errors) = config::read(path, Arc::new(ProcessEnv));
+    for warning in config.iter().flat_map(|config| &config.warnings) {
         eprintln!("warning: {warning}");
     }
-    println!(
-        "{}: ok ({} credential(s), {} route(s){})",
-        path.display(),
-        config.credentials.len(),
-        config.routes.len(),
-        if config.forward_proxy.is_some() {
-            ", forward proxy"
-        } else {
-            ""
+    let reads = config.as_ref().map(|config| {
+        let (env, files) = preflight::inputs(config);
+        let list = |names: Vec<String>| match names.is_empty() {
+            true => "none".to_owned(),
+            false => names.join(", "),
+        };
+        let env = list(env.into_iter().map(str::to_owned).collect());
+        let files = list(files.iter().map(|f| f.display().to_string()).collect());
+        format!("environment variables read: {env}\nfiles read: {files}")
+    });
+    let Checked { config, .. } = checked((config, errors)).inspect_err(|_| {
+        if let Some(reads) = &reads {
+            println!("{reads}");
         }
+    })?;
+    let proxy = match config.forward_proxy {
+        Some(_) => ", forward proxy",
+        None => "",
+    };
+    let (credentials, routes) = (config.credentials.len(), config.routes.len());
+    let path = path.display();
+    println!("{path}: ok ({credentials} credential(s), {routes} route(s){proxy})");
+    println!("{}", reads.unwrap_or_default());
+    println!(
+        "check does not contact the network; `sidekey token --config {path} NAME` obtains a \
+         token for credential NAME"
     );
     Ok(())
 }

@@ -1,17 +1,23 @@
 //! The checks made once before anything binds — by `check`, by `run` and by
-//! a reload: every secret reference resolves (variable set, file readable,
-//! value usable) and every TLS file loads and fits its use. What those files
-//! hold is kept in the [`Checked`] configuration (trust roots, each route's
-//! listener and upstream TLS configuration); serving reads them again only
-//! when they change ([`crate::rotating`]). Every failure names the file,
-//! line and key, like a syntax error.
+//! a reload: there is something to serve, every secret reference resolves
+//! (variable set, file readable, value usable) and every TLS file loads and
+//! fits its use. What those files hold is kept in the [`Checked`]
+//! configuration (trust roots, each route's listener and upstream TLS
+//! configuration); serving reads them again only when they change
+//! ([`crate::rotating`]). Every failure is reported, naming the file, line
+//! and key like a syntax error. [`inputs`] lists the variables and files a
+//! configuration reads.
 
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{Config, ConfigError, Key};
+use crate::config::{Config, ConfigError, ConfigErrors, Key, UpstreamTls};
 use crate::rotating::{self, Reread, Trust};
+use crate::secret::SecretRef;
 use crate::tls;
 
 /// A configuration whose secrets resolve and whose TLS files load, with what
@@ -42,58 +48,109 @@ pub struct RouteTls {
     pub upstream: ClientConfig,
 }
 
-/// Resolve every secret reference once and read every TLS file.
-pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
+/// Resolve every secret reference once and read every TLS file; every
+/// problem found is reported, by line.
+pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
+    let mut errors = Vec::new();
+    if config.routes.is_empty() && config.forward_proxy.is_none() {
+        let message = "no [[routes]] and no [forward_proxy]: there is nothing to serve";
+        errors.push(ConfigError::new(&config.path, None, "", message));
+    }
     for (name, credential) in &config.credentials {
         for (field, secret) in credential.secret_refs() {
-            secret
-                .resolve(config.env.as_ref())
-                .map_err(|e| config.key_error(&credential_key(name, field), e))?;
+            let key = Key::new("credentials").then(name).then(field);
+            noted(
+                &mut errors,
+                &config,
+                key,
+                secret.resolve(config.env.as_ref()),
+            );
         }
     }
-    let ca_key = Key::new("tls").then("ca_file");
-    let roots = Arc::new(tls::root_store(&config.tls).map_err(|e| config.key_error(&ca_key, e))?);
-    let trust = rotating::trust(&roots, &config.tls).map_err(|e| config.key_error(&ca_key, e))?;
-    let mut watched: Vec<Arc<dyn Reread>> = vec![trust.clone()];
+    let ca_file = Key::new("tls").then("ca_file");
+    let roots = noted(
+        &mut errors,
+        &config,
+        ca_file.clone(),
+        tls::root_store(&config.tls),
+    );
+    let roots = Arc::new(roots.unwrap_or_else(RootCertStore::empty));
+    let trust = rotating::trust(&roots, &config.tls);
+    let trust = noted(&mut errors, &config, ca_file, trust);
+    let mut watched: Vec<Arc<dyn Reread>> = trust.iter().map(|t| t.clone() as _).collect();
     let mut routes = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.iter().enumerate() {
         let key = |table: &str, field: &str| Key::new("routes").at(index).then(table).then(field);
-        let listener = match &route.tls {
-            Some(listener_tls) => {
-                tls::load_certs(&listener_tls.cert)
-                    .map_err(|e| config.key_error(&key("tls", "cert"), e))?;
-                tls::load_private_key(&listener_tls.key)
-                    .map_err(|e| config.key_error(&key("tls", "key"), e))?;
-                let (server, cert) = rotating::server_config(listener_tls)
-                    .map_err(|e| config.key_error(&key("tls", "cert"), e))?;
-                watched.push(cert);
-                Some(server)
-            }
-            None => None,
-        };
-        let mut client_cert = None;
-        if let Some(upstream_tls) = &route.upstream_tls {
-            if let Some(cert) = &upstream_tls.client_cert {
-                tls::load_certs(cert)
-                    .map_err(|e| config.key_error(&key("upstream_tls", "client_cert"), e))?;
-            }
-            if let Some(private_key) = &upstream_tls.client_key {
-                tls::load_private_key(private_key)
-                    .map_err(|e| config.key_error(&key("upstream_tls", "client_key"), e))?;
-            }
-            if let (Some(cert), Some(private_key)) =
-                (&upstream_tls.client_cert, &upstream_tls.client_key)
+        let mut listener = None;
+        if let Some(listener_tls) = &route.tls {
+            let cert = tls::load_certs(&listener_tls.cert);
+            let cert = noted(&mut errors, &config, key("tls", "cert"), cert);
+            let private_key = tls::load_private_key(&listener_tls.key);
+            if noted(&mut errors, &config, key("tls", "key"), private_key)
+                .and(cert)
+                .is_some()
             {
-                let cert = rotating::cert("upstream client certificate", cert, private_key)
-                    .map_err(|e| config.key_error(&key("upstream_tls", "client_cert"), e))?;
-                watched.push(cert.clone());
-                client_cert = Some(cert);
+                let server = rotating::server_config(listener_tls);
+                if let Some((server, cert)) =
+                    noted(&mut errors, &config, key("tls", "cert"), server)
+                {
+                    watched.push(cert);
+                    listener = Some(server);
+                }
             }
         }
-        let upstream = rotating::upstream_config(&trust, client_cert)
-            .map_err(|e| config.key_error(&key("upstream_tls", "client_cert"), e))?;
-        routes.push(RouteTls { listener, upstream });
+        let found = errors.len();
+        if let Some(upstream_tls) = &route.upstream_tls {
+            if let Some(cert) = &upstream_tls.client_cert {
+                let cert = tls::load_certs(cert);
+                noted(
+                    &mut errors,
+                    &config,
+                    key("upstream_tls", "client_cert"),
+                    cert,
+                );
+            }
+            if let Some(private_key) = &upstream_tls.client_key {
+                let private_key = tls::load_private_key(private_key);
+                noted(
+                    &mut errors,
+                    &config,
+                    key("upstream_tls", "client_key"),
+                    private_key,
+                );
+            }
+        }
+        if errors.len() == found
+            && let Some(trust) = &trust
+        {
+            let client_cert = match &route.upstream_tls {
+                Some(UpstreamTls {
+                    client_cert: Some(cert),
+                    client_key: Some(private_key),
+                    ..
+                }) => noted(
+                    &mut errors,
+                    &config,
+                    key("upstream_tls", "client_cert"),
+                    rotating::cert("upstream client certificate", cert, private_key),
+                ),
+                _ => None,
+            };
+            watched.extend(client_cert.iter().map(|cert| cert.clone() as _));
+            let client = rotating::upstream_config(trust, client_cert);
+            let upstream = noted(
+                &mut errors,
+                &config,
+                key("upstream_tls", "client_cert"),
+                client,
+            );
+            routes.extend(upstream.map(|upstream| RouteTls { listener, upstream }));
+        }
     }
+    let Some(trust) = trust.filter(|_| errors.is_empty()) else {
+        errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
+        return Err(ConfigErrors(errors));
+    };
     Ok(Checked {
         config,
         roots,
@@ -103,9 +160,38 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigError> {
     })
 }
 
-/// `credentials.NAME.FIELD`.
-fn credential_key(name: &str, field: &str) -> Key {
-    Key::new("credentials").then(name).then(field)
+/// `result`'s value, or `None` with its error noted against `key`.
+fn noted<T>(
+    errors: &mut Vec<ConfigError>,
+    config: &Config,
+    key: Key,
+    result: Result<T, impl Display>,
+) -> Option<T> {
+    result
+        .map_err(|e| errors.push(config.key_error(&key, e)))
+        .ok()
+}
+
+/// What `config` reads besides its own file, never their values: the
+/// environment variables and the files (secrets, certificates, keys).
+pub fn inputs(config: &Config) -> (BTreeSet<&str>, BTreeSet<&Path>) {
+    let (mut env, mut files) = (BTreeSet::new(), BTreeSet::new());
+    let secrets = config.credentials.values().flat_map(|c| c.secret_refs());
+    for (_, secret) in secrets {
+        match secret {
+            SecretRef::Env(name) => env.insert(name.as_str()),
+            SecretRef::File(path) => files.insert(path.as_path()),
+            SecretRef::Literal(_) => false,
+        };
+    }
+    files.extend(config.tls.ca_file.as_deref());
+    for route in &config.routes {
+        let listener = route.tls.iter().flat_map(|tls| [&tls.cert, &tls.key]);
+        let client = route.upstream_tls.iter();
+        let client = client.flat_map(|up| up.client_cert.iter().chain(&up.client_key));
+        files.extend(listener.chain(client).map(PathBuf::as_path));
+    }
+    (env, files)
 }
 
 #[cfg(test)]
@@ -130,7 +216,7 @@ mod tests {
             ("PLIANT_CLIENT_SECRET", "s"),
         ]));
         let config = parse(text, Path::new("config.example.toml"), env).unwrap();
-        let e = preflight(config).unwrap_err();
+        let e = preflight(config).unwrap_err().0.remove(0);
         let line = text
             .lines()
             .position(|l| l.starts_with("secret  ="))
@@ -144,7 +230,7 @@ mod tests {
     #[test]
     fn every_secret_and_tls_file_is_checked_by_file_line_and_key() {
         let text = BASE.replace("A_TOKEN", "MISSING_TOKEN");
-        let e = preflight(ok(&text)).unwrap_err();
+        let e = preflight(ok(&text)).unwrap_err().0.remove(0);
         assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
         assert_eq!(e.message, "environment variable MISSING_TOKEN is not set");
         assert_eq!(
@@ -160,16 +246,25 @@ mod tests {
         preflight(config).unwrap();
 
         let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"nope\" }");
-        let e = preflight(parse(&text, &config_path, env()).unwrap()).unwrap_err();
+        let e = preflight(parse(&text, &config_path, env()).unwrap())
+            .unwrap_err()
+            .0
+            .remove(0);
         assert_eq!((e.line, e.key.as_str()), (Some(3), "credentials.a.token"));
         assert!(e.message.contains("nope"), "{e}");
 
         let text = format!("{BASE}tls = {{ cert = \"missing.crt\", key = \"missing.key\" }}\n");
-        let e = preflight(parse(&text, &config_path, env()).unwrap()).unwrap_err();
+        let e = preflight(parse(&text, &config_path, env()).unwrap())
+            .unwrap_err()
+            .0
+            .remove(0);
         assert_eq!((e.line, e.key.as_str()), (Some(9), "routes[0].tls.cert"));
 
         let text = format!("[tls]\nca_file = \"missing-ca.pem\"\n{BASE}");
-        let e = preflight(parse(&text, &config_path, env()).unwrap()).unwrap_err();
+        let e = preflight(parse(&text, &config_path, env()).unwrap())
+            .unwrap_err()
+            .0
+            .remove(0);
         assert_eq!((e.line, e.key.as_str()), (Some(2), "tls.ca_file"));
 
         let text = BASE.replace("{ env = \"A_TOKEN\" }", "\"t0k3n\"");
@@ -179,5 +274,59 @@ mod tests {
             Arc::new(MapEnv::default()),
         );
         assert!(preflight(e.unwrap()).is_ok());
+    }
+
+    #[test]
+    fn every_secret_and_tls_file_problem_is_reported_at_once() {
+        let dir = temp_dir("all");
+        let text = format!(
+            "[tls]\nca_file = \"missing-ca.pem\"\n{}tls = {{ cert = \"no.crt\", key = \"no.key\" }}\n",
+            BASE.replace("A_TOKEN", "MISSING_TOKEN")
+        );
+        let config = parse(&text, &dir.join("sidekey.toml"), env()).unwrap();
+        let errors = preflight(config).unwrap_err().0;
+        let found: Vec<_> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (Some(2), "tls.ca_file"),
+                (Some(5), "credentials.a.token"),
+                (Some(11), "routes[0].tls.cert"),
+                (Some(11), "routes[0].tls.key"),
+            ],
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn inputs_name_every_variable_and_file_but_no_value() {
+        let text = format!(
+            "[tls]\nca_file = \"ca.pem\"\n{BASE}upstream_tls = {{ client_cert = \"c.pem\", client_key = \"k.pem\" }}\n\
+             [credentials.b]\ntype = \"static\"\ntoken = {{ file = \"/run/b\" }}\n\
+             [credentials.c]\ntype = \"static\"\ntoken = \"literal-value\"\n"
+        );
+        let config = ok(&text);
+        let (env, files) = inputs(&config);
+        assert_eq!(env.into_iter().collect::<Vec<_>>(), ["A_TOKEN"]);
+        let files: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
+        assert_eq!(
+            files,
+            [
+                "/etc/sidekey/c.pem",
+                "/etc/sidekey/ca.pem",
+                "/etc/sidekey/k.pem",
+                "/run/b"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_configuration_that_serves_nothing_is_refused() {
+        let text = "[credentials.a]\ntype = \"static\"\ntoken = \"t\"\n";
+        let e = preflight(ok(text)).unwrap_err().0.remove(0);
+        assert_eq!((e.line, e.key.as_str()), (None, ""), "{e}");
+        assert!(e.message.contains("nothing to serve"), "{e}");
+        let proxy = "[forward_proxy]\nlisten = \"127.0.0.1:3128\"\n";
+        assert!(preflight(ok(proxy)).is_ok());
     }
 }

@@ -10,7 +10,10 @@ use sidekey::secret::MapEnv;
 
 fuzz_target!(|text: &str| {
     let env = Arc::new(MapEnv::from([("TOKEN", "fuzz-token"), ("ID", "id")]));
-    if let Err(error) = sidekey::config::parse(text, Path::new("fuzz.toml"), env) {
-        assert!(error.to_string().starts_with("fuzz.toml"), "{error}");
+    if let Err(errors) = sidekey::config::parse(text, Path::new("fuzz.toml"), env) {
+        assert!(!errors.0.is_empty());
+        for error in &errors.0 {
+            assert!(error.to_string().starts_with("fuzz.toml"), "{error}");
+        }
     }
 });

@@ -1,21 +1,20 @@
-//! `[credentials.NAME]`: how a token is obtained and which headers it adds.
-//! Owns the credential types, the keys each `type` accepts and requires, and
-//! their defaults (token timeout, TTL, Inbenta auth URL, `renew_on_status`).
-//! A table is read twice from the parsed file, never through a buffer (as a
-//! `#[serde(tag = "type")]` enum would, losing every line): once for `type`
-//! and the keys all types share, once for the keys of its type.
+//! `[credentials.NAME]`: the credential types, the keys each `type` accepts
+//! and requires, and their defaults. A table is read twice from the parsed
+//! file, never through a buffer (as a `#[serde(tag = "type")]` enum would,
+//! losing every line): for `type` and the shared keys, then for its type's.
 
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use super::error::{ConfigError, Key};
+use super::error::Key;
 use super::source::Source;
-use super::value::{
-    BaseUrl, Dur, Headers, Name, Scheme, Timeout, Url, Value, secs, statuses, via, via_some,
-};
+use super::value::{BaseUrl, Dur, Headers, Name, Scheme, Timeout, Url, Value};
+use super::value::{secs, statuses, via, via_some};
 use crate::secret::SecretRef;
+use crate::suggest::did_you_mean;
 
 /// `[credentials.NAME]`: how a token is obtained and which headers it adds.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,7 +44,7 @@ impl CredentialConfig {
                     InbentaKey::Secret(r) => ("secret", r),
                     InbentaKey::DomainKey(r) => ("domain_key", r),
                 };
-                let oauth = inbenta.oauth_token.as_ref().map(|r| ("oauth_token", r));
+                let oauth = inbenta.oauth_token.iter().map(|r| ("oauth_token", r));
                 let refs = [("api_key", &inbenta.api_key), flow];
                 refs.into_iter().chain(oauth).collect()
             }
@@ -208,45 +207,45 @@ const KEYS: [&str; 4] = [
 ];
 const NAMES: [&str; 4] = ["", "inbenta", "oauth2", "static"];
 
-/// Read `[credentials.NAME]` by its type's keys and rules; `src` names the lines.
-pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, ConfigError> {
+/// Read `[credentials.NAME]` by its type's keys and rules; `None` when it cannot be.
+pub(super) fn read(name: &str, src: &Source<'_>) -> Option<CredentialConfig> {
     let base = Key::new("credentials").then(name);
     let common: Common = src.read(&base)?;
     let (type_name, own) = (NAMES[common.kind as usize], KEYS[common.kind as usize]);
-    let accepted = |key: &String| KEYS[0].split(' ').chain(own.split(' ')).any(|k| k == key);
-    if let Some(key) = src.keys(&base).into_iter().find(|key| !accepted(key)) {
-        let all: Vec<&str> = KEYS.iter().flat_map(|keys| keys.split(' ')).collect();
-        let message = match all.contains(&key.as_str()) {
+    let accepted: Vec<&str> = KEYS[0].split(' ').chain(own.split(' ')).collect();
+    let written = src.keys(&base);
+    for key in written
+        .iter()
+        .filter(|key| !accepted.contains(&key.as_str()))
+    {
+        let message = match KEYS.iter().any(|keys| keys.split(' ').any(|k| k == key)) {
             true => format!("key `{key}` is not valid for type {type_name}"),
-            false => format!(
+            false => did_you_mean(format!(
                 "unknown key `{key}`, expected one of `{}`",
-                all.join("`, `")
-            ),
+                accepted.join("`, `")
+            )),
         };
-        return Err(src.error(&base.then(&key), message));
+        src.fail(&base.then(key), message);
     }
-    let required = |mut e: ConfigError| {
-        if e.message.starts_with("missing key") {
-            e.message = format!("{} (required for type {type_name})", e.message);
-        }
-        e
-    };
+    let http = common.allow_insecure_http;
     let secret = |field: &str, value| src.secret(&base.then(field), value);
     let kind = match common.kind {
         Type::Inbenta => {
-            let file: InbentaFile = src.read(&base).map_err(required)?;
+            let file: InbentaFile = typed(src, &base, type_name)?;
             let key = match (file.secret, file.domain_key) {
                 (Some(s), None) => InbentaKey::Secret(secret("secret", s)),
                 (None, Some(d)) => InbentaKey::DomainKey(secret("domain_key", d)),
                 (Some(_), Some(_)) => {
                     let message = "set `secret` (API Secret flow) or `domain_key` (Domain Key \
                                    flow), not both";
-                    return Err(src.error(&base.then("domain_key"), message));
+                    src.fail(&base.then("domain_key"), message);
+                    return None;
                 }
                 (None, None) => {
                     let message = "missing key `secret` or `domain_key` (one is required for \
                                    type inbenta)";
-                    return Err(src.error(&base.then("secret"), message));
+                    src.fail(&base.then("secret"), message);
+                    return None;
                 }
             };
             if file.origin.is_some() && matches!(key, InbentaKey::Secret(_)) {
@@ -254,23 +253,26 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, Con
                     "`origin` is only sent with `domain_key`; it is ignored with `secret`";
                 src.warn(&base.then("origin"), message);
             }
-            let auth_url = file.auth_url.map(|url| url.0);
+            let inbenta = Uri::from_static("https://api.inbenta.io/v1");
+            let auth_url = file.auth_url.map_or(inbenta, |url| url.0);
+            src.https(&base, ("auth_url", &auth_url), http);
             CredentialKind::Inbenta(InbentaConfig {
                 api_key: secret("api_key", file.api_key),
                 key,
                 origin: file.origin.map(|v| v.0),
                 oauth_token: file.oauth_token.map(|t| secret("oauth_token", t)),
-                auth_url: auth_url.unwrap_or(Uri::from_static("https://api.inbenta.io/v1")),
+                auth_url,
             })
         }
         Type::OAuth2 => {
-            let mut oauth2: OAuth2Config = src.read(&base).map_err(required)?;
+            let mut oauth2: OAuth2Config = typed(src, &base, type_name)?;
             oauth2.client_id = secret("client_id", oauth2.client_id);
             oauth2.client_secret = secret("client_secret", oauth2.client_secret);
+            src.https(&base, ("token_url", &oauth2.token_url), http);
             CredentialKind::OAuth2(oauth2)
         }
         Type::Static => {
-            let mut fixed: StaticConfig = src.read(&base).map_err(required)?;
+            let mut fixed: StaticConfig = typed(src, &base, type_name)?;
             fixed.token = secret("token", fixed.token);
             CredentialKind::Static(fixed)
         }
@@ -279,7 +281,7 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, Con
         Type::Inbenta => vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
         Type::OAuth2 | Type::Static => vec![StatusCode::UNAUTHORIZED],
     };
-    Ok(CredentialConfig {
+    Some(CredentialConfig {
         name: name.to_owned(),
         kind,
         refresh_before: common.refresh_before,
@@ -288,4 +290,16 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Result<CredentialConfig, Con
         allow_insecure_http: common.allow_insecure_http,
         timeout: common.timeout,
     })
+}
+
+/// `T` read at `base`, a missing key said to be required for type `type_name`.
+fn typed<T: DeserializeOwned>(src: &Source<'_>, base: &Key, type_name: &str) -> Option<T> {
+    let found = src.errors.borrow().len();
+    let read = src.read(base);
+    for e in src.errors.borrow_mut().iter_mut().skip(found) {
+        if e.message.starts_with("missing key") {
+            e.message = format!("{} (required for type {type_name})", e.message);
+        }
+    }
+    read
 }

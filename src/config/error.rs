@@ -1,7 +1,7 @@
 //! What a configuration error says: [`ConfigError`] (file, line, key,
-//! message) and [`Key`], the key path it names (`routes[0].tls.cert`,
-//! `forward_proxy.hosts."api.example.com"`), which finds its own span in
-//! the parsed document.
+//! message), all of them ([`ConfigErrors`]), and [`Key`], the key path one
+//! names (`routes[0].tls.cert`, `forward_proxy.hosts."api.example.com"`),
+//! which finds its own span in the parsed document.
 
 use std::fmt::{self, Display};
 use std::path::{Path, PathBuf};
@@ -24,14 +24,10 @@ pub struct ConfigError {
 
 impl Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.key.is_empty() {
-            write!(f, ": {}", self.key)?;
-        }
-        write!(f, ": {}", self.message)
+        let line = self.line.map(|line| format!(":{line}")).unwrap_or_default();
+        let key = Some(&self.key).filter(|key| !key.is_empty());
+        let key = key.map(|key| format!(": {key}")).unwrap_or_default();
+        write!(f, "{}{line}{key}: {}", self.path.display(), self.message)
     }
 }
 
@@ -49,6 +45,19 @@ impl ConfigError {
         }
     }
 }
+
+/// Every problem found in a configuration, by line; `Display` joins them with `; `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<String> = self.0.iter().map(ConfigError::to_string).collect();
+        f.write_str(&all.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 /// What reading a configuration gives, or the first problem found.
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
@@ -69,7 +78,7 @@ enum Segment {
 impl Key {
     /// A top-level key.
     pub fn new(name: &str) -> Key {
-        Key::default().then(name)
+        Key(vec![Segment::Name(name.to_owned())])
     }
 
     /// The key `name` inside this one.
@@ -82,8 +91,7 @@ impl Key {
         Key([&self.0[..], &[Segment::Index(index)]].concat())
     }
 
-    /// The key serde was at, `path` below this one, without the private
-    /// key through which `toml::Spanned` reads its value.
+    /// This key joined with the `path` serde was at (minus `toml::Spanned`'s private key).
     pub(super) fn join(&self, path: &serde_path_to_error::Path) -> Key {
         use serde_path_to_error::Segment::{Map, Seq};
         path.iter()
@@ -94,8 +102,7 @@ impl Key {
             })
     }
 
-    /// How a message names the table at this key: `[admin]`, or `this
-    /// route (routes[0])` for an element of the one array of tables.
+    /// How a message names this table: `[admin]`, or `this route (routes[0])`.
     pub(super) fn table(&self) -> String {
         match self.0.last() {
             Some(Segment::Index(_)) => format!("this route ({self})"),
@@ -103,8 +110,7 @@ impl Key {
         }
     }
 
-    /// This key's value in `doc` and `true`, or the nearest table or array
-    /// that would hold it and `false`.
+    /// This key's value in `doc` and `true`, or the nearest table holding it and `false`.
     pub(super) fn find<'d, 'i>(&self, doc: &'d Doc<'i>) -> (&'d Doc<'i>, bool) {
         let mut at = doc;
         for segment in &self.0 {
@@ -118,6 +124,24 @@ impl Key {
             at = value;
         }
         (at, true)
+    }
+
+    /// Take the last named key of this path (relative to `doc`) out of `doc`; whether it was there.
+    pub(super) fn remove(&self, doc: &mut Doc<'_>) -> bool {
+        let end = self.0.iter().rposition(|s| matches!(s, Segment::Name(_)));
+        let mut at = Some(doc.get_mut());
+        for (n, segment) in self.0.iter().enumerate().take(end.map_or(0, |end| end + 1)) {
+            at = match (segment, at) {
+                (Segment::Name(name), Some(DeValue::Table(table))) if Some(n) == end => {
+                    return table.remove(name.as_str()).is_some();
+                }
+                (Segment::Name(name), Some(DeValue::Table(t))) => t.get_mut(name.as_str()),
+                (Segment::Index(index), Some(DeValue::Array(array))) => array.get_mut(*index),
+                _ => None,
+            }
+            .map(Spanned::get_mut);
+        }
+        false
     }
 }
 

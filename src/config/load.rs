@@ -1,11 +1,7 @@
-//! Reading a TOML file into [`Config`]: unknown keys are errors, and every
-//! error names the file, the line and the key.
-//!
-//! [`parse`] parses the text, lets the types read themselves from it
-//! (`serde_path_to_error` says at which key one failed), then applies the
-//! rules between tables (`rules`). Secret references
-//! and TLS files are only read by `preflight`, which `check` and `run` call
-//! before binding anything.
+//! Reading a TOML file into [`Config`]: the types read themselves from the
+//! parsed text (`serde_path_to_error` says at which key one failed), then
+//! `rules` applies the rules between tables. Every error names the file, the
+//! line and the key. Secrets and TLS files are read later, by `preflight`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,109 +11,128 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::credential;
-use super::error::{ConfigError, Key};
-use super::route::{ForwardProxyConfig, RouteConfig};
-use super::rules;
+use super::error::{ConfigError, ConfigErrors, Key};
+use super::route::RouteConfig;
 use super::source::Source;
-use super::top::{AdminConfig, Config, ConnLimits, LogConfig, Text, TlsConfig};
-use super::value::{Dur, Timeout, bounded, secs, via};
+use super::top::{Config, LogConfig, Text, TlsConfig};
+use super::value::{Dur, Timeout, bounded, secs, via, via_some};
+use super::{credential, rules};
+use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
 
-/// The top level as written: the connection limits are three keys here,
-/// and each credential is read by its type (`credential`).
+/// The top level as written: the connection limits are three keys here
+/// (defaults: [`ConnLimits::PROXY`]); the tables read on their own are only
+/// listed, so that one that cannot be read leaves the others readable.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default = "secs::<20>", deserialize_with = "via::<_, Dur, _>")]
     shutdown_grace: Duration,
     /// More than a sidecar's app opens; each costs memory and a descriptor.
-    #[serde(
-        default = "connections",
-        deserialize_with = "bounded::<_, 1, 1_000_000>"
-    )]
-    max_connections: usize,
+    #[serde(default, deserialize_with = "bounded::<_, 1, 1_000_000>")]
+    max_connections: Option<usize>,
     /// From a request line and a handful of headers to a size beyond which
     /// one connection alone could hold megabytes before a request is seen.
-    #[serde(
-        default = "header_bytes",
-        deserialize_with = "bounded::<_, 1024, 1_048_576>"
-    )]
-    max_header_bytes: usize,
-    #[serde(default = "secs::<30>", deserialize_with = "via::<_, Timeout, _>")]
-    idle_timeout: Duration,
-    /// Serving threads; more than any machine sidekey runs on has cores.
-    #[serde(
-        default = "available_cores",
-        deserialize_with = "bounded::<_, 1, 1024>"
-    )]
-    workers: usize,
-    admin: Option<AdminConfig>,
+    #[serde(default, deserialize_with = "bounded::<_, 1024, 1_048_576>")]
+    max_header_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "via_some::<_, Timeout, _>")]
+    idle_timeout: Option<Duration>,
+    /// Default: one serving thread per core the process may use.
+    #[serde(default, deserialize_with = "bounded::<_, 1, 1024>")]
+    workers: Option<usize>,
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
     tls: TlsConfig,
+    admin: Option<IgnoredAny>,
     #[serde(default)]
     credentials: BTreeMap<String, IgnoredAny>,
     #[serde(default)]
-    routes: Vec<RouteConfig>,
-    forward_proxy: Option<ForwardProxyConfig>,
-}
-
-fn connections() -> usize {
-    ConnLimits::PROXY.max_connections
-}
-
-/// One serving thread per core the process may use.
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-}
-
-fn header_bytes() -> usize {
-    ConnLimits::PROXY.max_header_bytes
+    routes: Vec<IgnoredAny>,
+    forward_proxy: Option<IgnoredAny>,
 }
 
 /// Read and validate the file at `path`; secrets are resolved later (`preflight`).
-pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let message = format!("cannot read the configuration file: {e}");
-        ConfigError::new(path, None, "", message)
-    })?;
-    parse(&text, path, env)
+pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigErrors> {
+    valid(read(path, env))
 }
 
 /// Validate `text` as if read from `path`.
-pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigError> {
-    let src = Source::parse(path, text)?;
-    let file: File = src.read(&Key::default())?;
-    let mut credentials = BTreeMap::new();
-    for name in file.credentials.keys() {
-        credentials.insert(name.clone(), credential::read(name, &src)?);
+pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigErrors> {
+    valid(read_text(text, path, env))
+}
+
+/// A configuration as far as it could be read (`None` when the file could
+/// not be read or parsed) and every error found in it, by line.
+pub type Loaded = (Option<Config>, Vec<ConfigError>);
+
+/// The file at `path` as far as it can be read, and every error in it.
+pub fn read(path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
+    match std::fs::read_to_string(path) {
+        Ok(text) => read_text(&text, path, env),
+        Err(e) => {
+            let message = format!("cannot read the configuration file: {e}");
+            (None, vec![ConfigError::new(path, None, "", message)])
+        }
     }
-    let limits = ConnLimits {
-        max_connections: file.max_connections,
-        max_header_bytes: file.max_header_bytes,
-        idle_timeout: file.idle_timeout,
+}
+
+fn valid((config, errors): Loaded) -> Result<Config, ConfigErrors> {
+    config
+        .filter(|_| errors.is_empty())
+        .ok_or(ConfigErrors(errors))
+}
+
+fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
+    let src = match Source::parse(path, text) {
+        Ok(src) => src,
+        Err(error) => return (None, vec![error]),
     };
-    let ca_file = file.tls.ca_file.map(|file| src.file(&file));
+    let Some(file) = src.read::<File>(&Key::default()) else {
+        return (None, src.errors.take());
+    };
+    let names = file.credentials.keys();
+    let read = names.filter_map(|name| Some((name.clone(), credential::read(name, &src)?)));
+    let credentials = read.collect();
+    let routes = (0..file.routes.len()).map(|index| src.read(&Key::new("routes").at(index)));
+    let routes: Vec<Option<RouteConfig>> = routes.collect();
+    let all_routes = routes.iter().all(Option::is_some);
+    let routes = routes
+        .into_iter()
+        .flatten()
+        .filter(|_| all_routes)
+        .collect();
+    let forward_proxy = file
+        .forward_proxy
+        .and_then(|_| src.read(&Key::new("forward_proxy")));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let proxy = ConnLimits::PROXY;
     let mut config = Config {
         path: path.to_path_buf(),
         shutdown_grace: file.shutdown_grace,
-        workers: file.workers,
-        limits,
-        admin: file.admin,
+        workers: file.workers.unwrap_or(cores),
+        limits: ConnLimits {
+            max_connections: file.max_connections.unwrap_or(proxy.max_connections),
+            max_header_bytes: file.max_header_bytes.unwrap_or(proxy.max_header_bytes),
+            idle_timeout: file.idle_timeout.unwrap_or(proxy.idle_timeout),
+        },
+        admin: file.admin.and_then(|_| src.read(&Key::new("admin"))),
         log: file.log,
-        tls: TlsConfig { ca_file },
+        tls: TlsConfig {
+            ca_file: file.tls.ca_file.map(|file| src.file(&file)),
+        },
         credentials,
-        routes: file.routes,
-        forward_proxy: file.forward_proxy,
+        routes,
+        forward_proxy,
         env,
         text: Text(text.into()),
         warnings: Vec::new(),
     };
-    rules::apply(&mut config, &src)?;
+    rules::apply(&mut config, &src, all_routes);
     config.warnings = src.warnings.take();
-    Ok(config)
+    let mut errors = src.errors.take();
+    errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
+    (Some(config), errors)
 }
 
 #[cfg(test)]
@@ -134,7 +149,7 @@ mod tests {
     };
     use crate::secret::{MapEnv, SecretRef};
 
-    use crate::config::fixture::{BASE, FILE, env, err, ok};
+    use crate::config::fixture::{BASE, FILE, env, err, errs, ok};
 
     /// Assert the error's line and key, and that its message contains `part`.
     #[track_caller]
@@ -933,13 +948,137 @@ domain_key = { env = "D" }
         let config = load(&path, env()).unwrap();
         assert_eq!(config.path, path);
         let missing = dir.join("absent.toml");
-        let e = load(&missing, env()).unwrap_err();
+        let e = load(&missing, env()).unwrap_err().0.remove(0);
         assert_eq!(e.path, missing);
         assert_eq!(e.line, None);
         assert!(
             e.to_string()
                 .starts_with(&format!("{}: cannot read", missing.display())),
             "{e}"
+        );
+    }
+
+    /// `(line, key)` of each error, and whether each message contains its `part`.
+    #[track_caller]
+    fn assert_errs(text: &str, expected: &[(usize, &str, &str)]) {
+        let errors = errs(text);
+        let found: Vec<_> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        let wanted: Vec<_> = expected.iter().map(|(l, k, _)| (Some(*l), *k)).collect();
+        assert_eq!(found, wanted, "{errors:#?}");
+        for (e, (_, _, part)) in errors.iter().zip(expected) {
+            assert!(e.message.contains(part), "`{}` lacks `{part}`", e.message);
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_in_one_read() {
+        let text = r#"shutdown_grace = "soon"
+workers = 0
+[admin]
+listen = "127.0.0.1:8080"
+[credentials.a]
+type = "static"
+token = { env = "A_TOKEN" }
+scheme = "Bearer x"
+timeout = "0s"
+[credentials.b]
+type = "static"
+[[routes]]
+listen = "127.0.0.1:8080"
+upstream = "https://api.example.com"
+credential = "a"
+bogus = 1
+connect_timeout = 5
+[[routes]]
+listen = "127.0.0.1:8081"
+upstream = "https://api.example.com"
+credential = "b"
+[[routes]]
+listen = "127.0.0.1:8082"
+upstream = "https://api.example.com"
+credential = "c"
+"#;
+        assert_errs(
+            text,
+            &[
+                (1, "shutdown_grace", "not a duration"),
+                (2, "workers", "out of range"),
+                (4, "admin.listen", "already the listen address of routes[0]"),
+                (8, "credentials.a.scheme", "authorization scheme"),
+                (9, "credentials.a.timeout", "longer than zero"),
+                (10, "credentials.b.token", "missing key `token`"),
+                (16, "routes[0].bogus", "unknown key `bogus`"),
+                (17, "routes[0].connect_timeout", "a duration such as"),
+                (
+                    25,
+                    "routes[2].credential",
+                    "no credential named `c` (defined: a)",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_read_leaves_the_others_checked() {
+        // routes[0] lacks `credential`: the rules between routes wait for it,
+        // the other tables are still read and checked.
+        let text = format!(
+            "{BASE}[[routes]]\nlisten = \"127.0.0.1:9\"\n[forward_proxy]\nlisten = \"0.0.0.0:1\"\n"
+        );
+        assert_errs(
+            &text,
+            &[
+                (9, "routes[1].credential", "missing key `credential`"),
+                (12, "forward_proxy.listen", "allow_non_loopback"),
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_closest_of_their_table() {
+        // (`token` is then missing too, and said so)
+        let text = BASE.replace("token = ", "tokn = ");
+        let e = errs(&text).remove(1);
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(3), "credentials.a.tokn"),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .starts_with("unknown key `tokn`, did you mean `token`?"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("`scheme`") && !e.message.contains("`api_key`"),
+            "{e}"
+        );
+        let e = err(&format!("{BASE}conect_timeout = \"5s\"\n"));
+        assert!(e.message.contains("did you mean `connect_timeout`?"), "{e}");
+        let e = err(&format!("{BASE}[log]\nformat = \"jsn\"\n"));
+        assert!(
+            e.message
+                .contains("unknown value `jsn`, did you mean `json`?"),
+            "{e}"
+        );
+        let e = err(&format!("{BASE}flux = 1\n"));
+        assert!(!e.message.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_say_what_is_wanted() {
+        assert_err(
+            &format!("shutdown_grace = 5\n{BASE}"),
+            1,
+            "shutdown_grace",
+            r#"expected a duration such as "5s""#,
+        );
+        let listen = BASE.replace("\"127.0.0.1:8080\"", "8080");
+        assert_err(
+            &listen,
+            6,
+            "routes[0].listen",
+            r#"expected an address such as "127.0.0.1:8080""#,
         );
     }
 }

@@ -18,14 +18,15 @@ mod source;
 mod top;
 mod value;
 
+pub use crate::limits::ConnLimits;
 pub use credential::{
     BodyFormat, ClientAuth, CredentialConfig, CredentialKind, InbentaConfig, InbentaKey,
     OAuth2Config, StaticConfig,
 };
-pub use error::{ConfigError, Key};
-pub use load::{load, parse};
+pub use error::{ConfigError, ConfigErrors, Key};
+pub use load::{Loaded, load, parse, read};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
-pub use top::{AdminConfig, Config, ConnLimits, LogConfig, LogFormat, Text, TlsConfig};
+pub use top::{AdminConfig, Config, LogConfig, LogFormat, Text, TlsConfig};
 pub use value::parse_duration;
 
 #[cfg(test)]
@@ -66,12 +67,18 @@ credential = "a"
         }
     }
 
-    /// The error `text` is refused with; panics when it is accepted.
+    /// The first error `text` is refused with; panics when it is accepted.
     #[track_caller]
     pub fn err(text: &str) -> ConfigError {
+        errs(text).remove(0)
+    }
+
+    /// Every error `text` is refused with, by line; panics when it is accepted.
+    #[track_caller]
+    pub fn errs(text: &str) -> Vec<ConfigError> {
         match parse(text, Path::new(FILE), env()) {
             Ok(_) => panic!("expected an error for:\n{text}"),
-            Err(e) => e,
+            Err(e) => e.0,
         }
     }
 

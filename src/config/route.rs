@@ -155,11 +155,8 @@ mod tests {
     }
 
     fn parse_hosts(hosts: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
-        parse(
-            &with_hosts(hosts),
-            Path::new("fp.toml"),
-            Arc::new(MapEnv::default()),
-        )
+        let env = Arc::new(MapEnv::default());
+        parse(&with_hosts(hosts), Path::new("fp.toml"), env).map_err(|mut e| e.0.remove(0))
     }
 
     #[test]

@@ -1,10 +1,7 @@
 //! The configuration file being read: its path, text and parsed document.
-//! It names the line of a key (the line of its value, or of the nearest
-//! table holding it when the key is missing), turns a `toml` or serde error
-//! into a [`ConfigError`], resolves relative paths against the file's
-//! directory, collects warnings (a secret written literally), named like
-//! errors, and states the two rules several tables share: https unless
-//! `allow_insecure_http`, loopback unless `allow_non_loopback`.
+//! It names a key's line (its value's, or the nearest table's when missing),
+//! turns `toml` and serde errors into [`ConfigError`]s, resolves relative
+//! paths, collects warnings and errors, and states rules several tables share.
 
 use std::cell::RefCell;
 use std::fmt::Display;
@@ -18,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, Doc, Key, Result, line_of};
 use crate::secret::SecretRef;
+use crate::suggest::did_you_mean;
 
 /// One configuration file, parsed.
 pub(super) struct Source<'a> {
@@ -26,6 +24,8 @@ pub(super) struct Source<'a> {
     pub doc: Doc<'a>,
     /// What is accepted but deserves a word, in the order found.
     pub warnings: RefCell<Vec<ConfigError>>,
+    /// What is refused, in the order found.
+    pub errors: RefCell<Vec<ConfigError>>,
 }
 
 impl<'a> Source<'a> {
@@ -36,12 +36,13 @@ impl<'a> Source<'a> {
             ConfigError::new(path, line, "", error.message().trim())
         })?;
         let doc = Spanned::new(doc.span(), DeValue::Table(doc.into_inner()));
-        let warnings = RefCell::default();
+        let (warnings, errors) = (RefCell::default(), RefCell::default());
         Ok(Source {
             path,
             text,
             doc,
             warnings,
+            errors,
         })
     }
 
@@ -60,6 +61,11 @@ impl<'a> Source<'a> {
         self.warnings.borrow_mut().push(self.error(key, message));
     }
 
+    /// Refuse `key` with `message`.
+    pub fn fail(&self, key: &Key, message: impl Display) {
+        self.errors.borrow_mut().push(self.error(key, message));
+    }
+
     /// The keys written in table `key`.
     pub fn keys(&self, key: &Key) -> Vec<String> {
         let table = match key.find(&self.doc) {
@@ -70,16 +76,32 @@ impl<'a> Source<'a> {
         keys.map(|key| key.get_ref().to_string()).collect()
     }
 
-    /// The value at `key` (the whole file for the empty key), read as `T`.
-    pub fn read<T: DeserializeOwned>(&self, key: &Key) -> Result<T> {
-        let de = toml::de::ValueDeserializer::from(key.find(&self.doc).0.clone());
-        serde_path_to_error::deserialize(de).map_err(|e| self.serde(key.join(e.path()), e.inner()))
+    /// The value at `key` (the whole file for the empty key), read as `T`. A
+    /// bad key is reported and left out, so that one read reports them all;
+    /// `None` when `T` cannot be read without it.
+    pub fn read<T: DeserializeOwned>(&self, key: &Key) -> Option<T> {
+        let (mut doc, mut reported) = (key.find(&self.doc).0.clone(), Vec::new());
+        loop {
+            let de = toml::de::ValueDeserializer::from(doc.clone());
+            let e = match serde_path_to_error::deserialize(de) {
+                Ok(value) => return Some(value),
+                Err(e) => e,
+            };
+            let at = Key::default().join(e.path());
+            let error = self.serde(key.join(e.path()), e.inner());
+            if reported.contains(&error.key) {
+                return None; // a key left out was needed
+            }
+            reported.push(error.key.clone());
+            self.errors.borrow_mut().push(error);
+            if !at.remove(&mut doc) {
+                return None;
+            }
+        }
     }
 
-    /// A `toml` or serde error at `key` (the path serde was at): the line of
-    /// its span, and the key a "missing field" names. serde says "field"
-    /// where a TOML file has keys, "variant" where it has a value, and
-    /// "i64" where it has an integer.
+    /// A `toml` or serde error at `key`, on the line of its span, in TOML's
+    /// words (keys, not fields; values, not variants; integers, not i64).
     fn serde(&self, mut key: Key, error: &toml::de::Error) -> ConfigError {
         let message = error.message().trim();
         let mut message = message.replace("expected i64", "expected an integer");
@@ -95,6 +117,7 @@ impl<'a> Source<'a> {
                 message = format!("{ours}{rest}");
             }
         }
+        let message = did_you_mean(message);
         let line = match error.span() {
             Some(span) => line_of(self.text, span.start),
             None => self.line(&key),
@@ -107,8 +130,7 @@ impl<'a> Source<'a> {
         self.path.parent().unwrap_or(Path::new("")).join(path)
     }
 
-    /// A secret reference at `key`: a `file` resolved like [`Self::file`], a
-    /// literal accepted with a warning.
+    /// A secret reference at `key`: a `file` resolved, a literal accepted with a warning.
     pub fn secret(&self, key: &Key, secret: SecretRef) -> SecretRef {
         match secret {
             SecretRef::File(path) => SecretRef::File(self.file(&path)),
@@ -123,22 +145,21 @@ impl<'a> Source<'a> {
     }
 
     /// Refuse an `http://` `url` at `table.field` unless the table allows it.
-    pub fn https(&self, table: &Key, (field, url): (&str, &Uri), allowed: bool) -> Result<()> {
-        if url.scheme_str() != Some("http") || allowed {
-            return Ok(());
+    pub fn https(&self, table: &Key, (field, url): (&str, &Uri), allowed: bool) {
+        if url.scheme_str() == Some("http") && !allowed {
+            let message = format!(
+                "`http://` sends credentials in clear text; use https:// or set \
+                 `allow_insecure_http = true` in {}",
+                table.table()
+            );
+            self.fail(&table.then(field), message);
         }
-        let message = format!(
-            "`http://` sends credentials in clear text; use https:// or set \
-             `allow_insecure_http = true` in {}",
-            table.table()
-        );
-        Err(self.error(&table.then(field), message))
     }
 
     /// Refuse `table`'s listen address `addr` outside loopback unless the table allows it.
-    pub fn loopback(&self, table: &Key, addr: SocketAddr, allowed: bool) -> Result<()> {
+    pub fn loopback(&self, table: &Key, addr: SocketAddr, allowed: bool) {
         if addr.ip().is_loopback() || allowed {
-            return Ok(());
+            return;
         }
         let risk = match *table == Key::new("admin") {
             true => "would expose readiness and metrics beyond this host",
@@ -149,6 +170,6 @@ impl<'a> Source<'a> {
              to permit it",
             table.table()
         );
-        Err(self.error(&table.then("listen"), message))
+        self.fail(&table.then("listen"), message);
     }
 }

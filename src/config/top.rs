@@ -1,5 +1,4 @@
-//! The top level: [`Config`], the connection limits, and the small tables
-//! `[admin]`, `[log]` and `[tls]`.
+//! The top level: [`Config`] and the small tables `[admin]`, `[log]` and `[tls]`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +14,7 @@ use super::error::{ConfigError, Key};
 use super::route::{ForwardProxyConfig, RouteConfig};
 use super::source::Source;
 use super::value::{File, Level, Listen, via, via_some};
+use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
 
 /// The whole configuration of one sidekey process.
@@ -22,12 +22,11 @@ use crate::secret::EnvSource;
 pub struct Config {
     /// The file this configuration was read from (for reload and messages).
     pub path: PathBuf,
-    /// How long SIGTERM/SIGINT waits for in-flight requests (`shutdown_grace`, default 20s).
+    /// `shutdown_grace` (default 20s): how long SIGTERM/SIGINT waits for in-flight requests.
     pub shutdown_grace: Duration,
-    /// Serving threads, each with its own runtime, listeners and upstream
-    /// connections (`workers`, default: the cores available to the process).
+    /// `workers` (default: the cores available): serving threads, each with its own runtime.
     pub workers: usize,
-    /// `max_connections`, `max_header_bytes`, `idle_timeout`: across route listeners and forward proxy.
+    /// `max_connections`, `max_header_bytes`, `idle_timeout`: route listeners and forward proxy.
     pub limits: ConnLimits,
     /// `[admin]`: /healthz, /readyz, /metrics. `None` when the table is absent.
     pub admin: Option<AdminConfig>,
@@ -45,8 +44,7 @@ pub struct Config {
     pub env: Arc<dyn EnvSource>,
     /// The file's text, so that later checks can name a key's line ([`Config::key_error`]).
     pub text: Text,
-    /// What is accepted but deserves a word (a literal secret), named like errors; the
-    /// loader runs before logging is set up, so its callers report these.
+    /// What is accepted but deserves a word (a literal secret), for the caller to report.
     pub warnings: Vec<ConfigError>,
 }
 
@@ -55,6 +53,15 @@ impl Config {
     pub fn key_error(&self, key: &Key, error: impl fmt::Display) -> ConfigError {
         let line = Source::parse(&self.path, &self.text.0).map(|src| src.line(key));
         ConfigError::new(&self.path, line.ok(), key, error)
+    }
+
+    /// The credential names, for messages: `a, b`, or `none`.
+    pub fn defined(&self) -> String {
+        let names: Vec<&str> = self.credentials.keys().map(String::as_str).collect();
+        match names.is_empty() {
+            true => "none".to_owned(),
+            false => names.join(", "),
+        }
     }
 }
 
@@ -68,36 +75,6 @@ impl fmt::Debug for Text {
     }
 }
 
-/// Connection limits of one kind of listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnLimits {
-    /// Open connections at most; at the cap the listener stops accepting and
-    /// new connections wait in the kernel's listen backlog.
-    pub max_connections: usize,
-    /// Request line plus headers, in bytes; a larger request head is answered
-    /// `431 Request Header Fields Too Large` and the connection closed.
-    pub max_header_bytes: usize,
-    /// How long a connection may wait for the next complete request head
-    /// (idle keep-alive, or headers trickling in) before it is closed.
-    pub idle_timeout: Duration,
-}
-
-impl ConnLimits {
-    /// Route listeners and the forward proxy, unless configured otherwise.
-    pub const PROXY: ConnLimits = ConnLimits {
-        max_connections: 512,
-        max_header_bytes: 64 * 1024,
-        idle_timeout: Duration::from_secs(30),
-    };
-
-    /// The admin listener.
-    pub const ADMIN: ConnLimits = ConnLimits {
-        max_connections: 16,
-        max_header_bytes: 8 * 1024,
-        idle_timeout: Duration::from_secs(10),
-    };
-}
-
 /// `[admin]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -108,7 +85,7 @@ pub struct AdminConfig {
     /// `allow_non_loopback`: permit a listen address outside loopback.
     #[serde(default)]
     pub allow_non_loopback: bool,
-    /// The admin listener's limits: [`ConnLimits::ADMIN`], not keys; only code (tests) changes them.
+    /// Not keys: [`ConnLimits::ADMIN`]; only code (tests) changes them.
     #[serde(skip, default = "admin_limits")]
     pub limits: ConnLimits,
 }
@@ -132,8 +109,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        let level = "info".to_owned();
-        let format = LogFormat::Text;
+        let (level, format) = ("info".to_owned(), LogFormat::Text);
         LogConfig {
             level,
             format,

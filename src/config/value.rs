@@ -5,6 +5,7 @@
 //! and key. Fields of the public types read them through [`via`].
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
+use serde::de::{self, Deserializer, Visitor};
 
 /// Parse `"750ms"`, `"30s"`, `"5m"`, `"24h"` (also `"1.5s"`). A unit is required.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -58,15 +59,30 @@ pub(super) const fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
 }
 
+/// A string, or an error saying what was wanted instead (`expected a duration such as "5s"`).
+struct Wanted(&'static str);
+
+impl Visitor<'_> for Wanted {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<String, E> {
+        Ok(text.to_owned())
+    }
+}
+
 /// Newtypes read from a string by a function that says what is wrong.
 macro_rules! from_text {
-    ($($(#[$doc:meta])* $name:ident($inner:ty) = $parse:expr;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident($inner:ty, $wanted:literal) = $parse:expr;)*) => {$(
         $(#[$doc])*
         pub(super) struct $name(pub(super) $inner);
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
+                let text = d.deserialize_str(Wanted($wanted))?;
                 let parse: fn(&str) -> Result<$inner, String> = $parse;
                 parse(&text).map($name).map_err(de::Error::custom)
             }
@@ -82,48 +98,41 @@ macro_rules! from_text {
 
 from_text! {
     /// A duration; zero is allowed.
-    Dur(Duration) = parse_duration;
+    Dur(Duration, "a duration such as \"5s\"") = parse_duration;
     /// A duration longer than zero (timeouts, TTLs).
-    Timeout(Duration) = |text| match parse_duration(text)? {
+    Timeout(Duration, "a duration such as \"5s\"") = |text| match parse_duration(text)? {
         zero if zero.is_zero() => Err("must be longer than zero".to_owned()),
         duration => Ok(duration),
     };
     /// A listen address, `IP:PORT`.
-    Listen(SocketAddr) = |text| SocketAddr::from_str(text)
+    Listen(SocketAddr, "an address such as \"127.0.0.1:8080\"") = |text| SocketAddr::from_str(text)
         .map_err(|_| format!("`{text}` is not an IP:PORT address such as \"127.0.0.1:8080\""));
     /// An absolute `http(s)://` URL (whether `http` is allowed is a rule between keys).
-    Url(Uri) = url;
+    Url(Uri, "a URL such as \"https://api.example.com\"") = url;
     /// An absolute URL below which paths are joined: no query, no trailing `/`.
-    BaseUrl(Uri) = |text| {
-        let uri = url(text)?;
-        if uri.query().is_some() {
-            return Err("a query (`?…`) is not allowed in a base URL".to_owned());
-        }
-        let (scheme, authority) = (uri.scheme_str().unwrap_or("https"), uri.authority());
-        let path = uri.path().trim_end_matches('/');
-        let authority = authority.map(|a| a.as_str()).unwrap_or_default();
-        Uri::from_str(&format!("{scheme}://{authority}{path}"))
-            .map_err(|e| format!("`{text}` is not a valid URL: {e}"))
+    BaseUrl(Uri, "a URL such as \"https://api.example.com\"") = |text| match url(text)?.query() {
+        Some(_) => Err("a query (`?…`) is not allowed in a base URL".to_owned()),
+        None => url(text.trim_end_matches('/')),
     };
     /// A header name.
     #[derive(PartialEq, Eq, Hash)]
-    Name(HeaderName) = |text| HeaderName::from_str(text)
+    Name(HeaderName, "a header name") = |text| HeaderName::from_str(text)
         .map_err(|_| format!("`{text}` is not a valid header name"));
     /// A header value.
-    Value(HeaderValue) = |text| HeaderValue::from_str(text)
+    Value(HeaderValue, "a header value") = |text| HeaderValue::from_str(text)
         .map_err(|_| "the value contains characters not allowed in a header".to_owned());
     /// A file path (relative ones are resolved by the loader).
-    File(PathBuf) = |text| match text {
+    File(PathBuf, "a file path") = |text| match text {
         "" => Err("the path is empty".to_owned()),
         path => Ok(PathBuf::from(path)),
     };
     /// A name that is not empty.
-    NonEmpty(String) = |text| match text {
+    NonEmpty(String, "a string") = |text| match text {
         "" => Err("must not be empty".to_owned()),
         text => Ok(text.to_owned()),
     };
     /// A route's `path_prefix`: a URL path, without its trailing `/`.
-    Prefix(String) = |text| {
+    Prefix(String, "a path such as \"/api\"") = |text| {
         if !text.starts_with('/') {
             return Err(format!("`{text}` must start with `/`"));
         }
@@ -136,12 +145,12 @@ from_text! {
         })
     };
     /// A TLS server name: a DNS name or an IP address.
-    ServerName(String) = |text| match rustls_pki_types::ServerName::try_from(text) {
+    ServerName(String, "a DNS name or IP address") = |text| match rustls_pki_types::ServerName::try_from(text) {
         Ok(_) => Ok(text.to_owned()),
         Err(_) => Err(format!("`{text}` is not a DNS name or IP address")),
     };
     /// An authorization scheme: one word, or empty for the raw value.
-    Scheme(String) = |text| match text.chars().all(|c| c.is_ascii_graphic()) {
+    Scheme(String, "a word such as \"Bearer\"") = |text| match text.chars().all(|c| c.is_ascii_graphic()) {
         true => Ok(text.to_owned()),
         false => Err(format!(
             "`{text}` is not a valid authorization scheme (one word such as \"Bearer\", \
@@ -150,7 +159,7 @@ from_text! {
     };
     /// A log filter: a level, or `target=level` directives such as
     /// `sidekey=debug,info` (span and field filters are not supported).
-    Level(String) = |text| {
+    Level(String, "a log level such as \"info\"") = |text| {
         if text.contains(['[', ']', '{', '}']) {
             return Err("not a log filter: span and field filters are not supported \
                         (use a level or `target=level` directives)".to_owned());
@@ -184,31 +193,34 @@ fn url(text: &str) -> Result<Uri, String> {
     }
 }
 
-/// An integer within `LOW..=HIGH`.
+/// An integer within `LOW..=HIGH`, for an optional key.
 pub(super) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: usize>(
     d: D,
-) -> Result<usize, D::Error> {
+) -> Result<Option<usize>, D::Error> {
     let number = i64::deserialize(d)?;
-    usize::try_from(number)
+    let out_of_range = || format!("{number} is out of range (use {LOW} to {HIGH})");
+    let n = usize::try_from(number)
         .ok()
-        .filter(|n| (LOW..=HIGH).contains(n))
-        .ok_or_else(|| de::Error::custom(format!("{number} is out of range (use {LOW} to {HIGH})")))
+        .filter(|n| (LOW..=HIGH).contains(n));
+    n.map(Some).ok_or_else(|| de::Error::custom(out_of_range()))
 }
 
 /// `renew_on_status = [401, 403]`: HTTP status codes.
 pub(super) fn statuses<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<StatusCode>>, D::Error> {
-    let codes = Vec::<i64>::deserialize(d)?;
     let status = |code: i64| {
-        u16::try_from(code)
+        let status = u16::try_from(code)
             .ok()
-            .filter(|code| (100..=599).contains(code))
-            .and_then(|code| StatusCode::from_u16(code).ok())
-            .ok_or_else(|| format!("{code} is not an HTTP status code (100-599)"))
+            .filter(|code| (100..=599).contains(code));
+        let status = status.and_then(|code| StatusCode::from_u16(code).ok());
+        status.ok_or_else(|| format!("{code} is not an HTTP status code (100-599)"))
     };
-    let statuses: Result<Vec<_>, String> = codes.into_iter().map(status).collect();
-    statuses.map(Some).map_err(de::Error::custom)
+    let codes = Vec::<i64>::deserialize(d)?.into_iter().map(status);
+    codes
+        .collect::<Result<_, _>>()
+        .map(Some)
+        .map_err(de::Error::custom)
 }
 
 /// `headers = { "X-Name" = "value" }`, in the order of their names.

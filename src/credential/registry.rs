@@ -214,8 +214,13 @@ impl Credentials {
 #[derive(Debug, thiserror::Error)]
 pub enum ObtainError {
     /// No `[credentials.NAME]` of that name.
-    #[error("no credential named `{0}` in the configuration")]
-    UnknownCredential(String),
+    #[error("no credential named `{name}` in the configuration (defined: {defined})")]
+    UnknownCredential {
+        /// The name asked for.
+        name: String,
+        /// The names the configuration defines.
+        defined: String,
+    },
     /// The token endpoint client could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -237,10 +242,14 @@ pub async fn obtain_once(
     name: &str,
     roots: &RootCertStore,
 ) -> Result<(Token, &'static str), ObtainError> {
-    let credential = config
-        .credentials
-        .get(name)
-        .ok_or_else(|| ObtainError::UnknownCredential(name.to_owned()))?;
+    let credential =
+        config
+            .credentials
+            .get(name)
+            .ok_or_else(|| ObtainError::UnknownCredential {
+                name: name.to_owned(),
+                defined: config.defined(),
+            })?;
     let trust = rotating::fixed_trust(&Arc::new(roots.clone()))?;
     let provider = AnyProvider::from_config(credential, &trust, Arc::clone(&config.env))?;
     let token = provider

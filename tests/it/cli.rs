@@ -250,3 +250,173 @@ async fn sigterm_during_a_reload_cancels_it_and_drains_within_the_grace() {
         stopping.elapsed()
     );
 }
+
+/// `check --config PATH` with only `env` set (plus PATH), as stdout, stderr and exit code.
+fn check_with(path: &str, env: &[(&str, &str)]) -> (String, String, Option<i32>) {
+    let mut command = Command::new(BIN);
+    command.args(["check", "--config", path]).env_clear();
+    command.envs(env.iter().copied());
+    let out = command.output().expect("run sidekey");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (text(&out.stdout), text(&out.stderr), out.status.code())
+}
+
+/// The stderr line naming `key`, or a panic showing all of stderr.
+fn line_of_key<'a>(stderr: &'a str, key: &str) -> &'a str {
+    let found = stderr
+        .lines()
+        .find(|line| line.contains(&format!(": {key}: ")));
+    found.unwrap_or_else(|| panic!("no error names `{key}`:\n{stderr}"))
+}
+
+#[test]
+fn check_reports_every_secret_problem_of_the_example_in_one_run() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let (_, stderr, code) = check_with(example, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    for key in [
+        "credentials.inbenta.api_key",
+        "credentials.inbenta.secret",
+        "credentials.pliant.client_id",
+        "credentials.pliant.client_secret",
+        "credentials.legacy.token",
+    ] {
+        assert!(line_of_key(&stderr, key).starts_with("error: "), "{stderr}");
+    }
+}
+
+#[test]
+fn check_reports_every_error_of_every_table_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"shutdown_grace = 5
+[credentials.p]
+type = "oauth2"
+tokn_url = "https://auth.example.test/token"
+client_id = { env = "ID" }
+client_secret = { env = "SECRET" }
+
+[[routes]]
+listen = "127.0.0.1:0"
+upstream = "https://api.example.test"
+credential = "p"
+conect_timeout = "5s"
+request_timeout = "soon"
+"#;
+    let path = write(dir.path(), "typos.toml", text);
+    let (_, stderr, code) = check_with(&path, &[("ID", "i"), ("SECRET", "s")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let grace = line_of_key(&stderr, "shutdown_grace");
+    assert!(grace.contains("typos.toml:1:"), "{grace}");
+    assert!(grace.contains(r#"a duration such as "5s""#), "{grace}");
+    let typo = line_of_key(&stderr, "credentials.p.tokn_url");
+    assert!(typo.contains("typos.toml:4:"), "{typo}");
+    assert!(typo.contains("did you mean `token_url`"), "{typo}");
+    assert!(!typo.contains("api_key"), "only oauth2's keys: {typo}");
+    let route = line_of_key(&stderr, "routes[0].conect_timeout");
+    assert!(route.contains("typos.toml:12:"), "{route}");
+    assert!(route.contains("did you mean `connect_timeout`"), "{route}");
+    let timeout = line_of_key(&stderr, "routes[0].request_timeout");
+    assert!(timeout.contains("typos.toml:13:"), "{timeout}");
+}
+
+#[test]
+fn check_says_what_it_reads_and_that_it_does_not_contact_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "t0ken-from-file\n");
+    let text =
+        format!("{GOOD}\n[credentials.filed]\ntype = \"static\"\ntoken = {{ file = \"token\" }}\n");
+    let path = write(dir.path(), "inputs.toml", &text);
+    let (stdout, stderr, code) = check_with(&path, &[("SIDEKEY_TEST_TOKEN", "t0ken-value")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("SIDEKEY_TEST_TOKEN"), "{stdout}");
+    let file = dir.path().join("token");
+    assert!(stdout.contains(&*file.to_string_lossy()), "{stdout}");
+    assert!(stdout.contains("does not contact"), "{stdout}");
+    assert!(stdout.contains("sidekey token"), "{stdout}");
+    assert!(
+        !format!("{stdout}{stderr}").contains("t0ken-"),
+        "no secret value"
+    );
+}
+
+#[test]
+fn token_for_an_unknown_name_lists_the_defined_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "good.toml", GOOD);
+    let out = Command::new(BIN)
+        .args(["token", "--config", &path, "legacyy"])
+        .env("SIDEKEY_TEST_TOKEN", "t0ken-value")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`legacyy`"), "{stderr}");
+    assert!(stderr.contains("defined: legacy"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_configuration_that_serves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[credentials.legacy]\ntype = \"static\"\ntoken = { env = \"T\" }\n";
+    let path = write(dir.path(), "empty.toml", text);
+    let (_, stderr, code) = check_with(&path, &[("T", "t")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no [[routes]] and no [forward_proxy]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_prints_warnings_also_when_it_refuses_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = literal_token().replace("credential = \"legacy\"", "credential = \"nope\"");
+    let path = write(dir.path(), "both.toml", &text);
+    let (_, stderr, code) = check_with(&path, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("secret written literally"),
+        "{stderr}"
+    );
+    assert!(
+        line_of_key(&stderr, "routes[0].credential").contains("`nope`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("t0ken-literal"), "{stderr}");
+}
+
+#[test]
+fn token_reports_where_a_secret_is_written_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "literal.toml", &literal_token());
+    let out = Command::new(BIN)
+        .args(["token", "--config", &path, "legacy"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("secret written literally"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("t0ken-literal"));
+}
+
+#[test]
+fn run_refuses_a_bad_configuration_naming_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "credential = \"legacy\"",
+        "credential = \"legacyy\"\nbogus = 1",
+    );
+    let path = write(dir.path(), "bad.toml", &text);
+    let out = sidekey(&["run", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(line_of_key(&stderr, "credentials.legacy.token").contains("SIDEKEY_TEST_TOKEN"));
+    let reference = line_of_key(&stderr, "routes[0].credential");
+    assert!(reference.contains("(defined: legacy)"), "{stderr}");
+    assert!(
+        line_of_key(&stderr, "routes[0].bogus").starts_with("error: "),
+        "{stderr}"
+    );
+}

@@ -118,9 +118,10 @@ async fn reload_swaps_credentials_and_routes_without_dropping_the_listener() {
 
     // A configuration whose secrets do not resolve never reaches the reload:
     // the preflight checks refuse it by key, and the old one keeps serving.
-    let refused = config(&pki, &upstream.url(), "TOKEN_MISSING")
+    let refused = &config(&pki, &upstream.url(), "TOKEN_MISSING")
         .checked()
-        .expect_err("a missing variable is refused");
+        .expect_err("a missing variable is refused")
+        .0[0];
     assert_eq!(refused.key, "credentials.api.token");
     assert!(refused.message.contains("TOKEN_MISSING"), "{refused}");
     assert_eq!(proxy.get("/3").await.status, 200);

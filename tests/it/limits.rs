@@ -523,7 +523,9 @@ fn connection_limits_are_checked_with_file_line_and_key() {
         ("idle_timeout = \"0s\"", "idle_timeout", "longer than zero"),
     ] {
         // The key on line 2, before the tables.
-        let err = parse_config(&format!("\n{line}\n{base}"), base.map_env()).unwrap_err();
+        let err = &parse_config(&format!("\n{line}\n{base}"), base.map_env())
+            .unwrap_err()
+            .0[0];
         assert_eq!(err.key, key);
         assert_eq!(err.line, Some(2), "{err}");
         assert!(err.message.contains(message), "{err}");

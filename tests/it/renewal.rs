@@ -990,7 +990,7 @@ async fn obtain_once_returns_token_and_type() {
     let unknown = obtain_once(&config, "nope", &no_roots()).await.unwrap_err();
     assert_eq!(
         unknown.to_string(),
-        "no credential named `nope` in the configuration"
+        "no credential named `nope` in the configuration (defined: legacy, pliant)"
     );
 
     drop(server);

@@ -452,6 +452,14 @@ fn test_config_renders_the_shapes_and_later_lines_replace_keys() {
     let refused = config
         .checked()
         .expect_err("CLIENT_* and INBENTA_* are not set");
-    assert!(refused.key.starts_with("credentials."), "{refused}");
+    let keys = refused.0.iter().map(|e| e.key.as_str());
+    assert!(
+        keys.clone().all(|key| key.starts_with("credentials.")),
+        "{refused}"
+    );
+    assert!(
+        keys.count() > 1,
+        "every unset variable is reported: {refused}"
+    );
     assert_eq!(config.map_env().var("API_TOKEN").as_deref(), Some("t0k-2"));
 }

@@ -20,7 +20,7 @@
 use std::fmt;
 use std::path::Path;
 
-use sidekey::config::{Config, ConfigError};
+use sidekey::config::{Config, ConfigErrors};
 use sidekey::preflight::Checked;
 use sidekey::secret::MapEnv;
 use sidekey::server::Serving;
@@ -254,7 +254,7 @@ impl TestConfig {
     }
 
     /// Parse it and run the preflight checks, as `run` and a reload do.
-    pub fn checked(&self) -> Result<Checked, ConfigError> {
+    pub fn checked(&self) -> Result<Checked, ConfigErrors> {
         checked_config(&self.text(), self.map_env())
     }
 

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 
-use sidekey::config::{Config, ConfigError};
+use sidekey::config::{Config, ConfigErrors};
 use sidekey::preflight::{Checked, preflight};
 use sidekey::secret::MapEnv;
 use sidekey::server::{Handle, Serving};
@@ -319,12 +319,12 @@ pub struct TestProxy {
 }
 
 /// Parse config text as if read from `test.toml`, with `env` as the environment.
-pub fn parse_config(config_toml: &str, env: MapEnv) -> Result<Config, ConfigError> {
+pub fn parse_config(config_toml: &str, env: MapEnv) -> Result<Config, ConfigErrors> {
     sidekey::config::parse(config_toml, Path::new("test.toml"), Arc::new(env))
 }
 
 /// Parse config text and run the preflight checks, as `run` and a reload do.
-pub fn checked_config(config_toml: &str, env: MapEnv) -> Result<Checked, ConfigError> {
+pub fn checked_config(config_toml: &str, env: MapEnv) -> Result<Checked, ConfigErrors> {
     parse_config(config_toml, env).and_then(preflight)
 }
 
