@@ -30,16 +30,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -90,11 +92,17 @@ pub struct ProxyPolicy {
     pub gate: Arc<Gate>,
 }
 
-/// Serve a proxy listener's connections until `shutdown` turns true, then
-/// let the open ones finish (the caller bounds how long).
+/// A proxy listener's TLS (`None`: plain HTTP); a reload or a rotated
+/// certificate file replaces it, and each new connection takes the one in
+/// force when it is accepted.
+pub type TlsSlot = Arc<ArcSwapOption<ServerConfig>>;
+
+/// Serve a proxy listener's connections until `shutdown` turns true (or its
+/// sender goes away), then close the socket and let the open connections
+/// finish (the caller bounds how long: dropping this future closes them).
 pub async fn serve_proxy_listener(
     listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
+    tls: TlsSlot,
     dispatch: Arc<ArcSwap<Dispatch>>,
     metrics: Metrics,
     policy: ProxyPolicy,
@@ -102,28 +110,36 @@ pub async fn serve_proxy_listener(
 ) {
     let graceful = GracefulShutdown::new();
     let mut listener = Listener::new(listener, policy.gate.clone());
+    // Owned here, so that dropping the listener's future ends them.
+    let mut connections = JoinSet::new();
+    // Each connection's own view of the drain signal (HTTP/2 says GOAWAY).
+    let drain = shutdown.clone();
     loop {
         tokio::select! {
             (stream, peer, slot) = listener.accept() => {
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
-                let acceptor = acceptor.clone();
+                let acceptor = tls.load_full().map(TlsAcceptor::from);
                 let app = App {
                     dispatch: dispatch.clone(),
                     metrics: metrics.clone(),
                     limits: policy.limits,
-                    shutdown: shutdown.clone(),
+                    shutdown: drain.clone(),
                 };
-                tokio::spawn(async move {
+                // Finished connections are let go of here, not in this
+                // select: `accept` is not to be cancelled once it accepted.
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     serve_proxy_connection(stream, peer, acceptor, app, watcher).await;
                     drop(slot);
                 });
             }
-            _ = shutdown.changed() => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
     drop(listener);
     graceful.shutdown().await;
+    while connections.join_next().await.is_some() {}
 }
 
 /// What one app connection of a proxy listener is served with.

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::listeners::BindError;
 use crate::secret::MapEnv;
 use crate::server::{Handle, ServeError};
 
@@ -127,7 +128,13 @@ headers = {{ "x-route" = "demo" }}
     let config = crate::config::parse(&toml, Path::new("<demo>"), Arc::new(env))
         .and_then(crate::preflight::preflight)
         .map_err(DemoError::Config)?;
-    let proxy = crate::server::serve(config).await?;
+    // The proxy's own port is the one a user picks (and may find busy).
+    let proxy = crate::server::serve(config)
+        .await
+        .map_err(|err| match err {
+            ServeError::Bind(BindError { addr, source, .. }) => DemoError::Bind { addr, source },
+            other => DemoError::Serve(other),
+        })?;
     Ok(Demo {
         proxy,
         token_server,

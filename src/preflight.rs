@@ -1,11 +1,12 @@
 //! The checks made once before anything binds — by `check`, by `run` and by
 //! a reload: there is something to serve, every secret reference resolves
 //! (variable set, file readable, value usable) and every TLS file loads and
-//! fits its use. What those files
-//! hold is kept in the [`Checked`] configuration (trust roots, each route's
-//! listener and upstream TLS configuration), so serving reads none of them
-//! again. Every failure is reported, naming the file, line and key like a
-//! syntax error. [`inputs`] lists the variables and files a configuration reads.
+//! fits its use. What those files hold is kept in the [`Checked`]
+//! configuration (trust roots, each route's listener and upstream TLS
+//! configuration); serving reads them again only when they change
+//! ([`crate::rotating`]). Every failure is reported, naming the file, line
+//! and key like a syntax error. [`inputs`] lists the variables and files a
+//! configuration reads.
 
 use std::collections::BTreeSet;
 use std::fmt::Display;
@@ -14,7 +15,8 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{Config, ConfigError, ConfigErrors, Key};
+use crate::config::{Config, ConfigError, ConfigErrors, Key, UpstreamTls};
+use crate::rotating::{self, Reread, Trust};
 use crate::secret::SecretRef;
 use crate::tls;
 
@@ -24,8 +26,13 @@ use crate::tls;
 pub struct Checked {
     /// The configuration.
     pub config: Config,
-    /// webpki + system roots + `[tls] ca_file`.
+    /// webpki + system roots + `[tls] ca_file`, as read now (`sidekey token`).
     pub roots: Arc<RootCertStore>,
+    /// The same roots for the upstream and token endpoint clients, read
+    /// again when `ca_file` changes.
+    pub trust: Arc<Trust>,
+    /// Every value read from TLS files that [`rotating::watch`] keeps current.
+    pub rotating: Vec<Arc<dyn Reread>>,
     /// Per route (config order): the listener's TLS configuration
     /// (`tls = { cert, key }`) and the client configuration for its upstream
     /// (trust, and the client certificate of `upstream_tls`).
@@ -61,8 +68,16 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
         }
     }
     let ca_file = Key::new("tls").then("ca_file");
-    let roots = noted(&mut errors, &config, ca_file, tls::root_store(&config.tls));
+    let roots = noted(
+        &mut errors,
+        &config,
+        ca_file.clone(),
+        tls::root_store(&config.tls),
+    );
     let roots = Arc::new(roots.unwrap_or_else(RootCertStore::empty));
+    let trust = rotating::trust(&roots, &config.tls);
+    let trust = noted(&mut errors, &config, ca_file, trust);
+    let mut watched: Vec<Arc<dyn Reread>> = trust.iter().map(|t| t.clone() as _).collect();
     let mut routes = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.iter().enumerate() {
         let key = |table: &str, field: &str| Key::new("routes").at(index).then(table).then(field);
@@ -75,8 +90,13 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
                 .and(cert)
                 .is_some()
             {
-                let server = tls::server_config(listener_tls);
-                listener = noted(&mut errors, &config, key("tls", "cert"), server);
+                let server = rotating::server_config(listener_tls);
+                if let Some((server, cert)) =
+                    noted(&mut errors, &config, key("tls", "cert"), server)
+                {
+                    watched.push(cert);
+                    listener = Some(server);
+                }
             }
         }
         let found = errors.len();
@@ -100,8 +120,24 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
                 );
             }
         }
-        if errors.len() == found {
-            let client = tls::client_config(&roots, route.upstream_tls.as_ref());
+        if errors.len() == found
+            && let Some(trust) = &trust
+        {
+            let client_cert = match &route.upstream_tls {
+                Some(UpstreamTls {
+                    client_cert: Some(cert),
+                    client_key: Some(private_key),
+                    ..
+                }) => noted(
+                    &mut errors,
+                    &config,
+                    key("upstream_tls", "client_cert"),
+                    rotating::cert("upstream client certificate", cert, private_key),
+                ),
+                _ => None,
+            };
+            watched.extend(client_cert.iter().map(|cert| cert.clone() as _));
+            let client = rotating::upstream_config(trust, client_cert);
             let upstream = noted(
                 &mut errors,
                 &config,
@@ -111,13 +147,15 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
             routes.extend(upstream.map(|upstream| RouteTls { listener, upstream }));
         }
     }
-    if !errors.is_empty() {
+    let Some(trust) = trust.filter(|_| errors.is_empty()) else {
         errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
         return Err(ConfigErrors(errors));
-    }
+    };
     Ok(Checked {
         config,
         roots,
+        trust,
+        rotating: watched,
         routes,
     })
 }

@@ -11,33 +11,35 @@
 //! address, one connection cap for all) or on the calling runtime
 //! ([`serve`], for tests and the demo); credentials, the admin listener and
 //! reloads stay on the calling runtime.
-//! [`Handle::reload`] swaps in the routes and credentials of a new checked
-//! configuration without dropping a connection, once its new credentials
-//! hold tokens; listen addresses and listener TLS cannot change on reload.
+//! [`Handle::reload`] swaps in the routes, credentials and listeners of a
+//! new checked configuration once its new listen addresses are bound and its
+//! new credentials hold tokens: listeners whose address stays keep their
+//! sockets and connections (their TLS may switch), new ones start, removed
+//! ones drain within `shutdown_grace`; the admin listener and the forward
+//! proxy come and go the same way. `workers` and the connection limits keep
+//! their running values until a restart (a warning says so).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{AdminConfig, Config, ConnLimits};
 use crate::conn;
 use crate::credential::Credentials;
 pub use crate::listeners::Serving;
-use crate::listeners::{self, BindError};
+use crate::listeners::{BindError, ProxyListeners};
 use crate::metrics::Metrics;
 use crate::preflight::Checked;
-use crate::proxy::Dispatch;
 use crate::proxy::build::{BuildError, build_generation};
+use crate::rotating;
 use crate::status::ProcessStatus;
-use crate::workers::Workers;
+use crate::stop::{self, Stop};
 
 /// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +47,6 @@ pub enum ServeError {
     /// The configuration could not be turned into running parts.
     #[error("cannot build the configuration's routes and credentials")]
     Build(#[from] BuildError),
-    /// A reload changed what only a restart can change.
-    #[error(
-        "listen addresses, listener TLS or [forward_proxy] presence changed; these need a restart"
-    )]
-    ListenersChanged,
     /// A credential new to this configuration (or with changed settings)
     /// did not obtain its first token, so the configuration is not taken.
     #[error("credential {credential} could not obtain a token: {reason}")]
@@ -75,28 +72,32 @@ struct Shared {
     status: Arc<ProcessStatus>,
 }
 
+/// The admin listener being served.
+struct AdminListener {
+    /// As configured (port 0 as written).
+    configured: SocketAddr,
+    /// As bound.
+    local: SocketAddr,
+    stop: Stop,
+}
+
 /// A running proxy.
 pub struct Handle {
-    route_addrs: Vec<SocketAddr>,
-    admin_addr: Option<SocketAddr>,
-    forward_proxy_addr: Option<SocketAddr>,
-    listen_plan: Vec<(SocketAddr, Option<(std::path::PathBuf, std::path::PathBuf)>)>,
-    dispatchers: HashMap<SocketAddr, Arc<ArcSwap<Dispatch>>>,
-    forward_dispatch: Option<Arc<ArcSwap<Dispatch>>>,
+    proxy: ProxyListeners,
+    admin: Option<AdminListener>,
+    /// The admin listener's serving, and removed admin listeners closing.
+    admin_tasks: JoinSet<()>,
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-    tasks: JoinSet<()>,
-    /// The serving threads ([`Serving::Workers`]).
-    workers: Option<Workers>,
+    /// The proxy listeners' connection limits (fixed until a restart).
+    limits: ConnLimits,
     grace: Duration,
 }
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle")
-            .field("route_addrs", &self.route_addrs)
-            .field("admin_addr", &self.admin_addr)
-            .field("forward_proxy_addr", &self.forward_proxy_addr)
+            .field("admin_addr", &self.admin_addr())
+            .field("forward_proxy_addr", &self.forward_proxy_addr())
             .finish_non_exhaustive()
     }
 }
@@ -105,17 +106,17 @@ impl Handle {
     /// The bound address serving route `index` (config order); port 0 in the
     /// config is resolved here.
     pub fn route_addr(&self, index: usize) -> Option<SocketAddr> {
-        self.route_addrs.get(index).copied()
+        self.proxy.route_addr(index)
     }
 
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
+        self.admin.as_ref().map(|admin| admin.local)
     }
 
     /// The bound forward-proxy address.
     pub fn forward_proxy_addr(&self) -> Option<SocketAddr> {
-        self.forward_proxy_addr
+        self.proxy.forward_addr()
     }
 
     /// What the process runs, as the admin listener shows it (the CLI
@@ -129,42 +130,56 @@ impl Handle {
         self.shared.credentials.load_full()
     }
 
-    /// Apply a new configuration: same listeners, new routes and credentials.
+    /// Apply a new configuration: its routes, credentials and listeners.
     ///
-    /// Credentials whose settings did not change keep their engine and token
-    /// (no token request). Every other credential of the new configuration
-    /// must obtain its first token within `ready_wait`; if one fails (or does
-    /// not finish in time) the reload is refused whole and the old
-    /// configuration keeps serving, so a reload never replaces a working
-    /// token with none. Cancel-safe: dropping the future before it returns
-    /// leaves the old configuration in place and stops the new engines.
+    /// Listen addresses new to it are bound first; one that cannot be bound
+    /// refuses the reload (the error names its key and address). Credentials
+    /// whose settings did not change keep their engine and token (no token
+    /// request). Every other credential of the new configuration must
+    /// obtain its first token within `ready_wait`; if one fails (or does not
+    /// finish in time) the reload is refused whole and the old configuration
+    /// keeps serving, so a reload never replaces a working token with none.
+    /// Once taken, listeners that stay keep their sockets, new ones serve,
+    /// removed ones stop accepting and drain within `shutdown_grace`.
+    /// Cancel-safe: dropping the future before it returns leaves the old
+    /// configuration in place, closes the new sockets and stops the new engines.
     pub async fn reload(
         &mut self,
         checked: Checked,
         ready_wait: Duration,
     ) -> Result<(), ServeError> {
         let config = &checked.config;
-        if listen_plan(config) != self.listen_plan {
-            return Err(ServeError::ListenersChanged);
-        }
+        let prepared = self.proxy.prepare(&checked)?;
+        // `Some(new)`: the admin listener changes (to `new`, maybe none);
+        // `None`: the one running stays.
+        let admin = match &config.admin {
+            Some(admin) if self.admin.as_ref().map(|a| a.configured) != Some(admin.listen) => {
+                Some(Some(bind("admin.listen", admin.listen).await?))
+            }
+            Some(_) => None,
+            None => Some(None),
+        };
         let current = self.shared.credentials.load_full();
-        let workers = self.workers.as_ref().map_or(1, Workers::count);
-        if config.workers != workers && self.workers.is_some() {
-            warn!(
-                running = workers,
-                configured = config.workers,
-                "workers changes at the next restart"
-            );
-        }
+        let workers = self.proxy.count();
         let generation = build_generation(&checked, &self.shared.metrics, Some(&current), workers)?;
         first_tokens(&generation.credentials, ready_wait).await?;
-        for (addr, dispatch) in &generation.listeners {
-            if let Some(slot) = self.dispatchers.get(addr) {
-                slot.store(dispatch.clone());
+
+        self.warn_restart_only(config);
+        self.grace = config.shutdown_grace;
+        self.proxy.commit(prepared, &generation, self.grace);
+        rotating::watch(&checked.rotating);
+        while self.admin_tasks.try_join_next().is_some() {}
+        if let Some(admin) = admin {
+            if let Some(old) = self.admin.take() {
+                info!(listen = %old.local, "admin listener removed");
+                let grace = self.grace;
+                self.admin_tasks.spawn(async move {
+                    old.stop.drain_within(grace).await;
+                });
             }
-        }
-        if let (Some(slot), Some(dispatch)) = (&self.forward_dispatch, &generation.forward) {
-            slot.store(dispatch.clone());
+            if let (Some((listener, local)), Some(admin_config)) = (admin, &config.admin) {
+                self.admin = Some(self.serve_admin(listener, local, admin_config));
+            }
         }
         for (name, _) in current.iter() {
             if generation.credentials.get(name).is_none() {
@@ -183,31 +198,65 @@ impl Handle {
         // the ones taken over keep running.
         self.shared.credentials.store(generation.credentials);
         self.shared.status.reloaded(config);
-        self.grace = config.shutdown_grace;
         Ok(())
+    }
+
+    /// Warn about what a reload cannot change: the serving threads and the
+    /// connection limits keep their running values.
+    fn warn_restart_only(&self, config: &Config) {
+        let workers = self.proxy.count();
+        if self.proxy.serving() == Serving::Workers && config.workers != workers {
+            warn!(
+                running = workers,
+                configured = config.workers,
+                "workers changes at the next restart"
+            );
+        }
+        if config.limits != self.limits {
+            warn!("max_connections, max_header_bytes and idle_timeout change at the next restart");
+        }
+    }
+
+    /// Serve the admin endpoint on `listener`.
+    fn serve_admin(
+        &mut self,
+        listener: TcpListener,
+        local: SocketAddr,
+        config: &AdminConfig,
+    ) -> AdminListener {
+        info!(listen = %local, "admin listening");
+        let state = admin::AdminState::new(
+            self.shared.metrics.clone(),
+            self.shared.credentials.clone(),
+            self.shared.status.clone(),
+        );
+        let (stop, stopping) = stop::channel();
+        let serving = admin::serve(listener, state, config.limits, stopping.drain());
+        self.admin_tasks.spawn(stopping.guard(serving));
+        AdminListener {
+            configured: config.listen,
+            local,
+            stop,
+        }
     }
 
     /// Stop accepting, let in-flight requests finish within `shutdown_grace`, return.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
         let grace = self.grace;
-        let drained = tokio::time::timeout(grace, async {
-            while self.tasks.join_next().await.is_some() {}
-            if let Some(workers) = &mut self.workers {
-                workers.stopped().await;
-            }
-        })
-        .await;
-        if drained.is_err() {
+        if let Some(admin) = self.admin.take() {
+            self.admin_tasks.spawn(async move {
+                admin.stop.drain_within(grace).await;
+            });
+        }
+        let drained = self.proxy.shutdown(grace).await;
+        if !drained {
             warn!(
                 ?grace,
                 "shutdown grace passed; closing remaining connections"
             );
-            self.tasks.abort_all();
-            if let Some(workers) = &mut self.workers {
-                workers.abort().await;
-            }
         }
+        self.admin_tasks.abort_all();
+        while self.admin_tasks.join_next().await.is_some() {}
         info!("stopped");
     }
 }
@@ -241,30 +290,12 @@ async fn first_tokens(credentials: &Credentials, limit: Duration) -> Result<(), 
     Ok(())
 }
 
-/// Listen addresses with their TLS files, and the forward proxy: what a reload may not change.
-fn listen_plan(
-    config: &Config,
-) -> Vec<(SocketAddr, Option<(std::path::PathBuf, std::path::PathBuf)>)> {
-    let mut plan: Vec<_> = config
-        .routes
-        .iter()
-        .map(|route| {
-            (
-                route.listen,
-                route.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
-            )
-        })
-        .collect();
-    if let Some(forward) = &config.forward_proxy {
-        plan.push((forward.listen, None));
-    }
-    plan.dedup();
-    plan
-}
-
-/// Bind `addr`; the listener and the address it got (port 0 resolved).
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
-    let bind_error = |source| ServeError::Bind(BindError { addr, source });
+/// Bind `addr` (asked for by `key`); the listener and the address it got (port 0 resolved).
+async fn bind(key: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let bind_error = |source| {
+        let key = key.to_owned();
+        ServeError::Bind(BindError { key, addr, source })
+    };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
@@ -285,14 +316,6 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
         Serving::Workers => config.workers.max(1),
     };
     let metrics = Metrics::new();
-    let generation = build_generation(&checked, &metrics, None, workers)?;
-    let shared = Arc::new(Shared {
-        metrics,
-        credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),
-        status: ProcessStatus::new(config),
-    });
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
     // One cap for every route listener and the forward proxy together, on every worker.
     let policy = conn::ProxyPolicy {
         limits: config.limits,
@@ -301,44 +324,31 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
             config.admin.as_ref().map(|admin| &admin.limits),
         ),
     };
-
-    let bound = listeners::bind(&checked, &generation, workers)?;
-    let (route_addrs, dispatchers) = (bound.route_addrs.clone(), bound.dispatchers.clone());
-    let (forward_proxy_addr, forward_dispatch) = bound.forward.clone().unzip();
-
-    let mut admin_addr = None;
-    if let Some(admin_config) = &config.admin {
-        let (listener, local) = bind(admin_config.listen).await?;
-        info!(listen = %local, "admin listening");
-        let state = admin::AdminState::new(
-            shared.metrics.clone(),
-            shared.credentials.clone(),
-            shared.status.clone(),
-        );
-        tasks.spawn(admin::serve(
-            listener,
-            state,
-            admin_config.limits,
-            shutdown_rx.clone(),
-        ));
-        admin_addr = Some(local);
-    }
-
-    let workers = bound
-        .serve(serving, &shared.metrics, &policy, &shutdown_rx, &mut tasks)
+    let mut proxy = ProxyListeners::new(serving, workers, metrics.clone(), policy)
         .map_err(ServeError::Workers)?;
-
-    Ok(Handle {
-        route_addrs,
-        admin_addr,
-        forward_proxy_addr,
-        listen_plan: listen_plan(config),
-        dispatchers,
-        forward_dispatch,
+    let prepared = proxy.prepare(&checked)?;
+    let admin = match &config.admin {
+        Some(admin) => Some(bind("admin.listen", admin.listen).await?),
+        None => None,
+    };
+    let generation = build_generation(&checked, &metrics, None, workers)?;
+    let shared = Arc::new(Shared {
+        metrics,
+        credentials: Arc::new(ArcSwap::new(generation.credentials.clone())),
+        status: ProcessStatus::new(config),
+    });
+    proxy.commit(prepared, &generation, config.shutdown_grace);
+    rotating::watch(&checked.rotating);
+    let mut handle = Handle {
+        proxy,
+        admin: None,
+        admin_tasks: JoinSet::new(),
         shared,
-        shutdown,
-        tasks,
-        workers,
+        limits: config.limits,
         grace: config.shutdown_grace,
-    })
+    };
+    if let (Some((listener, local)), Some(admin_config)) = (admin, &config.admin) {
+        handle.admin = Some(handle.serve_admin(listener, local, admin_config));
+    }
+    Ok(handle)
 }

@@ -1,16 +1,17 @@
-//! TLS configuration: the rustls client used for upstreams and token
-//! endpoints (webpki + system roots + `[tls] ca_file`, optional client
-//! certificate), and the rustls server config for `tls = { cert, key }`
-//! listeners. All crypto comes from rustls' `ring` provider.
+//! TLS files: reading PEM certificates and keys, and the trust roots
+//! (webpki + system roots + `[tls] ca_file`). The rustls configurations
+//! built from them (listeners, upstreams, token endpoints), whose files
+//! rotate, are [`crate::rotating`]'s. All crypto comes from rustls' `ring`
+//! provider.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ListenerTls, TlsConfig, UpstreamTls};
+use crate::config::TlsConfig;
 
 /// A TLS file or setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +29,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// rustls' `ring` provider, which every TLS configuration uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -78,41 +80,4 @@ pub fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
         }
     }
     Ok(roots)
-}
-
-/// Client config for upstreams and token endpoints, with a client
-/// certificate when `upstream_tls` names one. Every client config shares
-/// the one parsed `roots` (some 150 system roots, ~70 KiB each copy). ALPN is left empty: the
-/// hyper-rustls connector sets it from the HTTP versions it enables.
-pub fn client_config(
-    roots: &Arc<RootCertStore>,
-    upstream_tls: Option<&UpstreamTls>,
-) -> Result<ClientConfig, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(Arc::clone(roots));
-    let config = match upstream_tls {
-        Some(UpstreamTls {
-            client_cert: Some(cert),
-            client_key: Some(key),
-            ..
-        }) => builder.with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)?,
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(config)
-}
-
-/// Server config for a `tls = { cert, key }` listener: ALPN offers `h2`
-/// and `http/1.1` (the connection's first bytes then decide, see
-/// [`crate::preface`]).
-pub fn server_config(listener: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            load_certs(&listener.cert)?,
-            load_private_key(&listener.key)?,
-        )?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }

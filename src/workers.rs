@@ -4,11 +4,12 @@
 //! answered on one thread with no hand-over between threads.
 //!
 //! - [`bind`]: the sockets of one listen address, one per worker, bound at
-//!   start with `SO_REUSEPORT` (when there is more than one) on the same
+//!   start (or by the reload that adds the address) with `SO_REUSEPORT` (when there is more than one) on the same
 //!   address; Linux spreads incoming connections over them by a hash of the
 //!   connection's addresses and ports.
-//! - [`Workers::start`]: one thread per worker; each serves its sockets
-//!   until shutdown, then lets its connections finish. Everything workers
+//! - [`Workers::start`]: one thread per worker; each serves the sockets
+//!   handed to it ([`Workers::add`], at start and on a reload that adds a
+//!   listener) until they stop, and stops after [`Workers::close`]. Everything workers
 //!   share (dispatch tables, credentials, metrics, the connection cap) is
 //!   behind `Arc`/`ArcSwap` and runtime-independent; what belongs to a
 //!   runtime (sockets, timers, hyper connections) lives and dies in its
@@ -86,62 +87,70 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
 /// One listener's serving, on the runtime it was made in.
 pub type Listening = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// What one worker serves: a future per listener, made (inside the
-/// worker's runtime, where its sockets register) from the worker's sockets.
-pub type Serve = Box<dyn FnOnce() -> std::io::Result<Vec<Listening>>>;
+/// What one worker is handed to serve: a future per socket, made inside the
+/// worker's runtime (where its sockets register).
+pub type Serve = Box<dyn FnOnce() -> std::io::Result<Vec<Listening>> + Send>;
 
 /// The running serving threads.
 #[derive(Debug)]
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// What each worker is to serve next; closed: serve what you have, then stop.
+    adds: Vec<mpsc::UnboundedSender<Serve>>,
     /// Every worker holds a sender; all dropped: every worker has stopped.
     running: mpsc::Receiver<()>,
     abort: watch::Sender<bool>,
 }
 
 impl Workers {
-    /// Start one thread per entry of `serve`, worker `i` running what
-    /// `serve[i]` makes on its own current-thread runtime until those futures
-    /// end (after shutdown, once their connections are done) or
-    /// [`Workers::abort`]. An error making them stops the workers started so far.
-    pub fn start(serve: Vec<Serve>) -> std::io::Result<Workers> {
+    /// Start `count` threads, each with its own current-thread runtime,
+    /// serving what [`Workers::add`] hands it until [`Workers::close`] (then
+    /// until those futures end: after shutdown, once their connections are
+    /// done) or [`Workers::abort`]. An error starting one stops the workers
+    /// started so far.
+    pub fn start(count: usize) -> std::io::Result<Workers> {
         let (alive, running) = mpsc::channel(1);
         let (abort, aborted) = watch::channel(false);
-        let mut threads = Vec::with_capacity(serve.len());
-        for (index, serve) in serve.into_iter().enumerate() {
+        let mut threads = Vec::with_capacity(count);
+        let mut adds = Vec::with_capacity(count);
+        for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let listening = {
-                let _entered = runtime.enter();
-                serve()?
-            };
-            let (alive, mut aborted) = (alive.clone(), aborted.clone());
+            let (add, added) = mpsc::unbounded_channel();
+            let (alive, aborted) = (alive.clone(), aborted.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("sidekey-worker-{index}"))
                 .spawn(move || {
                     WORKER.with(|worker| worker.set(index));
-                    runtime.block_on(async move {
-                        let mut listeners = JoinSet::new();
-                        for listener in listening {
-                            listeners.spawn(listener);
-                        }
-                        tokio::select! {
-                            () = async { while listeners.join_next().await.is_some() {} } => {}
-                            _ = aborted.wait_for(|aborted| *aborted) => {}
-                        }
-                    });
+                    runtime.block_on(serve_worker(added, aborted));
                     // Dropping the runtime ends whatever connection is left.
                     drop(runtime);
                     drop(alive);
                 })?;
             threads.push(thread);
+            adds.push(add);
         }
         Ok(Workers {
             threads,
+            adds,
             running,
             abort,
         })
+    }
+
+    /// Have worker `index` serve what `serve` makes (inside the worker's
+    /// runtime, where its sockets register).
+    pub fn add(&self, index: usize, serve: Serve) {
+        if let Some(add) = self.adds.get(index) {
+            // A worker that is gone has stopped serving anyway.
+            let _ = add.send(serve);
+        }
+    }
+
+    /// Nothing more to serve: each worker stops once what it serves has ended.
+    pub fn close(&mut self) {
+        self.adds.clear();
     }
 
     /// How many workers run.
@@ -158,6 +167,31 @@ impl Workers {
     pub async fn abort(&mut self) {
         let _ = self.abort.send(true);
         self.stopped().await;
+    }
+}
+
+/// One worker's life: serve each listener handed over, until the hand-over
+/// closes and they have all ended, or until aborted.
+async fn serve_worker(
+    mut added: mpsc::UnboundedReceiver<Serve>,
+    mut aborted: watch::Receiver<bool>,
+) {
+    let mut listeners = JoinSet::new();
+    let mut open = true;
+    while open || !listeners.is_empty() {
+        tokio::select! {
+            serve = added.recv(), if open => match serve.map(|serve| serve()) {
+                Some(Ok(listening)) => {
+                    for listener in listening {
+                        listeners.spawn(listener);
+                    }
+                }
+                Some(Err(err)) => warn!(error = %err, "a serving worker cannot serve a listener"),
+                None => open = false,
+            },
+            Some(_) = listeners.join_next(), if !listeners.is_empty() => {}
+            _ = aborted.wait_for(|aborted| *aborted) => return,
+        }
     }
 }
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use rustls::RootCertStore;
 
 use super::inbenta::InbentaProvider;
 use super::oauth2::OAuth2Provider;
@@ -13,6 +12,7 @@ use super::provider::{FetchError, Provider, Token};
 use super::static_token::StaticProvider;
 use super::token_client::TokenClient;
 use crate::config::{CredentialConfig, CredentialKind};
+use crate::rotating::Trust;
 use crate::secret::EnvSource;
 use crate::tls::TlsError;
 
@@ -31,10 +31,10 @@ impl AnyProvider {
     /// The provider `config` describes, with its own token endpoint client.
     pub fn from_config(
         config: &CredentialConfig,
-        roots: &Arc<RootCertStore>,
+        trust: &Arc<Trust>,
         env: Arc<dyn EnvSource>,
     ) -> Result<Self, TlsError> {
-        let client = || TokenClient::new(roots, config.timeout, config.allow_insecure_http);
+        let client = || TokenClient::trusting(trust, config.timeout, config.allow_insecure_http);
         Ok(match &config.kind {
             CredentialKind::Inbenta(inbenta) => {
                 AnyProvider::Inbenta(InbentaProvider::new(inbenta, client()?, env))

@@ -18,6 +18,7 @@ use super::provider::{FetchError, Provider, Token};
 use super::report::RenewalReason;
 use crate::config::{Config, CredentialConfig};
 use crate::metrics::Metrics;
+use crate::rotating::{self, Trust};
 use crate::secret::{EnvSource, SecretRef};
 use crate::tls::TlsError;
 
@@ -42,25 +43,22 @@ impl Drop for Engine {
 struct Origin {
     config: CredentialConfig,
     env: Arc<dyn EnvSource>,
-    roots: Arc<RootCertStore>,
+    /// What its token client trusts (kept current while `ca_file` rotates).
+    trust: Arc<Trust>,
 }
 
 impl Origin {
     /// Whether an engine started from `self` serves `config` (read through
-    /// `env`, trusting `roots`) exactly as a new one would: same settings,
-    /// same values of the environment variables it reads, same trust.
-    fn serves(
-        &self,
-        config: &CredentialConfig,
-        env: &dyn EnvSource,
-        roots: &RootCertStore,
-    ) -> bool {
+    /// `env`, trusting `trust`) exactly as a new one would: same settings,
+    /// same values of the environment variables it reads, same trust (as
+    /// the roots now in force on both sides).
+    fn serves(&self, config: &CredentialConfig, env: &dyn EnvSource, trust: &Trust) -> bool {
         let same_value = |(_, secret): &(&str, &SecretRef)| match secret {
             SecretRef::Env(name) => self.env.var(name) == env.var(name),
             SecretRef::File(_) | SecretRef::Literal(_) => true,
         };
         self.config == *config
-            && self.roots.roots == roots.roots
+            && self.trust.current().roots.roots == trust.current().roots.roots
             && config.secret_refs().iter().all(same_value)
     }
 }
@@ -95,7 +93,8 @@ impl Credentials {
         roots: &RootCertStore,
         metrics: &Metrics,
     ) -> Result<Credentials, TlsError> {
-        Credentials::start_reusing(config, &Arc::new(roots.clone()), metrics, None)
+        let trust = rotating::fixed_trust(&Arc::new(roots.clone()))?;
+        Credentials::start_reusing(config, &trust, metrics, None)
     }
 
     /// Like [`Credentials::start`], but every credential of `previous` whose
@@ -105,7 +104,7 @@ impl Credentials {
     /// the reason `reload`. [`Credentials::started`] names those.
     pub fn start_reusing(
         config: &Config,
-        roots: &Arc<RootCertStore>,
+        trust: &Arc<Trust>,
         metrics: &Metrics,
         previous: Option<&Credentials>,
     ) -> Result<Credentials, TlsError> {
@@ -117,18 +116,18 @@ impl Credentials {
                     engine
                         .origin
                         .as_ref()
-                        .is_some_and(|origin| origin.serves(credential, &*config.env, roots))
+                        .is_some_and(|origin| origin.serves(credential, &*config.env, trust))
                 });
             if let Some(engine) = reusable {
                 credentials.engines.insert(name.clone(), Arc::clone(engine));
                 credentials.taken_over.insert(name.clone());
                 continue;
             }
-            let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
+            let provider = AnyProvider::from_config(credential, trust, Arc::clone(&config.env))?;
             let origin = Origin {
                 config: credential.clone(),
                 env: Arc::clone(&config.env),
-                roots: Arc::clone(roots),
+                trust: Arc::clone(trust),
             };
             let mut settings = EngineSettings::from_config(credential);
             if previous.is_some() {
@@ -251,8 +250,8 @@ pub async fn obtain_once(
                 name: name.to_owned(),
                 defined: config.defined(),
             })?;
-    let roots = Arc::new(roots.clone());
-    let provider = AnyProvider::from_config(credential, &roots, Arc::clone(&config.env))?;
+    let trust = rotating::fixed_trust(&Arc::new(roots.clone()))?;
+    let provider = AnyProvider::from_config(credential, &trust, Arc::clone(&config.env))?;
     let token = provider
         .fetch(None)
         .await

@@ -17,8 +17,10 @@ use super::provider::{FetchError, Provider, Token};
 use crate::config::StaticConfig;
 use crate::secret::{EnvSource, SecretError, SecretRef};
 
-/// How often a `{ file = … }` token is read again.
-pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a `{ file = … }` token is read again: as often as rotating TLS
+/// files ([`crate::rotating`]), so one rotation of a Secret volume reaches
+/// tokens and certificates alike.
+pub const FILE_POLL_INTERVAL: Duration = crate::rotating::POLL_INTERVAL;
 
 /// Provider of a fixed token.
 #[derive(Debug)]

@@ -44,6 +44,7 @@ use serde_json::Value;
 use super::provider::FetchError;
 use super::redact::{Redactor, collapse_whitespace};
 use crate::error_chain::error_chain;
+use crate::rotating::{self, Trust};
 use crate::tls::TlsError;
 
 /// Largest token response body accepted (1 MiB).
@@ -93,7 +94,18 @@ impl TokenClient {
         timeout: Duration,
         allow_insecure_http: bool,
     ) -> Result<TokenClient, TlsError> {
-        let tls = crate::tls::client_config(roots, None)?;
+        TokenClient::trusting(&rotating::fixed_trust(roots)?, timeout, allow_insecure_http)
+    }
+
+    /// A client trusting `trust` (the roots in force when a connection is
+    /// made: `[tls] ca_file` rotates), with `timeout` for each whole
+    /// exchange. `http://` URLs are refused unless `allow_insecure_http`.
+    pub fn trusting(
+        trust: &Arc<Trust>,
+        timeout: Duration,
+        allow_insecure_http: bool,
+    ) -> Result<TokenClient, TlsError> {
+        let tls = rotating::upstream_config(trust, None)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

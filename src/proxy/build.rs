@@ -15,7 +15,8 @@ use crate::config::{RouteConfig, Upstream};
 use crate::credential::Credentials;
 use crate::metrics::Metrics;
 use crate::preflight::{Checked, RouteTls};
-use crate::tls::{self, TlsError};
+use crate::rotating;
+use crate::tls::TlsError;
 
 /// Routes and credentials of one configuration; replaced whole on reload.
 pub struct Generation {
@@ -122,8 +123,7 @@ pub fn build_generation(
     workers: usize,
 ) -> Result<Generation, BuildError> {
     let config = &checked.config;
-    let roots = &checked.roots;
-    let credentials = Credentials::start_reusing(config, roots, metrics, previous)
+    let credentials = Credentials::start_reusing(config, &checked.trust, metrics, previous)
         .map_err(BuildError::TokenClient)?;
     let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();
     for (route, route_tls) in config.routes.iter().zip(&checked.routes) {
@@ -155,9 +155,11 @@ pub fn build_generation(
                     }
                 })?;
                 let client = upstream_client(
-                    tls::client_config(roots, None).map_err(|source| BuildError::Client {
-                        user: "forward_proxy".to_owned(),
-                        source,
+                    rotating::upstream_config(&checked.trust, None).map_err(|source| {
+                        BuildError::Client {
+                            user: "forward_proxy".to_owned(),
+                            source,
+                        }
                     })?,
                     ClientOptions {
                         connect_timeout: forward.connect_timeout,

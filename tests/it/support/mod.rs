@@ -15,4 +15,6 @@ pub mod raw;
 pub mod timing;
 pub mod tls;
 pub mod token_servers;
+pub mod traffic;
 pub mod upstream;
+pub mod volume;

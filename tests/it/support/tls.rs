@@ -123,6 +123,28 @@ impl TestPki {
         &self.server.cert_path
     }
 
+    /// The server certificate, DER (to recognise it on the wire).
+    pub fn server_cert_der(&self) -> &CertificateDer<'static> {
+        &self.server.cert_der
+    }
+
+    /// The server certificate and key PEM files' bytes (to publish them elsewhere).
+    pub fn server_pem(&self) -> (Vec<u8>, Vec<u8>) {
+        let read = |path: &Path| std::fs::read(path).expect("read PEM");
+        (read(&self.server.cert_path), read(&self.server.key_path))
+    }
+
+    /// The client certificate and key PEM files' bytes.
+    pub fn client_pem(&self) -> (Vec<u8>, Vec<u8>) {
+        let read = |path: &Path| std::fs::read(path).expect("read PEM");
+        (read(&self.client.cert_path), read(&self.client.key_path))
+    }
+
+    /// The CA certificate PEM file's bytes.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.ca_path).expect("read CA PEM")
+    }
+
     /// The server key PEM file (for a route's `tls = { key = … }`).
     pub fn server_key_path(&self) -> &Path {
         &self.server.key_path
@@ -251,4 +273,36 @@ fn issue(
         cert_path,
         key_path,
     }
+}
+
+/// The certificate a TLS server on `addr` presents to a new connection for
+/// `localhost`, trusting the CAs of `pkis`; the handshake's error otherwise.
+pub async fn presented_certificate(
+    addr: std::net::SocketAddr,
+    pkis: &[&TestPki],
+) -> Result<CertificateDer<'static>, String> {
+    let mut roots = RootCertStore::empty();
+    for pki in pkis {
+        roots.add(pki.ca_der.clone()).expect("add test CA");
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    let (_, connection) = tls.get_ref();
+    connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| cert.clone().into_owned())
+        .ok_or_else(|| "no certificate presented".to_owned())
 }

@@ -922,6 +922,21 @@ impl Upstream {
         self.requests()
     }
 
+    /// Wait until a request for which `matches` holds has arrived (it is
+    /// recorded before any delay of its answer); panics after 10 s.
+    pub async fn wait_for_request_matching(
+        &self,
+        matches: impl Fn(&RecordedRequest) -> bool,
+    ) -> RecordedRequest {
+        self.wait_until(|s| s.requests.lock().expect("lock").iter().any(&matches))
+            .await
+            .unwrap_or_else(|| panic!("upstream: no matching request after 10s"));
+        self.requests()
+            .into_iter()
+            .find(|r| matches(r))
+            .expect("found above")
+    }
+
     /// Wait until at least `n` connections were accepted (panics after 10 s).
     pub async fn wait_for_connections(&self, n: usize) {
         self.wait_until(|s| s.connections.load(Ordering::SeqCst) >= n)
