@@ -377,6 +377,8 @@ pub struct Listener {
     local: SocketAddr,
     gate: Arc<Gate>,
     errors: AcceptErrors,
+    /// A connection accepted by a call cancelled while it waited for a place.
+    unplaced: Option<(TcpStream, SocketAddr)>,
 }
 
 impl Listener {
@@ -390,25 +392,33 @@ impl Listener {
             local,
             gate,
             errors: AcceptErrors::default(),
+            unplaced: None,
         }
     }
 
     /// The next connection and its place under the cap. Waits while the
     /// cap is reached; pauses and retries while accepting fails. Safe to
-    /// cancel (in a `select!` with shutdown).
+    /// cancel (in a `select!` with shutdown): a connection accepted while
+    /// another listener took the last place is kept for the next call.
     pub async fn accept(&mut self) -> (TcpStream, SocketAddr, Slot) {
         loop {
-            self.gate.room().await;
-            match self.listener.accept().await {
-                Ok((stream, peer)) => {
-                    self.errors.recovered(self.local, Instant::now());
-                    let slot = self.gate.claim().await;
-                    return (stream, peer, slot);
+            if self.unplaced.is_none() {
+                self.gate.room().await;
+                match self.listener.accept().await {
+                    Ok(accepted) => {
+                        self.errors.recovered(self.local, Instant::now());
+                        self.unplaced = Some(accepted);
+                    }
+                    Err(err) => {
+                        let pause = self.errors.failed(self.local, &err, Instant::now());
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
                 }
-                Err(err) => {
-                    let pause = self.errors.failed(self.local, &err, Instant::now());
-                    tokio::time::sleep(pause).await;
-                }
+            }
+            let slot = self.gate.claim().await;
+            if let Some((stream, peer)) = self.unplaced.take() {
+                return (stream, peer, slot);
             }
         }
     }
@@ -532,6 +542,43 @@ mod tests {
         tracing::subscriber::with_default(subscriber, f);
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         text.lines().map(str::to_owned).collect()
+    }
+
+    /// A connection accepted while another listener took the last place
+    /// under the cap is kept when that accept is cancelled (a drain, a
+    /// reload), and handed out by the next call instead of being dropped.
+    #[tokio::test]
+    async fn a_cancelled_accept_keeps_the_connection_it_took() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let gate = Gate::new("test", 1);
+        let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let (first, second) = (bind().await, bind().await);
+        let (first_addr, second_addr) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+        let mut first = Listener::new(first, gate.clone());
+        let mut second = Listener::new(second, gate.clone());
+
+        // `first` sees room and waits in accept; meanwhile `second` takes
+        // the only place; then a client reaches `first`, whose accept now
+        // waits for a place — and is cancelled.
+        let waiting = tokio::spawn(async move {
+            let cancelled = tokio::time::timeout(Duration::from_millis(300), first.accept()).await;
+            assert!(cancelled.is_err(), "no place was free");
+            first
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _held = tokio::net::TcpStream::connect(second_addr).await.unwrap();
+        let (_, _, taken) = second.accept().await;
+        let mut client = tokio::net::TcpStream::connect(first_addr).await.unwrap();
+        client.write_all(b"hello").await.unwrap();
+        let mut first = waiting.await.unwrap();
+
+        drop(taken);
+        let (mut stream, _, _slot) = tokio::time::timeout(Duration::from_secs(5), first.accept())
+            .await
+            .expect("the kept connection");
+        let mut hello = [0u8; 5];
+        stream.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello");
     }
 
     #[test]
