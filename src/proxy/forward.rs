@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderName;
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use tracing::{debug, warn};
@@ -152,7 +152,10 @@ pub async fn forward(
         Outgoing::Streamed(body) => {
             let response =
                 send(route, Request::from_parts(parts, Either::Left(body)), None).await?;
-            if route.credential.renews_on(response.status()) {
+            if route
+                .credential
+                .renews_on(token_status(grpc_call, &response))
+            {
                 // Never retried: the next request gets whatever comes of it.
                 let _ = route.credential.report_rejected(published.generation);
             }
@@ -174,7 +177,7 @@ pub async fn forward(
         kept.as_ref().filter(|_| replay),
     )
     .await?;
-    if !route.credential.renews_on(first.status()) {
+    if !route.credential.renews_on(token_status(grpc_call, &first)) {
         return Ok(finish(first));
     }
     let Some(kept) = kept.filter(|_| retry_on_rejection) else {
@@ -205,11 +208,24 @@ pub async fn forward(
     drop(first);
     let retry = rebuild(kept, route, &renewed);
     let response = send(route, retry, None).await?;
-    if route.credential.renews_on(response.status()) {
+    if route
+        .credential
+        .renews_on(token_status(grpc_call, &response))
+    {
         // Rejected with a fresh token: not about the token (see `rejection`).
         let _ = route.credential.report_rejected(renewed.generation);
     }
     Ok(finish(response))
+}
+
+/// The status `renew_on_status` is matched against: a gRPC call's
+/// UNAUTHENTICATED counts as 401 ([`grpc::rejects_token`]).
+fn token_status<B>(grpc_call: bool, response: &Response<B>) -> StatusCode {
+    if grpc_call {
+        grpc::rejects_token(response)
+    } else {
+        response.status()
+    }
 }
 
 /// The kept request with the renewed credential headers.

@@ -8,13 +8,17 @@
 //! `forward` marks it for an HTTP/2 upstream connection and the client
 //! refuses to send it over HTTP/1.1 ([`super::client`]).
 //!
+//! A gRPC server rejects a token with `grpc-status: 16` (UNAUTHENTICATED)
+//! in an HTTP 200 answer where an HTTP API says 401: [`rejects_token`] reads
+//! it as that 401, so `renew_on_status` covers gRPC upstreams too.
+//!
 //! An error sidekey answers itself goes to a gRPC client as a gRPC status
 //! ([`crate::error::ProxyError::to_grpc_response`]): gRPC clients read
 //! `grpc-status` and `grpc-message`, not a JSON body, and turn a bare 502
 //! into "Received http2 header with status: 502".
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 
 /// gRPC status codes (`google.rpc.Code`) sidekey answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +42,17 @@ pub enum Code {
 /// version check only, for HTTP/1.1 requests.
 pub fn is_call<B>(request: &Request<B>) -> bool {
     request.version() == Version::HTTP_2 && has_grpc_content_type(request.headers())
+}
+
+/// The HTTP status a gRPC call's answer stands for where tokens are
+/// concerned: 401 when a trailers-only answer (the status in its headers,
+/// as servers answer a call they refuse before any message) says
+/// UNAUTHENTICATED, else the answer's own status.
+pub fn rejects_token<B>(response: &Response<B>) -> StatusCode {
+    match response.headers().get("grpc-status") {
+        Some(code) if code.as_bytes() == b"16" => StatusCode::UNAUTHORIZED,
+        _ => response.status(),
+    }
 }
 
 /// Whether `content-type` is `application/grpc`, `application/grpc+…` or

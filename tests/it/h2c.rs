@@ -569,3 +569,76 @@ async fn shutdown_lets_an_h2c_stream_finish_then_closes_the_connection() {
         "the connection is closed after the drain"
     );
 }
+
+/// A gRPC server says a token is rejected with `grpc-status: 16`
+/// (UNAUTHENTICATED) in an HTTP 200 answer, not with a 401: with 401 in
+/// `renew_on_status`, sidekey treats it as the rejection it is and renews,
+/// so the app's next call carries a new token.
+#[tokio::test]
+async fn a_grpc_unauthenticated_answer_renews_the_token() {
+    let pki = Arc::new(TestPki::new());
+    let tokens = OAuthServer::start(OAuthBehaviour::default()).await;
+    let first_token: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let seen_first = first_token.clone();
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(move |request| {
+        let authorization = request
+            .header("authorization")
+            .unwrap_or_default()
+            .to_owned();
+        let mut first = seen_first.lock().unwrap();
+        let first = first.get_or_insert_with(|| authorization.clone());
+        let grpc = Reply::status(200).header("content-type", "application/grpc");
+        if *first == authorization {
+            grpc.header("grpc-status", "16")
+                .header("grpc-message", "token revoked")
+        } else {
+            grpc.trailer("grpc-status", "0")
+        }
+    }))
+    .await;
+    let client = OAuthBehaviour::default();
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(oauth2("api", &tokens.url()))
+        .with(route(&upstream.url(), "api"))
+        .env("CLIENT_ID", &client.client_id)
+        .env("CLIENT_SECRET", &client.client_secret)
+        .start()
+        .await;
+    let mut conn = H2cConn::connect(proxy.route_addr(0)).await;
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let call = || {
+        request_with(
+            Method::POST,
+            "/pkg.Svc/Call",
+            &grpc,
+            body_with_trailers("", &[]),
+        )
+    };
+
+    let rejected = conn.send(call()).await;
+    assert_eq!(
+        rejected.header("grpc-status"),
+        Some("16"),
+        "passed on as the server said"
+    );
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    while tokens.calls() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(tokens.calls(), 2, "the rejection renewed the token");
+
+    let accepted = conn.send(call()).await;
+    assert_eq!(accepted.status, StatusCode::OK);
+    assert_eq!(
+        accepted.trailer("grpc-status"),
+        Some("0"),
+        "{:?}",
+        accepted.trailers
+    );
+    let issued = tokens.issued_tokens();
+    assert_eq!(
+        upstream.last_request().unwrap().header_all("authorization"),
+        [format!("Bearer {}", issued[1])]
+    );
+}
