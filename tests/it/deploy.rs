@@ -151,7 +151,7 @@ fn typed_file_refs(config: &Config) -> BTreeSet<PathBuf> {
             }
             CredentialKind::OAuth2(c) => {
                 refs.push(&c.client_id);
-                refs.push(&c.client_secret);
+                refs.extend(c.client_secret.iter());
             }
             CredentialKind::Static(c) => refs.push(&c.token),
         }
