@@ -196,6 +196,11 @@ pub fn inputs(config: &Config) -> (BTreeSet<&str>, BTreeSet<&Path>) {
         };
     }
     files.extend(config.tls.ca_file.as_deref());
+    for credential in config.credentials.values() {
+        if let CredentialKind::OAuth2(oauth2) = &credential.kind {
+            files.extend(oauth2.client_cert.as_deref());
+        }
+    }
     for route in &config.routes {
         let listener = route.tls.iter().flat_map(|tls| [&tls.cert, &tls.key]);
         let client = route.upstream_tls.iter();

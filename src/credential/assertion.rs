@@ -1,8 +1,8 @@
 //! RFC 7523 client assertions: the PEM key of `private_key`, the JWS
 //! algorithm it signs with, and the signed JWT one token request carries.
 //!
-//! - A key is PKCS#8 (`BEGIN PRIVATE KEY`, any of the kinds below) or
-//!   PKCS#1 (`BEGIN RSA PRIVATE KEY`). RSA → RS256, EC P-256 → ES256, EC
+//! - A key is PKCS#8 (`BEGIN PRIVATE KEY`, any of the kinds below), PKCS#1
+//!   (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`). RSA → RS256, EC P-256 → ES256, EC
 //!   P-384 → ES384, Ed25519 → EdDSA; `signing_alg` chooses another that the
 //!   key can do (RS384, RS512, PS256, PS384, PS512). Signed with `ring`, the
 //!   crypto rustls already uses here: three signature families and a JSON
@@ -148,13 +148,7 @@ impl SigningKey {
                 Kind::Rsa,
                 rsa_key(RsaKeyPair::from_der(rsa.secret_pkcs1_der()))?,
             ),
-            PrivateKeyDer::Sec1(_) => {
-                return Err(KeyError::Unusable(
-                    "an EC key in SEC1 form (BEGIN EC PRIVATE KEY); convert it to PKCS#8 \
-                     with `openssl pkcs8 -topk8 -nocrypt`"
-                        .to_owned(),
-                ));
-            }
+            PrivateKeyDer::Sec1(sec1) => sec1_key(sec1.secret_sec1_der(), &rng)?,
             PrivateKeyDer::Pkcs8(pkcs8) => pkcs8_key(pkcs8.secret_pkcs8_der(), &rng)?,
             _ => return Err(KeyError::NoKey("")),
         };
@@ -243,6 +237,53 @@ fn pkcs8_key(der: &[u8], rng: &SystemRandom) -> Result<(Kind, Key), KeyError> {
                  nor Ed25519 ({e})"
             ))
         })
+}
+
+/// An EC key in SEC1 form (`BEGIN EC PRIVATE KEY`, as `openssl ecparam
+/// -genkey` writes it): ring reads EC keys as PKCS#8 only, so it is wrapped
+/// in the PKCS#8 structure of each curve until one fits.
+fn sec1_key(sec1: &[u8], rng: &SystemRandom) -> Result<(Kind, Key), KeyError> {
+    /// DER of the AlgorithmIdentifier `{ id-ecPublicKey, curve }`.
+    const P256: &[u8] =
+        b"\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07";
+    const P384: &[u8] = b"\x30\x10\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x05\x2b\x81\x04\x00\x22";
+    let curves = [
+        (
+            Kind::P256,
+            P256,
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        ),
+        (
+            Kind::P384,
+            P384,
+            &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        ),
+    ];
+    for (kind, algorithm, signing) in curves {
+        let mut info = b"\x02\x01\x00".to_vec();
+        info.extend_from_slice(algorithm);
+        der_append(&mut info, 0x04, sec1);
+        let mut pkcs8 = Vec::new();
+        der_append(&mut pkcs8, 0x30, &info);
+        if let Ok(pair) = EcdsaKeyPair::from_pkcs8(signing, &pkcs8, rng) {
+            return Ok((kind, Key::Ecdsa(pair)));
+        }
+    }
+    Err(KeyError::Unusable(
+        "an EC key (SEC1) that is not on P-256 or P-384, or lacks its public key".to_owned(),
+    ))
+}
+
+/// Append a DER element: `tag`, the definite length of `content`, `content`.
+fn der_append(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+    out.push(tag);
+    let len = content.len();
+    match len {
+        0..=0x7f => out.push(len as u8),
+        0x80..=0xff => out.extend_from_slice(&[0x81, len as u8]),
+        _ => out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]),
+    }
+    out.extend_from_slice(content);
 }
 
 fn rsa_encoding(alg: &str) -> &'static dyn RsaEncoding {
@@ -354,4 +395,109 @@ pub fn jwt_exp(token: &str) -> Option<f64> {
     let bytes = URL_SAFE_NO_PAD_INDIFFERENT.decode(payload).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("exp")?.as_f64().filter(|exp| exp.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use ring::signature::KeyPair as _;
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            STANDARD.encode(der)
+        )
+    }
+
+    fn ed25519() -> (String, Vec<u8>) {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        (pem("PRIVATE KEY", pkcs8.as_ref()), public)
+    }
+
+    #[test]
+    fn the_key_kind_chooses_the_algorithm_and_the_signature_verifies() {
+        let (pem, public) = ed25519();
+        let key = SigningKey::from_pem(pem.as_bytes(), None).unwrap();
+        assert_eq!(key.alg(), "EdDSA");
+        let jwt = key.sign_jwt(Some("k1"), &json!({"sub": "x"})).unwrap();
+        let jwt = jwt.expose();
+        let (input, signature) = jwt.rsplit_once('.').unwrap();
+        let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        signature::UnparsedPublicKey::new(&signature::ED25519, &public)
+            .verify(input.as_bytes(), &signature)
+            .unwrap();
+        let header = URL_SAFE_NO_PAD
+            .decode(input.split('.').next().unwrap())
+            .unwrap();
+        let header: Value = serde_json::from_slice(&header).unwrap();
+        assert_eq!(header, json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1"}));
+
+        let rng = SystemRandom::new();
+        let p256 = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(p256, &rng).unwrap();
+        let key = SigningKey::from_pem(pem_of(&pkcs8).as_bytes(), None).unwrap();
+        assert_eq!(key.alg(), "ES256");
+        assert_eq!(format!("{key:?}"), "SigningKey { alg: \"ES256\", .. }");
+    }
+
+    fn pem_of(pkcs8: &ring::pkcs8::Document) -> String {
+        pem("PRIVATE KEY", pkcs8.as_ref())
+    }
+
+    #[test]
+    fn mistakes_are_named_without_key_material() {
+        let (pem_text, _) = ed25519();
+        let err = SigningKey::from_pem(pem_text.as_bytes(), Some("RS256")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "signing_alg RS256 needs an RSA key, but private_key holds an Ed25519 key"
+        );
+        let err = SigningKey::from_pem(pem_text.as_bytes(), Some("HS256")).unwrap_err();
+        assert!(matches!(err, KeyError::UnknownAlg(_)), "{err}");
+        let encrypted = pem("ENCRYPTED PRIVATE KEY", b"opaque");
+        let err = SigningKey::from_pem(encrypted.as_bytes(), None).unwrap_err();
+        assert!(err.to_string().contains("not encrypted"), "{err}");
+        let err = SigningKey::from_pem(b"not a key", None).unwrap_err();
+        assert_eq!(err.to_string(), "holds no PEM private key");
+        let garbage = pem("PRIVATE KEY", b"\x30\x03\x02\x01\x00");
+        let err = SigningKey::from_pem(garbage.as_bytes(), None).unwrap_err();
+        assert!(err.to_string().contains("neither RSA"), "{err}");
+    }
+
+    #[test]
+    fn der_lengths_use_the_short_and_long_forms() {
+        let mut out = Vec::new();
+        der_append(&mut out, 0x04, &[7; 3]);
+        assert_eq!(out, [0x04, 3, 7, 7, 7]);
+        let mut out = Vec::new();
+        der_append(&mut out, 0x30, &[0; 0x90]);
+        assert_eq!(out[..3], [0x30, 0x81, 0x90]);
+        let mut out = Vec::new();
+        der_append(&mut out, 0x30, &[0; 0x123]);
+        assert_eq!(out[..4], [0x30, 0x82, 0x01, 0x23]);
+    }
+
+    #[test]
+    fn a_signer_parses_again_only_when_the_bytes_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, ed25519().0).unwrap();
+        let signer = AssertionSigner::new(SecretRef::File(path.clone()), None, None);
+        let env = crate::secret::MapEnv::default();
+        let first = signer.key(&env).unwrap();
+        assert!(Arc::ptr_eq(&first, &signer.key(&env).unwrap()));
+        std::fs::write(&path, ed25519().0).unwrap();
+        assert!(!Arc::ptr_eq(&first, &signer.key(&env).unwrap()));
+        std::fs::write(&path, "broken").unwrap();
+        let err = signer.key(&env).unwrap_err().to_string();
+        assert!(
+            err.contains("key.pem") && err.contains("no PEM private key"),
+            "{err}"
+        );
+        let one = signer.assertion(&env, "c", "a", 1).unwrap_err();
+        assert!(!format!("{signer:?}").contains("BEGIN"), "{one}");
+    }
 }

@@ -359,4 +359,25 @@ mod tests {
         assert!(err.contains("\"mac\""), "{err}");
         assert!(parse_token(&json!({"token_type": "bearer"}), ttl, 0.0).is_err());
     }
+
+    #[test]
+    fn exchanged_tokens_must_be_bearer_kinds_and_may_be_n_a() {
+        let ttl = Duration::from_secs(60);
+        let jwt_type = "urn:ietf:params:oauth:token-type:jwt";
+        let answer =
+            json!({"access_token": "a", "issued_token_type": jwt_type, "token_type": "N_A"});
+        assert_eq!(
+            parse_exchanged(&answer, ttl, 0.0).unwrap().value.expose(),
+            "a"
+        );
+        // Only an exchange may say N_A.
+        assert!(parse_token(&answer, ttl, 0.0).is_err());
+        let saml = json!({"access_token": "a",
+            "issued_token_type": "urn:ietf:params:oauth:token-type:saml2"});
+        let err = parse_exchanged(&saml, ttl, 0.0).unwrap_err().to_string();
+        assert!(err.contains("saml2"), "{err}");
+        let untyped = json!({"access_token": "a", "token_type": "Bearer", "expires_in": 5});
+        let token = parse_exchanged(&untyped, ttl, 0.0).unwrap();
+        assert_eq!(token.lifetime, Some(Duration::from_secs(5)));
+    }
 }

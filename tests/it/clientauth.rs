@@ -129,6 +129,49 @@ async fn private_key_jwt_signs_with_the_chosen_algorithm() {
     assert_eq!(token.value.expose(), "oauth-token-1");
 }
 
+#[tokio::test]
+async fn private_key_jwt_reads_every_key_form_openssl_writes() {
+    let rsa = TestKey::rsa();
+    let forms = [
+        (
+            "SEC1 P-256",
+            TestKey::openssl(
+                &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+                None,
+            ),
+        ),
+        (
+            "SEC1 P-384",
+            TestKey::openssl(
+                &["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
+                None,
+            ),
+        ),
+        (
+            "PKCS#8 v1 Ed25519",
+            TestKey::openssl(&["genpkey", "-algorithm", "ed25519"], None),
+        ),
+        (
+            "PKCS#1 RSA",
+            TestKey::openssl(&["pkey", "-traditional"], Some(&rsa.pem)),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key.pem");
+    for (form, key) in forms {
+        key.write(&key_file);
+        let server = token_server(|_| {}).await;
+        let check = AssertionCheck::signed_by(vec![key.clone()], &server.url());
+        server.update(|b| b.assertion = Some(check));
+        let config = TestConfig::new()
+            .with(private_key_jwt(&server, &key_file))
+            .env("CLIENT_ID", "test-client")
+            .parse();
+        let obtained = obtain_once(&config, "api", &RootCertStore::empty()).await;
+        assert!(obtained.is_ok(), "{form}: {:?}", obtained.err());
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn private_key_jwt_rereads_a_rotated_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,8 @@
 //!   [`TestKey::rsa`] with `openssl genpkey` (ring cannot generate RSA keys),
 //!   once per test binary. Each has its PEM (PKCS#8), its public key and
 //!   its default JWS `alg`.
+//! - [`TestKey::openssl`] takes a key in the forms `openssl` writes (SEC1,
+//!   PKCS#1, PKCS#8 v1), to show each is read.
 //! - [`verify`] checks a compact JWS against public keys (by `alg`, and by
 //!   `kid` when the key has one) and returns its claims.
 //! - [`TestKey::sign`] signs claims, for assertions "issued by someone else"
@@ -103,6 +105,34 @@ impl TestKey {
         .clone()
     }
 
+    /// A key in the form `openssl` writes with `args` (e.g. `ecparam -name
+    /// prime256v1 -genkey -noout`: SEC1), with `pem` as written and the
+    /// public key read from its PKCS#8 form (`openssl pkcs8 -topk8`).
+    pub fn openssl(args: &[&str], input: Option<&str>) -> TestKey {
+        let pem = openssl(args, input);
+        let pkcs8 = openssl(&["pkcs8", "-topk8", "-nocrypt"], Some(&pem));
+        let der = PrivateKeyDer::from_pem_slice(pkcs8.as_bytes()).expect("PKCS#8 PEM");
+        let der = der.secret_der();
+        let rng = SystemRandom::new();
+        let ec = |alg| EcdsaKeyPair::from_pkcs8(alg, der, &rng).ok();
+        let (public, alg) = if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+            (pair.public_key().as_ref().to_vec(), "EdDSA")
+        } else if let Some(pair) = ec(&signature::ECDSA_P256_SHA256_FIXED_SIGNING) {
+            (pair.public_key().as_ref().to_vec(), "ES256")
+        } else if let Some(pair) = ec(&signature::ECDSA_P384_SHA384_FIXED_SIGNING) {
+            (pair.public_key().as_ref().to_vec(), "ES384")
+        } else {
+            let pair = RsaKeyPair::from_pkcs8(der).expect("a key ring reads");
+            (pair.public_key().as_ref().to_vec(), "RS256")
+        };
+        TestKey {
+            pem,
+            public,
+            alg,
+            kid: None,
+        }
+    }
+
     /// The same key, expected to be named `kid`.
     pub fn with_kid(mut self, kid: &str) -> TestKey {
         self.kid = Some(kid.to_owned());
@@ -163,6 +193,26 @@ impl TestKey {
     }
 }
 
+/// What `openssl ARGS` writes to stdout, fed `input`.
+fn openssl(args: &[&str], input: Option<&str>) -> String {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl (test keys need the openssl command)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(input.unwrap_or("").as_bytes())
+        .expect("openssl stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?} failed");
+    String::from_utf8(out.stdout).expect("PEM")
+}
+
 /// The header and claims of `jwt` if its signature verifies with one of
 /// `keys` (matched by `alg`, and by `kid` where the key names one).
 pub fn verify(jwt: &str, keys: &[TestKey]) -> Result<(Value, Value), String> {
@@ -191,6 +241,7 @@ pub fn verify(jwt: &str, keys: &[TestKey]) -> Result<(Value, Value), String> {
             "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
             "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
             "ES256" => &signature::ECDSA_P256_SHA256_FIXED,
+            "ES384" => &signature::ECDSA_P384_SHA384_FIXED,
             "EdDSA" => &signature::ED25519,
             _ => continue,
         };
