@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use super::assertion::{AssertionSigner, JWT_BEARER, SigningKey, jwt_exp};
+use super::assertion::{AssertionSigner, JWT_BEARER, KeyError, SigningKey, jwt_exp};
 use super::provider::FetchError;
 use super::token_client::{sensitive_header, transient, unix_now};
 use crate::config::{ClientAuth, Grant, OAuth2Config};
@@ -259,8 +259,7 @@ pub fn check(config: &OAuth2Config, env: &dyn EnvSource) -> Vec<(&'static str, S
                 let alg = config.signing_alg.as_deref();
                 if let Err(e) = SigningKey::from_pem(pem.expose().as_bytes(), alg) {
                     let key = match e {
-                        super::assertion::KeyError::UnknownAlg(_)
-                        | super::assertion::KeyError::Mismatch { .. } => "signing_alg",
+                        KeyError::UnknownAlg(_) | KeyError::Mismatch { .. } => "signing_alg",
                         _ => "private_key",
                     };
                     let message = match key {
