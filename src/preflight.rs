@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{Config, ConfigError, ConfigErrors, Key, UpstreamTls};
+use crate::config::{Config, ConfigError, ConfigErrors, CredentialKind, Key, UpstreamTls};
+use crate::credential::client_auth;
 use crate::rotating::{self, Reread, Trust};
 use crate::secret::SecretRef;
 use crate::tls;
@@ -57,8 +58,18 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
         errors.push(ConfigError::new(&config.path, None, "", message));
     }
     for (name, credential) in &config.credentials {
+        let table = Key::new("credentials").then(name);
+        if let CredentialKind::OAuth2(oauth2) = &credential.kind {
+            for (field, message) in client_auth::check(oauth2, config.env.as_ref()) {
+                errors.push(config.key_error(&table.then(field), message));
+            }
+        }
         for (field, secret) in credential.secret_refs() {
-            let key = Key::new("credentials").then(name).then(field);
+            // PEM keys span lines; client_auth::check reads them.
+            if matches!(field, "private_key" | "client_key") {
+                continue;
+            }
+            let key = table.then(field);
             noted(
                 &mut errors,
                 &config,
@@ -185,6 +196,11 @@ pub fn inputs(config: &Config) -> (BTreeSet<&str>, BTreeSet<&Path>) {
         };
     }
     files.extend(config.tls.ca_file.as_deref());
+    for credential in config.credentials.values() {
+        if let CredentialKind::OAuth2(oauth2) = &credential.kind {
+            files.extend(oauth2.client_cert.as_deref());
+        }
+    }
     for route in &config.routes {
         let listener = route.tls.iter().flat_map(|tls| [&tls.cert, &tls.key]);
         let client = route.upstream_tls.iter();

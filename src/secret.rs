@@ -122,8 +122,18 @@ pub enum SecretError {
 }
 
 impl SecretRef {
-    /// Read the current value.
+    /// Read the current value, to be sent in a header or a body: one line.
     pub fn resolve(&self, env: &dyn EnvSource) -> Result<Secret, SecretError> {
+        self.read(env, |c| c.is_control() && c != '\t')
+    }
+
+    /// Read the current value of a PEM key, which is never sent: line
+    /// breaks are allowed, other control characters are not.
+    pub fn resolve_pem(&self, env: &dyn EnvSource) -> Result<Secret, SecretError> {
+        self.read(env, |c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    }
+
+    fn read(&self, env: &dyn EnvSource, refused: fn(char) -> bool) -> Result<Secret, SecretError> {
         let value = match self {
             SecretRef::Env(name) => env
                 .var(name)
@@ -142,7 +152,7 @@ impl SecretRef {
         if value.is_empty() {
             return Err(SecretError::Empty(self.describe()));
         }
-        if value.chars().any(|c| c.is_control() && c != '\t') {
+        if value.chars().any(refused) {
             return Err(SecretError::Invalid(self.describe()));
         }
         Ok(Secret::new(value))

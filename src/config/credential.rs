@@ -3,6 +3,7 @@
 //! file, never through a buffer (as a `#[serde(tag = "type")]` enum would,
 //! losing every line): for `type` and the shared keys, then for its type's.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
@@ -48,10 +49,17 @@ impl CredentialConfig {
                 let refs = [("api_key", &inbenta.api_key), flow];
                 refs.into_iter().chain(oauth).collect()
             }
-            CredentialKind::OAuth2(oauth2) => vec![
-                ("client_id", &oauth2.client_id),
-                ("client_secret", &oauth2.client_secret),
-            ],
+            CredentialKind::OAuth2(o) => [
+                ("client_id", Some(&o.client_id)),
+                ("client_secret", o.client_secret.as_ref()),
+                ("private_key", o.private_key.as_ref()),
+                ("client_assertion", o.client_assertion.as_ref()),
+                ("client_key", o.client_key.as_ref()),
+                ("subject_token", o.subject_token.as_ref()),
+            ]
+            .into_iter()
+            .filter_map(|(key, r)| Some((key, r?)))
+            .collect(),
             CredentialKind::Static(fixed) => vec![("token", &fixed.token)],
         }
     }
@@ -62,8 +70,8 @@ impl CredentialConfig {
 pub enum CredentialKind {
     /// `type = "inbenta"`.
     Inbenta(InbentaConfig),
-    /// `type = "oauth2"`.
-    OAuth2(OAuth2Config),
+    /// `type = "oauth2"` (boxed: it has the most keys by far).
+    OAuth2(Box<OAuth2Config>),
     /// `type = "static"`.
     Static(StaticConfig),
 }
@@ -92,7 +100,9 @@ pub enum InbentaKey {
     DomainKey(SecretRef),
 }
 
-/// `type = "oauth2"`: RFC 6749 §4.4 client credentials grant.
+/// `type = "oauth2"`: RFC 6749 §4.4 client credentials grant or RFC 8693
+/// token exchange. Which keys each `client_auth` and `grant` needs is
+/// checked outside `config` (`credential::client_auth::check`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct OAuth2Config {
     /// `token_url`.
@@ -100,8 +110,8 @@ pub struct OAuth2Config {
     pub token_url: Uri,
     /// `client_id`.
     pub client_id: SecretRef,
-    /// `client_secret`.
-    pub client_secret: SecretRef,
+    /// `client_secret` (`client_auth` basic and post).
+    pub client_secret: Option<SecretRef>,
     /// `audience` (Auth0).
     pub audience: Option<String>,
     /// `scope`.
@@ -115,17 +125,57 @@ pub struct OAuth2Config {
     /// `default_ttl` (default 1h): lifetime when neither `expires_in` nor a JWT `exp` says.
     #[serde(default = "secs::<3600>", deserialize_with = "via::<_, Timeout, _>")]
     pub default_ttl: Duration,
+    /// `grant` (default client_credentials).
+    #[serde(default)]
+    pub grant: Grant,
+    /// `private_key` (private_key_jwt): PEM key signing the assertions.
+    pub private_key: Option<SecretRef>,
+    /// `key_id`: the assertions' JWT `kid`.
+    pub key_id: Option<String>,
+    /// `signing_alg` (default: the key's own, RS256, ES256, ES384 or EdDSA).
+    pub signing_alg: Option<String>,
+    /// `assertion_audience`: the assertions' `aud` (default `token_url`).
+    pub assertion_audience: Option<String>,
+    /// `client_assertion` (client_assertion): a JWT issued by someone else.
+    pub client_assertion: Option<SecretRef>,
+    /// `client_cert` (tls_client_auth): PEM certificate chain.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key` (tls_client_auth): `{ file = … }` with its PEM key.
+    pub client_key: Option<SecretRef>,
+    /// `subject_token` (token_exchange), read at every token request.
+    pub subject_token: Option<SecretRef>,
+    /// `subject_token_type` (token_exchange; default `…:token-type:jwt`).
+    pub subject_token_type: Option<String>,
+    /// `resource` (token_exchange).
+    pub resource: Option<String>,
+}
+
+/// `grant`: what the token request asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// RFC 6749 §4.4.
+    #[default]
+    ClientCredentials,
+    /// RFC 8693: a `subject_token` exchanged for an access token.
+    TokenExchange,
 }
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic with RFC 6749 §2.3.1 form-urlencoded id and secret.
     #[default]
     Basic,
     /// `client_id` and `client_secret` in the request body.
     Post,
+    /// RFC 7523: an assertion signed with `private_key` per request.
+    PrivateKeyJwt,
+    /// RFC 7523: the JWT in `client_assertion`, read per request.
+    ClientAssertion,
+    /// RFC 8705: mutual TLS with `client_cert` and `client_key`.
+    TlsClientAuth,
 }
 
 /// Encoding of the token request body.
@@ -202,7 +252,9 @@ enum Type {
 const KEYS: [&str; 4] = [
     "type refresh_before headers renew_on_status allow_insecure_http timeout",
     "api_key secret domain_key origin oauth_token auth_url",
-    "token_url client_id client_secret audience scope client_auth body default_ttl",
+    "token_url client_id client_secret audience scope client_auth body default_ttl grant \
+     private_key key_id signing_alg assertion_audience client_assertion client_cert client_key \
+     subject_token subject_token_type resource",
     "token header scheme",
 ];
 const NAMES: [&str; 4] = ["", "inbenta", "oauth2", "static"];
@@ -265,9 +317,19 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Option<CredentialConfig> {
             })
         }
         Type::OAuth2 => {
-            let mut oauth2: OAuth2Config = typed(src, &base, type_name)?;
+            let mut oauth2: Box<OAuth2Config> = typed(src, &base, type_name)?;
             oauth2.client_id = secret("client_id", oauth2.client_id);
-            oauth2.client_secret = secret("client_secret", oauth2.client_secret);
+            let o = &mut oauth2;
+            for (key, value) in [
+                ("client_secret", &mut o.client_secret),
+                ("private_key", &mut o.private_key),
+                ("client_assertion", &mut o.client_assertion),
+                ("client_key", &mut o.client_key),
+                ("subject_token", &mut o.subject_token),
+            ] {
+                *value = value.take().map(|v| secret(key, v));
+            }
+            o.client_cert = o.client_cert.as_deref().map(|path| src.file(path));
             src.https(&base, ("token_url", &oauth2.token_url), http);
             CredentialKind::OAuth2(oauth2)
         }

@@ -361,7 +361,7 @@ body_timeout = "7s"
         assert_eq!(oauth2.token_url.to_string(), "http://127.0.0.1:1/token?x=1");
         assert_eq!(
             oauth2.client_secret,
-            SecretRef::File("/etc/sidekey/secrets/client".into())
+            Some(SecretRef::File("/etc/sidekey/secrets/client".into()))
         );
         assert_eq!(oauth2.audience.as_deref(), Some("aud"));
         assert_eq!(oauth2.scope.as_deref(), Some("a b"));

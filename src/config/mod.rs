@@ -20,7 +20,7 @@ mod value;
 
 pub use crate::limits::ConnLimits;
 pub use credential::{
-    BodyFormat, ClientAuth, CredentialConfig, CredentialKind, InbentaConfig, InbentaKey,
+    BodyFormat, ClientAuth, CredentialConfig, CredentialKind, Grant, InbentaConfig, InbentaKey,
     OAuth2Config, StaticConfig,
 };
 pub use error::{ConfigError, ConfigErrors, Key};

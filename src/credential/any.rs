@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::client_auth;
 use super::inbenta::InbentaProvider;
 use super::oauth2::OAuth2Provider;
 use super::provider::{FetchError, Provider, Token};
@@ -28,7 +29,9 @@ pub enum AnyProvider {
 }
 
 impl AnyProvider {
-    /// The provider `config` describes, with its own token endpoint client.
+    /// The provider `config` describes, with its own token endpoint client
+    /// (presenting the client certificate of `tls_client_auth`, watched for
+    /// changes on the calling runtime).
     pub fn from_config(
         config: &CredentialConfig,
         trust: &Arc<Trust>,
@@ -40,7 +43,10 @@ impl AnyProvider {
                 AnyProvider::Inbenta(InbentaProvider::new(inbenta, client()?, env))
             }
             CredentialKind::OAuth2(oauth2) => {
-                AnyProvider::OAuth2(OAuth2Provider::new(oauth2, client()?, env))
+                let (timeout, insecure) = (config.timeout, config.allow_insecure_http);
+                let cert = client_auth::client_certificate(oauth2)?;
+                let client = TokenClient::presenting(trust, cert, timeout, insecure)?;
+                AnyProvider::OAuth2(OAuth2Provider::new(oauth2, client, env))
             }
             CredentialKind::Static(fixed) => AnyProvider::Static(StaticProvider::new(fixed, env)),
         })

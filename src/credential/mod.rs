@@ -4,7 +4,8 @@
 //! Owns: the [`CredentialHandle`] the proxy reads on each request (one
 //! `ArcSwap` load of prebuilt header values), the [`Provider`] trait each
 //! credential type implements (`inbenta`, `oauth2`, `static`, dispatched
-//! through [`AnyProvider`]), and the renewal engine ([`engine`]) that runs one
+//! through [`AnyProvider`]; `oauth2` client authentication without a secret
+//! is in [`client_auth`] and [`assertion`]), and the renewal engine ([`engine`]) that runs one
 //! supervised task per credential: first token before readiness, renewal
 //! before expiry, backoff on failure ([`timing`] has the exact rules), and
 //! renewal on demand when an upstream rejects a token ([`rejection`] decides
@@ -28,6 +29,8 @@
 //! wait ends as soon as the renewal attempt ends, new token or not.
 
 pub mod any;
+pub mod assertion;
+pub mod client_auth;
 pub mod engine;
 pub mod handle;
 pub mod inbenta;

@@ -1,21 +1,33 @@
-//! `type = "oauth2"`: the OAuth 2.0 client credentials grant (RFC 6749 §4.4).
+//! `type = "oauth2"`: the OAuth 2.0 client credentials grant (RFC 6749
+//! §4.4) or token exchange (RFC 8693, `grant = "token_exchange"`).
 //!
-//! Each [`OAuth2Provider::fetch`] re-reads `client_id` and `client_secret`
-//! (a rotated secret file is picked up on the next renewal) and POSTs one
-//! token request to `token_url`:
+//! Each [`OAuth2Provider::fetch`] re-reads its secrets (`client_id`,
+//! `client_secret`, `private_key`, `client_assertion`, `subject_token`: a
+//! rotated file is picked up on the next renewal) and POSTs one token
+//! request to `token_url`:
 //!
-//! - `client_auth = "basic"` (default): `Authorization: Basic
-//!   base64(urlencode(id) ":" urlencode(secret))`, each part encoded with
+//! - Client authentication by `client_auth` ([`super::client_auth`]): the
+//!   default `basic` is `Authorization: Basic base64(urlencode(id) ":"
+//!   urlencode(secret))`, each part encoded with
 //!   `application/x-www-form-urlencoded` as RFC 6749 §2.3.1 requires, so a
-//!   secret holding `:`, `+`, `%`, spaces or non-ASCII round-trips.
-//!   `client_auth = "post"`: `client_id` and `client_secret` in the body.
-//! - `body = "form"` (default): `grant_type=client_credentials` plus
-//!   `audience` and `scope` when set, form-encoded. `body = "json"` (Auth0):
-//!   the same fields as one JSON object, e.g. Pliant's
-//!   `{"client_id", "client_secret", "audience", "grant_type": "client_credentials"}`.
-//! - `Accept: application/json`.
+//!   secret holding `:`, `+`, `%`, spaces or non-ASCII round-trips; `post`,
+//!   `private_key_jwt`, `client_assertion` and `tls_client_auth` put their
+//!   parameters in the body.
+//! - The grant: `grant_type=client_credentials`, or for a token exchange
+//!   `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`,
+//!   `subject_token` (read at every request) and `subject_token_type`
+//!   (default `urn:ietf:params:oauth:token-type:jwt`); then `audience`,
+//!   `resource` and `scope` when set.
+//! - `body = "form"` (default): those fields form-encoded, `grant_type`
+//!   first. `body = "json"` (Auth0): the same fields as one JSON object,
+//!   e.g. Pliant's `{"client_id", "client_secret", "audience", "grant_type":
+//!   "client_credentials"}`.
+//! - `Accept: application/json`. Every secret sent (client secret,
+//!   assertion, subject token) is cut out of error messages.
 //!
-//! The answer's `access_token` is required; `token_type`, when present, must
+//! A token exchange answer's `issued_token_type`, when present, must be an
+//! access token, a JWT or an ID token, and its `token_type` may be `N_A`
+//! ([`parse_exchanged`]). The answer's `access_token` is required; `token_type`, when present, must
 //! be `bearer` in any case. The lifetime is `expires_in` (a positive number
 //! or numeric string; `0`, negative or non-numeric values are an error to
 //! retry, not "no lifetime"); without it, the `exp` claim of a JWT access
@@ -29,37 +41,39 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD_INDIFFERENT};
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+use super::assertion::jwt_exp;
+use super::client_auth::ClientAuthenticator;
 use super::provider::{FetchError, Provider, Token};
 use super::token_client::{
     MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header,
     transient, unix_now,
 };
-use crate::config::{BodyFormat, ClientAuth, OAuth2Config};
-use crate::secret::{EnvSource, Secret};
+use crate::config::{BodyFormat, Grant, OAuth2Config};
+use crate::secret::{EnvSource, Secret, SecretRef};
 
-/// Obtains tokens with the client credentials grant.
+/// Obtains tokens with the client credentials grant or a token exchange.
 pub struct OAuth2Provider {
-    config: OAuth2Config,
+    config: Box<OAuth2Config>,
+    auth: ClientAuthenticator,
     client: TokenClient,
     env: Arc<dyn EnvSource>,
 }
 
 impl fmt::Debug for OAuth2Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let subject_token = self.config.subject_token.as_ref();
         f.debug_struct("OAuth2Provider")
             .field("token_url", &describe_url(&self.config.token_url))
-            .field("client_id", &self.config.client_id.describe())
-            .field("client_secret", &self.config.client_secret.describe())
+            .field("grant", &self.config.grant)
+            .field("auth", &self.auth)
+            .field("subject_token", &subject_token.map(SecretRef::describe))
             .field("audience", &self.config.audience)
             .field("scope", &self.config.scope)
-            .field("client_auth", &self.config.client_auth)
             .field("body", &self.config.body)
             .field("default_ttl", &self.config.default_ttl)
             .finish_non_exhaustive()
@@ -68,40 +82,73 @@ impl fmt::Debug for OAuth2Provider {
 
 impl OAuth2Provider {
     /// A provider for `config`, sending through `client`, resolving secret
-    /// references in `env`.
+    /// references in `env`. With `client_auth = "tls_client_auth"`, `client`
+    /// must present the client certificate
+    /// ([`super::client_auth::client_certificate`]).
     pub fn new(config: &OAuth2Config, client: TokenClient, env: Arc<dyn EnvSource>) -> Self {
         OAuth2Provider {
-            config: config.clone(),
+            config: Box::new(config.clone()),
+            auth: ClientAuthenticator::new(config),
             client,
             env,
         }
     }
 
-    /// Headers and body of one token request.
-    fn request(&self, id: &Secret, secret: &Secret) -> Result<(HeaderMap, Bytes), FetchError> {
+    /// The grant's parameters: `grant_type`, the subject token of a token
+    /// exchange (read now), `audience`, `resource`, `scope`; the secrets
+    /// among them are added to `secrets`.
+    fn grant(&self, secrets: &mut Vec<Secret>) -> Result<Vec<(&'static str, Secret)>, FetchError> {
         let config = &self.config;
+        let text = |value: &str| Secret::new(value);
+        let mut params = Vec::new();
+        match (config.grant, &config.subject_token) {
+            (Grant::TokenExchange, Some(subject)) => {
+                let subject = subject.resolve(&*self.env)?;
+                params.push(("grant_type", text(TOKEN_EXCHANGE)));
+                params.push(("subject_token", subject.clone()));
+                let kind = config
+                    .subject_token_type
+                    .as_deref()
+                    .unwrap_or(JWT_TOKEN_TYPE);
+                params.push(("subject_token_type", text(kind)));
+                secrets.push(subject);
+            }
+            (Grant::TokenExchange, None) => {
+                return Err(transient("token exchange needs `subject_token`".to_owned()));
+            }
+            (Grant::ClientCredentials, _) => {
+                params.push(("grant_type", text("client_credentials")));
+            }
+        }
+        if let Some(audience) = &config.audience {
+            params.push(("audience", text(audience)));
+        }
+        if let Some(resource) = &config.resource {
+            params.push(("resource", text(resource)));
+        }
+        if let Some(scope) = &config.scope {
+            params.push(("scope", text(scope)));
+        }
+        Ok(params)
+    }
+
+    /// Headers and body of one token request, and the secrets it carries.
+    fn request(&self) -> Result<(HeaderMap, Bytes, Vec<Secret>), FetchError> {
+        let auth = self.auth.authenticate(&*self.env)?;
+        let mut secrets = auth.secrets;
+        let grant = self.grant(&mut secrets)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        let in_body = config.client_auth == ClientAuth::Post;
-        if config.client_auth == ClientAuth::Basic {
-            headers.insert(
-                AUTHORIZATION,
-                sensitive_header(&basic_credentials(id, secret), "the client credentials")?,
-            );
-        }
-        let body = match config.body {
+        headers.extend(auth.header.map(|basic| (AUTHORIZATION, basic)));
+        // grant_type first, as RFC 6749's examples (and strict parsers) have it.
+        let mut grant = grant.into_iter();
+        let grant_type = grant.next();
+        let params = grant_type.into_iter().chain(auth.params).chain(grant);
+        let body = match self.config.body {
             BodyFormat::Form => {
                 let mut form = form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", "client_credentials");
-                if in_body {
-                    form.append_pair("client_id", id.expose());
-                    form.append_pair("client_secret", secret.expose());
-                }
-                if let Some(audience) = &config.audience {
-                    form.append_pair("audience", audience);
-                }
-                if let Some(scope) = &config.scope {
-                    form.append_pair("scope", scope);
+                for (name, value) in params {
+                    form.append_pair(name, value.expose());
                 }
                 headers.insert(
                     CONTENT_TYPE,
@@ -110,37 +157,31 @@ impl OAuth2Provider {
                 Bytes::from(form.finish())
             }
             BodyFormat::Json => {
-                let mut object = Map::new();
-                if in_body {
-                    object.insert("client_id".into(), id.expose().into());
-                    object.insert("client_secret".into(), secret.expose().into());
-                }
-                if let Some(audience) = &config.audience {
-                    object.insert("audience".into(), audience.as_str().into());
-                }
-                if let Some(scope) = &config.scope {
-                    object.insert("scope".into(), scope.as_str().into());
-                }
-                object.insert("grant_type".into(), "client_credentials".into());
+                let object: Map<String, Value> = params
+                    .map(|(name, value)| (name.to_owned(), value.expose().into()))
+                    .collect();
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Bytes::from(Value::Object(object).to_string())
             }
         };
-        Ok((headers, body))
+        Ok((headers, body, secrets))
     }
 }
 
 impl Provider for OAuth2Provider {
     async fn fetch(&self, _current: Option<&Token>) -> Result<Token, FetchError> {
-        let id = self.config.client_id.resolve(&*self.env)?;
-        let secret = self.config.client_secret.resolve(&*self.env)?;
-        let (headers, body) = self.request(&id, &secret)?;
+        let (headers, body, secrets) = self.request()?;
+        let secrets: Vec<&str> = secrets.iter().map(Secret::expose).collect();
         let response = self
             .client
             .post(&self.config.token_url, headers, body)
             .await?
-            .error_for_status(&[secret.expose()])?;
-        parse_token(&response.json()?, self.config.default_ttl, unix_now())
+            .error_for_status(&secrets)?;
+        let json = response.json()?;
+        match self.config.grant {
+            Grant::ClientCredentials => parse_token(&json, self.config.default_ttl, unix_now()),
+            Grant::TokenExchange => parse_exchanged(&json, self.config.default_ttl, unix_now()),
+        }
     }
 
     fn header_names(&self) -> Vec<HeaderName> {
@@ -148,11 +189,45 @@ impl Provider for OAuth2Provider {
     }
 }
 
-/// RFC 6749 §2.3.1: `base64(urlencode(id) ":" urlencode(secret))`.
-fn basic_credentials(id: &Secret, secret: &Secret) -> String {
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let pair = format!("{}:{}", encode(id.expose()), encode(secret.expose()));
-    format!("Basic {}", STANDARD.encode(pair))
+/// `grant_type` of RFC 8693 §2.1.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// The default `subject_token_type`.
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// The `issued_token_type`s (RFC 8693 §3) that can be sent as a Bearer token.
+const BEARER_TOKEN_TYPES: [&str; 3] = [
+    "urn:ietf:params:oauth:token-type:access_token",
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+];
+
+/// A token from an RFC 8693 §2.2.1 answer: `issued_token_type`, when
+/// present, must be one sent as a Bearer token, and `token_type` may be
+/// `N_A` (the issued token is not an OAuth access token, e.g. a JWT);
+/// otherwise as [`parse_token`].
+pub fn parse_exchanged(json: &Value, default_ttl: Duration, now: f64) -> Result<Token, FetchError> {
+    match json.get("issued_token_type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(kind)) if BEARER_TOKEN_TYPES.contains(&kind.as_str()) => {}
+        Some(other) => {
+            let kind: String = other.to_string().chars().take(80).collect();
+            return Err(transient(format!(
+                "token endpoint issued_token_type {kind}, which is not sent as a Bearer \
+                 token (expected access_token, jwt or id_token)"
+            )));
+        }
+    }
+    let not_applicable = json
+        .get("token_type")
+        .and_then(Value::as_str)
+        .is_some_and(|kind| kind.eq_ignore_ascii_case("N_A"));
+    if not_applicable && let Value::Object(object) = json {
+        let mut object = object.clone();
+        object.remove("token_type");
+        return parse_token(&Value::Object(object), default_ttl, now);
+    }
+    parse_token(json, default_ttl, now)
 }
 
 /// A token from an RFC 6749 §5.1 answer; `now` is the system clock in Unix
@@ -198,22 +273,12 @@ pub fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Toke
     })
 }
 
-/// The `exp` claim of a JWT (`header.payload.signature`), unverified, in
-/// Unix seconds; `None` when the token is not a JWT or `exp` is not a number.
-fn jwt_exp(token: &str) -> Option<f64> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let bytes = URL_SAFE_NO_PAD_INDIFFERENT.decode(payload).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("exp")?.as_f64().filter(|exp| exp.is_finite())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::client_auth::basic_credentials;
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD_INDIFFERENT};
     use serde_json::json;
 
     fn jwt(claims: Value) -> String {
@@ -293,5 +358,26 @@ mod tests {
             .to_string();
         assert!(err.contains("\"mac\""), "{err}");
         assert!(parse_token(&json!({"token_type": "bearer"}), ttl, 0.0).is_err());
+    }
+
+    #[test]
+    fn exchanged_tokens_must_be_bearer_kinds_and_may_be_n_a() {
+        let ttl = Duration::from_secs(60);
+        let jwt_type = "urn:ietf:params:oauth:token-type:jwt";
+        let answer =
+            json!({"access_token": "a", "issued_token_type": jwt_type, "token_type": "N_A"});
+        assert_eq!(
+            parse_exchanged(&answer, ttl, 0.0).unwrap().value.expose(),
+            "a"
+        );
+        // Only an exchange may say N_A.
+        assert!(parse_token(&answer, ttl, 0.0).is_err());
+        let saml = json!({"access_token": "a",
+            "issued_token_type": "urn:ietf:params:oauth:token-type:saml2"});
+        let err = parse_exchanged(&saml, ttl, 0.0).unwrap_err().to_string();
+        assert!(err.contains("saml2"), "{err}");
+        let untyped = json!({"access_token": "a", "token_type": "Bearer", "expires_in": 5});
+        let token = parse_exchanged(&untyped, ttl, 0.0).unwrap();
+        assert_eq!(token.lifetime, Some(Duration::from_secs(5)));
     }
 }

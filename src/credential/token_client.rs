@@ -44,7 +44,7 @@ use serde_json::Value;
 use super::provider::FetchError;
 use super::redact::{Redactor, collapse_whitespace};
 use crate::error_chain::error_chain;
-use crate::rotating::{self, Trust};
+use crate::rotating::{self, RotatingCert, Trust};
 use crate::tls::TlsError;
 
 /// Largest token response body accepted (1 MiB).
@@ -105,7 +105,18 @@ impl TokenClient {
         timeout: Duration,
         allow_insecure_http: bool,
     ) -> Result<TokenClient, TlsError> {
-        let tls = rotating::upstream_config(trust, None)?;
+        TokenClient::presenting(trust, None, timeout, allow_insecure_http)
+    }
+
+    /// Like [`TokenClient::trusting`], presenting `client_cert` (RFC 8705
+    /// mutual TLS, the one in force at each handshake) when asked for one.
+    pub fn presenting(
+        trust: &Arc<Trust>,
+        client_cert: Option<Arc<RotatingCert>>,
+        timeout: Duration,
+        allow_insecure_http: bool,
+    ) -> Result<TokenClient, TlsError> {
+        let tls = rotating::upstream_config(trust, client_cert)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

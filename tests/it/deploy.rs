@@ -8,7 +8,9 @@
 //! credentials where the configuration expects them; the Dockerfile's final
 //! stage runs the binary as a non-root user, and its `docker run` example
 //! (README's too) publishes every listener of a configuration that `check`
-//! accepts with the variables that line sets.
+//! accepts with the variables that line sets. The workload identity example
+//! projects a service-account token, with an audience and a lifetime,
+//! wherever its configuration reads a client assertion or subject token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use sidekey::secret::{MapEnv, SecretRef};
 
 const MANIFEST: &str = "deploy/kubernetes/sidecar.yaml";
 const SECRET_TEMPLATE: &str = "deploy/kubernetes/secret.example.yaml";
+const WORKLOAD_IDENTITY: &str = "deploy/kubernetes/workload-identity.yaml";
 const UNIT: &str = "deploy/systemd/sidekey.service";
 const UNIT_CONFIG: &str = "deploy/systemd/sidekey.toml";
 const DOCKERFILE: &str = "deploy/Dockerfile";
@@ -151,7 +154,9 @@ fn typed_file_refs(config: &Config) -> BTreeSet<PathBuf> {
             }
             CredentialKind::OAuth2(c) => {
                 refs.push(&c.client_id);
-                refs.push(&c.client_secret);
+                refs.extend(c.client_secret.iter());
+                refs.extend(c.private_key.iter().chain(&c.client_key));
+                refs.extend(c.client_assertion.iter().chain(&c.subject_token));
             }
             CredentialKind::Static(c) => refs.push(&c.token),
         }
@@ -232,6 +237,66 @@ fn map_keys(v: &Value) -> BTreeSet<String> {
 }
 
 // ------------------------------------------------------------- kubernetes --
+
+#[test]
+fn workload_identity_projects_a_token_wherever_the_config_reads_one() {
+    let config_map = doc_of_kind_in(WORKLOAD_IDENTITY, "ConfigMap");
+    let text = str_of(&config_map["data"]["sidekey.toml"], "sidekey.toml");
+    let config = sidekey_parse(text, "sidekey.toml");
+    assert_eq!(
+        typed_file_refs(&config),
+        raw_file_refs(&raw_toml(text, "sidekey.toml"))
+    );
+    let deployment = doc_of_kind_in(WORKLOAD_IDENTITY, "Deployment");
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(spec["automountServiceAccountToken"].as_bool(), Some(false));
+    let sidekey = seq_of(&spec["initContainers"], "initContainers")
+        .iter()
+        .find(|c| str_of(&c["image"], "image").contains("sidekey"))
+        .expect("sidekey container");
+    let env: BTreeSet<&str> = seq_of(&sidekey["env"], "env")
+        .iter()
+        .map(|e| str_of(&e["name"], "env name"))
+        .collect();
+
+    let mut projected = 0;
+    for (name, credential) in &config.credentials {
+        let CredentialKind::OAuth2(oauth2) = &credential.kind else {
+            panic!("{name}: expected oauth2");
+        };
+        assert!(oauth2.client_secret.is_none(), "{name} needs no secret");
+        if let SecretRef::Env(var) = &oauth2.client_id {
+            assert!(env.contains(var.as_str()), "{name}: {var} is not set");
+        }
+        let token_files = oauth2.client_assertion.iter().chain(&oauth2.subject_token);
+        for token in token_files {
+            let SecretRef::File(path) = token else {
+                panic!("{name}: the token is a file");
+            };
+            let (volume_name, dir, _, sub_path) = volume_mounts(sidekey)
+                .into_iter()
+                .find(|(_, dir, _, _)| path.parent() == Some(dir.as_path()))
+                .unwrap_or_else(|| panic!("{name}: nothing mounted at {}", path.display()));
+            assert!(!sub_path, "{name}: a subPath mount never sees rotations");
+            let sources = &volume(spec, &volume_name)["projected"]["sources"];
+            let source = seq_of(sources, "projected sources")
+                .iter()
+                .map(|s| &s["serviceAccountToken"])
+                .find(|t| dir.join(str_of(&t["path"], "path")) == *path)
+                .unwrap_or_else(|| panic!("{name}: {} is not projected", path.display()));
+            assert!(source["audience"].as_str().is_some_and(|a| !a.is_empty()));
+            let lifetime = source["expirationSeconds"]
+                .as_u64()
+                .expect("expirationSeconds");
+            assert!((600..=86_400).contains(&lifetime), "{lifetime}");
+            if oauth2.token_url.host() == Some("login.microsoftonline.com") {
+                assert_eq!(source["audience"], "api://AzureADTokenExchange");
+            }
+            projected += 1;
+        }
+    }
+    assert_eq!(projected, 2, "a client assertion and a subject token");
+}
 
 #[test]
 fn every_manifest_document_parses_and_is_a_known_kind() {

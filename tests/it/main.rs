@@ -22,6 +22,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod clientauth;
 mod deploy;
 mod docs;
 mod grpc;

@@ -11,7 +11,7 @@ use http::StatusCode;
 use rustls::RootCertStore;
 use serde_json::json;
 
-use sidekey::config::{BodyFormat, ClientAuth, InbentaConfig, InbentaKey, OAuth2Config};
+use sidekey::config::{BodyFormat, ClientAuth, Grant, InbentaConfig, InbentaKey, OAuth2Config};
 use sidekey::credential::inbenta::InbentaProvider;
 use sidekey::credential::oauth2::OAuth2Provider;
 use sidekey::credential::token_client::TokenClient;
@@ -76,12 +76,23 @@ fn oauth_config(server: &OAuthServer, auth: ClientAuth, body: BodyFormat) -> OAu
     OAuth2Config {
         token_url: server.token_url(),
         client_id: SecretRef::Env("CLIENT_ID".into()),
-        client_secret: SecretRef::Env("CLIENT_SECRET".into()),
+        client_secret: Some(SecretRef::Env("CLIENT_SECRET".into())),
         audience: None,
         scope: None,
         client_auth: auth,
         body,
         default_ttl: Duration::from_secs(3600),
+        grant: Grant::ClientCredentials,
+        private_key: None,
+        key_id: None,
+        signing_alg: None,
+        assertion_audience: None,
+        client_assertion: None,
+        client_cert: None,
+        client_key: None,
+        subject_token: None,
+        subject_token_type: None,
+        resource: None,
     }
 }
 
@@ -550,7 +561,7 @@ async fn oauth_secrets_are_reread_on_every_fetch() {
     let server = OAuthServer::start(OAuthBehaviour::default()).await;
     let secret_file = temp_file("oauth-secret", "test-client-secret\n");
     let mut config = oauth_config(&server, ClientAuth::Post, BodyFormat::Form);
-    config.client_secret = SecretRef::File(secret_file.clone());
+    config.client_secret = Some(SecretRef::File(secret_file.clone()));
     let provider = OAuth2Provider::new(&config, plain_client(), oauth_env());
 
     provider.fetch(None).await.unwrap();
@@ -1029,8 +1040,9 @@ async fn debug_output_shows_no_secret() {
     )));
     let inbenta_provider = InbentaProvider::new(&config, plain_client(), inbenta_env());
     let mut oauth_cfg = oauth_config(&oauth_server, ClientAuth::Basic, BodyFormat::Form);
-    oauth_cfg.client_secret =
-        SecretRef::Literal(sidekey::secret::Secret::new("test-client-secret"));
+    oauth_cfg.client_secret = Some(SecretRef::Literal(sidekey::secret::Secret::new(
+        "test-client-secret",
+    )));
     let oauth_provider = OAuth2Provider::new(&oauth_cfg, plain_client(), oauth_env());
 
     let inbenta_token = inbenta_provider.fetch(None).await.unwrap();

@@ -66,6 +66,12 @@ impl Table {
         self
     }
 
+    /// The table without `key`.
+    pub fn without(mut self, key: &str) -> Table {
+        self.lines.retain(|(k, _)| k != key);
+        self
+    }
+
     fn add(&mut self, lines: &str) {
         for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let key = line.split_once('=').map_or(line, |(key, _)| key).trim();

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod grpc;
 pub mod h2c;
+pub mod jose;
 pub mod logs;
 pub mod metrics;
 pub mod process;

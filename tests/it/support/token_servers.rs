@@ -8,7 +8,11 @@
 //!   works ([`InbentaServer::url`] gives `…/v1`).
 //! - [`OAuthServer`]: RFC 6749 §4.4 client credentials at `/oauth/token`,
 //!   form or JSON body (by `content-type`), client authentication by HTTP
-//!   Basic (RFC 6749 §2.3.1 decoding) or in the body.
+//!   Basic (RFC 6749 §2.3.1 decoding) or in the body; RFC 7523 client
+//!   assertions verified cryptographically ([`AssertionCheck`]: signature,
+//!   `iss`/`sub`, `aud`, `exp`, `jti` never reused); mutual TLS
+//!   ([`OAuthServer::start_mtls`] with [`OAuthBehaviour::id_only`]); and
+//!   RFC 8693 token exchange ([`ExchangeCheck`]).
 //!
 //! Tokens are numbered (`inbenta-token-1`, `oauth-token-1`, …;
 //! [`InbentaServer::last_token`]). Behaviour (lifetimes, formats, expected
@@ -56,6 +60,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::jose::{TestKey, verify};
 use super::tls::TestPki;
 
 /// What a token server saw of one request.
@@ -779,6 +784,64 @@ pub struct OAuthBehaviour {
     pub jwt_exp_in: Option<u64>,
     /// Answer with a token only after this long (so overlapping requests show).
     pub delay: Option<Duration>,
+    /// Accept RFC 7523 client assertions that pass these checks.
+    pub assertion: Option<AssertionCheck>,
+    /// Accept `client_id` alone: the TLS layer verified the client
+    /// (`start_mtls`), or a public client asks for a token exchange.
+    pub id_only: bool,
+    /// Accept RFC 8693 token exchanges of these subject tokens.
+    pub exchange: Option<ExchangeCheck>,
+}
+
+/// How a client assertion is checked (RFC 7523 §3).
+#[derive(Clone, Debug)]
+pub struct AssertionCheck {
+    /// Keys whose signatures are accepted.
+    pub keys: Vec<TestKey>,
+    /// The required `aud`.
+    pub audience: String,
+    /// The required `iss` and `sub`; `None`: both the client id.
+    pub subject: Option<(String, String)>,
+    /// Refuse a `jti` seen before (a self-signed assertion is single-use;
+    /// a projected service-account token is not).
+    pub single_use: bool,
+}
+
+impl AssertionCheck {
+    /// Signed by one of `keys`, for `audience`, `iss` = `sub` = client id, single-use.
+    pub fn signed_by(keys: Vec<TestKey>, audience: &str) -> AssertionCheck {
+        AssertionCheck {
+            keys,
+            audience: audience.to_owned(),
+            subject: None,
+            single_use: true,
+        }
+    }
+}
+
+/// What an RFC 8693 token exchange must carry, and what it answers.
+#[derive(Clone, Debug)]
+pub struct ExchangeCheck {
+    /// Subject tokens accepted (any other is `invalid_grant`).
+    pub subject_tokens: Vec<String>,
+    /// The required `subject_token_type`.
+    pub subject_token_type: String,
+    /// The answer's `issued_token_type`.
+    pub issued_token_type: String,
+    /// The answer's `token_type` (`N_A` when the token is not an access token).
+    pub token_type: String,
+}
+
+impl ExchangeCheck {
+    /// Accepting `subject_tokens` of type JWT, issuing access tokens.
+    pub fn of(subject_tokens: &[&str]) -> ExchangeCheck {
+        ExchangeCheck {
+            subject_tokens: subject_tokens.iter().map(|t| (*t).to_owned()).collect(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            issued_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+            token_type: "Bearer".into(),
+        }
+    }
 }
 
 impl Default for OAuthBehaviour {
@@ -790,6 +853,9 @@ impl Default for OAuthBehaviour {
             token_type: Some("Bearer".into()),
             jwt_exp_in: None,
             delay: None,
+            assertion: None,
+            id_only: false,
+            exchange: None,
         }
     }
 }
@@ -804,6 +870,8 @@ struct OAuthState {
     /// `plan[n % len]` when that is `Some`.
     fault_plan: Vec<Option<TokenReply>>,
     planned: usize,
+    /// Every assertion `jti` accepted.
+    jtis: HashSet<String>,
 }
 
 /// A fake OAuth 2.0 token endpoint (client credentials). See the module docs.
@@ -821,6 +889,13 @@ impl OAuthServer {
     /// Start over HTTPS with `pki`'s server certificate.
     pub async fn start_tls(behaviour: OAuthBehaviour, pki: &TestPki) -> OAuthServer {
         Self::start_with(behaviour, Some(pki.server_config(&[b"http/1.1"]))).await
+    }
+
+    /// Start over HTTPS with `pki`'s server certificate, requiring a client
+    /// certificate that `pki`'s CA signed (RFC 8705 `tls_client_auth`).
+    pub async fn start_mtls(behaviour: OAuthBehaviour, pki: &TestPki) -> OAuthServer {
+        let tls = pki.server_config_mtls(&[b"http/1.1"], true);
+        Self::start_with(behaviour, Some(tls)).await
     }
 
     /// Start over plain HTTP on `listener` (to come up at an address that
@@ -848,6 +923,7 @@ impl OAuthServer {
             issued_at: HashMap::new(),
             fault_plan: Vec::new(),
             planned: 0,
+            jtis: HashSet::new(),
         }));
         let responder_state = Arc::clone(&state);
         let running = listen(
@@ -992,38 +1068,33 @@ fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
     } else {
         return TokenReply::oauth_error(400, "invalid_request", "unsupported content type");
     };
+    if let Err(reply) = authenticate(state, req, &params) {
+        return reply;
+    }
     let b = &state.behaviour;
-    let basic = req.basic_credentials();
-    let in_body = params.get("client_secret").map(|secret| {
-        (
-            params.get("client_id").cloned().unwrap_or_default(),
-            secret.clone(),
-        )
-    });
-    let (id, secret) = match (basic, in_body) {
-        (Some(_), Some(_)) => {
+    let exchange = match (params.get("grant_type").map(String::as_str), &b.exchange) {
+        (Some("client_credentials"), _) => None,
+        (Some("urn:ietf:params:oauth:grant-type:token-exchange"), Some(check)) => {
+            if params.get("subject_token_type") != Some(&check.subject_token_type) {
+                return TokenReply::oauth_error(400, "invalid_request", "wrong subject_token_type");
+            }
+            let subject = params
+                .get("subject_token")
+                .map(String::as_str)
+                .unwrap_or("");
+            if !check.subject_tokens.iter().any(|t| t == subject) {
+                return TokenReply::oauth_error(400, "invalid_grant", "subject_token not accepted");
+            }
+            Some(check.clone())
+        }
+        _ => {
             return TokenReply::oauth_error(
                 400,
-                "invalid_request",
-                "more than one client authentication method",
+                "unsupported_grant_type",
+                "grant_type must be client_credentials",
             );
         }
-        (Some(pair), None) | (None, Some(pair)) => pair,
-        (None, None) => {
-            return TokenReply::oauth_error(401, "invalid_client", "Client authentication failed");
-        }
     };
-    if id != b.client_id || secret != b.client_secret {
-        return TokenReply::oauth_error(401, "invalid_client", "Client authentication failed")
-            .header("www-authenticate", "Basic realm=\"token\"");
-    }
-    if params.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return TokenReply::oauth_error(
-            400,
-            "unsupported_grant_type",
-            "grant_type must be client_credentials",
-        );
-    }
     let n = state.issued.len() + 1;
     let token = match b.jwt_exp_in {
         Some(exp_in) => jwt(json!({"sub": b.client_id, "n": n, "exp": unix_now() + exp_in})),
@@ -1031,8 +1102,16 @@ fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
     };
     let mut answer = serde_json::Map::new();
     answer.insert("access_token".into(), json!(token));
-    if let Some(kind) = &b.token_type {
-        answer.insert("token_type".into(), json!(kind));
+    match &exchange {
+        Some(check) => {
+            answer.insert("issued_token_type".into(), json!(check.issued_token_type));
+            answer.insert("token_type".into(), json!(check.token_type));
+        }
+        None => {
+            if let Some(kind) = &b.token_type {
+                answer.insert("token_type".into(), json!(kind));
+            }
+        }
     }
     if let Some(expires_in) = &b.expires_in {
         answer.insert("expires_in".into(), expires_in.clone());
@@ -1047,4 +1126,83 @@ fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
         Some(delay) => reply.delay(delay),
         None => reply,
     }
+}
+
+/// RFC 6749 §2.3 client authentication by exactly one method: HTTP Basic,
+/// `client_secret` in the body, an RFC 7523 assertion, or (when
+/// [`OAuthBehaviour::id_only`]) the `client_id` alone.
+fn authenticate(
+    state: &mut OAuthState,
+    req: &Recorded,
+    params: &BTreeMap<String, String>,
+) -> Result<(), TokenReply> {
+    let b = &state.behaviour;
+    let refused = |why: &str| TokenReply::oauth_error(401, "invalid_client", why);
+    let basic = req.basic_credentials();
+    let in_body = params.get("client_secret").map(|secret| {
+        (
+            params.get("client_id").cloned().unwrap_or_default(),
+            secret.clone(),
+        )
+    });
+    let assertion = params.get("client_assertion");
+    let methods = [basic.is_some(), in_body.is_some(), assertion.is_some()];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        return Err(TokenReply::oauth_error(
+            400,
+            "invalid_request",
+            "more than one client authentication method",
+        ));
+    }
+    if let Some(assertion) = assertion {
+        let Some(check) = b.assertion.clone() else {
+            return Err(refused("client assertions are not accepted"));
+        };
+        if params.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return Err(refused("wrong client_assertion_type"));
+        }
+        let (_, claims) = verify(assertion, &check.keys).map_err(|e| refused(&e))?;
+        let (iss, sub) = check
+            .subject
+            .clone()
+            .unwrap_or_else(|| (b.client_id.clone(), b.client_id.clone()));
+        let now = unix_now();
+        let exp = claims["exp"].as_u64().unwrap_or(0);
+        let problem = if claims["iss"] != json!(iss) || claims["sub"] != json!(sub) {
+            Some("wrong iss or sub")
+        } else if claims["aud"] != json!(check.audience) && claims["aud"] != json!([check.audience])
+        {
+            Some("wrong aud")
+        } else if exp <= now {
+            Some("assertion expired")
+        } else if check.single_use && exp > now + 310 {
+            Some("exp too far ahead")
+        } else if params.get("client_id").is_some_and(|id| *id != b.client_id) {
+            Some("client_id does not match")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(refused(problem));
+        }
+        if check.single_use {
+            let jti = claims["jti"].as_str().unwrap_or("").to_owned();
+            if jti.len() < 16 || !state.jtis.insert(jti) {
+                return Err(refused("jti missing or reused"));
+            }
+        }
+        return Ok(());
+    }
+    let (id, secret) = match (basic, in_body) {
+        (Some(pair), None) | (None, Some(pair)) => pair,
+        _ if b.id_only && params.get("client_id") == Some(&b.client_id) => return Ok(()),
+        _ => return Err(refused("Client authentication failed")),
+    };
+    if id != b.client_id || secret != b.client_secret {
+        return Err(refused("Client authentication failed")
+            .header("www-authenticate", "Basic realm=\"token\""));
+    }
+    Ok(())
 }
