@@ -23,6 +23,7 @@ pub mod chunked;
 pub mod client;
 pub mod forward;
 pub mod framing;
+pub mod head;
 pub mod headers;
 pub mod hosts;
 pub mod path;
