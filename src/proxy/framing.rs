@@ -31,6 +31,7 @@
 //! hyper hands that head over, which is at most what hyper read with it.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -44,6 +45,10 @@ use super::head::{Head, HeadScan, Scan};
 /// Most bytes kept while waiting for hyper to hand a request over; hyper's
 /// own read buffer is smaller, so reaching this means the tap lost track.
 const MAX_PENDING: usize = 1 << 20;
+
+/// Most bytes read at once while a head arrives: one less than hyper's
+/// first read size, so that hyper does not raise it (see [`Tapped`]).
+const HEAD_READ: usize = 8191;
 
 /// Capacity of the pipelining buffer kept for reuse once it is empty.
 const KEEP_PENDING: usize = 4096;
@@ -217,6 +222,11 @@ impl State {
         }
     }
 
+    /// Whether the next bytes read are (the rest of) a request head.
+    fn reading_head(&self) -> bool {
+        !self.stopped && self.ready.is_none() && matches!(self.body, Body::Done)
+    }
+
     fn stop(&mut self) {
         self.stopped = true;
         self.pending = Vec::new();
@@ -259,6 +269,16 @@ impl Tap {
 }
 
 /// The app's connection, read through a [`Tap`].
+///
+/// While a request head arrives, reads are at most [`HEAD_READ`] bytes,
+/// through a buffer on the stack. hyper doubles the size it asks for after
+/// every read that fills it, and its `BytesMut` then grows past
+/// `max_header_bytes`: a 60 KiB head sent at once ended in a 112 KiB buffer,
+/// through 8, 24 and 56 KiB ones. Reads a byte short of hyper's first size
+/// keep it asking for 8 KiB, and the buffer doubles to no more than 64 KiB
+/// (8, 16, 32, 64): a head never holds more than the next power of two of
+/// `max_header_bytes`, whether the allocator hands out fresh or reused
+/// memory. Body bytes are read as hyper asks.
 #[derive(Debug)]
 pub struct Tapped<S> {
     inner: S,
@@ -272,6 +292,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() > HEAD_READ && this.tap.state().reading_head() {
+            let mut staging = [MaybeUninit::<u8>::uninit(); HEAD_READ];
+            let mut small = ReadBuf::uninit(&mut staging);
+            let poll = Pin::new(&mut this.inner).poll_read(cx, &mut small);
+            if let Poll::Ready(Ok(())) = &poll {
+                let new = small.filled();
+                buf.put_slice(new);
+                if !new.is_empty() {
+                    this.tap.state().observe(new);
+                }
+            }
+            return poll;
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {
@@ -316,8 +349,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Framing, Tap};
+    use super::{Framing, HEAD_READ, Tap};
     use http::{Method, Request};
+    use std::pin::Pin;
+    use tokio::io::{AsyncRead, ReadBuf};
 
     fn request(method: Method) -> Request<()> {
         Request::builder().method(method).body(()).unwrap()
@@ -485,6 +520,50 @@ mod tests {
         assert_eq!(tap.inspect(&request(Method::POST)), Framing::Clear);
         assert_eq!(tap.inspect(&request(Method::GET)), Framing::Clear);
         assert!(kept(&tap) <= 1024, "{} bytes kept", kept(&tap));
+    }
+
+    /// Read `stream` through a tap into buffers of 64 KiB, as hyper's
+    /// grown buffer offers, handing a request over when the tap has its
+    /// head; the size of each read.
+    async fn read_sizes(stream: &[u8], method: Method) -> Vec<usize> {
+        let tap = Tap::default();
+        let mut tapped = tap.wrap(stream);
+        let mut storage = vec![0; 64 * 1024];
+        let mut sizes = Vec::new();
+        loop {
+            let mut buf = ReadBuf::new(&mut storage);
+            std::future::poll_fn(|cx| Pin::new(&mut tapped).poll_read(cx, &mut buf))
+                .await
+                .unwrap();
+            match buf.filled().len() {
+                0 => return sizes,
+                n => sizes.push(n),
+            }
+            if tap.state().ready.is_some() {
+                assert_eq!(tap.inspect(&request(method.clone())), Framing::Clear);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_are_read_in_pieces_hyper_does_not_grow_on() {
+        let mut head = String::from("PUT /a HTTP/1.1\r\ncontent-length: 100000\r\n");
+        while head.len() < 60 * 1024 {
+            head.push_str("x-filler: 0123456789abcdef0123456789abcdef0123456789\r\n");
+        }
+        head.push_str("\r\n");
+        let stream = [head.as_bytes(), &[b'x'; 100_000]].concat();
+        let sizes = read_sizes(&stream, Method::PUT).await;
+        let head_reads = head.len().div_ceil(HEAD_READ);
+        assert!(sizes.len() > head_reads, "{sizes:?}");
+        assert!(
+            sizes[..head_reads].iter().all(|n| *n == HEAD_READ),
+            "{sizes:?}"
+        );
+        // The read that ends the head is short too; then the body as asked.
+        assert_eq!(sizes[head_reads], 64 * 1024, "{sizes:?}");
+        assert_eq!(sizes.len(), head_reads + 2, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), stream.len());
     }
 
     #[test]
