@@ -22,9 +22,9 @@
 //! a head hyper refuses is answered 400 or 431 and the connection closed,
 //! so no verdict about it is ever asked for. On bytes httparse refuses the
 //! scanner may read anything, in bounded memory and without panicking; a
-//! CR that is not followed by LF where a line or the head ends stops it for
-//! good (the head never completes, so the tap fails closed). The unit tests
-//! and the `request_head` fuzz target compare it with httparse.
+//! CR without its LF before the request line or where the head ends stops
+//! it for good (the head never completes, so the tap fails closed). The
+//! unit tests and the `request_head` fuzz target compare it with httparse.
 
 /// The header name whose value is the body's length.
 const CONTENT_LENGTH: &[u8] = b"content-length";
