@@ -5,11 +5,12 @@
 //! Envoy and nginx do. hyper 1 cannot tell the service: it frames such a
 //! request as chunked, drops the `Content-Length` header (in either order)
 //! and closes the connection after the response. So the connection is read
-//! through a [`Tapped`] stream that keeps the bytes from where the next
-//! request head starts, and when hyper hands a request over,
-//! [`Tap::inspect`] parses that head again with `httparse` — the parser
-//! hyper itself uses, with its default settings — and reports the
-//! [`Framing`]. [`super::Dispatch::find`] refuses a conflict.
+//! through a [`Tapped`] stream that reads each request head as it arrives
+//! ([`super::head`]: where it ends by httparse's rules — the parser hyper
+//! itself uses, with its default settings —, its method and its framing
+//! headers), and when hyper hands a request over, [`Tap::inspect`] checks
+//! that the tap's last complete head has the method hyper read and reports
+//! its [`Framing`]. [`super::Dispatch::find`] refuses a conflict.
 //!
 //! To know where the following head starts, the tap follows each body
 //! through the bytes hyper reads: a `Content-Length` body by counting its
@@ -19,10 +20,15 @@
 //! cannot read as hyper does, the next request is refused and the
 //! connection closed ([`Framing::Lost`]).
 //!
-//! Cost per request: the head's bytes are copied once and parsed once; body
-//! bytes are counted, not copied; a chunked body costs one scan and parse
-//! per size line, and copies only a size line split across reads and its
-//! trailer fields, into a buffer reused for the connection's life.
+//! Cost per connection and request: hyper holds the head in its read buffer
+//! while it arrives; the tap keeps no copy, only a few dozen bytes of
+//! scanner state, so a head trickling in up to `max_header_bytes` costs one
+//! copy, not two. Head bytes are scanned once; body bytes are counted, not
+//! copied; a chunked body costs one scan and parse per size line, and
+//! copies only a size line split across reads and its trailer fields, into
+//! a buffer reused for the connection's life. Bytes are kept only for
+//! pipelined requests: what follows a complete head (and its body) until
+//! hyper hands that head over, which is at most what hyper read with it.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -34,13 +40,18 @@ use http::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chunked::{Chunked, Lost, Progress};
+use super::head::{Head, HeadScan, Scan};
 
 /// Most bytes kept while waiting for hyper to hand a request over; hyper's
 /// own read buffer is smaller, so reaching this means the tap lost track.
 const MAX_PENDING: usize = 1 << 20;
 
-/// Header slots tried first when parsing a head (more are used when needed).
-const HEADER_SLOTS: usize = 128;
+/// Most bytes read at once while a head arrives: one less than hyper's
+/// first read size, so that hyper does not raise it (see [`Tapped`]).
+const HEAD_READ: usize = 8191;
+
+/// Capacity of the pipelining buffer kept for reuse once it is empty.
+const KEEP_PENDING: usize = 4096;
 
 /// What a request's head says about its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,68 +112,125 @@ impl Body {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Bytes from the start of the next request head on.
-    pending: Vec<u8>,
-    /// Where the tap is in the current request's body.
+    /// The next request head, as far as it has arrived.
+    head: HeadScan,
+    /// A complete head that hyper has not handed over yet.
+    ready: Option<Head>,
+    /// Where the tap is in the body of the last complete head.
     body: Body,
     /// A chunk-size line split across reads, or a trailer section.
     scratch: Vec<u8>,
+    /// Bytes after `ready`'s body (from `pending_from` on): the start of the
+    /// next head, kept until hyper hands `ready` over. Only pipelined
+    /// requests leave anything here.
+    pending: Vec<u8>,
+    pending_from: usize,
     /// Recording stopped (lost track, or a conflict ended the connection).
     stopped: bool,
 }
 
 impl State {
-    fn observe(&mut self, bytes: &[u8]) {
+    fn observe(&mut self, mut bytes: &[u8]) {
         if self.stopped {
             return;
         }
-        let Ok(used) = self.body.skip(bytes, &mut self.scratch) else {
-            self.stop();
-            return;
-        };
-        let bytes = &bytes[used..];
-        if self.pending.len() + bytes.len() > MAX_PENDING {
+        if self.pending.is_empty() {
+            bytes = &bytes[self.follow(bytes)..];
+            if bytes.is_empty() {
+                return;
+            }
+        }
+        if self.pending.len() - self.pending_from + bytes.len() > MAX_PENDING {
             self.stop();
             return;
         }
+        self.pending.drain(..std::mem::take(&mut self.pending_from));
         self.pending.extend_from_slice(bytes);
     }
 
-    /// The framing of the head at the start of `pending`, which hyper read
-    /// as a `method` request; from here the tap follows that head's body.
+    /// Follow `bytes` through the current body and the heads after it, up
+    /// to the end of a head's body while hyper has not handed that head
+    /// over; how many bytes were followed (all of them once stopped).
+    fn follow(&mut self, bytes: &[u8]) -> usize {
+        let mut at = 0;
+        while !self.stopped && at < bytes.len() {
+            match self.body.skip(&bytes[at..], &mut self.scratch) {
+                Ok(used) => at += used,
+                // hyper reads this body or fails on it; the tap cannot tell
+                // where the next head starts: it refuses that one.
+                Err(Lost) => self.stop(),
+            }
+            if self.stopped || at == bytes.len() || self.ready.is_some() {
+                break;
+            }
+            match self.head.scan(&bytes[at..]) {
+                Scan::More => at = bytes.len(),
+                Scan::Complete(used, head) => {
+                    at += used;
+                    self.body = match (head.content_length, head.transfer_encoding) {
+                        // hyper closes the connection after this request.
+                        (Some(_), true) => {
+                            self.stop();
+                            Body::Done
+                        }
+                        (None, true) => Body::Chunked(Chunked::default()),
+                        (None | Some(0), false) => Body::Done,
+                        (Some(length), false) => Body::Length(length),
+                    };
+                    self.ready = Some(head);
+                }
+            }
+        }
+        if self.stopped { bytes.len() } else { at }
+    }
+
+    /// The framing of the head hyper read as a `method` request: the tap's
+    /// complete head, whose body it already follows.
     fn next_head(&mut self, method: &http::Method) -> Framing {
-        if self.stopped || !matches!(self.body, Body::Done) {
+        let Some(head) = self.ready.take() else {
+            // The head is incomplete, the tap is still in the previous
+            // body, or it stopped before this head.
+            return Framing::Lost;
+        };
+        if !head.method.is(method.as_str()) {
             return Framing::Lost;
         }
-        let head = match parse_head(&self.pending, method) {
-            Some(head) if head.method_matches => head,
-            _ => return Framing::Lost,
-        };
-        self.pending.drain(..head.len);
-        self.body = match (head.content_length, head.transfer_encoding) {
-            (Some(_), true) => return Framing::Conflict,
-            (None, true) => Body::Chunked(Chunked::default()),
-            (None | Some(0), false) => Body::Done,
-            (Some(length), false) => Body::Length(length),
-        };
-        // Body bytes (and more) that hyper read with the head.
-        match self.body.skip(&self.pending, &mut self.scratch) {
-            Ok(used) => {
-                self.pending.drain(..used);
-                Framing::Clear
-            }
-            // This head is clear; hyper reads its body or fails on it. The
-            // tap cannot tell where the next head starts: refuse it.
-            Err(Lost) => {
-                self.stop();
-                Framing::Clear
-            }
+        if head.content_length.is_some() && head.transfer_encoding {
+            return Framing::Conflict;
         }
+        self.resume();
+        Framing::Clear
+    }
+
+    /// Follow what was kept while hyper had not handed the last head over.
+    fn resume(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let from = std::mem::take(&mut self.pending_from);
+        let used = self.follow(&pending[from..]);
+        if self.stopped {
+            return;
+        }
+        if from + used < pending.len() {
+            self.pending = pending;
+            self.pending_from = from + used;
+        } else if pending.capacity() <= KEEP_PENDING {
+            pending.clear();
+            self.pending = pending;
+        }
+    }
+
+    /// Whether the next bytes read are (the rest of) a request head.
+    fn reading_head(&self) -> bool {
+        !self.stopped && self.ready.is_none() && matches!(self.body, Body::Done)
     }
 
     fn stop(&mut self) {
         self.stopped = true;
         self.pending = Vec::new();
+        self.pending_from = 0;
         self.scratch = Vec::new();
     }
 }
@@ -200,67 +268,17 @@ impl Tap {
     }
 }
 
-/// What the tap needs from one raw head.
-struct Head {
-    len: usize,
-    /// Whether its method is the one hyper read.
-    method_matches: bool,
-    content_length: Option<u64>,
-    transfer_encoding: bool,
-}
-
-/// Parse the head at the start of `bytes`, which hyper read as a `method`
-/// request; `None` unless it is complete and its framing headers are
-/// readable (hyper has accepted it, so they are).
-///
-/// The header slots are left uninitialized (httparse writes the ones it
-/// uses): initializing [`HEADER_SLOTS`] of them was 4 KiB of stores per request.
-fn parse_head(bytes: &[u8], method: &http::Method) -> Option<Head> {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
-    match head_with(bytes, method, &mut slots) {
-        Err(httparse::Error::TooManyHeaders) => {
-            let lines = bytes.iter().filter(|b| **b == b'\n').count();
-            let mut slots: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::with_capacity(lines + 1);
-            slots.resize_with(lines + 1, MaybeUninit::uninit);
-            head_with(bytes, method, &mut slots).ok().flatten()
-        }
-        other => other.ok().flatten(),
-    }
-}
-
-fn head_with<'b>(
-    bytes: &'b [u8],
-    method: &http::Method,
-    slots: &mut [MaybeUninit<httparse::Header<'b>>],
-) -> Result<Option<Head>, httparse::Error> {
-    let mut request = httparse::Request::new(&mut []);
-    let httparse::Status::Complete(len) = request.parse_with_uninit_headers(bytes, slots)? else {
-        return Ok(None);
-    };
-    let mut content_length = None;
-    let mut transfer_encoding = false;
-    for header in request.headers.iter() {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
-        } else if header.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value).ok().map(str::trim);
-            match value.and_then(|v| v.parse::<u64>().ok()) {
-                Some(length) => content_length = Some(length),
-                // hyper ignores a Content-Length after Transfer-Encoding
-                // unread; it still counts as present.
-                None => content_length = content_length.or(Some(0)),
-            }
-        }
-    }
-    Ok(Some(Head {
-        len,
-        method_matches: request.method == Some(method.as_str()),
-        content_length,
-        transfer_encoding,
-    }))
-}
-
 /// The app's connection, read through a [`Tap`].
+///
+/// While a request head arrives, reads are at most [`HEAD_READ`] bytes,
+/// through a buffer on the stack. hyper doubles the size it asks for after
+/// every read that fills it, and its `BytesMut` then grows past
+/// `max_header_bytes`: a 60 KiB head sent at once ended in a 112 KiB buffer,
+/// through 8, 24 and 56 KiB ones. Reads a byte short of hyper's first size
+/// keep it asking for 8 KiB, and the buffer doubles to no more than 64 KiB
+/// (8, 16, 32, 64): a head never holds more than the next power of two of
+/// `max_header_bytes`, whether the allocator hands out fresh or reused
+/// memory. Body bytes are read as hyper asks.
 #[derive(Debug)]
 pub struct Tapped<S> {
     inner: S,
@@ -274,6 +292,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() > HEAD_READ && this.tap.state().reading_head() {
+            let mut staging = [MaybeUninit::<u8>::uninit(); HEAD_READ];
+            let mut small = ReadBuf::uninit(&mut staging);
+            let poll = Pin::new(&mut this.inner).poll_read(cx, &mut small);
+            if let Poll::Ready(Ok(())) = &poll {
+                let new = small.filled();
+                buf.put_slice(new);
+                if !new.is_empty() {
+                    this.tap.state().observe(new);
+                }
+            }
+            return poll;
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {
@@ -318,8 +349,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Framing, Tap};
+    use super::{Framing, HEAD_READ, Tap};
     use http::{Method, Request};
+    use std::pin::Pin;
+    use tokio::io::{AsyncRead, ReadBuf};
 
     fn request(method: Method) -> Request<()> {
         Request::builder().method(method).body(()).unwrap()
@@ -438,7 +471,7 @@ mod tests {
         );
         assert_eq!(tap.inspect(&request(Method::PUT)), Framing::Clear);
         tap.state().observe(b" HTTP/1.1\r\n\r\n");
-        assert_eq!(tap.state().pending, b"GET /b HTTP/1.1\r\n\r\n");
+        assert!(tap.state().pending.is_empty());
         assert_eq!(tap.state().scratch.capacity(), 0);
         assert_eq!(tap.inspect(&request(Method::GET)), Framing::Clear);
         assert!(tap.state().pending.is_empty());
@@ -459,6 +492,78 @@ mod tests {
         assert_eq!(tap.inspect(&request(Method::PUT)), Framing::Clear);
         tap.state().observe(b"GET /b HTTP/1.1\r\n\r\n");
         assert_eq!(tap.inspect(&request(Method::GET)), Framing::Lost);
+    }
+
+    /// A head trickling in up to `max_header_bytes` is already in hyper's
+    /// read buffer; a second copy in the tap doubled what a slow-loris
+    /// connection holds (bench/flood.sh: 145 KiB per connection for 60 KiB).
+    #[test]
+    fn a_head_arriving_is_not_copied() {
+        let tap = Tap::default();
+        let mut head = String::from("POST /a HTTP/1.1\r\ncontent-length: 5\r\n");
+        while head.len() < 60 * 1024 {
+            head.push_str("x-filler: 0123456789abcdef0123456789abcdef0123456789\r\n");
+        }
+        // hyper's reads of a head sent at once: 8, 16, 32 KiB, the rest.
+        let mut rest = head.as_bytes();
+        for read in [8192, 16384, 32768, usize::MAX] {
+            let (now, later) = rest.split_at(read.min(rest.len()));
+            tap.state().observe(now);
+            rest = later;
+        }
+        let kept = |tap: &Tap| {
+            let state = tap.state();
+            state.pending.capacity() + state.scratch.capacity()
+        };
+        assert!(kept(&tap) <= 1024, "{} bytes kept", kept(&tap));
+        tap.state().observe(b"\r\nhelloGET /b HTTP/1.1\r\n\r\n");
+        assert_eq!(tap.inspect(&request(Method::POST)), Framing::Clear);
+        assert_eq!(tap.inspect(&request(Method::GET)), Framing::Clear);
+        assert!(kept(&tap) <= 1024, "{} bytes kept", kept(&tap));
+    }
+
+    /// Read `stream` through a tap into buffers of 64 KiB, as hyper's
+    /// grown buffer offers, handing a request over when the tap has its
+    /// head; the size of each read.
+    async fn read_sizes(stream: &[u8], method: Method) -> Vec<usize> {
+        let tap = Tap::default();
+        let mut tapped = tap.wrap(stream);
+        let mut storage = vec![0; 64 * 1024];
+        let mut sizes = Vec::new();
+        loop {
+            let mut buf = ReadBuf::new(&mut storage);
+            std::future::poll_fn(|cx| Pin::new(&mut tapped).poll_read(cx, &mut buf))
+                .await
+                .unwrap();
+            match buf.filled().len() {
+                0 => return sizes,
+                n => sizes.push(n),
+            }
+            if tap.state().ready.is_some() {
+                assert_eq!(tap.inspect(&request(method.clone())), Framing::Clear);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_are_read_in_pieces_hyper_does_not_grow_on() {
+        let mut head = String::from("PUT /a HTTP/1.1\r\ncontent-length: 100000\r\n");
+        while head.len() < 60 * 1024 {
+            head.push_str("x-filler: 0123456789abcdef0123456789abcdef0123456789\r\n");
+        }
+        head.push_str("\r\n");
+        let stream = [head.as_bytes(), &[b'x'; 100_000]].concat();
+        let sizes = read_sizes(&stream, Method::PUT).await;
+        let head_reads = head.len().div_ceil(HEAD_READ);
+        assert!(sizes.len() > head_reads, "{sizes:?}");
+        assert!(
+            sizes[..head_reads].iter().all(|n| *n == HEAD_READ),
+            "{sizes:?}"
+        );
+        // The read that ends the head is short too; then the body as asked.
+        assert_eq!(sizes[head_reads], 64 * 1024, "{sizes:?}");
+        assert_eq!(sizes.len(), head_reads + 2, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), stream.len());
     }
 
     #[test]

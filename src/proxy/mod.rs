@@ -24,6 +24,7 @@ pub mod client;
 pub mod forward;
 pub mod framing;
 pub mod grpc;
+pub mod head;
 pub mod headers;
 pub mod hosts;
 pub mod path;
