@@ -22,6 +22,7 @@ pub mod chunked;
 pub mod client;
 pub mod forward;
 pub mod framing;
+pub mod h2_driver;
 pub mod headers;
 pub mod hosts;
 pub mod path;
