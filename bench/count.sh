@@ -77,6 +77,7 @@ http {
         listen 127.0.0.1:$UP_PLAIN;
         ssl_certificate $TMP/leaf.pem;
         ssl_certificate_key $TMP/leaf.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
         location / {
             if (\$http_authorization != "Bearer $TOKEN") { return 401 '{"error":"unauthorized"}'; }
             return 200 '$BODY';
@@ -148,6 +149,10 @@ names, total, allocs, target = {}, 0, 0, None
 for line in open(path, errors="replace"):
     if line.startswith("summary:") or line.startswith("totals:"):
         total = max(total, int(line.split()[1]))
+    elif line.startswith("fn=") and line[3:4] == "(":
+        m = re.match(r"fn=\((\d+)\)\s*(.*)", line.rstrip("\n"))
+        if m.group(2):
+            names[m.group(1)] = m.group(2)
     elif line.startswith("cfn="):
         m = re.match(r"cfn=(?:\((\d+)\))?\s*(.*)", line.rstrip("\n"))
         ident, name = m.group(1), m.group(2)
