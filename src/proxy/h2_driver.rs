@@ -28,7 +28,10 @@ use std::task::{Context, Poll, Wake, Waker};
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Most futures polled in one turn of the driver before it yields to the
-/// runtime's other tasks (and is scheduled again).
+/// runtime's other tasks (and is scheduled again). This also bounds the
+/// turn once tokio's cooperative budget, which all the connection's futures
+/// share, runs out: each of them then wakes itself and returns pending, and
+/// the budget is refilled only when the driver yields.
 const POLLS_PER_TURN: usize = 64;
 
 /// hyper's executor for one HTTP/2 connection: see the module docs. Clones
