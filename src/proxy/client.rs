@@ -13,7 +13,9 @@
 //!   request while the others wait for it (ALPN of that first connection
 //!   decides between the two), and opened again once it closes or the
 //!   upstream says GOAWAY. Flow-control windows adapt to the connection's
-//!   bandwidth-delay product, so large downloads are not held back.
+//!   bandwidth-delay product, so large downloads are not held back. The
+//!   connection's futures and those hyper makes for each request run in one
+//!   task per connection, not one task per request ([`super::h2_driver`]).
 //!
 //! A request marked HTTP/2 (a gRPC call, see [`super::grpc`]) is never
 //! sent over HTTP/1.1: its status would travel in trailers that HTTP/1.1
@@ -45,9 +47,10 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper::rt::Executor;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -56,6 +59,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use super::UpstreamBody;
+use super::h2_driver::ConnExecutor;
 use crate::config::UpstreamTls;
 use crate::tls::TlsError;
 
@@ -100,7 +104,6 @@ pub struct ClientOptions<'a> {
 pub struct UpstreamClient {
     connector: Connector,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
     pools: Box<[Mutex<Pool>]>,
 }
 
@@ -217,11 +220,6 @@ pub fn upstream_client(
     }
     let connector = builder.enable_http1().enable_http2().wrap_connector(http);
 
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .adaptive_window(true)
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL);
     let now = Instant::now();
     let pools = (0..options.workers.max(1))
         .map(|_| {
@@ -239,7 +237,6 @@ pub fn upstream_client(
     Ok(UpstreamClient {
         connector,
         http1: http1::Builder::new(),
-        http2,
         pools,
     })
 }
@@ -403,12 +400,17 @@ impl UpstreamClient {
         let io: Io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
         let opened = Instant::now();
         if io.connected().is_negotiated_h2() {
-            let (sender, connection) = self
-                .http2
+            // The connection's futures, and every request's, run in one
+            // task (see `h2_driver`).
+            let executor = ConnExecutor::default();
+            let (sender, connection) = http2::Builder::new(executor.clone())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamError::Connect(e.into()))?;
-            tokio::spawn(async move {
+            Executor::execute(&executor, async move {
                 if let Err(err) = connection.await {
                     debug!(error = %err, "upstream HTTP/2 connection ended with an error");
                 }

@@ -24,7 +24,9 @@
 //! off). A kept request that failed on a pooled connection the upstream had
 //! closed is sent again when that is harmless ([`replayable`]).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -287,7 +289,19 @@ async fn send(
             attempt += 1;
         }
     };
-    match tokio::time::timeout(route.request_timeout, exchange).await {
+    // Raced in place rather than through `tokio::time::timeout`, which
+    // would move the exchange (kilobytes: the client's state) into itself
+    // and then into this future: two copies per request.
+    let mut exchange = std::pin::pin!(exchange);
+    let mut deadline = std::pin::pin!(tokio::time::sleep(route.request_timeout));
+    let outcome = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Ok(result));
+        }
+        deadline.as_mut().poll(cx).map(Err)
+    })
+    .await;
+    match outcome {
         Ok(Ok((response, opened, started))) => {
             let mut response = response
                 .map(|body| FromUpstream::new(body, route.body_timeout, route.metrics.clone()));

@@ -24,6 +24,7 @@ pub mod client;
 pub mod forward;
 pub mod framing;
 pub mod grpc;
+pub mod h2_driver;
 pub mod head;
 pub mod headers;
 pub mod hosts;

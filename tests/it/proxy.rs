@@ -236,6 +236,70 @@ async fn http2_upstream_is_used_when_alpn_offers_it_and_connections_are_pooled()
     assert_eq!(upstream.connections(), 1, "one pooled HTTP/2 connection");
 }
 
+// Bodies larger than the HTTP/2 flow-control windows, several at once on
+// the one upstream connection: each stream waits for window updates, so
+// the futures that pump a request body and wait for a response are woken
+// many times (they share the connection's task, see `proxy::h2_driver`).
+#[tokio::test]
+async fn http2_upstream_streams_large_bodies_both_ways_concurrently() {
+    const SIZE: u64 = 1024 * 1024;
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .expect_version(Version::HTTP_2)
+            .respond(|req| {
+                if req.method == Method::GET {
+                    Reply::generated(SIZE)
+                } else {
+                    Reply::echo()
+                }
+            }),
+    )
+    .await;
+    let proxy = one_route(&pki, &upstream.url()).start().await;
+    let url = format!("http://{}/big", proxy.route_addr(0));
+    let client = TestClient::new();
+    let uploads: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .send(request(Method::POST, &url, body_generated(SIZE, false)))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let downloads: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { client.download(&url).await })
+        })
+        .collect();
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), 200);
+    }
+    for download in downloads {
+        let download = download.await.unwrap();
+        assert_eq!(download.status, 200);
+        assert_eq!(download.error, None);
+        assert_eq!(download.len, SIZE);
+        assert_eq!(download.digest, generated_digest(SIZE));
+    }
+    let uploaded: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::POST)
+        .collect();
+    assert_eq!(uploaded.len(), 3);
+    for seen in uploaded {
+        assert_eq!(seen.body_len, SIZE);
+        assert_eq!(seen.body_digest, generated_digest(SIZE));
+    }
+    assert_eq!(upstream.connections(), 1, "one HTTP/2 connection");
+}
+
 #[tokio::test]
 async fn http1_upstream_connections_are_kept_alive_and_reused() {
     let pki = Arc::new(TestPki::new());
