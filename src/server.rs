@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::config::{AdminConfig, Config, ConnLimits};
 use crate::conn;
-use crate::credential::Credentials;
+use crate::credential::{Credentials, NotReady};
 pub use crate::listeners::Serving;
 use crate::listeners::{BindError, ProxyListeners};
 use crate::metrics::Metrics;
@@ -49,13 +49,8 @@ pub enum ServeError {
     Build(#[from] BuildError),
     /// A credential new to this configuration (or with changed settings)
     /// did not obtain its first token, so the configuration is not taken.
-    #[error("credential {credential} could not obtain a token: {reason}")]
-    CredentialNotReady {
-        /// The credential's name.
-        credential: String,
-        /// Why (the token request's failure, or that it did not finish in time).
-        reason: String,
-    },
+    #[error(transparent)]
+    CredentialNotReady(#[from] NotReady),
     /// The serving workers (runtimes, threads) could not be started.
     #[error("cannot start serving")]
     Workers(#[source] std::io::Error),
@@ -162,7 +157,7 @@ impl Handle {
         let current = self.shared.credentials.load_full();
         let workers = self.proxy.count();
         let generation = build_generation(&checked, &self.shared.metrics, Some(&current), workers)?;
-        first_tokens(&generation.credentials, ready_wait).await?;
+        generation.credentials.first_tokens(ready_wait).await?;
 
         self.warn_restart_only(config);
         self.grace = config.shutdown_grace;
@@ -259,35 +254,6 @@ impl Handle {
         while self.admin_tasks.join_next().await.is_some() {}
         info!("stopped");
     }
-}
-
-/// Wait until every credential `credentials` started itself has obtained its
-/// first token, at most `limit` in all; the first one that fails (or is still
-/// waiting at the deadline) refuses the configuration.
-async fn first_tokens(credentials: &Credentials, limit: Duration) -> Result<(), ServeError> {
-    let deadline = tokio::time::Instant::now() + limit;
-    for name in credentials.started() {
-        let Some(handle) = credentials.get(name) else {
-            continue;
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Err(unavailable) = handle.wait_for_token(left).await {
-            let reason = if tokio::time::Instant::now() >= deadline {
-                format!(
-                    "no token within {} s: {}",
-                    limit.as_secs_f64(),
-                    unavailable.reason
-                )
-            } else {
-                unavailable.reason
-            };
-            return Err(ServeError::CredentialNotReady {
-                credential: name.to_owned(),
-                reason,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Bind `addr` (asked for by `key`); the listener and the address it got (port 0 resolved).

@@ -49,5 +49,5 @@ pub use handle::{
     CredentialHandle, CredentialStatus, EngineSettings, Published, Rejection, Unavailable,
 };
 pub use provider::{ApiMap, FetchError, Provider, Token};
-pub use registry::{Credentials, ObtainError, obtain_once};
+pub use registry::{Credentials, NotReady, ObtainError, obtain_once};
 pub use report::{CredentialReport, CredentialState, LastAttempt, RenewalReason};

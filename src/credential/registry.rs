@@ -197,6 +197,30 @@ impl Credentials {
             .map(String::as_str)
     }
 
+    /// Wait until every credential this configuration [`started`](Self::started)
+    /// has obtained its first token, at most `limit` in all; the first one
+    /// that fails (or is still waiting at the deadline) is the error.
+    pub async fn first_tokens(&self, limit: std::time::Duration) -> Result<(), NotReady> {
+        let deadline = tokio::time::Instant::now() + limit;
+        for name in self.started() {
+            let Some(handle) = self.get(name) else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(unavailable) = handle.wait_for_token(left).await {
+                let reason = if tokio::time::Instant::now() >= deadline {
+                    let limit = limit.as_secs_f64();
+                    format!("no token within {limit} s: {}", unavailable.reason)
+                } else {
+                    unavailable.reason
+                };
+                let credential = name.to_owned();
+                return Err(NotReady { credential, reason });
+            }
+        }
+        Ok(())
+    }
+
     /// The handle of credential `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<CredentialHandle>> {
         self.engines.get(name).map(|engine| &engine.handle)
@@ -208,6 +232,17 @@ impl Credentials {
             .iter()
             .map(|(name, engine)| (name.as_str(), &engine.handle))
     }
+}
+
+/// A credential new to a configuration (or with changed settings) that did
+/// not obtain its first token, so the configuration is not taken.
+#[derive(Debug, thiserror::Error)]
+#[error("credential {credential} could not obtain a token: {reason}")]
+pub struct NotReady {
+    /// The credential's name.
+    pub credential: String,
+    /// Why (the token request's failure, or that it did not finish in time).
+    pub reason: String,
 }
 
 /// Why `sidekey token` could not obtain a token.
