@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// When one connection's idle time started; shared by its reads, its
@@ -184,48 +184,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleRead<S> {
     }
 }
 
-/// Writes pass through; when the connection is idle they set the timer
-/// (for this task), so that it fires even when no read was waiting yet:
-/// hyper may have polled the last read while the response was still going
-/// out, before the idle time began.
-impl<S: AsyncWrite + Unpin> AsyncWrite for IdleRead<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.set_timer(cx);
-        poll
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.set_timer(cx);
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_flush(cx);
-        this.set_timer(cx);
-        poll
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+// Writes pass through; when the connection is idle they set the timer
+// (for this task), so that it fires even when no read was waiting yet:
+// hyper may have polled the last read while the response was still going
+// out, before the idle time began.
+crate::write_through::write_through!(IdleRead.inner, after = set_timer);
 
 /// A response body that ends its request's [`Busy`] when hyper drops it:
 /// after its last frame, or when the response is abandoned.

@@ -52,3 +52,4 @@ pub mod suggest;
 pub mod telemetry;
 pub mod tls;
 pub mod workers;
+mod write_through;
