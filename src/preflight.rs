@@ -1,7 +1,7 @@
 //! The checks made once before anything binds — by `check`, by `run` and by
 //! a reload: there is something to serve, every secret reference resolves
 //! (variable set, file readable, value usable) and every TLS file loads and
-//! fits its use. What those files
+//! fits its use, and the `[cache]` key is 32 bytes of base64. What those files
 //! hold is kept in the [`Checked`] configuration (trust roots, each route's
 //! listener and upstream TLS configuration), so serving reads none of them
 //! again. Every failure is reported, naming the file, line and key like a
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::cache::TokenCache;
 use crate::config::{Config, ConfigError, ConfigErrors, Key};
 use crate::secret::SecretRef;
 use crate::tls;
@@ -59,6 +60,15 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
                 secret.resolve(config.env.as_ref()),
             );
         }
+    }
+    if let Some(cache) = &config.cache {
+        let key = Key::new("cache").then("encryption_key");
+        noted(
+            &mut errors,
+            &config,
+            key,
+            TokenCache::open(cache, &*config.env),
+        );
     }
     let ca_file = Key::new("tls").then("ca_file");
     let roots = noted(&mut errors, &config, ca_file, tls::root_store(&config.tls));
@@ -139,7 +149,8 @@ fn noted<T>(
 pub fn inputs(config: &Config) -> (BTreeSet<&str>, BTreeSet<&Path>) {
     let (mut env, mut files) = (BTreeSet::new(), BTreeSet::new());
     let secrets = config.credentials.values().flat_map(|c| c.secret_refs());
-    for (_, secret) in secrets {
+    let cache_key = config.cache.iter().flat_map(|cache| &cache.encryption_key);
+    for secret in secrets.map(|(_, secret)| secret).chain(cache_key) {
         match secret {
             SecretRef::Env(name) => env.insert(name.as_str()),
             SecretRef::File(path) => files.insert(path.as_path()),

@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use super::handle::{CredentialHandle, EngineSettings, Published, State};
 use super::provider::{FetchError, Provider, Token};
 use super::report::{LastAttempt, RenewalReason};
+use super::stored::Stored;
 use super::timing::{
     BACKOFF_MAX, RETRY_FLOOR, backoff_delay, renewal_delay, retry_delay, safety_margin,
 };
@@ -161,26 +162,29 @@ async fn run<P: Provider>(
     loop {
         // The rejected generation this attempt answers.
         let covering = handle.renewing();
-        let sent = Instant::now();
-        let offered = if on_rejection {
-            None
-        } else {
-            held.as_ref()
-                .filter(|held| held.valid_at(sent))
-                .map(|held| &held.token)
+        // A cached token that is not due (nor the one held) saves a request.
+        let stored = match &settings.store {
+            Some(store) if !on_rejection => {
+                store
+                    .load(held.as_ref().map(|held| &held.token.value))
+                    .await
+            }
+            _ => None,
         };
-        handle.state.rcu(|state| state.with_attempt(true, None));
-        let result =
-            match tokio::time::timeout(settings.fetch_timeout, provider.fetch(offered)).await {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Transient {
-                    message: format!(
-                        "token request did not finish within {} s",
-                        settings.fetch_timeout.as_secs_f64()
-                    ),
-                    retry_after: None,
-                }),
-            };
+        let restored = stored.is_some();
+        let (result, sent) = match stored {
+            Some(stored) => {
+                let (token, sent) = adopt(stored);
+                (Ok(token), sent)
+            }
+            None => {
+                let sent = Instant::now();
+                (
+                    fetch(&*provider, held.as_ref(), on_rejection, &handle, &settings).await,
+                    sent,
+                )
+            }
+        };
 
         let attempt = LastAttempt {
             at: SystemTime::now(),
@@ -228,7 +232,14 @@ async fn run<P: Provider>(
                             .checked_add(usable)
                     });
                     // The engine is the only writer: load, then store.
-                    let failures_total = handle.state.load().failures_total;
+                    let previous = handle.state.load();
+                    let (failures_total, last) =
+                        (previous.failures_total, previous.last_attempt.clone());
+                    // A token from the cache was no attempt of this engine's.
+                    let last_attempt = match restored {
+                        true => last,
+                        false => Some(attempt.clone()),
+                    };
                     handle.state.store(Arc::new(State {
                         published: Some(published),
                         wall_expiry,
@@ -236,27 +247,42 @@ async fn run<P: Provider>(
                         in_flight: false,
                         next_attempt: None,
                         lifetime,
-                        last_attempt: Some(attempt.clone()),
-                        last_success: Some(attempt.at),
+                        last_success: last_attempt.as_ref().map(|attempt| attempt.at),
+                        last_attempt,
                         failures: 0,
                         failures_total,
                     }));
                     handle.generation.send_replace(generation);
-                    metrics.record_token_refresh(&name, RefreshOutcome::Success, reason.as_str());
-                    match lifetime {
-                        Some(lifetime) => tracing::info!(
+                    match (lifetime, restored) {
+                        (Some(_), true) => tracing::info!(
+                            credential = %name,
+                            generation,
+                            "using a cached token valid for {} s more",
+                            usable_until.map_or(0, |at| at.saturating_duration_since(Instant::now()).as_secs())
+                        ),
+                        (Some(lifetime), false) => tracing::info!(
                             credential = %name,
                             generation,
                             reason = %reason,
                             "obtained token valid for {} s",
                             lifetime.as_secs()
                         ),
-                        None => tracing::info!(
+                        (None, _) => tracing::info!(
                             credential = %name,
                             generation,
                             reason = %reason,
                             "obtained token without expiry"
                         ),
+                    }
+                    if !restored {
+                        metrics.record_token_refresh(
+                            &name,
+                            RefreshOutcome::Success,
+                            reason.as_str(),
+                        );
+                        if let Some(store) = &settings.store {
+                            store.save(&token, sent.elapsed()).await;
+                        }
                     }
                     held = Some(Held {
                         token,
@@ -336,6 +362,45 @@ async fn run<P: Provider>(
             reason = RenewalReason::Rejected;
         } else if failures == 0 {
             reason = RenewalReason::Scheduled;
+        }
+    }
+}
+
+/// One token request, bounded by the fetch limit. The held token is offered
+/// (for Inbenta's `/refreshToken`) while it is valid, unless it was rejected.
+async fn fetch<P: Provider>(
+    provider: &P,
+    held: Option<&Held>,
+    on_rejection: bool,
+    handle: &CredentialHandle,
+    settings: &EngineSettings,
+) -> Result<Token, FetchError> {
+    let now = Instant::now();
+    let offered = held
+        .filter(|held| !on_rejection && held.valid_at(now))
+        .map(|held| &held.token);
+    handle.state.rcu(|state| state.with_attempt(true, None));
+    match tokio::time::timeout(settings.fetch_timeout, provider.fetch(offered)).await {
+        Ok(result) => result,
+        Err(_) => Err(FetchError::Transient {
+            message: format!(
+                "token request did not finish within {} s",
+                settings.fetch_timeout.as_secs_f64()
+            ),
+            retry_after: None,
+        }),
+    }
+}
+
+/// A cached token and the instant its request was sent. On a monotonic
+/// clock younger than the token, its remaining life counts from now.
+fn adopt(stored: Stored) -> (Token, Instant) {
+    let (mut token, now) = (stored.token, Instant::now());
+    match now.checked_sub(stored.age) {
+        Some(sent) => (token, sent),
+        None => {
+            token.lifetime = token.lifetime.map(|life| life.saturating_sub(stored.age));
+            (token, now)
         }
     }
 }

@@ -16,7 +16,9 @@ use super::engine;
 use super::handle::{CredentialHandle, EngineSettings};
 use super::provider::{FetchError, Provider, Token};
 use super::report::RenewalReason;
-use crate::config::{Config, CredentialConfig};
+use super::stored::TokenStore;
+use crate::cache::TokenCache;
+use crate::config::{CacheConfig, Config, CredentialConfig};
 use crate::metrics::Metrics;
 use crate::secret::{EnvSource, SecretRef};
 use crate::tls::TlsError;
@@ -41,6 +43,8 @@ impl Drop for Engine {
 /// The inputs an engine was built from; equal inputs mean a reload may keep it.
 struct Origin {
     config: CredentialConfig,
+    /// `[cache]`, whose entry the engine reads and writes.
+    cache: Option<CacheConfig>,
     env: Arc<dyn EnvSource>,
     roots: Arc<RootCertStore>,
 }
@@ -52,6 +56,7 @@ impl Origin {
     fn serves(
         &self,
         config: &CredentialConfig,
+        cache: Option<&CacheConfig>,
         env: &dyn EnvSource,
         roots: &RootCertStore,
     ) -> bool {
@@ -59,9 +64,12 @@ impl Origin {
             SecretRef::Env(name) => self.env.var(name) == env.var(name),
             SecretRef::File(_) | SecretRef::Literal(_) => true,
         };
+        let cache_key = cache.and_then(|cache| cache.encryption_key.as_ref());
         self.config == *config
+            && self.cache.as_ref() == cache
             && self.roots.roots == roots.roots
             && config.secret_refs().iter().all(same_value)
+            && cache_key.is_none_or(|key| same_value(&("encryption_key", key)))
     }
 }
 
@@ -110,14 +118,14 @@ impl Credentials {
         previous: Option<&Credentials>,
     ) -> Result<Credentials, TlsError> {
         let mut credentials = Credentials::default();
+        let mut cache = None;
         for (name, credential) in &config.credentials {
             let reusable = previous
                 .and_then(|previous| previous.engines.get(name))
                 .filter(|engine| {
-                    engine
-                        .origin
-                        .as_ref()
-                        .is_some_and(|origin| origin.serves(credential, &*config.env, roots))
+                    engine.origin.as_ref().is_some_and(|origin| {
+                        origin.serves(credential, config.cache.as_ref(), &*config.env, roots)
+                    })
                 });
             if let Some(engine) = reusable {
                 credentials.engines.insert(name.clone(), Arc::clone(engine));
@@ -127,10 +135,15 @@ impl Credentials {
             let provider = AnyProvider::from_config(credential, roots, Arc::clone(&config.env))?;
             let origin = Origin {
                 config: credential.clone(),
+                cache: config.cache.clone(),
                 env: Arc::clone(&config.env),
                 roots: Arc::clone(roots),
             };
             let mut settings = EngineSettings::from_config(credential);
+            let cache = cache.get_or_insert_with(|| open_cache(config));
+            settings.store = (cache.as_ref())
+                .and_then(|cache| TokenStore::new(cache, credential, &*config.env))
+                .map(Arc::new);
             if previous.is_some() {
                 settings.first_reason = RenewalReason::Reload;
             }
@@ -208,6 +221,19 @@ impl Credentials {
         self.engines
             .iter()
             .map(|(name, engine)| (name.as_str(), &engine.handle))
+    }
+}
+
+/// The `[cache]` of `config`, if any and usable. Preflight checked its key,
+/// so a failure here (a variable changed since) only loses the cache.
+fn open_cache(config: &Config) -> Option<Arc<TokenCache>> {
+    let cache = config.cache.as_ref()?;
+    match TokenCache::open(cache, &*config.env) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(e) => {
+            tracing::error!("[cache] is not used: encryption_key: {e}");
+            None
+        }
     }
 }
 

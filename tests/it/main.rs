@@ -21,6 +21,7 @@
 mod support;
 
 mod admin;
+mod cache;
 mod cli;
 mod deploy;
 mod docs;

@@ -1,0 +1,72 @@
+//! `[cache]`: where tokens outlive the process — an encrypted restart
+//! file — and the key they are encrypted with. What is stored and how is
+//! [`crate::cache`]'s.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::error::Key;
+use super::source::Source;
+use super::value::{File, via_some};
+use crate::secret::SecretRef;
+
+/// `[cache]`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct CacheConfig {
+    /// `file`: the restart cache (mode 0600, replaced atomically).
+    #[serde(default, deserialize_with = "via_some::<_, File, _>")]
+    pub file: Option<PathBuf>,
+    /// `encryption_key`: 32 bytes, base64 (several, comma-separated: the
+    /// first encrypts, every one decrypts). Required.
+    pub encryption_key: Option<SecretRef>,
+}
+
+/// Read `[cache]` when written: a relative `file` against the configuration
+/// directory, a literal key with a warning, a missing key refused.
+pub(super) fn read(src: &Source<'_>) -> Option<CacheConfig> {
+    let table = Key::new("cache");
+    let mut cache: CacheConfig = src.read(&table)?;
+    cache.file = cache.file.map(|file| src.file(&file));
+    let key = table.then("encryption_key");
+    cache.encryption_key = match cache.encryption_key {
+        Some(secret) => Some(src.secret(&key, secret)),
+        None => {
+            src.fail(
+                &key,
+                "missing key `encryption_key` (tokens are stored encrypted)",
+            );
+            return None;
+        }
+    };
+    Some(cache)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::fixture::{BASE, err, ok};
+    use crate::secret::SecretRef;
+
+    #[test]
+    fn file_resolves_against_the_config_directory_and_the_key_is_required() {
+        let text =
+            format!("{BASE}\n[cache]\nfile = \"tokens\"\nencryption_key = {{ env = \"K\" }}\n");
+        let cache = ok(&text).cache.expect("[cache]");
+        assert_eq!(
+            cache.file.as_deref(),
+            Some(Path::new("/etc/sidekey/tokens"))
+        );
+        assert_eq!(cache.encryption_key, Some(SecretRef::Env("K".into())));
+        let keyless = err(&format!("{BASE}\n[cache]\nfile = \"tokens\"\n"));
+        assert_eq!(keyless.key.as_str(), "cache.encryption_key");
+        assert!(keyless.to_string().contains("missing key"), "{keyless}");
+        let unknown = err(&format!(
+            "{BASE}\n[cache]\nencryption_key = \"k\"\nfiel = \"x\"\n"
+        ));
+        assert!(unknown.to_string().contains("expected `file`"), "{unknown}");
+        assert!(ok(BASE).cache.is_none());
+    }
+}

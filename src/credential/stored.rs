@@ -1,0 +1,180 @@
+//! A credential's entry in the token cache ([`crate::cache`]): what is
+//! stored (the token, its headers, Inbenta's `apis`, when it was obtained and
+//! for how long) and under which key.
+//!
+//! The key is a SHA-256 of the credential's identity — its type, token URL
+//! (or Inbenta auth URL), client id (or API key), audience, scope and
+//! flow — so replicas and restarts with the same credential share it
+//! whatever the credential's name; the client id and API key are only ever
+//! hashed. Static credentials are not cached (their token is the file's).
+//!
+//! [`TokenStore::load`] adopts a stored token only while it is not due
+//! for renewal ([`super::timing::due`]) and is not the one the engine
+//! already holds; [`TokenStore::save`] stores one until its expiry.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderName, HeaderValue, Uri};
+use ring::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+
+use super::provider::Token;
+use super::timing;
+use crate::cache::TokenCache;
+use crate::config::{CredentialConfig, CredentialKind, InbentaKey};
+use crate::secret::{EnvSource, Secret};
+
+/// A token as stored. Its text exists only inside the sealed value.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    value: String,
+    headers: Vec<(String, String)>,
+    apis: Option<HashMap<String, String>>,
+    /// When its request was sent, Unix milliseconds.
+    obtained_ms: u64,
+    lifetime_ms: u64,
+}
+
+/// A token read from the cache.
+#[derive(Debug)]
+pub struct Stored {
+    /// The token, with its whole lifetime.
+    pub token: Token,
+    /// How long ago its request was sent.
+    pub age: Duration,
+}
+
+/// One credential's entry in the cache.
+pub struct TokenStore {
+    cache: Arc<TokenCache>,
+    key: String,
+    refresh_before: Option<Duration>,
+}
+
+impl fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl TokenStore {
+    /// The entry of `config` (its identity read through `env`); `None` for
+    /// a static credential or an identity that does not resolve (the token
+    /// request then fails and says why).
+    pub fn new(
+        cache: &Arc<TokenCache>,
+        config: &CredentialConfig,
+        env: &dyn EnvSource,
+    ) -> Option<TokenStore> {
+        let mut identity: Vec<String> = vec!["sidekey-token-v1".into()];
+        match &config.kind {
+            CredentialKind::Static(_) => return None,
+            CredentialKind::OAuth2(oauth2) => identity.extend([
+                "oauth2".into(),
+                oauth2.token_url.to_string(),
+                oauth2.client_id.resolve(env).ok()?.expose().into(),
+                oauth2.audience.clone().unwrap_or_default(),
+                oauth2.scope.clone().unwrap_or_default(),
+            ]),
+            CredentialKind::Inbenta(inbenta) => identity.extend([
+                "inbenta".into(),
+                inbenta.auth_url.to_string(),
+                inbenta.api_key.resolve(env).ok()?.expose().into(),
+                match inbenta.key {
+                    InbentaKey::Secret(_) => "secret".into(),
+                    InbentaKey::DomainKey(_) => "domain_key".into(),
+                },
+                (inbenta.origin.as_ref())
+                    .map_or("", |origin| origin.to_str().unwrap_or(""))
+                    .into(),
+            ]),
+        }
+        let hash = digest(&SHA256, identity.join("\0").as_bytes());
+        let key = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Some(TokenStore {
+            cache: Arc::clone(cache),
+            key,
+            refresh_before: config.refresh_before,
+        })
+    }
+
+    /// The stored token, unless there is none, it is due for renewal, or it
+    /// is `held` (the engine's own, which it is renewing).
+    pub async fn load(&self, held: Option<&Secret>) -> Option<Stored> {
+        let plain = self.cache.get(&self.key).await?;
+        let entry: Entry = serde_json::from_slice(&plain).ok()?;
+        let obtained = UNIX_EPOCH.checked_add(Duration::from_millis(entry.obtained_ms))?;
+        // A clock behind the one that stored it counts the token as new.
+        let age = SystemTime::now()
+            .duration_since(obtained)
+            .unwrap_or_default();
+        let lifetime = Duration::from_millis(entry.lifetime_ms);
+        if timing::due(lifetime, age, self.refresh_before)
+            || held.is_some_and(|held| held.expose() == entry.value)
+        {
+            return None;
+        }
+        let mut headers = Vec::with_capacity(entry.headers.len());
+        for (name, value) in &entry.headers {
+            let mut value = HeaderValue::from_str(value).ok()?;
+            value.set_sensitive(true);
+            headers.push((HeaderName::from_str(name).ok()?, value));
+        }
+        let apis = entry.apis.map(|apis| {
+            let parsed = apis.into_iter();
+            let parsed = parsed.filter_map(|(name, url)| Some((name, Uri::from_str(&url).ok()?)));
+            Arc::new(parsed.collect())
+        });
+        let token = Token {
+            value: Secret::new(entry.value),
+            lifetime: Some(lifetime),
+            headers,
+            apis,
+        };
+        Some(Stored { token, age })
+    }
+
+    /// Store `token`, whose request was sent `age` ago, until it expires.
+    /// Tokens without expiry are not stored.
+    pub async fn save(&self, token: &Token, age: Duration) {
+        let Some(lifetime) = token.lifetime else {
+            return;
+        };
+        let obtained = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+        let headers = token.headers.iter();
+        let headers = headers
+            .map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())));
+        // A header that is not text cannot be stored, nor the token without it.
+        let Some(headers) = headers.collect::<Option<Vec<_>>>() else {
+            return;
+        };
+        let apis = token.apis.as_ref().map(|apis| {
+            let apis = apis.iter();
+            apis.map(|(name, url)| (name.clone(), url.to_string()))
+                .collect()
+        });
+        let entry = Entry {
+            value: token.value.expose().to_owned(),
+            headers,
+            apis,
+            obtained_ms: millis(obtained),
+            lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
+        };
+        let Ok(plain) = serde_json::to_vec(&entry) else {
+            return;
+        };
+        let expires = obtained.checked_add(lifetime).unwrap_or(obtained);
+        self.cache.put(&self.key, &plain, expires).await;
+    }
+}
+
+fn millis(at: SystemTime) -> u64 {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
