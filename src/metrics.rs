@@ -121,6 +121,8 @@ struct Families {
     upstream_errors: Family<RouteKind, Counter>,
     rejections: Family<CredentialAction, Counter>,
     restarts: Family<CredentialLabel, Counter>,
+    /// 1 while the `[cache]`'s Redis answers, 0 while it does not; absent without one.
+    redis_up: Family<Vec<(String, String)>, Gauge>,
     /// The series of requests no route took (`route="none"`).
     no_route: OnceLock<Arc<RouteMetrics>>,
 }
@@ -175,6 +177,12 @@ impl Metrics {
             "Renewal tasks restarted after a crash",
             restarts.clone(),
         );
+        let redis_up = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "cache_redis_up",
+            "1 while the token cache's Redis answers, 0 while each replica renews alone",
+            redis_up.clone(),
+        );
         Metrics(Arc::new(Families {
             registry,
             requests,
@@ -184,6 +192,7 @@ impl Metrics {
             upstream_errors,
             rejections,
             restarts,
+            redis_up,
             no_route: OnceLock::new(),
         }))
     }
@@ -262,6 +271,22 @@ impl Metrics {
             }
             None => {
                 self.0.expires_in.remove(&label);
+            }
+        }
+    }
+
+    /// Set whether the `[cache]`'s Redis answers (called at scrape time);
+    /// `None` (no Redis configured) removes the series.
+    pub fn set_cache_redis_up(&self, up: Option<bool>) {
+        match up {
+            Some(up) => {
+                self.0
+                    .redis_up
+                    .get_or_create(&Vec::new())
+                    .set(i64::from(up));
+            }
+            None => {
+                self.0.redis_up.remove(&Vec::new());
             }
         }
     }

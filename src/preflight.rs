@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::cache::TokenCache;
+use crate::cache::{CacheError, TokenCache};
 use crate::config::{Config, ConfigError, ConfigErrors, Key};
 use crate::secret::SecretRef;
 use crate::tls;
@@ -61,14 +61,15 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
             );
         }
     }
-    if let Some(cache) = &config.cache {
-        let key = Key::new("cache").then("encryption_key");
-        noted(
-            &mut errors,
-            &config,
-            key,
-            TokenCache::open(cache, &*config.env),
-        );
+    if let Some(cache) = &config.cache
+        && let Err(error) = TokenCache::open(cache, &*config.env)
+    {
+        let field = match error {
+            CacheError::Redis(_) => "redis_url",
+            CacheError::Secret(_) | CacheError::Key(_) => "encryption_key",
+        };
+        let key = Key::new("cache").then(field);
+        errors.push(config.key_error(&key, error));
     }
     let ca_file = Key::new("tls").then("ca_file");
     let roots = noted(&mut errors, &config, ca_file, tls::root_store(&config.tls));

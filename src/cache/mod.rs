@@ -1,26 +1,32 @@
 //! The token cache (`[cache]`): sealed values under keys, kept where they
-//! outlive the process — the restart file ([`file`]). Values are sealed
-//! with AES-256-GCM ([`crypto`]) before they leave the process; the key of
-//! an entry is its associated data.
+//! outlive the process — a Redis the fleet shares ([`redis`]) and the
+//! restart file ([`file`]). Values are sealed with AES-256-GCM ([`crypto`])
+//! before they leave the process; an entry's id is its associated data.
 //!
-//! [`TokenCache`] is what the credentials use: [`TokenCache::get`] and
-//! [`TokenCache::put`] of plaintext bytes under a key. Neither ever fails
-//! its caller: a store that cannot be read or written, or a value that does
+//! [`TokenCache`] is what the credentials use: [`TokenCache::get`] (Redis
+//! first, the file when Redis has nothing or is down), [`TokenCache::lock`]
+//! (a renewal lock on Redis, so one replica renews for the fleet) and
+//! [`TokenCache::publish`] (compare-and-set on Redis against what `get`
+//! saw, then the file; releases the lock). None of them ever fails its
+//! caller: a store that cannot be read or written, or a value that does
 //! not open (another key, a corrupt file), is as if nothing were stored;
 //! each distinct problem is logged once at WARN (repeats at DEBUG). What a
-//! value holds and how its key is derived are [`crate::credential`]'s
+//! value holds and how its id is derived are [`crate::credential`]'s
 //! (`stored`).
 
 pub mod crypto;
 pub mod file;
+pub mod redis;
 
 use std::sync::{Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::CacheConfig;
 use crate::secret::{EnvSource, SecretError};
-use crypto::{KeyError, Keys};
+use crypto::{KeyError, Keys, Sealed};
 use file::FileStore;
+pub use redis::RedisState;
+use redis::{Down, RedisStore};
 
 /// Why `[cache]` cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +37,39 @@ pub enum CacheError {
     /// `encryption_key` is not a usable key.
     #[error("{0}")]
     Key(#[from] KeyError),
+    /// `redis_url` is not usable.
+    #[error("{0}")]
+    Redis(#[from] ::redis::RedisError),
+}
+
+/// A value found in the cache.
+#[derive(Debug)]
+pub struct Found {
+    /// The value, opened.
+    pub plain: Vec<u8>,
+}
+
+/// What [`TokenCache::get`] saw on Redis, for [`TokenCache::publish`] to
+/// compare against: the entry as stored (`None`: none), or nothing known.
+#[derive(Debug, Clone, Default)]
+pub struct Seen(Option<Option<String>>);
+
+/// The outcome of [`TokenCache::lock`].
+#[derive(Debug)]
+pub enum Lock {
+    /// This replica renews; the lock's value, for its release.
+    Taken(String),
+    /// Another replica is renewing.
+    Busy,
+    /// Nothing to share with (no Redis, or Redis down): renew alone.
+    Alone,
 }
 
 /// The configured cache: keys, and where values are stored.
 #[derive(Debug)]
 pub struct TokenCache {
     keys: Keys,
+    redis: Option<RedisStore>,
     file: Option<FileStore>,
     /// The last problem logged at WARN.
     warned: Mutex<Option<String>>,
@@ -49,44 +82,113 @@ impl TokenCache {
             Some(reference) => reference.resolve(env)?,
             None => return Err(KeyError::Length { index: 1, len: 0 }.into()),
         };
+        let redis = config.redis_url.as_ref();
+        let redis = redis.map(|url| RedisStore::new(url.expose(), &config.key_prefix));
         Ok(TokenCache {
             keys: Keys::parse(&secret)?,
+            redis: redis.transpose()?,
             file: config.file.clone().map(FileStore::new),
             warned: Mutex::new(None),
         })
     }
 
-    /// The plaintext stored under `key`, if any opens.
-    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let file = self.file.as_ref()?;
-        let sealed = match file.get(key) {
-            Ok(sealed) => sealed?,
+    /// Redis's state, when one is configured.
+    pub fn redis_state(&self) -> Option<RedisState> {
+        self.redis.as_ref().map(RedisStore::state)
+    }
+
+    /// The value stored under `id`, if any opens, and what Redis held.
+    pub async fn get(&self, id: &str) -> (Option<Found>, Seen) {
+        let mut seen = Seen::default();
+        if let Some(redis) = &self.redis
+            && let Ok(stored) = redis.get(id).await
+        {
+            seen = Seen(Some(stored.clone()));
+            let sealed = stored.and_then(|text| serde_json::from_str::<Sealed>(&text).ok());
+            if let Some(plain) = sealed.and_then(|sealed| self.unseal(id, &sealed, "Redis")) {
+                return (Some(Found { plain }), seen);
+            }
+        }
+        let Some(file) = &self.file else {
+            return (None, seen);
+        };
+        let sealed = match file.get(id) {
+            Ok(sealed) => sealed,
             Err(e) => {
                 self.warn(format!("{e}; ignoring it"));
-                return None;
-            }
-        };
-        match self.keys.open(key, &sealed) {
-            Ok(plain) => Some(plain),
-            Err(e) => {
-                let path = file.path().display();
-                self.warn(format!(
-                    "a cached token in {path} is ignored: {e}; a new token is fetched"
-                ));
                 None
             }
+        };
+        let where_ = file.path().display().to_string();
+        let plain = sealed.and_then(|sealed| self.unseal(id, &sealed, &where_));
+        (plain.map(|plain| Found { plain }), seen)
+    }
+
+    /// Take the renewal lock of `id` for `ttl` (the longest a renewal takes).
+    pub async fn lock(&self, id: &str, ttl: Duration) -> Lock {
+        match &self.redis {
+            None => Lock::Alone,
+            Some(redis) => match redis.lock(id, ttl).await {
+                Ok(Some(value)) => Lock::Taken(value),
+                Ok(None) => Lock::Busy,
+                Err(Down) => Lock::Alone,
+            },
         }
     }
 
-    /// Store `plain` under `key` until `expires`.
-    pub async fn put(&self, key: &str, plain: &[u8], expires: SystemTime) {
-        let Some(file) = &self.file else { return };
-        let Some(sealed) = self.keys.seal(key, plain) else {
+    /// Release the lock `lock` took, if it did.
+    pub async fn unlock(&self, id: &str, lock: &Lock) {
+        if let (Some(redis), Lock::Taken(value)) = (&self.redis, lock) {
+            redis.unlock(id, value).await;
+        }
+    }
+
+    /// Store `plain` under `id` until `expires`: on Redis only if the entry
+    /// still holds what `seen` saw (a fleet replaces a token once), in the
+    /// file always. Whether Redis took it (`None`: no Redis to ask).
+    pub async fn publish(
+        &self,
+        id: &str,
+        plain: &[u8],
+        expires: SystemTime,
+        seen: &Seen,
+    ) -> Option<bool> {
+        let Some(sealed) = self.keys.seal(id, plain) else {
             self.warn("the system's random source failed; the token is not cached".into());
-            return;
+            return None;
         };
-        if let Err(e) = file.put(key, sealed, expires) {
+        let mut shared = None;
+        if let Some(redis) = &self.redis
+            && let Ok(text) = serde_json::to_string(&sealed)
+        {
+            let ttl = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            let expected = seen.0.as_ref().map(Option::as_deref);
+            // Nothing seen (Redis was down): only where there is no entry.
+            let expected = expected.unwrap_or(None);
+            if !ttl.is_zero() {
+                shared = redis.put_if(id, expected, &text, ttl).await.ok();
+            }
+        }
+        if let Some(file) = &self.file
+            && let Err(e) = file.put(id, sealed, expires)
+        {
             self.warn(format!("{e}; the token is not cached"));
+        }
+        shared
+    }
+
+    /// Open `sealed`, stored `where_` under `id`; a failure is logged.
+    fn unseal(&self, id: &str, sealed: &Sealed, where_: &str) -> Option<Vec<u8>> {
+        match self.keys.open(id, sealed) {
+            Ok(plain) => Some(plain),
+            Err(e) => {
+                self.warn(format!(
+                    "a cached token in {where_} is ignored: {e}; a new token is fetched"
+                ));
+                None
+            }
         }
     }
 

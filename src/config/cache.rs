@@ -1,5 +1,5 @@
-//! `[cache]`: where tokens outlive the process — an encrypted restart
-//! file — and the key they are encrypted with. What is stored and how is
+//! `[cache]`: where tokens outlive the process — a Redis shared by the
+//! fleet, an encrypted restart file — and the key they are encrypted with. What is stored and how is
 //! [`crate::cache`]'s.
 
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use super::error::Key;
 use super::source::Source;
-use super::value::{File, via_some};
-use crate::secret::SecretRef;
+use super::value::{File, RedisUrl, via_some};
+use crate::secret::{Secret, SecretRef};
 
 /// `[cache]`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -18,9 +18,19 @@ pub struct CacheConfig {
     /// `file`: the restart cache (mode 0600, replaced atomically).
     #[serde(default, deserialize_with = "via_some::<_, File, _>")]
     pub file: Option<PathBuf>,
+    /// `redis_url`: `redis://` or `rediss://`, shared by the fleet.
+    #[serde(default, deserialize_with = "via_some::<_, RedisUrl, _>")]
+    pub redis_url: Option<Secret>,
+    /// `key_prefix` of every Redis key (default `sidekey:`).
+    #[serde(default = "prefix")]
+    pub key_prefix: String,
     /// `encryption_key`: 32 bytes, base64 (several, comma-separated: the
     /// first encrypts, every one decrypts). Required.
     pub encryption_key: Option<SecretRef>,
+}
+
+fn prefix() -> String {
+    "sidekey:".to_owned()
 }
 
 /// Read `[cache]` when written: a relative `file` against the configuration
@@ -66,7 +76,25 @@ mod tests {
         let unknown = err(&format!(
             "{BASE}\n[cache]\nencryption_key = \"k\"\nfiel = \"x\"\n"
         ));
-        assert!(unknown.to_string().contains("expected `file`"), "{unknown}");
+        assert!(unknown.to_string().contains("`file`"), "{unknown}");
         assert!(ok(BASE).cache.is_none());
+    }
+
+    #[test]
+    fn redis_url_is_redis_or_rediss_and_never_shown() {
+        let with = |url: &str| {
+            format!("{BASE}\n[cache]\nredis_url = \"{url}\"\nencryption_key = {{ env = \"K\" }}\n")
+        };
+        let cache = ok(&with("rediss://:hunter2@redis.example:6380/0"))
+            .cache
+            .expect("[cache]");
+        assert_eq!(cache.key_prefix, "sidekey:");
+        let url = cache.redis_url.as_ref().expect("redis_url");
+        assert_eq!(url.expose(), "rediss://:hunter2@redis.example:6380/0");
+        assert!(!format!("{cache:?}").contains("hunter2"));
+        let http = err(&with("https://:hunter2@redis.example"));
+        assert_eq!(http.key.as_str(), "cache.redis_url");
+        assert!(http.to_string().contains("redis:// or rediss://"), "{http}");
+        assert!(!http.to_string().contains("hunter2"), "{http}");
     }
 }

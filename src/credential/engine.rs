@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use super::handle::{CredentialHandle, EngineSettings, Published, State};
 use super::provider::{FetchError, Provider, Token};
 use super::report::{LastAttempt, RenewalReason};
-use super::stored::Stored;
+use super::stored::{Claim, Stored};
 use super::timing::{
     BACKOFF_MAX, RETRY_FLOOR, backoff_delay, renewal_delay, retry_delay, safety_margin,
 };
@@ -162,27 +162,31 @@ async fn run<P: Provider>(
     loop {
         // The rejected generation this attempt answers.
         let covering = handle.renewing();
-        // A cached token that is not due (nor the one held) saves a request.
-        let stored = match &settings.store {
-            Some(store) if !on_rejection => {
-                store
-                    .load(held.as_ref().map(|held| &held.token.value))
-                    .await
+        // A cached token that is not due (nor the one held or rejected)
+        // saves a request; with Redis, one replica requests for the fleet.
+        let claim = match &settings.store {
+            Some(store) => {
+                let held = held.as_ref().map(|held| &held.token.value);
+                Some(store.claim(held, settings.fetch_timeout).await)
             }
-            _ => None,
+            None => None,
         };
-        let restored = stored.is_some();
-        let (result, sent) = match stored {
-            Some(stored) => {
+        let restored = matches!(claim, Some(Claim::Adopt(_)));
+        let (result, sent) = match claim {
+            Some(Claim::Adopt(stored)) => {
                 let (token, sent) = adopt(stored);
                 (Ok(token), sent)
             }
-            None => {
+            ticket => {
                 let sent = Instant::now();
-                (
-                    fetch(&*provider, held.as_ref(), on_rejection, &handle, &settings).await,
-                    sent,
-                )
+                let result =
+                    fetch(&*provider, held.as_ref(), on_rejection, &handle, &settings).await;
+                if let (Some(store), Some(Claim::Fetch(ticket))) = (&settings.store, ticket) {
+                    store
+                        .settle(ticket, result.as_ref().ok(), sent.elapsed())
+                        .await;
+                }
+                (result, sent)
             }
         };
 
@@ -280,9 +284,6 @@ async fn run<P: Provider>(
                             RefreshOutcome::Success,
                             reason.as_str(),
                         );
-                        if let Some(store) = &settings.store {
-                            store.save(&token, sent.elapsed()).await;
-                        }
                     }
                     held = Some(Held {
                         token,

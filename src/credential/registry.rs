@@ -17,7 +17,7 @@ use super::handle::{CredentialHandle, EngineSettings};
 use super::provider::{FetchError, Provider, Token};
 use super::report::RenewalReason;
 use super::stored::TokenStore;
-use crate::cache::TokenCache;
+use crate::cache::{RedisState, TokenCache};
 use crate::config::{CacheConfig, Config, CredentialConfig};
 use crate::metrics::Metrics;
 use crate::secret::{EnvSource, SecretRef};
@@ -80,6 +80,8 @@ pub struct Credentials {
     engines: BTreeMap<String, Arc<Engine>>,
     /// Names of the engines taken over from a previous configuration.
     taken_over: BTreeSet<String>,
+    /// The `[cache]` the engines use, if any.
+    cache: Option<Arc<TokenCache>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -118,6 +120,7 @@ impl Credentials {
         previous: Option<&Credentials>,
     ) -> Result<Credentials, TlsError> {
         let mut credentials = Credentials::default();
+        // Opened when an engine starts; engines taken over keep theirs.
         let mut cache = None;
         for (name, credential) in &config.credentials {
             let reusable = previous
@@ -149,6 +152,11 @@ impl Credentials {
             }
             credentials.start_engine(name, provider, settings, metrics, Some(origin));
         }
+        credentials.cache = match cache {
+            Some(opened) => opened,
+            None => previous.and_then(|previous| previous.cache.clone()),
+        }
+        .filter(|_| config.cache.is_some());
         Ok(credentials)
     }
 
@@ -211,6 +219,11 @@ impl Credentials {
             .map(String::as_str)
     }
 
+    /// The state of the `[cache]`'s Redis, when one is configured.
+    pub fn redis_state(&self) -> Option<RedisState> {
+        self.cache.as_ref()?.redis_state()
+    }
+
     /// The handle of credential `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<CredentialHandle>> {
         self.engines.get(name).map(|engine| &engine.handle)
@@ -231,7 +244,7 @@ fn open_cache(config: &Config) -> Option<Arc<TokenCache>> {
     match TokenCache::open(cache, &*config.env) {
         Ok(cache) => Some(Arc::new(cache)),
         Err(e) => {
-            tracing::error!("[cache] is not used: encryption_key: {e}");
+            tracing::error!("[cache] is not used: {e}");
             None
         }
     }

@@ -8,9 +8,12 @@
 //! whatever the credential's name; the client id and API key are only ever
 //! hashed. Static credentials are not cached (their token is the file's).
 //!
-//! [`TokenStore::load`] adopts a stored token only while it is not due
-//! for renewal ([`super::timing::due`]) and is not the one the engine
-//! already holds; [`TokenStore::save`] stores one until its expiry.
+//! The engine calls it twice per token request: [`TokenStore::claim`]
+//! before (adopt a stored token that is not due for renewal
+//! ([`super::timing::due`]) and is not the one it holds or saw rejected;
+//! else, with Redis, take the fleet's renewal lock or wait for the replica
+//! holding it), and [`TokenStore::settle`] after (store the new token until
+//! its expiry, compare-and-set on Redis; release the lock).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,10 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderName, HeaderValue, Uri};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::provider::Token;
 use super::timing;
-use crate::cache::TokenCache;
+use crate::cache::{Lock, Seen, TokenCache};
 use crate::config::{CredentialConfig, CredentialKind, InbentaKey};
 use crate::secret::{EnvSource, Secret};
 
@@ -48,18 +52,35 @@ pub struct Stored {
     pub age: Duration,
 }
 
+/// How often a replica waiting on another's renewal reads the entry again.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// What to do before a token request ([`TokenStore::claim`]).
+#[derive(Debug)]
+pub enum Claim {
+    /// Use this stored token; no request.
+    Adopt(Stored),
+    /// Request one, then hand the ticket to [`TokenStore::settle`].
+    Fetch(Ticket),
+}
+
+/// Leave to make a token request: what the entry held, and the lock taken.
+#[derive(Debug)]
+pub struct Ticket {
+    seen: Seen,
+    lock: Lock,
+}
+
 /// One credential's entry in the cache.
 pub struct TokenStore {
     cache: Arc<TokenCache>,
-    key: String,
+    id: String,
     refresh_before: Option<Duration>,
 }
 
 impl fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenStore")
-            .field("key", &self.key)
-            .finish()
+        f.debug_struct("TokenStore").field("id", &self.id).finish()
     }
 }
 
@@ -96,19 +117,67 @@ impl TokenStore {
             ]),
         }
         let hash = digest(&SHA256, identity.join("\0").as_bytes());
-        let key = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let id = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Some(TokenStore {
             cache: Arc::clone(cache),
-            key,
+            id,
             refresh_before: config.refresh_before,
         })
     }
 
-    /// The stored token, unless there is none, it is due for renewal, or it
-    /// is `held` (the engine's own, which it is renewing).
-    pub async fn load(&self, held: Option<&Secret>) -> Option<Stored> {
-        let plain = self.cache.get(&self.key).await?;
-        let entry: Entry = serde_json::from_slice(&plain).ok()?;
+    /// Before a token request: a stored token to adopt (one not due for
+    /// renewal that is not `held`, the engine's own or the rejected one), or
+    /// a ticket to fetch one. With Redis, the fetch is this replica's only if
+    /// it takes the renewal lock (for `lock_for`, the longest a fetch may
+    /// take); while another replica holds it, the entry is read again every
+    /// [`POLL`] until a token comes or `lock_for` ends.
+    pub async fn claim(&self, held: Option<&Secret>, lock_for: Duration) -> Claim {
+        let deadline = Instant::now() + lock_for;
+        loop {
+            let (found, seen) = self.cache.get(&self.id).await;
+            if let Some(stored) = found.and_then(|found| self.adoptable(&found.plain, held)) {
+                return Claim::Adopt(stored);
+            }
+            let lock = match self.cache.lock(&self.id, lock_for).await {
+                Lock::Busy if Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                Lock::Busy => Lock::Alone,
+                lock => lock,
+            };
+            if let Lock::Taken(_) = lock {
+                // Another replica may have published between the read and the lock.
+                let (found, seen) = self.cache.get(&self.id).await;
+                if let Some(stored) = found.and_then(|found| self.adoptable(&found.plain, held)) {
+                    self.cache.unlock(&self.id, &lock).await;
+                    return Claim::Adopt(stored);
+                }
+                return Claim::Fetch(Ticket { seen, lock });
+            }
+            return Claim::Fetch(Ticket { seen, lock });
+        }
+    }
+
+    /// After the token request `ticket` allowed: store the `token` obtained
+    /// (whose request was sent `age` ago) until its expiry — on Redis only
+    /// if the entry is still what the claim saw — and release the lock.
+    /// Tokens without expiry are not stored.
+    pub async fn settle(&self, ticket: Ticket, token: Option<&Token>, age: Duration) {
+        if let Some((plain, expires)) = token.and_then(|token| entry(token, age)) {
+            let shared = (self.cache)
+                .publish(&self.id, &plain, expires, &ticket.seen)
+                .await;
+            if shared == Some(false) {
+                tracing::debug!("token cache: another replica replaced the entry first");
+            }
+        }
+        self.cache.unlock(&self.id, &ticket.lock).await;
+    }
+
+    /// The token `plain` holds, if it is worth adopting instead of `held`.
+    fn adoptable(&self, plain: &[u8], held: Option<&Secret>) -> Option<Stored> {
+        let entry: Entry = serde_json::from_slice(plain).ok()?;
         let obtained = UNIX_EPOCH.checked_add(Duration::from_millis(entry.obtained_ms))?;
         // A clock behind the one that stored it counts the token as new.
         let age = SystemTime::now()
@@ -139,39 +208,31 @@ impl TokenStore {
         };
         Some(Stored { token, age })
     }
+}
 
-    /// Store `token`, whose request was sent `age` ago, until it expires.
-    /// Tokens without expiry are not stored.
-    pub async fn save(&self, token: &Token, age: Duration) {
-        let Some(lifetime) = token.lifetime else {
-            return;
-        };
-        let obtained = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
-        let headers = token.headers.iter();
-        let headers = headers
-            .map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())));
-        // A header that is not text cannot be stored, nor the token without it.
-        let Some(headers) = headers.collect::<Option<Vec<_>>>() else {
-            return;
-        };
-        let apis = token.apis.as_ref().map(|apis| {
-            let apis = apis.iter();
-            apis.map(|(name, url)| (name.clone(), url.to_string()))
-                .collect()
-        });
-        let entry = Entry {
-            value: token.value.expose().to_owned(),
-            headers,
-            apis,
-            obtained_ms: millis(obtained),
-            lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
-        };
-        let Ok(plain) = serde_json::to_vec(&entry) else {
-            return;
-        };
-        let expires = obtained.checked_add(lifetime).unwrap_or(obtained);
-        self.cache.put(&self.key, &plain, expires).await;
-    }
+/// `token` (requested `age` ago) as stored, and when it expires; `None`
+/// for a token without expiry or with a header that is not text.
+fn entry(token: &Token, age: Duration) -> Option<(Vec<u8>, SystemTime)> {
+    let lifetime = token.lifetime?;
+    let obtained = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+    let headers = token.headers.iter();
+    let headers = headers
+        .map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())));
+    let headers = headers.collect::<Option<Vec<_>>>()?;
+    let apis = token.apis.as_ref().map(|apis| {
+        let apis = apis.iter();
+        apis.map(|(name, url)| (name.clone(), url.to_string()))
+            .collect()
+    });
+    let entry = Entry {
+        value: token.value.expose().to_owned(),
+        headers,
+        apis,
+        obtained_ms: millis(obtained),
+        lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
+    };
+    let plain = serde_json::to_vec(&entry).ok()?;
+    Some((plain, obtained.checked_add(lifetime).unwrap_or(obtained)))
 }
 
 fn millis(at: SystemTime) -> u64 {

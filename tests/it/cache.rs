@@ -157,3 +157,27 @@ async fn a_cached_token_due_for_renewal_is_not_used() {
     let bearer = format!("Bearer {}", issued.last().expect("issued"));
     assert_eq!(last.header("authorization"), Some(bearer.as_str()));
 }
+
+#[tokio::test]
+async fn an_encryption_key_that_is_not_32_bytes_is_refused_before_start() {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = OAuthServer::start(OAuthBehaviour::default()).await;
+    let file = cache_dir("bad-key").join("tokens");
+    let short = config(&token, &upstream, &file, "c2hvcnQ=");
+    let error = short
+        .checked()
+        .expect_err("a 5-byte key is refused")
+        .to_string();
+    assert!(error.contains("cache.encryption_key"), "{error}");
+    assert!(error.contains("5 bytes long; AES-256 needs 32"), "{error}");
+    assert!(
+        !error.contains("c2hvcnQ="),
+        "the key is never shown: {error}"
+    );
+    let unset = config(&token, &upstream, &file, KEY_A).env("CACHE_KEY", "");
+    let error = unset
+        .checked()
+        .expect_err("an empty key is refused")
+        .to_string();
+    assert!(error.contains("cache.encryption_key"), "{error}");
+}

@@ -25,6 +25,7 @@ mod cache;
 mod cli;
 mod deploy;
 mod docs;
+mod fleet;
 mod hostile;
 mod inbenta;
 mod lifecycle;

@@ -1,0 +1,258 @@
+//! `[cache] redis_url`: replicas share one token per credential through a
+//! real Redis (`redis-server` on a free port). Each replica is an in-process
+//! sidekey with its own engines; they share one token endpoint, one
+//! upstream and one Redis. Real time (Redis runs outside the runtime), so
+//! tokens last 1 s and runs a few seconds.
+//!
+//! 1 s tokens are renewed at half their life minus up to 5 % jitter: a
+//! replica alone renews every 0.45–0.5 s, so one renewal per period for
+//! the whole fleet means at most `run / 0.45 s + 1` token requests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::config::{TestConfig, oauth2, route, toml_str};
+use crate::support::logs::capture;
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Shortest renewal period of a 1 s token (half its life, minus 5 % jitter).
+const PERIOD: Duration = Duration::from_millis(450);
+
+/// One OAuth credential on `token`, one route to `upstream`, tokens shared on `redis`.
+fn config(token: &OAuthServer, upstream: &Upstream, redis: &RedisServer) -> TestConfig {
+    TestConfig::new()
+        .with(oauth2("api", &token.url()))
+        .with(route(&upstream.url(), "api"))
+        .line(
+            "[cache]",
+            &format!(
+                "redis_url = {}\nkey_prefix = \"it:\"\nencryption_key = {{ env = \"CACHE_KEY\" }}",
+                toml_str(&redis.url())
+            ),
+        )
+        .env("CLIENT_ID", "test-client")
+        .env("CLIENT_SECRET", "test-client-secret")
+        .env("CACHE_KEY", KEY)
+        .admin()
+}
+
+/// A token endpoint whose tokens last `secs` seconds.
+async fn token_server(secs: u64) -> OAuthServer {
+    OAuthServer::start(OAuthBehaviour {
+        expires_in: Some(json!(secs)),
+        ..OAuthBehaviour::default()
+    })
+    .await
+}
+
+/// `n` replicas, each with its first token.
+async fn fleet(n: usize, config: &TestConfig) -> Vec<Arc<TestProxy>> {
+    let mut replicas = Vec::with_capacity(n);
+    for _ in 0..n {
+        let proxy = config.start().await;
+        proxy.wait_for_tokens().await;
+        replicas.push(Arc::new(proxy));
+    }
+    replicas
+}
+
+/// Requests answered 200, and what every other answer said.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    failed: Mutex<Vec<String>>,
+}
+
+/// Every replica sends a request every 20 ms for `run`.
+async fn traffic(replicas: &[Arc<TestProxy>], run: Duration) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    let until = tokio::time::Instant::now() + run;
+    let tasks: Vec<_> = replicas
+        .iter()
+        .map(|proxy| {
+            let (proxy, tally) = (Arc::clone(proxy), Arc::clone(&tally));
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    let response = proxy.get("/v1/items").await;
+                    match response.status.as_u16() {
+                        200 => tally.ok.fetch_add(1, Ordering::Relaxed),
+                        status => {
+                            let text = format!("{status} {}", response.text());
+                            tally.failed.lock().unwrap().push(text);
+                            0
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("traffic task");
+    }
+    tally
+}
+
+/// At most this many token requests in `run` for one renewal per period, with 20 % slack.
+fn one_per_period(run: Duration) -> usize {
+    let periods = run.as_secs_f64() / PERIOD.as_secs_f64() + 1.0;
+    (periods * 1.2).floor() as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_replicas_make_one_renewal_per_period_for_the_whole_fleet() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    let replicas = fleet(10, &config(&token, &upstream, &redis)).await;
+    let started = token.calls();
+    assert!(
+        started <= 2,
+        "ten replicas starting made {started} token requests"
+    );
+
+    let run = Duration::from_secs(6);
+    let tally = traffic(&replicas, run).await;
+    let renewals = token.calls() - started;
+    let failed = tally.failed.lock().unwrap().clone();
+    let ok = tally.ok.load(Ordering::Relaxed);
+    eprintln!(
+        "fleet of 10, 1 s tokens, {run:?}: {started} token requests at start, {renewals} renewals \
+         ({:.2} per second), {ok} requests ok, {} failed",
+        renewals as f64 / run.as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 1000, "traffic flowed: {ok}");
+    let bound = one_per_period(run);
+    assert!(
+        renewals <= bound,
+        "{renewals} renewals in {run:?}: one per period for the fleet allows {bound} \
+         (ten replicas on their own would make about {})",
+        10 * bound
+    );
+    let keys = redis.keys();
+    assert!(
+        keys.iter()
+            .any(|key| key.starts_with("it:{") && key.ends_with("}:token")),
+        "{keys:?}"
+    );
+    let stored = redis.cli(&["GET", keys.iter().find(|k| k.ends_with(":token")).unwrap()]);
+    let issued = token.last_token().expect("issued");
+    assert!(
+        !stored.contains(&issued),
+        "the entry is encrypted: {stored}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redis_killed_mid_run_fails_no_request_and_sharing_resumes() {
+    let (logs, _guard) = capture();
+    let mut redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    let replicas = Arc::new(fleet(5, &config(&token, &upstream, &redis)).await);
+
+    let driving = {
+        let replicas = Arc::clone(&replicas);
+        tokio::spawn(async move { traffic(&replicas, Duration::from_secs(8)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill();
+    let before_outage = token.calls();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let during_outage = token.calls() - before_outage;
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(readyz.status, 200, "Redis down is no readiness failure");
+    assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
+    redis.restart();
+    // Replicas try Redis again within their backoff (at most 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resumed_at = token.calls();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = token.calls() - resumed_at;
+    let tally = driving.await.expect("traffic");
+
+    let failed = tally.failed.lock().unwrap().clone();
+    eprintln!(
+        "outage: {during_outage} token requests in 2 s while Redis was down (5 replicas), \
+         {after} in 2 s once it was back; {} ok, {} failed",
+        tally.ok.load(Ordering::Relaxed),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        during_outage > one_per_period(Duration::from_secs(2)),
+        "while Redis was down each replica renewed for itself: {during_outage}"
+    );
+    let bound = one_per_period(Duration::from_secs(2));
+    assert!(
+        after <= bound,
+        "sharing resumed: {after} token requests in 2 s (≤ {bound})"
+    );
+    let down = logs.lines_with(&["WARN", "Redis unavailable"]);
+    assert_eq!(down.len(), 5, "one WARN per replica:\n{}", logs.text());
+    let back = logs.lines_with(&["Redis is reachable again"]);
+    assert_eq!(back.len(), 5, "{}", logs.text());
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_renewed_once_for_the_fleet() {
+    let redis = RedisServer::start();
+    let revoked: Arc<Mutex<Option<String>>> = Arc::default();
+    let upstream = {
+        let revoked = Arc::clone(&revoked);
+        Upstream::start(UpstreamOpts::plain().respond(move |request| {
+            let bearer = request.header("authorization").unwrap_or_default();
+            match revoked.lock().unwrap().as_deref() {
+                Some(token) if bearer == format!("Bearer {token}") => Reply::status(401),
+                _ => Reply::status(200),
+            }
+        }))
+        .await
+    };
+    let token = token_server(3600).await;
+    let replicas = fleet(5, &config(&token, &upstream, &redis)).await;
+    assert_eq!(
+        token.calls(),
+        1,
+        "the first replica's token serves the fleet"
+    );
+
+    *revoked.lock().unwrap() = token.last_token();
+    let answers: Vec<_> = replicas
+        .iter()
+        .map(|proxy| {
+            let proxy = Arc::clone(proxy);
+            tokio::spawn(async move { proxy.get("/v1/items").await })
+        })
+        .collect();
+    for answer in answers {
+        let response = answer.await.expect("request");
+        assert_eq!(
+            response.status,
+            200,
+            "retried with the new token: {}",
+            response.text()
+        );
+    }
+    assert_eq!(
+        token.calls(),
+        2,
+        "five replicas saw the token rejected; one renewed it for all"
+    );
+    // A replica that starts later adopts the new token.
+    let late = config(&token, &upstream, &redis).start().await;
+    assert_eq!(late.get("/v1/items").await.status, 200);
+    assert_eq!(token.calls(), 2);
+}
