@@ -1,6 +1,8 @@
-//! The fleet's shared store on Redis (`[cache] redis_url`, standalone;
-//! `redis://` or `rediss://`): sealed entries, renewal locks, and the health
-//! of the connection.
+//! The fleet's shared store on Redis (`[cache] redis_url`, `redis://` or
+//! `rediss://`): sealed entries, renewal locks, and the health of the
+//! connection. Standalone or Redis Cluster, found out when connecting (`INFO
+//! cluster`): a cluster is reached through all its nodes, the URL's being
+//! the first asked.
 //!
 //! Keys, under `key_prefix`: `PREFIX{ID}:token` holds an entry until the
 //! token's expiry (`PX`); `PREFIX{ID}:lock` is a renewal lock (`SET NX PX`
@@ -19,8 +21,10 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use tokio::time::Instant;
 
 /// Longest one Redis operation may take, connecting included.
@@ -63,7 +67,7 @@ pub struct RedisStore {
     config: AsyncConnectionConfig,
     /// The open connection (multiplexed: every engine shares it); dropped
     /// after any failure, made again by the next operation.
-    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    connection: tokio::sync::Mutex<Option<Connection>>,
     prefix: String,
     health: Mutex<Health>,
     release: Script,
@@ -100,14 +104,30 @@ impl RedisStore {
     }
 
     /// The open connection, or a new one.
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn connection(&self) -> Result<Connection, RedisError> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = &*slot {
             return Ok(connection.clone());
         }
-        let connection = (self.client)
+        let mut single = (self.client)
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut single)
+            .await?;
+        let connection = match info.contains("cluster_enabled:1") {
+            false => Connection::Single(single),
+            true => {
+                let info = self.client.get_connection_info().clone();
+                let cluster = ClusterClient::builder([info])
+                    .connection_timeout(OP_TIMEOUT)
+                    .response_timeout(OP_TIMEOUT)
+                    .retries(1)
+                    .build()?;
+                Connection::Cluster(cluster.get_async_connection().await?)
+            }
+        };
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -186,7 +206,7 @@ impl RedisStore {
     /// [`OP_TIMEOUT`], and note how it went.
     async fn run<T, F: Future<Output = Result<T, RedisError>>>(
         &self,
-        operation: impl FnOnce(MultiplexedConnection) -> F,
+        operation: impl FnOnce(Connection) -> F,
     ) -> Result<T, Down> {
         if self.backing_off() {
             return Err(Down);
@@ -232,6 +252,41 @@ impl RedisStore {
             .down
             .as_ref()
             .is_some_and(|(_, retry_at)| Instant::now() < *retry_at)
+    }
+}
+
+/// A connection to a standalone server or to a cluster.
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(single) => single.req_packed_command(cmd),
+            Connection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(single) => single.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(single) => single.get_db(),
+            Connection::Cluster(cluster) => cluster.get_db(),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::support::config::{TestConfig, oauth2, route, toml_str};
 use crate::support::logs::capture;
 use crate::support::proxy::TestProxy;
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
 
@@ -28,14 +28,20 @@ const PERIOD: Duration = Duration::from_millis(450);
 
 /// One OAuth credential on `token`, one route to `upstream`, tokens shared on `redis`.
 fn config(token: &OAuthServer, upstream: &Upstream, redis: &RedisServer) -> TestConfig {
+    config_on(token, upstream, &redis.url(), "it:")
+}
+
+/// [`config`] with Redis at `url` and keys under `prefix`.
+fn config_on(token: &OAuthServer, upstream: &Upstream, url: &str, prefix: &str) -> TestConfig {
     TestConfig::new()
         .with(oauth2("api", &token.url()))
         .with(route(&upstream.url(), "api"))
         .line(
             "[cache]",
             &format!(
-                "redis_url = {}\nkey_prefix = \"it:\"\nencryption_key = {{ env = \"CACHE_KEY\" }}",
-                toml_str(&redis.url())
+                "redis_url = {}\nkey_prefix = {}\nencryption_key = {{ env = \"CACHE_KEY\" }}",
+                toml_str(url),
+                toml_str(prefix)
             ),
         )
         .env("CLIENT_ID", "test-client")
@@ -255,4 +261,40 @@ async fn a_revoked_token_is_renewed_once_for_the_fleet() {
     let late = config(&token, &upstream, &redis).start().await;
     assert_eq!(late.get("/v1/items").await.status, 200);
     assert_eq!(token.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_is_shared_through_any_of_its_nodes() {
+    let cluster = RedisCluster::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    // `{x}` is the keys' hash tag: slot 16287, on the third node, so the
+    // first node (the URL's) answers MOVED and only cluster routing works.
+    let first = &cluster.nodes[0];
+    let config = config_on(&token, &upstream, &first.url(), "it{x}:");
+    let replicas = fleet(5, &config).await;
+    let started = token.calls();
+    let run = Duration::from_secs(3);
+    let tally = traffic(&replicas, run).await;
+    let renewals = token.calls() - started;
+    let failed = tally.failed.lock().unwrap().clone();
+    eprintln!(
+        "cluster: 5 replicas, {started} token requests at start, {renewals} renewals in {run:?}"
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        started <= 2 && renewals <= one_per_period(run),
+        "{started} + {renewals}"
+    );
+    let keys = cluster.nodes[2].keys();
+    let entry = keys
+        .iter()
+        .find(|key| key.ends_with(":token"))
+        .expect("the entry on node 3");
+    assert!(
+        first.cli(&["GET", entry]).contains("MOVED"),
+        "the first node does not hold it"
+    );
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
 }

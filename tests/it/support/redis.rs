@@ -1,6 +1,7 @@
 //! A real Redis for the `[cache] redis_url` tests: Debian's `redis-server`
 //! as a child process on a free loopback port, without persistence, killed
-//! when dropped. [`RedisServer::kill`] and [`RedisServer::restart`] (same
+//! when dropped; or three of them made a Redis Cluster ([`RedisCluster`],
+//! `redis-cli --cluster create`). [`RedisServer::kill`] and [`RedisServer::restart`] (same
 //! port, empty) play an outage. `.ci/run` installs `redis-server` when it
 //! is missing; a machine without it fails these tests saying so.
 
@@ -12,16 +13,30 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (cluster mode).
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Start one on a free port and wait until it answers.
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new())
+    }
+
+    fn start_with(args: Vec<String>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
-        let mut server = RedisServer { port, child: None };
+        let args = args
+            .iter()
+            .map(|arg| arg.replace("PORT", &port.to_string()));
+        let args = args.collect();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            args,
+        };
         server.restart();
         server
     }
@@ -45,6 +60,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -97,5 +113,67 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Three `redis-server`s in cluster mode, their slots shared out by
+/// `redis-cli --cluster create` (no replicas): 0–5460 on the first,
+/// 5461–10922 on the second, 10923–16383 on the third.
+pub struct RedisCluster {
+    /// The nodes, in slot order.
+    pub nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Start the nodes and wait until the cluster says `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "sidekey-it-redis-cluster-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let node = |_| {
+            let args = ["--cluster-enabled", "yes", "--cluster-config-file"];
+            let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            args.push(dir.join("nodes-PORT.conf").to_string_lossy().into_owned());
+            args.extend(["--dir".to_owned(), dir.to_string_lossy().into_owned()]);
+            RedisServer::start_with(args)
+        };
+        let nodes: Vec<RedisServer> = (0..3).map(node).collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !nodes
+            .iter()
+            .all(|node| node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { nodes, dir }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
