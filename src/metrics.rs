@@ -275,18 +275,18 @@ impl Metrics {
         }
     }
 
-    /// Set whether the `[cache]`'s Redis answers (called at scrape time);
+    /// Set whether the `[cache]`'s Redis answers (`store="redis"`) (called at scrape time);
     /// `None` (no Redis configured) removes the series.
     pub fn set_cache_redis_up(&self, up: Option<bool>) {
         match up {
             Some(up) => {
                 self.0
                     .redis_up
-                    .get_or_create(&Vec::new())
+                    .get_or_create(&redis_label())
                     .set(i64::from(up));
             }
             None => {
-                self.0.redis_up.remove(&Vec::new());
+                self.0.redis_up.remove(&redis_label());
             }
         }
     }
@@ -373,6 +373,11 @@ impl RouteMetrics {
             })
             .inc();
     }
+}
+
+/// The label of `sidekey_cache_redis_up`'s one series.
+fn redis_label() -> Vec<(String, String)> {
+    vec![("store".to_owned(), "redis".to_owned())]
 }
 
 #[cfg(test)]

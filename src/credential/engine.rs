@@ -162,6 +162,7 @@ async fn run<P: Provider>(
     loop {
         // The rejected generation this attempt answers.
         let covering = handle.renewing();
+        handle.state.rcu(|state| state.with_attempt(true, None));
         // A cached token that is not due (nor the one held or rejected)
         // saves a request; with Redis, one replica requests for the fleet.
         let claim = match &settings.store {
@@ -179,8 +180,7 @@ async fn run<P: Provider>(
             }
             ticket => {
                 let sent = Instant::now();
-                let result =
-                    fetch(&*provider, held.as_ref(), on_rejection, &handle, &settings).await;
+                let result = fetch(&*provider, held.as_ref(), on_rejection, &settings).await;
                 if let (Some(store), Some(Claim::Fetch(ticket))) = (&settings.store, ticket) {
                     store
                         .settle(ticket, result.as_ref().ok(), sent.elapsed())
@@ -373,14 +373,12 @@ async fn fetch<P: Provider>(
     provider: &P,
     held: Option<&Held>,
     on_rejection: bool,
-    handle: &CredentialHandle,
     settings: &EngineSettings,
 ) -> Result<Token, FetchError> {
     let now = Instant::now();
     let offered = held
         .filter(|held| !on_rejection && held.valid_at(now))
         .map(|held| &held.token);
-    handle.state.rcu(|state| state.with_attempt(true, None));
     match tokio::time::timeout(settings.fetch_timeout, provider.fetch(offered)).await {
         Ok(result) => result,
         Err(_) => Err(FetchError::Transient {

@@ -179,6 +179,13 @@ async fn redis_killed_mid_run_fails_no_request_and_sharing_resumes() {
     let readyz = replicas[0].admin_get("/readyz").await;
     assert_eq!(readyz.status, 200, "Redis down is no readiness failure");
     assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
+    let series = replicas[0].admin_get("/metrics").await.text();
+    assert!(
+        series.contains("sidekey_cache_redis_up{store=\"redis\"} 0"),
+        "{series}"
+    );
+    let page = replicas[0].admin_get("/").await.text();
+    assert!(page.contains("Redis down"), "the status page says so");
     redis.restart();
     // Replicas try Redis again within their backoff (at most 2 s).
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -210,6 +217,14 @@ async fn redis_killed_mid_run_fails_no_request_and_sharing_resumes() {
     assert_eq!(back.len(), 5, "{}", logs.text());
     let readyz = replicas[0].admin_get("/readyz").await;
     assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+    assert_eq!(
+        replicas[0]
+            .metric("sidekey_cache_redis_up{store=\"redis\"}")
+            .await,
+        1.0
+    );
+    let page = replicas[0].admin_get("/").await.text();
+    assert!(page.contains("Redis up"), "the status page says so");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
