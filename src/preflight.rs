@@ -62,14 +62,18 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
         }
     }
     if let Some(cache) = &config.cache
-        && let Err(error) = TokenCache::open(cache, &*config.env)
+        && let Err(error) = TokenCache::open(cache, &*config.env, config.tls.ca_file.as_deref())
     {
         let field = match error {
-            CacheError::Redis(_) => "redis_url",
-            CacheError::Secret(_) | CacheError::Key(_) => "encryption_key",
+            CacheError::Redis(_) => Some("redis_url"),
+            CacheError::Secret(_) | CacheError::Key(_) => Some("encryption_key"),
+            // `[tls] ca_file` has its own error below.
+            CacheError::CaFile(_) => None,
         };
-        let key = Key::new("cache").then(field);
-        errors.push(config.key_error(&key, error));
+        if let Some(field) = field {
+            let key = Key::new("cache").then(field);
+            errors.push(config.key_error(&key, error));
+        }
     }
     let ca_file = Key::new("tls").then("ca_file");
     let roots = noted(&mut errors, &config, ca_file, tls::root_store(&config.tls));

@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod file;
 pub mod redis;
 
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +41,9 @@ pub enum CacheError {
     /// `redis_url` is not usable.
     #[error("{0}")]
     Redis(#[from] ::redis::RedisError),
+    /// `[tls] ca_file`, for `rediss://`, cannot be read.
+    #[error("{0}")]
+    CaFile(#[from] crate::tls::TlsError),
 }
 
 /// A value found in the cache.
@@ -76,14 +80,19 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// The cache `[cache]` describes, its key resolved through `env`.
-    pub fn open(config: &CacheConfig, env: &dyn EnvSource) -> Result<TokenCache, CacheError> {
+    /// The cache `[cache]` describes, its key resolved through `env`;
+    /// `rediss://` trusts the system's roots and `ca_file` (`[tls]`).
+    pub fn open(
+        config: &CacheConfig,
+        env: &dyn EnvSource,
+        ca_file: Option<&Path>,
+    ) -> Result<TokenCache, CacheError> {
         let secret = match &config.encryption_key {
             Some(reference) => reference.resolve(env)?,
             None => return Err(KeyError::Length { index: 1, len: 0 }.into()),
         };
         let redis = config.redis_url.as_ref();
-        let redis = redis.map(|url| RedisStore::new(url.expose(), &config.key_prefix));
+        let redis = redis.map(|url| RedisStore::new(url.expose(), &config.key_prefix, ca_file));
         Ok(TokenCache {
             keys: Keys::parse(&secret)?,
             redis: redis.transpose()?,

@@ -18,13 +18,22 @@
 //! every engine; a failure drops it and the next operation (after the
 //! backoff) connects again — at most one attempt per backoff period.
 
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, TlsCertificates,
+    Value,
+};
+use rustls_pki_types::CertificateDer;
+
+use super::CacheError;
 use tokio::time::Instant;
 
 /// Longest one Redis operation may take, connecting included.
@@ -84,13 +93,32 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// A store for `url`; connects on first use.
-    pub fn new(url: &str, prefix: &str) -> Result<RedisStore, RedisError> {
+    /// A store for `url`; connects on first use. A `rediss://` server is
+    /// trusted as sidekey trusts upstreams: the system's roots, and the
+    /// certificates of `ca_file` when given.
+    pub fn new(url: &str, prefix: &str, ca_file: Option<&Path>) -> Result<RedisStore, CacheError> {
+        let client = match ca_file {
+            Some(ca_file) if url.starts_with("rediss://") => {
+                let mut pem = Vec::new();
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    pem.extend_from_slice(pem_of(&cert).as_bytes());
+                }
+                for cert in crate::tls::load_certs(ca_file)? {
+                    pem.extend_from_slice(pem_of(&cert).as_bytes());
+                }
+                let certificates = TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                Client::build_with_tls(url, certificates)?
+            }
+            _ => Client::open(url)?,
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT));
         Ok(RedisStore {
-            client: Client::open(url)?,
+            client,
             config,
             connection: tokio::sync::Mutex::new(None),
             prefix: prefix.to_owned(),
@@ -288,6 +316,19 @@ impl ConnectionLike for Connection {
             Connection::Cluster(cluster) => cluster.get_db(),
         }
     }
+}
+
+/// One certificate as PEM.
+fn pem_of(cert: &CertificateDer<'_>) -> String {
+    let base64 = STANDARD.encode(cert.as_ref());
+    let lines: Vec<&str> = (0..base64.len())
+        .step_by(64)
+        .filter_map(|at| base64.get(at..(at + 64).min(base64.len())))
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
 }
 
 /// An error's first line (redis-rs never prints the URL's password).

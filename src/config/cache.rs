@@ -18,7 +18,7 @@ pub struct CacheConfig {
     /// `file`: the restart cache (mode 0600, replaced atomically).
     #[serde(default, deserialize_with = "via_some::<_, File, _>")]
     pub file: Option<PathBuf>,
-    /// `redis_url`: `redis://` or `rediss://`, shared by the fleet.
+    /// `redis_url`: `redis://` or `rediss://`, standalone or a cluster node, shared by the fleet.
     #[serde(default, deserialize_with = "via_some::<_, RedisUrl, _>")]
     pub redis_url: Option<Secret>,
     /// `key_prefix` of every Redis key (default `sidekey:`).

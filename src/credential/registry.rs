@@ -241,7 +241,7 @@ impl Credentials {
 /// so a failure here (a variable changed since) only loses the cache.
 fn open_cache(config: &Config) -> Option<Arc<TokenCache>> {
     let cache = config.cache.as_ref()?;
-    match TokenCache::open(cache, &*config.env) {
+    match TokenCache::open(cache, &*config.env, config.tls.ca_file.as_deref()) {
         Ok(cache) => Some(Arc::new(cache)),
         Err(e) => {
             tracing::error!("[cache] is not used: {e}");

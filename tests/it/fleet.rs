@@ -18,6 +18,7 @@ use crate::support::config::{TestConfig, oauth2, route, toml_str};
 use crate::support::logs::capture;
 use crate::support::proxy::TestProxy;
 use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::tls::TestPki;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
 
@@ -312,4 +313,24 @@ async fn a_redis_cluster_is_shared_through_any_of_its_nodes() {
     );
     let readyz = replicas[0].admin_get("/readyz").await;
     assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_is_trusted_through_the_tls_ca_file() {
+    let pki = TestPki::new();
+    let redis = RedisServer::start_tls(&pki);
+    assert!(redis.url().starts_with("rediss://"));
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(3600).await;
+    let config = config(&token, &upstream, &redis).trusting(&pki);
+    let replicas = fleet(3, &config).await;
+    assert_eq!(token.calls(), 1, "three replicas shared one token over TLS");
+    let readyz = replicas[2].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+
+    // Without the CA, the server is not trusted: each replica renews alone.
+    let untrusted = fleet(2, &self::config(&token, &upstream, &redis)).await;
+    assert_eq!(token.calls(), 3);
+    let readyz = untrusted[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
 }

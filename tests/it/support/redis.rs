@@ -6,8 +6,11 @@
 //! is missing; a machine without it fails these tests saying so.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::tls::TestPki;
 
 /// A `redis-server` child process.
 pub struct RedisServer {
@@ -41,9 +44,27 @@ impl RedisServer {
         server
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// One that speaks only TLS, with `pki`'s server certificate.
+    pub fn start_tls(pki: &TestPki) -> RedisServer {
+        let path = |path: &Path| path.to_string_lossy().into_owned();
+        let mut args: Vec<String> = ["--port", "0", "--tls-port", "PORT"]
+            .map(String::from)
+            .into();
+        args.extend(["--tls-cert-file".into(), path(pki.server_cert_path())]);
+        args.extend(["--tls-key-file".into(), path(pki.server_key_path())]);
+        args.extend(["--tls-ca-cert-file".into(), path(pki.ca_pem_path())]);
+        args.extend(["--tls-auth-clients".into(), "no".into()]);
+        Self::start_with(args)
+    }
+
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for [`RedisServer::start_tls`]).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    fn tls(&self) -> bool {
+        self.args.iter().any(|arg| arg == "--tls-port")
     }
 
     /// Kill it (SIGKILL: no goodbye to its clients).
@@ -80,10 +101,14 @@ impl RedisServer {
         }
     }
 
-    /// `PING` over a raw connection: `Some` when it answers `+PONG`.
+    /// `PING` over a raw connection: `Some` when it answers `+PONG` (a TLS
+    /// server: when it accepts connections).
     fn ping(&self) -> Option<()> {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        if self.tls() {
+            return Some(());
+        }
         stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
         stream.write_all(b"PING\r\n").ok()?;
         let mut reply = [0u8; 7];
