@@ -28,6 +28,12 @@
 //!   retries. The reason labels `sidekey_token_refresh_total`, is a field of
 //!   the engine's log lines, and the last attempt (when, why, outcome, how
 //!   long) is kept for the status page ([`CredentialHandle::report`]).
+//! - With a `[cache]` ([`super::stored`]), every attempt first claims: a
+//!   stored token that is not due (and is not the one held or rejected) is
+//!   adopted instead of requested — not counted as a token request, logged
+//!   at INFO — and with Redis, a replica that finds another renewing waits
+//!   for its token at most half the held token's remaining life (2 s
+//!   without one), then requests its own. A token obtained is stored.
 //! - A token without expiry (static) is read again every
 //!   [`Provider::poll_interval`]; only a changed value is published.
 //! - If the task panics, its supervisor logs an ERROR, counts it in
@@ -52,6 +58,10 @@ use super::timing::{
 };
 use super::token_client::MAX_LIFETIME;
 use crate::metrics::{Metrics, RefreshOutcome};
+
+/// How long a replica without a valid token waits for another replica's
+/// renewal (with `[cache] redis_url`) before requesting a token itself.
+const FLEET_WAIT_WITHOUT_TOKEN: Duration = Duration::from_secs(2);
 
 /// A failure message is logged at WARN again after this long, if unchanged.
 const REPEAT_WARNING_AFTER: Duration = Duration::from_secs(30);
@@ -167,8 +177,14 @@ async fn run<P: Provider>(
         // saves a request; with Redis, one replica requests for the fleet.
         let claim = match &settings.store {
             Some(store) => {
+                // Wait on another replica's renewal while half the held
+                // token's life is left, or briefly without one.
+                let left = held
+                    .as_ref()
+                    .and_then(|held| held.usable_for(Instant::now()));
+                let wait = left.map_or(FLEET_WAIT_WITHOUT_TOKEN, |left| left / 2);
                 let held = held.as_ref().map(|held| &held.token.value);
-                Some(store.claim(held, settings.fetch_timeout).await)
+                Some(store.claim(held, settings.fetch_timeout, wait).await)
             }
             None => None,
         };

@@ -130,9 +130,11 @@ impl TokenStore {
     /// a ticket to fetch one. With Redis, the fetch is this replica's only if
     /// it takes the renewal lock (for `lock_for`, the longest a fetch may
     /// take); while another replica holds it, the entry is read again every
-    /// [`POLL`] until a token comes or `lock_for` ends.
-    pub async fn claim(&self, held: Option<&Secret>, lock_for: Duration) -> Claim {
-        let deadline = Instant::now() + lock_for;
+    /// [`POLL`] until a token comes or `wait` ends — then this replica
+    /// fetches for itself (a holder that died must not cost the token
+    /// it still serves).
+    pub async fn claim(&self, held: Option<&Secret>, lock_for: Duration, wait: Duration) -> Claim {
+        let deadline = Instant::now() + wait.min(lock_for);
         loop {
             let (found, seen) = self.cache.get(&self.id).await;
             if let Some(stored) = found.and_then(|found| self.adoptable(&found.plain, held)) {

@@ -334,3 +334,27 @@ async fn rediss_is_trusted_through_the_tls_ca_file() {
     let readyz = untrusted[0].admin_get("/readyz").await;
     assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_dead_replica_fails_no_request() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    let replicas = fleet(2, &config(&token, &upstream, &redis)).await;
+    // A replica died holding the renewal lock: it expires only in a minute.
+    let keys = redis.keys();
+    let entry = keys
+        .iter()
+        .find(|key| key.ends_with(":token"))
+        .expect("the entry");
+    let lock = entry.replace(":token", ":lock");
+    assert_eq!(
+        redis.cli(&["SET", &lock, "dead", "PX", "60000"]).trim(),
+        "OK"
+    );
+
+    let tally = traffic(&replicas, Duration::from_secs(3)).await;
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(tally.ok.load(Ordering::Relaxed) > 100);
+}
