@@ -241,3 +241,55 @@ fn millis(at: SystemTime) -> u64 {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::parse;
+    use crate::secret::MapEnv;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    /// The entry ids of the credentials `text` defines, with `CLIENT_ID` = `client_id`.
+    fn ids(text: &str, client_id: &str) -> Vec<Option<String>> {
+        let env = MapEnv::from([("CLIENT_ID", client_id), ("S", "secret"), ("K", KEY)]);
+        let text = format!("{text}\n[cache]\nencryption_key = {{ env = \"K\" }}\n");
+        let config = parse(
+            &text,
+            Path::new("/etc/sidekey/s.toml"),
+            Arc::new(env.clone()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cache = config.cache.as_ref().expect("[cache]");
+        let cache = Arc::new(TokenCache::open(cache, &env, None).expect("cache"));
+        let stores = config.credentials.values();
+        let stores = stores.map(|credential| TokenStore::new(&cache, credential, &env));
+        stores.map(|store| store.map(|store| store.id)).collect()
+    }
+
+    const OAUTH: &str = "type = \"oauth2\"\ntoken_url = \"https://auth.example/t\"\n\
+                         client_id = { env = \"CLIENT_ID\" }\nclient_secret = { env = \"S\" }\n";
+
+    #[test]
+    fn the_id_is_the_credentials_identity_hashed_whatever_its_name() {
+        let two = format!("[credentials.a]\n{OAUTH}\n[credentials.b]\n{OAUTH}");
+        let same = ids(&two, "client-1");
+        assert_eq!(same[0], same[1], "the name is not part of the identity");
+        let id = same[0].clone().expect("an oauth2 credential is cached");
+        assert_eq!(id.len(), 64);
+        assert!(!id.contains("client-1"));
+        let other_client = ids(&format!("[credentials.a]\n{OAUTH}"), "client-2");
+        assert_ne!(other_client[0], same[0]);
+        let scoped = format!("[credentials.a]\n{OAUTH}scope = \"read\"\n");
+        assert_ne!(ids(&scoped, "client-1")[0], same[0]);
+        let fixed = "[credentials.s]\ntype = \"static\"\ntoken = { env = \"S\" }\n";
+        assert_eq!(
+            ids(fixed, "client-1"),
+            vec![None],
+            "static tokens are not cached"
+        );
+    }
+}
