@@ -39,6 +39,10 @@ pub(super) fn read(src: &Source<'_>) -> Option<CacheConfig> {
     let table = Key::new("cache");
     let mut cache: CacheConfig = src.read(&table)?;
     cache.file = cache.file.map(|file| src.file(&file));
+    if cache.file.is_none() && cache.redis_url.is_none() {
+        let message = "[cache] without `redis_url` or `file` stores nothing";
+        src.warn(&table, message);
+    }
     let key = table.then("encryption_key");
     cache.encryption_key = match cache.encryption_key {
         Some(secret) => Some(src.secret(&key, secret)),
@@ -78,6 +82,11 @@ mod tests {
         ));
         assert!(unknown.to_string().contains("`file`"), "{unknown}");
         assert!(ok(BASE).cache.is_none());
+        let empty = ok(&format!(
+            "{BASE}\n[cache]\nencryption_key = {{ env = \"K\" }}\n"
+        ));
+        let warning = empty.warnings.first().expect("a warning").to_string();
+        assert!(warning.contains("stores nothing"), "{warning}");
     }
 
     #[test]
