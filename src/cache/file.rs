@@ -184,9 +184,8 @@ mod tests {
 
     #[test]
     fn entries_survive_a_new_store_and_the_file_is_0600() {
-        let dir = crate::config::fixture::temp_dir("cache", "file");
-        let path = dir.join("tokens");
-        let _ = fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
         let later = SystemTime::now() + Duration::from_secs(60);
         let store = FileStore::new(path.clone());
         assert!(store.get("a").unwrap().is_none(), "no file yet");
@@ -199,14 +198,14 @@ mod tests {
         assert_eq!(again.get("gone").unwrap(), None, "expired");
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let leftovers = fs::read_dir(&dir).unwrap().count();
+        let leftovers = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file left behind");
     }
 
     #[test]
     fn a_corrupt_file_is_reported_then_replaced() {
-        let dir = crate::config::fixture::temp_dir("cache", "corrupt");
-        let path = dir.join("tokens");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
         fs::write(&path, "{ not json").unwrap();
         let store = FileStore::new(path.clone());
         let error = store.get("a").unwrap_err();

@@ -3,10 +3,11 @@
 //! endpoint, and counts the token requests the second one makes.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
+use tempfile::TempDir;
 
 use crate::support::config::{TestConfig, oauth2, route, toml_path};
 use crate::support::logs::capture;
@@ -17,12 +18,9 @@ use crate::support::upstream::{Upstream, UpstreamOpts};
 const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY_B: &str = "HxgdHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
 
-/// A fresh directory for one test's cache file.
-fn cache_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sidekey-it-cache-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh directory for one test's cache file, removed when dropped.
+fn cache_dir() -> TempDir {
+    tempfile::tempdir().expect("temp dir")
 }
 
 /// One OAuth credential and one route, with `[cache] file` at `file` and
@@ -63,7 +61,8 @@ async fn run_once(config: &TestConfig, bearer: Option<&str>, upstream: &Upstream
 async fn a_restart_with_the_cache_file_makes_no_token_request() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
     let token = OAuthServer::start(OAuthBehaviour::default()).await;
-    let file = cache_dir("restart").join("tokens");
+    let dir = cache_dir();
+    let file = dir.path().join("tokens");
     let config = config(&token, &upstream, &file, KEY_A);
 
     run_once(&config, None, &upstream).await;
@@ -96,7 +95,8 @@ async fn a_restart_with_the_cache_file_makes_no_token_request() {
 async fn a_cache_sealed_with_another_key_is_ignored_with_one_log_line() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
     let token = OAuthServer::start(OAuthBehaviour::default()).await;
-    let file = cache_dir("wrong-key").join("tokens");
+    let dir = cache_dir();
+    let file = dir.path().join("tokens");
     run_once(&config(&token, &upstream, &file, KEY_A), None, &upstream).await;
 
     let (logs, _guard) = capture();
@@ -122,7 +122,8 @@ async fn a_cache_sealed_with_another_key_is_ignored_with_one_log_line() {
 async fn a_corrupt_cache_file_is_ignored_and_replaced() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
     let token = OAuthServer::start(OAuthBehaviour::default()).await;
-    let file = cache_dir("corrupt").join("tokens");
+    let dir = cache_dir();
+    let file = dir.path().join("tokens");
     std::fs::write(&file, "{ not a cache").expect("write");
     let config = config(&token, &upstream, &file, KEY_A);
 
@@ -140,7 +141,8 @@ async fn a_cached_token_due_for_renewal_is_not_used() {
         ..OAuthBehaviour::default()
     })
     .await;
-    let file = cache_dir("due").join("tokens");
+    let dir = cache_dir();
+    let file = dir.path().join("tokens");
     let config = config(&token, &upstream, &file, KEY_A);
 
     run_once(&config, None, &upstream).await;
@@ -162,7 +164,8 @@ async fn a_cached_token_due_for_renewal_is_not_used() {
 async fn an_encryption_key_that_is_not_32_bytes_is_refused_before_start() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
     let token = OAuthServer::start(OAuthBehaviour::default()).await;
-    let file = cache_dir("bad-key").join("tokens");
+    let dir = cache_dir();
+    let file = dir.path().join("tokens");
     let short = config(&token, &upstream, &file, "c2hvcnQ=");
     let error = short
         .checked()
