@@ -65,7 +65,9 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
         && let Err(error) = TokenCache::open(cache, &*config.env, config.tls.ca_file.as_deref())
     {
         let field = match error {
-            CacheError::Redis(_) => Some("redis_url"),
+            CacheError::Redis(_) | CacheError::RedisUrl(_) | CacheError::NotRedis(_) => {
+                Some("redis_url")
+            }
             CacheError::Secret(_) | CacheError::Key(_) => Some("encryption_key"),
             // `[tls] ca_file` has its own error below.
             CacheError::CaFile(_) => None,
@@ -154,7 +156,8 @@ fn noted<T>(
 pub fn inputs(config: &Config) -> (BTreeSet<&str>, BTreeSet<&Path>) {
     let (mut env, mut files) = (BTreeSet::new(), BTreeSet::new());
     let secrets = config.credentials.values().flat_map(|c| c.secret_refs());
-    let cache_key = config.cache.iter().flat_map(|cache| &cache.encryption_key);
+    let cache = config.cache.iter();
+    let cache_key = cache.flat_map(|cache| cache.encryption_key.iter().chain(&cache.redis_url));
     for secret in secrets.map(|(_, secret)| secret).chain(cache_key) {
         match secret {
             SecretRef::Env(name) => env.insert(name.as_str()),

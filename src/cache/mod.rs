@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, check_redis_url};
 use crate::secret::{EnvSource, SecretError};
 use crypto::{KeyError, Keys, Sealed};
 use file::FileStore;
@@ -33,16 +33,22 @@ use redis::{Down, RedisStore};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// `encryption_key` did not resolve.
-    #[error("{0}")]
+    #[error(transparent)]
     Secret(#[from] SecretError),
     /// `encryption_key` is not a usable key.
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] KeyError),
-    /// `redis_url` is not usable.
+    /// `redis_url` did not resolve.
+    #[error(transparent)]
+    RedisUrl(SecretError),
+    /// `redis_url`'s value is not a Redis URL.
     #[error("{0}")]
+    NotRedis(&'static str),
+    /// `redis_url` is not usable.
+    #[error(transparent)]
     Redis(#[from] ::redis::RedisError),
     /// `[tls] ca_file`, for `rediss://`, cannot be read.
-    #[error("{0}")]
+    #[error(transparent)]
     CaFile(#[from] crate::tls::TlsError),
 }
 
@@ -91,11 +97,18 @@ impl TokenCache {
             Some(reference) => reference.resolve(env)?,
             None => return Err(KeyError::Length { index: 1, len: 0 }.into()),
         };
-        let redis = config.redis_url.as_ref();
-        let redis = redis.map(|url| RedisStore::new(url.expose(), &config.key_prefix, ca_file));
+        let keys = Keys::parse(&secret)?;
+        let redis = match &config.redis_url {
+            Some(reference) => {
+                let url = reference.resolve(env).map_err(CacheError::RedisUrl)?;
+                check_redis_url(url.expose()).map_err(CacheError::NotRedis)?;
+                Some(RedisStore::new(url.expose(), &config.key_prefix, ca_file)?)
+            }
+            None => None,
+        };
         Ok(TokenCache {
-            keys: Keys::parse(&secret)?,
-            redis: redis.transpose()?,
+            keys,
+            redis,
             file: config.file.clone().map(FileStore::new),
             warned: Mutex::new(None),
         })

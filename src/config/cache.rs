@@ -1,15 +1,16 @@
 //! `[cache]`: where tokens outlive the process — a Redis shared by the
-//! fleet, an encrypted restart file — and the key they are encrypted with. What is stored and how is
-//! [`crate::cache`]'s.
+//! fleet, an encrypted restart file — and the key they are encrypted with.
+//! What is stored and how is [`crate::cache`]'s.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer};
 
 use super::error::Key;
 use super::source::Source;
-use super::value::{File, RedisUrl, via_some};
-use crate::secret::{Secret, SecretRef};
+use super::value::{File, via_some};
+use crate::secret::SecretRef;
 
 /// `[cache]`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -18,9 +19,11 @@ pub struct CacheConfig {
     /// `file`: the restart cache (mode 0600, replaced atomically).
     #[serde(default, deserialize_with = "via_some::<_, File, _>")]
     pub file: Option<PathBuf>,
-    /// `redis_url`: `redis://` or `rediss://`, standalone or a cluster node, shared by the fleet.
-    #[serde(default, deserialize_with = "via_some::<_, RedisUrl, _>")]
-    pub redis_url: Option<Secret>,
+    /// `redis_url`: `redis://` or `rediss://`, standalone or a cluster
+    /// node, shared by the fleet; written, or a secret reference (a URL
+    /// with a password).
+    #[serde(default, deserialize_with = "redis_url")]
+    pub redis_url: Option<SecretRef>,
     /// `key_prefix` of every Redis key (default `sidekey:`).
     #[serde(default = "prefix")]
     pub key_prefix: String,
@@ -33,12 +36,31 @@ fn prefix() -> String {
     "sidekey:".to_owned()
 }
 
+/// Whether `url` is a `redis://` or `rediss://` URL (never repeating it).
+pub fn check_redis_url(url: &str) -> Result<(), &'static str> {
+    match url.split_once("://") {
+        Some(("redis" | "rediss", rest)) if !rest.is_empty() => Ok(()),
+        _ => Err("expected a redis:// or rediss:// URL"),
+    }
+}
+
+fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretRef>, D::Error> {
+    let url = SecretRef::deserialize(d)?;
+    if let SecretRef::Literal(url) = &url {
+        check_redis_url(url.expose()).map_err(de::Error::custom)?;
+    }
+    Ok(Some(url))
+}
+
 /// Read `[cache]` when written: a relative `file` against the configuration
 /// directory, a literal key with a warning, a missing key refused.
 pub(super) fn read(src: &Source<'_>) -> Option<CacheConfig> {
     let table = Key::new("cache");
     let mut cache: CacheConfig = src.read(&table)?;
     cache.file = cache.file.map(|file| src.file(&file));
+    if let Some(SecretRef::File(path)) = &cache.redis_url {
+        cache.redis_url = Some(SecretRef::File(src.file(path)));
+    }
     if cache.file.is_none() && cache.redis_url.is_none() {
         let message = "[cache] without `redis_url` or `file` stores nothing";
         src.warn(&table, message);
@@ -98,8 +120,19 @@ mod tests {
             .cache
             .expect("[cache]");
         assert_eq!(cache.key_prefix, "sidekey:");
-        let url = cache.redis_url.as_ref().expect("redis_url");
+        let Some(SecretRef::Literal(url)) = &cache.redis_url else {
+            panic!("a literal redis_url: {:?}", cache.redis_url);
+        };
         assert_eq!(url.expose(), "rediss://:hunter2@redis.example:6380/0");
+        assert!(cache.redis_url.is_some() && ok(&with("redis://r:6379")).warnings.is_empty());
+        let referenced = format!(
+            "{BASE}\n[cache]\nredis_url = {{ file = \"redis-url\" }}\nencryption_key = {{ env = \"K\" }}\n"
+        );
+        let referenced = ok(&referenced).cache.expect("[cache]").redis_url;
+        assert_eq!(
+            referenced,
+            Some(SecretRef::File("/etc/sidekey/redis-url".into()))
+        );
         assert!(!format!("{cache:?}").contains("hunter2"));
         let http = err(&with("https://:hunter2@redis.example"));
         assert_eq!(http.key.as_str(), "cache.redis_url");

@@ -20,7 +20,7 @@ mod top;
 mod value;
 
 pub use crate::limits::ConnLimits;
-pub use cache::CacheConfig;
+pub use cache::{CacheConfig, check_redis_url};
 pub use credential::{
     BodyFormat, ClientAuth, CredentialConfig, CredentialKind, InbentaConfig, InbentaKey,
     OAuth2Config, StaticConfig,

@@ -126,15 +126,6 @@ from_text! {
         "" => Err("the path is empty".to_owned()),
         path => Ok(PathBuf::from(path)),
     };
-    /// A `redis://` or `rediss://` URL; kept secret (it may hold a password).
-    RedisUrl(crate::secret::Secret, "a URL such as \"rediss://redis.example:6380/0\"") = |text| {
-        match text.split_once("://") {
-            Some(("redis" | "rediss", rest)) if !rest.is_empty() => {
-                Ok(crate::secret::Secret::new(text))
-            }
-            _ => Err("expected a redis:// or rediss:// URL".to_owned()),
-        }
-    };
     /// A name that is not empty.
     NonEmpty(String, "a string") = |text| match text {
         "" => Err("must not be empty".to_owned()),

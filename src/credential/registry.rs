@@ -64,12 +64,14 @@ impl Origin {
             SecretRef::Env(name) => self.env.var(name) == env.var(name),
             SecretRef::File(_) | SecretRef::Literal(_) => true,
         };
-        let cache_key = cache.and_then(|cache| cache.encryption_key.as_ref());
+        let cache_refs = cache.iter();
+        let mut cache_refs =
+            cache_refs.flat_map(|cache| cache.encryption_key.iter().chain(&cache.redis_url));
         self.config == *config
             && self.cache.as_ref() == cache
             && self.roots.roots == roots.roots
             && config.secret_refs().iter().all(same_value)
-            && cache_key.is_none_or(|key| same_value(&("encryption_key", key)))
+            && cache_refs.all(|secret| same_value(&("cache", secret)))
     }
 }
 

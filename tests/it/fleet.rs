@@ -40,14 +40,15 @@ fn config_on(token: &OAuthServer, upstream: &Upstream, url: &str, prefix: &str) 
         .line(
             "[cache]",
             &format!(
-                "redis_url = {}\nkey_prefix = {}\nencryption_key = {{ env = \"CACHE_KEY\" }}",
-                toml_str(url),
+                "redis_url = {{ env = \"REDIS_URL\" }}\nkey_prefix = {}\n\
+                 encryption_key = {{ env = \"CACHE_KEY\" }}",
                 toml_str(prefix)
             ),
         )
         .env("CLIENT_ID", "test-client")
         .env("CLIENT_SECRET", "test-client-secret")
         .env("CACHE_KEY", KEY)
+        .env("REDIS_URL", url)
         .admin()
 }
 
