@@ -121,6 +121,8 @@ struct Families {
     upstream_errors: Family<RouteKind, Counter>,
     rejections: Family<CredentialAction, Counter>,
     restarts: Family<CredentialLabel, Counter>,
+    /// Tokens taken from the `[cache]` instead of requested.
+    adopted: Family<CredentialLabel, Counter>,
     /// 1 while the `[cache]`'s Redis answers, 0 while it does not; absent without one.
     redis_up: Family<Vec<(String, String)>, Gauge>,
     /// The series of requests no route took (`route="none"`).
@@ -177,6 +179,12 @@ impl Metrics {
             "Renewal tasks restarted after a crash",
             restarts.clone(),
         );
+        let adopted = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "token_cache_adopted",
+            "Tokens taken from the token cache (another replica's, or before a restart) instead of requested",
+            adopted.clone(),
+        );
         let redis_up = Family::<Vec<(String, String)>, Gauge>::default();
         registry.register(
             "cache_redis_up",
@@ -192,6 +200,7 @@ impl Metrics {
             upstream_errors,
             rejections,
             restarts,
+            adopted,
             redis_up,
             no_route: OnceLock::new(),
         }))
@@ -253,6 +262,16 @@ impl Metrics {
     pub fn record_task_restart(&self, credential: &Arc<str>) {
         self.0
             .restarts
+            .get_or_create(&CredentialLabel {
+                credential: credential.clone(),
+            })
+            .inc();
+    }
+
+    /// Count one token of `credential` taken from the `[cache]`.
+    pub fn record_token_adopted(&self, credential: &Arc<str>) {
+        self.0
+            .adopted
             .get_or_create(&CredentialLabel {
                 credential: credential.clone(),
             })

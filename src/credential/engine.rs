@@ -30,8 +30,9 @@
 //!   long) is kept for the status page ([`CredentialHandle::report`]).
 //! - With a `[cache]` ([`super::stored`]), every attempt first claims: a
 //!   stored token that is not due (and is not the one held or rejected) is
-//!   adopted instead of requested — not counted as a token request, logged
-//!   at INFO — and with Redis, a replica that finds another renewing waits
+//!   adopted instead of requested — counted in
+//!   `sidekey_token_cache_adopted_total`, not as a token request; logged at
+//!   INFO — and with Redis, a replica that finds another renewing waits
 //!   for its token at most half the held token's remaining life (2 s
 //!   without one), then requests its own. A token obtained is stored.
 //! - A token without expiry (static) is read again every
@@ -294,12 +295,13 @@ async fn run<P: Provider>(
                             "obtained token without expiry"
                         ),
                     }
-                    if !restored {
-                        metrics.record_token_refresh(
+                    match restored {
+                        true => metrics.record_token_adopted(&name),
+                        false => metrics.record_token_refresh(
                             &name,
                             RefreshOutcome::Success,
                             reason.as_str(),
-                        );
+                        ),
                     }
                     held = Some(Held {
                         token,

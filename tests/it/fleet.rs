@@ -147,6 +147,13 @@ async fn ten_replicas_make_one_renewal_per_period_for_the_whole_fleet() {
          (ten replicas on their own would make about {})",
         10 * bound
     );
+    let mut adopted = 0.0;
+    for replica in &replicas {
+        let series = "sidekey_token_cache_adopted_total{credential=\"api\"}";
+        adopted += replica.metric(series).await;
+    }
+    // Nine replicas adopt each token the tenth obtains (the starts too).
+    assert!(adopted >= 9.0 * renewals as f64, "{adopted} tokens adopted");
     let keys = redis.keys();
     assert!(
         keys.iter()
