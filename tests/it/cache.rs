@@ -184,3 +184,42 @@ async fn an_encryption_key_that_is_not_32_bytes_is_refused_before_start() {
         .to_string();
     assert!(error.contains("cache.encryption_key"), "{error}");
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_cache_restarts_engines_from_the_stored_token() {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = OAuthServer::start(OAuthBehaviour::default()).await;
+    let dir = cache_dir();
+    let file = dir.path().join("tokens");
+    let before = config(&token, &upstream, &file, KEY_A);
+    let mut proxy = before.start().await;
+    assert_eq!(proxy.get("/v1/things").await.status, 200);
+    let issued = token.last_token().expect("a token issued");
+
+    // A new key first (the stored token still opens with the old one).
+    let rotated = before.env("CACHE_KEY", &format!("{KEY_B},{KEY_A}"));
+    proxy
+        .handle
+        .reload(rotated.checked().expect("checked"), Duration::from_secs(5))
+        .await
+        .expect("reload");
+    let started: Vec<String> = proxy
+        .handle
+        .credentials()
+        .started()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(started, ["api"], "a changed cache key restarts the engine");
+    assert_eq!(proxy.get("/v1/things").await.status, 200);
+    assert_eq!(
+        token.calls(),
+        1,
+        "the restarted engine took the stored token"
+    );
+    let last = upstream.requests().pop().expect("a request upstream");
+    assert_eq!(
+        last.header("authorization"),
+        Some(format!("Bearer {issued}").as_str())
+    );
+    proxy.handle.shutdown().await;
+}
