@@ -1,17 +1,21 @@
-//! `[cache]`: tokens kept across restarts in an encrypted file. Each test
-//! runs two in-process proxies one after the other against one token
-//! endpoint, and counts the token requests the second one makes.
+//! `[cache]`: tokens kept across restarts in an encrypted file. Most tests
+//! run two in-process proxies one after the other against one token
+//! endpoint, and count the token requests the second one makes. (Sharing
+//! between replicas on Redis is `fleet`'s.)
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::support::config::{TestConfig, oauth2, route, toml_path};
+use crate::support::config::{TestConfig, inbenta, inbenta_route, oauth2, route, toml_path};
 use crate::support::logs::capture;
-use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
+use crate::support::tls::TestPki;
+use crate::support::token_servers::{InbentaBehaviour, InbentaServer, OAuthBehaviour, OAuthServer};
 use crate::support::upstream::{Upstream, UpstreamOpts};
 
 /// Two 32-byte keys, base64.
@@ -222,4 +226,51 @@ async fn a_reload_that_changes_the_cache_restarts_engines_from_the_stored_token(
         Some(format!("Bearer {issued}").as_str())
     );
     proxy.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_inbenta_token_restarts_with_its_apis_map_and_key() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let behaviour = InbentaBehaviour {
+        apis: BTreeMap::from([(
+            "chatbot".to_owned(),
+            format!("{}/prod/chatbot", upstream.url()),
+        )]),
+        ..InbentaBehaviour::default()
+    };
+    let auth = InbentaServer::start_tls(behaviour, &pki).await;
+    let dir = cache_dir();
+    let config = TestConfig::new()
+        .trusting(&pki)
+        .with(inbenta("inbenta", &auth.url()))
+        .with(inbenta_route("chatbot", "inbenta"))
+        .line(
+            "[cache]",
+            &format!(
+                "file = {}\nencryption_key = {{ env = \"CACHE_KEY\" }}",
+                toml_path(&dir.path().join("tokens"))
+            ),
+        )
+        .env("INBENTA_API_KEY", "test-api-key")
+        .env("INBENTA_SECRET", "test-secret")
+        .env("CACHE_KEY", KEY_A);
+    for _ in 0..2 {
+        let proxy = config.start().await;
+        let response = proxy.get("/v1/conversation").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        proxy.handle.shutdown().await;
+    }
+    assert_eq!(auth.calls(), 1, "the restart used the stored token");
+    let seen = upstream.last_request().expect("a request upstream");
+    assert_eq!(
+        seen.path, "/prod/chatbot/v1/conversation",
+        "the apis map survived"
+    );
+    let token = auth.last_token().expect("a token");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert_eq!(seen.header("x-inbenta-key"), Some("test-api-key"));
 }
