@@ -27,13 +27,11 @@ impl RedisServer {
     }
 
     fn start_with(args: Vec<String>) -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let args = args
-            .iter()
-            .map(|arg| arg.replace("PORT", &port.to_string()));
+        let (port, bus) = (free_port(), free_port());
+        let args = args.iter().map(|arg| {
+            arg.replace("BUSPORT", &bus.to_string())
+                .replace("PORT", &port.to_string())
+        });
         let args = args.collect();
         let mut server = RedisServer {
             port,
@@ -135,6 +133,14 @@ impl RedisServer {
     }
 }
 
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
@@ -160,8 +166,11 @@ impl RedisCluster {
         ));
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let node = |_| {
-            let args = ["--cluster-enabled", "yes", "--cluster-config-file"];
-            let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            // The bus port is free too (the default, PORT + 10000, may not
+            // be, or may not exist).
+            let args = ["--cluster-enabled", "yes", "--cluster-port", "BUSPORT"];
+            let args = args.iter().chain(&["--cluster-config-file"]);
+            let mut args: Vec<String> = args.map(|a| (*a).to_owned()).collect();
             args.push(dir.join("nodes-PORT.conf").to_string_lossy().into_owned());
             args.extend(["--dir".to_owned(), dir.to_string_lossy().into_owned()]);
             RedisServer::start_with(args)
@@ -171,17 +180,28 @@ impl RedisCluster {
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port))
             .collect();
-        let created = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .expect("run redis-cli --cluster create");
-        assert!(
-            created.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&created.stdout)
-        );
+        // It waits for the nodes to agree; never longer than 10 s here.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let created = loop {
+            match create.try_wait().expect("redis-cli") {
+                Some(status) => break status,
+                None if Instant::now() > deadline => {
+                    let _ = create.kill();
+                    let _ = create.wait();
+                    panic!("redis-cli --cluster create did not finish within 10 s");
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        assert!(created.success(), "redis-cli --cluster create failed");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !nodes
             .iter()
