@@ -151,20 +151,17 @@ impl Drop for RedisServer {
 /// `redis-cli --cluster create` (no replicas): 0–5460 on the first,
 /// 5461–10922 on the second, 10923–16383 on the third.
 pub struct RedisCluster {
-    /// The nodes, in slot order.
+    /// The nodes, in slot order (killed when dropped, before their directory goes).
     pub nodes: Vec<RedisServer>,
-    dir: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     /// Start the nodes and wait until the cluster says `cluster_state:ok`.
     pub fn start() -> RedisCluster {
-        let dir = std::env::temp_dir().join(format!(
-            "sidekey-it-redis-cluster-{}-{}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
+        // Removed when dropped, also when starting the cluster fails.
+        let tempdir = tempfile::tempdir().expect("cluster dir");
+        let dir = tempdir.path().to_path_buf();
         let node = |_| {
             // The bus port is free too (the default, PORT + 10000, may not
             // be, or may not exist).
@@ -210,15 +207,9 @@ impl RedisCluster {
             assert!(Instant::now() < deadline, "the cluster did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
-        RedisCluster { nodes, dir }
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.kill();
+        RedisCluster {
+            nodes,
+            _dir: tempdir,
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
