@@ -10,7 +10,8 @@
 //! - [`secret`]: secret references, the environment they read, redacted values
 //! - [`host`]: forward-proxy host keys and request hosts in one canonical form
 //! - [`preflight`]: secrets resolve and TLS files load, checked once
-//! - [`credential`]: token providers and the renewal engine
+//! - [`credential`]: token providers and the renewal engine ([`cache`]: tokens
+//!   kept encrypted across restarts)
 //! - [`proxy`]: building routes, route matching, strip-then-inject, forwarding
 //! - [`server`]: lifecycle: start, graceful shutdown, reload ([`server::serve`])
 //! - [`listeners`]: the proxy listen addresses, bound once, served here or on the workers
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod credential;

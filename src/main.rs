@@ -160,9 +160,16 @@ fn check(path: &Path) -> Result<(), CliError> {
         Some(_) => ", forward proxy",
         None => "",
     };
+    let cache = config.cache.as_ref();
+    let cache = match cache.map(|cache| (cache.redis_url.is_some(), cache.file.is_some())) {
+        Some((true, true)) => ", tokens shared on Redis and kept in a file",
+        Some((true, false)) => ", tokens shared on Redis",
+        Some((false, true)) => ", tokens kept in a file",
+        _ => "",
+    };
     let (credentials, routes) = (config.credentials.len(), config.routes.len());
     let path = path.display();
-    println!("{path}: ok ({credentials} credential(s), {routes} route(s){proxy})");
+    println!("{path}: ok ({credentials} credential(s), {routes} route(s){proxy}{cache})");
     println!("{}", reads.unwrap_or_default());
     println!(
         "check does not contact the network; `sidekey token --config {path} NAME` obtains a \

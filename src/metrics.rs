@@ -121,6 +121,10 @@ struct Families {
     upstream_errors: Family<RouteKind, Counter>,
     rejections: Family<CredentialAction, Counter>,
     restarts: Family<CredentialLabel, Counter>,
+    /// Tokens taken from the `[cache]` instead of requested.
+    adopted: Family<CredentialLabel, Counter>,
+    /// 1 while the `[cache]`'s Redis answers, 0 while it does not; absent without one.
+    redis_up: Family<Vec<(String, String)>, Gauge>,
     /// The series of requests no route took (`route="none"`).
     no_route: OnceLock<Arc<RouteMetrics>>,
 }
@@ -175,6 +179,18 @@ impl Metrics {
             "Renewal tasks restarted after a crash",
             restarts.clone(),
         );
+        let adopted = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "token_cache_adopted",
+            "Tokens taken from the token cache (another replica's, or before a restart) instead of requested",
+            adopted.clone(),
+        );
+        let redis_up = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "cache_redis_up",
+            "1 while the token cache's Redis answers, 0 while each replica renews alone",
+            redis_up.clone(),
+        );
         Metrics(Arc::new(Families {
             registry,
             requests,
@@ -184,6 +200,8 @@ impl Metrics {
             upstream_errors,
             rejections,
             restarts,
+            adopted,
+            redis_up,
             no_route: OnceLock::new(),
         }))
     }
@@ -250,6 +268,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Count one token of `credential` taken from the `[cache]`.
+    pub fn record_token_adopted(&self, credential: &Arc<str>) {
+        self.0
+            .adopted
+            .get_or_create(&CredentialLabel {
+                credential: credential.clone(),
+            })
+            .inc();
+    }
+
     /// Set the seconds left on a credential's token (called at scrape time);
     /// `None` (a token without expiry) removes the series.
     pub fn set_token_expires_in(&self, credential: &Arc<str>, seconds: Option<f64>) {
@@ -262,6 +290,22 @@ impl Metrics {
             }
             None => {
                 self.0.expires_in.remove(&label);
+            }
+        }
+    }
+
+    /// Set whether the `[cache]`'s Redis answers (`store="redis"`) (called at scrape time);
+    /// `None` (no Redis configured) removes the series.
+    pub fn set_cache_redis_up(&self, up: Option<bool>) {
+        match up {
+            Some(up) => {
+                self.0
+                    .redis_up
+                    .get_or_create(&redis_label())
+                    .set(i64::from(up));
+            }
+            None => {
+                self.0.redis_up.remove(&redis_label());
             }
         }
     }
@@ -348,6 +392,11 @@ impl RouteMetrics {
             })
             .inc();
     }
+}
+
+/// The label of `sidekey_cache_redis_up`'s one series.
+fn redis_label() -> Vec<(String, String)> {
+    vec![("store".to_owned(), "redis".to_owned())]
 }
 
 #[cfg(test)]

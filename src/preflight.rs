@@ -1,12 +1,12 @@
 //! The checks made once before anything binds — by `check`, by `run` and by
 //! a reload: there is something to serve, every secret reference resolves
 //! (variable set, file readable, value usable) and every TLS file loads and
-//! fits its use. What those files hold is kept in the [`Checked`]
-//! configuration (trust roots, each route's listener and upstream TLS
-//! configuration); serving reads them again only when they change
-//! ([`crate::rotating`]). Every failure is reported, naming the file, line
-//! and key like a syntax error. [`inputs`] lists the variables and files a
-//! configuration reads.
+//! fits its use, and the `[cache]` key is 32 bytes of base64. What those
+//! files hold is kept in the [`Checked`] configuration (trust roots, each
+//! route's listener and upstream TLS configuration); serving reads them again
+//! only when they change ([`crate::rotating`]). Every failure is reported,
+//! naming the file, line and key like a syntax error. [`inputs`] lists the
+//! variables and files a configuration reads.
 
 use std::collections::BTreeSet;
 use std::fmt::Display;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::cache::{CacheError, TokenCache};
 use crate::config::{Config, ConfigError, ConfigErrors, CredentialKind, Key, UpstreamTls};
 use crate::credential::client_auth;
 use crate::rotating::{self, Reread, Trust};
@@ -76,6 +77,22 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
                 key,
                 secret.resolve(config.env.as_ref()),
             );
+        }
+    }
+    if let Some(cache) = &config.cache
+        && let Err(error) = TokenCache::open(cache, &*config.env, config.tls.ca_file.as_deref())
+    {
+        let field = match error {
+            CacheError::Redis(_) | CacheError::RedisUrl(_) | CacheError::NotRedis(_) => {
+                Some("redis_url")
+            }
+            CacheError::Secret(_) | CacheError::Key(_) => Some("encryption_key"),
+            // `[tls] ca_file` has its own error below.
+            CacheError::CaFile(_) => None,
+        };
+        if let Some(field) = field {
+            let key = Key::new("cache").then(field);
+            errors.push(config.key_error(&key, error));
         }
     }
     let ca_file = Key::new("tls").then("ca_file");
@@ -188,7 +205,9 @@ fn noted<T>(
 pub fn inputs(config: &Config) -> (BTreeSet<&str>, BTreeSet<&Path>) {
     let (mut env, mut files) = (BTreeSet::new(), BTreeSet::new());
     let secrets = config.credentials.values().flat_map(|c| c.secret_refs());
-    for (_, secret) in secrets {
+    let cache = config.cache.iter();
+    let cache_key = cache.flat_map(|cache| cache.encryption_key.iter().chain(&cache.redis_url));
+    for secret in secrets.map(|(_, secret)| secret).chain(cache_key) {
         match secret {
             SecretRef::Env(name) => env.insert(name.as_str()),
             SecretRef::File(path) => files.insert(path.as_path()),

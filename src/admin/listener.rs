@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::{AdminState, exposition, readyz, status_page};
+use crate::cache::RedisState;
 use crate::config::ConnLimits;
 use crate::conn;
 use crate::credential::CredentialStatus;
@@ -109,6 +110,10 @@ pub fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Byt
 
 fn refresh_expiry_gauges(state: &AdminState) {
     let credentials = state.credentials.load_full();
+    let redis_up = credentials
+        .redis_state()
+        .map(|redis| redis == RedisState::Up);
+    state.metrics.set_cache_redis_up(redis_up);
     for (name, handle) in credentials.iter() {
         let seconds = match handle.status() {
             CredentialStatus::Ready {

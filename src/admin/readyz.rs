@@ -11,7 +11,9 @@
 //! Body: `{"ready": bool, "credentials": [{"name", "ready", "state",
 //! "reason"?, "expires_in_s"?}]}`, plus `"routes": [{"name", "credential"}]`
 //! when routes were named. `reason` is there when there is no valid token,
-//! `expires_in_s` when there is one that expires.
+//! `expires_in_s` when there is one that expires. With `[cache] redis_url`,
+//! `"cache": {"redis": "up" | "down", "reason"?}`; Redis down does not make
+//! sidekey unready (each replica then renews its own tokens).
 
 use std::collections::BTreeSet;
 
@@ -19,6 +21,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AdminState;
+use crate::cache::RedisState;
 
 /// The status and JSON body of `/readyz` with `query`.
 pub fn readyz(state: &AdminState, query: Option<&str>) -> (StatusCode, Value) {
@@ -69,6 +72,14 @@ pub fn readyz(state: &AdminState, query: Option<&str>) -> (StatusCode, Value) {
         ready &= wanted.iter().all(|name| credentials.get(name).is_some());
     }
     let mut body = json!({ "ready": ready, "credentials": listed });
+    // Redis trouble is no readiness failure: each replica renews alone.
+    match credentials.redis_state() {
+        Some(RedisState::Up) => body["cache"] = json!({ "redis": "up" }),
+        Some(RedisState::Down { reason }) => {
+            body["cache"] = json!({ "redis": "down", "reason": reason });
+        }
+        None => {}
+    }
     if !routes.is_empty() {
         body["routes"] = Value::from(routes);
     }

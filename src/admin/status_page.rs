@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::AdminState;
 use super::rates::{RouteRates, RouteTotals};
+use crate::cache::RedisState;
 use crate::credential::{CredentialReport, CredentialState};
 
 /// Seconds between the page's own reloads.
@@ -120,6 +121,19 @@ pub fn render(state: &AdminState) -> String {
         page.push_str("<tr><td colspan=\"8\" class=\"muted\">none</td></tr>\n");
     }
     page.push_str("</table>\n");
+    match state.credentials.load().redis_state() {
+        Some(RedisState::Up) => page
+            .push_str("<p>Token cache: Redis up — one renewal per credential for the fleet.</p>\n"),
+        Some(RedisState::Down { reason }) => {
+            let _ = writeln!(
+                page,
+                "<p>Token cache: <span class=\"err\">Redis down</span> ({}) — each replica \
+                 renews its own tokens until it is back.</p>",
+                escape(&reason)
+            );
+        }
+        None => {}
+    }
 
     page.push_str(
         "<h2>Routes</h2>\n<table><tr><th>route</th><th>listen</th><th>upstream</th>\

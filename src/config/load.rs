@@ -16,7 +16,7 @@ use super::route::RouteConfig;
 use super::source::Source;
 use super::top::{Config, LogConfig, Text, TlsConfig};
 use super::value::{Dur, Timeout, bounded, secs, via, via_some};
-use super::{credential, rules};
+use super::{cache, credential, rules};
 use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
 
@@ -50,6 +50,7 @@ struct File {
     #[serde(default)]
     routes: Vec<IgnoredAny>,
     forward_proxy: Option<IgnoredAny>,
+    cache: Option<IgnoredAny>,
 }
 
 /// Read and validate the file at `path`; secrets are resolved later (`preflight`).
@@ -124,6 +125,7 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
         credentials,
         routes,
         forward_proxy,
+        cache: file.cache.and_then(|_| cache::read(&src)),
         env,
         text: Text(text.into()),
         warnings: Vec::new(),

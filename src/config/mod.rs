@@ -5,10 +5,11 @@
 //! [`load`]) then applies the rules between keys and tables. Every refusal
 //! is a [`ConfigError`] naming file, line and key. Credentials live in
 //! `credential`, routes and the forward proxy in `route`, the top level and
-//! small tables in `top`; forward-proxy host keys are [`crate::host`]'s,
+//! small tables in `top`, `[cache]` in `cache`; forward-proxy host keys are [`crate::host`]'s,
 //! secret references [`crate::secret`]'s. `Debug` output of anything here
 //! never shows a secret.
 
+mod cache;
 mod credential;
 mod error;
 mod load;
@@ -19,6 +20,7 @@ mod top;
 mod value;
 
 pub use crate::limits::ConnLimits;
+pub use cache::{CacheConfig, check_redis_url};
 pub use credential::{
     BodyFormat, ClientAuth, CredentialConfig, CredentialKind, Grant, InbentaConfig, InbentaKey,
     OAuth2Config, StaticConfig,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::cache::CacheConfig;
 use super::credential::CredentialConfig;
 use super::error::{ConfigError, Key};
 use super::route::{ForwardProxyConfig, RouteConfig};
@@ -40,6 +41,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[forward_proxy]`.
     pub forward_proxy: Option<ForwardProxyConfig>,
+    /// `[cache]`: tokens kept across restarts.
+    pub cache: Option<CacheConfig>,
     /// Where `{ env = … }` secret references are looked up.
     pub env: Arc<dyn EnvSource>,
     /// The file's text, so that later checks can name a key's line ([`Config::key_error`]).

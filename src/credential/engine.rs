@@ -28,6 +28,13 @@
 //!   retries. The reason labels `sidekey_token_refresh_total`, is a field of
 //!   the engine's log lines, and the last attempt (when, why, outcome, how
 //!   long) is kept for the status page ([`CredentialHandle::report`]).
+//! - With a `[cache]` ([`super::stored`]), every attempt first claims: a
+//!   stored token that is not due (and is not the one held or rejected) is
+//!   adopted instead of requested — counted in
+//!   `sidekey_token_cache_adopted_total`, not as a token request; logged at
+//!   INFO — and with Redis, a replica that finds another renewing waits
+//!   for its token at most half the held token's remaining life (2 s
+//!   without one), then requests its own. A token obtained is stored.
 //! - A token without expiry (static) is read again every
 //!   [`Provider::poll_interval`]; only a changed value is published.
 //! - If the task panics, its supervisor logs an ERROR, counts it in
@@ -46,11 +53,16 @@ use tokio::time::Instant;
 use super::handle::{CredentialHandle, EngineSettings, Published, State};
 use super::provider::{FetchError, Provider, Token};
 use super::report::{LastAttempt, RenewalReason};
+use super::stored::{Claim, Stored};
 use super::timing::{
     BACKOFF_MAX, RETRY_FLOOR, backoff_delay, renewal_delay, retry_delay, safety_margin,
 };
 use super::token_client::MAX_LIFETIME;
 use crate::metrics::{Metrics, RefreshOutcome};
+
+/// How long a replica without a valid token waits for another replica's
+/// renewal (with `[cache] redis_url`) before requesting a token itself.
+const FLEET_WAIT_WITHOUT_TOKEN: Duration = Duration::from_secs(2);
 
 /// A failure message is logged at WARN again after this long, if unchanged.
 const REPEAT_WARNING_AFTER: Duration = Duration::from_secs(30);
@@ -161,26 +173,39 @@ async fn run<P: Provider>(
     loop {
         // The rejected generation this attempt answers.
         let covering = handle.renewing();
-        let sent = Instant::now();
-        let offered = if on_rejection {
-            None
-        } else {
-            held.as_ref()
-                .filter(|held| held.valid_at(sent))
-                .map(|held| &held.token)
-        };
         handle.state.rcu(|state| state.with_attempt(true, None));
-        let result =
-            match tokio::time::timeout(settings.fetch_timeout, provider.fetch(offered)).await {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Transient {
-                    message: format!(
-                        "token request did not finish within {} s",
-                        settings.fetch_timeout.as_secs_f64()
-                    ),
-                    retry_after: None,
-                }),
-            };
+        // A cached token that is not due (nor the one held or rejected)
+        // saves a request; with Redis, one replica requests for the fleet.
+        let claim = match &settings.store {
+            Some(store) => {
+                // Wait on another replica's renewal while half the held
+                // token's life is left, or briefly without one.
+                let left = held
+                    .as_ref()
+                    .and_then(|held| held.usable_for(Instant::now()));
+                let wait = left.map_or(FLEET_WAIT_WITHOUT_TOKEN, |left| left / 2);
+                let held = held.as_ref().map(|held| &held.token.value);
+                Some(store.claim(held, settings.fetch_timeout, wait).await)
+            }
+            None => None,
+        };
+        let restored = matches!(claim, Some(Claim::Adopt(_)));
+        let (result, sent) = match claim {
+            Some(Claim::Adopt(stored)) => {
+                let (token, sent) = adopt(stored);
+                (Ok(token), sent)
+            }
+            ticket => {
+                let sent = Instant::now();
+                let result = fetch(&*provider, held.as_ref(), on_rejection, &settings).await;
+                if let (Some(store), Some(Claim::Fetch(ticket))) = (&settings.store, ticket) {
+                    store
+                        .settle(ticket, result.as_ref().ok(), sent.elapsed())
+                        .await;
+                }
+                (result, sent)
+            }
+        };
 
         let attempt = LastAttempt {
             at: SystemTime::now(),
@@ -228,7 +253,14 @@ async fn run<P: Provider>(
                             .checked_add(usable)
                     });
                     // The engine is the only writer: load, then store.
-                    let failures_total = handle.state.load().failures_total;
+                    let previous = handle.state.load();
+                    let (failures_total, last) =
+                        (previous.failures_total, previous.last_attempt.clone());
+                    // A token from the cache was no attempt of this engine's.
+                    let last_attempt = match restored {
+                        true => last,
+                        false => Some(attempt.clone()),
+                    };
                     handle.state.store(Arc::new(State {
                         published: Some(published),
                         wall_expiry,
@@ -236,26 +268,39 @@ async fn run<P: Provider>(
                         in_flight: false,
                         next_attempt: None,
                         lifetime,
-                        last_attempt: Some(attempt.clone()),
-                        last_success: Some(attempt.at),
+                        last_success: last_attempt.as_ref().map(|attempt| attempt.at),
+                        last_attempt,
                         failures: 0,
                         failures_total,
                     }));
                     handle.generation.send_replace(generation);
-                    metrics.record_token_refresh(&name, RefreshOutcome::Success, reason.as_str());
-                    match lifetime {
-                        Some(lifetime) => tracing::info!(
+                    match (lifetime, restored) {
+                        (Some(_), true) => tracing::info!(
+                            credential = %name,
+                            generation,
+                            "using a cached token valid for {} s more",
+                            usable_until.map_or(0, |at| at.saturating_duration_since(Instant::now()).as_secs())
+                        ),
+                        (Some(lifetime), false) => tracing::info!(
                             credential = %name,
                             generation,
                             reason = %reason,
                             "obtained token valid for {} s",
                             lifetime.as_secs()
                         ),
-                        None => tracing::info!(
+                        (None, _) => tracing::info!(
                             credential = %name,
                             generation,
                             reason = %reason,
                             "obtained token without expiry"
+                        ),
+                    }
+                    match restored {
+                        true => metrics.record_token_adopted(&name),
+                        false => metrics.record_token_refresh(
+                            &name,
+                            RefreshOutcome::Success,
+                            reason.as_str(),
                         ),
                     }
                     held = Some(Held {
@@ -336,6 +381,43 @@ async fn run<P: Provider>(
             reason = RenewalReason::Rejected;
         } else if failures == 0 {
             reason = RenewalReason::Scheduled;
+        }
+    }
+}
+
+/// One token request, bounded by the fetch limit. The held token is offered
+/// (for Inbenta's `/refreshToken`) while it is valid, unless it was rejected.
+async fn fetch<P: Provider>(
+    provider: &P,
+    held: Option<&Held>,
+    on_rejection: bool,
+    settings: &EngineSettings,
+) -> Result<Token, FetchError> {
+    let now = Instant::now();
+    let offered = held
+        .filter(|held| !on_rejection && held.valid_at(now))
+        .map(|held| &held.token);
+    match tokio::time::timeout(settings.fetch_timeout, provider.fetch(offered)).await {
+        Ok(result) => result,
+        Err(_) => Err(FetchError::Transient {
+            message: format!(
+                "token request did not finish within {} s",
+                settings.fetch_timeout.as_secs_f64()
+            ),
+            retry_after: None,
+        }),
+    }
+}
+
+/// A cached token and the instant its request was sent. On a monotonic
+/// clock younger than the token, its remaining life counts from now.
+fn adopt(stored: Stored) -> (Token, Instant) {
+    let (mut token, now) = (stored.token, Instant::now());
+    match now.checked_sub(stored.age) {
+        Some(sent) => (token, sent),
+        None => {
+            token.lifetime = token.lifetime.map(|life| life.saturating_sub(stored.age));
+            (token, now)
         }
     }
 }

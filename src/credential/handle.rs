@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::provider::ApiMap;
 use super::rejection::{self, Decision, Rejections};
 use super::report::{CredentialReport, CredentialState, LastAttempt, RenewalReason};
+use super::stored::TokenStore;
 use super::{timing, token_client};
 use crate::config::{CredentialConfig, CredentialKind};
 use crate::metrics::{Metrics, RejectionCounters};
@@ -92,6 +93,8 @@ pub struct EngineSettings {
     /// Why the engine's first token request is made: [`RenewalReason::Startup`],
     /// or [`RenewalReason::Reload`] for an engine a reload started.
     pub first_reason: RenewalReason,
+    /// The credential's entry in the `[cache]`, if any.
+    pub store: Option<Arc<TokenStore>>,
 }
 
 impl Default for EngineSettings {
@@ -103,6 +106,7 @@ impl Default for EngineSettings {
             fetch_timeout: Duration::from_secs(30),
             kind: "custom",
             first_reason: RenewalReason::Startup,
+            store: None,
         }
     }
 }
@@ -127,6 +131,7 @@ impl EngineSettings {
                 .saturating_add(Duration::from_secs(5)),
             kind,
             first_reason: RenewalReason::Startup,
+            store: None,
         }
     }
 }

@@ -10,7 +10,9 @@
 //! before expiry, backoff on failure ([`timing`] has the exact rules), and
 //! renewal on demand when an upstream rejects a token ([`rejection`] decides
 //! when a rejection is not about the token). Error text from token
-//! endpoints is redacted of every secret sent ([`redact`]).
+//! endpoints is redacted of every secret sent ([`redact`]). With a
+//! `[cache]`, an engine starts from a stored token that is not yet due and
+//! stores each token it obtains ([`stored`]).
 //!
 //! Entry points: [`Credentials::start`] (one engine per `[credentials.NAME]`,
 //! stopped when the [`Credentials`] is dropped), [`Credentials::spawn`] (an
@@ -41,6 +43,7 @@ pub mod registry;
 pub mod rejection;
 pub mod report;
 pub mod static_token;
+pub mod stored;
 pub mod timing;
 pub mod token_client;
 

@@ -16,7 +16,9 @@ use super::engine;
 use super::handle::{CredentialHandle, EngineSettings};
 use super::provider::{FetchError, Provider, Token};
 use super::report::RenewalReason;
-use crate::config::{Config, CredentialConfig};
+use super::stored::TokenStore;
+use crate::cache::{RedisState, TokenCache};
+use crate::config::{CacheConfig, Config, CredentialConfig};
 use crate::metrics::Metrics;
 use crate::rotating::{self, Trust};
 use crate::secret::{EnvSource, SecretRef};
@@ -42,6 +44,8 @@ impl Drop for Engine {
 /// The inputs an engine was built from; equal inputs mean a reload may keep it.
 struct Origin {
     config: CredentialConfig,
+    /// `[cache]`, whose entry the engine reads and writes.
+    cache: Option<CacheConfig>,
     env: Arc<dyn EnvSource>,
     /// What its token client trusts (kept current while `ca_file` rotates).
     trust: Arc<Trust>,
@@ -50,16 +54,27 @@ struct Origin {
 impl Origin {
     /// Whether an engine started from `self` serves `config` (read through
     /// `env`, trusting `trust`) exactly as a new one would: same settings,
-    /// same values of the environment variables it reads, same trust (as
-    /// the roots now in force on both sides).
-    fn serves(&self, config: &CredentialConfig, env: &dyn EnvSource, trust: &Trust) -> bool {
+    /// same `[cache]`, same values of the environment variables it reads,
+    /// same trust (as the roots now in force on both sides).
+    fn serves(
+        &self,
+        config: &CredentialConfig,
+        cache: Option<&CacheConfig>,
+        env: &dyn EnvSource,
+        trust: &Trust,
+    ) -> bool {
         let same_value = |(_, secret): &(&str, &SecretRef)| match secret {
             SecretRef::Env(name) => self.env.var(name) == env.var(name),
             SecretRef::File(_) | SecretRef::Literal(_) => true,
         };
+        let cache_refs = cache.iter();
+        let mut cache_refs =
+            cache_refs.flat_map(|cache| cache.encryption_key.iter().chain(&cache.redis_url));
         self.config == *config
+            && self.cache.as_ref() == cache
             && self.trust.current().roots.roots == trust.current().roots.roots
             && config.secret_refs().iter().all(same_value)
+            && cache_refs.all(|secret| same_value(&("cache", secret)))
     }
 }
 
@@ -70,6 +85,8 @@ pub struct Credentials {
     engines: BTreeMap<String, Arc<Engine>>,
     /// Names of the engines taken over from a previous configuration.
     taken_over: BTreeSet<String>,
+    /// The `[cache]` the engines use, if any.
+    cache: Option<Arc<TokenCache>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -109,14 +126,15 @@ impl Credentials {
         previous: Option<&Credentials>,
     ) -> Result<Credentials, TlsError> {
         let mut credentials = Credentials::default();
+        // Opened when an engine starts; engines taken over keep theirs.
+        let mut cache = None;
         for (name, credential) in &config.credentials {
             let reusable = previous
                 .and_then(|previous| previous.engines.get(name))
                 .filter(|engine| {
-                    engine
-                        .origin
-                        .as_ref()
-                        .is_some_and(|origin| origin.serves(credential, &*config.env, trust))
+                    engine.origin.as_ref().is_some_and(|origin| {
+                        origin.serves(credential, config.cache.as_ref(), &*config.env, trust)
+                    })
                 });
             if let Some(engine) = reusable {
                 credentials.engines.insert(name.clone(), Arc::clone(engine));
@@ -126,15 +144,25 @@ impl Credentials {
             let provider = AnyProvider::from_config(credential, trust, Arc::clone(&config.env))?;
             let origin = Origin {
                 config: credential.clone(),
+                cache: config.cache.clone(),
                 env: Arc::clone(&config.env),
                 trust: Arc::clone(trust),
             };
             let mut settings = EngineSettings::from_config(credential);
+            let cache = cache.get_or_insert_with(|| open_cache(config));
+            settings.store = (cache.as_ref())
+                .and_then(|cache| TokenStore::new(cache, credential, &*config.env))
+                .map(Arc::new);
             if previous.is_some() {
                 settings.first_reason = RenewalReason::Reload;
             }
             credentials.start_engine(name, provider, settings, metrics, Some(origin));
         }
+        credentials.cache = match cache {
+            Some(opened) => opened,
+            None => previous.and_then(|previous| previous.cache.clone()),
+        }
+        .filter(|_| config.cache.is_some());
         Ok(credentials)
     }
 
@@ -221,6 +249,11 @@ impl Credentials {
         Ok(())
     }
 
+    /// The state of the `[cache]`'s Redis, when one is configured.
+    pub fn redis_state(&self) -> Option<RedisState> {
+        self.cache.as_ref()?.redis_state()
+    }
+
     /// The handle of credential `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<CredentialHandle>> {
         self.engines.get(name).map(|engine| &engine.handle)
@@ -243,6 +276,19 @@ pub struct NotReady {
     pub credential: String,
     /// Why (the token request's failure, or that it did not finish in time).
     pub reason: String,
+}
+
+/// The `[cache]` of `config`, if any and usable. Preflight checked its key,
+/// so a failure here (a variable changed since) only loses the cache.
+fn open_cache(config: &Config) -> Option<Arc<TokenCache>> {
+    let cache = config.cache.as_ref()?;
+    match TokenCache::open(cache, &*config.env, config.tls.ca_file.as_deref()) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(e) => {
+            tracing::error!("[cache] is not used: {e}");
+            None
+        }
+    }
 }
 
 /// Why `sidekey token` could not obtain a token.

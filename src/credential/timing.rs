@@ -14,7 +14,8 @@
 //!   tokens shorter than two minutes renew at half their life, leaving room
 //!   for several attempts); `before` is at least `2 M`. The jitter is 0–5 %
 //!   of `L` (at most 30 s). The renewal never comes sooner than `L / 10`
-//!   (and 500 ms) after the request.
+//!   (and 500 ms) after the request. A token past `L − before` is *due*
+//!   ([`due`]): a stored copy of it (the `[cache]`) is not adopted.
 //! - **Retry after a failure** ([`retry_delay`]), never sooner than
 //!   [`RETRY_FLOOR`] (1 s) whatever the server says:
 //!   - while a token is still handed out for `left`: the backoff (1 s
@@ -68,11 +69,24 @@ pub fn default_refresh_before(lifetime: Duration) -> Duration {
     documented.max(short)
 }
 
+/// How much life a token of `lifetime` has left when it is renewed (before
+/// the jitter): `refresh_before` or its default, at least twice the margin.
+fn renew_before(lifetime: Duration, refresh_before: Option<Duration>) -> Duration {
+    refresh_before
+        .unwrap_or_else(|| default_refresh_before(lifetime))
+        .max(safety_margin(lifetime).saturating_mul(2))
+}
+
+/// Whether a token of `lifetime` obtained `age` ago is due for renewal (the
+/// renewal point without jitter has passed), so that a stored copy of it is
+/// not worth adopting.
+pub fn due(lifetime: Duration, age: Duration, refresh_before: Option<Duration>) -> bool {
+    age >= lifetime.saturating_sub(renew_before(lifetime, refresh_before))
+}
+
 /// How long after its request was sent a token of `lifetime` is renewed.
 pub fn renewal_delay(lifetime: Duration, refresh_before: Option<Duration>) -> Duration {
-    let before = refresh_before
-        .unwrap_or_else(|| default_refresh_before(lifetime))
-        .max(safety_margin(lifetime).saturating_mul(2));
+    let before = renew_before(lifetime, refresh_before);
     let jitter = lifetime
         .mul_f64(fastrand::f64() * 0.05)
         .min(RENEWAL_JITTER_MAX);
@@ -155,6 +169,22 @@ mod tests {
                 Some(Duration::from_secs(10)),
             ));
             assert!((85.0..=90.0).contains(&configured), "{configured}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_due_at_its_renewal_point_without_jitter() {
+        let secs = Duration::from_secs;
+        // An hour: renewed with 5 minutes left.
+        assert!(!due(HOUR, secs(3299), None));
+        assert!(due(HOUR, secs(3300), None));
+        assert!(!due(HOUR, secs(3300), Some(secs(60))));
+        // One second: at half its life.
+        assert!(!due(secs(1), Duration::from_millis(499), None));
+        assert!(due(secs(1), Duration::from_millis(500), None));
+        // Never later than the jittered renewal.
+        for _ in 0..100 {
+            assert!(!due(HOUR, renewal_delay(HOUR, None) - secs(1), None));
         }
     }
 

@@ -420,3 +420,31 @@ fn run_refuses_a_bad_configuration_naming_every_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_says_where_tokens_are_cached_and_reads_the_cache_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{GOOD}\n[cache]\nredis_url = \"redis://:hunter2@127.0.0.1:1/0\"\n\
+         encryption_key = {{ env = \"SIDEKEY_CACHE_KEY\" }}\n"
+    );
+    let path = write(dir.path(), "cache.toml", &text);
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let env = [
+        ("SIDEKEY_TEST_TOKEN", "t0ken-value"),
+        ("SIDEKEY_CACHE_KEY", key),
+    ];
+    let (stdout, stderr, code) = check_with(&path, &env);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("tokens shared on Redis"), "{stdout}");
+    assert!(stdout.contains("SIDEKEY_CACHE_KEY"), "{stdout}");
+    let all = format!("{stdout}{stderr}");
+    assert!(
+        !all.contains(key) && !all.contains("hunter2"),
+        "no secret value: {all}"
+    );
+
+    let (_, stderr, code) = check_with(&path, &[("SIDEKEY_TEST_TOKEN", "t0ken-value")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(line_of_key(&stderr, "cache.encryption_key").contains("SIDEKEY_CACHE_KEY"));
+}

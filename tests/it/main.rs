@@ -21,10 +21,12 @@
 mod support;
 
 mod admin;
+mod cache;
 mod cli;
 mod clientauth;
 mod deploy;
 mod docs;
+mod fleet;
 mod grpc;
 mod h2c;
 mod hostile;

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod timing;
 pub mod tls;
 pub mod token_servers;

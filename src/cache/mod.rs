@@ -1,0 +1,227 @@
+//! The token cache (`[cache]`): sealed values under keys, kept where they
+//! outlive the process — a Redis the fleet shares ([`redis`]) and the
+//! restart file ([`file`]). Values are sealed with AES-256-GCM ([`crypto`])
+//! before they leave the process; an entry's id is its associated data.
+//!
+//! [`TokenCache`] is what the credentials use: [`TokenCache::get`] (Redis
+//! first, the file when Redis has nothing or is down), [`TokenCache::lock`]
+//! (a renewal lock on Redis, so one replica renews for the fleet) and
+//! [`TokenCache::publish`] (compare-and-set on Redis against what `get`
+//! saw, then the file; releases the lock). None of them ever fails its
+//! caller: a store that cannot be read or written, or a value that does
+//! not open (another key, a corrupt file), is as if nothing were stored;
+//! each distinct problem is logged once at WARN (repeats at DEBUG). What a
+//! value holds and how its id is derived are [`crate::credential`]'s
+//! (`stored`).
+
+pub mod crypto;
+pub mod file;
+pub mod redis;
+
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{CacheConfig, check_redis_url};
+use crate::secret::{EnvSource, SecretError};
+use crypto::{KeyError, Keys, Sealed};
+use file::FileStore;
+pub use redis::RedisState;
+use redis::{Down, RedisStore};
+
+/// Why `[cache]` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// `encryption_key` did not resolve.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// `encryption_key` is not a usable key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// `redis_url` did not resolve.
+    #[error(transparent)]
+    RedisUrl(SecretError),
+    /// `redis_url`'s value is not a Redis URL.
+    #[error("{0}")]
+    NotRedis(&'static str),
+    /// `redis_url` is not usable.
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+    /// `[tls] ca_file`, for `rediss://`, cannot be read.
+    #[error(transparent)]
+    CaFile(#[from] crate::tls::TlsError),
+}
+
+/// A value found in the cache.
+#[derive(Debug)]
+pub struct Found {
+    /// The value, opened.
+    pub plain: Vec<u8>,
+}
+
+/// What [`TokenCache::get`] saw on Redis, for [`TokenCache::publish`] to
+/// compare against: the entry as stored (`None`: none), or nothing known.
+#[derive(Debug, Clone, Default)]
+pub struct Seen(Option<Option<String>>);
+
+/// The outcome of [`TokenCache::lock`].
+#[derive(Debug)]
+pub enum Lock {
+    /// This replica renews; the lock's value, for its release.
+    Taken(String),
+    /// Another replica is renewing.
+    Busy,
+    /// Nothing to share with (no Redis, or Redis down): renew alone.
+    Alone,
+}
+
+/// The configured cache: keys, and where values are stored.
+#[derive(Debug)]
+pub struct TokenCache {
+    keys: Keys,
+    redis: Option<RedisStore>,
+    file: Option<FileStore>,
+    /// The last problem logged at WARN.
+    warned: Mutex<Option<String>>,
+}
+
+impl TokenCache {
+    /// The cache `[cache]` describes, its key resolved through `env`;
+    /// `rediss://` trusts the system's roots and `ca_file` (`[tls]`).
+    pub fn open(
+        config: &CacheConfig,
+        env: &dyn EnvSource,
+        ca_file: Option<&Path>,
+    ) -> Result<TokenCache, CacheError> {
+        let secret = match &config.encryption_key {
+            Some(reference) => reference.resolve(env)?,
+            None => return Err(KeyError::Length { index: 1, len: 0 }.into()),
+        };
+        let keys = Keys::parse(&secret)?;
+        let redis = match &config.redis_url {
+            Some(reference) => {
+                let url = reference.resolve(env).map_err(CacheError::RedisUrl)?;
+                check_redis_url(url.expose()).map_err(CacheError::NotRedis)?;
+                Some(RedisStore::new(url.expose(), &config.key_prefix, ca_file)?)
+            }
+            None => None,
+        };
+        Ok(TokenCache {
+            keys,
+            redis,
+            file: config.file.clone().map(FileStore::new),
+            warned: Mutex::new(None),
+        })
+    }
+
+    /// Redis's state, when one is configured.
+    pub fn redis_state(&self) -> Option<RedisState> {
+        self.redis.as_ref().map(RedisStore::state)
+    }
+
+    /// The value stored under `id`, if any opens, and what Redis held.
+    pub async fn get(&self, id: &str) -> (Option<Found>, Seen) {
+        let mut seen = Seen::default();
+        if let Some(redis) = &self.redis
+            && let Ok(stored) = redis.get(id).await
+        {
+            seen = Seen(Some(stored.clone()));
+            let sealed = stored.and_then(|text| serde_json::from_str::<Sealed>(&text).ok());
+            if let Some(plain) = sealed.and_then(|sealed| self.unseal(id, &sealed, "Redis")) {
+                return (Some(Found { plain }), seen);
+            }
+        }
+        let Some(file) = &self.file else {
+            return (None, seen);
+        };
+        let sealed = match file.get(id) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                self.warn(format!("{e}; ignoring it"));
+                None
+            }
+        };
+        let where_ = file.path().display().to_string();
+        let plain = sealed.and_then(|sealed| self.unseal(id, &sealed, &where_));
+        (plain.map(|plain| Found { plain }), seen)
+    }
+
+    /// Take the renewal lock of `id` for `ttl` (the longest a renewal takes).
+    pub async fn lock(&self, id: &str, ttl: Duration) -> Lock {
+        match &self.redis {
+            None => Lock::Alone,
+            Some(redis) => match redis.lock(id, ttl).await {
+                Ok(Some(value)) => Lock::Taken(value),
+                Ok(None) => Lock::Busy,
+                Err(Down) => Lock::Alone,
+            },
+        }
+    }
+
+    /// Release the lock `lock` took, if it did.
+    pub async fn unlock(&self, id: &str, lock: &Lock) {
+        if let (Some(redis), Lock::Taken(value)) = (&self.redis, lock) {
+            redis.unlock(id, value).await;
+        }
+    }
+
+    /// Store `plain` under `id` until `expires`: on Redis only if the entry
+    /// still holds what `seen` saw (a fleet replaces a token once), in the
+    /// file always. Whether Redis took it (`None`: no Redis to ask).
+    pub async fn publish(
+        &self,
+        id: &str,
+        plain: &[u8],
+        expires: SystemTime,
+        seen: &Seen,
+    ) -> Option<bool> {
+        let Some(sealed) = self.keys.seal(id, plain) else {
+            self.warn("the system's random source failed; the token is not cached".into());
+            return None;
+        };
+        let mut shared = None;
+        if let Some(redis) = &self.redis
+            && let Ok(text) = serde_json::to_string(&sealed)
+        {
+            let ttl = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            let expected = seen.0.as_ref().map(Option::as_deref);
+            // Nothing seen (Redis was down): only where there is no entry.
+            let expected = expected.unwrap_or(None);
+            if !ttl.is_zero() {
+                shared = redis.put_if(id, expected, &text, ttl).await.ok();
+            }
+        }
+        if let Some(file) = &self.file
+            && let Err(e) = file.put(id, sealed, expires)
+        {
+            self.warn(format!("{e}; the token is not cached"));
+        }
+        shared
+    }
+
+    /// Open `sealed`, stored `where_` under `id`; a failure is logged.
+    fn unseal(&self, id: &str, sealed: &Sealed, where_: &str) -> Option<Vec<u8>> {
+        match self.keys.open(id, sealed) {
+            Ok(plain) => Some(plain),
+            Err(e) => {
+                self.warn(format!(
+                    "a cached token in {where_} is ignored: {e}; a new token is fetched"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Log `message` at WARN unless it is the one logged last (then DEBUG).
+    fn warn(&self, message: String) {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.as_deref() == Some(message.as_str()) {
+            tracing::debug!("token cache: {message}");
+        } else {
+            tracing::warn!("token cache: {message}");
+            *warned = Some(message);
+        }
+    }
+}

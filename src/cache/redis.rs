@@ -1,0 +1,337 @@
+//! The fleet's shared store on Redis (`[cache] redis_url`, `redis://` or
+//! `rediss://`): sealed entries, renewal locks, and the health of the
+//! connection. Standalone or Redis Cluster, found out when connecting (`INFO
+//! cluster`): a cluster is reached through all its nodes, the URL's being
+//! the first asked.
+//!
+//! Keys, under `key_prefix`: `PREFIX{ID}:token` holds an entry until the
+//! token's expiry (`PX`); `PREFIX{ID}:lock` is a renewal lock (`SET NX PX`
+//! with a random value, released by a compare-and-delete script, expiring on
+//! its own if its holder dies). An entry is replaced by a compare-and-set
+//! script: only if it still holds what the writer read before fetching.
+//!
+//! Redis trouble never reaches a caller as an error: every operation is
+//! bounded by [`OP_TIMEOUT`]; a failure marks Redis down, logs one WARN, and
+//! for a backoff (0.5 s doubling to [`BACKOFF_MAX`], 2 s) operations answer
+//! [`Down`] without touching the network; the first operation after it that
+//! succeeds logs that Redis is back. One multiplexed connection serves
+//! every engine; a failure drops it and the next operation (after the
+//! backoff) connects again — at most one attempt per backoff period.
+
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, TlsCertificates,
+    Value,
+};
+use rustls_pki_types::CertificateDer;
+
+use super::CacheError;
+use tokio::time::Instant;
+
+/// Longest one Redis operation may take, connecting included.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Longest pause between attempts while Redis is down.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+
+/// Redis could not be used for this operation (it is down, or was a moment ago).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Down;
+
+/// Whether Redis answers, for `/readyz`, `/metrics` and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisState {
+    /// Not used yet, or its last operation succeeded.
+    Up,
+    /// Its last operation failed; why, and when the next is tried.
+    Down {
+        /// The last error, one line.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Health {
+    down: Option<(String, Instant)>,
+    backoff: Duration,
+}
+
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                       return redis.call('DEL', KEYS[1]) end return 0";
+const COMPARE_AND_SET: &str = "if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then \
+                               redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) \
+                               return 1 end return 0";
+
+/// A Redis server shared by the fleet.
+pub struct RedisStore {
+    client: Client,
+    config: AsyncConnectionConfig,
+    /// The open connection (multiplexed: every engine shares it); dropped
+    /// after any failure, made again by the next operation.
+    connection: tokio::sync::Mutex<Option<Connection>>,
+    prefix: String,
+    health: Mutex<Health>,
+    release: Script,
+    compare_and_set: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// A store for `url`; connects on first use. A `rediss://` server is
+    /// trusted as sidekey trusts upstreams: the system's roots, and the
+    /// certificates of `ca_file` when given.
+    pub fn new(url: &str, prefix: &str, ca_file: Option<&Path>) -> Result<RedisStore, CacheError> {
+        let client = match ca_file {
+            Some(ca_file) if url.starts_with("rediss://") => {
+                let mut pem = Vec::new();
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    pem.extend_from_slice(pem_of(&cert).as_bytes());
+                }
+                for cert in crate::tls::load_certs(ca_file)? {
+                    pem.extend_from_slice(pem_of(&cert).as_bytes());
+                }
+                let certificates = TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                Client::build_with_tls(url, certificates)?
+            }
+            _ => Client::open(url)?,
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT));
+        Ok(RedisStore {
+            client,
+            config,
+            connection: tokio::sync::Mutex::new(None),
+            prefix: prefix.to_owned(),
+            health: Mutex::new(Health {
+                down: None,
+                backoff: BACKOFF_MIN,
+            }),
+            release: Script::new(RELEASE),
+            compare_and_set: Script::new(COMPARE_AND_SET),
+        })
+    }
+
+    /// The open connection, or a new one.
+    async fn connection(&self) -> Result<Connection, RedisError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = &*slot {
+            return Ok(connection.clone());
+        }
+        let mut single = (self.client)
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut single)
+            .await?;
+        let connection = match info.contains("cluster_enabled:1") {
+            false => Connection::Single(single),
+            true => {
+                let info = self.client.get_connection_info().clone();
+                let cluster = ClusterClient::builder([info])
+                    .connection_timeout(OP_TIMEOUT)
+                    .response_timeout(OP_TIMEOUT)
+                    .retries(1)
+                    .build()?;
+                Connection::Cluster(cluster.get_async_connection().await?)
+            }
+        };
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Up or down, as the last operation found it.
+    pub fn state(&self) -> RedisState {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match &health.down {
+            None => RedisState::Up,
+            Some((reason, _)) => RedisState::Down {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    fn key(&self, id: &str, what: &str) -> String {
+        format!("{}{{{id}}}:{what}", self.prefix)
+    }
+
+    /// The entry of `id`, as stored.
+    pub async fn get(&self, id: &str) -> Result<Option<String>, Down> {
+        let mut command = redis::cmd("GET");
+        command.arg(self.key(id, "token"));
+        self.run(|mut conn| async move { command.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Take the renewal lock of `id` for `ttl`: the lock's value when taken,
+    /// `None` when another replica holds it.
+    pub async fn lock(&self, id: &str, ttl: Duration) -> Result<Option<String>, Down> {
+        let key = self.key(id, "lock");
+        let value = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let ttl = ttl.as_millis().max(1);
+        let ttl = u64::try_from(ttl).unwrap_or(u64::MAX);
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(&value).arg("NX").arg("PX").arg(ttl);
+        let set: Option<String> = self
+            .run(|mut conn| async move { command.query_async(&mut conn).await })
+            .await?;
+        Ok(set.map(|_| value))
+    }
+
+    /// Release the lock of `id` if it still holds `value`.
+    pub async fn unlock(&self, id: &str, value: &str) {
+        let key = self.key(id, "lock");
+        let _: Result<i64, Down> = self
+            .run(|mut conn| async move {
+                let mut invocation = self.release.key(key);
+                invocation.arg(value).invoke_async(&mut conn).await
+            })
+            .await;
+    }
+
+    /// Store `value` as the entry of `id` for `ttl`, only if the entry still
+    /// holds `expected` (`None`: no entry). Whether it was stored.
+    pub async fn put_if(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, Down> {
+        let key = self.key(id, "token");
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let stored: i64 = self
+            .run(|mut conn| async move {
+                let mut invocation = self.compare_and_set.key(key);
+                invocation.arg(expected.unwrap_or("")).arg(value).arg(ttl);
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Run one operation unless Redis is in its backoff, bounded by
+    /// [`OP_TIMEOUT`], and note how it went.
+    async fn run<T, F: Future<Output = Result<T, RedisError>>>(
+        &self,
+        operation: impl FnOnce(Connection) -> F,
+    ) -> Result<T, Down> {
+        if self.backing_off() {
+            return Err(Down);
+        }
+        let attempt = async { operation(self.connection().await?).await };
+        let outcome = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(one_line(&e.to_string())),
+            Err(_) => Err(format!("no answer within {} ms", OP_TIMEOUT.as_millis())),
+        };
+        if outcome.is_err() {
+            *self.connection.lock().await = None;
+        }
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(value) => {
+                if health.down.take().is_some() {
+                    tracing::info!("token cache: Redis is reachable again; tokens are shared");
+                }
+                health.backoff = BACKOFF_MIN;
+                Ok(value)
+            }
+            Err(reason) => {
+                if health.down.is_none() {
+                    tracing::warn!(
+                        "token cache: Redis unavailable ({reason}); each replica renews its own \
+                         tokens until it is back"
+                    );
+                } else {
+                    tracing::debug!("token cache: Redis still unavailable: {reason}");
+                }
+                let retry_at = Instant::now() + health.backoff;
+                health.backoff = health.backoff.saturating_mul(2).min(BACKOFF_MAX);
+                health.down = Some((reason, retry_at));
+                Err(Down)
+            }
+        }
+    }
+
+    fn backing_off(&self) -> bool {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health
+            .down
+            .as_ref()
+            .is_some_and(|(_, retry_at)| Instant::now() < *retry_at)
+    }
+}
+
+/// A connection to a standalone server or to a cluster.
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(single) => single.req_packed_command(cmd),
+            Connection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(single) => single.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(single) => single.get_db(),
+            Connection::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}
+
+/// One certificate as PEM.
+fn pem_of(cert: &CertificateDer<'_>) -> String {
+    let base64 = STANDARD.encode(cert.as_ref());
+    let lines: Vec<&str> = (0..base64.len())
+        .step_by(64)
+        .filter_map(|at| base64.get(at..(at + 64).min(base64.len())))
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+/// An error's first line (redis-rs never prints the URL's password).
+fn one_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}

@@ -1,0 +1,385 @@
+//! `[cache] redis_url`: replicas share one token per credential through a
+//! real Redis (`redis-server` on a free port). Each replica is an in-process
+//! sidekey with its own engines; they share one token endpoint, one
+//! upstream and one Redis. Real time (Redis runs outside the runtime), so
+//! tokens last 1 s and runs a few seconds.
+//!
+//! 1 s tokens are renewed at half their life minus up to 5 % jitter: a
+//! replica alone renews every 0.45–0.5 s, so one renewal per period for
+//! the whole fleet means at most `run / 0.45 s + 1` token requests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::config::{TestConfig, oauth2, route, toml_str};
+use crate::support::logs::capture;
+use crate::support::proxy::TestProxy;
+use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::tls::TestPki;
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Shortest renewal period of a 1 s token (half its life, minus 5 % jitter).
+const PERIOD: Duration = Duration::from_millis(450);
+/// The same for a 2 s token.
+const PERIOD_2S: Duration = Duration::from_millis(900);
+
+/// One OAuth credential on `token`, one route to `upstream`, tokens shared on `redis`.
+fn config(token: &OAuthServer, upstream: &Upstream, redis: &RedisServer) -> TestConfig {
+    config_on(token, upstream, &redis.url(), "it:")
+}
+
+/// [`config`] with Redis at `url` and keys under `prefix`.
+fn config_on(token: &OAuthServer, upstream: &Upstream, url: &str, prefix: &str) -> TestConfig {
+    TestConfig::new()
+        .with(oauth2("api", &token.url()))
+        .with(route(&upstream.url(), "api"))
+        .line(
+            "[cache]",
+            &format!(
+                "redis_url = {{ env = \"REDIS_URL\" }}\nkey_prefix = {}\n\
+                 encryption_key = {{ env = \"CACHE_KEY\" }}",
+                toml_str(prefix)
+            ),
+        )
+        .env("CLIENT_ID", "test-client")
+        .env("CLIENT_SECRET", "test-client-secret")
+        .env("CACHE_KEY", KEY)
+        .env("REDIS_URL", url)
+        .admin()
+}
+
+/// A token endpoint whose tokens last `secs` seconds.
+async fn token_server(secs: u64) -> OAuthServer {
+    OAuthServer::start(OAuthBehaviour {
+        expires_in: Some(json!(secs)),
+        ..OAuthBehaviour::default()
+    })
+    .await
+}
+
+/// `n` replicas, each with its first token.
+async fn fleet(n: usize, config: &TestConfig) -> Vec<Arc<TestProxy>> {
+    let mut replicas = Vec::with_capacity(n);
+    for _ in 0..n {
+        let proxy = config.start().await;
+        proxy.wait_for_tokens().await;
+        replicas.push(Arc::new(proxy));
+    }
+    replicas
+}
+
+/// Requests answered 200, and what every other answer said.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    failed: Mutex<Vec<String>>,
+}
+
+/// Every replica sends a request every 20 ms for `run`.
+async fn traffic(replicas: &[Arc<TestProxy>], run: Duration) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    let until = tokio::time::Instant::now() + run;
+    let tasks: Vec<_> = replicas
+        .iter()
+        .map(|proxy| {
+            let (proxy, tally) = (Arc::clone(proxy), Arc::clone(&tally));
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    let response = proxy.get("/v1/items").await;
+                    match response.status.as_u16() {
+                        200 => tally.ok.fetch_add(1, Ordering::Relaxed),
+                        status => {
+                            let text = format!("{status} {}", response.text());
+                            tally.failed.lock().unwrap().push(text);
+                            0
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("traffic task");
+    }
+    tally
+}
+
+/// At most this many token requests in `run` for one renewal per period of
+/// a 1 s token, with 20 % slack.
+fn one_per_period(run: Duration) -> usize {
+    one_per(PERIOD, run)
+}
+
+/// At most this many token requests in `run` for one renewal per `period`, with 20 % slack.
+fn one_per(period: Duration, run: Duration) -> usize {
+    let periods = run.as_secs_f64() / period.as_secs_f64() + 1.0;
+    (periods * 1.2).floor() as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_replicas_make_one_renewal_per_period_for_the_whole_fleet() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    let replicas = fleet(10, &config(&token, &upstream, &redis)).await;
+    let started = token.calls();
+    assert!(
+        started <= 2,
+        "ten replicas starting made {started} token requests"
+    );
+
+    let run = Duration::from_secs(6);
+    let tally = traffic(&replicas, run).await;
+    let renewals = token.calls() - started;
+    let failed = tally.failed.lock().unwrap().clone();
+    let ok = tally.ok.load(Ordering::Relaxed);
+    eprintln!(
+        "fleet of 10, 1 s tokens, {run:?}: {started} token requests at start, {renewals} renewals \
+         ({:.2} per second), {ok} requests ok, {} failed",
+        renewals as f64 / run.as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 1000, "traffic flowed: {ok}");
+    let bound = one_per_period(run);
+    assert!(
+        renewals <= bound,
+        "{renewals} renewals in {run:?}: one per period for the fleet allows {bound} \
+         (ten replicas on their own would make about {})",
+        10 * bound
+    );
+    let mut adopted = 0.0;
+    for replica in &replicas {
+        let series = "sidekey_token_cache_adopted_total{credential=\"api\"}";
+        adopted += replica.metric(series).await;
+    }
+    // Nine replicas adopt each token the tenth obtains (the starts too).
+    assert!(adopted >= 9.0 * renewals as f64, "{adopted} tokens adopted");
+    let keys = redis.keys();
+    assert!(
+        keys.iter()
+            .any(|key| key.starts_with("it:{") && key.ends_with("}:token")),
+        "{keys:?}"
+    );
+    let stored = redis.cli(&["GET", keys.iter().find(|k| k.ends_with(":token")).unwrap()]);
+    let issued = token.last_token().expect("issued");
+    assert!(
+        !stored.contains(&issued),
+        "the entry is encrypted: {stored}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redis_killed_mid_run_fails_no_request_and_sharing_resumes() {
+    let (logs, _guard) = capture();
+    let mut redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    // 2 s tokens: a replica waits for another's renewal at most half the
+    // life its token has left (0.4 s), room enough on a busy runtime.
+    let token = token_server(2).await;
+    let replicas = Arc::new(fleet(5, &config(&token, &upstream, &redis)).await);
+    let (outage, after) = (Duration::from_secs(2), Duration::from_secs(3));
+
+    let driving = {
+        let replicas = Arc::clone(&replicas);
+        tokio::spawn(async move { traffic(&replicas, Duration::from_secs(9)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill();
+    let before_outage = token.calls();
+    tokio::time::sleep(outage).await;
+    let during_outage = token.calls() - before_outage;
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(
+        readyz.status,
+        200,
+        "Redis down is no readiness failure: {}",
+        readyz.text()
+    );
+    assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
+    let series = replicas[0].admin_get("/metrics").await.text();
+    assert!(
+        series.contains("sidekey_cache_redis_up{store=\"redis\"} 0"),
+        "{series}"
+    );
+    let page = replicas[0].admin_get("/").await.text();
+    assert!(page.contains("Redis down"), "the status page says so");
+    redis.restart();
+    // Replicas try Redis again within their backoff (at most 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resumed_at = token.calls();
+    tokio::time::sleep(after).await;
+    let shared = token.calls() - resumed_at;
+    let tally = driving.await.expect("traffic");
+
+    let failed = tally.failed.lock().unwrap().clone();
+    eprintln!(
+        "outage, 5 replicas, 2 s tokens: {during_outage} token requests in {outage:?} while Redis \
+         was down, {shared} in {after:?} once it was back; {} ok, {} failed",
+        tally.ok.load(Ordering::Relaxed),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        during_outage > one_per(PERIOD_2S, outage),
+        "while Redis was down each replica renewed for itself: {during_outage}"
+    );
+    let bound = one_per(PERIOD_2S, after);
+    let renewals = logs.lines_with(&["obtained token"]).join("\n");
+    assert!(
+        shared <= bound,
+        "sharing resumed: {shared} token requests in {after:?} (≤ {bound}):\n{renewals}"
+    );
+    let down = logs.lines_with(&["WARN", "Redis unavailable"]);
+    assert_eq!(down.len(), 5, "one WARN per replica:\n{}", logs.text());
+    let back = logs.lines_with(&["Redis is reachable again"]);
+    assert_eq!(back.len(), 5, "{}", logs.text());
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+    assert_eq!(
+        replicas[0]
+            .metric("sidekey_cache_redis_up{store=\"redis\"}")
+            .await,
+        1.0
+    );
+    let page = replicas[0].admin_get("/").await.text();
+    assert!(page.contains("Redis up"), "the status page says so");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_renewed_once_for_the_fleet() {
+    let redis = RedisServer::start();
+    let revoked: Arc<Mutex<Option<String>>> = Arc::default();
+    let upstream = {
+        let revoked = Arc::clone(&revoked);
+        Upstream::start(UpstreamOpts::plain().respond(move |request| {
+            let bearer = request.header("authorization").unwrap_or_default();
+            match revoked.lock().unwrap().as_deref() {
+                Some(token) if bearer == format!("Bearer {token}") => Reply::status(401),
+                _ => Reply::status(200),
+            }
+        }))
+        .await
+    };
+    let token = token_server(3600).await;
+    let replicas = fleet(5, &config(&token, &upstream, &redis)).await;
+    assert_eq!(
+        token.calls(),
+        1,
+        "the first replica's token serves the fleet"
+    );
+
+    *revoked.lock().unwrap() = token.last_token();
+    let answers: Vec<_> = replicas
+        .iter()
+        .map(|proxy| {
+            let proxy = Arc::clone(proxy);
+            tokio::spawn(async move { proxy.get("/v1/items").await })
+        })
+        .collect();
+    for answer in answers {
+        let response = answer.await.expect("request");
+        assert_eq!(
+            response.status,
+            200,
+            "retried with the new token: {}",
+            response.text()
+        );
+    }
+    assert_eq!(
+        token.calls(),
+        2,
+        "five replicas saw the token rejected; one renewed it for all"
+    );
+    // A replica that starts later adopts the new token.
+    let late = config(&token, &upstream, &redis).start().await;
+    assert_eq!(late.get("/v1/items").await.status, 200);
+    assert_eq!(token.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_is_shared_through_any_of_its_nodes() {
+    let cluster = RedisCluster::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    // `{x}` is the keys' hash tag: slot 16287, on the third node, so the
+    // first node (the URL's) answers MOVED and only cluster routing works.
+    let first = &cluster.nodes[0];
+    let config = config_on(&token, &upstream, &first.url(), "it{x}:");
+    let replicas = fleet(5, &config).await;
+    let started = token.calls();
+    let run = Duration::from_secs(3);
+    let tally = traffic(&replicas, run).await;
+    let renewals = token.calls() - started;
+    let failed = tally.failed.lock().unwrap().clone();
+    eprintln!(
+        "cluster: 5 replicas, {started} token requests at start, {renewals} renewals in {run:?}"
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        started <= 2 && renewals <= one_per_period(run),
+        "{started} + {renewals}"
+    );
+    let keys = cluster.nodes[2].keys();
+    let entry = keys
+        .iter()
+        .find(|key| key.ends_with(":token"))
+        .expect("the entry on node 3");
+    assert!(
+        first.cli(&["GET", entry]).contains("MOVED"),
+        "the first node does not hold it"
+    );
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_is_trusted_through_the_tls_ca_file() {
+    let pki = TestPki::new();
+    let redis = RedisServer::start_tls(&pki);
+    assert!(redis.url().starts_with("rediss://"));
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(3600).await;
+    let config = config(&token, &upstream, &redis).trusting(&pki);
+    let replicas = fleet(3, &config).await;
+    assert_eq!(token.calls(), 1, "three replicas shared one token over TLS");
+    let readyz = replicas[2].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+
+    // Without the CA, the server is not trusted: each replica renews alone.
+    let untrusted = fleet(2, &self::config(&token, &upstream, &redis)).await;
+    assert_eq!(token.calls(), 3);
+    let readyz = untrusted[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_dead_replica_fails_no_request() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    let replicas = fleet(2, &config(&token, &upstream, &redis)).await;
+    // A replica died holding the renewal lock: it expires only in a minute.
+    let keys = redis.keys();
+    let entry = keys
+        .iter()
+        .find(|key| key.ends_with(":token"))
+        .expect("the entry");
+    let lock = entry.replace(":token", ":lock");
+    assert_eq!(
+        redis.cli(&["SET", &lock, "dead", "PX", "60000"]).trim(),
+        "OK"
+    );
+
+    let tally = traffic(&replicas, Duration::from_secs(3)).await;
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(tally.ok.load(Ordering::Relaxed) > 100);
+}

@@ -1,0 +1,215 @@
+//! A real Redis for the `[cache] redis_url` tests: Debian's `redis-server`
+//! as a child process on a free loopback port, without persistence, killed
+//! when dropped; or three of them made a Redis Cluster ([`RedisCluster`],
+//! `redis-cli --cluster create`). [`RedisServer::kill`] and [`RedisServer::restart`] (same
+//! port, empty) play an outage. `.ci/run` installs `redis-server` when it
+//! is missing; a machine without it fails these tests saying so.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::tls::TestPki;
+
+/// A `redis-server` child process.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    /// Extra `redis-server` arguments (cluster mode).
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Start one on a free port and wait until it answers.
+    pub fn start() -> RedisServer {
+        Self::start_with(Vec::new())
+    }
+
+    fn start_with(args: Vec<String>) -> RedisServer {
+        let (port, bus) = (free_port(), free_port());
+        let args = args.iter().map(|arg| {
+            arg.replace("BUSPORT", &bus.to_string())
+                .replace("PORT", &port.to_string())
+        });
+        let args = args.collect();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            args,
+        };
+        server.restart();
+        server
+    }
+
+    /// One that speaks only TLS, with `pki`'s server certificate.
+    pub fn start_tls(pki: &TestPki) -> RedisServer {
+        let path = |path: &Path| path.to_string_lossy().into_owned();
+        let mut args: Vec<String> = ["--port", "0", "--tls-port", "PORT"]
+            .map(String::from)
+            .into();
+        args.extend(["--tls-cert-file".into(), path(pki.server_cert_path())]);
+        args.extend(["--tls-key-file".into(), path(pki.server_key_path())]);
+        args.extend(["--tls-ca-cert-file".into(), path(pki.ca_pem_path())]);
+        args.extend(["--tls-auth-clients".into(), "no".into()]);
+        Self::start_with(args)
+    }
+
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for [`RedisServer::start_tls`]).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    fn tls(&self) -> bool {
+        self.args.iter().any(|arg| arg == "--tls-port")
+    }
+
+    /// Kill it (SIGKILL: no goodbye to its clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port, empty, and wait until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.ping().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer within 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `PING` over a raw connection: `Some` when it answers `+PONG` (a TLS
+    /// server: when it accepts connections).
+    fn ping(&self) -> Option<()> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        if self.tls() {
+            return Some(());
+        }
+        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        stream.write_all(b"PING\r\n").ok()?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).ok()?;
+        (&reply == b"+PONG\r\n").then_some(())
+    }
+
+    /// The keys stored (`KEYS *`), read through `redis-cli`.
+    pub fn keys(&self) -> Vec<String> {
+        self.cli(&["KEYS", "*"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// One `redis-cli` command's output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three `redis-server`s in cluster mode, their slots shared out by
+/// `redis-cli --cluster create` (no replicas): 0–5460 on the first,
+/// 5461–10922 on the second, 10923–16383 on the third.
+pub struct RedisCluster {
+    /// The nodes, in slot order (killed when dropped, before their directory goes).
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Start the nodes and wait until the cluster says `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        // Removed when dropped, also when starting the cluster fails.
+        let tempdir = tempfile::tempdir().expect("cluster dir");
+        let dir = tempdir.path().to_path_buf();
+        let node = |_| {
+            // The bus port is free too (the default, PORT + 10000, may not
+            // be, or may not exist).
+            let args = ["--cluster-enabled", "yes", "--cluster-port", "BUSPORT"];
+            let args = args.iter().chain(&["--cluster-config-file"]);
+            let mut args: Vec<String> = args.map(|a| (*a).to_owned()).collect();
+            args.push(dir.join("nodes-PORT.conf").to_string_lossy().into_owned());
+            args.extend(["--dir".to_owned(), dir.to_string_lossy().into_owned()]);
+            RedisServer::start_with(args)
+        };
+        let nodes: Vec<RedisServer> = (0..3).map(node).collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let mut create = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-cli --cluster create");
+        // It waits for the nodes to agree; never longer than 10 s here.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let created = loop {
+            match create.try_wait().expect("redis-cli") {
+                Some(status) => break status,
+                None if Instant::now() > deadline => {
+                    let _ = create.kill();
+                    let _ = create.wait();
+                    panic!("redis-cli --cluster create did not finish within 10 s");
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !nodes
+            .iter()
+            .all(|node| node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster {
+            nodes,
+            _dir: tempdir,
+        }
+    }
+}
