@@ -42,6 +42,7 @@ impl LogCapture {
         let dispatch =
             sidekey::telemetry::build(format, filter, capture.clone(), false, repeat_interval);
         let guard = tracing::dispatcher::set_default(&dispatch);
+        rebuild_interest();
         (capture, guard)
     }
 
@@ -118,5 +119,46 @@ pub fn capture() -> (LogCapture, DefaultGuard) {
         .with_ansi(false)
         .finish();
     let guard = tracing::subscriber::set_default(subscriber);
+    rebuild_interest();
     (capture, guard)
+}
+
+/// Makes every log call site stay on for the captures: tracing caches, per
+/// call site, whether any subscriber wants it, and a call site first reached
+/// by a parallel test (whose thread has no capture) could be cached as
+/// wanted by no one, so a capture installed meanwhile saw nothing. A global
+/// default that wants everything (and drops it: threads without a capture
+/// log nowhere, as before) keeps the answer "sometimes" for every call site;
+/// installing it rebuilds the cache once.
+fn rebuild_interest() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(WantsEverything);
+    });
+}
+
+/// A subscriber that wants every event and span, and keeps none.
+struct WantsEverything;
+
+impl tracing::Subscriber for WantsEverything {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::always()
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }
