@@ -16,8 +16,9 @@ use std::sync::Arc;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::cache::{CacheError, TokenCache};
-use crate::config::{Config, ConfigError, ConfigErrors, CredentialKind, Key, UpstreamTls};
+use crate::config::{Config, ConfigError, ConfigErrors, Key, UpstreamTls};
 use crate::credential::client_auth;
+use crate::credential::settings::CredentialKind;
 use crate::rotating::{self, Reread, Trust};
 use crate::secret::SecretRef;
 use crate::tls;

@@ -17,17 +17,18 @@
 pub mod crypto;
 pub mod file;
 pub mod redis;
+pub mod settings;
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::config::{CacheConfig, check_redis_url};
 use crate::secret::{EnvSource, SecretError};
 use crypto::{KeyError, Keys, Sealed};
 use file::FileStore;
 pub use redis::RedisState;
 use redis::{Down, RedisStore};
+use settings::{CacheConfig, check_redis_url};
 
 /// Why `[cache]` cannot be used.
 #[derive(Debug, thiserror::Error)]

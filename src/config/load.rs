@@ -145,10 +145,8 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
-    use crate::config::{
-        BodyFormat, ClientAuth, CredentialKind, InbentaKey, Key, LogFormat, Upstream,
-        parse_duration,
-    };
+    use crate::config::{Key, LogFormat, Upstream, parse_duration};
+    use crate::credential::settings::{BodyFormat, ClientAuth, CredentialKind, InbentaKey};
     use crate::secret::{MapEnv, SecretRef};
 
     use crate::config::fixture::{BASE, FILE, env, err, errs, ok};

@@ -17,14 +17,9 @@ mod route;
 mod rules;
 mod source;
 mod top;
-mod value;
+pub(crate) mod value;
 
 pub use crate::limits::ConnLimits;
-pub use cache::{CacheConfig, check_redis_url};
-pub use credential::{
-    BodyFormat, ClientAuth, CredentialConfig, CredentialKind, Grant, InbentaConfig, InbentaKey,
-    OAuth2Config, StaticConfig,
-};
 pub use error::{ConfigError, ConfigErrors, Key};
 pub use load::{Loaded, load, parse, read};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use super::credential::CredentialKind;
 use super::error::Key;
 use super::route::Upstream;
 use super::source::Source;
 use super::top::Config;
+use crate::credential::settings::CredentialKind;
 use crate::host::ForwardHost;
 
 /// Check `config` as read from `src`; resolve each route's upstream, name and

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::cache::CacheConfig;
-use super::credential::CredentialConfig;
 use super::error::{ConfigError, Key};
 use super::route::{ForwardProxyConfig, RouteConfig};
 use super::source::Source;
 use super::value::{File, Level, Listen, via, via_some};
+use crate::cache::settings::CacheConfig;
+use crate::credential::settings::CredentialConfig;
 use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
 

@@ -41,21 +41,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// For `deserialize_with`: read newtype `N`, keep what it holds.
-pub(super) fn via<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
+pub(crate) fn via<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
     d: D,
 ) -> Result<T, D::Error> {
     N::deserialize(d).map(T::from)
 }
 
 /// [`via`] for an optional key (with `#[serde(default)]`).
-pub(super) fn via_some<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
+pub(crate) fn via_some<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
     d: D,
 ) -> Result<Option<T>, D::Error> {
     via(d).map(Some)
 }
 
 /// A default of `N` seconds.
-pub(super) const fn secs<const N: u64>() -> Duration {
+pub(crate) const fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
 }
 
@@ -78,7 +78,7 @@ impl Visitor<'_> for Wanted {
 macro_rules! from_text {
     ($($(#[$doc:meta])* $name:ident($inner:ty, $wanted:literal) = $parse:expr;)*) => {$(
         $(#[$doc])*
-        pub(super) struct $name(pub(super) $inner);
+        pub(crate) struct $name(pub(crate) $inner);
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -194,7 +194,7 @@ fn url(text: &str) -> Result<Uri, String> {
 }
 
 /// An integer within `LOW..=HIGH`, for an optional key.
-pub(super) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: usize>(
+pub(crate) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: usize>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
     let number = i64::deserialize(d)?;
@@ -206,7 +206,7 @@ pub(super) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: u
 }
 
 /// `renew_on_status = [401, 403]`: HTTP status codes.
-pub(super) fn statuses<'de, D: Deserializer<'de>>(
+pub(crate) fn statuses<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<StatusCode>>, D::Error> {
     let status = |code: i64| {
@@ -225,7 +225,7 @@ pub(super) fn statuses<'de, D: Deserializer<'de>>(
 
 /// `headers = { "X-Name" = "value" }`, in the order of their names.
 #[derive(Deserialize)]
-pub(super) struct Headers(HashMap<Name, Value>);
+pub(crate) struct Headers(HashMap<Name, Value>);
 
 impl From<Headers> for Vec<(HeaderName, HeaderValue)> {
     fn from(headers: Headers) -> Self {

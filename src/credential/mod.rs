@@ -42,6 +42,7 @@ pub mod redact;
 pub mod registry;
 pub mod rejection;
 pub mod report;
+pub mod settings;
 pub mod static_token;
 pub mod stored;
 pub mod timing;
