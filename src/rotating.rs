@@ -37,7 +37,8 @@ use rustls::{
 };
 use tracing::{info, warn};
 
-use crate::config::{ListenerTls, TlsConfig};
+use crate::config::ListenerTls;
+use crate::tls::TlsConfig;
 use crate::tls::{self, TlsError};
 
 /// How often rotating files are read again (static token files too).

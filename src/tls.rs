@@ -1,5 +1,5 @@
 //! TLS files: reading PEM certificates and keys, and the trust roots
-//! (webpki + system roots + `[tls] ca_file`). The rustls configurations
+//! (webpki + system roots + `[tls] ca_file`, whose setting is [`TlsConfig`]). The rustls configurations
 //! built from them (listeners, upstreams, token endpoints), whose files
 //! rotate, are [`crate::rotating`]'s. All crypto comes from rustls' `ring`
 //! provider.
@@ -10,8 +10,18 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
 
-use crate::config::TlsConfig;
+use crate::config::value::{File, via_some};
+
+/// `[tls]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct TlsConfig {
+    /// PEM bundle added to the system/webpki roots.
+    #[serde(default, deserialize_with = "via_some::<_, File, _>")]
+    pub ca_file: Option<PathBuf>,
+}
 
 /// A TLS file or setting that cannot be used.
 #[derive(Debug, thiserror::Error)]

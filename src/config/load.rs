@@ -14,11 +14,13 @@ use serde::de::IgnoredAny;
 use super::error::{ConfigError, ConfigErrors, Key};
 use super::route::RouteConfig;
 use super::source::Source;
-use super::top::{Config, LogConfig, Text, TlsConfig};
+use super::top::{Config, Text};
 use super::value::{Dur, Timeout, bounded, secs, via, via_some};
 use super::{cache, credential, rules};
 use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
+use crate::telemetry::settings::LogConfig;
+use crate::tls::TlsConfig;
 
 /// The top level as written: the connection limits are three keys here
 /// (defaults: [`ConnLimits::PROXY`]); the tables read on their own are only
@@ -145,9 +147,10 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
-    use crate::config::{Key, LogFormat, Upstream, parse_duration};
+    use crate::config::{Key, Upstream, parse_duration};
     use crate::credential::settings::{BodyFormat, ClientAuth, CredentialKind, InbentaKey};
     use crate::secret::{MapEnv, SecretRef};
+    use crate::telemetry::settings::LogFormat;
 
     use crate::config::fixture::{BASE, FILE, env, err, errs, ok};
 

@@ -23,7 +23,7 @@ pub use crate::limits::ConnLimits;
 pub use error::{ConfigError, ConfigErrors, Key};
 pub use load::{Loaded, load, parse, read};
 pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
-pub use top::{AdminConfig, Config, LogConfig, LogFormat, Text, TlsConfig};
+pub use top::{Config, Text};
 pub use value::parse_duration;
 
 #[cfg(test)]
