@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
-use crate::config::value::{File, ServerName, via, via_some};
+use crate::config::value::{File, from_text, via, via_some};
 
 /// `[tls]`.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -49,6 +49,14 @@ pub struct UpstreamTls {
     /// SNI / verification name instead of the upstream's host.
     #[serde(deserialize_with = "via_some::<_, ServerName, _>")]
     pub server_name: Option<String>,
+}
+
+from_text! {
+    /// A TLS server name: a DNS name or an IP address.
+    ServerName(String, "a DNS name or IP address") = |text| match rustls_pki_types::ServerName::try_from(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(_) => Err(format!("`{text}` is not a DNS name or IP address")),
+    };
 }
 
 /// A TLS file or setting that cannot be used.

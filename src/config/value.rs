@@ -60,7 +60,7 @@ pub(crate) const fn secs<const N: u64>() -> Duration {
 }
 
 /// A string, or an error saying what was wanted instead (`expected a duration such as "5s"`).
-struct Wanted(&'static str);
+pub(crate) struct Wanted(pub(crate) &'static str);
 
 impl Visitor<'_> for Wanted {
     type Value = String;
@@ -74,17 +74,18 @@ impl Visitor<'_> for Wanted {
     }
 }
 
-/// Newtypes read from a string by a function that says what is wrong.
+/// Newtypes read from a string by a function that says what is wrong; a
+/// subsystem whose setting needs a check of its own defines it with this too.
 macro_rules! from_text {
     ($($(#[$doc:meta])* $name:ident($inner:ty, $wanted:literal) = $parse:expr;)*) => {$(
         $(#[$doc])*
         pub(crate) struct $name(pub(crate) $inner);
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = d.deserialize_str(Wanted($wanted))?;
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = d.deserialize_str($crate::config::value::Wanted($wanted))?;
                 let parse: fn(&str) -> Result<$inner, String> = $parse;
-                parse(&text).map($name).map_err(de::Error::custom)
+                parse(&text).map($name).map_err(::serde::de::Error::custom)
             }
         }
 
@@ -95,6 +96,7 @@ macro_rules! from_text {
         }
     )*};
 }
+pub(crate) use from_text;
 
 from_text! {
     /// A duration; zero is allowed.
@@ -143,31 +145,6 @@ from_text! {
             "" => "/".to_owned(),
             trimmed => trimmed.to_owned(),
         })
-    };
-    /// A TLS server name: a DNS name or an IP address.
-    ServerName(String, "a DNS name or IP address") = |text| match rustls_pki_types::ServerName::try_from(text) {
-        Ok(_) => Ok(text.to_owned()),
-        Err(_) => Err(format!("`{text}` is not a DNS name or IP address")),
-    };
-    /// An authorization scheme: one word, or empty for the raw value.
-    Scheme(String, "a word such as \"Bearer\"") = |text| match text.chars().all(|c| c.is_ascii_graphic()) {
-        true => Ok(text.to_owned()),
-        false => Err(format!(
-            "`{text}` is not a valid authorization scheme (one word such as \"Bearer\", \
-             or \"\" for the raw value)"
-        )),
-    };
-    /// A log filter: a level, or `target=level` directives such as
-    /// `sidekey=debug,info` (span and field filters are not supported).
-    Level(String, "a log level such as \"info\"") = |text| {
-        if text.contains(['[', ']', '{', '}']) {
-            return Err("not a log filter: span and field filters are not supported \
-                        (use a level or `target=level` directives)".to_owned());
-        }
-        match text.parse::<tracing_subscriber::filter::Targets>() {
-            Ok(_) => Ok(text.to_owned()),
-            Err(e) => Err(format!("not a log filter: {e}")),
-        }
     };
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Deserialize;
 
-use crate::config::value::{Name, Scheme, Timeout, Url, secs, via};
+use crate::config::value::{Name, Timeout, Url, from_text, secs, via};
 use crate::secret::SecretRef;
 
 /// `[credentials.NAME]`: how a token is obtained and which headers it adds.
@@ -203,4 +203,15 @@ fn authorization() -> HeaderName {
 
 fn bearer() -> String {
     "Bearer".to_owned()
+}
+
+from_text! {
+    /// An authorization scheme: one word, or empty for the raw value.
+    Scheme(String, "a word such as \"Bearer\"") = |text| match text.chars().all(|c| c.is_ascii_graphic()) {
+        true => Ok(text.to_owned()),
+        false => Err(format!(
+            "`{text}` is not a valid authorization scheme (one word such as \"Bearer\", \
+             or \"\" for the raw value)"
+        )),
+    };
 }

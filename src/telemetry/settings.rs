@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::config::value::{Level, via};
+use crate::config::value::{from_text, via};
 
 /// `[log]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -38,4 +38,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+from_text! {
+    /// A log filter: a level, or `target=level` directives such as
+    /// `sidekey=debug,info` (span and field filters are not supported).
+    Level(String, "a log level such as \"info\"") = |text| {
+        if text.contains(['[', ']', '{', '}']) {
+            return Err("not a log filter: span and field filters are not supported \
+                        (use a level or `target=level` directives)".to_owned());
+        }
+        match text.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(_) => Ok(text.to_owned()),
+            Err(e) => Err(format!("not a log filter: {e}")),
+        }
+    };
 }
