@@ -22,7 +22,7 @@ pub(crate) mod value;
 pub use crate::limits::ConnLimits;
 pub use error::{ConfigError, ConfigErrors, Key};
 pub use load::{Loaded, load, parse, read};
-pub use route::{ForwardProxyConfig, RouteConfig, Upstream};
+pub use route::{RouteConfig, Upstream};
 pub use top::{Config, Text};
 pub use value::parse_duration;
 

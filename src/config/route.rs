@@ -1,10 +1,10 @@
-//! `[[routes]]` and `[forward_proxy]`: where the app's requests go. Owns
-//! their types and defaults (name, `path_prefix`, the connect/request/body
-//! timeouts); a route's `tls` and `upstream_tls` tables are
-//! [`crate::tls`]'s; the rules between their keys and other tables are
-//! `rules`'.
+//! `[[routes]]`: where the app's requests go. Owns their type and defaults
+//! (name, `path_prefix`, the connect/request/body timeouts) and the
+//! upstream as written (`upstream` or `inbenta_api`), which `rules`
+//! resolves against the credentials. A route's `tls` and `upstream_tls`
+//! tables are [`crate::tls`]'s, `[forward_proxy]` is
+//! [`crate::proxy::settings`]'.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ use serde::Deserialize;
 
 use super::value::{BaseUrl, Headers, Listen, NonEmpty, Prefix, Timeout};
 use super::value::{secs, via, via_some};
-use crate::host::ForwardHost;
 use crate::tls::{ListenerTls, UpstreamTls};
 
 /// `[[routes]]`: where the app's requests go.
@@ -87,30 +86,6 @@ fn no_upstream() -> Upstream {
 
 fn root() -> String {
     "/".to_owned()
-}
-
-/// `[forward_proxy]`: HTTP_PROXY mode.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub struct ForwardProxyConfig {
-    /// `listen`.
-    #[serde(deserialize_with = "via::<_, Listen, _>")]
-    pub listen: SocketAddr,
-    /// `hosts`: (host, port) → credential name; see [`ForwardHost`] for what a key matches.
-    #[serde(default)]
-    pub hosts: BTreeMap<ForwardHost, String>,
-    /// `allow_non_loopback`.
-    #[serde(default)]
-    pub allow_non_loopback: bool,
-    /// `connect_timeout` (default 5s).
-    #[serde(default = "secs::<5>", deserialize_with = "via::<_, Timeout, _>")]
-    pub connect_timeout: Duration,
-    /// `request_timeout` (default 60s).
-    #[serde(default = "secs::<60>", deserialize_with = "via::<_, Timeout, _>")]
-    pub request_timeout: Duration,
-    /// `body_timeout` (default 60s).
-    #[serde(default = "secs::<60>", deserialize_with = "via::<_, Timeout, _>")]
-    pub body_timeout: Duration,
 }
 
 #[cfg(test)]

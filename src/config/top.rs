@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{ConfigError, Key};
-use super::route::{ForwardProxyConfig, RouteConfig};
+use super::route::RouteConfig;
 use super::source::Source;
 use crate::admin::settings::AdminConfig;
 use crate::cache::settings::CacheConfig;
 use crate::credential::settings::CredentialConfig;
 use crate::limits::ConnLimits;
+use crate::proxy::settings::ForwardProxyConfig;
 use crate::secret::EnvSource;
 use crate::telemetry::settings::LogConfig;
 use crate::tls::TlsConfig;
