@@ -55,11 +55,6 @@ struct File {
     cache: Option<IgnoredAny>,
 }
 
-/// Read and validate the file at `path`; secrets are resolved later (`preflight`).
-pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigErrors> {
-    valid(read(path, env))
-}
-
 /// Validate `text` as if read from `path`.
 pub fn parse(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigErrors> {
     valid(read_text(text, path, env))
@@ -97,14 +92,10 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
     let names = file.credentials.keys();
     let read = names.filter_map(|name| Some((name.clone(), credential::read(name, &src)?)));
     let credentials = read.collect();
+    // Every route is read (each reports its errors); they are kept only when all could be.
     let routes = (0..file.routes.len()).map(|index| src.read(&Key::new("routes").at(index)));
-    let routes: Vec<Option<RouteConfig>> = routes.collect();
-    let all_routes = routes.iter().all(Option::is_some);
-    let routes = routes
-        .into_iter()
-        .flatten()
-        .filter(|_| all_routes)
-        .collect();
+    let routes: Option<Vec<RouteConfig>> = routes.collect::<Vec<_>>().into_iter().collect();
+    let all_routes = routes.is_some();
     let forward_proxy = file
         .forward_proxy
         .and_then(|_| src.read(&Key::new("forward_proxy")));
@@ -125,7 +116,7 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
             ca_file: file.tls.ca_file.map(|file| src.file(&file)),
         },
         credentials,
-        routes,
+        routes: routes.unwrap_or_default(),
         forward_proxy,
         cache: file.cache.and_then(|_| cache::read(&src)),
         env,
@@ -147,7 +138,8 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
-    use crate::config::{Key, Upstream, parse_duration};
+    use crate::config::value::parse_duration;
+    use crate::config::{Key, Upstream};
     use crate::credential::settings::{BodyFormat, ClientAuth, CredentialKind, InbentaKey};
     use crate::secret::{MapEnv, SecretRef};
     use crate::telemetry::settings::LogFormat;
@@ -948,10 +940,10 @@ domain_key = { env = "D" }
         let dir = temp_dir("load");
         let path = dir.join("sidekey.toml");
         std::fs::write(&path, BASE).unwrap();
-        let config = load(&path, env()).unwrap();
+        let config = valid(read(&path, env())).unwrap();
         assert_eq!(config.path, path);
         let missing = dir.join("absent.toml");
-        let e = load(&missing, env()).unwrap_err().0.remove(0);
+        let e = valid(read(&missing, env())).unwrap_err().0.remove(0);
         assert_eq!(e.path, missing);
         assert_eq!(e.line, None);
         assert!(

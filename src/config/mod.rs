@@ -1,13 +1,15 @@
 //! Typed configuration: the whole schema of DESIGN.md, loaded from TOML.
 //!
 //! Each type reads itself from the file (serde, unknown keys refused) and
-//! checks its values as it reads them (`value`); the loader ([`parse`],
-//! [`load`]) then applies the rules between keys and tables. Every refusal
-//! is a [`ConfigError`] naming file, line and key. Credentials live in
-//! `credential`, routes and the forward proxy in `route`, the top level and
-//! small tables in `top`, `[cache]` in `cache`; forward-proxy host keys are [`crate::host`]'s,
-//! secret references [`crate::secret`]'s. `Debug` output of anything here
-//! never shows a secret.
+//! checks its values as it reads them (`value`); the loader ([`read`],
+//! [`parse`]) then applies the rules between keys and tables. Every refusal
+//! is a [`ConfigError`] naming file, line and key. This module reads the
+//! file; what a subsystem's settings mean is that subsystem's
+//! (`credential::settings`, `cache::settings`, `admin::settings`,
+//! `telemetry::settings`, `proxy::settings`, `tls`), and the top level
+//! ([`Config`]) and `[[routes]]` are here. Forward-proxy host keys are
+//! [`crate::host`]'s, secret references [`crate::secret`]'s. `Debug` output
+//! of anything here never shows a secret.
 
 mod cache;
 mod credential;
@@ -21,10 +23,9 @@ pub(crate) mod value;
 
 pub use crate::limits::ConnLimits;
 pub use error::{ConfigError, ConfigErrors, Key};
-pub use load::{Loaded, load, parse, read};
+pub use load::{Loaded, parse, read};
 pub use route::{RouteConfig, Upstream};
 pub use top::{Config, Text};
-pub use value::parse_duration;
 
 #[cfg(test)]
 /// Test fixtures for configuration text: one small valid file and the
