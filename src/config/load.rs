@@ -92,10 +92,10 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
     let names = file.credentials.keys();
     let read = names.filter_map(|name| Some((name.clone(), credential::read(name, &src)?)));
     let credentials = read.collect();
-    // Every route is read (each reports its errors); they are kept only when all could be.
+    // Every route is read (each reports its errors); they are kept only when all could be
+    // (the rules name routes by index).
     let routes = (0..file.routes.len()).map(|index| src.read(&Key::new("routes").at(index)));
     let routes: Option<Vec<RouteConfig>> = routes.collect::<Vec<_>>().into_iter().collect();
-    let all_routes = routes.is_some();
     let forward_proxy = file
         .forward_proxy
         .and_then(|_| src.read(&Key::new("forward_proxy")));
@@ -123,7 +123,7 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
         text: Text(text.into()),
         warnings: Vec::new(),
     };
-    rules::apply(&mut config, &src, all_routes);
+    rules::apply(&mut config, &src);
     config.warnings = src.warnings.take();
     let mut errors = src.errors.take();
     errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
