@@ -116,8 +116,8 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Option<CredentialConfig> {
                     "`origin` is only sent with `domain_key`; it is ignored with `secret`";
                 src.warn(&base.then("origin"), message);
             }
-            let inbenta = Uri::from_static("https://api.inbenta.io/v1");
-            let auth_url = file.auth_url.map_or(inbenta, |url| url.0);
+            let default = Uri::from_static(InbentaConfig::AUTH_URL);
+            let auth_url = file.auth_url.map_or(default, |url| url.0);
             src.https(&base, ("auth_url", &auth_url), http);
             CredentialKind::Inbenta(InbentaConfig {
                 api_key: secret("api_key", file.api_key),
@@ -150,10 +150,7 @@ pub(super) fn read(name: &str, src: &Source<'_>) -> Option<CredentialConfig> {
             CredentialKind::Static(fixed)
         }
     };
-    let rejected = match common.kind {
-        Type::Inbenta => vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
-        Type::OAuth2 | Type::Static => vec![StatusCode::UNAUTHORIZED],
-    };
+    let rejected = kind.default_renew_on_status();
     Some(CredentialConfig {
         name: name.to_owned(),
         kind,

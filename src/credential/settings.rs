@@ -71,6 +71,16 @@ pub enum CredentialKind {
     Static(StaticConfig),
 }
 
+impl CredentialKind {
+    /// `renew_on_status` when it is not written: 401, and 403 too for inbenta.
+    pub fn default_renew_on_status(&self) -> Vec<StatusCode> {
+        match self {
+            CredentialKind::Inbenta(_) => vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
+            CredentialKind::OAuth2(_) | CredentialKind::Static(_) => vec![StatusCode::UNAUTHORIZED],
+        }
+    }
+}
+
 /// `type = "inbenta"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InbentaConfig {
@@ -82,8 +92,13 @@ pub struct InbentaConfig {
     pub origin: Option<HeaderValue>,
     /// `oauth_token`: adds `x-oauth-token: Bearer …` to auth requests; re-read on every auth call.
     pub oauth_token: Option<SecretRef>,
-    /// `auth_url` (default `https://api.inbenta.io/v1`); `/auth` and `/refreshToken` live below it.
+    /// `auth_url` (default [`Self::AUTH_URL`]); `/auth` and `/refreshToken` live below it.
     pub auth_url: Uri,
+}
+
+impl InbentaConfig {
+    /// Where Inbenta's authorization API is unless `auth_url` says otherwise.
+    pub const AUTH_URL: &str = "https://api.inbenta.io/v1";
 }
 
 /// Which Inbenta flow a credential uses.
