@@ -21,16 +21,12 @@ pub(super) fn read(src: &Source<'_>) -> Option<CacheConfig> {
         src.warn(&table, message);
     }
     let key = table.then("encryption_key");
-    cache.encryption_key = match cache.encryption_key {
-        Some(secret) => Some(src.secret(&key, secret)),
-        None => {
-            src.fail(
-                &key,
-                "missing key `encryption_key` (tokens are stored encrypted)",
-            );
-            return None;
-        }
+    let Some(secret) = cache.encryption_key.take() else {
+        let message = "missing key `encryption_key` (tokens are stored encrypted)";
+        src.fail(&key, message);
+        return None;
     };
+    cache.encryption_key = Some(src.secret(&key, secret));
     Some(cache)
 }
 

@@ -68,10 +68,8 @@ impl<'a> Source<'a> {
 
     /// The keys written in table `key`.
     pub fn keys(&self, key: &Key) -> Vec<String> {
-        let table = match key.find(&self.doc) {
-            (value, true) => value.get_ref().as_table(),
-            (_, false) => None,
-        };
+        let (value, found) = key.find(&self.doc);
+        let table = value.get_ref().as_table().filter(|_| found);
         let keys = table.into_iter().flat_map(|table| table.keys());
         keys.map(|key| key.get_ref().to_string()).collect()
     }
