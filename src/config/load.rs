@@ -25,31 +25,27 @@ use crate::tls::TlsConfig;
 /// The top level as written: the connection limits are three keys here
 /// (defaults: [`ConnLimits::PROXY`]); the tables read on their own are only
 /// listed, so that one that cannot be read leaves the others readable.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct File {
     #[serde(default = "secs::<20>", deserialize_with = "via::<_, Dur, _>")]
     shutdown_grace: Duration,
     /// More than a sidecar's app opens; each costs memory and a descriptor.
-    #[serde(default, deserialize_with = "bounded::<_, 1, 1_000_000>")]
+    #[serde(deserialize_with = "bounded::<_, 1, 1_000_000>")]
     max_connections: Option<usize>,
     /// From a request line and a handful of headers to a size beyond which
     /// one connection alone could hold megabytes before a request is seen.
-    #[serde(default, deserialize_with = "bounded::<_, 1024, 1_048_576>")]
+    #[serde(deserialize_with = "bounded::<_, 1024, 1_048_576>")]
     max_header_bytes: Option<usize>,
-    #[serde(default, deserialize_with = "via_some::<_, Timeout, _>")]
+    #[serde(deserialize_with = "via_some::<_, Timeout, _>")]
     idle_timeout: Option<Duration>,
     /// Default: one serving thread per core the process may use.
-    #[serde(default, deserialize_with = "bounded::<_, 1, 1024>")]
+    #[serde(deserialize_with = "bounded::<_, 1, 1024>")]
     workers: Option<usize>,
-    #[serde(default)]
     log: LogConfig,
-    #[serde(default)]
     tls: TlsConfig,
     admin: Option<IgnoredAny>,
-    #[serde(default)]
     credentials: BTreeMap<String, IgnoredAny>,
-    #[serde(default)]
     routes: Vec<IgnoredAny>,
     forward_proxy: Option<IgnoredAny>,
     cache: Option<IgnoredAny>,
