@@ -25,10 +25,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::config::{LogConfig, LogFormat};
 use crate::listeners::BindError;
 use crate::secret::MapEnv;
 use crate::server::{Handle, ServeError};
+use crate::telemetry::settings::{LogConfig, LogFormat};
 
 /// Lifetime of the demo's tokens, in seconds.
 pub const DEMO_TOKEN_TTL_SECS: u64 = 12;

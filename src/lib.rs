@@ -6,7 +6,8 @@
 //! token published, so requests never wait for or carry an expired token.
 //!
 //! Map of the crate, in the order a configuration travels:
-//! - [`config`]: the configuration schema, loading and validation
+//! - [`config`]: reading and checking the configuration file (the settings
+//!   types of a subsystem are its own: `credential::settings`, `tls`, …)
 //! - [`secret`]: secret references, the environment they read, redacted values
 //! - [`host`]: forward-proxy host keys and request hosts in one canonical form
 //! - [`preflight`]: secrets resolve and TLS files load, checked once

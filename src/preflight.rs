@@ -16,11 +16,12 @@ use std::sync::Arc;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::cache::{CacheError, TokenCache};
-use crate::config::{Config, ConfigError, ConfigErrors, CredentialKind, Key, UpstreamTls};
+use crate::config::{Config, ConfigError, ConfigErrors, Key};
 use crate::credential::client_auth;
+use crate::credential::settings::CredentialKind;
 use crate::rotating::{self, Reread, Trust};
 use crate::secret::SecretRef;
-use crate::tls;
+use crate::tls::{self, UpstreamTls};
 
 /// A configuration whose secrets resolve and whose TLS files load, with what
 /// was read from those files.

@@ -37,8 +37,7 @@ use rustls::{
 };
 use tracing::{info, warn};
 
-use crate::config::{ListenerTls, TlsConfig};
-use crate::tls::{self, TlsError};
+use crate::tls::{self, ListenerTls, TlsConfig, TlsError};
 
 /// How often rotating files are read again (static token files too).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);

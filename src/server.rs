@@ -29,7 +29,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::config::{AdminConfig, Config, ConnLimits};
+use crate::admin::settings::AdminConfig;
+use crate::config::{Config, ConnLimits};
 use crate::conn;
 use crate::credential::{Credentials, NotReady};
 pub use crate::listeners::Serving;

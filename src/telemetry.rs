@@ -10,6 +10,7 @@
 //! credential every [`REPEAT_INTERVAL`] ([`repeats`](mod@repeats)).
 
 mod repeats;
+pub mod settings;
 
 use std::io::IsTerminal as _;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use self::repeats::Repeats;
 /// How often repeated warnings and errors are summarised.
 pub const REPEAT_INTERVAL: Duration = Duration::from_secs(10);
 
-use crate::config::{LogConfig, LogFormat};
+use self::settings::{LogConfig, LogFormat};
 
 /// Install the global subscriber. A second call (tests, reload) is a no-op.
 pub fn init(log: &LogConfig) {

@@ -1,8 +1,9 @@
-//! TLS files: reading PEM certificates and keys, and the trust roots
-//! (webpki + system roots + `[tls] ca_file`). The rustls configurations
-//! built from them (listeners, upstreams, token endpoints), whose files
-//! rotate, are [`crate::rotating`]'s. All crypto comes from rustls' `ring`
-//! provider.
+//! TLS files: what the TLS settings mean (`[tls]`: [`TlsConfig`]; a
+//! route's `tls` and `upstream_tls`: [`ListenerTls`], [`UpstreamTls`]),
+//! reading PEM certificates and keys, and the trust roots (webpki + system
+//! roots + `[tls] ca_file`). The rustls configurations built from them
+//! (listeners, upstreams, token endpoints), whose files rotate, are
+//! [`crate::rotating`]'s. All crypto comes from rustls' `ring` provider.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,8 +11,53 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
 
-use crate::config::TlsConfig;
+use crate::config::value::{File, from_text, via, via_some};
+
+/// `[tls]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct TlsConfig {
+    /// PEM bundle added to the system/webpki roots.
+    #[serde(default, deserialize_with = "via_some::<_, File, _>")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `tls = { cert, key }` on a route: serve HTTPS.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct ListenerTls {
+    /// PEM certificate chain.
+    #[serde(deserialize_with = "via::<_, File, _>")]
+    pub cert: PathBuf,
+    /// PEM private key.
+    #[serde(deserialize_with = "via::<_, File, _>")]
+    pub key: PathBuf,
+}
+
+/// `upstream_tls = { client_cert, client_key, server_name }`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
+pub struct UpstreamTls {
+    /// PEM client certificate chain (mTLS).
+    #[serde(deserialize_with = "via_some::<_, File, _>")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM client private key (mTLS).
+    #[serde(deserialize_with = "via_some::<_, File, _>")]
+    pub client_key: Option<PathBuf>,
+    /// SNI / verification name instead of the upstream's host.
+    #[serde(deserialize_with = "via_some::<_, ServerName, _>")]
+    pub server_name: Option<String>,
+}
+
+from_text! {
+    /// A TLS server name: a DNS name or an IP address.
+    ServerName(String, "a DNS name or IP address") = |text| match rustls_pki_types::ServerName::try_from(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(_) => Err(format!("`{text}` is not a DNS name or IP address")),
+    };
+}
 
 /// A TLS file or setting that cannot be used.
 #[derive(Debug, thiserror::Error)]

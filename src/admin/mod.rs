@@ -22,6 +22,7 @@ pub mod exposition;
 pub mod listener;
 pub mod rates;
 pub mod readyz;
+pub mod settings;
 pub mod state;
 pub mod status_page;
 

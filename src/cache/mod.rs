@@ -1,7 +1,8 @@
-//! The token cache (`[cache]`): sealed values under keys, kept where they
-//! outlive the process — a Redis the fleet shares ([`redis`]) and the
-//! restart file ([`file`]). Values are sealed with AES-256-GCM ([`crypto`])
-//! before they leave the process; an entry's id is its associated data.
+//! The token cache (`[cache]`, whose settings are [`settings`]): sealed
+//! values under keys, kept where they outlive the process — a Redis the
+//! fleet shares ([`redis`]) and the restart file ([`file`]). Values are
+//! sealed with AES-256-GCM ([`crypto`]) before they leave the process; an
+//! entry's id is its associated data.
 //!
 //! [`TokenCache`] is what the credentials use: [`TokenCache::get`] (Redis
 //! first, the file when Redis has nothing or is down), [`TokenCache::lock`]
@@ -17,17 +18,18 @@
 pub mod crypto;
 pub mod file;
 pub mod redis;
+pub mod settings;
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::config::{CacheConfig, check_redis_url};
 use crate::secret::{EnvSource, SecretError};
 use crypto::{KeyError, Keys, Sealed};
 use file::FileStore;
 pub use redis::RedisState;
 use redis::{Down, RedisStore};
+use settings::{CacheConfig, check_redis_url};
 
 /// Why `[cache]` cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -59,9 +59,6 @@ impl Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// What reading a configuration gives, or the first problem found.
-pub(super) type Result<T> = std::result::Result<T, ConfigError>;
-
 /// A parsed document, or a value in it, with its span.
 pub(super) type Doc<'i> = Spanned<DeValue<'i>>;
 

@@ -14,48 +14,41 @@ use serde::de::IgnoredAny;
 use super::error::{ConfigError, ConfigErrors, Key};
 use super::route::RouteConfig;
 use super::source::Source;
-use super::top::{Config, LogConfig, Text, TlsConfig};
+use super::top::{Config, Text};
 use super::value::{Dur, Timeout, bounded, secs, via, via_some};
 use super::{cache, credential, rules};
 use crate::limits::ConnLimits;
 use crate::secret::EnvSource;
+use crate::telemetry::settings::LogConfig;
+use crate::tls::TlsConfig;
 
 /// The top level as written: the connection limits are three keys here
 /// (defaults: [`ConnLimits::PROXY`]); the tables read on their own are only
 /// listed, so that one that cannot be read leaves the others readable.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct File {
     #[serde(default = "secs::<20>", deserialize_with = "via::<_, Dur, _>")]
     shutdown_grace: Duration,
     /// More than a sidecar's app opens; each costs memory and a descriptor.
-    #[serde(default, deserialize_with = "bounded::<_, 1, 1_000_000>")]
+    #[serde(deserialize_with = "bounded::<_, 1, 1_000_000>")]
     max_connections: Option<usize>,
     /// From a request line and a handful of headers to a size beyond which
     /// one connection alone could hold megabytes before a request is seen.
-    #[serde(default, deserialize_with = "bounded::<_, 1024, 1_048_576>")]
+    #[serde(deserialize_with = "bounded::<_, 1024, 1_048_576>")]
     max_header_bytes: Option<usize>,
-    #[serde(default, deserialize_with = "via_some::<_, Timeout, _>")]
+    #[serde(deserialize_with = "via_some::<_, Timeout, _>")]
     idle_timeout: Option<Duration>,
     /// Default: one serving thread per core the process may use.
-    #[serde(default, deserialize_with = "bounded::<_, 1, 1024>")]
+    #[serde(deserialize_with = "bounded::<_, 1, 1024>")]
     workers: Option<usize>,
-    #[serde(default)]
     log: LogConfig,
-    #[serde(default)]
     tls: TlsConfig,
     admin: Option<IgnoredAny>,
-    #[serde(default)]
     credentials: BTreeMap<String, IgnoredAny>,
-    #[serde(default)]
     routes: Vec<IgnoredAny>,
     forward_proxy: Option<IgnoredAny>,
     cache: Option<IgnoredAny>,
-}
-
-/// Read and validate the file at `path`; secrets are resolved later (`preflight`).
-pub fn load(path: &Path, env: Arc<dyn EnvSource>) -> Result<Config, ConfigErrors> {
-    valid(read(path, env))
 }
 
 /// Validate `text` as if read from `path`.
@@ -95,14 +88,10 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
     let names = file.credentials.keys();
     let read = names.filter_map(|name| Some((name.clone(), credential::read(name, &src)?)));
     let credentials = read.collect();
+    // Every route is read (each reports its errors); they are kept only when all could be
+    // (the rules name routes by index).
     let routes = (0..file.routes.len()).map(|index| src.read(&Key::new("routes").at(index)));
-    let routes: Vec<Option<RouteConfig>> = routes.collect();
-    let all_routes = routes.iter().all(Option::is_some);
-    let routes = routes
-        .into_iter()
-        .flatten()
-        .filter(|_| all_routes)
-        .collect();
+    let routes: Option<Vec<RouteConfig>> = routes.collect::<Vec<_>>().into_iter().collect();
     let forward_proxy = file
         .forward_proxy
         .and_then(|_| src.read(&Key::new("forward_proxy")));
@@ -123,14 +112,14 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
             ca_file: file.tls.ca_file.map(|file| src.file(&file)),
         },
         credentials,
-        routes,
+        routes: routes.unwrap_or_default(),
         forward_proxy,
         cache: file.cache.and_then(|_| cache::read(&src)),
         env,
         text: Text(text.into()),
         warnings: Vec::new(),
     };
-    rules::apply(&mut config, &src, all_routes);
+    rules::apply(&mut config, &src);
     config.warnings = src.warnings.take();
     let mut errors = src.errors.take();
     errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
@@ -145,11 +134,11 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
-    use crate::config::{
-        BodyFormat, ClientAuth, CredentialKind, InbentaKey, Key, LogFormat, Upstream,
-        parse_duration,
-    };
+    use crate::config::value::parse_duration;
+    use crate::config::{Key, Upstream};
+    use crate::credential::settings::{BodyFormat, ClientAuth, CredentialKind, InbentaKey};
     use crate::secret::{MapEnv, SecretRef};
+    use crate::telemetry::settings::LogFormat;
 
     use crate::config::fixture::{BASE, FILE, env, err, errs, ok};
 
@@ -947,10 +936,10 @@ domain_key = { env = "D" }
         let dir = temp_dir("load");
         let path = dir.join("sidekey.toml");
         std::fs::write(&path, BASE).unwrap();
-        let config = load(&path, env()).unwrap();
+        let config = valid(read(&path, env())).unwrap();
         assert_eq!(config.path, path);
         let missing = dir.join("absent.toml");
-        let e = load(&missing, env()).unwrap_err().0.remove(0);
+        let e = valid(read(&missing, env())).unwrap_err().0.remove(0);
         assert_eq!(e.path, missing);
         assert_eq!(e.line, None);
         assert!(

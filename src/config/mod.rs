@@ -1,13 +1,15 @@
 //! Typed configuration: the whole schema of DESIGN.md, loaded from TOML.
 //!
 //! Each type reads itself from the file (serde, unknown keys refused) and
-//! checks its values as it reads them (`value`); the loader ([`parse`],
-//! [`load`]) then applies the rules between keys and tables. Every refusal
-//! is a [`ConfigError`] naming file, line and key. Credentials live in
-//! `credential`, routes and the forward proxy in `route`, the top level and
-//! small tables in `top`, `[cache]` in `cache`; forward-proxy host keys are [`crate::host`]'s,
-//! secret references [`crate::secret`]'s. `Debug` output of anything here
-//! never shows a secret.
+//! checks its values as it reads them (`value`); the loader ([`read`],
+//! [`parse`]) then applies the rules between keys and tables. Every refusal
+//! is a [`ConfigError`] naming file, line and key. This module reads the
+//! file; what a subsystem's settings mean is that subsystem's
+//! (`credential::settings`, `cache::settings`, `admin::settings`,
+//! `telemetry::settings`, `proxy::settings`, `tls`), and the top level
+//! ([`Config`]) and `[[routes]]` are here. Forward-proxy host keys are
+//! [`crate::host`]'s, secret references [`crate::secret`]'s. `Debug` output
+//! of anything here never shows a secret.
 
 mod cache;
 mod credential;
@@ -17,19 +19,13 @@ mod route;
 mod rules;
 mod source;
 mod top;
-mod value;
+pub(crate) mod value;
 
 pub use crate::limits::ConnLimits;
-pub use cache::{CacheConfig, check_redis_url};
-pub use credential::{
-    BodyFormat, ClientAuth, CredentialConfig, CredentialKind, Grant, InbentaConfig, InbentaKey,
-    OAuth2Config, StaticConfig,
-};
 pub use error::{ConfigError, ConfigErrors, Key};
-pub use load::{Loaded, load, parse, read};
-pub use route::{ForwardProxyConfig, ListenerTls, RouteConfig, Upstream, UpstreamTls};
-pub use top::{AdminConfig, Config, LogConfig, LogFormat, Text, TlsConfig};
-pub use value::parse_duration;
+pub use load::{Loaded, parse, read};
+pub use route::{RouteConfig, Upstream};
+pub use top::{Config, Text};
 
 #[cfg(test)]
 /// Test fixtures for configuration text: one small valid file and the

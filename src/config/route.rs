@@ -1,18 +1,19 @@
-//! `[[routes]]` and `[forward_proxy]`: where the app's requests go. Owns
-//! their types and defaults (name, `path_prefix`, the connect/request/body
-//! timeouts); the rules between their keys and other tables are `rules`'.
+//! `[[routes]]`: where the app's requests go. Owns their type and defaults
+//! (name, `path_prefix`, the connect/request/body timeouts) and the
+//! upstream as written (`upstream` or `inbenta_api`), which `rules`
+//! resolves against the credentials. A route's `tls` and `upstream_tls`
+//! tables are [`crate::tls`]'s, `[forward_proxy]` is
+//! [`crate::proxy::settings`]'.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
-use super::value::{BaseUrl, File, Headers, Listen, NonEmpty, Prefix, ServerName, Timeout};
+use super::value::{BaseUrl, Headers, Listen, NonEmpty, Prefix, Timeout};
 use super::value::{secs, via, via_some};
-use crate::host::ForwardHost;
+use crate::tls::{ListenerTls, UpstreamTls};
 
 /// `[[routes]]`: where the app's requests go.
 #[derive(Clone, Debug, Deserialize)]
@@ -85,57 +86,6 @@ fn no_upstream() -> Upstream {
 
 fn root() -> String {
     "/".to_owned()
-}
-
-/// `tls = { cert, key }` on a route: serve HTTPS.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub struct ListenerTls {
-    /// PEM certificate chain.
-    #[serde(deserialize_with = "via::<_, File, _>")]
-    pub cert: PathBuf,
-    /// PEM private key.
-    #[serde(deserialize_with = "via::<_, File, _>")]
-    pub key: PathBuf,
-}
-
-/// `upstream_tls = { client_cert, client_key, server_name }`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a table")]
-pub struct UpstreamTls {
-    /// PEM client certificate chain (mTLS).
-    #[serde(deserialize_with = "via_some::<_, File, _>")]
-    pub client_cert: Option<PathBuf>,
-    /// PEM client private key (mTLS).
-    #[serde(deserialize_with = "via_some::<_, File, _>")]
-    pub client_key: Option<PathBuf>,
-    /// SNI / verification name instead of the upstream's host.
-    #[serde(deserialize_with = "via_some::<_, ServerName, _>")]
-    pub server_name: Option<String>,
-}
-
-/// `[forward_proxy]`: HTTP_PROXY mode.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub struct ForwardProxyConfig {
-    /// `listen`.
-    #[serde(deserialize_with = "via::<_, Listen, _>")]
-    pub listen: SocketAddr,
-    /// `hosts`: (host, port) → credential name; see [`ForwardHost`] for what a key matches.
-    #[serde(default)]
-    pub hosts: BTreeMap<ForwardHost, String>,
-    /// `allow_non_loopback`.
-    #[serde(default)]
-    pub allow_non_loopback: bool,
-    /// `connect_timeout` (default 5s).
-    #[serde(default = "secs::<5>", deserialize_with = "via::<_, Timeout, _>")]
-    pub connect_timeout: Duration,
-    /// `request_timeout` (default 60s).
-    #[serde(default = "secs::<60>", deserialize_with = "via::<_, Timeout, _>")]
-    pub request_timeout: Duration,
-    /// `body_timeout` (default 60s).
-    #[serde(default = "secs::<60>", deserialize_with = "via::<_, Timeout, _>")]
-    pub body_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -6,20 +6,18 @@
 
 use std::collections::BTreeMap;
 
-use super::credential::CredentialKind;
 use super::error::Key;
 use super::route::Upstream;
 use super::source::Source;
 use super::top::Config;
+use crate::credential::settings::CredentialKind;
 use crate::host::ForwardHost;
 
 /// Check `config` as read from `src`; resolve each route's upstream, name and
-/// file paths. Routes are checked only when all could be read: their rules
-/// name them by index.
-pub(super) fn apply(config: &mut Config, src: &Source<'_>, all_routes: bool) {
-    if all_routes {
-        routes(config, src);
-    }
+/// file paths. The loader keeps routes only when all could be read: their
+/// rules name them by index.
+pub(super) fn apply(config: &mut Config, src: &Source<'_>) {
+    routes(config, src);
     forward_proxy(config, src);
     shared(config, src);
 }
@@ -33,8 +31,8 @@ fn routes(config: &mut Config, src: &Source<'_>) {
         let (earlier, rest) = config.routes.split_at_mut(index);
         let (route, base) = (&mut rest[0], Key::new("routes").at(index));
         if !named.contains(&route.credential) {
-            let (name, known) = (&route.credential, &defined);
-            let message = format!("no credential named `{name}` (defined: {known})");
+            let name = &route.credential;
+            let message = format!("no credential named `{name}` (defined: {defined})");
             src.fail(&base.then("credential"), message);
         }
         let credential = credentials.get(&route.credential);
@@ -81,13 +79,8 @@ fn routes(config: &mut Config, src: &Source<'_>) {
             false => base.then("listen"),
         };
         let (listen, prefix) = (route.listen, &route.path_prefix);
-        let same_listen = || {
-            earlier
-                .iter()
-                .enumerate()
-                .filter(move |(_, o)| o.listen == listen)
-        };
-        if let Some((index, _)) = same_listen().find(|(_, o)| o.path_prefix == *prefix) {
+        let mut same_listen = (earlier.iter().enumerate()).filter(|(_, o)| o.listen == listen);
+        if let Some((index, _)) = same_listen.clone().find(|(_, o)| o.path_prefix == *prefix) {
             let message =
                 format!("routes[{index}] already serves path_prefix `{prefix}` on {listen}");
             src.fail(&written("path_prefix"), message);
@@ -98,7 +91,7 @@ fn routes(config: &mut Config, src: &Source<'_>) {
                 format!("route name `{name}` is already used by routes[{index}] (line {line})");
             src.fail(&written("name"), message);
         }
-        if let Some((index, _)) = same_listen().find(|(_, other)| other.tls != route.tls) {
+        if let Some((index, _)) = same_listen.find(|(_, other)| other.tls != route.tls) {
             let message = format!(
                 "routes sharing the listen address {listen} must use the same `tls`; this one \
                  differs from routes[{index}]"
@@ -113,10 +106,8 @@ fn forward_proxy(config: &Config, src: &Source<'_>) {
     let Some(proxy) = &config.forward_proxy else {
         return;
     };
-    let (table, named) = (
-        Key::new("forward_proxy").then("hosts"),
-        src.keys(&Key::new("credentials")),
-    );
+    let table = Key::new("forward_proxy").then("hosts");
+    let named = src.keys(&Key::new("credentials"));
     let mut seen = BTreeMap::new();
     for written in src.keys(&table) {
         let Ok(host) = ForwardHost::parse(&written) else {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::error::{ConfigError, Doc, Key, Result, line_of};
+use super::error::{ConfigError, Doc, Key, line_of};
 use crate::secret::SecretRef;
 use crate::suggest::did_you_mean;
 
@@ -30,7 +30,7 @@ pub(super) struct Source<'a> {
 
 impl<'a> Source<'a> {
     /// Parse `text`; a syntax error is named by its line.
-    pub fn parse(path: &'a Path, text: &'a str) -> Result<Source<'a>> {
+    pub fn parse(path: &'a Path, text: &'a str) -> Result<Source<'a>, ConfigError> {
         let doc = DeTable::parse(text).map_err(|error| {
             let line = error.span().map(|span| line_of(text, span.start));
             ConfigError::new(path, line, "", error.message().trim())
@@ -68,10 +68,8 @@ impl<'a> Source<'a> {
 
     /// The keys written in table `key`.
     pub fn keys(&self, key: &Key) -> Vec<String> {
-        let table = match key.find(&self.doc) {
-            (value, true) => value.get_ref().as_table(),
-            (_, false) => None,
-        };
+        let (value, found) = key.find(&self.doc);
+        let table = value.get_ref().as_table().filter(|_| found);
         let keys = table.into_iter().flat_map(|table| table.keys());
         keys.map(|key| key.get_ref().to_string()).collect()
     }

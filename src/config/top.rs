@@ -1,22 +1,25 @@
-//! The top level: [`Config`] and the small tables `[admin]`, `[log]` and `[tls]`.
+//! The top level: [`Config`], which assembles every table's settings (the
+//! small tables' types live with their subsystems: `[admin]` in
+//! [`crate::admin::settings`], `[log]` in [`crate::telemetry::settings`],
+//! `[tls]` in [`crate::tls`]), and the file's [`Text`].
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::cache::CacheConfig;
-use super::credential::CredentialConfig;
 use super::error::{ConfigError, Key};
-use super::route::{ForwardProxyConfig, RouteConfig};
+use super::route::RouteConfig;
 use super::source::Source;
-use super::value::{File, Level, Listen, via, via_some};
+use crate::admin::settings::AdminConfig;
+use crate::cache::settings::CacheConfig;
+use crate::credential::settings::CredentialConfig;
 use crate::limits::ConnLimits;
+use crate::proxy::settings::ForwardProxyConfig;
 use crate::secret::EnvSource;
+use crate::telemetry::settings::LogConfig;
+use crate::tls::TlsConfig;
 
 /// The whole configuration of one sidekey process.
 #[derive(Clone, Debug)]
@@ -76,67 +79,4 @@ impl fmt::Debug for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "<{} bytes>", self.0.len())
     }
-}
-
-/// `[admin]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub struct AdminConfig {
-    /// Address of the admin listener.
-    #[serde(deserialize_with = "via::<_, Listen, _>")]
-    pub listen: SocketAddr,
-    /// `allow_non_loopback`: permit a listen address outside loopback.
-    #[serde(default)]
-    pub allow_non_loopback: bool,
-    /// Not keys: [`ConnLimits::ADMIN`]; only code (tests) changes them.
-    #[serde(skip, default = "admin_limits")]
-    pub limits: ConnLimits,
-}
-
-fn admin_limits() -> ConnLimits {
-    ConnLimits::ADMIN
-}
-
-/// `[log]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a table")]
-pub struct LogConfig {
-    /// A level, or `target=level` directives such as `sidekey=debug,info` (default `info`).
-    #[serde(deserialize_with = "via::<_, Level, _>")]
-    pub level: String,
-    /// Output format.
-    pub format: LogFormat,
-    /// `access`: one line per proxied request (default false).
-    pub access: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        let (level, format) = ("info".to_owned(), LogFormat::Text);
-        LogConfig {
-            level,
-            format,
-            access: false,
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// `[tls]`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub struct TlsConfig {
-    /// PEM bundle added to the system/webpki roots.
-    #[serde(default, deserialize_with = "via_some::<_, File, _>")]
-    pub ca_file: Option<PathBuf>,
 }

@@ -41,26 +41,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// For `deserialize_with`: read newtype `N`, keep what it holds.
-pub(super) fn via<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
+pub(crate) fn via<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
     d: D,
 ) -> Result<T, D::Error> {
     N::deserialize(d).map(T::from)
 }
 
 /// [`via`] for an optional key (with `#[serde(default)]`).
-pub(super) fn via_some<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
+pub(crate) fn via_some<'de, D: Deserializer<'de>, N: Deserialize<'de>, T: From<N>>(
     d: D,
 ) -> Result<Option<T>, D::Error> {
     via(d).map(Some)
 }
 
 /// A default of `N` seconds.
-pub(super) const fn secs<const N: u64>() -> Duration {
+pub(crate) const fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
 }
 
 /// A string, or an error saying what was wanted instead (`expected a duration such as "5s"`).
-struct Wanted(&'static str);
+pub(crate) struct Wanted(pub(crate) &'static str);
 
 impl Visitor<'_> for Wanted {
     type Value = String;
@@ -74,17 +74,18 @@ impl Visitor<'_> for Wanted {
     }
 }
 
-/// Newtypes read from a string by a function that says what is wrong.
+/// Newtypes read from a string by a function that says what is wrong; a
+/// subsystem whose setting needs a check of its own defines it with this too.
 macro_rules! from_text {
     ($($(#[$doc:meta])* $name:ident($inner:ty, $wanted:literal) = $parse:expr;)*) => {$(
         $(#[$doc])*
-        pub(super) struct $name(pub(super) $inner);
+        pub(crate) struct $name(pub(crate) $inner);
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = d.deserialize_str(Wanted($wanted))?;
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = d.deserialize_str($crate::config::value::Wanted($wanted))?;
                 let parse: fn(&str) -> Result<$inner, String> = $parse;
-                parse(&text).map($name).map_err(de::Error::custom)
+                parse(&text).map($name).map_err(::serde::de::Error::custom)
             }
         }
 
@@ -95,6 +96,7 @@ macro_rules! from_text {
         }
     )*};
 }
+pub(crate) use from_text;
 
 from_text! {
     /// A duration; zero is allowed.
@@ -144,31 +146,6 @@ from_text! {
             trimmed => trimmed.to_owned(),
         })
     };
-    /// A TLS server name: a DNS name or an IP address.
-    ServerName(String, "a DNS name or IP address") = |text| match rustls_pki_types::ServerName::try_from(text) {
-        Ok(_) => Ok(text.to_owned()),
-        Err(_) => Err(format!("`{text}` is not a DNS name or IP address")),
-    };
-    /// An authorization scheme: one word, or empty for the raw value.
-    Scheme(String, "a word such as \"Bearer\"") = |text| match text.chars().all(|c| c.is_ascii_graphic()) {
-        true => Ok(text.to_owned()),
-        false => Err(format!(
-            "`{text}` is not a valid authorization scheme (one word such as \"Bearer\", \
-             or \"\" for the raw value)"
-        )),
-    };
-    /// A log filter: a level, or `target=level` directives such as
-    /// `sidekey=debug,info` (span and field filters are not supported).
-    Level(String, "a log level such as \"info\"") = |text| {
-        if text.contains(['[', ']', '{', '}']) {
-            return Err("not a log filter: span and field filters are not supported \
-                        (use a level or `target=level` directives)".to_owned());
-        }
-        match text.parse::<tracing_subscriber::filter::Targets>() {
-            Ok(_) => Ok(text.to_owned()),
-            Err(e) => Err(format!("not a log filter: {e}")),
-        }
-    };
 }
 
 fn url(text: &str) -> Result<Uri, String> {
@@ -194,7 +171,7 @@ fn url(text: &str) -> Result<Uri, String> {
 }
 
 /// An integer within `LOW..=HIGH`, for an optional key.
-pub(super) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: usize>(
+pub(crate) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: usize>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
     let number = i64::deserialize(d)?;
@@ -206,7 +183,7 @@ pub(super) fn bounded<'de, D: Deserializer<'de>, const LOW: usize, const HIGH: u
 }
 
 /// `renew_on_status = [401, 403]`: HTTP status codes.
-pub(super) fn statuses<'de, D: Deserializer<'de>>(
+pub(crate) fn statuses<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<StatusCode>>, D::Error> {
     let status = |code: i64| {
@@ -225,7 +202,7 @@ pub(super) fn statuses<'de, D: Deserializer<'de>>(
 
 /// `headers = { "X-Name" = "value" }`, in the order of their names.
 #[derive(Deserialize)]
-pub(super) struct Headers(HashMap<Name, Value>);
+pub(crate) struct Headers(HashMap<Name, Value>);
 
 impl From<Headers> for Vec<(HeaderName, HeaderValue)> {
     fn from(headers: Headers) -> Self {

@@ -29,8 +29,8 @@ use http::HeaderValue;
 
 use super::assertion::{AssertionSigner, JWT_BEARER, KeyError, SigningKey, jwt_exp};
 use super::provider::FetchError;
+use super::settings::{ClientAuth, Grant, OAuth2Config};
 use super::token_client::{sensitive_header, transient, unix_now};
-use crate::config::{ClientAuth, Grant, OAuth2Config};
 use crate::rotating::{self, RotatingCert};
 use crate::secret::{EnvSource, Secret, SecretRef};
 use crate::tls::TlsError;

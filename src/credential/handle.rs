@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use super::provider::ApiMap;
 use super::rejection::{self, Decision, Rejections};
 use super::report::{CredentialReport, CredentialState, LastAttempt, RenewalReason};
+use super::settings::{CredentialConfig, CredentialKind};
 use super::stored::TokenStore;
 use super::{timing, token_client};
-use crate::config::{CredentialConfig, CredentialKind};
 use crate::metrics::{Metrics, RejectionCounters};
 
 /// What the proxy injects for one credential at one moment. Built once per

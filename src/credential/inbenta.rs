@@ -48,11 +48,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
 use super::provider::{ApiMap, FetchError, Provider, Token};
+use super::settings::{InbentaConfig, InbentaKey};
 use super::token_client::{
     TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header, transient,
     unix_now, unix_time_field,
 };
-use crate::config::{InbentaConfig, InbentaKey};
 use crate::secret::{EnvSource, Secret};
 
 /// `x-inbenta-key`.

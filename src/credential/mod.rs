@@ -1,7 +1,8 @@
 //! Credentials: obtaining tokens in the background and publishing, per
 //! credential, the headers every request must carry.
 //!
-//! Owns: the [`CredentialHandle`] the proxy reads on each request (one
+//! Owns: what `[credentials.NAME]` means ([`settings`]), the
+//! [`CredentialHandle`] the proxy reads on each request (one
 //! `ArcSwap` load of prebuilt header values), the [`Provider`] trait each
 //! credential type implements (`inbenta`, `oauth2`, `static`, dispatched
 //! through [`AnyProvider`]; `oauth2` client authentication without a secret
@@ -42,6 +43,7 @@ pub mod redact;
 pub mod registry;
 pub mod rejection;
 pub mod report;
+pub mod settings;
 pub mod static_token;
 pub mod stored;
 pub mod timing;

@@ -49,11 +49,11 @@ use serde_json::{Map, Value};
 use super::assertion::jwt_exp;
 use super::client_auth::ClientAuthenticator;
 use super::provider::{FetchError, Provider, Token};
+use super::settings::{BodyFormat, Grant, OAuth2Config};
 use super::token_client::{
     MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header,
     transient, unix_now,
 };
-use crate::config::{BodyFormat, Grant, OAuth2Config};
 use crate::secret::{EnvSource, Secret, SecretRef};
 
 /// Obtains tokens with the client credentials grant or a token exchange.

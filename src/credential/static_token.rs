@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 use super::provider::{FetchError, Provider, Token};
-use crate::config::StaticConfig;
+use super::settings::StaticConfig;
 use crate::secret::{EnvSource, SecretError, SecretRef};
 
 /// How often a `{ file = … }` token is read again: as often as rotating TLS

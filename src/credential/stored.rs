@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::provider::Token;
+use super::settings::{CredentialConfig, CredentialKind, InbentaKey};
 use super::timing;
 use crate::cache::{Lock, Seen, TokenCache};
-use crate::config::{CredentialConfig, CredentialKind, InbentaKey};
 use crate::secret::{EnvSource, Secret};
 
 /// A token as stored. Its text exists only inside the sealed value.

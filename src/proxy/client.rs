@@ -60,8 +60,8 @@ use tracing::debug;
 
 use super::UpstreamBody;
 use super::h2_driver::ConnExecutor;
-use crate::config::UpstreamTls;
 use crate::tls::TlsError;
+use crate::tls::UpstreamTls;
 
 /// How long an idle pooled connection is kept. Below the default idle
 /// timeouts of AWS's ALB (60 s), nginx (75 s) and IIS (120 s): against those, the pool drops a connection before the

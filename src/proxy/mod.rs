@@ -31,6 +31,7 @@ pub mod hosts;
 pub mod path;
 pub mod route;
 pub mod service;
+pub mod settings;
 
 use std::sync::Arc;
 

@@ -260,7 +260,7 @@ mod tests {
 
     use tracing_subscriber::filter::Targets;
 
-    use crate::config::LogFormat;
+    use crate::telemetry::settings::LogFormat;
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use sidekey::config::LogFormat;
+use sidekey::telemetry::settings::LogFormat;
 
 use crate::support::config::{TestConfig, oauth2, route, static_token};
 use crate::support::logs::{self, LogCapture};

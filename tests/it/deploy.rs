@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_yaml_ng::Value;
-use sidekey::config::{Config, CredentialKind, InbentaKey};
+use sidekey::config::Config;
+use sidekey::credential::settings::{CredentialKind, InbentaKey};
 use sidekey::secret::{MapEnv, SecretRef};
 
 const MANIFEST: &str = "deploy/kubernetes/sidecar.yaml";

@@ -11,9 +11,11 @@ use http::StatusCode;
 use rustls::RootCertStore;
 use serde_json::json;
 
-use sidekey::config::{BodyFormat, ClientAuth, Grant, InbentaConfig, InbentaKey, OAuth2Config};
 use sidekey::credential::inbenta::InbentaProvider;
 use sidekey::credential::oauth2::OAuth2Provider;
+use sidekey::credential::settings::{
+    BodyFormat, ClientAuth, Grant, InbentaConfig, InbentaKey, OAuth2Config,
+};
 use sidekey::credential::token_client::TokenClient;
 use sidekey::credential::{FetchError, Provider, Token};
 use sidekey::secret::{EnvSource, MapEnv, SecretRef};

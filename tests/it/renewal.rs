@@ -21,7 +21,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use sidekey::config::StaticConfig;
+use sidekey::credential::settings::StaticConfig;
 use sidekey::credential::static_token::StaticProvider;
 use sidekey::credential::{
     CredentialHandle, CredentialStatus, Credentials, EngineSettings, FetchError, Provider,

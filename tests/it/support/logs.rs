@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sidekey::config::LogFormat;
+use sidekey::telemetry::settings::LogFormat;
 use tracing::dispatcher::DefaultGuard;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
