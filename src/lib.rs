@@ -6,6 +6,7 @@
 //! token published, so requests never wait for or carry an expired token.
 //!
 //! Map of the crate, in the order a configuration travels:
+//! - [`cli`]: the command line (`run`, `check`, `token`, `demo`)
 //! - [`config`]: reading and checking the configuration file (the settings
 //!   types of a subsystem are its own: `credential::settings`, `tls`, …)
 //! - [`secret`]: secret references, the environment they read, redacted values
@@ -31,6 +32,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod credential;
@@ -49,6 +51,7 @@ pub mod proxy;
 pub mod rotating;
 pub mod secret;
 pub mod server;
+mod signals;
 pub mod status;
 pub mod stop;
 pub mod suggest;

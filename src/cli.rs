@@ -1,0 +1,272 @@
+//! The command line: parse it, load and validate the configuration before
+//! binding anything, then run, check, fetch one token, or start the demo.
+//! Exit codes: 0 success, 1 configuration or credential error, 2 usage
+//! error (clap). It lives in the library, not in `main.rs`, so that a
+//! release build compiles the serving code once: the futures the binary
+//! polls would otherwise be compiled again in the binary crate.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing::{error, info, warn};
+
+use crate::config::{self, ConfigErrors};
+use crate::credential::ObtainError;
+use crate::demo::DemoError;
+use crate::error_chain::error_chain;
+use crate::preflight::{self, Checked, preflight};
+use crate::secret::ProcessEnv;
+use crate::server::{ServeError, Serving};
+use crate::signals;
+
+/// Longest a reload waits for the first tokens of new or changed credentials.
+const RELOAD_READY_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidekey",
+    version,
+    about = "Sidecar proxy that injects authentication into outbound API calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file.
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and every secret reference.
+    Check {
+        /// Configuration file.
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Obtain one token for credential NAME and print its type and lifetime.
+    Token {
+        /// Configuration file.
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+        /// The credential's name (`[credentials.NAME]`).
+        name: String,
+        /// Also print the token itself.
+        #[arg(long)]
+        show: bool,
+    },
+    /// Self-contained demo: embedded token server, echo upstream, proxy in front.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Why a command failed; printed once, with its causes, as `error: …`.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Token(#[from] ObtainError),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+}
+
+/// Parse the command line and run the command; `return_freed_memory`
+/// starts the binary's allocator upkeep ([`run`] calls it before serving).
+pub fn main(return_freed_memory: fn()) -> ExitCode {
+    let cli = Cli::parse();
+    // The main thread's runtime runs the credential engines, the admin
+    // listener, signals and reloads; `run` serves the proxy listeners on
+    // their own worker threads (`crate::workers`).
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.command {
+                    Command::Run { config } => run(&config, return_freed_memory).await,
+                    Command::Check { config } => check(&config),
+                    Command::Token { config, name, show } => token(&config, &name, show).await,
+                    Command::Demo { listen } => Ok(crate::demo::run(listen).await?),
+                }
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Config(ConfigErrors(errors))) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            eprintln!("error: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Load and fully validate (including secrets and TLS files).
+fn load_checked(path: &Path) -> Result<Checked, ConfigErrors> {
+    checked(config::read(path, Arc::new(ProcessEnv)))
+}
+
+/// A configuration read as far as it goes and the errors found, with its
+/// secrets and TLS files checked too: every error, by line.
+fn checked((config, mut errors): config::Loaded) -> Result<Checked, ConfigErrors> {
+    match config.map(preflight) {
+        Some(Ok(checked)) if errors.is_empty() => return Ok(checked),
+        Some(Err(ConfigErrors(more))) => errors.extend(more),
+        _ => {}
+    }
+    errors.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
+    Err(ConfigErrors(errors))
+}
+
+/// `sidekey check`: warnings and every error on stderr; on stdout, when the
+/// configuration is valid, a summary, and what it reads (names and paths,
+/// never values) whether valid or not. Nothing is sent over the network.
+fn check(path: &Path) -> Result<(), CliError> {
+    let (config, errors) = config::read(path, Arc::new(ProcessEnv));
+    for warning in config.iter().flat_map(|config| &config.warnings) {
+        eprintln!("warning: {warning}");
+    }
+    let reads = config.as_ref().map(|config| {
+        let (env, files) = preflight::inputs(config);
+        let list = |names: Vec<String>| match names.is_empty() {
+            true => "none".to_owned(),
+            false => names.join(", "),
+        };
+        let env = list(env.into_iter().map(str::to_owned).collect());
+        let files = list(files.iter().map(|f| f.display().to_string()).collect());
+        format!("environment variables read: {env}\nfiles read: {files}")
+    });
+    let Checked { config, .. } = checked((config, errors)).inspect_err(|_| {
+        if let Some(reads) = &reads {
+            println!("{reads}");
+        }
+    })?;
+    let proxy = match config.forward_proxy {
+        Some(_) => ", forward proxy",
+        None => "",
+    };
+    let cache = config.cache.as_ref();
+    let cache = match cache.map(|cache| (cache.redis_url.is_some(), cache.file.is_some())) {
+        Some((true, true)) => ", tokens shared on Redis and kept in a file",
+        Some((true, false)) => ", tokens shared on Redis",
+        Some((false, true)) => ", tokens kept in a file",
+        _ => "",
+    };
+    let (credentials, routes) = (config.credentials.len(), config.routes.len());
+    let path = path.display();
+    println!("{path}: ok ({credentials} credential(s), {routes} route(s){proxy}{cache})");
+    println!("{}", reads.unwrap_or_default());
+    println!(
+        "check does not contact the network; `sidekey token --config {path} NAME` obtains a \
+         token for credential NAME"
+    );
+    Ok(())
+}
+
+async fn token(path: &Path, name: &str, show: bool) -> Result<(), CliError> {
+    let Checked { config, roots, .. } = load_checked(path)?;
+    crate::telemetry::init(&config.log);
+    log_warnings(&config);
+    let (token, kind) = crate::credential::obtain_once(&config, name, &roots).await?;
+    let lifetime = match token.lifetime {
+        Some(lifetime) => format!("expires in {}s", lifetime.as_secs()),
+        None => "does not expire".to_owned(),
+    };
+    println!("credential {name}: type {kind}, {lifetime}");
+    if show {
+        println!("{}", token.value.expose());
+    }
+    Ok(())
+}
+
+/// Log what the configuration accepts with a warning; loading runs before
+/// logging is set up, so the loader only collects these.
+fn log_warnings(config: &config::Config) {
+    for warning in &config.warnings {
+        let (file, key) = (warning.path.display(), &warning.key);
+        warn!(file = %file, line = warning.line, key = %key, "{}", warning.message);
+    }
+}
+
+/// Read `path` again and apply it; a refusal is logged and the old
+/// configuration keeps serving.
+async fn reload(path: &Path, handle: &mut crate::server::Handle) {
+    info!(config = %path.display(), "reloading the configuration");
+    let outcome = match load_checked(path) {
+        Ok(checked) => {
+            log_warnings(&checked.config);
+            handle
+                .reload(checked, RELOAD_READY_WAIT)
+                .await
+                .map_err(CliError::from)
+        }
+        Err(err) => Err(err.into()),
+    };
+    if let Err(err) = outcome {
+        let why = error_chain(&err);
+        error!("reload refused, the old configuration keeps serving: {why}");
+        handle.status().reload_refused(why);
+    }
+}
+
+async fn run(path: &Path, return_freed_memory: fn()) -> Result<(), CliError> {
+    let checked = load_checked(path)?;
+    crate::telemetry::init(&checked.config.log);
+    log_warnings(&checked.config);
+    raise_fd_limit();
+    return_freed_memory();
+    let mut signals = signals::Signals::install();
+    let mut handle = crate::server::serve_with(checked, Serving::Workers).await?;
+    info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
+    let mut signal = signals.next().await;
+    while signal == signals::Signal::Reload {
+        // Signals keep being handled while a reload waits for new tokens:
+        // SIGTERM cancels it and drains, another SIGHUP starts it over with
+        // the file as it is now.
+        signal = tokio::select! {
+            () = reload(path, &mut handle) => signals.next().await,
+            next = signals.next() => {
+                match next {
+                    signals::Signal::Stop => warn!("reload cancelled by a stop signal; the old configuration drains"),
+                    signals::Signal::Reload => info!("reload requested again while reloading; starting over"),
+                }
+                next
+            }
+        };
+    }
+    info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Each app connection costs a file descriptor (and often a second one
+/// upstream); the common soft limit of 1024 is far below what the hard limit
+/// allows, so take the hard limit before binding anything.
+fn raise_fd_limit() {
+    match crate::conn::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            info!(from = before, to = after, "raised the open-file limit");
+        }
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "cannot raise the open-file limit"),
+    }
+}
