@@ -144,7 +144,8 @@ cat >"$TMP/parse.py" <<'EOF'
 # Total Ir and calls into the allocator from a callgrind dump.
 import re, sys
 path, n = sys.argv[1], int(sys.argv[2])
-ALLOC = {"_rjem_malloc", "_rjem_calloc", "_rjem_mallocx", "_rjem_realloc", "_rjem_rallocx"}
+ALLOC = {"_rjem_malloc", "_rjem_calloc", "_rjem_mallocx", "_rjem_realloc", "_rjem_rallocx",
+         "malloc", "calloc", "realloc", "mi_malloc", "mi_calloc", "mi_realloc"}
 names, total, allocs, target = {}, 0, 0, None
 for line in open(path, errors="replace"):
     if line.startswith("summary:") or line.startswith("totals:"):
@@ -225,9 +226,74 @@ EOF
     true
 }
 
+# The peer of run.sh's comparison, counted the same way: nginx proxying to
+# the HTTP/1.1 port with the token set (run.sh's proxy settings), one worker
+# process without a master (`master_process off`) so that callgrind sees it.
+measure_nginx() {
+    local listen pid dump
+    listen=$(free_port)
+    mkdir -p "$TMP/ngx-px"
+    cat >"$TMP/nginx-proxy.conf" <<EOF
+$USER_LINE
+pid $TMP/ngx-px/nginx.pid;
+error_log $TMP/ngx-px/error.log warn;
+master_process off;
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/ngx-px/body;
+    proxy_temp_path $TMP/ngx-px/proxy;
+    fastcgi_temp_path $TMP/ngx-px/fastcgi;
+    uwsgi_temp_path $TMP/ngx-px/uwsgi;
+    scgi_temp_path $TMP/ngx-px/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream api {
+        server 127.0.0.1:$UP_H1;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 75s;
+    }
+    server {
+        listen 127.0.0.1:$listen;
+        location / {
+            proxy_pass https://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1:$UP_H1;
+            proxy_set_header Authorization "Bearer $TOKEN";
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate $TMP/ca.pem;
+            proxy_ssl_name localhost;
+            proxy_ssl_session_reuse on;
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+    valgrind --tool=callgrind --dump-instr=no --collect-jumps=no \
+        --callgrind-out-file="$TMP/cg-nginx.%p" nginx -p "$TMP/ngx-px" -e "$TMP/ngx-px/error.log" \
+        -c "$TMP/nginx-proxy.conf" -g 'daemon off;' >"$TMP/nginx-proxy.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_http "http://127.0.0.1:$listen/"
+    python3 "$TMP/client.py" "$listen" "$pid" "$N" "$C"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    dump=$(ls "$TMP"/cg-nginx.*.1)
+    printf 'nginx (HTTP/1.1 upstream), %d requests on %d connections: %s\n' "$N" "$C" \
+        "$(python3 "$TMP/parse.py" "$dump" "$N")"
+    [[ -n ${KEEP_DUMP:-} ]] && cp "$dump" "$KEEP_DUMP-nginx"
+    true
+}
+
 case $MODE in
 h1) measure h1 "$UP_H1" ;;
 h2) measure h2 "$UP_H2" ;;
 both) measure h1 "$UP_H1" && measure h2 "$UP_H2" ;;
-*) echo "usage: $0 [h1|h2|both] [requests] [connections]" >&2; exit 2 ;;
+nginx) measure_nginx ;;
+all) measure h1 "$UP_H1" && measure h2 "$UP_H2" && measure_nginx ;;
+*) echo "usage: $0 [h1|h2|both|nginx|all] [requests] [connections]" >&2; exit 2 ;;
 esac
