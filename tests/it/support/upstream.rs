@@ -293,8 +293,40 @@ pub struct Reply {
     pub payload: ReplyPayload,
     /// Wait this long before answering (for timeout tests).
     pub delay: Option<Duration>,
+    /// Wait until this gate opens before answering.
+    pub gate: Option<Gate>,
     /// Trailers sent after the body (none: no trailers).
     pub trailers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Holds the answers given it ([`Reply::until`]) until the test opens it:
+/// a request stays in flight exactly as long as a test needs, however slow
+/// the machine.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    /// Let every answer waiting on it, and every later one, go.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
 }
 
 impl Reply {
@@ -305,6 +337,7 @@ impl Reply {
             headers: Vec::new(),
             payload: ReplyPayload::Echo,
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -321,6 +354,7 @@ impl Reply {
             headers: Vec::new(),
             payload: ReplyPayload::Bytes(body.into()),
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -343,6 +377,7 @@ impl Reply {
                 content_length: true,
             },
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -381,6 +416,12 @@ impl Reply {
         self
     }
 
+    /// Answer only once `gate` is open.
+    pub fn until(mut self, gate: &Gate) -> Reply {
+        self.gate = Some(gate.clone());
+        self
+    }
+
     /// 200 with a body of `chunks` chunks of `chunk_len` bytes, one every
     /// `interval` (the first at once), chunked; it then ends normally
     /// (see [`Reply::then_stall`], [`Reply::then_fail`], [`Reply::announce`]).
@@ -399,6 +440,7 @@ impl Reply {
                 length: None,
             },
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -1317,6 +1359,9 @@ async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Resp
     let reply = (state.opts.respond)(&recorded);
     if let Some(delay) = reply.delay.or(state.opts.delay) {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(gate) = &reply.gate {
+        gate.passed().await;
     }
     build_response(reply, &recorded)
 }
