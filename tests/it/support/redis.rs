@@ -5,12 +5,12 @@
 //! port, empty) play an outage. `.ci/run` installs `redis-server` when it
 //! is missing; a machine without it fails these tests saying so.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::tls::TestPki;
+use super::upstream::closed_port;
 
 /// A `redis-server` child process.
 pub struct RedisServer {
@@ -136,12 +136,9 @@ impl RedisServer {
     }
 }
 
-/// A port nothing listens on now.
+/// A port nothing listens on now (see [`closed_port`]).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    closed_port().port()
 }
 
 impl Drop for RedisServer {

@@ -1010,10 +1010,33 @@ impl Drop for Upstream {
     }
 }
 
-/// An address on loopback where nothing listens (bound, then released).
+/// An address on loopback where nothing listens (bound, then released), for
+/// a test to listen on later or to find closed. Its port lies below the
+/// kernel's ephemeral range: with tests running side by side, a port from
+/// `bind(:0)` was sometimes taken, before the test listened on it, by the
+/// local end of another test's outgoing connection (which come from that
+/// range). Ports are handed out once per process, from an offset of its
+/// own.
 pub fn closed_port() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let first = ephemeral_ports_from().unwrap_or(32768);
+    let low = 10_000;
+    let count = usize::from(first.saturating_sub(low).max(1));
+    let offset = std::process::id() as usize * 7919;
+    for _ in 0..count {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = low + ((offset + n) % count) as u16;
+        if let Ok(listener) = StdTcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local addr");
+        }
+    }
+    panic!("no free port in {low}..{first}");
+}
+
+/// The first port of the kernel's ephemeral range, where it has one.
+fn ephemeral_ports_from() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, state: Arc<State>) {
