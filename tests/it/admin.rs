@@ -319,7 +319,7 @@ async fn renewals_carry_their_reason_in_metrics_logs_and_on_the_status_page() {
         .reload(config("write").checked().unwrap(), Duration::from_secs(5))
         .await
         .expect("reload accepted");
-    assert_eq!(server.calls(), 3);
+    assert_eq!(server.calls(), 3, "{}", logs.text());
     let page = proxy.admin_get("/").await.text();
     assert!(page.contains("reload"), "last renewal's reason: {page}");
     assert!(page.contains("accepted"), "the last reload: {page}");

@@ -91,17 +91,17 @@ async fn obtains_and_renews_with(key: TestKey) {
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn private_key_jwt_rs256_obtains_and_renews() {
     obtains_and_renews_with(TestKey::rsa()).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn private_key_jwt_es256_obtains_and_renews() {
     obtains_and_renews_with(TestKey::p256()).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn private_key_jwt_eddsa_obtains_and_renews() {
     obtains_and_renews_with(TestKey::ed25519()).await;
 }
@@ -172,7 +172,7 @@ async fn private_key_jwt_reads_every_key_form_openssl_writes() {
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn private_key_jwt_rereads_a_rotated_key() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key.pem");
@@ -195,7 +195,7 @@ async fn private_key_jwt_rereads_a_rotated_key() {
     assert_eq!(server.issued_tokens().len(), 2, "renewed with the new key");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_key_the_server_does_not_know_is_refused_and_retried_without_leaking() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key.pem");
@@ -262,7 +262,7 @@ fn service_account_token(key: &TestKey, n: u64, exp: u64) -> String {
     }))
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn client_assertion_file_is_read_at_every_token_request() {
     let cluster = TestKey::p256();
     let dir = tempfile::tempdir().unwrap();
@@ -327,7 +327,7 @@ async fn an_expired_client_assertion_is_not_sent() {
 // RFC 8693 token exchange
 // ---------------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn token_exchange_renews_with_the_current_subject_token() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("subject");
@@ -414,7 +414,7 @@ async fn token_exchange_with_a_signed_assertion_and_a_refused_subject() {
 // RFC 8705 mutual TLS
 // ---------------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn tls_client_auth_obtains_and_renews_over_mutual_tls() {
     let pki = Arc::new(TestPki::new());
     let server = OAuthServer::start_mtls(

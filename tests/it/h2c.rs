@@ -415,7 +415,7 @@ async fn an_h2c_stream_flows_both_ways_without_waiting_for_its_end() {
     assert_eq!(upstream.request_count(), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn idle_h2c_connections_are_closed_after_idle_timeout_but_not_while_serving() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|request| {
@@ -472,7 +472,7 @@ async fn idle_h2c_connections_are_closed_after_idle_timeout_but_not_while_servin
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn at_max_connections_an_h2c_connection_waits_for_a_free_place() {
     let pki = Arc::new(TestPki::new());
     let upstream = h2_upstream(&pki).await;

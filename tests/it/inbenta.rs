@@ -177,7 +177,7 @@ async fn gateway_403_with_a_small_chunked_body_retries_it_whole() {
 
 // On tokio's paused clock: the seconds of token life pass in virtual time
 // while every request crosses the real proxy, upstream and auth server.
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn short_tokens_are_refreshed_and_the_apis_map_survives_refresh_answers() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;

@@ -105,7 +105,7 @@ async fn max_header_bytes_sets_the_request_head_limit() {
     assert_eq!(upstream.request_count(), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -147,7 +147,7 @@ async fn idle_and_trickling_app_connections_are_closed_after_idle_timeout() {
     assert_eq!(upstream.request_count(), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn idle_timeout_spares_a_slow_upstream_and_a_long_response_on_a_kept_alive_connection() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).respond(|request| {
@@ -181,7 +181,7 @@ async fn idle_timeout_spares_a_slow_upstream_and_a_long_response_on_a_kept_alive
     assert_eq!(upstream.request_count(), 4);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_tls_listener_closes_connections_that_never_finish_the_handshake() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -202,7 +202,7 @@ async fn a_tls_listener_closes_connections_that_never_finish_the_handshake() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_closes() {
     let (logs, _guard) = LogCapture::install("info", Duration::from_secs(10));
     let pki = Arc::new(TestPki::new());
@@ -263,7 +263,7 @@ async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_clo
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_full_admin_listener_leaves_the_proxy_serving_and_healthz_answers_once_idle_ones_time_out()
  {
     let pki = Arc::new(TestPki::new());

@@ -14,7 +14,7 @@ use crate::support::process::SidekeyProcess;
 use crate::support::proxy::{TestClient, TestProxy, body_empty, request_with, send_to};
 use crate::support::tls::TestPki;
 use crate::support::traffic::Traffic;
-use crate::support::upstream::{Reply, Upstream, UpstreamOpts, closed_port};
+use crate::support::upstream::{Gate, Reply, Upstream, UpstreamOpts, closed_port};
 
 /// A port something else listens on (held as long as the returned listener).
 fn busy_port() -> (std::net::TcpListener, SocketAddr) {
@@ -109,11 +109,12 @@ async fn wait_refused(addr: SocketAddr) {
     panic!("{addr} still accepts connections");
 }
 
-/// An upstream that answers `/slow…` after `slow`, anything else at once.
-async fn upstream_with_slow_paths(pki: &Arc<TestPki>, slow: Duration) -> Upstream {
+/// An upstream that answers `/slow…` once `gate` opens, anything else at once.
+async fn upstream_with_slow_paths(pki: &Arc<TestPki>, gate: &Gate) -> Upstream {
+    let gate = gate.clone();
     Upstream::start(UpstreamOpts::tls(pki).respond(move |req| {
         if req.path_and_query().starts_with("/slow") {
-            Reply::echo().delay(slow)
+            Reply::echo().until(&gate)
         } else {
             Reply::echo()
         }
@@ -136,7 +137,8 @@ fn route_on(
 
 async fn reload_adds_and_removes_listeners_under_traffic(serving: Serving) {
     let pki = Arc::new(TestPki::new());
-    let upstream = upstream_with_slow_paths(&pki, Duration::from_millis(1500)).await;
+    let slow = Gate::new();
+    let upstream = upstream_with_slow_paths(&pki, &slow).await;
     let (removed, added) = (closed_port(), closed_port());
     let config = |edition: &str, second: SocketAddr| {
         TestConfig::new()
@@ -182,6 +184,7 @@ async fn reload_adds_and_removes_listeners_under_traffic(serving: Serving) {
         !in_flight.is_finished(),
         "the removed listener stopped accepting at once"
     );
+    slow.open();
     let finished = in_flight.await.expect("in-flight request");
     assert_eq!(finished.status, 200, "the in-flight request completed");
 

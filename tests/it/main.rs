@@ -9,9 +9,13 @@
 //!   periods) runs on tokio's paused clock (`#[tokio::test(start_paused =
 //!   true)]`). The proxy, the token servers and the upstreams run on the
 //!   test's runtime, so virtual time passes only while all of them wait on
-//!   a timer, and exchanges on loopback take none. The real clock is for what
-//!   runs outside the runtime: child processes, the thread that folds
-//!   repeated log lines.
+//!   a timer, and exchanges on loopback take none. Tests with real sockets
+//!   add `crate = "crate::support::paused"`: their clock moves only after
+//!   the runtime has been quiet for half a millisecond of real time, so a
+//!   busy machine that delivers loopback bytes late does not make it jump
+//!   to a timeout ([`support::paused`]). The real clock is for what runs
+//!   outside the runtime: child processes, the thread that folds repeated
+//!   log lines.
 //! - Wait for the event, not for a while: read until the close or the
 //!   response, poll the recorded requests or the logs with a generous bound;
 //!   show a connection is open by using it.

@@ -25,6 +25,7 @@ use crate::support::token_servers::{
     InbentaBehaviour, InbentaEndpoint, InbentaServer, Lifetime, OAuthBehaviour, OAuthServer,
     TokenReply, jwt, unix_now,
 };
+use crate::support::upstream::closed_port;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -960,9 +961,7 @@ async fn plain_http_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn connection_failures_are_transient() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let addr = closed_port();
     let provider = InbentaProvider::new(
         &inbenta_config(&format!("http://{addr}/v1")),
         plain_client(),

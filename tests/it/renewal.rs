@@ -918,7 +918,7 @@ fn no_roots() -> rustls::RootCertStore {
     rustls::RootCertStore::empty()
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn credentials_start_rotates_real_tokens_without_a_failed_read() {
     let server = token_server(1).await;
     let config = credentials_config(&server.url())
@@ -1078,13 +1078,13 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
     assert_eq!(upstream.request_count(), 22, "nothing was retried");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn continuous_traffic_across_rotations_never_fails() {
-    // 2 s tokens renew about every second; 8 virtual seconds of traffic
+    // 1 s tokens renew every half second; 4 virtual seconds of traffic
     // span 6 or more rotations. Requests take no virtual time, so the
     // upstream's validator rejects any token used past its issued life.
-    let server = token_server(2).await;
-    let valid = server.validator(Duration::from_secs(2));
+    let server = token_server(1).await;
+    let valid = server.validator(Duration::from_secs(1));
     let upstream = Upstream::start(UpstreamOpts::plain().respond(move |request| {
         if valid(request.header("authorization")) {
             Reply::echo()
@@ -1098,7 +1098,7 @@ async fn continuous_traffic_across_rotations_never_fails() {
 
     // Four workers, each sending every 20 ms and 5 ms apart from the next:
     // a request every 5 ms all along.
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(4);
     let mut workers = Vec::new();
     for worker in 0..4 {
         let client = proxy.client.clone();

@@ -32,7 +32,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("{what}: not within 10 s");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_listener_certificate_swapped_in_its_volume_is_presented_to_new_connections() {
     let (logs, _guard) = logs::capture();
     let (first, second) = (Arc::new(TestPki::new()), Arc::new(TestPki::new()));
@@ -105,7 +105,7 @@ async fn a_listener_certificate_swapped_in_its_volume_is_presented_to_new_connec
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_ca_file_swapped_in_its_volume_is_trusted_for_new_upstream_connections() {
     let (logs, _guard) = logs::capture();
     let (old_ca, new_ca) = (Arc::new(TestPki::new()), Arc::new(TestPki::new()));
@@ -142,7 +142,7 @@ async fn a_ca_file_swapped_in_its_volume_is_trusted_for_new_upstream_connections
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn an_upstream_client_certificate_swapped_in_its_volume_is_presented() {
     let (_logs, _guard) = logs::capture();
     let (trusted, other) = (Arc::new(TestPki::new()), Arc::new(TestPki::new()));
@@ -175,7 +175,7 @@ async fn an_upstream_client_certificate_swapped_in_its_volume_is_presented() {
     assert!(upstream.last_request().unwrap().client_cert_presented);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_ca_file_swapped_in_its_volume_is_trusted_by_token_requests() {
     let (logs, _guard) = logs::capture();
     let (old_ca, new_ca) = (Arc::new(TestPki::new()), Arc::new(TestPki::new()));

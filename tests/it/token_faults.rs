@@ -72,7 +72,7 @@ fn reason(handle: &CredentialHandle) -> String {
 
 // ---- absurd lifetimes -------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn absurd_lifetimes_are_clamped_and_never_kill_the_credential() {
     let year = Duration::from_secs(365 * 86_400);
     let answers = [
@@ -129,7 +129,7 @@ async fn a_token_with_an_absurd_lifetime_serves_requests() {
 
 // ---- server-chosen delays ---------------------------------------------------
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn retry_after_now_or_in_the_past_still_waits_a_second() {
     let server = OAuthServer::start(OAuthBehaviour::default()).await;
     for i in 0..10 {
@@ -198,7 +198,7 @@ fn assert_no_secret(text: &str, what: &str) {
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn token_endpoints_echoing_the_request_never_leak_a_secret() {
     let (logs, _guard) = logs::capture();
     let basic = OAuthServer::start(OAuthBehaviour::default()).await;
@@ -459,7 +459,7 @@ async fn a_rejected_static_token_is_answered_at_once() {
 
 // ---- Inbenta: the /auth fallback after a hanging /refreshToken ----------------
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn inbenta_auth_fallback_gets_its_own_timeout() {
     let (logs, _guard) = logs::capture();
     let auth = InbentaServer::start(InbentaBehaviour {
@@ -503,7 +503,7 @@ async fn inbenta_auth_fallback_gets_its_own_timeout() {
 
 // ---- short tokens against a flaky token endpoint -----------------------------
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn short_tokens_from_a_flaky_endpoint_never_fail_a_request() {
     const LIFETIME: Duration = Duration::from_secs(3);
     let token = OAuthServer::start(OAuthBehaviour {
@@ -674,7 +674,7 @@ fn faults() -> Vec<Fault> {
     ]
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn every_token_endpoint_fault_is_classified_backed_off_reported_and_recovered() {
     let (logs, _guard) = logs::capture();
     for fault in faults() {
@@ -739,7 +739,7 @@ async fn every_token_endpoint_fault_is_classified_backed_off_reported_and_recove
     assert!(warnings.len() >= faults().len(), "{text}");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn refused_connections_are_retried_each_second_until_the_endpoint_listens() {
     let addr = closed_port();
     let url = format!("http://{addr}/oauth/token");
@@ -765,7 +765,7 @@ async fn refused_connections_are_retried_each_second_until_the_endpoint_listens(
     assert_eq!(server.calls(), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn an_untrusted_token_endpoint_certificate_is_a_tls_failure() {
     let pki = TestPki::new();
     let server = OAuthServer::start_tls(OAuthBehaviour::default(), &pki).await;
@@ -792,7 +792,7 @@ async fn an_untrusted_token_endpoint_certificate_is_a_tls_failure() {
 
 /// A token endpoint that answers a status and then breaks off its body: the
 /// status is the most useful thing it said, so the reason keeps it.
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_status_is_reported_even_when_the_body_breaks_off() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/token", listener.local_addr().expect("addr"));
@@ -818,7 +818,7 @@ async fn a_status_is_reported_even_when_the_body_breaks_off() {
     assert!(why.contains("reading the answer"), "{why}");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn inbenta_answer_without_access_token_is_transient_and_recovers() {
     let auth = InbentaServer::start(InbentaBehaviour::default()).await;
     auth.set_reply(

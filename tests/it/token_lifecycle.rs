@@ -94,7 +94,7 @@ async fn wait_for_status(proxy: &TestProxy, status: u16, within: Duration) -> se
 // On tokio's paused clock: the token's 3 s life, the retries and the
 // outage pass in virtual time, exactly as the engine counts them, while
 // every request still crosses the real proxy, upstream and token endpoint.
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn outage_serves_the_old_token_until_expiry_then_503_then_recovers() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;

@@ -75,7 +75,7 @@ async fn send_partial(addr: SocketAddr, bytes: &[u8]) -> (RawConn, bool, Duratio
 
 // ---- the app's request body (issue #7, defect 14) ----
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn app_body_that_stops_short_of_its_content_length_is_408() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -104,7 +104,7 @@ async fn app_body_that_stops_short_of_its_content_length_is_408() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn large_app_body_that_stalls_mid_upload_is_408() {
     let pki = Arc::new(TestPki::new());
     for http2 in [false, true] {
@@ -128,7 +128,7 @@ async fn large_app_body_that_stalls_mid_upload_is_408() {
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn app_body_that_keeps_trickling_is_not_cut() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -159,7 +159,7 @@ async fn stalling_upstream(pki: &Arc<TestPki>) -> Upstream {
     Upstream::start(UpstreamOpts::tls(pki).always(stall)).await
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn upstream_body_that_stalls_is_cut_after_body_timeout() {
     let pki = Arc::new(TestPki::new());
     let upstream = stalling_upstream(&pki).await;
@@ -192,7 +192,7 @@ async fn upstream_body_that_stalls_is_cut_after_body_timeout() {
     assert_eq!(upstream_errors(&proxy, "body_timeout").await, 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn upstream_body_that_keeps_trickling_arrives_whole() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).always(Reply::trickle(
@@ -212,7 +212,7 @@ async fn upstream_body_that_keeps_trickling_arrives_whole() {
     assert_eq!(download.len, 8000, "an idle timeout, not a total one");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn forward_proxy_has_a_body_timeout_too() {
     let pki = Arc::new(TestPki::new());
     let upstream = stalling_upstream(&pki).await;
@@ -239,7 +239,7 @@ async fn forward_proxy_has_a_body_timeout_too() {
     assert!(closed, "the stalled response is cut within {PATIENCE:?}");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn upstream_sending_its_head_slowly_is_504_after_request_timeout() {
     let pki = Arc::new(TestPki::new());
     // One header line every 100 ms: the connection is busy, the head takes 1.1 s.
@@ -263,7 +263,7 @@ async fn upstream_sending_its_head_slowly_is_504_after_request_timeout() {
     assert_eq!(upstream_errors(&proxy, "timeout").await, 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn upstream_reset_mid_response_breaks_the_apps_response() {
     let pki = Arc::new(TestPki::new());
     let mut steps = vec![RawStep::text(
@@ -292,7 +292,7 @@ async fn upstream_reset_mid_response_breaks_the_apps_response() {
     assert_eq!(upstream.connections(), 2);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn upstream_reset_before_answering_is_502() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).raw(vec![RawStep::Reset])).await;
@@ -309,7 +309,7 @@ async fn upstream_reset_before_answering_is_502() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn http2_stream_reset_mid_response_breaks_only_that_response() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|req| {
@@ -339,7 +339,7 @@ async fn http2_stream_reset_mid_response_breaks_only_that_response() {
 
 // ---- pooled connections the upstream closed ----
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn idle_connection_closed_by_the_upstream_is_not_reused() {
     let pki = Arc::new(TestPki::new());
     let upstream =
@@ -372,7 +372,7 @@ async fn let_connections_go_stale() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
@@ -414,7 +414,7 @@ async fn idempotent_requests_on_a_stale_pooled_connection_do_not_fail() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_post_on_a_stale_pooled_connection_is_not_repeated() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
@@ -434,7 +434,7 @@ async fn a_post_on_a_stale_pooled_connection_is_not_repeated() {
     assert_eq!(upstream.request_count(), 1, "only the warm-up was answered");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn several_stale_pooled_connections_are_all_skipped() {
     let pki = Arc::new(TestPki::new());
     let upstream = stale_upstream(&pki, false).await;
@@ -471,7 +471,7 @@ async fn several_stale_pooled_connections_are_all_skipped() {
 
 // ---- HTTP/2 GOAWAY ----
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn http2_goaway_finishes_in_flight_requests_and_moves_new_ones() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|req| {

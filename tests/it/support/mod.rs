@@ -10,6 +10,7 @@ pub mod h2c;
 pub mod jose;
 pub mod logs;
 pub mod metrics;
+pub mod paused;
 pub mod process;
 pub mod proxy;
 pub mod raw;

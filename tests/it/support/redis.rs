@@ -1,20 +1,22 @@
 //! A real Redis for the `[cache] redis_url` tests: Debian's `redis-server`
 //! as a child process on a free loopback port, without persistence, killed
-//! when dropped; or three of them made a Redis Cluster ([`RedisCluster`],
-//! `redis-cli --cluster create`). [`RedisServer::kill`] and [`RedisServer::restart`] (same
+//! when dropped; or three of them made a Redis Cluster ([`RedisCluster`]:
+//! slots assigned, nodes met). [`RedisServer::kill`] and [`RedisServer::restart`] (same
 //! port, empty) play an outage. `.ci/run` installs `redis-server` when it
 //! is missing; a machine without it fails these tests saying so.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::tls::TestPki;
+use super::upstream::closed_port;
 
 /// A `redis-server` child process.
 pub struct RedisServer {
     port: u16,
+    /// The cluster bus port (`--cluster-port`, cluster mode only).
+    bus: u16,
     child: Option<Child>,
     /// Extra `redis-server` arguments (cluster mode).
     args: Vec<String>,
@@ -35,6 +37,7 @@ impl RedisServer {
         let args = args.collect();
         let mut server = RedisServer {
             port,
+            bus,
             child: None,
             args,
         };
@@ -133,12 +136,9 @@ impl RedisServer {
     }
 }
 
-/// A port nothing listens on now.
+/// A port nothing listens on now (see [`closed_port`]).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    closed_port().port()
 }
 
 impl Drop for RedisServer {
@@ -147,9 +147,11 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three `redis-server`s in cluster mode, their slots shared out by
-/// `redis-cli --cluster create` (no replicas): 0–5460 on the first,
-/// 5461–10922 on the second, 10923–16383 on the third.
+/// Each node's slots (the shares `redis-cli --cluster create` gives three masters).
+const SLOTS: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+/// Three `redis-server`s in cluster mode, no replicas: slots 0–5460 on the
+/// first, 5461–10922 on the second, 10923–16383 on the third.
 pub struct RedisCluster {
     /// The nodes, in slot order (killed when dropped, before their directory goes).
     pub nodes: Vec<RedisServer>,
@@ -173,38 +175,37 @@ impl RedisCluster {
             RedisServer::start_with(args)
         };
         let nodes: Vec<RedisServer> = (0..3).map(node).collect();
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|node| format!("127.0.0.1:{}", node.port))
-            .collect();
-        let mut create = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run redis-cli --cluster create");
-        // It waits for the nodes to agree; never longer than 10 s here.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let created = loop {
-            match create.try_wait().expect("redis-cli") {
-                Some(status) => break status,
-                None if Instant::now() > deadline => {
-                    let _ = create.kill();
-                    let _ = create.wait();
-                    panic!("redis-cli --cluster create did not finish within 10 s");
+        // Each node takes its slots and meets the others (what `redis-cli
+        // --cluster create` does, without its one-second polls and waiting
+        // on gossip: it once took over 10 s on a loaded machine). Meetings
+        // are asked for again every 3 s until the cluster is up: meeting a
+        // known node changes nothing.
+        for (node, (first, last)) in nodes.iter().zip(SLOTS) {
+            let (first, last) = (first.to_string(), last.to_string());
+            let added = node.cli(&["CLUSTER", "ADDSLOTSRANGE", &first, &last]);
+            assert_eq!(added.trim(), "OK", "CLUSTER ADDSLOTSRANGE: {added}");
+        }
+        let meet = || {
+            for (i, node) in nodes.iter().enumerate() {
+                for other in &nodes[i + 1..] {
+                    let (port, bus) = (other.port.to_string(), other.bus.to_string());
+                    node.cli(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
                 }
-                None => std::thread::sleep(Duration::from_millis(50)),
             }
         };
-        assert!(created.success(), "redis-cli --cluster create failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        meet();
+        // A master accepts writes 2 s after it started at the soonest.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut again = Instant::now() + Duration::from_secs(3);
         while !nodes
             .iter()
             .all(|node| node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         {
             assert!(Instant::now() < deadline, "the cluster did not come up");
+            if Instant::now() > again {
+                meet();
+                again = Instant::now() + Duration::from_secs(3);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         RedisCluster {

@@ -293,8 +293,40 @@ pub struct Reply {
     pub payload: ReplyPayload,
     /// Wait this long before answering (for timeout tests).
     pub delay: Option<Duration>,
+    /// Wait until this gate opens before answering.
+    pub gate: Option<Gate>,
     /// Trailers sent after the body (none: no trailers).
     pub trailers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Holds the answers given it ([`Reply::until`]) until the test opens it:
+/// a request stays in flight exactly as long as a test needs, however slow
+/// the machine.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    /// Let every answer waiting on it, and every later one, go.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
 }
 
 impl Reply {
@@ -305,6 +337,7 @@ impl Reply {
             headers: Vec::new(),
             payload: ReplyPayload::Echo,
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -321,6 +354,7 @@ impl Reply {
             headers: Vec::new(),
             payload: ReplyPayload::Bytes(body.into()),
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -343,6 +377,7 @@ impl Reply {
                 content_length: true,
             },
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -381,6 +416,12 @@ impl Reply {
         self
     }
 
+    /// Answer only once `gate` is open.
+    pub fn until(mut self, gate: &Gate) -> Reply {
+        self.gate = Some(gate.clone());
+        self
+    }
+
     /// 200 with a body of `chunks` chunks of `chunk_len` bytes, one every
     /// `interval` (the first at once), chunked; it then ends normally
     /// (see [`Reply::then_stall`], [`Reply::then_fail`], [`Reply::announce`]).
@@ -399,6 +440,7 @@ impl Reply {
                 length: None,
             },
             delay: None,
+            gate: None,
             trailers: Vec::new(),
         }
     }
@@ -968,10 +1010,33 @@ impl Drop for Upstream {
     }
 }
 
-/// An address on loopback where nothing listens (bound, then released).
+/// An address on loopback where nothing listens (bound, then released), for
+/// a test to listen on later or to find closed. Its port lies below the
+/// kernel's ephemeral range: with tests running side by side, a port from
+/// `bind(:0)` was sometimes taken, before the test listened on it, by the
+/// local end of another test's outgoing connection (which come from that
+/// range). Ports are handed out once per process, from an offset of its
+/// own.
 pub fn closed_port() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let first = ephemeral_ports_from().unwrap_or(32768);
+    let low = 10_000;
+    let count = usize::from(first.saturating_sub(low).max(1));
+    let offset = std::process::id() as usize * 7919;
+    for _ in 0..count {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = low + ((offset + n) % count) as u16;
+        if let Ok(listener) = StdTcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local addr");
+        }
+    }
+    panic!("no free port in {low}..{first}");
+}
+
+/// The first port of the kernel's ephemeral range, where it has one.
+fn ephemeral_ports_from() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, state: Arc<State>) {
@@ -1317,6 +1382,9 @@ async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Resp
     let reply = (state.opts.respond)(&recorded);
     if let Some(delay) = reply.delay.or(state.opts.delay) {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(gate) = &reply.gate {
+        gate.passed().await;
     }
     build_response(reply, &recorded)
 }
