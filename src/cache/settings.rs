@@ -35,11 +35,24 @@ fn prefix() -> String {
     "sidekey:".to_owned()
 }
 
-/// Whether `url` is a `redis://` or `rediss://` URL (never repeating it).
+/// Whether `url` is a `redis://` or `rediss://` URL with an ASCII host
+/// name (never repeating it). sidekey builds `url` without Unicode host
+/// support (see `idna_adapter` in Cargo.toml), so an internationalized name
+/// must be written in its `xn--` form.
 pub fn check_redis_url(url: &str) -> Result<(), &'static str> {
-    match url.split_once("://") {
-        Some(("redis" | "rediss", rest)) if !rest.is_empty() => Ok(()),
-        _ => Err("expected a redis:// or rediss:// URL"),
+    let Some(("redis" | "rediss", rest)) = url.split_once("://") else {
+        return Err("expected a redis:// or rediss:// URL");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    match host.is_empty() {
+        true => Err("expected a redis:// or rediss:// URL"),
+        false if !host.is_ascii() => Err(
+            "the host name must be ASCII: write an internationalized name in its xn-- (punycode) form",
+        ),
+        false => Ok(()),
     }
 }
 
@@ -49,4 +62,29 @@ fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretRef>, D::Er
         check_redis_url(url.expose()).map_err(de::Error::custom)?;
     }
     Ok(Some(url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_redis_url;
+
+    #[test]
+    fn a_redis_url_needs_the_scheme_a_host_and_ascii_host_names() {
+        for url in [
+            "redis://127.0.0.1:6379/0",
+            "rediss://:pässword@cache.example:6380",
+            "redis://xn--bcher-kva.example",
+        ] {
+            assert_eq!(check_redis_url(url), Ok(()), "{url}");
+        }
+        for url in ["http://cache:6379", "redis://", "redis:///0", "cache:6379"] {
+            assert_eq!(
+                check_redis_url(url),
+                Err("expected a redis:// or rediss:// URL"),
+                "{url}"
+            );
+        }
+        let idn = check_redis_url("redis://bücher.example:6379/0");
+        assert!(idn.is_err_and(|e| e.contains("xn--")), "{idn:?}");
+    }
 }
