@@ -20,6 +20,8 @@ MODE=${1:-both}
 N=${2:-20000}
 C=${3:-16}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=nginx_peer.sh
+source "$ROOT/bench/nginx_peer.sh"
 SIDEKEY=${SIDEKEY:-$ROOT/target/profiling/sidekey}
 [[ -x $SIDEKEY ]] || { echo "no $SIDEKEY: cargo build --profile profiling" >&2; exit 1; }
 for tool in valgrind callgrind_control nginx openssl python3 curl; do
@@ -249,28 +251,7 @@ http {
     scgi_temp_path $TMP/ngx-px/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    upstream api {
-        server 127.0.0.1:$UP_H1;
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 75s;
-    }
-    server {
-        listen 127.0.0.1:$listen;
-        location / {
-            proxy_pass https://api;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host 127.0.0.1:$UP_H1;
-            proxy_set_header Authorization "Bearer $TOKEN";
-            proxy_ssl_verify on;
-            proxy_ssl_trusted_certificate $TMP/ca.pem;
-            proxy_ssl_name localhost;
-            proxy_ssl_session_reuse on;
-            proxy_request_buffering off;
-            proxy_buffering off;
-        }
-    }
+$(nginx_peer_http "$UP_H1" "$listen" "$TOKEN" "$TMP/ca.pem")
 }
 EOF
     valgrind --tool=callgrind --dump-instr=no --collect-jumps=no \

@@ -21,6 +21,8 @@ for var in $(compgen -e | grep '^BENCH_' | sort); do COMMAND+="$var=${!var} "; d
 COMMAND+="bash bench/run.sh${*:+ $*}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=nginx_peer.sh
+source "$ROOT/bench/nginx_peer.sh"
 MODE=${1:-compare}
 case $MODE in
 compare | allocators) ;;
@@ -582,28 +584,7 @@ worker_processes $NCPU;
 events { worker_connections 4096; }
 http {
 $(ngx_http_common nginx-proxy)
-    upstream api {
-        server 127.0.0.1:$UP_H1;
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 75s;
-    }
-    server {
-        listen 127.0.0.1:$NGX_PX;
-        location / {
-            proxy_pass https://api;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host 127.0.0.1:$UP_H1;
-            proxy_set_header Authorization "Bearer $TOKEN";
-            proxy_ssl_verify on;
-            proxy_ssl_trusted_certificate $TMP/ca.pem;
-            proxy_ssl_name localhost;
-            proxy_ssl_session_reuse on;
-            proxy_request_buffering off;
-            proxy_buffering off;
-        }
-    }
+$(nginx_peer_http "$UP_H1" "$NGX_PX" "$TOKEN" "$TMP/ca.pem")
 }
 EOF
 start_nginx nginx-proxy
