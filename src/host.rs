@@ -129,6 +129,21 @@ pub fn request_key(authority: &Authority) -> Option<(Cow<'_, str>, u16)> {
     Some((Cow::Borrowed(host), port))
 }
 
+/// The port an absolute URL's `authority` writes (`None` when it writes
+/// none, or an empty one), refused outside 1-65535: the `http` crate reads
+/// such a port as no port at all, which would connect to the scheme's
+/// default port instead of failing.
+pub fn written_port(authority: &Authority) -> Result<Option<u16>, String> {
+    let host_and_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let after_host = host_and_port
+        .get(authority.host().len()..)
+        .unwrap_or_default();
+    match after_host.strip_prefix(':') {
+        None | Some("") => Ok(None),
+        Some(port) => parse_port(port).map(Some),
+    }
+}
+
 /// `host[:port]`, `[v6][:port]`.
 fn split_port(key: &str) -> Result<(&str, Option<&str>), String> {
     if key.starts_with('[') {
@@ -209,11 +224,33 @@ fn dns_name(host: &str) -> Result<String, String> {
 mod tests {
     use http::uri::Authority;
 
-    use super::{ForwardHost, request_key};
+    use super::{ForwardHost, request_key, written_port};
 
     fn key(text: &str) -> (String, Option<u16>) {
         let host = ForwardHost::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         (host.host, host.port)
+    }
+
+    #[test]
+    fn a_written_port_must_be_one_to_65535() {
+        let port = |authority: &str| written_port(&authority.parse::<Authority>().unwrap());
+        assert_eq!(port("api.example"), Ok(None));
+        assert_eq!(port("api.example:"), Ok(None));
+        assert_eq!(port("api.example:8443"), Ok(Some(8443)));
+        assert_eq!(port("[::1]:8443"), Ok(Some(8443)));
+        assert_eq!(port("[::1]"), Ok(None));
+        assert_eq!(port("user:pw@api.example:443"), Ok(Some(443)));
+        for bad in [
+            "api.example:70000",
+            "api.example:0",
+            "9:99999",
+            "[::1]:65536",
+        ] {
+            assert!(
+                port(bad).unwrap_err().contains("is not a port (1-65535)"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -36,23 +36,40 @@ fn prefix() -> String {
 }
 
 /// Whether `url` is a `redis://` or `rediss://` URL with an ASCII host
-/// name (never repeating it). sidekey builds `url` without Unicode host
-/// support (see `idna_adapter` in Cargo.toml), so an internationalized name
-/// must be written in its `xn--` form.
+/// name, a port (if written) in 1-65535 and a database (if written) that is
+/// a number, saying which part is wrong (never repeating the URL, which may
+/// hold a password). sidekey builds `url` without Unicode host support (see
+/// `idna_adapter` in Cargo.toml), so an internationalized name must be
+/// written in its `xn--` form.
 pub fn check_redis_url(url: &str) -> Result<(), &'static str> {
     let Some(("redis" | "rediss", rest)) = url.split_once("://") else {
         return Err("expected a redis:// or rediss:// URL");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    match host.is_empty() {
-        true => Err("expected a redis:// or rediss:// URL"),
-        false if !host.is_ascii() => Err(
+    let host_and_port = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = match host_and_port.rfind(['.', ':', ']']) {
+        Some(at) if host_and_port[at..].starts_with(':') => {
+            (&host_and_port[..at], Some(&host_and_port[at + 1..]))
+        }
+        _ => (host_and_port, None),
+    };
+    let database = rest[authority.len()..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    let database = database.strip_prefix('/').unwrap_or(database);
+    if host.is_empty() {
+        Err("expected a redis:// or rediss:// URL")
+    } else if !host.is_ascii() {
+        Err(
             "the host name must be ASCII: write an internationalized name in its xn-- (punycode) form",
-        ),
-        false => Ok(()),
+        )
+    } else if port.is_some_and(|port| !matches!(port.parse::<u16>(), Ok(1..))) {
+        Err("the port must be a number from 1 to 65535")
+    } else if !database.bytes().all(|b| b.is_ascii_digit()) {
+        Err("the database after the host must be a number, e.g. redis://cache:6379/0")
+    } else {
+        Ok(())
     }
 }
 
@@ -83,6 +100,25 @@ mod tests {
                 Err("expected a redis:// or rediss:// URL"),
                 "{url}"
             );
+        }
+        for url in [
+            "redis://cache:99999/0",
+            "redis://:pw@cache:0",
+            "rediss://[::1]:x",
+        ] {
+            let e = check_redis_url(url);
+            assert_eq!(e, Err("the port must be a number from 1 to 65535"), "{url}");
+        }
+        for url in ["redis://cache:6379/zero", "redis://cache/0/1"] {
+            let e = check_redis_url(url);
+            assert!(e.is_err_and(|e| e.contains("database")), "{url}: {e:?}");
+        }
+        for url in [
+            "redis://[::1]:6379/2",
+            "redis://cache:6379/",
+            "redis://c?protocol=resp3",
+        ] {
+            assert_eq!(check_redis_url(url), Ok(()), "{url}");
         }
         let idn = check_redis_url("redis://bücher.example:6379/0");
         assert!(idn.is_err_and(|e| e.contains("xn--")), "{idn:?}");

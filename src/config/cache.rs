@@ -16,7 +16,8 @@ pub(super) fn read(src: &Source<'_>) -> Option<CacheConfig> {
     if let Some(SecretRef::File(path)) = &cache.redis_url {
         cache.redis_url = Some(SecretRef::File(src.file(path)));
     }
-    if cache.file.is_none() && cache.redis_url.is_none() {
+    // A store written but unreadable has said why.
+    if !src.written(&table, "file") && !src.written(&table, "redis_url") {
         let message = "[cache] without `redis_url` or `file` stores nothing";
         src.warn(&table, message);
     }
@@ -34,8 +35,22 @@ pub(super) fn read(src: &Source<'_>) -> Option<CacheConfig> {
 mod tests {
     use std::path::Path;
 
-    use crate::config::fixture::{BASE, err, ok};
+    use crate::config::fixture::{BASE, env, err, ok};
     use crate::secret::SecretRef;
+
+    #[test]
+    fn a_store_that_cannot_be_read_is_not_also_said_to_be_missing() {
+        let text = format!(
+            "{BASE}\n[cache]\nredis_url = \"redis://cache:99999\"\nencryption_key = {{ env = \"K\" }}\n"
+        );
+        let file = crate::config::fixture::temp_dir("cache", "unreadable").join("sidekey.toml");
+        std::fs::write(&file, text).unwrap();
+        let (config, errors) = crate::config::read(&file, env());
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].message.contains("port"), "{}", errors[0]);
+        let warnings = config.expect("read as far as it could be").warnings;
+        assert!(warnings.is_empty(), "{warnings:#?}");
+    }
 
     #[test]
     fn file_resolves_against_the_config_directory_and_the_key_is_required() {

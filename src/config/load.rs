@@ -781,6 +781,19 @@ domain_key = { env = "D" }
             "routes[0].upstream",
             "user information",
         );
+        // `http` reads a port it cannot parse as none: it would connect to 443.
+        for port in ["70000", "0", "-1", "44x"] {
+            let bad = with(&format!("https://api.example.com:{port}/v1"));
+            assert_errs(
+                &bad,
+                &[(7, "routes[0].upstream", "is not a port (1-65535)")],
+            );
+        }
+        let config = ok(&with("https://[::1]:8443"));
+        let Upstream::Url(url) = &config.routes[0].upstream else {
+            panic!()
+        };
+        assert_eq!(url.port_u16(), Some(8443));
     }
 
     #[test]

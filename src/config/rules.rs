@@ -37,6 +37,7 @@ fn routes(config: &mut Config, src: &Source<'_>) {
         }
         let credential = credentials.get(&route.credential);
         let inbenta = credential.is_none_or(|c| matches!(c.kind, CredentialKind::Inbenta(_)));
+        let unreadable = src.written(&base, "upstream") || src.written(&base, "inbenta_api");
         match (route.url.take(), route.inbenta_api.take()) {
             (Some(url), None) => route.upstream = Upstream::Url(url),
             (None, Some(api)) if inbenta => route.upstream = Upstream::InbentaApi(api),
@@ -50,6 +51,7 @@ fn routes(config: &mut Config, src: &Source<'_>) {
                 let message = "set `upstream` or `inbenta_api`, not both";
                 src.fail(&base.then("inbenta_api"), message);
             }
+            (None, None) if unreadable => {} // and said why
             (None, None) => {
                 let message = "missing key `upstream` (or `inbenta_api`)";
                 src.fail(&base.then("upstream"), message);

@@ -74,6 +74,11 @@ impl<'a> Source<'a> {
         keys.map(|key| key.get_ref().to_string()).collect()
     }
 
+    /// Whether table `key` has `name` written, readable or not.
+    pub fn written(&self, key: &Key, name: &str) -> bool {
+        self.keys(key).iter().any(|written| written == name)
+    }
+
     /// The value at `key` (the whole file for the empty key), read as `T`. A
     /// bad key is reported and left out, so that one read reports them all;
     /// `None` when `T` cannot be read without it.

@@ -161,6 +161,7 @@ fn url(text: &str) -> Result<Uri, String> {
     if authority.as_str().contains('@') {
         return Err("user information in the URL is not supported".to_owned());
     }
+    crate::host::written_port(authority)?;
     if text.contains('#') {
         return Err("a fragment (`#…`) is not allowed here".to_owned());
     }

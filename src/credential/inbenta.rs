@@ -47,7 +47,7 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, ORIGIN};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
-use super::provider::{ApiMap, FetchError, Provider, Token};
+use super::provider::{ApiMap, FetchError, Provider, Token, api_url};
 use super::settings::{InbentaConfig, InbentaKey};
 use super::token_client::{
     TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header, transient,
@@ -256,18 +256,18 @@ pub fn parse_token(
     })
 }
 
-/// Product name → base URL; entries that are not absolute URLs are skipped.
+/// Product name → base URL; entries that are not absolute URLs (or name
+/// a port outside 1-65535) are skipped.
 fn parse_apis(map: &serde_json::Map<String, Value>) -> ApiMap {
     let mut apis = HashMap::with_capacity(map.len());
     for (name, value) in map {
-        let uri = value.as_str().and_then(|s| s.parse::<Uri>().ok());
-        match uri {
-            Some(uri) if uri.scheme().is_some() && uri.authority().is_some() => {
+        match value.as_str().and_then(api_url) {
+            Some(uri) => {
                 apis.insert(name.clone(), uri);
             }
-            _ => tracing::warn!(
+            None => tracing::warn!(
                 api = %name.chars().take(64).collect::<String>(),
-                "Inbenta answer's apis entry is not an absolute URL; skipped"
+                "Inbenta answer's apis entry is not an absolute URL with a valid port; skipped"
             ),
         }
     }

@@ -15,6 +15,16 @@ use crate::secret::{Secret, SecretError};
 /// Inbenta product name (`chatbot`, `search`, …) → base URL, from the auth response's `apis`.
 pub type ApiMap = HashMap<String, Uri>;
 
+/// One `apis` entry's base URL: absolute, with a port (if written) in
+/// 1-65535. `None` otherwise, so that a product is never reached on a port
+/// other than the one its entry names.
+pub fn api_url(text: &str) -> Option<Uri> {
+    let uri = text.parse::<Uri>().ok()?;
+    let authority = uri.authority()?;
+    let valid = uri.scheme().is_some() && crate::host::written_port(authority).is_ok();
+    valid.then_some(uri)
+}
+
 /// A token as a provider obtained it.
 #[derive(Clone, Debug)]
 pub struct Token {

@@ -21,12 +21,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderName, HeaderValue};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::provider::Token;
+use super::provider::{Token, api_url};
 use super::settings::{CredentialConfig, CredentialKind, InbentaKey};
 use super::timing;
 use crate::cache::{Lock, Seen, TokenCache};
@@ -199,7 +199,7 @@ impl TokenStore {
         }
         let apis = entry.apis.map(|apis| {
             let parsed = apis.into_iter();
-            let parsed = parsed.filter_map(|(name, url)| Some((name, Uri::from_str(&url).ok()?)));
+            let parsed = parsed.filter_map(|(name, url)| Some((name, api_url(&url)?)));
             Arc::new(parsed.collect())
         });
         let token = Token {

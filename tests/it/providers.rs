@@ -377,7 +377,14 @@ async fn inbenta_skips_invalid_apis_entries() {
             json!({
                 "accessToken": "tok",
                 "expires_in": 1200,
-                "apis": {"chatbot": "https://bot.example.com/prod/chatbot", "bad": "::no::", "num": 7}
+                "apis": {
+                    "chatbot": "https://bot.example.com/prod/chatbot",
+                    "bad": "::no::",
+                    "num": 7,
+                    // Read as no port at all, it would reach the bot on 443.
+                    "port": "https://bot.example.com:70000/prod/search",
+                    "zero": "https://bot.example.com:0/prod/km"
+                }
             }),
         ),
     );
