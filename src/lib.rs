@@ -10,6 +10,7 @@
 //! - [`config`]: reading and checking the configuration file (the settings
 //!   types of a subsystem are its own: `credential::settings`, `tls`, …)
 //! - [`secret`]: secret references, the environment they read, redacted values
+//!   ([`small_file`]: reading the files an operator points sidekey at)
 //! - [`host`]: forward-proxy host keys and request hosts in one canonical form
 //! - [`preflight`]: secrets resolve and TLS files load, checked once
 //! - [`credential`]: token providers and the renewal engine ([`cache`]: tokens
@@ -52,6 +53,7 @@ pub mod rotating;
 pub mod secret;
 pub mod server;
 mod signals;
+pub mod small_file;
 pub mod status;
 pub mod stop;
 pub mod suggest;

@@ -154,7 +154,7 @@ impl fmt::Display for FileList<'_> {
 fn digest(files: &[PathBuf]) -> std::io::Result<u64> {
     let mut hasher = DefaultHasher::new();
     for path in files {
-        let bytes = std::fs::read(path)?;
+        let bytes = crate::small_file::read(path)?;
         hasher.write_usize(bytes.len());
         hasher.write(&bytes);
     }

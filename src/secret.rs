@@ -139,7 +139,7 @@ impl SecretRef {
                 .var(name)
                 .ok_or_else(|| SecretError::EnvMissing(name.clone()))?,
             SecretRef::File(path) => {
-                let bytes = std::fs::read(path).map_err(|source| SecretError::File {
+                let bytes = crate::small_file::read(path).map_err(|source| SecretError::File {
                     path: path.clone(),
                     source,
                 })?;

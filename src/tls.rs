@@ -86,7 +86,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         path: path.to_owned(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    let bytes = crate::small_file::read(path).map_err(|e| file_error(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(format!("not a PEM certificate file: {e}")))?;
@@ -98,7 +98,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Read the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsError::File {
+    let bytes = crate::small_file::read(path).map_err(|e| TlsError::File {
         path: path.to_owned(),
         message: e.to_string(),
     })?;

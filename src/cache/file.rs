@@ -114,7 +114,7 @@ impl FileStore {
     }
 
     fn read(&self) -> Result<Document, FileError> {
-        let text = match fs::read(&self.path) {
+        let text = match crate::small_file::read(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Document::default()),
             Err(source) => {

@@ -269,6 +269,35 @@ fn line_of_key<'a>(stderr: &'a str, key: &str) -> &'a str {
     found.unwrap_or_else(|| panic!("no error names `{key}`:\n{stderr}"))
 }
 
+#[tokio::test]
+async fn check_refuses_a_secret_file_that_is_a_fifo_or_a_device_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A FIFO no one writes to held `check` (and `run`) for ever; /dev/zero
+    // was read until memory ran out.
+    for file in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let reference = format!("{{ file = \"{file}\" }}");
+        let config = GOOD.replace("{ env = \"SIDEKEY_TEST_TOKEN\" }", &reference);
+        let path = write(dir.path(), "sidekey.toml", &config);
+        let mut command = tokio::process::Command::new(BIN);
+        command.args(["check", "--config", &path]).env_clear();
+        let out =
+            tokio::time::timeout(Duration::from_secs(20), command.kill_on_drop(true).output());
+        let out = out.await.expect("check answers at once").unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let line = line_of_key(&stderr, "credentials.legacy.token");
+        assert!(line.contains("not a regular file"), "{file}: {line}");
+    }
+}
+
 #[test]
 fn check_reports_every_secret_problem_of_the_example_in_one_run() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
