@@ -46,4 +46,5 @@ mod support_selftest;
 mod token_faults;
 mod token_lifecycle;
 mod upstream_faults;
+mod upstream_framing;
 mod workers;

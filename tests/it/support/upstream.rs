@@ -660,6 +660,8 @@ impl RawStep {
 
 type Responder = Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>;
 
+type RawResponder = Arc<dyn Fn(&RecordedRequest) -> Vec<RawStep> + Send + Sync>;
+
 /// Whether and how the upstream asks for a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -682,7 +684,7 @@ pub struct UpstreamOpts {
     respond: Responder,
     close_idle_after: Option<Duration>,
     drop_requests_after_idle: Option<Duration>,
-    raw: Option<Arc<[RawStep]>>,
+    raw: Option<RawResponder>,
     echo_stream: bool,
 }
 
@@ -789,8 +791,18 @@ impl UpstreamOpts {
     /// connection byte by byte; the request is recorded (head and a
     /// `content-length` body). Unless a step closes it, the connection then
     /// waits for the next request.
-    pub fn raw(mut self, steps: Vec<RawStep>) -> Self {
-        self.raw = Some(Arc::from(steps));
+    pub fn raw(self, steps: Vec<RawStep>) -> Self {
+        self.raw_by(move |_| steps.clone())
+    }
+
+    /// [`UpstreamOpts::raw`] with the steps chosen per request: a misframed
+    /// answer to one request and a correct one to the next on the same
+    /// connection.
+    pub fn raw_by(
+        mut self,
+        f: impl Fn(&RecordedRequest) -> Vec<RawStep> + Send + Sync + 'static,
+    ) -> Self {
+        self.raw = Some(Arc::new(f));
         self
     }
 }
@@ -1171,20 +1183,20 @@ impl RawIo for TlsStream<TcpStream> {
 /// Serve one HTTP/1.1 connection byte by byte: read a request, run `steps`.
 async fn serve_raw<S: RawIo>(
     mut io: S,
-    steps: Arc<[RawStep]>,
+    steps: RawResponder,
     conn: Arc<ConnState>,
     state: Arc<State>,
 ) {
     let mut buf = BytesMut::with_capacity(8192);
-    while read_raw_request(&mut io, &mut buf, &conn, &state).await {
-        for step in steps.iter() {
+    while let Some(request) = read_raw_request(&mut io, &mut buf, &conn, &state).await {
+        for step in steps(&request) {
             match step {
                 RawStep::Write(bytes) => {
-                    if io.write_all(bytes).await.is_err() || io.flush().await.is_err() {
+                    if io.write_all(&bytes).await.is_err() || io.flush().await.is_err() {
                         return;
                     }
                 }
-                RawStep::Sleep(pause) => tokio::time::sleep(*pause).await,
+                RawStep::Sleep(pause) => tokio::time::sleep(pause).await,
                 RawStep::Reset => {
                     let _ = io.tcp().set_zero_linger();
                     return;
@@ -1195,19 +1207,19 @@ async fn serve_raw<S: RawIo>(
 }
 
 /// Read one request head (and a `content-length` body) and record it;
-/// false when the connection ended first.
+/// `None` when the connection ended first.
 async fn read_raw_request<S: RawIo>(
     io: &mut S,
     buf: &mut BytesMut,
     conn: &ConnState,
     state: &State,
-) -> bool {
+) -> Option<RecordedRequest> {
     let head_end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
         match io.read_buf(buf).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
     };
@@ -1240,16 +1252,16 @@ async fn read_raw_request<S: RawIo>(
         .unwrap_or(0);
     while buf.len() < length {
         match io.read_buf(buf).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
     }
     let body = buf.split_to(length).freeze();
     conn.served.fetch_add(1, Ordering::SeqCst);
-    {
+    let request = {
         let mut requests = state.requests.lock().expect("lock");
         let index = requests.len();
-        requests.push(RecordedRequest {
+        let request = RecordedRequest {
             index,
             connection: conn.index,
             method,
@@ -1264,10 +1276,12 @@ async fn read_raw_request<S: RawIo>(
             body_error: None,
             trailers: None,
             client_cert_presented: conn.client_cert,
-        });
-    }
+        };
+        requests.push(request.clone());
+        request
+    };
     state.changed.notify_waiters();
-    true
+    Some(request)
 }
 
 /// One request on a hyper connection: maybe dropped with its idle

@@ -1,0 +1,145 @@
+//! Misframed upstream answers on a kept-alive HTTP/1.1 connection: bytes
+//! after the body, two different `Content-Length`s, a body on a 204, a 304
+//! or a HEAD answer, `Connection: close`, and interim (1xx) answers. The danger is a desync: the next request taken from the pool
+//! reading the leftovers of the previous answer as its own. After each, a
+//! second request must get its own answer (or a clean 502), never the
+//! leftovers.
+
+use std::time::Duration;
+
+use http::Method;
+
+use crate::support::config::{TestConfig, route, static_token};
+use crate::support::proxy::{TestProxy, body_empty, count_body, request};
+use crate::support::upstream::{RawStep, Upstream, UpstreamOpts};
+
+/// A whole answer that a client reading a desynchronised connection would
+/// take for the next request's.
+const SMUGGLED: &str = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-smuggled: 1\r\n\r\nsmuggled";
+
+/// An upstream answering `/first` (any method) with `first`, byte for byte,
+/// and anything else correctly with `second`; sidekey in front of it.
+async fn scene(first: Vec<RawStep>) -> (Upstream, TestProxy) {
+    let upstream = Upstream::start(UpstreamOpts::plain().raw_by(move |request| {
+        if request.path == "/first" {
+            first.clone()
+        } else {
+            vec![RawStep::text(
+                "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond",
+            )]
+        }
+    }))
+    .await;
+    let proxy = TestConfig::new()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    (upstream, proxy)
+}
+
+/// `GET /second` must get its own answer, after `what`.
+async fn second_gets_its_own_answer(proxy: &TestProxy, what: &str) {
+    let second = proxy.get("/second").await;
+    assert_eq!(
+        (second.status.as_u16(), second.text().as_str()),
+        (200, "second"),
+        "after {what}"
+    );
+    assert!(second.header("x-smuggled").is_none(), "after {what}");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn misframed_answers_never_reach_the_next_request() {
+    let text = |t: &str| vec![RawStep::text(t)];
+    let cases = [
+        (
+            text(&format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst{SMUGGLED}"
+            )),
+            200,
+            "first",
+        ),
+        (
+            vec![
+                RawStep::text("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"),
+                RawStep::Sleep(Duration::from_millis(5)),
+                RawStep::text(SMUGGLED),
+            ],
+            200,
+            "first",
+        ),
+        (
+            text(&format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 63\r\n\r\nfirst{SMUGGLED}"
+            )),
+            502,
+            "",
+        ),
+        (
+            text(&format!("HTTP/1.1 204 No Content\r\n\r\n{SMUGGLED}")),
+            204,
+            "",
+        ),
+        (
+            text(&format!(
+                "HTTP/1.1 204 No Content\r\ncontent-length: 61\r\n\r\n{SMUGGLED}"
+            )),
+            204,
+            "",
+        ),
+        (
+            text(&format!(
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 61\r\n\r\n{SMUGGLED}"
+            )),
+            304,
+            "",
+        ),
+        (
+            text(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+                 HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst",
+            ),
+            200,
+            "first",
+        ),
+    ];
+    for (first, status, body) in cases {
+        let what = format!("{first:?}");
+        let (_upstream, proxy) = scene(first).await;
+        let answer = proxy.get("/first").await;
+        assert_eq!(answer.status.as_u16(), status, "{what}");
+        if status != 502 {
+            assert_eq!(answer.text(), body, "{what}");
+        }
+        // Late leftovers land while the connection sits in the pool.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        second_gets_its_own_answer(&proxy, &what).await;
+    }
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_body_after_a_head_answer_never_reaches_the_next_request() {
+    let first = format!("HTTP/1.1 200 OK\r\ncontent-length: 61\r\n\r\n{SMUGGLED}");
+    let (_upstream, proxy) = scene(vec![RawStep::text(&first)]).await;
+    let url = format!("{}/first", proxy.route_url(0));
+    let head = proxy
+        .client
+        .send_head(request(Method::HEAD, &url, body_empty()))
+        .await
+        .expect("HEAD");
+    let head = count_body(head).await;
+    assert_eq!((head.status.as_u16(), head.len), (200, 0));
+    assert_eq!(head.headers["content-length"], "61");
+    second_gets_its_own_answer(&proxy, "a HEAD answer with a body").await;
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_connection_close_answer_is_not_reused() {
+    let first = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nfirst";
+    let (upstream, proxy) = scene(vec![RawStep::text(first)]).await;
+    assert_eq!(proxy.get("/first").await.text(), "first");
+    second_gets_its_own_answer(&proxy, "connection: close").await;
+    assert_eq!(upstream.connections(), 2);
+}
