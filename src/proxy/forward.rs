@@ -40,7 +40,7 @@ use super::access::Line;
 use super::body::{BodyError, FromUpstream, Idle, Outgoing, Prefixed, StallFlag, take};
 use super::client::on_stale_connection;
 use super::grpc;
-use super::headers::{inject, prepare_request, remove_hop_by_hop};
+use super::headers::{inject, prepare_request, prepare_response};
 use super::{ResponseBody, Route};
 use crate::credential::{Published, Rejection};
 use crate::error::ProxyError;
@@ -335,9 +335,10 @@ async fn send(
     }
 }
 
-/// The upstream's response for the app: hop-by-hop headers removed, body streamed.
+/// The upstream's response for the app: headers prepared
+/// ([`prepare_response`]), body streamed.
 fn finish(response: Response<FromUpstream>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
+    prepare_response(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }

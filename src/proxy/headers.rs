@@ -5,7 +5,9 @@
 //! (already answered by our server), and its own values of every header the
 //! credential or route sets; then the route's static headers and the
 //! credential's prebuilt headers are inserted. Values are shared `Bytes`:
-//! inserting clones a reference, never the text.
+//! inserting clones a reference, never the text. The upstream's response
+//! loses its hop-by-hop headers too, and a `Content-Length` sent beside
+//! `Transfer-Encoding` ([`prepare_response`]).
 //!
 //! Trailers: `TE` is hop-by-hop, but an app that accepts trailers
 //! (`TE: trailers`, which gRPC clients send and gRPC servers require) gets
@@ -15,8 +17,8 @@
 //! kept: hyper sends an HTTP/1.1 trailer field only when `Trailer` names it.
 
 use http::header::{
-    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
-    UPGRADE,
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -36,6 +38,9 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 
 /// [`TE`]'s bit in [`Present`].
 const TE_BIT: Present = 1 << 5;
+
+/// [`TRANSFER_ENCODING`]'s bit in [`Present`].
+const TRANSFER_ENCODING_BIT: Present = 1 << 6;
 
 /// Which of [`HOP_BY_HOP`] a map holds, one bit each (bit `i` is entry `i`).
 type Present = u16;
@@ -134,11 +139,20 @@ fn remove_listed(headers: &mut HeaderMap) {
     }
 }
 
-/// Remove hop-by-hop headers, including those listed in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Prepare the upstream's response headers for the app: remove hop-by-hop
+/// headers, including those listed in `Connection`, and, when the body was framed by `Transfer-Encoding`, a
+/// `Content-Length` beside it. The encoding wins (RFC 9112 §6.3) and the
+/// body passed on is the decoded one, so a length sent with it would be
+/// wrong: an app would wait for bytes that never come, or read the next
+/// response's as this one's. An intermediary must remove it before
+/// forwarding (same section).
+pub fn prepare_response(headers: &mut HeaderMap) {
     let mut found = Found::default();
     for (name, value) in headers.iter() {
         found.note(name, value);
+    }
+    if found.hop_by_hop & TRANSFER_ENCODING_BIT != 0 {
+        headers.remove(CONTENT_LENGTH);
     }
     found.remove(headers);
 }
@@ -297,7 +311,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("content-type", "application/json"),
         ]);
-        remove_hop_by_hop(&mut headers);
+        prepare_response(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["content-type"]);
     }
@@ -310,7 +324,7 @@ mod tests {
             ("content-type", "application/json"),
             ("content-length", "2"),
         ]);
-        remove_hop_by_hop(&mut headers);
+        prepare_response(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["content-length"]);
     }
@@ -320,7 +334,7 @@ mod tests {
         let mut headers = map(&[("accept", "*/*"), ("te", "trailers")]);
         headers.append(CONNECTION, HeaderValue::from_static("no such name!, {}"));
         headers.append(CONNECTION, HeaderValue::from_bytes(b"accept\xff").unwrap());
-        remove_hop_by_hop(&mut headers);
+        prepare_response(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["accept"]);
     }
@@ -332,9 +346,23 @@ mod tests {
             headers.append(name.clone(), HeaderValue::from_static("x"));
         }
         headers.append("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut headers);
+        prepare_response(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_length_beside_a_transfer_encoding_is_not_passed_on() {
+        let mut headers = map(&[
+            ("content-length", "40"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "1"),
+        ]);
+        prepare_response(&mut headers);
+        assert_eq!(headers, map(&[("x-kept", "1")]));
+        let mut headers = map(&[("content-length", "40"), ("connection", "close")]);
+        prepare_response(&mut headers);
+        assert_eq!(headers, map(&[("content-length", "40")]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Misframed upstream answers on a kept-alive HTTP/1.1 connection: bytes
 //! after the body, two different `Content-Length`s, a body on a 204, a 304
-//! or a HEAD answer, `Connection: close`, and interim (1xx) answers. The danger is a desync: the next request taken from the pool
+//! or a HEAD answer, `Connection: close`, `Content-Length` and
+//! `Transfer-Encoding` together, and interim (1xx) answers. The danger is a desync: the next request taken from the pool
 //! reading the leftovers of the previous answer as its own. After each, a
 //! second request must get its own answer (or a clean 502), never the
 //! leftovers.
@@ -142,4 +143,23 @@ async fn a_connection_close_answer_is_not_reused() {
     assert_eq!(proxy.get("/first").await.text(), "first");
     second_gets_its_own_answer(&proxy, "connection: close").await;
     assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_chunked_answer_that_also_has_a_content_length_reaches_the_app_whole() {
+    // Transfer-Encoding wins (RFC 9112 §6.3); the length must not be passed
+    // on, or the app waits for 40 bytes of a 5-byte body.
+    let first = "HTTP/1.1 200 OK\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\n\r\n\
+                 5\r\nfirst\r\n0\r\n\r\n";
+    let (_upstream, proxy) = scene(vec![RawStep::text(first)]).await;
+    let url = format!("{}/first", proxy.route_url(0));
+    let answer = proxy.client.download(&url).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.error, None, "headers {:?}", answer.headers);
+    assert_eq!(answer.len, 5);
+    assert_ne!(
+        answer.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(b"40".as_slice())
+    );
+    second_gets_its_own_answer(&proxy, "content-length with chunked").await;
 }
