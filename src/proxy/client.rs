@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::rt::Executor;
@@ -133,6 +133,12 @@ pub enum UpstreamError {
     /// The request URI has no scheme or authority (never, from a route).
     #[error("the upstream URI is not absolute")]
     NotAbsolute,
+    /// The upstream answered `101 Switching Protocols`, which only a request
+    /// asking for an upgrade may get (RFC 9110 §15.2.2); sidekey never
+    /// passes `Upgrade` on (it is hop-by-hop), so the answer means nothing
+    /// the app could read, and the connection no longer speaks HTTP.
+    #[error("the upstream switched protocols (101) though the request asked for no upgrade")]
+    SwitchedProtocols,
     /// The request must go as HTTP/2 (a gRPC call) and the upstream speaks
     /// only HTTP/1.1.
     #[error(
@@ -326,6 +332,11 @@ impl UpstreamClient {
                 }
             };
             match result {
+                Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    // hyper hands the connection to the upgrade nobody
+                    // claims: it is closed, never reused.
+                    return Err(UpstreamError::SwitchedProtocols);
+                }
                 Ok(response) => return Ok((response, Opened(opened))),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) if attempts < SEND_ATTEMPTS => {

@@ -1,7 +1,8 @@
 //! Misframed upstream answers on a kept-alive HTTP/1.1 connection: bytes
 //! after the body, two different `Content-Length`s, a body on a 204, a 304
 //! or a HEAD answer, `Connection: close`, `Content-Length` and
-//! `Transfer-Encoding` together, and interim (1xx) answers. The danger is a desync: the next request taken from the pool
+//! `Transfer-Encoding` together, interim (1xx) answers, and a `101` nobody
+//! asked for. The danger is a desync: the next request taken from the pool
 //! reading the leftovers of the previous answer as its own. After each, a
 //! second request must get its own answer (or a clean 502), never the
 //! leftovers.
@@ -12,6 +13,7 @@ use http::Method;
 
 use crate::support::config::{TestConfig, route, static_token};
 use crate::support::proxy::{TestProxy, body_empty, count_body, request};
+use crate::support::raw::RawConn;
 use crate::support::upstream::{RawStep, Upstream, UpstreamOpts};
 
 /// A whole answer that a client reading a desynchronised connection would
@@ -162,4 +164,29 @@ async fn a_chunked_answer_that_also_has_a_content_length_reaches_the_app_whole()
         Some(b"40".as_slice())
     );
     second_gets_its_own_answer(&proxy, "content-length with chunked").await;
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_101_to_a_request_that_asked_for_no_upgrade_is_502() {
+    let first = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n{SMUGGLED}"
+    );
+    let (_upstream, proxy) = scene(vec![RawStep::text(&first)]).await;
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send_get("/first").await.expect("write");
+    let answer = app.read_response(Duration::from_secs(5)).await;
+    let answer = answer.expect("an answer to the first request");
+    assert_eq!(answer.status, 502, "{}", app.text());
+    assert_eq!(
+        answer.header("x-sidekey-error"),
+        Some("upstream_unreachable")
+    );
+    // The app's connection still serves its next request.
+    app.send_get("/second").await.expect("write");
+    let second = app.read_response(Duration::from_secs(5)).await;
+    let second = second.expect("an answer to the second request");
+    assert_eq!(
+        (second.status, second.body_text().as_str()),
+        (200, "second")
+    );
 }
