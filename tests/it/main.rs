@@ -25,6 +25,7 @@
 mod support;
 
 mod admin;
+mod app_requests;
 mod cache;
 mod cli;
 mod clientauth;

@@ -685,6 +685,7 @@ pub struct UpstreamOpts {
     close_idle_after: Option<Duration>,
     drop_requests_after_idle: Option<Duration>,
     raw: Option<RawResponder>,
+    raw_before_body: bool,
     echo_stream: bool,
 }
 
@@ -701,6 +702,7 @@ impl UpstreamOpts {
             close_idle_after: None,
             drop_requests_after_idle: None,
             raw: None,
+            raw_before_body: false,
             echo_stream: false,
         }
     }
@@ -793,6 +795,14 @@ impl UpstreamOpts {
     /// waits for the next request.
     pub fn raw(self, steps: Vec<RawStep>) -> Self {
         self.raw_by(move |_| steps.clone())
+    }
+
+    /// Run the [`UpstreamOpts::raw`] steps as soon as a request's head has
+    /// arrived, before reading its body (a server refusing an upload early:
+    /// 401, 413). Whatever follows the head is then read as the next request.
+    pub fn raw_before_body(mut self) -> Self {
+        self.raw_before_body = true;
+        self
     }
 
     /// [`UpstreamOpts::raw`] with the steps chosen per request: a misframed
@@ -1249,6 +1259,7 @@ async fn read_raw_request<S: RawIo>(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+        .filter(|_| !state.opts.raw_before_body)
         .unwrap_or(0);
     while buf.len() < length {
         match io.read_buf(buf).await {

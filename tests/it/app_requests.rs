@@ -1,0 +1,180 @@
+//! What odd apps send, as raw bytes: uploads that wait for
+//! `100 Continue` (curl does for large ones) meeting an upstream that
+//! rejects the token, early or after reading the body; HTTP/1.0 apps; and
+//! a WebSocket `Upgrade` through a route, which sidekey does not tunnel.
+
+use std::time::Duration;
+
+use crate::support::config::{TestConfig, oauth2, route, static_token};
+use crate::support::proxy::TestProxy;
+use crate::support::raw::{RawConn, RawResponse};
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
+use crate::support::upstream::{RawStep, Reply, Upstream, UpstreamOpts};
+
+/// Longest wait for an answer that should come at once.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// An OAuth 2.0 token endpoint issuing `oauth-token-1`, `-2`, … and sidekey
+/// with one route to `upstream`, its first token obtained.
+async fn oauth_scene(upstream: &Upstream) -> (OAuthServer, TestProxy) {
+    let server = OAuthServer::start(OAuthBehaviour {
+        client_id: "client".into(),
+        client_secret: "s3cr3t".into(),
+        expires_in: Some(serde_json::json!(3600)),
+        ..OAuthBehaviour::default()
+    })
+    .await;
+    let proxy = TestConfig::new()
+        .with(oauth2("api", &server.url()))
+        .with(route(&upstream.url(), "api"))
+        .env("CLIENT_ID", "client")
+        .env("CLIENT_SECRET", "s3cr3t")
+        .start()
+        .await;
+    proxy.wait_for_tokens().await;
+    (server, proxy)
+}
+
+/// Send a `POST /up` head with `Expect: 100-continue`, wait for the
+/// `100 Continue` as curl does, then send `len` bytes; the final answer.
+async fn upload_after_100_continue(proxy: &TestProxy, len: usize) -> RawResponse {
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    let head = format!(
+        "POST /up HTTP/1.1\r\nhost: sidekey\r\ncontent-length: {len}\r\nexpect: 100-continue\r\n\r\n"
+    );
+    app.send(head.as_bytes()).await.expect("write head");
+    let interim = app.read_response(PROMPTLY).await.expect("100 Continue");
+    assert_eq!(interim.status, 100);
+    app.send(&vec![b'u'; len]).await.expect("write body");
+    app.read_response(PROMPTLY).await.expect("a final answer")
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_upload_waiting_for_100_continue_is_retried_with_the_renewed_token() {
+    let upstream = Upstream::start(UpstreamOpts::plain().respond(|request| {
+        match request.header("authorization") {
+            Some("Bearer oauth-token-1") => Reply::status(401),
+            _ => Reply::echo(),
+        }
+    }))
+    .await;
+    let (server, proxy) = oauth_scene(&upstream).await;
+
+    let answer = upload_after_100_continue(&proxy, 1000).await;
+
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    let seen: Vec<_> = upstream
+        .requests()
+        .iter()
+        .map(|r| (r.header("authorization").map(str::to_owned), r.body_len))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("Bearer oauth-token-1".to_owned()), 1000),
+            (Some("Bearer oauth-token-2".to_owned()), 1000)
+        ]
+    );
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.header("expect").is_none())
+    );
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_upload_refused_before_its_body_is_read_gets_the_refusal_and_a_renewal() {
+    // The upstream answers as soon as the head is there and closes with the
+    // body unread; the body is larger than a retry keeps, so it streams.
+    let upstream = Upstream::start(
+        UpstreamOpts::plain()
+            .raw_by(|request| {
+                let answer = match request.header("authorization") {
+                    Some("Bearer oauth-token-1") => {
+                        "HTTP/1.1 401 Unauthorized\r\nconnection: close\r\ncontent-length: 4\r\n\r\nnope"
+                    }
+                    _ => "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                };
+                vec![RawStep::text(answer), RawStep::Reset]
+            })
+            .raw_before_body(),
+    )
+    .await;
+    let (server, proxy) = oauth_scene(&upstream).await;
+
+    let refused = upload_after_100_continue(&proxy, 200_000).await;
+    assert_eq!(
+        (refused.status, refused.body_text().as_str()),
+        (401, "nope")
+    );
+    // The rejection is reported: the token is renewed in the background,
+    // and the next upload carries the new one.
+    let credentials = proxy.handle.credentials();
+    let (_, api) = credentials.iter().next().expect("credential api");
+    let renewed = api
+        .wait_for_newer(1, PROMPTLY)
+        .await
+        .expect("a renewed token");
+    assert_eq!(renewed.generation, 2);
+    let accepted = upload_after_100_continue(&proxy, 200_000).await;
+    assert_eq!(
+        (accepted.status, accepted.body_text().as_str()),
+        (200, "ok")
+    );
+    assert_eq!(server.calls(), 2, "one renewal for the rejected token");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn http_1_0_apps_and_upgrade_requests_get_plain_answers() {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let proxy = TestConfig::new()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    let host = upstream.addr().to_string();
+
+    // HTTP/1.0 without Host: answered, then closed (no keep-alive asked).
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send(b"GET /a HTTP/1.0\r\n\r\n").await.expect("write");
+    assert!(app.closed_within(PROMPTLY).await);
+    assert!(
+        app.text().starts_with("HTTP/1.0 200 OK\r\n"),
+        "{}",
+        app.text()
+    );
+    // Asking for keep-alive: both requests answered on one connection.
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send(b"GET /b HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET /c HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(app.closed_within(PROMPTLY).await);
+    assert_eq!(app.responses().len(), 2, "{}", app.text());
+    for seen in upstream.requests() {
+        assert_eq!(seen.header("host"), Some(host.as_str()));
+        assert_eq!(seen.header("authorization"), Some("Bearer tok-123"));
+    }
+
+    // A WebSocket handshake: the upstream sees a plain GET (Upgrade and
+    // Connection are hop-by-hop), the app gets its plain answer and keeps
+    // its connection.
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send(
+        b"GET /ws HTTP/1.1\r\nhost: sidekey\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let answer = app.read_response(PROMPTLY).await.expect("an answer");
+    assert_eq!(answer.status, 200);
+    let seen = upstream.last_request().expect("forwarded");
+    assert_eq!(seen.path, "/ws");
+    assert!(seen.header("upgrade").is_none() && seen.header("connection").is_none());
+    app.send_get("/after").await.expect("write");
+    let after = app.read_response(PROMPTLY).await.expect("an answer");
+    assert_eq!(after.status, 200);
+    assert_eq!(upstream.last_request().expect("forwarded").path, "/after");
+}
