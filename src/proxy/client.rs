@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::rt::Executor;
@@ -60,6 +60,7 @@ use tracing::debug;
 
 use super::UpstreamBody;
 use super::h2_driver::ConnExecutor;
+use super::unusable::{self, Unusable};
 use crate::tls::TlsError;
 use crate::tls::UpstreamTls;
 
@@ -133,12 +134,9 @@ pub enum UpstreamError {
     /// The request URI has no scheme or authority (never, from a route).
     #[error("the upstream URI is not absolute")]
     NotAbsolute,
-    /// The upstream answered `101 Switching Protocols`, which only a request
-    /// asking for an upgrade may get (RFC 9110 §15.2.2); sidekey never
-    /// passes `Upgrade` on (it is hop-by-hop), so the answer means nothing
-    /// the app could read, and the connection no longer speaks HTTP.
-    #[error("the upstream switched protocols (101) though the request asked for no upgrade")]
-    SwitchedProtocols,
+    /// An answer the app could not read as sent ([`super::unusable`]).
+    #[error(transparent)]
+    Unusable(#[from] Unusable),
     /// The request must go as HTTP/2 (a gRPC call) and the upstream speaks
     /// only HTTP/1.1.
     #[error(
@@ -332,12 +330,11 @@ impl UpstreamClient {
                 }
             };
             match result {
-                Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    // hyper hands the connection to the upgrade nobody
-                    // claims: it is closed, never reused.
-                    return Err(UpstreamError::SwitchedProtocols);
+                Ok(response) => {
+                    // Dropped unread, its connection is closed, never reused.
+                    unusable::check(&response)?;
+                    return Ok((response, Opened(opened)));
                 }
-                Ok(response) => return Ok((response, Opened(opened))),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) if attempts < SEND_ATTEMPTS => {
                         request = to_absolute_form(unsent, &scheme, &authority);

@@ -32,6 +32,7 @@ pub mod path;
 pub mod route;
 pub mod service;
 pub mod settings;
+pub mod unusable;
 
 use std::sync::Arc;
 

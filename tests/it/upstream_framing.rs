@@ -190,3 +190,26 @@ async fn a_101_to_a_request_that_asked_for_no_upgrade_is_502() {
         (200, "second")
     );
 }
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_transfer_coding_other_than_chunked_is_502() {
+    // hyper removes the chunked coding but not the others; passed on, the
+    // app would take gzip bytes for the body, with nothing saying so.
+    let cases = [
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\nfirst",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n",
+    ];
+    for first in cases {
+        let steps = vec![RawStep::text(first), RawStep::Reset];
+        let (_upstream, proxy) = scene(steps).await;
+        let answer = proxy.get("/first").await;
+        assert_eq!(answer.status, 502, "{first:?}: {}", answer.text());
+        assert_eq!(answer.sidekey_error(), Some("upstream_unreachable"));
+        second_gets_its_own_answer(&proxy, first).await;
+    }
+    // The one coding hyper decodes, in any case, is passed on as the body.
+    let first = "HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n";
+    let (_upstream, proxy) = scene(vec![RawStep::text(first)]).await;
+    assert_eq!(proxy.get("/first").await.text(), "first");
+}
