@@ -336,9 +336,14 @@ async fn send(
 }
 
 /// The upstream's response for the app: headers prepared
-/// ([`prepare_response`]), body streamed.
+/// ([`prepare_response`]), body streamed. Its version is sidekey's own, not
+/// the upstream's: hyper writes an HTTP/1.1 response's version as given,
+/// and an HTTP/1.1 app reading `HTTP/1.0` closes its connection after
+/// every answer (RFC 9112 §9.3). hyper still answers an HTTP/1.0 app in
+/// HTTP/1.0 and an HTTP/2 one in HTTP/2.
 fn finish(response: Response<FromUpstream>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
+    parts.version = Version::HTTP_11;
     prepare_response(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }

@@ -213,3 +213,22 @@ async fn a_transfer_coding_other_than_chunked_is_502() {
     let (_upstream, proxy) = scene(vec![RawStep::text(first)]).await;
     assert_eq!(proxy.get("/first").await.text(), "first");
 }
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_http_1_0_upstream_does_not_make_the_apps_connection_http_1_0() {
+    // An HTTP/1.1 app reading "HTTP/1.0" closes its connection after each
+    // answer (RFC 9112 §9.3); sidekey speaks HTTP/1.1 to it whatever the
+    // upstream speaks.
+    let first = "HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nfirst";
+    let (_upstream, proxy) = scene(vec![RawStep::text(first), RawStep::Reset]).await;
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send_get("/first").await.expect("write");
+    // Read what comes meanwhile; the connection stays open.
+    assert!(!app.closed_within(Duration::from_millis(100)).await);
+    assert!(
+        app.text().starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        app.text()
+    );
+    assert!(app.text().ends_with("\r\n\r\nfirst"), "{}", app.text());
+}
