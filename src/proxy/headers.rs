@@ -140,19 +140,36 @@ fn remove_listed(headers: &mut HeaderMap) {
 }
 
 /// Prepare the upstream's response headers for the app: remove hop-by-hop
-/// headers, including those listed in `Connection`, and, when the body was framed by `Transfer-Encoding`, a
-/// `Content-Length` beside it. The encoding wins (RFC 9112 §6.3) and the
-/// body passed on is the decoded one, so a length sent with it would be
-/// wrong: an app would wait for bytes that never come, or read the next
-/// response's as this one's. An intermediary must remove it before
-/// forwarding (same section).
+/// headers, including those listed in `Connection`, and settle
+/// `Content-Length`:
+/// - beside `Transfer-Encoding`, it goes. The encoding wins (RFC 9112
+///   §6.3) and the body passed on is the decoded one, so the length would
+///   be wrong: an app would wait for bytes that never come, or read the
+///   next response's as this one's. An intermediary must remove it before
+///   forwarding (same section).
+/// - a list (`5, 5`, valid by RFC 9110 §8.6; hyper has checked that its
+///   values agree) becomes its one value: Node's parser refuses a list, and
+///   Python's `http.client` reads such a body until the connection closes.
 pub fn prepare_response(headers: &mut HeaderMap) {
     let mut found = Found::default();
+    let mut length_list = None;
     for (name, value) in headers.iter() {
         found.note(name, value);
+        if *name == CONTENT_LENGTH && length_list.is_none() && value.as_bytes().contains(&b',') {
+            length_list = Some(value.clone());
+        }
     }
     if found.hop_by_hop & TRANSFER_ENCODING_BIT != 0 {
         headers.remove(CONTENT_LENGTH);
+    } else if let Some(list) = length_list {
+        let first = list
+            .as_bytes()
+            .split(|b| *b == b',')
+            .next()
+            .unwrap_or_default();
+        if let Ok(length) = HeaderValue::from_bytes(first.trim_ascii()) {
+            headers.insert(CONTENT_LENGTH, length);
+        }
     }
     found.remove(headers);
 }
@@ -363,6 +380,13 @@ mod tests {
         let mut headers = map(&[("content-length", "40"), ("connection", "close")]);
         prepare_response(&mut headers);
         assert_eq!(headers, map(&[("content-length", "40")]));
+    }
+
+    #[test]
+    fn a_length_list_becomes_its_one_value() {
+        let mut headers = map(&[("content-length", " 7 ,7"), ("x-kept", "1, 2")]);
+        prepare_response(&mut headers);
+        assert_eq!(headers, map(&[("content-length", "7"), ("x-kept", "1, 2")]));
     }
 
     #[test]

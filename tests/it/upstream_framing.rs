@@ -232,3 +232,18 @@ async fn an_http_1_0_upstream_does_not_make_the_apps_connection_http_1_0() {
     );
     assert!(app.text().ends_with("\r\n\r\nfirst"), "{}", app.text());
 }
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_content_length_list_reaches_the_app_as_one_length() {
+    // `5, 5` is valid (RFC 9110 §8.6) and hyper reads it, but many clients
+    // do not: Node's parser refuses it, Python's http.client reads the body
+    // until the connection closes (the idle timeout, on a kept-alive one).
+    let first = "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nfirst";
+    let (_upstream, proxy) = scene(vec![RawStep::text(first)]).await;
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send_get("/first").await.expect("write");
+    let answer = app.read_response(Duration::from_secs(5)).await;
+    let answer = answer.expect("an answer");
+    assert_eq!(answer.header("content-length"), Some("5"));
+    assert_eq!(answer.body_text(), "first");
+}
