@@ -289,6 +289,13 @@ impl CredentialHandle {
         }
     }
 
+    /// Whether the renewal a rejection of token `generation` asked for is
+    /// still under way: a request sent with that token now would most
+    /// likely be rejected too.
+    pub fn renewal_pending(&self, generation: u64) -> bool {
+        self.renewing() >= generation && *self.settled.borrow() < generation
+    }
+
     /// The highest generation whose rejection requested a renewal.
     pub(super) fn renewing(&self) -> u64 {
         self.rejections

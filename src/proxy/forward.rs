@@ -152,6 +152,12 @@ pub async fn forward(
     let body = match outgoing {
         Outgoing::Kept(body) => body,
         Outgoing::Streamed(body) => {
+            // Never retried, so never sent with a token whose renewal a
+            // rejection asked for: it waits for that renewal (bounded).
+            let published = match route.credential.renewal_pending(published.generation) {
+                true => with_renewed(route, &mut parts.headers, published).await,
+                false => published,
+            };
             let response =
                 send(route, Request::from_parts(parts, Either::Left(body)), None).await?;
             if route
@@ -218,6 +224,30 @@ pub async fn forward(
         let _ = route.credential.report_rejected(renewed.generation);
     }
     Ok(finish(response))
+}
+
+/// The token renewed after `rejected`'s rejection, its headers set in
+/// `headers` in place of `rejected`'s; `rejected` itself when the renewal
+/// does not come in time (the upstream URI stays: an Inbenta token's
+/// renewal keeps its `apis`).
+async fn with_renewed(
+    route: &Route,
+    headers: &mut http::HeaderMap,
+    rejected: Arc<Published>,
+) -> Arc<Published> {
+    let wait = RENEWAL_WAIT.min(route.request_timeout);
+    match route
+        .credential
+        .wait_for_renewal(rejected.generation, wait)
+        .await
+    {
+        Ok(renewed) if renewed.generation > rejected.generation => {
+            let strip = route.credential.strip_names();
+            prepare_request(headers, strip, &route.headers, &renewed.headers);
+            renewed
+        }
+        _ => rejected,
+    }
 }
 
 /// The status `renew_on_status` is matched against: a gRPC call's

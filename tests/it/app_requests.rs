@@ -127,6 +127,56 @@ async fn an_upload_refused_before_its_body_is_read_gets_the_refusal_and_a_renewa
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_upload_arriving_while_a_rejected_token_is_renewed_waits_for_the_new_one() {
+    // Streamed uploads cannot be retried: one sent with the rejected token
+    // while its renewal is under way would be refused for certain.
+    let upstream = Upstream::start(UpstreamOpts::plain().respond(|request| {
+        match request.header("authorization") {
+            Some("Bearer oauth-token-1") => Reply::status(401),
+            _ => Reply::echo(),
+        }
+    }))
+    .await;
+    let server = OAuthServer::start(OAuthBehaviour {
+        client_id: "client".into(),
+        client_secret: "s3cr3t".into(),
+        expires_in: Some(serde_json::json!(3600)),
+        delay: Some(Duration::from_secs(2)),
+        ..OAuthBehaviour::default()
+    })
+    .await;
+    let proxy = TestConfig::new()
+        .with(oauth2("api", &server.url()))
+        .with(route(&upstream.url(), "api"))
+        .env("CLIENT_ID", "client")
+        .env("CLIENT_SECRET", "s3cr3t")
+        .start()
+        .await;
+    proxy.wait_for_tokens().await;
+
+    // A small request is rejected, reported, and retried after the renewal;
+    // the upload starts while that renewal (2 s) is under way.
+    let small_url = format!("{}/small", proxy.route_url(0));
+    let small = proxy.client.get(&small_url);
+    let upload = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        upload_after_100_continue(&proxy, 200_000).await
+    };
+    let (small, upload) = tokio::join!(small, upload);
+    assert_eq!(small.status, 200, "{}", small.text());
+    assert_eq!(upload.status, 200, "{}", upload.body_text());
+    let sent: Vec<_> = upstream
+        .requests()
+        .iter()
+        .map(|r| (r.path.clone(), r.header("authorization").map(str::to_owned)))
+        .collect();
+    let bearer = |n: u32| Some(format!("Bearer oauth-token-{n}"));
+    assert!(sent.contains(&("/up".to_owned(), bearer(2))), "{sent:?}");
+    assert!(!sent.contains(&("/up".to_owned(), bearer(1))), "{sent:?}");
+    assert_eq!(server.calls(), 2, "one renewal for the rejected token");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn http_1_0_apps_and_upgrade_requests_get_plain_answers() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
     let proxy = TestConfig::new()
