@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::config::{TestConfig, oauth2, route, static_token};
+use crate::support::config::{oauth_route_proxy, static_route_proxy};
 use crate::support::proxy::TestProxy;
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
@@ -14,24 +14,19 @@ use crate::support::upstream::{RawStep, Reply, Upstream, UpstreamOpts};
 /// Longest wait for an answer that should come at once.
 const PROMPTLY: Duration = Duration::from_secs(5);
 
-/// An OAuth 2.0 token endpoint issuing `oauth-token-1`, `-2`, … and sidekey
-/// with one route to `upstream`, its first token obtained.
-async fn oauth_scene(upstream: &Upstream) -> (OAuthServer, TestProxy) {
+/// An OAuth 2.0 token endpoint issuing `oauth-token-1`, `-2`, … (each
+/// answer `delay` late) and sidekey with one route to `upstream`, its first
+/// token obtained.
+async fn oauth_scene(upstream: &Upstream, delay: Option<Duration>) -> (OAuthServer, TestProxy) {
     let server = OAuthServer::start(OAuthBehaviour {
         client_id: "client".into(),
         client_secret: "s3cr3t".into(),
         expires_in: Some(serde_json::json!(3600)),
+        delay,
         ..OAuthBehaviour::default()
     })
     .await;
-    let proxy = TestConfig::new()
-        .with(oauth2("api", &server.url()))
-        .with(route(&upstream.url(), "api"))
-        .env("CLIENT_ID", "client")
-        .env("CLIENT_SECRET", "s3cr3t")
-        .start()
-        .await;
-    proxy.wait_for_tokens().await;
+    let proxy = oauth_route_proxy(&server.url(), &upstream.url()).await;
     (server, proxy)
 }
 
@@ -58,7 +53,7 @@ async fn an_upload_waiting_for_100_continue_is_retried_with_the_renewed_token() 
         }
     }))
     .await;
-    let (server, proxy) = oauth_scene(&upstream).await;
+    let (server, proxy) = oauth_scene(&upstream, None).await;
 
     let answer = upload_after_100_continue(&proxy, 1000).await;
 
@@ -102,7 +97,7 @@ async fn an_upload_refused_before_its_body_is_read_gets_the_refusal_and_a_renewa
             .raw_before_body(),
     )
     .await;
-    let (server, proxy) = oauth_scene(&upstream).await;
+    let (server, proxy) = oauth_scene(&upstream, None).await;
 
     let refused = upload_after_100_continue(&proxy, 200_000).await;
     assert_eq!(
@@ -137,22 +132,7 @@ async fn an_upload_arriving_while_a_rejected_token_is_renewed_waits_for_the_new_
         }
     }))
     .await;
-    let server = OAuthServer::start(OAuthBehaviour {
-        client_id: "client".into(),
-        client_secret: "s3cr3t".into(),
-        expires_in: Some(serde_json::json!(3600)),
-        delay: Some(Duration::from_secs(2)),
-        ..OAuthBehaviour::default()
-    })
-    .await;
-    let proxy = TestConfig::new()
-        .with(oauth2("api", &server.url()))
-        .with(route(&upstream.url(), "api"))
-        .env("CLIENT_ID", "client")
-        .env("CLIENT_SECRET", "s3cr3t")
-        .start()
-        .await;
-    proxy.wait_for_tokens().await;
+    let (server, proxy) = oauth_scene(&upstream, Some(Duration::from_secs(2))).await;
 
     // A small request is rejected, reported, and retried after the renewal;
     // the upload starts while that renewal (2 s) is under way.
@@ -179,12 +159,7 @@ async fn an_upload_arriving_while_a_rejected_token_is_renewed_waits_for_the_new_
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn http_1_0_apps_and_upgrade_requests_get_plain_answers() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
-    let proxy = TestConfig::new()
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route_proxy(&upstream.url()).await;
     let host = upstream.addr().to_string();
 
     // HTTP/1.0 without Host: answered, then closed (no keep-alive asked).

@@ -30,9 +30,8 @@ use sidekey::credential::{
 use sidekey::metrics::Metrics;
 use sidekey::secret::{MapEnv, Secret, SecretRef};
 
-use crate::support::config::{TestConfig, oauth2, route, static_token};
+use crate::support::config::{TestConfig, oauth_route_proxy, oauth2, static_token};
 use crate::support::metrics::sum as metric_sum;
-use crate::support::proxy::TestProxy;
 use crate::support::timing::{assert_between, gaps};
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
@@ -1007,21 +1006,6 @@ async fn obtain_once_returns_token_and_type() {
 // End to end through the proxy
 // ---------------------------------------------------------------------------
 
-/// An OAuth 2.0 credential against `server` and one route with it to
-/// `upstream`, started; it has its first token (the proxy answers 503
-/// until then).
-async fn start_proxy(server: &OAuthServer, upstream: &Upstream) -> TestProxy {
-    let proxy = TestConfig::new()
-        .with(oauth2("api", &server.url()))
-        .with(route(&upstream.url(), "api"))
-        .env("CLIENT_ID", "client")
-        .env("CLIENT_SECRET", "s3cr3t")
-        .start()
-        .await;
-    proxy.wait_for_tokens().await;
-    proxy
-}
-
 #[tokio::test]
 async fn rejected_token_is_renewed_once_and_the_request_retried() {
     let server = token_server(3600).await;
@@ -1042,7 +1026,7 @@ async fn rejected_token_is_renewed_once_and_the_request_retried() {
         }
     }))
     .await;
-    let proxy = start_proxy(&server, &upstream).await;
+    let proxy = oauth_route_proxy(&server.url(), &upstream.url()).await;
 
     let response = proxy.get("/v1/cards").await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text());
@@ -1094,7 +1078,7 @@ async fn continuous_traffic_across_rotations_never_fails() {
         }
     }))
     .await;
-    let proxy = start_proxy(&server, &upstream).await;
+    let proxy = oauth_route_proxy(&server.url(), &upstream.url()).await;
 
     // Four workers, each sending every 20 ms and 5 ms apart from the next:
     // a request every 5 ms all along.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::support::config::{TestConfig, route, static_token};
+use crate::support::config::static_route_proxy;
 use crate::support::proxy::{TestProxy, body_empty, count_body, request};
 use crate::support::raw::RawConn;
 use crate::support::upstream::{RawStep, Upstream, UpstreamOpts};
@@ -33,12 +33,7 @@ async fn scene(first: Vec<RawStep>) -> (Upstream, TestProxy) {
         }
     }))
     .await;
-    let proxy = TestConfig::new()
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route_proxy(&upstream.url()).await;
     (upstream, proxy)
 }
 

@@ -126,6 +126,32 @@ pub fn oauth2(name: &str, token_url: &str) -> Table {
 
 /// `[credentials.NAME]`, type `inbenta` against `auth_url`, API key and
 /// secret read from `INBENTA_API_KEY` and `INBENTA_SECRET`.
+/// Credential `api`, a static token (`tok-123`), and one route with it to
+/// `upstream`, started.
+pub async fn static_route_proxy(upstream: &str) -> TestProxy {
+    TestConfig::new()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(upstream, "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await
+}
+
+/// Credential `api` of type oauth2 against `token_url` (client `client`,
+/// secret `s3cr3t`) and one route with it to `upstream`, started; it has
+/// its first token (the proxy answers 503 until then).
+pub async fn oauth_route_proxy(token_url: &str, upstream: &str) -> TestProxy {
+    let proxy = TestConfig::new()
+        .with(oauth2("api", token_url))
+        .with(route(upstream, "api"))
+        .env("CLIENT_ID", "client")
+        .env("CLIENT_SECRET", "s3cr3t")
+        .start()
+        .await;
+    proxy.wait_for_tokens().await;
+    proxy
+}
+
 pub fn inbenta(name: &str, auth_url: &str) -> Table {
     credential(name, "inbenta")
         .url("auth_url", auth_url)
