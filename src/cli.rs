@@ -5,6 +5,7 @@
 //! release build compiles the serving code once: the futures the binary
 //! polls would otherwise be compiled again in the binary crate.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -105,16 +106,19 @@ pub fn main(return_freed_memory: fn()) -> ExitCode {
                 }
             })
         });
+    crate::telemetry::flush();
+    // Written directly, ignoring a closed stderr (`eprintln!` would panic).
+    let mut stderr = std::io::stderr();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Config(ConfigErrors(errors))) => {
             for error in errors {
-                eprintln!("error: {error}");
+                let _ = writeln!(stderr, "error: {error}");
             }
             ExitCode::from(1)
         }
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            let _ = writeln!(stderr, "error: {}", error_chain(&err));
             ExitCode::from(1)
         }
     }

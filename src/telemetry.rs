@@ -8,11 +8,17 @@
 //! Per-request warnings and errors (a 503, an unreachable upstream, a
 //! timeout) are written once, then counted: one summary line per route or
 //! credential every [`REPEAT_INTERVAL`] ([`repeats`](mod@repeats)).
+//!
+//! Lines reach stderr through [`pipe`](mod@pipe): a log reader that stalls
+//! or goes away costs dropped lines (counted, then reported), never a
+//! blocked or failed request.
 
+mod pipe;
 mod repeats;
 pub mod settings;
 
 use std::io::IsTerminal as _;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tracing::Dispatch;
@@ -21,6 +27,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use self::pipe::LogPipe;
 use self::repeats::Repeats;
 
 /// How often repeated warnings and errors are summarised.
@@ -40,14 +47,27 @@ pub fn init(log: &LogConfig) {
             .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
         with_access_lines(configured)
     });
-    let dispatch = build(
-        log.format,
-        filter,
-        std::io::stderr,
-        std::io::stderr().is_terminal(),
-        REPEAT_INTERVAL,
-    );
+    let ansi = std::io::stderr().is_terminal();
+    let dispatch = match PIPE.get_or_init(|| LogPipe::spawn(std::io::stderr()).ok()) {
+        Some(pipe) => build(log.format, filter, pipe.clone(), ansi, REPEAT_INTERVAL),
+        // No thread for the log: write in place, as a last resort.
+        None => build(log.format, filter, std::io::stderr, ansi, REPEAT_INTERVAL),
+    };
     let _ = dispatch.try_init();
+}
+
+/// The pipe [`init`] installed (none before, or if its thread could not start).
+static PIPE: OnceLock<Option<LogPipe>> = OnceLock::new();
+
+/// How long [`flush`] waits for the log reader at exit.
+const FLUSH_WITHIN: Duration = Duration::from_secs(1);
+
+/// Write out the lines logged so far, waiting at most a second for a
+/// stalled log reader (before exit, and before writing to stderr directly).
+pub fn flush() {
+    if let Some(Some(pipe)) = PIPE.get() {
+        pipe.flush(FLUSH_WITHIN);
+    }
 }
 
 /// `filter`, letting the access log's lines (`sidekey::access` at INFO)
@@ -78,7 +98,9 @@ pub fn build<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    // No internal errors on stderr: `eprintln!` panics when stderr is closed.
     let builder = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_writer(writer)
         .with_ansi(ansi)
         .with_target(false);

@@ -1,0 +1,61 @@
+//! Where the log goes: a log collector that stalls or dies never stops
+//! sidekey from serving (lines may be dropped; requests are not).
+
+use std::time::Duration;
+
+use crate::support::config::{TestConfig, route, static_token};
+use crate::support::process::{LogReader, SidekeyProcess};
+use crate::support::proxy::TestClient;
+use crate::support::upstream::{Upstream, UpstreamOpts};
+
+/// Serve requests whose access lines are 16 KiB each (a long path) with
+/// the log reader doing `then` after start: every one gets its 200 in
+/// time, the process is alive after them and stops cleanly on SIGTERM.
+async fn serves_with_the_log_reader(then: LogReader) {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidekey.toml");
+    let config = TestConfig::new()
+        .json_log()
+        .line("[log]", "access = true")
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"));
+    std::fs::write(&path, config.text()).unwrap();
+    let path = path.to_str().unwrap();
+    let mut sidekey =
+        SidekeyProcess::run_then(path, &[("API_TOKEN", "t")], "sidekey running", then);
+    let addr = sidekey.listen_addr("proxy listening");
+
+    // 100 lines of 16 KiB: far more than a pipe holds (64 KiB on Linux).
+    let client = TestClient::new();
+    let url = format!("http://{addr}/{}", "p".repeat(16 * 1024));
+    for i in 0..100 {
+        let response = tokio::time::timeout(Duration::from_secs(2), client.get(&url))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} stalled behind a {then:?} log"));
+        assert_eq!(response.status, 200, "request {i}");
+    }
+    assert!(
+        sidekey.child.try_wait().unwrap().is_none(),
+        "sidekey exited: {:?}",
+        sidekey.child.try_wait()
+    );
+    let stopping = std::time::Instant::now();
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_log_reader_that_stalls_holds_up_no_request() {
+    serves_with_the_log_reader(LogReader::Stalls).await;
+}
+
+#[tokio::test]
+async fn a_log_reader_that_goes_away_fails_no_request() {
+    serves_with_the_log_reader(LogReader::Closes).await;
+}
