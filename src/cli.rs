@@ -233,12 +233,15 @@ async fn reload(path: &Path, handle: &mut crate::server::Handle) {
 }
 
 async fn run(path: &Path, return_freed_memory: fn()) -> Result<(), CliError> {
+    // First of all: until then SIGHUP's default action ends the process,
+    // and a reload asked for while starting would end it. Signals received
+    // while starting are handled once serving.
+    let mut signals = signals::Signals::install();
     let checked = load_checked(path)?;
     crate::telemetry::init(&checked.config.log);
     log_warnings(&checked.config);
     raise_fd_limit();
     return_freed_memory();
-    let mut signals = signals::Signals::install();
     let mut handle = crate::server::serve_with(checked, Serving::Workers).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     let mut signal = signals.next().await;

@@ -477,3 +477,47 @@ fn check_says_where_tokens_are_cached_and_reads_the_cache_key() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(line_of_key(&stderr, "cache.encryption_key").contains("SIDEKEY_CACHE_KEY"));
 }
+
+#[tokio::test]
+async fn a_sighup_while_starting_is_a_reload_not_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}");
+    let path = write(dir.path(), "run.toml", &config);
+    // Starting reads the system's CA bundle (SSL_CERT_FILE): a FIFO holds
+    // sidekey there, reading its configuration, until this test lets go.
+    let bundle = dir.path().join("ca-bundle.pem");
+    let made = Command::new("mkfifo").arg(&bundle).status().unwrap();
+    assert!(made.success());
+    let bundle_path = bundle.to_str().unwrap();
+    let mut sidekey = SidekeyProcess::run(
+        &path,
+        &[
+            ("SIDEKEY_TEST_TOKEN", "t0ken"),
+            ("SSL_CERT_FILE", bundle_path),
+        ],
+    );
+    // Opening the writing end waits for sidekey to open the reading end.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bundle)
+        .unwrap();
+    sidekey.signal("HUP");
+    // An empty regular file takes the FIFO's place (for the reload), then
+    // the FIFO ends and starting goes on.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::rename(&empty, &bundle).unwrap();
+    drop(writer);
+
+    let running = std::iter::from_fn(|| sidekey.lines.recv_timeout(Duration::from_secs(20)).ok())
+        .any(|line| line["message"] == "sidekey running");
+    assert!(
+        running,
+        "sidekey ended on a SIGHUP while starting: {:?}",
+        sidekey.child.wait()
+    );
+    sidekey.wait_for("reloading the configuration");
+    sidekey.wait_for("configuration reloaded");
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+}
