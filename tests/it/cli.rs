@@ -521,3 +521,53 @@ async fn a_sighup_while_starting_is_a_reload_not_the_end() {
     sidekey.signal("TERM");
     assert_eq!(sidekey.wait_exit().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_configuration_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // 5 MiB, sparse: it costs no disk.
+    let large = dir.path().join("large.toml");
+    std::fs::File::create(&large)
+        .unwrap()
+        .set_len(5 << 20)
+        .unwrap();
+    for (file, why) in [(&fifo, "not a regular file"), (&large, "larger than 4 MiB")] {
+        let mut command = tokio::process::Command::new(BIN);
+        command.arg("check").arg("--config").arg(file).env_clear();
+        let out = tokio::time::timeout(Duration::from_secs(2), command.kill_on_drop(true).output());
+        let out = out.await.expect("check answers at once").unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{}: {stderr}", file.display());
+    }
+
+    // A reload is refused the same way: before, reading a FIFO (or
+    // /dev/zero, until memory ran out) held the thread that runs the
+    // admin listener, the token renewals and the signals.
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}");
+    let path = write(dir.path(), "run.toml", &config);
+    let mut sidekey = SidekeyProcess::run(&path, &[("SIDEKEY_TEST_TOKEN", "t0ken")]);
+    let admin = sidekey.listen_addr("admin listening");
+    sidekey.wait_for("sidekey running");
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&fifo, &path).unwrap();
+    sidekey.signal("HUP");
+    let refused = sidekey.wait_for("reload refused");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("not a regular file"), "{message}");
+    let client = TestClient::new();
+    assert_eq!(
+        client.get(&format!("http://{admin}/healthz")).await.status,
+        200
+    );
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+}
