@@ -1,5 +1,6 @@
 //! Logging setup: `[log] level` and `format`, with `RUST_LOG` taking
-//! precedence over the configured level. Nothing logged anywhere in sidekey
+//! precedence over the configured level (an empty one counts as unset, an
+//! invalid one is ignored with a warning). Nothing logged anywhere in sidekey
 //! contains a token or a secret. Requests are logged at debug level, and
 //! with `[log] access = true` one access line each (target
 //! `sidekey::access`, see [`crate::proxy::access`]), let through at INFO
@@ -37,9 +38,13 @@ use self::settings::{LogConfig, LogFormat};
 
 /// Install the global subscriber. A second call (tests, reload) is a no-op.
 pub fn init(log: &LogConfig) {
-    let from_env = std::env::var("RUST_LOG")
+    // Set but blank (`RUST_LOG=` from a template) is as unset: parsed, it
+    // would filter out every line.
+    let rust_log = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|text| text.parse().ok());
+        .filter(|text| !text.trim().is_empty());
+    let from_env: Option<Targets> = rust_log.as_deref().and_then(|text| text.parse().ok());
+    let refused = rust_log.filter(|_| from_env.is_none());
     let filter = from_env.unwrap_or_else(|| {
         let configured: Targets = log
             .level
@@ -54,6 +59,13 @@ pub fn init(log: &LogConfig) {
         None => build(log.format, filter, std::io::stderr, ansi, REPEAT_INTERVAL),
     };
     let _ = dispatch.try_init();
+    if let Some(text) = refused {
+        tracing::warn!(
+            rust_log = %text,
+            "RUST_LOG is not a filter sidekey reads (target=level directives, such as \
+             \"info,sidekey=debug\"); it is ignored and [log] level applies"
+        );
+    }
 }
 
 /// The pipe [`init`] installed (none before, or if its thread could not start).

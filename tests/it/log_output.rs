@@ -59,3 +59,27 @@ async fn a_log_reader_that_stalls_holds_up_no_request() {
 async fn a_log_reader_that_goes_away_fails_no_request() {
     serves_with_the_log_reader(LogReader::Closes).await;
 }
+
+#[tokio::test]
+async fn an_empty_or_invalid_rust_log_leaves_the_configured_level_and_an_invalid_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidekey.toml");
+    let config = TestConfig::new()
+        .json_log()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route("http://127.0.0.1:9", "api"));
+    std::fs::write(&path, config.text()).unwrap();
+    let path = path.to_str().unwrap();
+
+    // `RUST_LOG=` (a template with nothing to put there) silenced every
+    // line, errors included.
+    let sidekey = SidekeyProcess::run(path, &[("API_TOKEN", "t"), ("RUST_LOG", "")]);
+    sidekey.wait_for("sidekey running");
+
+    // A typo was ignored without a word.
+    let sidekey = SidekeyProcess::run(path, &[("API_TOKEN", "t"), ("RUST_LOG", "sidekey=debg")]);
+    let warning = sidekey.wait_for("RUST_LOG");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["rust_log"], "sidekey=debg", "{warning}");
+    sidekey.wait_for("sidekey running");
+}
