@@ -261,7 +261,14 @@ async fn run(path: &Path, return_freed_memory: fn()) -> Result<(), CliError> {
         };
     }
     info!("shutting down");
-    handle.shutdown().await;
+    // A second SIGTERM or SIGINT (Ctrl-C twice) ends the drain: dropping
+    // the handle closes the connections still open.
+    tokio::select! {
+        () = handle.shutdown() => {}
+        () = signals.next_stop() => {
+            warn!("stop signal received again: closing the open connections without waiting");
+        }
+    }
     Ok(())
 }
 

@@ -571,3 +571,39 @@ async fn a_configuration_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
     sidekey.signal("TERM");
     assert_eq!(sidekey.wait_exit().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_second_stop_signal_ends_the_drain_at_once() {
+    use crate::support::config::static_token;
+    use crate::support::upstream::{Gate, Reply, Upstream, UpstreamOpts};
+
+    let gate = Gate::new();
+    let upstream = Upstream::start(UpstreamOpts::plain().always(Reply::echo().until(&gate))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new()
+        .top(r#"shutdown_grace = "30s""#)
+        .json_log()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"));
+    let path = write(dir.path(), "run.toml", &config.text());
+    let mut sidekey = SidekeyProcess::run(&path, &[("API_TOKEN", "t0ken")]);
+    let addr = sidekey.listen_addr("proxy listening");
+    // A request the upstream holds keeps the drain waiting for the grace.
+    let mut held = crate::support::raw::RawConn::connect(addr).await;
+    held.send_get("/held").await.unwrap();
+    upstream.wait_for_requests(1).await;
+    sidekey.signal("TERM");
+    sidekey.wait_for("shutting down");
+
+    // An operator who does not want to wait says so again (Ctrl-C twice).
+    let stopping = std::time::Instant::now();
+    sidekey.signal("INT");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "exited {:?} after the second signal",
+        stopping.elapsed()
+    );
+    assert!(held.closed_within(Duration::from_secs(1)).await);
+    gate.open();
+}
