@@ -218,9 +218,10 @@ async fn reload(path: &Path, handle: &mut crate::server::Handle) {
     let outcome = match load_checked(path) {
         Ok(checked) => {
             log_warnings(&checked.config);
-            handle
-                .reload(checked, RELOAD_READY_WAIT)
-                .await
+            let log = checked.config.log.clone();
+            let reloaded = handle.reload(checked, RELOAD_READY_WAIT).await;
+            reloaded
+                .inspect(|()| crate::telemetry::reload(&log))
                 .map_err(CliError::from)
         }
         Err(err) => Err(err.into()),

@@ -83,3 +83,44 @@ async fn an_empty_or_invalid_rust_log_leaves_the_configured_level_and_an_invalid
     assert_eq!(warning["rust_log"], "sidekey=debg", "{warning}");
     sidekey.wait_for("sidekey running");
 }
+
+#[tokio::test]
+async fn a_reload_applies_the_log_level_and_says_the_format_waits_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidekey.toml");
+    let config = |log: &str| {
+        TestConfig::new()
+            .line("[log]", log)
+            .with(static_token("api", "API_TOKEN"))
+            // Written literally for a WARN line at start, when signals are handled.
+            .line("[credentials.api]", "token = \"t\"")
+            .with(route("http://127.0.0.1:9", "api"))
+            .text()
+    };
+    std::fs::write(&path, config("format = \"json\"\nlevel = \"warn\"")).unwrap();
+    let path_text = path.to_str().unwrap();
+    let sidekey = SidekeyProcess::run(path_text, &[]);
+    sidekey.wait_for("secret written literally");
+
+    // To debug a live problem: level = "info" and SIGHUP. The reload that
+    // applies it logs before it does, so ask again until one shows.
+    std::fs::write(&path, config("format = \"json\"\nlevel = \"info\"")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        sidekey.signal("HUP");
+        let line = sidekey.lines.recv_timeout(Duration::from_millis(200));
+        if let Ok(line) = line
+            && line["message"] == "reloading the configuration"
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+    };
+    assert!(shown, "no INFO line after a reload to level = \"info\"");
+
+    std::fs::write(&path, config("format = \"text\"\nlevel = \"info\"")).unwrap();
+    sidekey.signal("HUP");
+    sidekey.wait_for("[log] format changes at the next restart");
+}
