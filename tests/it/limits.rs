@@ -235,6 +235,10 @@ async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_clo
         "a connection over the cap is not served"
     );
     assert_eq!(upstream.request_count(), 2);
+    // The admin listener has a cap of its own: probes and scrapes answer.
+    for path in ["/readyz", "/metrics"] {
+        assert_eq!(proxy.admin_get(path).await.status, 200, "{path}");
+    }
 
     // One closes: the waiting connection is accepted and served.
     drop(open.remove(0));
