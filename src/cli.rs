@@ -247,19 +247,7 @@ async fn run(path: &Path, return_freed_memory: fn()) -> Result<(), CliError> {
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     let mut signal = signals.next().await;
     while signal == signals::Signal::Reload {
-        // Signals keep being handled while a reload waits for new tokens:
-        // SIGTERM cancels it and drains, another SIGHUP starts it over with
-        // the file as it is now.
-        signal = tokio::select! {
-            () = reload(path, &mut handle) => signals.next().await,
-            next = signals.next() => {
-                match next {
-                    signals::Signal::Stop => warn!("reload cancelled by a stop signal; the old configuration drains"),
-                    signals::Signal::Reload => info!("reload requested again while reloading; starting over"),
-                }
-                next
-            }
-        };
+        signal = reload_under_signals(path, &mut handle, &mut signals).await;
     }
     info!("shutting down");
     // A second SIGTERM or SIGINT (Ctrl-C twice) ends the drain: dropping
@@ -271,6 +259,53 @@ async fn run(path: &Path, return_freed_memory: fn()) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// One reload, with signals handled while it waits for new tokens; the
+/// next signal to act on.
+///
+/// - SIGTERM/SIGINT cancel it; the old configuration drains.
+/// - SIGHUP with the configuration file changed starts it over with the
+///   file as it is now.
+/// - SIGHUP with the file as it was lets it finish, then one more reload
+///   follows (a secret file may have changed). Starting over would cost
+///   the new credentials another token request each time, and SIGHUPs
+///   coming faster than a token endpoint answers would keep the reload
+///   from ever finishing.
+async fn reload_under_signals(
+    path: &Path,
+    handle: &mut crate::server::Handle,
+    signals: &mut signals::Signals,
+) -> signals::Signal {
+    let text = crate::small_file::read_to_string(path).ok();
+    let reloading = reload(path, handle);
+    tokio::pin!(reloading);
+    let mut again = false;
+    loop {
+        tokio::select! {
+            () = &mut reloading => break,
+            next = signals.next() => match next {
+                signals::Signal::Stop => {
+                    warn!("reload cancelled by a stop signal; the old configuration drains");
+                    return next;
+                }
+                _ if crate::small_file::read_to_string(path).ok() != text => {
+                    info!("reload requested again with the file changed; starting over");
+                    return next;
+                }
+                _ => {
+                    if !again {
+                        info!("reload requested again, the file unchanged: one more follows this one");
+                    }
+                    again = true;
+                }
+            },
+        }
+    }
+    match again {
+        true => signals::Signal::Reload,
+        false => signals.next().await,
+    }
 }
 
 /// Each app connection costs a file descriptor (and often a second one

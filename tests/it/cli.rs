@@ -607,3 +607,52 @@ async fn a_second_stop_signal_ends_the_drain_at_once() {
     assert!(held.closed_within(Duration::from_secs(1)).await);
     gate.open();
 }
+
+// The token server answers while this thread waits for log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighups_while_the_same_file_reloads_cost_no_new_token_request() {
+    use crate::support::config::static_token;
+
+    let slow = OAuthServer::start(OAuthBehaviour {
+        delay: Some(Duration::from_millis(800)),
+        ..OAuthBehaviour::default()
+    })
+    .await;
+    let defaults = OAuthBehaviour::default();
+    let base = TestConfig::new()
+        .json_log()
+        .with(static_token("legacy", "SIDEKEY_TEST_TOKEN"))
+        .with(route("https://api.example.test", "legacy"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "run.toml", &base.text());
+    let sidekey = SidekeyProcess::run(
+        &path,
+        &[
+            ("SIDEKEY_TEST_TOKEN", "t0ken"),
+            ("CLIENT_ID", defaults.client_id.as_str()),
+            ("CLIENT_SECRET", defaults.client_secret.as_str()),
+        ],
+    );
+    sidekey.wait_for("sidekey running");
+
+    // A new credential whose token endpoint takes its time, and a config
+    // reloader that sends SIGHUP again and again meanwhile. Each one started
+    // the reload over: one more token request, and with SIGHUPs coming
+    // faster than the endpoint answers, the reload never finished.
+    let with_oauth = base
+        .with(oauth2("pliant", &slow.url()))
+        .with(route("https://api.example.test", "pliant").line(r#"path_prefix = "/p""#));
+    std::fs::write(&path, with_oauth.text()).unwrap();
+    sidekey.signal("HUP");
+    slow.wait_for_requests(1).await;
+    for _ in 0..4 {
+        sidekey.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sidekey.wait_for("configuration reloaded");
+    assert_eq!(slow.calls(), 1, "token requests for one reload");
+    // The SIGHUPs are not lost: one more reload reads the files again, and
+    // keeps the credential (and its token) that did not change.
+    sidekey.wait_for("configuration reloaded");
+    assert_eq!(slow.calls(), 1);
+}
