@@ -5,6 +5,7 @@
 //! release build compiles the serving code once: the futures the binary
 //! polls would otherwise be compiled again in the binary crate.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -105,16 +106,19 @@ pub fn main(return_freed_memory: fn()) -> ExitCode {
                 }
             })
         });
+    crate::telemetry::flush();
+    // Written directly, ignoring a closed stderr (`eprintln!` would panic).
+    let mut stderr = std::io::stderr();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Config(ConfigErrors(errors))) => {
             for error in errors {
-                eprintln!("error: {error}");
+                let _ = writeln!(stderr, "error: {error}");
             }
             ExitCode::from(1)
         }
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            let _ = writeln!(stderr, "error: {}", error_chain(&err));
             ExitCode::from(1)
         }
     }
@@ -214,9 +218,10 @@ async fn reload(path: &Path, handle: &mut crate::server::Handle) {
     let outcome = match load_checked(path) {
         Ok(checked) => {
             log_warnings(&checked.config);
-            handle
-                .reload(checked, RELOAD_READY_WAIT)
-                .await
+            let log = checked.config.log.clone();
+            let reloaded = handle.reload(checked, RELOAD_READY_WAIT).await;
+            reloaded
+                .inspect(|()| crate::telemetry::reload(&log))
                 .map_err(CliError::from)
         }
         Err(err) => Err(err.into()),
@@ -229,33 +234,78 @@ async fn reload(path: &Path, handle: &mut crate::server::Handle) {
 }
 
 async fn run(path: &Path, return_freed_memory: fn()) -> Result<(), CliError> {
+    // First of all: until then SIGHUP's default action ends the process,
+    // and a reload asked for while starting would end it. Signals received
+    // while starting are handled once serving.
+    let mut signals = signals::Signals::install();
     let checked = load_checked(path)?;
     crate::telemetry::init(&checked.config.log);
     log_warnings(&checked.config);
     raise_fd_limit();
     return_freed_memory();
-    let mut signals = signals::Signals::install();
     let mut handle = crate::server::serve_with(checked, Serving::Workers).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     let mut signal = signals.next().await;
     while signal == signals::Signal::Reload {
-        // Signals keep being handled while a reload waits for new tokens:
-        // SIGTERM cancels it and drains, another SIGHUP starts it over with
-        // the file as it is now.
-        signal = tokio::select! {
-            () = reload(path, &mut handle) => signals.next().await,
-            next = signals.next() => {
-                match next {
-                    signals::Signal::Stop => warn!("reload cancelled by a stop signal; the old configuration drains"),
-                    signals::Signal::Reload => info!("reload requested again while reloading; starting over"),
-                }
-                next
-            }
-        };
+        signal = reload_under_signals(path, &mut handle, &mut signals).await;
     }
     info!("shutting down");
-    handle.shutdown().await;
+    // A second SIGTERM or SIGINT (Ctrl-C twice) ends the drain: dropping
+    // the handle closes the connections still open.
+    tokio::select! {
+        () = handle.shutdown() => {}
+        () = signals.next_stop() => {
+            warn!("stop signal received again: closing the open connections without waiting");
+        }
+    }
     Ok(())
+}
+
+/// One reload, with signals handled while it waits for new tokens; the
+/// next signal to act on.
+///
+/// - SIGTERM/SIGINT cancel it; the old configuration drains.
+/// - SIGHUP with the configuration file changed starts it over with the
+///   file as it is now.
+/// - SIGHUP with the file as it was lets it finish, then one more reload
+///   follows (a secret file may have changed). Starting over would cost
+///   the new credentials another token request each time, and SIGHUPs
+///   coming faster than a token endpoint answers would keep the reload
+///   from ever finishing.
+async fn reload_under_signals(
+    path: &Path,
+    handle: &mut crate::server::Handle,
+    signals: &mut signals::Signals,
+) -> signals::Signal {
+    let text = crate::small_file::read_to_string(path).ok();
+    let reloading = reload(path, handle);
+    tokio::pin!(reloading);
+    let mut again = false;
+    loop {
+        tokio::select! {
+            () = &mut reloading => break,
+            next = signals.next() => match next {
+                signals::Signal::Stop => {
+                    warn!("reload cancelled by a stop signal; the old configuration drains");
+                    return next;
+                }
+                _ if crate::small_file::read_to_string(path).ok() != text => {
+                    info!("reload requested again with the file changed; starting over");
+                    return next;
+                }
+                _ => {
+                    if !again {
+                        info!("reload requested again, the file unchanged: one more follows this one");
+                    }
+                    again = true;
+                }
+            },
+        }
+    }
+    match again {
+        true => signals::Signal::Reload,
+        false => signals.next().await,
+    }
 }
 
 /// Each app connection costs a file descriptor (and often a second one

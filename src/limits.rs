@@ -7,8 +7,9 @@ use std::time::Duration;
 /// Connection limits of one kind of listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnLimits {
-    /// Open connections at most; at the cap the listener stops accepting and
-    /// new connections wait in the kernel's listen backlog.
+    /// Open connections at most. At the cap a proxy listener stops accepting
+    /// and new connections wait in the kernel's listen backlog; the admin
+    /// listener accepts and closes its oldest connection instead.
     pub max_connections: usize,
     /// Request line plus headers, in bytes; a larger request head is answered
     /// `431 Request Header Fields Too Large` and the connection closed.

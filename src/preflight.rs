@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Display;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -95,6 +96,9 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
             let key = Key::new("cache").then(field);
             errors.push(config.key_error(&key, error));
         }
+    }
+    if let Some(clash) = cache_file_clash(&config) {
+        errors.push(config.key_error(&Key::new("cache").then("file"), clash));
     }
     let ca_file = Key::new("tls").then("ca_file");
     let roots = noted(
@@ -199,6 +203,28 @@ fn noted<T>(
     result
         .map_err(|e| errors.push(config.key_error(&key, e)))
         .ok()
+}
+
+/// Why `[cache] file` must not be where it is: the configuration file
+/// itself or a file sidekey reads (a secret, certificate or key), which the
+/// first token stored would overwrite. Compared as files (device and
+/// inode), so links do not hide it.
+fn cache_file_clash(config: &Config) -> Option<String> {
+    let cache = config.cache.as_ref()?.file.as_deref()?;
+    let same = |other: &Path| match (std::fs::metadata(cache), std::fs::metadata(other)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => cache == other,
+    };
+    if same(&config.path) {
+        return Some("is the configuration file: the token cache would overwrite it".to_owned());
+    }
+    let (_, files) = inputs(config);
+    let read = files.into_iter().find(|file| same(file))?;
+    Some(format!(
+        "is {}, which sidekey reads (a secret, certificate or key): the token cache would \
+         overwrite it",
+        read.display()
+    ))
 }
 
 /// What `config` reads besides its own file, never their values: the

@@ -1,4 +1,5 @@
-//! The process signals sidekey obeys: SIGTERM/SIGINT stop, SIGHUP reloads.
+//! The process signals sidekey obeys: SIGTERM/SIGINT stop (a second one
+//! ends the drain at once), SIGHUP reloads.
 //! Handlers are installed once, before the first wait, so no signal between
 //! two waits is lost (each stream keeps a pending delivery until it is read).
 
@@ -30,6 +31,11 @@ impl Signals {
         }
         #[cfg(not(unix))]
         Signals {}
+    }
+
+    /// The next stop signal (SIGHUPs before it are ignored).
+    pub async fn next_stop(&mut self) {
+        while self.next().await != Signal::Stop {}
     }
 
     pub async fn next(&mut self) -> Signal {

@@ -1,5 +1,6 @@
 //! Reading the files an operator points sidekey at, which are small and
-//! regular: secret files, certificates and keys, the token cache. A FIFO
+//! regular: the configuration file, secret files, certificates and keys,
+//! the token cache. A FIFO
 //! is refused instead of blocking the reading thread until some writer
 //! opens it, and a device or a file over [`MAX_BYTES`] instead of being
 //! read until memory runs out. Symbolic links are followed (Kubernetes
@@ -10,7 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Far above any secret, key, certificate bundle or token cache.
+/// Far above any configuration, secret, key, certificate bundle or token cache.
 pub const MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The bytes of the regular file at `path`, at most [`MAX_BYTES`] of them.
@@ -34,6 +35,14 @@ pub fn read(path: &Path) -> io::Result<Vec<u8>> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, message));
     }
     Ok(bytes)
+}
+
+/// [`read`], as UTF-8 text.
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read(path)?).map_err(|_| {
+        let message = "not UTF-8 text";
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! The admin listener: accepting connections under the admin cap, and
-//! answering each request ([`respond`]) from the endpoint modules.
+//! The admin listener: accepting connections under the admin cap (at the
+//! cap, a new connection closes the oldest: see [`serve`]), and answering
+//! each request ([`respond`]) from the endpoint modules.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
@@ -12,7 +15,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::debug;
+use tokio::task::AbortHandle;
+use tracing::{debug, warn};
 
 use super::{AdminState, exposition, readyz, status_page};
 use crate::cache::RedisState;
@@ -21,21 +25,37 @@ use crate::conn;
 use crate::credential::CredentialStatus;
 
 /// Serve the admin endpoint until `shutdown` turns true, with at most
-/// `limits.max_connections` connections open (more wait in the listen
-/// backlog), each closed after `limits.idle_timeout` without a request.
+/// `limits.max_connections` connections open, each closed after
+/// `limits.idle_timeout` without a request.
+///
+/// At the cap a new connection closes the oldest one, rather than waiting
+/// in the listen backlog: idle or slow clients (a scraper leaking
+/// connections, a slow-loris) would otherwise keep a health probe waiting
+/// for the idle timeout of every connection ahead of it. A probe sends its
+/// request at once and is answered in microseconds, so it is not the one
+/// closed.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut listener =
-        conn::Listener::new(listener, conn::Gate::new("admin", limits.max_connections));
+    // No waiting under a gate: the cap is kept here, by closing the oldest.
+    let mut listener = conn::Listener::new(listener, conn::Gate::new("admin", usize::MAX));
+    let mut open: VecDeque<AbortHandle> = VecDeque::new();
+    let mut logged_full: Option<Instant> = None;
     loop {
         tokio::select! {
-            (stream, _, slot) = listener.accept() => {
+            (stream, _, _) = listener.accept() => {
+                open.retain(|connection| !connection.is_finished());
+                if open.len() >= limits.max_connections.max(1) {
+                    if let Some(oldest) = open.pop_front() {
+                        oldest.abort();
+                    }
+                    log_full(&mut logged_full, limits.max_connections);
+                }
                 let state = state.clone();
-                tokio::spawn(async move {
+                let connection = tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(respond(&state, &request)) }
@@ -46,13 +66,30 @@ pub async fn serve(
                     {
                         debug!(error = %err, "admin connection error");
                     }
-                    drop(slot);
                 });
+                open.push_back(connection.abort_handle());
             }
             _ = shutdown.changed() => return,
         }
     }
 }
+
+/// Say (at most once a minute) that the cap closes connections.
+fn log_full(logged: &mut Option<Instant>, max_connections: usize) {
+    let now = Instant::now();
+    if logged.is_some_and(|at| now.duration_since(at) < LOG_FULL_AGAIN_AFTER) {
+        return;
+    }
+    *logged = Some(now);
+    warn!(
+        max_connections,
+        "admin connection limit reached; each new admin connection closes the oldest open one \
+         (logged at most once a minute)"
+    );
+}
+
+/// How long after a "limit reached" line the next one may be written.
+const LOG_FULL_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// The answer to one admin request.
 pub fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {

@@ -157,7 +157,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         });
     if let Err(e) = written.and_then(|()| fs::rename(&temp, path)) {
         let _ = fs::remove_file(&temp);
-        return Err(io(&temp)(e));
+        // The operator knows the cache file, not its temporary name.
+        return Err(io(path)(e));
     }
     Ok(())
 }
@@ -213,5 +214,22 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(60);
         store.put("a", sealed("one"), later).unwrap();
         assert_eq!(store.get("a").unwrap(), Some(sealed("one")));
+    }
+
+    #[test]
+    fn a_failed_write_names_the_cache_file_not_its_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The disk full or the directory read-only fail the same way, later.
+        let not_a_dir = dir.path().join("file");
+        fs::write(&not_a_dir, "").unwrap();
+        let path = not_a_dir.join("tokens");
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let error = FileStore::new(path.clone()).put("a", sealed("one"), later);
+        let error = error.unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("cache file {}:", path.display())),
+            "{error}"
+        );
+        assert!(!error.contains(".tokens."), "{error}");
     }
 }

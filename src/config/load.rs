@@ -62,7 +62,7 @@ pub type Loaded = (Option<Config>, Vec<ConfigError>);
 
 /// The file at `path` as far as it can be read, and every error in it.
 pub fn read(path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
-    match std::fs::read_to_string(path) {
+    match crate::small_file::read_to_string(path) {
         Ok(text) => read_text(&text, path, env),
         Err(e) => {
             let message = format!("cannot read the configuration file: {e}");

@@ -274,3 +274,47 @@ async fn an_inbenta_token_restarts_with_its_apis_map_and_key() {
     );
     assert_eq!(seen.header("x-inbenta-key"), Some("test-api-key"));
 }
+
+#[test]
+fn a_cache_file_that_is_the_configuration_or_a_secret_is_refused_before_it_is_overwritten() {
+    let dir = cache_dir();
+    let (config_path, secret) = (
+        dir.path().join("sidekey.toml"),
+        dir.path().join("client-secret.txt"),
+    );
+    std::fs::write(&secret, "client-secret\n").unwrap();
+    // The configuration itself (through a symbolic link), or a secret file it
+    // reads: replaced by the cache at the first token, the next start failed.
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&config_path, &link).unwrap();
+    for (target, named) in [
+        (&link, "the configuration file"),
+        (&secret, "client-secret.txt"),
+    ] {
+        let config = TestConfig::new()
+            .with(oauth2("api", "http://127.0.0.1:9/token").line(&format!(
+                "client_secret = {{ file = {} }}",
+                toml_path(&secret)
+            )))
+            .with(route("http://127.0.0.1:9", "api"))
+            .line(
+                "[cache]",
+                &format!("file = {}\nencryption_key = \"{KEY_A}\"", toml_path(target)),
+            );
+        std::fs::write(&config_path, config.text()).unwrap();
+        let out = std::process::Command::new(crate::support::process::BIN)
+            .args(["check", "--config"])
+            .arg(&config_path)
+            .env_clear()
+            .env("CLIENT_ID", "id")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", target.display());
+        let line = stderr
+            .lines()
+            .find(|line| line.contains("cache.file"))
+            .unwrap_or_else(|| panic!("no error names cache.file: {stderr}"));
+        assert!(line.contains(named), "{line}");
+    }
+}

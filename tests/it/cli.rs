@@ -477,3 +477,182 @@ fn check_says_where_tokens_are_cached_and_reads_the_cache_key() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(line_of_key(&stderr, "cache.encryption_key").contains("SIDEKEY_CACHE_KEY"));
 }
+
+#[tokio::test]
+async fn a_sighup_while_starting_is_a_reload_not_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}");
+    let path = write(dir.path(), "run.toml", &config);
+    // Starting reads the system's CA bundle (SSL_CERT_FILE): a FIFO holds
+    // sidekey there, reading its configuration, until this test lets go.
+    let bundle = dir.path().join("ca-bundle.pem");
+    let made = Command::new("mkfifo").arg(&bundle).status().unwrap();
+    assert!(made.success());
+    let bundle_path = bundle.to_str().unwrap();
+    let mut sidekey = SidekeyProcess::run(
+        &path,
+        &[
+            ("SIDEKEY_TEST_TOKEN", "t0ken"),
+            ("SSL_CERT_FILE", bundle_path),
+        ],
+    );
+    // Opening the writing end waits for sidekey to open the reading end.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bundle)
+        .unwrap();
+    sidekey.signal("HUP");
+    // An empty regular file takes the FIFO's place (for the reload), then
+    // the FIFO ends and starting goes on.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::rename(&empty, &bundle).unwrap();
+    drop(writer);
+
+    let running = std::iter::from_fn(|| sidekey.lines.recv_timeout(Duration::from_secs(20)).ok())
+        .any(|line| line["message"] == "sidekey running");
+    assert!(
+        running,
+        "sidekey ended on a SIGHUP while starting: {:?}",
+        sidekey.child.wait()
+    );
+    sidekey.wait_for("reloading the configuration");
+    sidekey.wait_for("configuration reloaded");
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_configuration_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // 5 MiB, sparse: it costs no disk.
+    let large = dir.path().join("large.toml");
+    std::fs::File::create(&large)
+        .unwrap()
+        .set_len(5 << 20)
+        .unwrap();
+    for (file, why) in [(&fifo, "not a regular file"), (&large, "larger than 4 MiB")] {
+        let mut command = tokio::process::Command::new(BIN);
+        command.arg("check").arg("--config").arg(file).env_clear();
+        let out = tokio::time::timeout(Duration::from_secs(2), command.kill_on_drop(true).output());
+        let out = out.await.expect("check answers at once").unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{}: {stderr}", file.display());
+    }
+
+    // A reload is refused the same way: before, reading a FIFO (or
+    // /dev/zero, until memory ran out) held the thread that runs the
+    // admin listener, the token renewals and the signals.
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{GOOD}");
+    let path = write(dir.path(), "run.toml", &config);
+    let mut sidekey = SidekeyProcess::run(&path, &[("SIDEKEY_TEST_TOKEN", "t0ken")]);
+    let admin = sidekey.listen_addr("admin listening");
+    sidekey.wait_for("sidekey running");
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&fifo, &path).unwrap();
+    sidekey.signal("HUP");
+    let refused = sidekey.wait_for("reload refused");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("not a regular file"), "{message}");
+    let client = TestClient::new();
+    assert_eq!(
+        client.get(&format!("http://{admin}/healthz")).await.status,
+        200
+    );
+    sidekey.signal("TERM");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_second_stop_signal_ends_the_drain_at_once() {
+    use crate::support::config::static_token;
+    use crate::support::upstream::{Gate, Reply, Upstream, UpstreamOpts};
+
+    let gate = Gate::new();
+    let upstream = Upstream::start(UpstreamOpts::plain().always(Reply::echo().until(&gate))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new()
+        .top(r#"shutdown_grace = "30s""#)
+        .json_log()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"));
+    let path = write(dir.path(), "run.toml", &config.text());
+    let mut sidekey = SidekeyProcess::run(&path, &[("API_TOKEN", "t0ken")]);
+    let addr = sidekey.listen_addr("proxy listening");
+    // A request the upstream holds keeps the drain waiting for the grace.
+    let mut held = crate::support::raw::RawConn::connect(addr).await;
+    held.send_get("/held").await.unwrap();
+    upstream.wait_for_requests(1).await;
+    sidekey.signal("TERM");
+    sidekey.wait_for("shutting down");
+
+    // An operator who does not want to wait says so again (Ctrl-C twice).
+    let stopping = std::time::Instant::now();
+    sidekey.signal("INT");
+    assert_eq!(sidekey.wait_exit().await.code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "exited {:?} after the second signal",
+        stopping.elapsed()
+    );
+    assert!(held.closed_within(Duration::from_secs(1)).await);
+    gate.open();
+}
+
+// The token server answers while this thread waits for log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighups_while_the_same_file_reloads_cost_no_new_token_request() {
+    use crate::support::config::static_token;
+
+    let slow = OAuthServer::start(OAuthBehaviour {
+        delay: Some(Duration::from_millis(800)),
+        ..OAuthBehaviour::default()
+    })
+    .await;
+    let defaults = OAuthBehaviour::default();
+    let base = TestConfig::new()
+        .json_log()
+        .with(static_token("legacy", "SIDEKEY_TEST_TOKEN"))
+        .with(route("https://api.example.test", "legacy"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "run.toml", &base.text());
+    let sidekey = SidekeyProcess::run(
+        &path,
+        &[
+            ("SIDEKEY_TEST_TOKEN", "t0ken"),
+            ("CLIENT_ID", defaults.client_id.as_str()),
+            ("CLIENT_SECRET", defaults.client_secret.as_str()),
+        ],
+    );
+    sidekey.wait_for("sidekey running");
+
+    // A new credential whose token endpoint takes its time, and a config
+    // reloader that sends SIGHUP again and again meanwhile. Each one started
+    // the reload over: one more token request, and with SIGHUPs coming
+    // faster than the endpoint answers, the reload never finished.
+    let with_oauth = base
+        .with(oauth2("pliant", &slow.url()))
+        .with(route("https://api.example.test", "pliant").line(r#"path_prefix = "/p""#));
+    std::fs::write(&path, with_oauth.text()).unwrap();
+    sidekey.signal("HUP");
+    slow.wait_for_requests(1).await;
+    for _ in 0..4 {
+        sidekey.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sidekey.wait_for("configuration reloaded");
+    assert_eq!(slow.calls(), 1, "token requests for one reload");
+    // The SIGHUPs are not lost: one more reload reads the files again, and
+    // keeps the credential (and its token) that did not change.
+    sidekey.wait_for("configuration reloaded");
+    assert_eq!(slow.calls(), 1);
+}

@@ -235,6 +235,10 @@ async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_clo
         "a connection over the cap is not served"
     );
     assert_eq!(upstream.request_count(), 2);
+    // The admin listener has a cap of its own: probes and scrapes answer.
+    for path in ["/readyz", "/metrics"] {
+        assert_eq!(proxy.admin_get(path).await.status, 200, "{path}");
+    }
 
     // One closes: the waiting connection is accepted and served.
     drop(open.remove(0));
@@ -264,8 +268,7 @@ async fn at_max_connections_the_next_connection_waits_and_is_served_when_one_clo
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
-async fn a_full_admin_listener_leaves_the_proxy_serving_and_healthz_answers_once_idle_ones_time_out()
- {
+async fn a_full_admin_listener_closes_its_oldest_connection_so_healthz_answers_at_once() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
     let admin_limits = ConnLimits {
@@ -282,28 +285,35 @@ async fn a_full_admin_listener_leaves_the_proxy_serving_and_healthz_answers_once
         .await;
     let admin = proxy.admin_addr();
 
+    // Idle clients (a leaking scraper, a slow-loris) open many times the cap.
     let started = Instant::now();
     let mut idle = Vec::new();
-    for _ in 0..2 * admin_limits.max_connections {
-        idle.push(RawConn::connect(admin).await);
+    for _ in 0..8 * admin_limits.max_connections {
+        let mut conn = RawConn::connect(admin).await;
+        conn.send(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        idle.push(conn);
     }
 
     let response = proxy.get("/while-admin-is-full").await;
     assert_eq!(response.status, 200, "{}", response.text());
 
+    // A probe is answered before any idle connection times out: each new
+    // connection closed the oldest open one.
     let mut probe = RawConn::connect(admin).await;
     probe.send_get("/healthz").await.unwrap();
     let response = probe
-        .read_response(Duration::from_secs(10))
+        .read_response(admin_limits.idle_timeout)
         .await
-        .expect("/healthz answers once the idle connections time out");
+        .unwrap_or_else(|| panic!("/healthz not answered after {:?}", started.elapsed()));
     assert_eq!(response.status, 200);
-    assert!(
-        started.elapsed() >= admin_limits.idle_timeout,
-        "/healthz waited for a free admin slot (answered after {:?})",
-        started.elapsed()
-    );
-    for conn in &mut idle {
+    assert!(started.elapsed() < admin_limits.idle_timeout);
+    for conn in &mut idle[..=7 * admin_limits.max_connections] {
+        assert!(
+            conn.closed_within(Duration::ZERO).await,
+            "closed for a newer one"
+        );
+    }
+    for conn in &mut idle[7 * admin_limits.max_connections + 1..] {
         assert!(
             conn.closed_within(Duration::from_secs(5)).await,
             "an idle admin connection is closed after the admin idle timeout"

@@ -39,6 +39,7 @@ mod inbenta;
 mod lifecycle;
 mod limits;
 mod listeners;
+mod log_output;
 mod providers;
 mod proxy;
 mod renewal;

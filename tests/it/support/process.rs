@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -18,24 +18,69 @@ pub struct SidekeyProcess {
     pub child: Child,
     /// Its log lines, parsed as JSON (`[log] format = "json"` is required).
     pub lines: mpsc::Receiver<serde_json::Value>,
+    /// The log pipe, held open and never read ([`LogReader::Stalls`]).
+    _unread: Option<BufReader<ChildStderr>>,
+}
+
+/// What the log's reader does once it has read the line it waits for
+/// ([`SidekeyProcess::run_then`]).
+#[derive(Clone, Copy, Debug)]
+pub enum LogReader {
+    /// Keeps the pipe open and reads no more (a log collector that stalls):
+    /// the pipe fills.
+    Stalls,
+    /// Closes the pipe (a log collector that died): writes fail with EPIPE.
+    Closes,
 }
 
 impl SidekeyProcess {
     /// `sidekey run --config PATH` with `env` added to its environment.
     pub fn run(config_path: &str, env: &[(&str, &str)]) -> SidekeyProcess {
-        let mut command = Command::new(BIN);
-        command
-            .args(["run", "--config", config_path])
-            .env_remove("RUST_LOG")
-            .env_remove("SIDEKEY_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("start sidekey");
+        let mut child = spawn_run(config_path, env);
         let lines = log_lines(&mut child);
-        SidekeyProcess { child, lines }
+        SidekeyProcess {
+            child,
+            lines,
+            _unread: None,
+        }
+    }
+
+    /// Like [`run`](Self::run), but the log is read only up to and
+    /// including the first line whose message contains `until`; then the
+    /// reader does what `then` says. The lines read are in `lines`.
+    pub fn run_then(
+        config_path: &str,
+        env: &[(&str, &str)],
+        until: &str,
+        then: LogReader,
+    ) -> SidekeyProcess {
+        let mut child = spawn_run(config_path, env);
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = reader.read_line(&mut line).expect("read sidekey's log");
+            assert!(read > 0, "sidekey's log ended before `{until}`");
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let done = value["message"].as_str().is_some_and(|m| m.contains(until));
+            let _ = tx.send(value);
+            if done {
+                break;
+            }
+        }
+        let unread = match then {
+            LogReader::Closes => None,
+            LogReader::Stalls => Some(reader),
+        };
+        SidekeyProcess {
+            child,
+            lines,
+            _unread: unread,
+        }
     }
 
     /// Wait (up to 20 s, then panic) for a log line whose message contains `message`.
@@ -88,6 +133,21 @@ impl Drop for SidekeyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `sidekey run --config PATH` with `env` added, its log piped.
+fn spawn_run(config_path: &str, env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--config", config_path])
+        .env_remove("RUST_LOG")
+        .env_remove("SIDEKEY_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().expect("start sidekey")
 }
 
 /// Reads the child's JSON log lines on a thread and hands them over.
