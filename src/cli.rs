@@ -235,14 +235,16 @@ async fn reload(path: &Path, handle: &mut crate::server::Handle) {
 
 async fn run(path: &Path, return_freed_memory: fn()) -> Result<(), CliError> {
     // First of all: until then SIGHUP's default action ends the process,
-    // and a reload asked for while starting would end it. Signals received
-    // while starting are handled once serving.
-    let mut signals = signals::Signals::install();
+    // and a reload asked for while starting would end it. It is handled
+    // once serving. SIGTERM and SIGINT keep their default action while the
+    // files are read: a start stuck on one ends at once.
+    let mut signals = signals::Signals::install_reload();
     let checked = load_checked(path)?;
     crate::telemetry::init(&checked.config.log);
     log_warnings(&checked.config);
     raise_fd_limit();
     return_freed_memory();
+    signals.install_stop();
     let mut handle = crate::server::serve_with(checked, Serving::Workers).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "sidekey running");
     let mut signal = signals.next().await;

@@ -523,6 +523,41 @@ async fn a_sighup_while_starting_is_a_reload_not_the_end() {
 }
 
 #[tokio::test]
+async fn a_sigterm_while_starting_ends_a_start_stuck_on_a_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "run.toml", GOOD);
+    // As above: the system's CA bundle is a FIFO no one writes to.
+    let bundle = dir.path().join("ca-bundle.pem");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&bundle)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let env = [
+        ("SIDEKEY_TEST_TOKEN", "t0ken"),
+        ("SSL_CERT_FILE", bundle.to_str().unwrap()),
+    ];
+    let mut sidekey = SidekeyProcess::run(&path, &env);
+    // Wait until it is stuck there: the writer's open waits for its reader.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bundle)
+        .unwrap();
+    sidekey.signal("TERM");
+    let started = std::time::Instant::now();
+    let status = sidekey.wait_exit().await;
+    drop(writer);
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a stuck start outlived SIGTERM by {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_configuration_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo.toml");
