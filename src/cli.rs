@@ -83,6 +83,14 @@ enum CliError {
     Token(#[from] ObtainError),
     #[error(transparent)]
     Demo(#[from] DemoError),
+    #[error("cannot write the token to standard output")]
+    Stdout(#[source] std::io::Error),
+}
+
+/// `text` and a newline on standard output. A closed or broken stdout is an
+/// error, not the panic `println!` makes of it.
+fn out(text: &str) -> std::io::Result<()> {
+    writeln!(std::io::stdout().lock(), "{text}")
 }
 
 /// Parse the command line and run the command; `return_freed_memory`
@@ -161,7 +169,7 @@ fn check(path: &Path) -> Result<(), CliError> {
     });
     let Checked { config, .. } = checked((config, errors)).inspect_err(|_| {
         if let Some(reads) = &reads {
-            println!("{reads}");
+            let _ = out(reads); // the exit code is check's verdict
         }
     })?;
     let proxy = match config.forward_proxy {
@@ -177,12 +185,12 @@ fn check(path: &Path) -> Result<(), CliError> {
     };
     let (credentials, routes) = (config.credentials.len(), config.routes.len());
     let path = path.display();
-    println!("{path}: ok ({credentials} credential(s), {routes} route(s){proxy}{cache})");
-    println!("{}", reads.unwrap_or_default());
-    println!(
-        "check does not contact the network; `sidekey token --config {path} NAME` obtains a \
-         token for credential NAME"
-    );
+    let _ = out(&format!(
+        "{path}: ok ({credentials} credential(s), {routes} route(s){proxy}{cache})\n{}\n\
+         check does not contact the network; `sidekey token --config {path} NAME` obtains a \
+         token for credential NAME",
+        reads.unwrap_or_default()
+    ));
     Ok(())
 }
 
@@ -195,11 +203,11 @@ async fn token(path: &Path, name: &str, show: bool) -> Result<(), CliError> {
         Some(lifetime) => format!("expires in {}s", lifetime.as_secs()),
         None => "does not expire".to_owned(),
     };
-    println!("credential {name}: type {kind}, {lifetime}");
+    let mut said = out(&format!("credential {name}: type {kind}, {lifetime}"));
     if show {
-        println!("{}", token.value.expose());
+        said = said.and_then(|()| out(token.value.expose()));
     }
-    Ok(())
+    said.map_err(CliError::Stdout)
 }
 
 /// Log what the configuration accepts with a warning; loading runs before

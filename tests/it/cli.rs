@@ -369,6 +369,38 @@ fn check_says_what_it_reads_and_that_it_does_not_contact_the_network() {
 }
 
 #[test]
+fn a_broken_stdout_is_an_error_for_token_and_no_panic_for_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "good.toml", GOOD);
+    // Stdout is a pipe whose reader is gone (`sidekey token … | true`):
+    // each write fails with EPIPE.
+    let closed = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(args)
+            .env("SIDEKEY_TEST_TOKEN", "t0ken-value")
+            .env_remove("RUST_LOG")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("t0ken-value"), "{stderr}");
+        (out.status.code(), stderr)
+    };
+    let (code, stderr) = closed(&["check", "--config", &path]);
+    assert_eq!(code, Some(0), "check's verdict stands: {stderr}");
+    let (code, stderr) = closed(&["token", "--config", &path, "legacy", "--show"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write the token to standard output"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn token_for_an_unknown_name_lists_the_defined_names() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "good.toml", GOOD);
