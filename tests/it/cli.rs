@@ -269,30 +269,38 @@ fn line_of_key<'a>(stderr: &'a str, key: &str) -> &'a str {
     found.unwrap_or_else(|| panic!("no error names `{key}`:\n{stderr}"))
 }
 
+/// A FIFO at `path`, which no one writes to.
+fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// `check --config path` with an empty environment, which must answer
+/// within `limit`: its exit code and stderr.
+async fn check_within(path: &Path, limit: Duration) -> (Option<i32>, String) {
+    let mut command = tokio::process::Command::new(BIN);
+    command.arg("check").arg("--config").arg(path).env_clear();
+    let out = tokio::time::timeout(limit, command.kill_on_drop(true).output());
+    let out = out.await.expect("check answers at once").unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn check_refuses_a_secret_file_that_is_a_fifo_or_a_device_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("token");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&fifo);
     // A FIFO no one writes to held `check` (and `run`) for ever; /dev/zero
     // was read until memory ran out.
     for file in [fifo.to_str().unwrap(), "/dev/zero"] {
         let reference = format!("{{ file = \"{file}\" }}");
         let config = GOOD.replace("{ env = \"SIDEKEY_TEST_TOKEN\" }", &reference);
         let path = write(dir.path(), "sidekey.toml", &config);
-        let mut command = tokio::process::Command::new(BIN);
-        command.args(["check", "--config", &path]).env_clear();
-        let out =
-            tokio::time::timeout(Duration::from_secs(20), command.kill_on_drop(true).output());
-        let out = out.await.expect("check answers at once").unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = check_within(Path::new(&path), Duration::from_secs(20)).await;
+        assert_eq!(code, Some(1), "{stderr}");
         let line = line_of_key(&stderr, "credentials.legacy.token");
         assert!(line.contains("not a regular file"), "{file}: {line}");
     }
@@ -518,8 +526,7 @@ async fn a_sighup_while_starting_is_a_reload_not_the_end() {
     // Starting reads the system's CA bundle (SSL_CERT_FILE): a FIFO holds
     // sidekey there, reading its configuration, until this test lets go.
     let bundle = dir.path().join("ca-bundle.pem");
-    let made = Command::new("mkfifo").arg(&bundle).status().unwrap();
-    assert!(made.success());
+    mkfifo(&bundle);
     let bundle_path = bundle.to_str().unwrap();
     let mut sidekey = SidekeyProcess::run(
         &path,
@@ -560,13 +567,7 @@ async fn a_sigterm_while_starting_ends_a_start_stuck_on_a_file_at_once() {
     let path = write(dir.path(), "run.toml", GOOD);
     // As above: the system's CA bundle is a FIFO no one writes to.
     let bundle = dir.path().join("ca-bundle.pem");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&bundle)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&bundle);
     let env = [
         ("SIDEKEY_TEST_TOKEN", "t0ken"),
         ("SSL_CERT_FILE", bundle.to_str().unwrap()),
@@ -593,13 +594,7 @@ async fn a_sigterm_while_starting_ends_a_start_stuck_on_a_file_at_once() {
 async fn a_configuration_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo.toml");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&fifo);
     // 5 MiB, sparse: it costs no disk.
     let large = dir.path().join("large.toml");
     std::fs::File::create(&large)
@@ -607,12 +602,8 @@ async fn a_configuration_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
         .set_len(5 << 20)
         .unwrap();
     for (file, why) in [(&fifo, "not a regular file"), (&large, "larger than 4 MiB")] {
-        let mut command = tokio::process::Command::new(BIN);
-        command.arg("check").arg("--config").arg(file).env_clear();
-        let out = tokio::time::timeout(Duration::from_secs(2), command.kill_on_drop(true).output());
-        let out = out.await.expect("check answers at once").unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = check_within(file, Duration::from_secs(2)).await;
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(why), "{}: {stderr}", file.display());
     }
 
