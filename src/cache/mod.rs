@@ -28,7 +28,7 @@ use crate::secret::{EnvSource, SecretError};
 use crypto::{KeyError, Keys, Sealed};
 use file::FileStore;
 pub use redis::RedisState;
-use redis::{Down, RedisStore};
+use redis::{Down, Entry, MAX_ENTRY, RedisStore};
 use settings::{CacheConfig, check_redis_url};
 
 /// Why `[cache]` cannot be used.
@@ -64,7 +64,7 @@ pub struct Found {
 /// What [`TokenCache::get`] saw on Redis, for [`TokenCache::publish`] to
 /// compare against: the entry as stored (`None`: none), or nothing known.
 #[derive(Debug, Clone, Default)]
-pub struct Seen(Option<Option<String>>);
+pub struct Seen(Option<Entry>);
 
 /// The outcome of [`TokenCache::lock`].
 #[derive(Debug)]
@@ -127,8 +127,29 @@ impl TokenCache {
         if let Some(redis) = &self.redis
             && let Ok(stored) = redis.get(id).await
         {
-            seen = Seen(Some(stored.clone()));
-            let sealed = stored.and_then(|text| serde_json::from_str::<Sealed>(&text).ok());
+            let sealed = match &stored {
+                Entry::Absent => None,
+                Entry::Value(bytes) => match serde_json::from_slice::<Sealed>(bytes) {
+                    Ok(sealed) => Some(sealed),
+                    Err(_) => {
+                        self.warn(
+                            "a cached token in Redis is ignored: it is not a sealed entry; \
+                             a new token is fetched and replaces it"
+                                .into(),
+                        );
+                        None
+                    }
+                },
+                Entry::Oversized(len) => {
+                    self.warn(format!(
+                        "a cached token in Redis is ignored: it is {len} bytes, more than \
+                         the {MAX_ENTRY} an entry may have; a new token is fetched and \
+                         replaces it"
+                    ));
+                    None
+                }
+            };
+            seen = Seen(Some(stored));
             if let Some(plain) = sealed.and_then(|sealed| self.unseal(id, &sealed, "Redis")) {
                 return (Some(Found { plain }), seen);
             }
@@ -188,9 +209,8 @@ impl TokenCache {
             let ttl = expires
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            let expected = seen.0.as_ref().map(Option::as_deref);
             // Nothing seen (Redis was down): only where there is no entry.
-            let expected = expected.unwrap_or(None);
+            let expected = seen.0.as_ref().unwrap_or(&Entry::Absent);
             if !ttl.is_zero() {
                 shared = redis.put_if(id, expected, &text, ttl).await.ok();
             }

@@ -9,6 +9,11 @@
 //! with a random value, released by a compare-and-delete script, expiring on
 //! its own if its holder dies). An entry is replaced by a compare-and-set
 //! script: only if it still holds what the writer read before fetching.
+//! An entry is read by a script that sends it only when it is at most
+//! [`MAX_ENTRY`] bytes (its length otherwise): a huge value someone wrote
+//! at the key never crosses the network, and is replaced like any other
+//! entry that does not open. Entries are bytes, not text: whatever is
+//! stored is an answer, never an error.
 //!
 //! Redis trouble never reaches a caller as an error: every operation is
 //! bounded by [`OP_TIMEOUT`]; a failure marks Redis down, logs one WARN, and
@@ -41,6 +46,30 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Longest pause between attempts while Redis is down.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest entry read: a sealed token is a few kilobytes.
+pub const MAX_ENTRY: u64 = 1 << 20;
+
+/// An entry as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// None.
+    Absent,
+    /// These bytes.
+    Value(Vec<u8>),
+    /// A value longer than [`MAX_ENTRY`]: its length; not read.
+    Oversized(u64),
+}
+
+impl Entry {
+    /// What the compare-and-set script compares against.
+    fn expected(&self) -> Vec<u8> {
+        match self {
+            Entry::Absent => Vec::new(),
+            Entry::Value(value) => value.clone(),
+            Entry::Oversized(len) => format!("oversized:{len}").into_bytes(),
+        }
+    }
+}
 
 /// Redis could not be used for this operation (it is down, or was a moment ago).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +95,15 @@ struct Health {
 
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                        return redis.call('DEL', KEYS[1]) end return 0";
-const COMPARE_AND_SET: &str = "if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then \
+/// The entry if it is at most ARGV[1] bytes, else its length.
+const READ: &str = "local n = redis.call('STRLEN', KEYS[1]) \
+                    if n > tonumber(ARGV[1]) then return n end \
+                    return redis.call('GET', KEYS[1])";
+/// Set the entry if it holds ARGV[1] (`oversized:LEN` for one longer than ARGV[4]).
+const COMPARE_AND_SET: &str = "local n = redis.call('STRLEN', KEYS[1]) local current \
+                               if n > tonumber(ARGV[4]) then current = 'oversized:' .. n \
+                               else current = redis.call('GET', KEYS[1]) or '' end \
+                               if current == ARGV[1] then \
                                redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) \
                                return 1 end return 0";
 
@@ -79,6 +116,7 @@ pub struct RedisStore {
     connection: tokio::sync::Mutex<Option<Connection>>,
     prefix: String,
     health: Mutex<Health>,
+    read: Script,
     release: Script,
     compare_and_set: Script,
 }
@@ -126,6 +164,7 @@ impl RedisStore {
                 down: None,
                 backoff: BACKOFF_MIN,
             }),
+            read: Script::new(READ),
             release: Script::new(RELEASE),
             compare_and_set: Script::new(COMPARE_AND_SET),
         })
@@ -176,11 +215,20 @@ impl RedisStore {
     }
 
     /// The entry of `id`, as stored.
-    pub async fn get(&self, id: &str) -> Result<Option<String>, Down> {
-        let mut command = redis::cmd("GET");
-        command.arg(self.key(id, "token"));
-        self.run(|mut conn| async move { command.query_async(&mut conn).await })
-            .await
+    pub async fn get(&self, id: &str) -> Result<Entry, Down> {
+        let key = self.key(id, "token");
+        let value: Value = self
+            .run(|mut conn| async move {
+                let mut invocation = self.read.key(key);
+                invocation.arg(MAX_ENTRY).invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(match value {
+            Value::Int(len) => Entry::Oversized(u64::try_from(len).unwrap_or_default()),
+            Value::BulkString(bytes) => Entry::Value(bytes),
+            Value::SimpleString(text) => Entry::Value(text.into_bytes()),
+            _ => Entry::Absent,
+        })
     }
 
     /// Take the renewal lock of `id` for `ttl`: the lock's value when taken,
@@ -210,11 +258,11 @@ impl RedisStore {
     }
 
     /// Store `value` as the entry of `id` for `ttl`, only if the entry still
-    /// holds `expected` (`None`: no entry). Whether it was stored.
+    /// holds `expected`. Whether it was stored.
     pub async fn put_if(
         &self,
         id: &str,
-        expected: Option<&str>,
+        expected: &Entry,
         value: &str,
         ttl: Duration,
     ) -> Result<bool, Down> {
@@ -223,7 +271,8 @@ impl RedisStore {
         let stored: i64 = self
             .run(|mut conn| async move {
                 let mut invocation = self.compare_and_set.key(key);
-                invocation.arg(expected.unwrap_or("")).arg(value).arg(ttl);
+                invocation.arg(expected.expected()).arg(value).arg(ttl);
+                invocation.arg(MAX_ENTRY);
                 invocation.invoke_async(&mut conn).await
             })
             .await?;

@@ -408,3 +408,86 @@ async fn a_lock_left_by_a_dead_replica_fails_no_request() {
     let ok = tally.ok.load(Ordering::Relaxed);
     assert!(flowed(ok, 2, run), "traffic flowed: {ok}");
 }
+
+/// The Redis key of the fleet's entry (the one credential's), once stored.
+fn entry_key(redis: &RedisServer) -> String {
+    let keys = redis.keys();
+    let entry = keys.iter().find(|key| key.ends_with(":token"));
+    entry.expect("the entry is stored").clone()
+}
+
+/// A third replica started after `spoiled` wrote something else at the
+/// entry: the second ignores it with one WARN, keeps Redis up, replaces it
+/// with its token, and the third adopts that token.
+async fn spoiled_entry_is_replaced(spoil: impl FnOnce(&RedisServer, &str)) -> RedisServer {
+    let (logs, _guard) = capture();
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(3600).await;
+    let config = config(&token, &upstream, &redis);
+    let first = config.start().await;
+    first.wait_for_tokens().await;
+    let key = entry_key(&redis);
+    spoil(&redis, &key);
+
+    let second = config.start().await;
+    second.wait_for_tokens().await;
+    assert_eq!(second.get("/v1/items").await.status, 200);
+    assert_eq!(
+        token.calls(),
+        2,
+        "the second replica renewed past the entry"
+    );
+    let readyz = second.admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", logs.text());
+    assert!(
+        logs.lines_with(&["Redis unavailable"]).is_empty(),
+        "a bad entry is no Redis outage:\n{}",
+        logs.text()
+    );
+    let ignored = logs.lines_with(&["WARN", "ignored"]);
+    assert_eq!(ignored.len(), 1, "one WARN:\n{}", logs.text());
+    let stored = redis.cli(&["GET", &key]);
+    assert!(stored.starts_with('{'), "replaced: {:.80}", stored);
+
+    let third = config.start().await;
+    third.wait_for_tokens().await;
+    assert_eq!(token.calls(), 2, "the third replica adopted the new token");
+    redis
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_entry_of_binary_garbage_is_ignored_and_replaced() {
+    spoiled_entry_is_replaced(|redis, key| redis.set_raw(key, b"\xff\xfe\x00garbage\x80")).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_entry_of_text_garbage_is_ignored_with_one_warning_and_replaced() {
+    spoiled_entry_is_replaced(|redis, key| {
+        assert_eq!(redis.cli(&["SET", key, "not json at all"]).trim(), "OK");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_huge_entry_is_never_downloaded() {
+    let mut spoiled = None;
+    let redis = spoiled_entry_is_replaced(|redis, key| {
+        // 20 MB (zero bytes), then what Redis has sent and received so far.
+        assert_eq!(
+            redis.cli(&["SETRANGE", key, "20000000", "x"]).trim(),
+            "20000001"
+        );
+        spoiled = Some((
+            redis.stat("total_net_output_bytes"),
+            redis.stat("total_net_input_bytes"),
+        ));
+    })
+    .await;
+    let (output, input) = spoiled.expect("spoiled");
+    let sent = redis.stat("total_net_output_bytes") - output;
+    let received = redis.stat("total_net_input_bytes") - input;
+    eprintln!("a 20 MB entry: Redis sent {sent} bytes, received {received}");
+    assert!(sent < 1_000_000, "Redis sent {sent} bytes");
+    assert!(received < 1_000_000, "Redis received {received} bytes");
+}

@@ -136,6 +136,41 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// `SET key value` over a raw connection: `value` may be any bytes
+    /// (`redis-cli` takes only text arguments).
+    pub fn set_raw(&self, key: &str, value: &[u8]) {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut command = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        )
+        .into_bytes();
+        command.extend_from_slice(value);
+        command.extend_from_slice(b"\r\n");
+        stream.write_all(&command).expect("send SET");
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply).expect("SET's reply");
+        assert_eq!(&reply, b"+OK\r\n", "SET {key}");
+    }
+
+    /// One counter of `INFO stats` (e.g. `total_net_output_bytes`).
+    pub fn stat(&self, name: &str) -> u64 {
+        let info = self.cli(&["INFO", "stats"]);
+        let line = info
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}:")));
+        let value = line.unwrap_or_else(|| panic!("no {name} in INFO stats: {info}"));
+        value.trim().parse().expect("a counter")
+    }
+}
+
 /// A port nothing listens on now (see [`closed_port`]).
 fn free_port() -> u16 {
     closed_port().port()
