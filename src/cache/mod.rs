@@ -148,6 +148,13 @@ impl TokenCache {
                     ));
                     None
                 }
+                Entry::Foreign(kind) => {
+                    self.warn(format!(
+                        "a cached token in Redis is ignored: its key holds a {kind}, not a \
+                         string; a new token is fetched and replaces it"
+                    ));
+                    None
+                }
             };
             seen = Seen(Some(stored));
             if let Some(plain) = sealed.and_then(|sealed| self.unseal(id, &sealed, "Redis")) {

@@ -12,8 +12,9 @@
 //! An entry is read by a script that sends it only when it is at most
 //! [`MAX_ENTRY`] bytes (its length otherwise): a huge value someone wrote
 //! at the key never crosses the network, and is replaced like any other
-//! entry that does not open. Entries are bytes, not text: whatever is
-//! stored is an answer, never an error.
+//! entry that does not open; so is a key of another type (a hash someone
+//! wrote there). Entries are bytes, not text: whatever is stored at the
+//! key is an answer, never an error.
 //!
 //! Redis trouble never reaches a caller as an error: every operation is
 //! bounded by [`OP_TIMEOUT`]; a failure marks Redis down, logs one WARN, and
@@ -58,6 +59,8 @@ pub enum Entry {
     Value(Vec<u8>),
     /// A value longer than [`MAX_ENTRY`]: its length; not read.
     Oversized(u64),
+    /// A key of another type (a hash, a list…): that type.
+    Foreign(String),
 }
 
 impl Entry {
@@ -67,6 +70,7 @@ impl Entry {
             Entry::Absent => Vec::new(),
             Entry::Value(value) => value.clone(),
             Entry::Oversized(len) => format!("oversized:{len}").into_bytes(),
+            Entry::Foreign(kind) => format!("type:{kind}").into_bytes(),
         }
     }
 }
@@ -95,14 +99,22 @@ struct Health {
 
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                        return redis.call('DEL', KEYS[1]) end return 0";
-/// The entry if it is at most ARGV[1] bytes, else its length.
-const READ: &str = "local n = redis.call('STRLEN', KEYS[1]) \
+/// The entry if it is a string of at most ARGV[1] bytes; else its length,
+/// or `{TYPE}` when the key holds another type.
+const READ: &str = "local t = redis.call('TYPE', KEYS[1]).ok \
+                    if t == 'none' then return false end \
+                    if t ~= 'string' then return {t} end \
+                    local n = redis.call('STRLEN', KEYS[1]) \
                     if n > tonumber(ARGV[1]) then return n end \
                     return redis.call('GET', KEYS[1])";
-/// Set the entry if it holds ARGV[1] (`oversized:LEN` for one longer than ARGV[4]).
-const COMPARE_AND_SET: &str = "local n = redis.call('STRLEN', KEYS[1]) local current \
+/// Set the entry if it holds ARGV[1] (`oversized:LEN` for one longer than
+/// ARGV[4], `type:TYPE` for a key of another type).
+const COMPARE_AND_SET: &str = "local t = redis.call('TYPE', KEYS[1]).ok local current = '' \
+                               if t == 'string' then \
+                               local n = redis.call('STRLEN', KEYS[1]) \
                                if n > tonumber(ARGV[4]) then current = 'oversized:' .. n \
-                               else current = redis.call('GET', KEYS[1]) or '' end \
+                               else current = redis.call('GET', KEYS[1]) end \
+                               elseif t ~= 'none' then current = 'type:' .. t end \
                                if current == ARGV[1] then \
                                redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) \
                                return 1 end return 0";
@@ -227,6 +239,12 @@ impl RedisStore {
             Value::Int(len) => Entry::Oversized(u64::try_from(len).unwrap_or_default()),
             Value::BulkString(bytes) => Entry::Value(bytes),
             Value::SimpleString(text) => Entry::Value(text.into_bytes()),
+            Value::Array(kind) => match kind.first() {
+                Some(Value::BulkString(kind)) => {
+                    Entry::Foreign(String::from_utf8_lossy(kind).into_owned())
+                }
+                _ => Entry::Foreign(String::new()),
+            },
             _ => Entry::Absent,
         })
     }

@@ -470,6 +470,15 @@ async fn an_entry_of_text_garbage_is_ignored_with_one_warning_and_replaced() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn an_entry_key_of_another_type_is_ignored_and_replaced() {
+    spoiled_entry_is_replaced(|redis, key| {
+        assert_eq!(redis.cli(&["DEL", key]).trim(), "1");
+        assert_eq!(redis.cli(&["HSET", key, "field", "value"]).trim(), "1");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_huge_entry_is_never_downloaded() {
     let mut spoiled = None;
     let redis = spoiled_entry_is_replaced(|redis, key| {
