@@ -20,7 +20,8 @@
 //! bounded by [`OP_TIMEOUT`]; a failure marks Redis down, logs one WARN, and
 //! for a backoff (0.5 s doubling to [`BACKOFF_MAX`], 2 s) operations answer
 //! [`Down`] without touching the network; the first operation after it that
-//! succeeds logs that Redis is back. One multiplexed connection serves
+//! succeeds logs that Redis is back — a write, once a write failed (a Redis
+//! that reads but refuses writes stays down, one WARN). One multiplexed connection serves
 //! every engine; a failure drops it and the next operation (after the
 //! backoff) connects again — at most one attempt per backoff period.
 
@@ -93,8 +94,18 @@ pub enum RedisState {
 
 #[derive(Debug)]
 struct Health {
-    down: Option<(String, Instant)>,
+    /// Why Redis is down, until when operations are not tried, and whether
+    /// a write failed (then only a write that succeeds brings it back).
+    down: Option<(String, Instant, Kind)>,
     backoff: Duration,
+}
+
+/// Whether an operation writes: a Redis that answers reads and refuses
+/// writes (out of memory, a read-only replica, an ACL) shares no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
 }
 
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
@@ -216,7 +227,7 @@ impl RedisStore {
         let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match &health.down {
             None => RedisState::Up,
-            Some((reason, _)) => RedisState::Down {
+            Some((reason, _, _)) => RedisState::Down {
                 reason: reason.clone(),
             },
         }
@@ -230,7 +241,7 @@ impl RedisStore {
     pub async fn get(&self, id: &str) -> Result<Entry, Down> {
         let key = self.key(id, "token");
         let value: Value = self
-            .run(|mut conn| async move {
+            .run(Kind::Read, |mut conn| async move {
                 let mut invocation = self.read.key(key);
                 invocation.arg(MAX_ENTRY).invoke_async(&mut conn).await
             })
@@ -259,7 +270,9 @@ impl RedisStore {
         let mut command = redis::cmd("SET");
         command.arg(key).arg(&value).arg("NX").arg("PX").arg(ttl);
         let set: Option<String> = self
-            .run(|mut conn| async move { command.query_async(&mut conn).await })
+            .run(Kind::Write, |mut conn| async move {
+                command.query_async(&mut conn).await
+            })
             .await?;
         Ok(set.map(|_| value))
     }
@@ -268,7 +281,7 @@ impl RedisStore {
     pub async fn unlock(&self, id: &str, value: &str) {
         let key = self.key(id, "lock");
         let _: Result<i64, Down> = self
-            .run(|mut conn| async move {
+            .run(Kind::Write, |mut conn| async move {
                 let mut invocation = self.release.key(key);
                 invocation.arg(value).invoke_async(&mut conn).await
             })
@@ -287,7 +300,7 @@ impl RedisStore {
         let key = self.key(id, "token");
         let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let stored: i64 = self
-            .run(|mut conn| async move {
+            .run(Kind::Write, |mut conn| async move {
                 let mut invocation = self.compare_and_set.key(key);
                 invocation.arg(expected.expected()).arg(value).arg(ttl);
                 invocation.arg(MAX_ENTRY);
@@ -298,9 +311,12 @@ impl RedisStore {
     }
 
     /// Run one operation unless Redis is in its backoff, bounded by
-    /// [`OP_TIMEOUT`], and note how it went.
+    /// [`OP_TIMEOUT`], and note how it went. A read that succeeds does not
+    /// bring back a Redis whose writes failed: it would flap between down
+    /// and back at every renewal.
     async fn run<T, F: Future<Output = Result<T, RedisError>>>(
         &self,
+        kind: Kind,
         operation: impl FnOnce(Connection) -> F,
     ) -> Result<T, Down> {
         if self.backing_off() {
@@ -318,6 +334,10 @@ impl RedisStore {
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match outcome {
             Ok(value) => {
+                let writes_fail = matches!(health.down, Some((_, _, Kind::Write)));
+                if kind == Kind::Read && writes_fail {
+                    return Ok(value);
+                }
                 if health.down.take().is_some() {
                     tracing::info!("token cache: Redis is reachable again; tokens are shared");
                 }
@@ -335,7 +355,11 @@ impl RedisStore {
                 }
                 let retry_at = Instant::now() + health.backoff;
                 health.backoff = health.backoff.saturating_mul(2).min(BACKOFF_MAX);
-                health.down = Some((reason, retry_at));
+                let kind = match &health.down {
+                    Some((_, _, Kind::Write)) => Kind::Write,
+                    _ => kind,
+                };
+                health.down = Some((reason, retry_at, kind));
                 Err(Down)
             }
         }
@@ -346,7 +370,7 @@ impl RedisStore {
         health
             .down
             .as_ref()
-            .is_some_and(|(_, retry_at)| Instant::now() < *retry_at)
+            .is_some_and(|(_, retry_at, _)| Instant::now() < *retry_at)
     }
 }
 

@@ -500,3 +500,57 @@ async fn a_huge_entry_is_never_downloaded() {
     assert!(sent < 1_000_000, "Redis sent {sent} bytes");
     assert!(received < 1_000_000, "Redis received {received} bytes");
 }
+
+/// Redis that answers reads but refuses writes (`refuse`, undone by
+/// `accept`): one WARN per replica, no flapping between down and back on
+/// every read, no failed request; once it accepts writes, one INFO each.
+async fn writes_refused(refuse: &[&[&str]], accept: &[&[&str]], reason: &str) {
+    let (logs, _guard) = capture();
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    let replicas = fleet(3, &config(&token, &upstream, &redis)).await;
+    for command in refuse {
+        assert!(redis.cli(command).starts_with("OK"), "{command:?}");
+    }
+
+    // Two renewals or more of each replica, each reading the entry first.
+    let run = Duration::from_millis(1200);
+    let tally = traffic(&replicas, run).await;
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
+    let down = logs.lines_with(&["WARN", "Redis unavailable", reason]);
+    let back = logs.lines_with(&["Redis is reachable again"]);
+    assert_eq!(
+        (down.len(), back.len()),
+        (3, 0),
+        "one WARN per replica, then quiet:\n{}",
+        logs.text()
+    );
+
+    for command in accept {
+        assert!(redis.cli(command).starts_with("OK"), "{command:?}");
+    }
+    logs.wait_for_lines(&["Redis is reachable again"], 3).await;
+    let readyz = replicas[0].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redis_out_of_memory_is_one_warning_per_replica_not_one_per_renewal() {
+    let refuse: &[&[&str]] = &[
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+        &["CONFIG", "SET", "maxmemory", "1"],
+    ];
+    writes_refused(refuse, &[&["CONFIG", "SET", "maxmemory", "0"]], "OOM").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redis_made_a_replica_is_one_warning_per_replica_not_one_per_renewal() {
+    // A replica of a dead master: reads answer, writes say READONLY.
+    let dead = crate::support::upstream::closed_port().port().to_string();
+    let refuse: &[&[&str]] = &[&["REPLICAOF", "127.0.0.1", &dead]];
+    writes_refused(refuse, &[&["REPLICAOF", "NO", "ONE"]], "ReadOnly").await;
+}
