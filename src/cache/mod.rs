@@ -28,7 +28,7 @@ use crate::secret::{EnvSource, SecretError};
 use crypto::{KeyError, Keys, Sealed};
 use file::FileStore;
 pub use redis::RedisState;
-use redis::{Down, Entry, MAX_ENTRY, RedisStore};
+use redis::{Down, Entry, Locked, MAX_ENTRY, RedisStore};
 use settings::{CacheConfig, check_redis_url};
 
 /// Why `[cache]` cannot be used.
@@ -181,8 +181,16 @@ impl TokenCache {
         match &self.redis {
             None => Lock::Alone,
             Some(redis) => match redis.lock(id, ttl).await {
-                Ok(Some(value)) => Lock::Taken(value),
-                Ok(None) => Lock::Busy,
+                Ok(Locked::Taken(value)) => Lock::Taken(value),
+                Ok(Locked::Busy) => Lock::Busy,
+                Ok(Locked::Stuck) => {
+                    self.warn(format!(
+                        "the renewal lock in Redis had no expiry (no replica's lock: \
+                         something else wrote the key); it now expires in {} ms",
+                        ttl.as_millis()
+                    ));
+                    Lock::Busy
+                }
                 Err(Down) => Lock::Alone,
             },
         }

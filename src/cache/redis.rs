@@ -7,7 +7,8 @@
 //! Keys, under `key_prefix`: `PREFIX{ID}:token` holds an entry until the
 //! token's expiry (`PX`); `PREFIX{ID}:lock` is a renewal lock (`SET NX PX`
 //! with a random value, released by a compare-and-delete script, expiring on
-//! its own if its holder dies). An entry is replaced by a compare-and-set
+//! its own if its holder dies; a lock key found without expiry — not a
+//! replica's — is given one). An entry is replaced by a compare-and-set
 //! script: only if it still holds what the writer read before fetching.
 //! An entry is read by a script that sends it only when it is at most
 //! [`MAX_ENTRY`] bytes (its length otherwise): a huge value someone wrote
@@ -108,6 +109,10 @@ enum Kind {
     Write,
 }
 
+/// Take the lock (1); else 0, or -1 when it had no expiry and now has one.
+const LOCK: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+                    if redis.call('PTTL', KEYS[1]) == -1 then \
+                    redis.call('PEXPIRE', KEYS[1], ARGV[2]) return -1 end return 0";
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                        return redis.call('DEL', KEYS[1]) end return 0";
 /// The entry if it is a string of at most ARGV[1] bytes; else its length,
@@ -140,6 +145,7 @@ pub struct RedisStore {
     prefix: String,
     health: Mutex<Health>,
     read: Script,
+    lock: Script,
     release: Script,
     compare_and_set: Script,
 }
@@ -188,6 +194,7 @@ impl RedisStore {
                 backoff: BACKOFF_MIN,
             }),
             read: Script::new(READ),
+            lock: Script::new(LOCK),
             release: Script::new(RELEASE),
             compare_and_set: Script::new(COMPARE_AND_SET),
         })
@@ -260,21 +267,26 @@ impl RedisStore {
         })
     }
 
-    /// Take the renewal lock of `id` for `ttl`: the lock's value when taken,
-    /// `None` when another replica holds it.
-    pub async fn lock(&self, id: &str, ttl: Duration) -> Result<Option<String>, Down> {
+    /// Take the renewal lock of `id` for `ttl`. A lock key without expiry
+    /// (no replica's: theirs expire) is given `ttl`, so it cannot stop
+    /// the fleet's sharing for ever.
+    pub async fn lock(&self, id: &str, ttl: Duration) -> Result<Locked, Down> {
         let key = self.key(id, "lock");
         let value = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let ttl = ttl.as_millis().max(1);
         let ttl = u64::try_from(ttl).unwrap_or(u64::MAX);
-        let mut command = redis::cmd("SET");
-        command.arg(key).arg(&value).arg("NX").arg("PX").arg(ttl);
-        let set: Option<String> = self
+        let arg = value.clone();
+        let taken: i64 = self
             .run(Kind::Write, |mut conn| async move {
-                command.query_async(&mut conn).await
+                let mut invocation = self.lock.key(key);
+                invocation.arg(arg).arg(ttl).invoke_async(&mut conn).await
             })
             .await?;
-        Ok(set.map(|_| value))
+        Ok(match taken {
+            1 => Locked::Taken(value),
+            -1 => Locked::Stuck,
+            _ => Locked::Busy,
+        })
     }
 
     /// Release the lock of `id` if it still holds `value`.
@@ -372,6 +384,17 @@ impl RedisStore {
             .as_ref()
             .is_some_and(|(_, retry_at, _)| Instant::now() < *retry_at)
     }
+}
+
+/// The outcome of [`RedisStore::lock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locked {
+    /// Taken: its value, for its release.
+    Taken(String),
+    /// Held by another replica.
+    Busy,
+    /// Held by a key without expiry, which now expires with the lock's TTL.
+    Stuck,
 }
 
 /// A connection to a standalone server or to a cluster.

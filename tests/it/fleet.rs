@@ -554,3 +554,30 @@ async fn redis_made_a_replica_is_one_warning_per_replica_not_one_per_renewal() {
     let refuse: &[&[&str]] = &[&["REPLICAOF", "127.0.0.1", &dead]];
     writes_refused(refuse, &[&["REPLICAOF", "NO", "ONE"]], "ReadOnly").await;
 }
+
+/// A renewal lock without expiry (a plain `SET`, or a key of another type,
+/// written by something other than a replica) is given one: it would keep
+/// every replica waiting on a renewal that never comes, at each renewal,
+/// for ever, without a word.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lock_without_expiry_is_given_one_with_one_warning() {
+    let (logs, _guard) = capture();
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(1).await;
+    let replicas = fleet(2, &config(&token, &upstream, &redis)).await;
+    let lock = entry_key(&redis).replace(":token", ":lock");
+    assert_eq!(redis.cli(&["HSET", &lock, "held", "for ever"]).trim(), "1");
+
+    let run = Duration::from_millis(1200);
+    let tally = traffic(&replicas, run).await;
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    // Replicas renew past it (at most half their token's life late) and
+    // give it the TTL of their own locks.
+    let ttl = redis.cli(&["PTTL", &lock]);
+    let ttl: i64 = ttl.trim().parse().expect("PTTL");
+    assert!(ttl != -1, "the lock still has no expiry");
+    let warned = logs.lines_with(&["WARN", "renewal lock"]);
+    assert_eq!(warned.len(), 1, "one WARN:\n{}", logs.text());
+}
