@@ -581,3 +581,37 @@ async fn a_lock_without_expiry_is_given_one_with_one_warning() {
     let warned = logs.lines_with(&["WARN", "renewal lock"]);
     assert_eq!(warned.len(), 1, "one WARN:\n{}", logs.text());
 }
+
+/// The ACL `docs/configuration.md` gives sidekey's Redis user is enough to
+/// share tokens; a user without those commands is Redis down (one WARN per
+/// replica saying why), which fails no request.
+#[tokio::test(flavor = "current_thread")]
+async fn the_documented_acl_is_enough_and_less_is_redis_down() {
+    let (logs, _guard) = capture();
+    let redis = RedisServer::start();
+    let commands = "+info +evalsha +eval +script +type +strlen +get +set +pttl +pexpire +del";
+    let mut acl = vec!["ACL", "SETUSER", "sidekey", "on", ">pw", "~it:*"];
+    acl.extend(commands.split(' '));
+    assert_eq!(redis.cli(&acl).trim(), "OK");
+    let reader = [
+        "ACL", "SETUSER", "reader", "on", ">pw", "~it:*", "+info", "+get",
+    ];
+    assert_eq!(redis.cli(&reader).trim(), "OK");
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(3600).await;
+    let as_user = |user: &str| {
+        redis
+            .url()
+            .replace("redis://", &format!("redis://{user}:pw@"))
+    };
+    let shared = fleet(2, &config_on(&token, &upstream, &as_user("sidekey"), "it:")).await;
+    assert_eq!(token.calls(), 1, "two replicas shared one token");
+    let readyz = shared[1].admin_get("/readyz").await;
+    assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+
+    let alone = fleet(2, &config_on(&token, &upstream, &as_user("reader"), "it:")).await;
+    assert_eq!(token.calls(), 3, "each replica renewed alone");
+    assert_eq!(alone[0].get("/v1/items").await.status, 200);
+    let down = logs.lines_with(&["WARN", "Redis unavailable", "NoPerm"]);
+    assert_eq!(down.len(), 2, "one WARN per replica:\n{}", logs.text());
+}
