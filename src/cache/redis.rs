@@ -22,7 +22,8 @@
 //! for a backoff (0.5 s doubling to [`BACKOFF_MAX`], 2 s) operations answer
 //! [`Down`] without touching the network; the first operation after it that
 //! succeeds logs that Redis is back — a write, once a write failed (a Redis
-//! that reads but refuses writes stays down, one WARN). One multiplexed connection serves
+//! that reads but refuses writes stays down, one WARN; a read then tries a
+//! write too, at most once per backoff period). One multiplexed connection serves
 //! every engine; a failure drops it and the next operation (after the
 //! backoff) connects again — at most one attempt per backoff period.
 
@@ -253,6 +254,9 @@ impl RedisStore {
                 invocation.arg(MAX_ENTRY).invoke_async(&mut conn).await
             })
             .await?;
+        if self.writes_failing() {
+            self.probe_writes(id).await;
+        }
         Ok(match value {
             Value::Int(len) => Entry::Oversized(u64::try_from(len).unwrap_or_default()),
             Value::BulkString(bytes) => Entry::Value(bytes),
@@ -375,6 +379,28 @@ impl RedisStore {
                 Err(Down)
             }
         }
+    }
+
+    /// Whether Redis is down because a write failed.
+    fn writes_failing(&self) -> bool {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        matches!(health.down, Some((_, _, Kind::Write)))
+    }
+
+    /// Whether writes are taken again (a replica that adopts every token
+    /// others publish would not write before its own next renewal): a
+    /// `SET NX PX 1` of the lock — nothing when it is held, else a lock for
+    /// a millisecond — refused exactly as the writes that failed (OOM,
+    /// READONLY, NOPERM).
+    async fn probe_writes(&self, id: &str) {
+        let mut command = redis::cmd("SET");
+        command.arg(self.key(id, "lock")).arg("probe");
+        command.arg("NX").arg("PX").arg(1);
+        let _: Result<Option<String>, Down> = self
+            .run(Kind::Write, |mut conn| async move {
+                command.query_async(&mut conn).await
+            })
+            .await;
     }
 
     fn backing_off(&self) -> bool {

@@ -615,3 +615,31 @@ async fn the_documented_acl_is_enough_and_less_is_redis_down() {
     let down = logs.lines_with(&["WARN", "Redis unavailable", "NoPerm"]);
     assert_eq!(down.len(), 2, "one WARN per replica:\n{}", logs.text());
 }
+
+/// After writes were refused, a replica that only reads (it adopts each
+/// token another replica published) is back as soon as Redis takes writes
+/// again, not at the next renewal it happens to make itself.
+#[tokio::test(flavor = "current_thread")]
+async fn a_replica_that_only_adopts_is_back_once_writes_are_taken() {
+    let (logs, _guard) = capture();
+    let redis = RedisServer::start();
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    // 2 s tokens: renewals 0.9–1 s apart, room for the second replica to
+    // renew after the first published (1 s tokens leave 25 ms).
+    let token = token_server(2).await;
+    let replicas = fleet(2, &config(&token, &upstream, &redis)).await;
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    logs.wait_for_lines(&["WARN", "Redis unavailable", "OOM"], 2)
+        .await;
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    // Both renew within a second: one takes the lock and publishes, the
+    // other adopts what it published (its second adoption, the first was
+    // at start) — and has Redis back by then.
+    logs.wait_for_lines(&["Redis is reachable again"], 1).await;
+    logs.wait_for_lines(&["using a cached token"], 2).await;
+    for replica in &replicas {
+        let readyz = replica.admin_get("/readyz").await;
+        assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
+    }
+}
