@@ -10,14 +10,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::support::config::{TestConfig, oauth2, route, toml_str};
 use crate::support::logs::capture;
 use crate::support::proxy::TestProxy;
-use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::redis::{MuteRedis, RedisCluster, RedisServer};
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
@@ -642,4 +642,34 @@ async fn a_replica_that_only_adopts_is_back_once_writes_are_taken() {
         let readyz = replica.admin_get("/readyz").await;
         assert_eq!(readyz.json()["cache"]["redis"], "up", "{}", readyz.text());
     }
+}
+
+/// A Redis that accepts connections and never answers costs each replica
+/// one bounded wait (1 s) for its first token and no request: one WARN per
+/// replica, each renews alone.
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_that_never_answers_delays_each_replica_once_and_fails_no_request() {
+    let (logs, _guard) = capture();
+    let mute = MuteRedis::start().await;
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = token_server(3600).await;
+    let config = config_on(&token, &upstream, &mute.url(), "it:");
+    let started = Instant::now();
+    let (first, second) = tokio::join!(config.start(), config.start());
+    tokio::join!(first.wait_for_tokens(), second.wait_for_tokens());
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1800), "start took {took:?}");
+    assert_eq!(token.calls(), 2, "each replica renewed alone");
+    for replica in [&first, &second] {
+        let asked = Instant::now();
+        assert_eq!(replica.get("/v1/items").await.status, 200);
+        assert!(
+            asked.elapsed() < Duration::from_millis(200),
+            "no wait on Redis"
+        );
+        let readyz = replica.admin_get("/readyz").await;
+        assert_eq!(readyz.json()["cache"]["redis"], "down", "{}", readyz.text());
+    }
+    let down = logs.lines_with(&["WARN", "Redis unavailable"]);
+    assert_eq!(down.len(), 2, "one WARN per replica:\n{}", logs.text());
 }

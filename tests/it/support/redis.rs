@@ -249,3 +249,41 @@ impl RedisCluster {
         }
     }
 }
+
+/// A "Redis" that accepts connections, reads what it is sent and never
+/// answers; stopped when dropped.
+pub struct MuteRedis {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MuteRedis {
+    /// Listen on a free loopback port.
+    pub async fn start() -> MuteRedis {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local addr").port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 1024];
+                    while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        MuteRedis { port, task }
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for MuteRedis {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
