@@ -312,9 +312,10 @@ async fn reload_under_signals(
             },
         }
     }
-    match again {
-        true => signals::Signal::Reload,
-        false => signals.next().await,
+    if again {
+        signals::Signal::Reload
+    } else {
+        signals.next().await
     }
 }
 

@@ -258,16 +258,12 @@ pub fn inputs(config: &Config) -> (BTreeSet<&str>, BTreeSet<&Path>) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::*;
     use crate::config::fixture::{BASE, FILE, env, ok};
     use crate::config::parse;
     use crate::secret::MapEnv;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        crate::config::fixture::temp_dir("preflight", name)
-    }
 
     #[test]
     fn example_file_check_names_the_missing_secret_file() {
@@ -300,7 +296,8 @@ mod tests {
             format!("{FILE}:3: credentials.a.token: environment variable MISSING_TOKEN is not set")
         );
 
-        let dir = temp_dir("check");
+        let dir = crate::config::fixture::temp_dir();
+        let dir = dir.path();
         let config_path = dir.join("sidekey.toml");
         std::fs::write(dir.join("token"), "s3cret\n").unwrap();
         let text = BASE.replace("{ env = \"A_TOKEN\" }", "{ file = \"token\" }");
@@ -340,7 +337,8 @@ mod tests {
 
     #[test]
     fn every_secret_and_tls_file_problem_is_reported_at_once() {
-        let dir = temp_dir("all");
+        let dir = crate::config::fixture::temp_dir();
+        let dir = dir.path();
         let text = format!(
             "[tls]\nca_file = \"missing-ca.pem\"\n{}tls = {{ cert = \"no.crt\", key = \"no.key\" }}\n",
             BASE.replace("A_TOKEN", "MISSING_TOKEN")

@@ -251,9 +251,8 @@ mod tests {
 
     #[test]
     fn file_trims_one_trailing_newline() {
-        let dir = std::env::temp_dir().join(format!("sidekey-secret-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("token");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\r\n").unwrap();
         let got = SecretRef::File(path.clone())
             .resolve(&MapEnv::default())

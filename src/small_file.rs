@@ -47,32 +47,24 @@ pub fn read_to_string(path: &Path) -> io::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     use super::*;
 
-    fn dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sidekey-small-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn a_regular_file_and_a_link_to_one_are_read() {
-        let dir = dir("regular");
-        std::fs::write(dir.join("token"), "t0ken\n").unwrap();
-        let link = dir.join("link");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(dir.join("token"), &link).unwrap();
-        assert_eq!(read(&dir.join("token")).unwrap(), b"t0ken\n");
+        let dir = tempfile::tempdir().unwrap();
+        let (token, link) = (dir.path().join("token"), dir.path().join("link"));
+        std::fs::write(&token, "t0ken\n").unwrap();
+        std::os::unix::fs::symlink(&token, &link).unwrap();
+        assert_eq!(read(&token).unwrap(), b"t0ken\n");
         assert_eq!(read(&link).unwrap(), b"t0ken\n");
     }
 
     #[test]
     fn a_fifo_is_refused_at_once_instead_of_waiting_for_a_writer() {
-        let fifo = dir("fifo").join("fifo");
-        let _ = std::fs::remove_file(&fifo);
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
@@ -97,11 +89,14 @@ mod tests {
 
     #[test]
     fn a_file_over_the_limit_is_refused() {
-        let path = dir("large").join("large");
-        std::fs::write(&path, vec![b'a'; MAX_BYTES as usize + 1]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large");
+        // Sparse: it costs no disk.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_BYTES + 1).unwrap();
         let error = read(&path).unwrap_err();
         assert!(error.to_string().contains("larger than 4 MiB"), "{error}");
-        std::fs::write(&path, vec![b'a'; MAX_BYTES as usize]).unwrap();
-        assert_eq!(read(&path).unwrap().len(), MAX_BYTES as usize);
+        file.set_len(MAX_BYTES).unwrap();
+        assert_eq!(read(&path).unwrap().len() as u64, MAX_BYTES);
     }
 }

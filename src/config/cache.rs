@@ -43,7 +43,8 @@ mod tests {
         let text = format!(
             "{BASE}\n[cache]\nredis_url = \"redis://cache:99999\"\nencryption_key = {{ env = \"K\" }}\n"
         );
-        let file = crate::config::fixture::temp_dir("cache", "unreadable").join("sidekey.toml");
+        let dir = crate::config::fixture::temp_dir();
+        let file = dir.path().join("sidekey.toml");
         std::fs::write(&file, text).unwrap();
         let (config, errors) = crate::config::read(&file, env());
         assert_eq!(errors.len(), 1, "{errors:#?}");

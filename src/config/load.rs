@@ -128,7 +128,6 @@ fn read_text(text: &str, path: &Path, env: Arc<dyn EnvSource>) -> Loaded {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::time::Duration;
 
     use http::StatusCode;
@@ -149,10 +148,6 @@ mod tests {
         assert_eq!((e.line, e.key.as_str()), (Some(line), key), "{e}");
         assert!(e.message.contains(part), "`{}` lacks `{part}`", e.message);
         assert_eq!(e.path, Path::new(FILE));
-    }
-
-    fn temp_dir(name: &str) -> PathBuf {
-        crate::config::fixture::temp_dir("load", name)
     }
 
     #[test]
@@ -946,7 +941,8 @@ domain_key = { env = "D" }
 
     #[test]
     fn load_reads_the_file_or_names_it() {
-        let dir = temp_dir("load");
+        let dir = crate::config::fixture::temp_dir();
+        let dir = dir.path();
         let path = dir.join("sidekey.toml");
         std::fs::write(&path, BASE).unwrap();
         let config = valid(read(&path, env())).unwrap();

@@ -31,7 +31,7 @@ pub use top::{Config, Text};
 /// Test fixtures for configuration text: one small valid file and the
 /// environment it needs, shared by the loader's and preflight's tests.
 pub(crate) mod fixture {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::sync::Arc;
 
     use super::{Config, ConfigError, parse};
@@ -80,13 +80,11 @@ credential = "a"
         }
     }
 
-    /// A fresh directory under the system's temp dir, for files a test writes.
-    pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("sidekey-{prefix}-{}-{name}", std::process::id()));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            panic!("cannot create {}: {e}", dir.display());
+    /// A fresh directory for files a test writes, removed when dropped.
+    pub fn temp_dir() -> tempfile::TempDir {
+        match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(e) => panic!("cannot create a temporary directory: {e}"),
         }
-        dir
     }
 }

@@ -154,9 +154,10 @@ pub async fn forward(
         Outgoing::Streamed(body) => {
             // Never retried, so never sent with a token whose renewal a
             // rejection asked for: it waits for that renewal (bounded).
-            let published = match route.credential.renewal_pending(published.generation) {
-                true => with_renewed(route, &mut parts.headers, published).await,
-                false => published,
+            let published = if route.credential.renewal_pending(published.generation) {
+                with_renewed(route, &mut parts.headers, published).await
+            } else {
+                published
             };
             let response =
                 send(route, Request::from_parts(parts, Either::Left(body)), None).await?;

@@ -139,12 +139,11 @@ fn transient(err: FetchError) -> (String, Option<Duration>) {
     }
 }
 
-fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sidekey-providers-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
+/// A file holding `contents`, removed with the returned guard.
+fn temp_file(contents: &str) -> tempfile::TempPath {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), contents).unwrap();
+    file.into_temp_path()
 }
 
 // ---- Inbenta ----------------------------------------------------------------
@@ -214,9 +213,9 @@ async fn inbenta_oauth_token_is_sent_and_reread_on_every_auth() {
         ..Default::default()
     })
     .await;
-    let oauth_file = temp_file("inbenta-oauth", "oauth-1\n");
+    let oauth_file = temp_file("oauth-1\n");
     let mut config = inbenta_config(&server.url());
-    config.oauth_token = Some(SecretRef::File(oauth_file.clone()));
+    config.oauth_token = Some(SecretRef::File(oauth_file.to_path_buf()));
     let provider = InbentaProvider::new(&config, plain_client(), inbenta_env());
 
     provider.fetch(None).await.unwrap();
@@ -569,9 +568,9 @@ async fn oauth_basic_encodes_special_characters_per_rfc6749() {
 #[tokio::test]
 async fn oauth_secrets_are_reread_on_every_fetch() {
     let server = OAuthServer::start(OAuthBehaviour::default()).await;
-    let secret_file = temp_file("oauth-secret", "test-client-secret\n");
+    let secret_file = temp_file("test-client-secret\n");
     let mut config = oauth_config(&server, ClientAuth::Post, BodyFormat::Form);
-    config.client_secret = Some(SecretRef::File(secret_file.clone()));
+    config.client_secret = Some(SecretRef::File(secret_file.to_path_buf()));
     let provider = OAuth2Provider::new(&config, plain_client(), oauth_env());
 
     provider.fetch(None).await.unwrap();
