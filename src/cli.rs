@@ -105,14 +105,18 @@ pub fn main(return_freed_memory: fn()) -> ExitCode {
         .build()
         .map_err(CliError::Runtime)
         .and_then(|runtime| {
-            runtime.block_on(async {
+            let result = runtime.block_on(async {
                 match cli.command {
                     Command::Run { config } => run(&config, return_freed_memory).await,
                     Command::Check { config } => check(&config),
                     Command::Token { config, name, show } => token(&config, &name, show).await,
                     Command::Demo { listen } => Ok(crate::demo::run(listen).await?),
                 }
-            })
+            });
+            // A token cache write stuck on a stalled disk may hold the exit
+            // this long, not for ever (dropping the runtime would wait).
+            runtime.shutdown_timeout(crate::cache::FILE_WAIT);
+            result
         });
     crate::telemetry::flush();
     // Written directly, ignoring a closed stderr (`eprintln!` would panic).

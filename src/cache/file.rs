@@ -6,8 +6,10 @@
 //! each write. A few hundred bytes per credential, read when an engine
 //! starts and written once per renewal, so the I/O is plain and blocking.
 //!
-//! Writers in one process take turns; two processes sharing a file may
-//! lose each other's latest entry (the next renewal writes it again).
+//! Readers and writers in one process take turns; two processes sharing a
+//! file may lose each other's latest entry (the next renewal writes it
+//! again). The calls block: [`super::TokenCache`] makes them on the
+//! blocking pool.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -63,8 +65,8 @@ struct Document {
 #[derive(Debug)]
 pub struct FileStore {
     path: PathBuf,
-    /// Serialises this process's read-modify-write cycles.
-    writing: Mutex<()>,
+    /// Serialises this process's reads and read-modify-write cycles.
+    turn: Mutex<()>,
 }
 
 impl FileStore {
@@ -72,7 +74,7 @@ impl FileStore {
     pub fn new(path: PathBuf) -> FileStore {
         FileStore {
             path,
-            writing: Mutex::new(()),
+            turn: Mutex::new(()),
         }
     }
 
@@ -81,8 +83,15 @@ impl FileStore {
         &self.path
     }
 
+    /// This process's turn at the file, held as a stalled call would.
+    #[cfg(test)]
+    pub(super) fn hold_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The entry stored under `key`, if any and not expired.
     pub fn get(&self, key: &str) -> Result<Option<Sealed>, FileError> {
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         let mut document = self.read()?;
         let now = unix_now();
         Ok(document
@@ -94,7 +103,7 @@ impl FileStore {
 
     /// Store `sealed` under `key` until `expires`, dropping expired entries.
     pub fn put(&self, key: &str, sealed: Sealed, expires: SystemTime) -> Result<(), FileError> {
-        let _turn = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         // An unreadable file is replaced: the caller was told when reading it.
         let mut document = self.read().unwrap_or_default();
         let now = unix_now();

@@ -11,9 +11,11 @@
 //! saw, then the file; releases the lock). None of them ever fails its
 //! caller: a store that cannot be read or written, or a value that does
 //! not open (another key, a corrupt file), is as if nothing were stored;
-//! each distinct problem is logged once at WARN (repeats at DEBUG). What a
-//! value holds and how its id is derived are [`crate::credential`]'s
-//! (`stored`).
+//! each distinct problem is logged once at WARN (repeats at DEBUG). The
+//! file is read and written on the blocking pool, and a renewal waits for
+//! it at most [`FILE_WAIT`]: a stalled disk (a slow `fsync`) must not hold
+//! the thread that also answers health probes and signals. What a value
+//! holds and how its id is derived are [`crate::credential`]'s (`stored`).
 
 pub mod crypto;
 pub mod file;
@@ -21,12 +23,12 @@ pub mod redis;
 pub mod settings;
 
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::secret::{EnvSource, SecretError};
 use crypto::{KeyError, Keys, Sealed};
-use file::FileStore;
+use file::{FileError, FileStore};
 pub use redis::RedisState;
 use redis::{Down, Entry, Locked, MAX_ENTRY, RedisStore};
 use settings::{CacheConfig, check_redis_url};
@@ -53,6 +55,10 @@ pub enum CacheError {
     #[error(transparent)]
     CaFile(#[from] crate::tls::TlsError),
 }
+
+/// The longest a renewal waits for the cache file before going on without
+/// it (a write still goes on in the background).
+pub const FILE_WAIT: Duration = Duration::from_secs(1);
 
 /// A value found in the cache.
 #[derive(Debug)]
@@ -82,7 +88,9 @@ pub enum Lock {
 pub struct TokenCache {
     keys: Keys,
     redis: Option<RedisStore>,
-    file: Option<FileStore>,
+    file: Option<Arc<FileStore>>,
+    /// [`FILE_WAIT`], shorter in tests.
+    file_wait: Duration,
     /// The last problem logged at WARN.
     warned: Mutex<Option<String>>,
 }
@@ -111,7 +119,11 @@ impl TokenCache {
         Ok(TokenCache {
             keys,
             redis,
-            file: config.file.clone().map(FileStore::new),
+            file: config
+                .file
+                .clone()
+                .map(|path| Arc::new(FileStore::new(path))),
+            file_wait: FILE_WAIT,
             warned: Mutex::new(None),
         })
     }
@@ -164,12 +176,13 @@ impl TokenCache {
         let Some(file) = &self.file else {
             return (None, seen);
         };
-        let sealed = match file.get(id) {
-            Ok(sealed) => sealed,
-            Err(e) => {
+        let sealed = match self.on_file(file, id, FileStore::get).await {
+            Some(Ok(sealed)) => sealed,
+            Some(Err(e)) => {
                 self.warn(format!("{e}; ignoring it"));
                 None
             }
+            None => None,
         };
         let where_ = file.path().display().to_string();
         let plain = sealed.and_then(|sealed| self.unseal(id, &sealed, &where_));
@@ -230,12 +243,48 @@ impl TokenCache {
                 shared = redis.put_if(id, expected, &text, ttl).await.ok();
             }
         }
-        if let Some(file) = &self.file
-            && let Err(e) = file.put(id, sealed, expires)
-        {
-            self.warn(format!("{e}; the token is not cached"));
+        if let Some(file) = &self.file {
+            let put = move |store: &FileStore, id: &str| store.put(id, sealed, expires);
+            if let Some(Err(e)) = self.on_file(file, id, put).await {
+                self.warn(format!("{e}; the token is not cached"));
+            }
         }
         shared
+    }
+
+    /// Run `work` on the file store in the blocking pool and wait for it at
+    /// most `file_wait`; `None` (said at WARN) when it took longer or died.
+    async fn on_file<T, F>(
+        &self,
+        file: &Arc<FileStore>,
+        id: &str,
+        work: F,
+    ) -> Option<Result<T, FileError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&FileStore, &str) -> Result<T, FileError> + Send + 'static,
+    {
+        let (store, key) = (Arc::clone(file), id.to_owned());
+        let task = tokio::task::spawn_blocking(move || work(&store, &key));
+        match tokio::time::timeout(self.file_wait, task).await {
+            Ok(Ok(done)) => Some(done),
+            Ok(Err(_)) => {
+                self.warn(format!(
+                    "cache file {}: its I/O failed",
+                    file.path().display()
+                ));
+                None
+            }
+            Err(_) => {
+                self.warn(format!(
+                    "cache file {} did not answer within {} ms (a stalled disk?); going on \
+                     without it",
+                    file.path().display(),
+                    self.file_wait.as_millis()
+                ));
+                None
+            }
+        }
     }
 
     /// Open `sealed`, stored `where_` under `id`; a failure is logged.
@@ -259,6 +308,71 @@ impl TokenCache {
         } else {
             tracing::warn!("token cache: {message}");
             *warned = Some(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::secret::Secret;
+
+    /// 32 zero bytes.
+    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn cache_in(dir: &Path, file_wait: Duration) -> TokenCache {
+        TokenCache {
+            keys: Keys::parse(&Secret::new(KEY)).unwrap(),
+            redis: None,
+            file: Some(Arc::new(FileStore::new(dir.join("tokens.json")))),
+            file_wait,
+            warned: Mutex::new(None),
+        }
+    }
+
+    async fn cached(cache: &TokenCache) -> Option<Vec<u8>> {
+        cache.get("a").await.0.map(|found| found.plain)
+    }
+
+    #[tokio::test]
+    async fn a_stalled_cache_file_holds_a_renewal_back_at_most_file_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let wait = Duration::from_millis(200);
+        let cache = cache_in(dir.path(), wait);
+        let expires = SystemTime::now() + Duration::from_secs(60);
+        cache.publish("a", b"one", expires, &Seen::default()).await;
+        assert_eq!(cached(&cache).await.as_deref(), Some(&b"one"[..]));
+
+        // A call stuck in the disk (a slow fsync) holds the file's turn.
+        let file = Arc::clone(cache.file.as_ref().unwrap());
+        let (held, is_held) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let stalled = std::thread::spawn(move || {
+            let _turn = file.hold_turn();
+            held.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_held.recv().unwrap();
+        let started = Instant::now();
+        cache.publish("a", b"two", expires, &Seen::default()).await;
+        let during = cached(&cache).await;
+        let waited = started.elapsed();
+        assert_eq!(during, None, "nothing is read from a stalled file");
+        assert!(
+            waited >= 2 * wait && waited < 2 * wait + Duration::from_secs(1),
+            "a stalled file held publish + get for {waited:?}"
+        );
+
+        // Once the disk answers, the write that waited lands.
+        release.send(()).unwrap();
+        stalled.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cached(&cache).await.as_deref() != Some(&b"two"[..]) {
+            assert!(Instant::now() < deadline, "the delayed write never landed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
