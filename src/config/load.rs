@@ -669,6 +669,13 @@ domain_key = { env = "D" }
             "routes[0].connect_timeout",
             "longer than zero",
         );
+        // Less than a millisecond would end every request at once.
+        assert_err(
+            &format!("{BASE}request_timeout = \"0.0001ms\"\n"),
+            9,
+            "routes[0].request_timeout",
+            "must be at least 1ms",
+        );
         assert_err(
             "shutdown_grace = \"3w\"\n",
             1,

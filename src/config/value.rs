@@ -101,9 +101,10 @@ pub(crate) use from_text;
 from_text! {
     /// A duration; zero is allowed.
     Dur(Duration, "a duration such as \"5s\"") = parse_duration;
-    /// A duration longer than zero (timeouts, TTLs).
+    /// A duration of at least 1 ms (timeouts, TTLs): less ends everything at once.
     Timeout(Duration, "a duration such as \"5s\"") = |text| match parse_duration(text)? {
         zero if zero.is_zero() => Err("must be longer than zero".to_owned()),
+        short if short < Duration::from_millis(1) => Err("must be at least 1ms".to_owned()),
         duration => Ok(duration),
     };
     /// A listen address, `IP:PORT`.
