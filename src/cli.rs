@@ -241,7 +241,7 @@ async fn reload(path: &Path, handle: &mut crate::server::Handle) {
     if let Err(err) = outcome {
         let why = error_chain(&err);
         error!("reload refused, the old configuration keeps serving: {why}");
-        handle.status().reload_refused(why);
+        handle.reload_refused(why);
     }
 }
 

@@ -19,6 +19,9 @@
 //!   too; not renewing during a cool-down)
 //! - `renewal_task_restarts_total{credential}` — renewal tasks restarted
 //!   after a crash (panic)
+//! - `reloads_total{outcome}` — configuration reloads, `success` | `failure`;
+//!   `config_last_reload_successful` — 0 while the last one was refused (the
+//!   previous configuration serving), else 1: what an alert watches
 //!
 //! Label values are route and credential names from the configuration, never
 //! anything taken from a request or a token.
@@ -70,6 +73,12 @@ struct CredentialLabel {
 struct CredentialAction {
     credential: Arc<str>,
     action: &'static str,
+}
+
+/// Labels `{outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 /// Labels `{route, kind}`.
@@ -125,6 +134,9 @@ struct Families {
     adopted: Family<CredentialLabel, Counter>,
     /// 1 while the `[cache]`'s Redis answers, 0 while it does not; absent without one.
     redis_up: Family<Vec<(String, String)>, Gauge>,
+    reloads: Family<OutcomeLabel, Counter>,
+    /// 0 while the last reload was refused, else 1.
+    last_reload_ok: Gauge,
     /// The series of requests no route took (`route="none"`).
     no_route: OnceLock<Arc<RouteMetrics>>,
 }
@@ -191,6 +203,19 @@ impl Metrics {
             "1 while the token cache's Redis answers, 0 while each replica renews alone",
             redis_up.clone(),
         );
+        let reloads = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "reloads",
+            "Configuration reloads by outcome: success, or failure (the previous configuration keeps serving)",
+            reloads.clone(),
+        );
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "0 while the last configuration reload was refused, else 1",
+            last_reload_ok.clone(),
+        );
         Metrics(Arc::new(Families {
             registry,
             requests,
@@ -202,6 +227,8 @@ impl Metrics {
             restarts,
             adopted,
             redis_up,
+            reloads,
+            last_reload_ok,
             no_route: OnceLock::new(),
         }))
     }
@@ -216,6 +243,16 @@ impl Metrics {
         self.0
             .no_route
             .get_or_init(|| Arc::new(RouteMetrics::new(Arc::from("none"), &self.0)))
+    }
+
+    /// Count one configuration reload, taken or refused.
+    pub fn record_reload(&self, taken: bool) {
+        let outcome = if taken { "success" } else { "failure" };
+        self.0
+            .reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        self.0.last_reload_ok.set(i64::from(taken));
     }
 
     /// Count one token request, made for `reason` (a

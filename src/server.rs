@@ -194,7 +194,15 @@ impl Handle {
         // the ones taken over keep running.
         self.shared.credentials.store(generation.credentials);
         self.shared.status.reloaded(config);
+        self.shared.metrics.record_reload(true);
         Ok(())
+    }
+
+    /// A reload was refused for `why` (no secret: what sidekey logs): the
+    /// status page and the metrics say so.
+    pub fn reload_refused(&self, why: String) {
+        self.shared.status.reload_refused(why);
+        self.shared.metrics.record_reload(false);
     }
 
     /// Warn about what a reload cannot change: the serving threads and the

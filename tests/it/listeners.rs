@@ -10,6 +10,7 @@ use std::time::Duration;
 use sidekey::server::Serving;
 
 use crate::support::config::{TestConfig, forward_proxy, listen_tls, route, static_token};
+use crate::support::metrics::sum;
 use crate::support::process::SidekeyProcess;
 use crate::support::proxy::{TestClient, TestProxy, body_empty, request_with, send_to};
 use crate::support::tls::TestPki;
@@ -332,7 +333,17 @@ async fn sighup_adds_a_listener_to_the_running_binary_and_names_a_busy_one() {
     write(&config);
     let mut sidekey = SidekeyProcess::run(path.to_str().unwrap(), &[("TOKEN", "token-1")]);
     let first = sidekey.listen_addr("proxy listening");
-    sidekey.wait_for("admin listening");
+    let admin = sidekey.listen_addr("admin listening");
+    let client = TestClient::new();
+    // Reloads by outcome, and whether the last one was taken: what an alert watches.
+    let reloads = || async {
+        let body = client.get(&format!("http://{admin}/metrics")).await.body;
+        let text = String::from_utf8_lossy(&body);
+        let count = |outcome| sum(&text, "sidekey_reloads_total", &[("outcome", outcome)]);
+        let ok = sum(&text, "sidekey_config_last_reload_successful", &[]);
+        (count("success"), count("failure"), ok)
+    };
+    assert_eq!(reloads().await, (0.0, 0.0, 1.0));
 
     let added = closed_port();
     let with_added = config
@@ -344,8 +355,8 @@ async fn sighup_adds_a_listener_to_the_running_binary_and_names_a_busy_one() {
     assert_eq!(listening["listen"], added.to_string(), "{listening}");
     assert_eq!(listening["key"], "routes[1].listen", "{listening}");
     sidekey.wait_for("configuration reloaded");
-    let client = TestClient::new();
     assert_eq!(client.get(&format!("http://{added}/new")).await.status, 200);
+    assert_eq!(reloads().await, (1.0, 0.0, 1.0));
     assert_eq!(client.get(&format!("http://{first}/old")).await.status, 200);
 
     let (_held, busy) = busy_port();
@@ -361,6 +372,7 @@ async fn sighup_adds_a_listener_to_the_running_binary_and_names_a_busy_one() {
         client.get(&format!("http://{added}/still")).await.status,
         200
     );
+    assert_eq!(reloads().await, (1.0, 1.0, 0.0));
 
     sidekey.signal("TERM");
     assert_eq!(sidekey.wait_exit().await.code(), Some(0));
