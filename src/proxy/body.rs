@@ -33,6 +33,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
+use super::linger::Stalls;
 use crate::error_chain::error_chain;
 use crate::metrics::RouteMetrics;
 
@@ -58,7 +59,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// earlier wait is moved to the current wait's deadline when it goes off.
 /// A body that never has to wait never makes a timer.
 #[derive(Debug)]
-pub struct Idle<B = Incoming> {
+pub struct Idle<B = super::linger::FromApp> {
     inner: B,
     timeout: Duration,
     /// When the current wait for a frame began; `None` between waits.
@@ -98,7 +99,7 @@ impl<B> Idle<B> {
 
 impl<B> Body for Idle<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Stalls + Unpin,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
@@ -114,7 +115,10 @@ where
             return Poll::Ready(frame.map(|frame| frame.map_err(|e| BodyError::Read(e.into()))));
         }
         match this.poll_deadline(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(this.timeout)))),
+            Poll::Ready(()) => {
+                this.inner.stalled();
+                Poll::Ready(Some(Err(BodyError::Stalled(this.timeout))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -135,7 +139,7 @@ where
 /// looks complete.
 #[derive(Debug)]
 pub struct FromUpstream {
-    body: Idle,
+    body: Idle<Incoming>,
     metrics: Arc<RouteMetrics>,
     /// The access line of this response (`[log] access`); `None` when off.
     access: Option<Box<super::access::Line>>,
@@ -345,6 +349,8 @@ mod tests {
 
     /// A body fed frame by frame from the test.
     struct Fed(mpsc::Receiver<Bytes>);
+
+    impl crate::proxy::linger::Stalls for Fed {}
 
     impl Body for Fed {
         type Data = Bytes;

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tracing::{debug, warn};
 
 use super::access::Line;
@@ -41,6 +41,7 @@ use super::body::{BodyError, FromUpstream, Idle, Outgoing, Prefixed, StallFlag, 
 use super::client::on_stale_connection;
 use super::grpc;
 use super::headers::{inject, prepare_request, prepare_response};
+use super::linger::FromApp;
 use super::{ResponseBody, Route};
 use crate::credential::{Published, Rejection};
 use crate::error::ProxyError;
@@ -109,7 +110,7 @@ impl Kept {
 /// sidekey's own error).
 pub async fn forward(
     route: &Arc<Route>,
-    request: Request<Incoming>,
+    request: Request<FromApp>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let published = match route.credential.current() {
         Ok(published) => published,

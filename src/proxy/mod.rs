@@ -28,6 +28,7 @@ pub mod h2_driver;
 pub mod head;
 pub mod headers;
 pub mod hosts;
+pub mod linger;
 pub mod path;
 pub mod route;
 pub mod service;

@@ -12,6 +12,7 @@ use tracing::{debug, error};
 use super::access;
 use super::forward::forward;
 use super::framing::Framing;
+use super::linger::FromApp;
 use super::{Dispatch, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -26,6 +27,7 @@ pub async fn handle_request(
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let closes = framing.closes_connection();
+    let request = FromApp::wrap(request, closes);
     let grpc = super::grpc::is_call(&request);
     // `[log] access`: the request's method and path are noted before it is
     // forwarded; when off, this is the route's flag and nothing else.

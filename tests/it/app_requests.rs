@@ -1,7 +1,8 @@
 //! What odd apps send, as raw bytes: uploads that wait for
 //! `100 Continue` (curl does for large ones) meeting an upstream that
-//! rejects the token, early or after reading the body; HTTP/1.0 apps; and
-//! a WebSocket `Upgrade` through a route, which sidekey does not tunnel.
+//! rejects the token, early or after reading the body; HTTP/1.0 apps; a
+//! WebSocket `Upgrade` through a route, which sidekey does not tunnel; and
+//! uploads written whole before the answer is read, refused by sidekey.
 
 use std::time::Duration;
 
@@ -202,4 +203,37 @@ async fn http_1_0_apps_and_upgrade_requests_get_plain_answers() {
     let after = app.read_response(PROMPTLY).await.expect("an answer");
     assert_eq!(after.status, 200);
     assert_eq!(upstream.last_request().expect("forwarded").path, "/after");
+}
+
+/// An app that writes its whole upload before it reads an answer, as
+/// Python's `http.client` (and so `requests`) does.
+async fn upload_then_read(app: &mut RawConn, path: &str, len: usize) -> RawResponse {
+    let head = format!("POST {path} HTTP/1.1\r\nhost: sidekey\r\ncontent-length: {len}\r\n\r\n");
+    app.send(head.as_bytes()).await.expect("write head");
+    app.send(&vec![b'u'; len])
+        .await
+        .expect("the whole upload is taken, not reset");
+    app.read_response(PROMPTLY).await.expect("an answer")
+}
+
+#[tokio::test]
+async fn an_upload_refused_before_it_is_read_gets_the_refusal_not_a_reset() {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let proxy = static_route_proxy(&upstream.url()).await;
+    // More than the sockets' buffers hold: a server that closes with the
+    // rest unread makes the kernel answer the app's writes with a reset.
+    let len = 16 << 20;
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+
+    let refused = upload_then_read(&mut app, "/a/%2e%2e/b", len).await;
+    assert_eq!(refused.status, 400, "{}", refused.body_text());
+    assert_eq!(refused.header("x-sidekey-error"), Some("bad_request"));
+    // Read to its end, the upload leaves the connection usable.
+    let next = upload_then_read(&mut app, "/next", 10).await;
+    assert_eq!(next.status, 200, "{}", next.body_text());
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the second reached the upstream"
+    );
 }
