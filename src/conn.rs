@@ -12,7 +12,8 @@
 //!   the first failure of a streak, then one count a minute, then the
 //!   recovery.
 //! - [`http1`]: the per-connection HTTP/1 settings: request head limit
-//!   (`431` beyond it; more than 100 headers also get `431`) and the idle
+//!   (`431` beyond it; more than 100 headers also get `431`), answers to an
+//!   app that closed its sending side after its request, and the idle
 //!   timeout, which hyper measures from the moment it waits for a request
 //!   head, so it bounds idle keep-alive connections and trickling headers
 //!   alike. Proxy connections measure it themselves, with one timer per
@@ -79,6 +80,10 @@ pub fn http1(limits: &ConnLimits) -> http1::Builder {
         // The read buffer also bounds what one connection holds while a body
         // streams through; hyper's default is ~400 KB.
         .max_buf_size(limits.max_header_bytes.max(MIN_BUF_SIZE))
+        // An app (or probe script) that closes its sending side once its
+        // request is written (`nc -N`) still gets the answer; hyper's
+        // default drops the request at that end of input.
+        .half_close(true)
         .keep_alive(true);
     builder
 }

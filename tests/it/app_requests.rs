@@ -237,3 +237,23 @@ async fn an_upload_refused_before_it_is_read_gets_the_refusal_not_a_reset() {
         "only the second reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn an_app_that_closes_its_sending_side_after_the_request_gets_the_answer() {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let proxy = static_route_proxy(&upstream.url()).await;
+    for request in [
+        // Shorter than an HTTP/2 preface, which the listener looks for.
+        &b"GET /a HTTP/1.1\r\n\r\n"[..],
+        b"POST /b HTTP/1.1\r\nhost: sidekey\r\ncontent-length: 5\r\n\r\nhello",
+    ] {
+        let mut app = RawConn::connect(proxy.route_addr(0)).await;
+        app.send(request).await.expect("write");
+        app.finish_sending().await;
+        assert!(app.closed_within(PROMPTLY).await, "closed after the answer");
+        let answers = app.responses();
+        assert_eq!(answers.len(), 1, "{}", app.text());
+        assert_eq!(answers[0].status, 200, "{}", app.text());
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}

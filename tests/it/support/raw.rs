@@ -84,6 +84,12 @@ impl RawConn {
         Ok(())
     }
 
+    /// Close the sending side (`shutdown(SHUT_WR)`), as `nc -N` and some
+    /// scripts do once their request is written; reading goes on.
+    pub async fn finish_sending(&mut self) {
+        self.tcp.shutdown().await.expect("shutdown(SHUT_WR)");
+    }
+
     /// `GET path` with `Host: sidekey` and nothing else.
     pub async fn send_get(&mut self, path: &str) -> std::io::Result<()> {
         self.send(format!("GET {path} HTTP/1.1\r\nhost: sidekey\r\n\r\n").as_bytes())
