@@ -36,7 +36,9 @@
 //!
 //! `auth_url` may carry a base path (`https://api.inbenta.io/v1`), with or
 //! without a trailing `/`. Every proxied request carries `authorization:
-//! Bearer <accessToken>` and `x-inbenta-key: <api_key>`.
+//! Bearer <accessToken>` and `x-inbenta-key: <api_key>`; an `accessToken`
+//! (or `oauth_token`) that cannot be sent as a Bearer token (see
+//! [`super::bearer`]) is an error to retry, and the token held keeps serving.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,6 +49,7 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, ORIGIN};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
+use super::bearer::bearer_header;
 use super::provider::{ApiMap, FetchError, Provider, Token, api_url};
 use super::settings::{InbentaConfig, InbentaKey};
 use super::token_client::{
@@ -129,10 +132,7 @@ impl InbentaProvider {
             headers.insert(ORIGIN, origin.clone());
         }
         if let Some(oauth) = &oauth {
-            headers.insert(
-                X_OAUTH_TOKEN,
-                sensitive_header(&format!("Bearer {}", oauth.expose()), "oauth_token")?,
-            );
+            headers.insert(X_OAUTH_TOKEN, bearer_header(oauth.expose(), "oauth_token")?);
         }
         let body = Bytes::from(json!({ field: key.expose() }).to_string());
         let mut redact = vec![api_key.expose(), key.expose()];
@@ -150,10 +150,7 @@ impl InbentaProvider {
         let mut headers = base_headers(api_key)?;
         headers.insert(
             AUTHORIZATION,
-            sensitive_header(
-                &format!("Bearer {}", current.value.expose()),
-                "the access token",
-            )?,
+            bearer_header(current.value.expose(), "the access token")?,
         );
         let response = self
             .client
@@ -241,7 +238,7 @@ pub fn parse_token(
     let headers = vec![
         (
             AUTHORIZATION,
-            sensitive_header(&format!("Bearer {access_token}"), "the access token")?,
+            bearer_header(access_token, "the access token")?,
         ),
         (
             X_INBENTA_KEY,

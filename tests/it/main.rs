@@ -47,6 +47,7 @@ mod rotation;
 mod support_selftest;
 mod token_faults;
 mod token_lifecycle;
+mod token_values;
 mod upstream_faults;
 mod upstream_framing;
 mod workers;

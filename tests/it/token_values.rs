@@ -1,0 +1,144 @@
+//! What a token may contain before sidekey sends it. A token endpoint (or a
+//! static token file) can yield anything JSON or a file can hold: control
+//! bytes, tabs, spaces, non-ASCII, a megabyte. Each is refused with a
+//! message that names the problem and never quotes the token, and the token
+//! held before keeps serving; none ever reaches an upstream.
+//!
+//! Engine tests run on tokio's paused clock against real loopback token
+//! servers, so a minute of token life takes no real time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use rustls::RootCertStore;
+use serde_json::{Value, json};
+use tokio::time::sleep;
+
+use sidekey::credential::{CredentialHandle, Credentials};
+use sidekey::metrics::Metrics;
+
+use crate::support::config::{Table, TestConfig, inbenta, oauth2, route};
+use crate::support::token_servers::{
+    InbentaBehaviour, InbentaServer, OAuthBehaviour, OAuthServer, TokenReply,
+};
+use crate::support::upstream::{Upstream, UpstreamOpts};
+
+/// Access tokens no upstream can be sent as `Bearer <token>`, by what is
+/// wrong with them.
+fn unsendable_tokens() -> Vec<(&'static str, String)> {
+    vec![
+        ("a tab", "bad\ttoken".to_owned()),
+        ("a space inside", "bad token".to_owned()),
+        ("a leading space", " badtoken".to_owned()),
+        ("a trailing space", "badtoken ".to_owned()),
+        ("non-ASCII", "bädtoken".to_owned()),
+        ("1 MB", "b".repeat(1_000_000)),
+    ]
+}
+
+/// `credential` started alone, with the test servers' client credentials.
+fn start(credential: Table) -> (Credentials, Arc<CredentialHandle>) {
+    let config = TestConfig::new()
+        .env("CLIENT_ID", "test-client")
+        .env("CLIENT_SECRET", "test-client-secret")
+        .env("INBENTA_API_KEY", "test-api-key")
+        .env("INBENTA_SECRET", "test-secret")
+        .with(credential)
+        .parse();
+    let credentials =
+        Credentials::start(&config, &RootCertStore::empty(), &Metrics::new()).expect("credentials");
+    let handle = credentials.get("api").expect("credential api").clone();
+    (credentials, handle)
+}
+
+/// The `authorization` value a handle hands out now.
+fn authorization(handle: &CredentialHandle) -> String {
+    let published = handle.current().expect("a valid token");
+    let (_, value) = published
+        .headers
+        .iter()
+        .find(|(name, _)| name == "authorization")
+        .expect("an authorization header");
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+/// The renewal answered `bad` (after `good` with a 60 s life): the good
+/// token still serves, and the failure names the access token, not its text.
+async fn assert_renewal_refused(handle: &CredentialHandle, what: &str, bad: &str) {
+    handle
+        .wait_for_newer(0, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: first token: {e}"));
+    // Renewal is due 15 s before the end of the 60 s life.
+    sleep(Duration::from_secs(50)).await;
+    assert_eq!(
+        authorization(handle),
+        "Bearer good-1",
+        "{what}: the token refused must not replace the good one"
+    );
+    let report = handle.report();
+    let error = report
+        .last_error
+        .clone()
+        .unwrap_or_else(|| panic!("{what}: no failure recorded: {report:?}"));
+    assert!(error.contains("access token"), "{what}: {error}");
+    let shown = bad.trim();
+    assert!(
+        !error.contains(&shown[..shown.len().min(8)]),
+        "{what}: the message quotes the token: {error}"
+    );
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn oauth_tokens_that_cannot_be_sent_as_bearer_are_refused_and_the_old_one_kept() {
+    for (what, bad) in unsendable_tokens() {
+        let server = OAuthServer::start(OAuthBehaviour::default()).await;
+        let answer = |token: &str| json!({"access_token": token, "expires_in": 60});
+        server.push_reply(TokenReply::json(200, answer("good-1")));
+        server.set_reply(Some(TokenReply::json(200, answer(&bad))));
+        let (_credentials, handle) = start(oauth2("api", &server.url()));
+        assert_renewal_refused(&handle, what, &bad).await;
+    }
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn inbenta_tokens_that_cannot_be_sent_as_bearer_are_refused_and_the_old_one_kept() {
+    for (what, bad) in unsendable_tokens() {
+        let server = InbentaServer::start(InbentaBehaviour::default()).await;
+        let answer = |token: &str| json!({"accessToken": token, "expires_in": 60});
+        server.push_reply(None, TokenReply::json(200, answer("good-1")));
+        server.set_reply(None, Some(TokenReply::json(200, answer(&bad))));
+        let (_credentials, handle) = start(inbenta("api", &server.url()));
+        assert_renewal_refused(&handle, what, &bad).await;
+    }
+}
+
+#[tokio::test]
+async fn a_first_token_that_cannot_be_sent_never_reaches_the_upstream() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let huge: Value = json!({"access_token": "b".repeat(1_000_000), "expires_in": 60});
+    server.set_reply(Some(TokenReply::json(200, huge)));
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let proxy = TestConfig::new()
+        .env("CLIENT_ID", "test-client")
+        .env("CLIENT_SECRET", "test-client-secret")
+        .with(oauth2("api", &server.url()))
+        .with(route(&upstream.url(), "api"))
+        .start()
+        .await;
+    let response = proxy.get("/x").await;
+    assert_eq!(
+        response.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        response.text()
+    );
+    let message = response.json()["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("access token"), "{message}");
+    assert!(!message.contains("bbbbbbbb"), "{message}");
+    assert!(
+        upstream.requests().is_empty(),
+        "the token was sent upstream"
+    );
+}
