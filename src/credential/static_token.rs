@@ -1,18 +1,24 @@
 //! `type = "static"`: a fixed token from `{ env }`, `{ file }` or a literal,
 //! sent as `HEADER: SCHEME TOKEN` (or the raw token when `scheme = ""`).
+//! The token must be one a header carries unchanged ([`super::bearer`]):
+//! visible ASCII, at most 64 KiB; a raw value may also hold spaces between
+//! its words, never at either end.
 //!
 //! The token never expires. A `{ file = … }` token is read again every
 //! second ([`Provider::poll_interval`]), so a rotated Kubernetes secret
 //! (mounted files are symlinks into a `..data` directory that the kubelet
 //! swaps) is picked up: the path is resolved anew on each read. The engine
 //! publishes a new token only when the value changed, and keeps the old one
-//! when a re-read fails.
+//! when a re-read fails or yields a value that cannot be sent (an emptied
+//! or half-written file, a directory, a dangling link), with one warning
+//! until the file is readable again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use super::bearer::check_token;
 use super::provider::{FetchError, Provider, Token};
 use super::settings::StaticConfig;
 use crate::secret::{EnvSource, SecretError, SecretRef};
@@ -59,6 +65,9 @@ impl StaticProvider {
 impl Provider for StaticProvider {
     async fn fetch(&self, _current: Option<&Token>) -> Result<Token, FetchError> {
         let value = self.token.resolve(self.env.as_ref())?;
+        // A raw value (`scheme = ""`) may be `SCHEME TOKEN` itself.
+        let what = format!("the token in {}", self.token.describe());
+        check_token(value.expose(), &what, self.scheme.is_empty())?;
         let text = if self.scheme.is_empty() {
             value.expose().to_owned()
         } else {

@@ -18,7 +18,10 @@ use tokio::time::sleep;
 use sidekey::credential::{CredentialHandle, Credentials};
 use sidekey::metrics::Metrics;
 
-use crate::support::config::{Table, TestConfig, inbenta, oauth2, route};
+use crate::support::config::{
+    Table, TestConfig, inbenta, oauth2, route, static_token, toml_path, toml_str,
+};
+use crate::support::logs;
 use crate::support::token_servers::{
     InbentaBehaviour, InbentaServer, OAuthBehaviour, OAuthServer, TokenReply,
 };
@@ -141,4 +144,114 @@ async fn a_first_token_that_cannot_be_sent_never_reaches_the_upstream() {
         upstream.requests().is_empty(),
         "the token was sent upstream"
     );
+}
+
+// ---- static token files ---------------------------------------------------------
+
+/// `[credentials.api]`, type `static`, its token read from the file at `path`.
+fn static_file(path: &std::path::Path, scheme: Option<&str>) -> Table {
+    let table =
+        static_token("api", "UNUSED").line(&format!("token = {{ file = {} }}", toml_path(path)));
+    match scheme {
+        Some(scheme) => table.line(&format!("scheme = {}", toml_str(scheme))),
+        None => table,
+    }
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_static_token_file_that_cannot_be_sent_keeps_the_token_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("token");
+    let bearer = [
+        ("a space inside", "zq9 x7"),
+        ("a trailing space", "zq9x7 "),
+        ("non-ASCII", "tökén"),
+    ];
+    let raw = [("a leading space", " SSWS abc"), ("non-ASCII", "SSWS ä")];
+    let huge = "t".repeat(1_000_000);
+    let cases = bearer
+        .iter()
+        .map(|(what, value)| (None, *what, *value, "Bearer good"))
+        .chain(
+            raw.iter()
+                .map(|(what, value)| (Some(""), *what, *value, "SSWS good")),
+        )
+        .chain([(None, "1 MB", huge.as_str(), "Bearer good")]);
+    for (scheme, what, bad, good) in cases {
+        let initial = good.strip_prefix("Bearer ").unwrap_or(good);
+        std::fs::write(&path, initial).expect("write");
+        let (_credentials, handle) = start(static_file(&path, scheme));
+        handle
+            .wait_for_newer(0, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        std::fs::write(&path, bad).expect("write");
+        sleep(Duration::from_secs(3)).await;
+        assert_eq!(authorization(&handle), good, "{what}: {scheme:?}");
+        let error = handle.report().last_error.unwrap_or_default();
+        assert!(
+            error.contains(&path.display().to_string()),
+            "{what}: {error}"
+        );
+        assert!(!error.contains(bad.trim()), "{what}: {error}");
+    }
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_static_token_file_broken_in_place_keeps_the_token_with_one_warning_each_time() {
+    let (logs, _guard) = logs::capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "tok-0\n").expect("write");
+    let (_credentials, handle) = start(static_file(&path, None));
+    handle
+        .wait_for_newer(0, Duration::from_secs(5))
+        .await
+        .expect("first token");
+    let faults: [(&str, fn(&std::path::Path)); 4] = [
+        // A non-atomic rewrite: truncated now, written a moment later.
+        ("truncated", |path| {
+            std::fs::write(path, "").expect("truncate")
+        }),
+        ("only a newline", |path| {
+            std::fs::write(path, "\n").expect("write")
+        }),
+        ("a directory", |path| {
+            std::fs::remove_file(path).expect("remove");
+            std::fs::create_dir(path).expect("mkdir");
+        }),
+        ("a dangling symlink", |path| {
+            std::fs::remove_file(path).expect("remove");
+            std::os::unix::fs::symlink(path.with_extension("gone"), path).expect("symlink");
+        }),
+    ];
+    for (round, (what, break_it)) in faults.into_iter().enumerate() {
+        let warnings = logs.lines_with(&["WARN", "token request failed"]).len();
+        break_it(&path);
+        sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            authorization(&handle),
+            format!("Bearer tok-{round}"),
+            "{what}"
+        );
+        assert_eq!(
+            logs.lines_with(&["WARN", "token request failed"]).len(),
+            warnings + 1,
+            "{what}: one warning per broken streak:\n{}",
+            logs.text()
+        );
+        // Written again: the next read publishes it.
+        if path.is_dir() {
+            std::fs::remove_dir(&path).expect("rmdir");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+        std::fs::write(&path, format!("tok-{}\n", round + 1)).expect("write");
+        sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            authorization(&handle),
+            format!("Bearer tok-{}", round + 1),
+            "{what}"
+        );
+    }
 }
