@@ -13,7 +13,8 @@ use std::time::Duration;
 use http::StatusCode;
 use rustls::RootCertStore;
 use serde_json::{Value, json};
-use tokio::time::sleep;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, sleep};
 
 use sidekey::credential::{CredentialHandle, Credentials};
 use sidekey::metrics::Metrics;
@@ -254,4 +255,89 @@ async fn a_static_token_file_broken_in_place_keeps_the_token_with_one_warning_ea
             "{what}"
         );
     }
+}
+
+// ---- answers that are not plain JSON -----------------------------------------------
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_byte_order_mark_is_read_past_and_a_compressed_answer_is_named() {
+    let json = |body: &str| {
+        TokenReply::text(200, body.to_owned()).header("content-type", "application/json")
+    };
+    // Windows servers may put a UTF-8 byte order mark before the JSON.
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    server.set_reply(Some(json(
+        "\u{feff}{\"access_token\":\"bom-token\",\"expires_in\":60}",
+    )));
+    let (_credentials, handle) = start(oauth2("api", &server.url()));
+    handle
+        .wait_for_newer(0, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("an answer with a BOM: {e}"));
+    assert_eq!(authorization(&handle), "Bearer bom-token");
+
+    // sidekey asks for no compression; a server that compresses anyway is
+    // told apart from one that sends something other than JSON.
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let gzip_bytes = vec![0x1f_u8, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
+    server.set_reply(Some(
+        TokenReply::text(200, gzip_bytes)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip"),
+    ));
+    let (_credentials, handle) = start(oauth2("api", &server.url()));
+    sleep(Duration::from_millis(500)).await;
+    let error = handle.report().last_error.unwrap_or_default();
+    assert!(error.contains("content-encoding gzip"), "{error}");
+}
+
+/// A token endpoint that answers `200` with a 4 KB body announced in full
+/// and sent one byte every 100 ms, on every connection.
+async fn trickling_token_endpoint() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0; 8192];
+                let _ = stream.read(&mut request).await;
+                let body = format!("{{\"access_token\":\"{}\"}}", "t".repeat(4000));
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                for byte in body.bytes() {
+                    if stream.write_all(&[byte]).await.is_err() {
+                        return;
+                    }
+                    sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_answer_trickled_byte_by_byte_ends_at_the_request_timeout() {
+    let addr = trickling_token_endpoint().await;
+    let credential = oauth2("api", &format!("http://{addr}/oauth/token")).line(r#"timeout = "2s""#);
+    let started = Instant::now();
+    let (_credentials, handle) = start(credential);
+    sleep(Duration::from_millis(2500)).await;
+    let report = handle.report();
+    let attempt = report.last_attempt.as_ref().expect("an attempt ended");
+    assert!(!attempt.succeeded);
+    // The timeout covers the whole exchange, body included: the byte that
+    // arrives every 100 ms does not keep the request going.
+    assert!(
+        attempt.took >= Duration::from_secs(2) && attempt.took < Duration::from_millis(2200),
+        "{report:?}"
+    );
+    let error = report.last_error.unwrap_or_default();
+    assert!(error.contains("timed out after 2s"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(3));
 }
