@@ -198,6 +198,9 @@ async fn a_static_token_file_that_cannot_be_sent_keeps_the_token_held() {
     }
 }
 
+/// What is done to a token file, and how.
+type FileFault = (&'static str, fn(&std::path::Path));
+
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn a_static_token_file_broken_in_place_keeps_the_token_with_one_warning_each_time() {
     let (logs, _guard) = logs::capture();
@@ -209,7 +212,7 @@ async fn a_static_token_file_broken_in_place_keeps_the_token_with_one_warning_ea
         .wait_for_newer(0, Duration::from_secs(5))
         .await
         .expect("first token");
-    let faults: [(&str, fn(&std::path::Path)); 4] = [
+    let faults: [FileFault; 4] = [
         // A non-atomic rewrite: truncated now, written a moment later.
         ("truncated", |path| {
             std::fs::write(path, "").expect("truncate")
