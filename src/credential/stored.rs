@@ -3,10 +3,13 @@
 //! for how long) and under which key.
 //!
 //! The key is a SHA-256 of the credential's identity — its type, token URL
-//! (or Inbenta auth URL), client id (or API key), audience, scope and
-//! flow — so replicas and restarts with the same credential share it
-//! whatever the credential's name; the client id and API key are only ever
-//! hashed. Static credentials are not cached (their token is the file's).
+//! (or Inbenta auth URL), client id (or API key), audience, scope,
+//! resource, and for a token exchange the subject (its `iss` and `sub`, or
+//! the whole subject token when it is not a JWT); Inbenta's flow and origin
+//! — so replicas and restarts with the same credential share it whatever
+//! the credential's name, and a credential never adopts a token obtained
+//! for another resource, grant or subject; the client id, API key and
+//! subject token are only ever hashed. Static credentials are not cached (their token is the file's).
 //!
 //! The engine calls it twice per token request: [`TokenStore::claim`]
 //! before (adopt a stored token that is not due for renewal
@@ -26,8 +29,9 @@ use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::assertion::jwt_claims;
 use super::provider::{Token, api_url};
-use super::settings::{CredentialConfig, CredentialKind, InbentaKey};
+use super::settings::{CredentialConfig, CredentialKind, Grant, InbentaKey, OAuth2Config};
 use super::timing;
 use crate::cache::{Lock, Seen, TokenCache};
 use crate::secret::{EnvSource, Secret};
@@ -102,6 +106,8 @@ impl TokenStore {
                 oauth2.client_id.resolve(env).ok()?.expose().into(),
                 oauth2.audience.clone().unwrap_or_default(),
                 oauth2.scope.clone().unwrap_or_default(),
+                oauth2.resource.clone().unwrap_or_default(),
+                subject(oauth2, env)?,
             ]),
             CredentialKind::Inbenta(inbenta) => identity.extend([
                 "inbenta".into(),
@@ -240,6 +246,30 @@ fn entry(token: &Token, age: Duration) -> Option<(Vec<u8>, SystemTime)> {
 fn millis(at: SystemTime) -> u64 {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whose token an `oauth2` credential obtains: empty for the client
+/// credentials grant (the client's own); for a token exchange, the subject
+/// token's type and its `iss` and `sub` claims (every rotation of one
+/// service account's token stands for the same subject), or the whole
+/// subject token when it is not a JWT that names both. `None` when the
+/// subject token cannot be read now.
+fn subject(oauth2: &OAuth2Config, env: &dyn EnvSource) -> Option<String> {
+    let source = match (oauth2.grant, &oauth2.subject_token) {
+        (Grant::TokenExchange, Some(source)) => source,
+        (Grant::ClientCredentials, _) | (Grant::TokenExchange, None) => return Some(String::new()),
+    };
+    let token = source.resolve(env).ok()?;
+    let kind = oauth2.subject_token_type.as_deref().unwrap_or_default();
+    let claims = jwt_claims(token.expose());
+    let claim = |name: &str| {
+        let value = claims.as_ref()?.get(name)?.as_str()?;
+        Some(value.to_owned())
+    };
+    Some(match (claim("iss"), claim("sub")) {
+        (Some(iss), Some(sub)) => format!("exchange\0{kind}\0jwt\0{iss}\0{sub}"),
+        _ => format!("exchange\0{kind}\0token\0{}", token.expose()),
+    })
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ mod providers;
 mod proxy;
 mod renewal;
 mod rotation;
+mod shared_client;
 mod support_selftest;
 mod token_faults;
 mod token_lifecycle;
