@@ -49,7 +49,7 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, ORIGIN};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
-use super::bearer::bearer_header;
+use super::bearer::{bearer_header, token_text};
 use super::provider::{ApiMap, FetchError, Provider, Token, api_url};
 use super::settings::{InbentaConfig, InbentaKey};
 use super::token_client::{
@@ -211,6 +211,7 @@ pub fn parse_token(
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| transient("Inbenta answer has no accessToken".to_owned()))?;
+    let access_token = token_text(access_token, "the access token", false)?;
     let lifetime = match lifetime_field(json.get("expires_in"), "expires_in")? {
         Some(lifetime) => lifetime,
         None => match unix_time_field(json.get("expiration"), "expiration")? {

@@ -49,7 +49,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::assertion::jwt_exp;
-use super::bearer::bearer_header;
+use super::bearer::{bearer_header, token_text};
 use super::client_auth::ClientAuthenticator;
 use super::provider::{FetchError, Provider, Token};
 use super::settings::{BodyFormat, Grant, OAuth2Config};
@@ -240,6 +240,7 @@ pub fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Toke
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| transient("token endpoint answer has no access_token".to_owned()))?;
+    let access_token = token_text(access_token, "the access token", false)?;
     match json.get("token_type") {
         None | Some(Value::Null) => {}
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}

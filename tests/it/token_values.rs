@@ -1,8 +1,10 @@
 //! What a token may contain before sidekey sends it. A token endpoint (or a
 //! static token file) can yield anything JSON or a file can hold: control
-//! bytes, tabs, spaces, non-ASCII, a megabyte. Each is refused with a
-//! message that names the problem and never quotes the token, and the token
-//! held before keeps serving; none ever reaches an upstream.
+//! bytes, tabs, spaces, non-ASCII, a megabyte. Spaces around a token are
+//! dropped, as a receiver drops them around a header value; anything else
+//! that cannot be sent as one token is refused with a message that names
+//! the problem and never quotes the token, and the token held before keeps
+//! serving; none ever reaches an upstream.
 //!
 //! Engine tests run on tokio's paused clock against real loopback token
 //! servers, so a minute of token life takes no real time.
@@ -34,8 +36,6 @@ fn unsendable_tokens() -> Vec<(&'static str, String)> {
     vec![
         ("a tab", "bad\ttoken".to_owned()),
         ("a space inside", "bad token".to_owned()),
-        ("a leading space", " badtoken".to_owned()),
-        ("a trailing space", "badtoken ".to_owned()),
         ("non-ASCII", "bädtoken".to_owned()),
         ("1 MB", "b".repeat(1_000_000)),
     ]
@@ -107,6 +107,32 @@ async fn oauth_tokens_that_cannot_be_sent_as_bearer_are_refused_and_the_old_one_
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn spaces_around_a_token_are_dropped_as_a_receiver_drops_them() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let answer = |token: &str| json!({"access_token": token, "expires_in": 60});
+    server.push_reply(TokenReply::json(200, answer(" \tpadded-1 ")));
+    server.set_reply(Some(TokenReply::json(200, answer("padded-2\t"))));
+    let (_credentials, handle) = start(oauth2("api", &server.url()));
+    handle
+        .wait_for_newer(0, Duration::from_secs(5))
+        .await
+        .expect("first token");
+    assert_eq!(authorization(&handle), "Bearer padded-1");
+    sleep(Duration::from_secs(50)).await;
+    assert_eq!(authorization(&handle), "Bearer padded-2");
+
+    let server = InbentaServer::start(InbentaBehaviour::default()).await;
+    let answer = json!({"accessToken": "padded-3 ", "expires_in": 60});
+    server.set_reply(None, Some(TokenReply::json(200, answer)));
+    let (_credentials, handle) = start(inbenta("api", &server.url()));
+    handle
+        .wait_for_newer(0, Duration::from_secs(5))
+        .await
+        .expect("first token");
+    assert_eq!(authorization(&handle), "Bearer padded-3");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn inbenta_tokens_that_cannot_be_sent_as_bearer_are_refused_and_the_old_one_kept() {
     for (what, bad) in unsendable_tokens() {
         let server = InbentaServer::start(InbentaBehaviour::default()).await;
@@ -165,10 +191,10 @@ async fn a_static_token_file_that_cannot_be_sent_keeps_the_token_held() {
     let path = dir.path().join("token");
     let bearer = [
         ("a space inside", "zq9 x7"),
-        ("a trailing space", "zq9x7 "),
+        ("a tab inside", "zq9\tx7"),
         ("non-ASCII", "tökén"),
     ];
-    let raw = [("a leading space", " SSWS abc"), ("non-ASCII", "SSWS ä")];
+    let raw = [("a tab", "SSWS\tabc"), ("non-ASCII", "SSWS ä")];
     let huge = "t".repeat(1_000_000);
     let cases = bearer
         .iter()
@@ -195,6 +221,11 @@ async fn a_static_token_file_that_cannot_be_sent_keeps_the_token_held() {
             "{what}: {error}"
         );
         assert!(!error.contains(bad.trim()), "{what}: {error}");
+        // Spaces around it are dropped, spaces inside a raw value kept.
+        std::fs::write(&path, format!(" {initial}2 \n")).expect("write");
+        sleep(Duration::from_secs(2)).await;
+        let expected = format!("{good}2");
+        assert_eq!(authorization(&handle), expected, "{what}: {scheme:?}");
     }
 }
 
