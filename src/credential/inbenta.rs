@@ -38,7 +38,8 @@
 //! without a trailing `/`. Every proxied request carries `authorization:
 //! Bearer <accessToken>` and `x-inbenta-key: <api_key>`; an `accessToken`
 //! (or `oauth_token`) that cannot be sent as a Bearer token (see
-//! [`super::bearer`]) is an error to retry, and the token held keeps serving.
+//! [`super::bearer`]) is an error to retry, and the token held keeps serving;
+//! so is an `api_key` that cannot be sent as one token.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -169,6 +170,8 @@ impl InbentaProvider {
 impl Provider for InbentaProvider {
     async fn fetch(&self, current: Option<&Token>) -> Result<Token, FetchError> {
         let api_key = self.config.api_key.resolve(&*self.env)?;
+        // Sent in x-inbenta-key with every request: one token, like the access token.
+        let api_key = Secret::new(token_text(api_key.expose(), "api_key", false)?);
         if let Some(current) = current {
             match self.refresh(&api_key, current).await {
                 Ok(token) => return Ok(token),

@@ -375,3 +375,32 @@ async fn an_answer_trickled_byte_by_byte_ends_at_the_request_timeout() {
     assert!(error.contains("timed out after 2s"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_inbenta_api_key_that_cannot_be_sent_is_refused_before_any_request() {
+    for (what, key) in [
+        ("non-ASCII", "test-api-kéy"),
+        ("a space inside", "test api-key"),
+    ] {
+        let server = InbentaServer::start(InbentaBehaviour {
+            api_key: key.to_owned(),
+            ..InbentaBehaviour::default()
+        })
+        .await;
+        let table = inbenta("api", &server.url()).line(r#"api_key = { env = "ODD_API_KEY" }"#);
+        let config = TestConfig::new()
+            .env("ODD_API_KEY", key)
+            .env("INBENTA_SECRET", "test-secret")
+            .with(table)
+            .parse();
+        let credentials = Credentials::start(&config, &RootCertStore::empty(), &Metrics::new())
+            .expect("credentials");
+        let handle = credentials.get("api").expect("credential api").clone();
+        sleep(Duration::from_millis(500)).await;
+        assert!(handle.current().is_err(), "{what}: the key was sent");
+        assert_eq!(server.calls(), 0, "{what}: the key was sent to /auth");
+        let error = handle.report().last_error.unwrap_or_default();
+        assert!(error.contains("api_key"), "{what}: {error}");
+        assert!(!error.contains("test"), "{what}: {error}");
+    }
+}
