@@ -9,9 +9,9 @@
 //! (mounted files are symlinks into a `..data` directory that the kubelet
 //! swaps) is picked up: the path is resolved anew on each read. The engine
 //! publishes a new token only when the value changed, and keeps the old one
-//! when a re-read fails or yields a value that cannot be sent (an emptied
-//! or half-written file, a directory, a dangling link), with one warning
-//! until the file is readable again.
+//! when a re-read fails or yields a value that cannot be sent (a file
+//! emptied, as a rewrite in place leaves it for a moment; a directory; a
+//! dangling link), with one warning until the file is readable again.
 
 use std::sync::Arc;
 use std::time::Duration;
