@@ -404,3 +404,48 @@ async fn an_inbenta_api_key_that_cannot_be_sent_is_refused_before_any_request() 
         assert!(!error.contains("test"), "{what}: {error}");
     }
 }
+
+#[test]
+fn check_refuses_a_token_that_cannot_be_sent_naming_its_key() {
+    let static_api = |value: &str, scheme: &str| {
+        TestConfig::new()
+            .env("ODD", value)
+            .with(static_token("api", "ODD").line(&format!("scheme = {}", toml_str(scheme))))
+            .with(route("https://api.example.com", "api"))
+    };
+    let inbenta_api = |key: &str| {
+        TestConfig::new()
+            .env("INBENTA_API_KEY", key)
+            .env("INBENTA_SECRET", "test-secret")
+            .with(inbenta("api", "https://auth.example.com/v1"))
+            .with(route("https://api.example.com", "api"))
+    };
+    let cases = [
+        (
+            "credentials.api.token",
+            static_api("zq9 x7", "Bearer"),
+            "a space at byte 3",
+        ),
+        (
+            "credentials.api.token",
+            static_api("SSWS zq9\tx7", ""),
+            "a tab at byte 8",
+        ),
+        (
+            "credentials.api.api_key",
+            inbenta_api("zq9x7é"),
+            "a non-ASCII character at byte 5",
+        ),
+    ];
+    for (key, config, expected) in cases {
+        let errors = config.checked().expect_err(key).to_string();
+        assert!(
+            errors.contains(key) && errors.contains(expected),
+            "{errors}"
+        );
+        assert!(!errors.contains("zq9"), "{errors}");
+    }
+    // Spaces around a token, or between the words of a raw value, are fine.
+    assert!(static_api(" zq9x7 ", "Bearer").checked().is_ok());
+    assert!(static_api("SSWS zq9x7", "").checked().is_ok());
+}
