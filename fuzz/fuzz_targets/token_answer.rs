@@ -11,10 +11,10 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use sidekey::secret::Secret;
 use sidekey::credential::bearer::MAX_TOKEN_BYTES;
 use sidekey::credential::token_client::TokenResponse;
 use sidekey::credential::{FetchError, Token, inbenta, oauth2};
+use sidekey::secret::Secret;
 
 const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
 
