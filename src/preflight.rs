@@ -1,6 +1,7 @@
 //! The checks made once before anything binds — by `check`, by `run` and by
 //! a reload: there is something to serve, every secret reference resolves
-//! (variable set, file readable, value usable) and every TLS file loads and
+//! (variable set, file readable, value usable; a token sent in a header can
+//! be sent as one token) and every TLS file loads and
 //! fits its use, and the `[cache]` key is 32 bytes of base64. What those
 //! files hold is kept in the [`Checked`] configuration (trust roots, each
 //! route's listener and upstream TLS configuration); serving reads them again
@@ -18,8 +19,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::cache::{CacheError, TokenCache};
 use crate::config::{Config, ConfigError, ConfigErrors, Key};
-use crate::credential::client_auth;
 use crate::credential::settings::CredentialKind;
+use crate::credential::{bearer, client_auth};
 use crate::rotating::{self, Reread, Trust};
 use crate::secret::SecretRef;
 use crate::tls::{self, UpstreamTls};
@@ -73,12 +74,11 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
                 continue;
             }
             let key = table.then(field);
-            noted(
-                &mut errors,
-                &config,
-                key,
-                secret.resolve(config.env.as_ref()),
-            );
+            let value = secret
+                .resolve(config.env.as_ref())
+                .map_err(|e| e.to_string());
+            let usable = value.and_then(|value| sendable(&credential.kind, field, value.expose()));
+            noted(&mut errors, &config, key, usable);
         }
     }
     if let Some(cache) = &config.cache
@@ -191,6 +191,21 @@ pub fn preflight(config: Config) -> Result<Checked, ConfigErrors> {
         rotating: watched,
         routes,
     })
+}
+
+/// Whether the value of `field` can be sent as the one token it is sent
+/// as: a static `token`, Inbenta's `api_key` and `oauth_token`
+/// ([`bearer::token_text`]); the other secrets go in bodies or are keys.
+fn sendable(kind: &CredentialKind, field: &str, value: &str) -> Result<(), String> {
+    let raw = match (kind, field) {
+        (CredentialKind::Static(fixed), "token") => fixed.scheme.is_empty(),
+        (CredentialKind::Inbenta(_), "api_key" | "oauth_token") => false,
+        _ => return Ok(()),
+    };
+    match bearer::token_text(value, "the value", raw) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// `result`'s value, or `None` with its error noted against `key`.

@@ -1,7 +1,8 @@
 //! A token endpoint's answer, whatever it is, through the steps every
 //! provider takes: status classification (with `Retry-After`), the JSON
 //! body, then the OAuth 2.0 and the Inbenta token parsers. Never a panic;
-//! a token's lifetime is at most a year; the bearer header carries the token.
+//! a token's lifetime is at most a year; the bearer header carries the
+//! token, which is visible ASCII and at most 64 KiB.
 #![no_main]
 
 use std::time::Duration;
@@ -10,9 +11,10 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use sidekey::secret::Secret;
+use sidekey::credential::bearer::MAX_TOKEN_BYTES;
 use sidekey::credential::token_client::TokenResponse;
 use sidekey::credential::{FetchError, Token, inbenta, oauth2};
+use sidekey::secret::Secret;
 
 const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -34,8 +36,12 @@ fn check(token: Result<Token, FetchError>) {
                 lifetime > Duration::ZERO && lifetime <= YEAR,
                 "{lifetime:?}"
             );
+            // One token a header carries unchanged: visible ASCII, 64 KiB at most.
+            let value = token.value.expose();
+            assert!(!value.is_empty() && value.len() <= MAX_TOKEN_BYTES);
+            assert!(value.bytes().all(|byte| byte.is_ascii_graphic()));
             let header = token.headers[0].1.to_str().unwrap_or_default();
-            assert!(header.ends_with(token.value.expose()));
+            assert_eq!(header, format!("Bearer {value}"));
         }
         Err(error) => {
             let _ = error.to_string();

@@ -387,14 +387,22 @@ impl AssertionSigner {
 /// The `exp` claim of a JWT (`header.payload.signature`), unverified, in
 /// Unix seconds; `None` when the token is not a JWT or `exp` is not a number.
 pub fn jwt_exp(token: &str) -> Option<f64> {
+    jwt_claims(token)?
+        .get("exp")?
+        .as_f64()
+        .filter(|exp| exp.is_finite())
+}
+
+/// The claims of a JWT (`header.payload.signature`), unverified; `None`
+/// when the token is not a JWT with a JSON payload.
+pub fn jwt_claims(token: &str) -> Option<Value> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
     let bytes = URL_SAFE_NO_PAD_INDIFFERENT.decode(payload).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("exp")?.as_f64().filter(|exp| exp.is_finite())
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

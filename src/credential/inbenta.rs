@@ -36,7 +36,10 @@
 //!
 //! `auth_url` may carry a base path (`https://api.inbenta.io/v1`), with or
 //! without a trailing `/`. Every proxied request carries `authorization:
-//! Bearer <accessToken>` and `x-inbenta-key: <api_key>`.
+//! Bearer <accessToken>` and `x-inbenta-key: <api_key>`; an `accessToken`
+//! (or `oauth_token`) that cannot be sent as a Bearer token (see
+//! [`super::bearer`]) is an error to retry, and the token held keeps serving;
+//! so is an `api_key` that cannot be sent as one token.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,6 +50,7 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, ORIGIN};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::{Value, json};
 
+use super::bearer::{bearer_header, token_text};
 use super::provider::{ApiMap, FetchError, Provider, Token, api_url};
 use super::settings::{InbentaConfig, InbentaKey};
 use super::token_client::{
@@ -129,10 +133,7 @@ impl InbentaProvider {
             headers.insert(ORIGIN, origin.clone());
         }
         if let Some(oauth) = &oauth {
-            headers.insert(
-                X_OAUTH_TOKEN,
-                sensitive_header(&format!("Bearer {}", oauth.expose()), "oauth_token")?,
-            );
+            headers.insert(X_OAUTH_TOKEN, bearer_header(oauth.expose(), "oauth_token")?);
         }
         let body = Bytes::from(json!({ field: key.expose() }).to_string());
         let mut redact = vec![api_key.expose(), key.expose()];
@@ -150,10 +151,7 @@ impl InbentaProvider {
         let mut headers = base_headers(api_key)?;
         headers.insert(
             AUTHORIZATION,
-            sensitive_header(
-                &format!("Bearer {}", current.value.expose()),
-                "the access token",
-            )?,
+            bearer_header(current.value.expose(), "the access token")?,
         );
         let response = self
             .client
@@ -172,6 +170,8 @@ impl InbentaProvider {
 impl Provider for InbentaProvider {
     async fn fetch(&self, current: Option<&Token>) -> Result<Token, FetchError> {
         let api_key = self.config.api_key.resolve(&*self.env)?;
+        // Sent in x-inbenta-key with every request: one token, like the access token.
+        let api_key = Secret::new(token_text(api_key.expose(), "api_key", false)?);
         if let Some(current) = current {
             match self.refresh(&api_key, current).await {
                 Ok(token) => return Ok(token),
@@ -214,6 +214,7 @@ pub fn parse_token(
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| transient("Inbenta answer has no accessToken".to_owned()))?;
+    let access_token = token_text(access_token, "the access token", false)?;
     let lifetime = match lifetime_field(json.get("expires_in"), "expires_in")? {
         Some(lifetime) => lifetime,
         None => match unix_time_field(json.get("expiration"), "expiration")? {
@@ -241,7 +242,7 @@ pub fn parse_token(
     let headers = vec![
         (
             AUTHORIZATION,
-            sensitive_header(&format!("Bearer {access_token}"), "the access token")?,
+            bearer_header(access_token, "the access token")?,
         ),
         (
             X_INBENTA_KEY,

@@ -6,7 +6,8 @@
 //! `ArcSwap` load of prebuilt header values), the [`Provider`] trait each
 //! credential type implements (`inbenta`, `oauth2`, `static`, dispatched
 //! through [`AnyProvider`]; `oauth2` client authentication without a secret
-//! is in [`client_auth`] and [`assertion`]), and the renewal engine ([`engine`]) that runs one
+//! is in [`client_auth`] and [`assertion`]; what a token may contain is
+//! [`bearer`]), and the renewal engine ([`engine`]) that runs one
 //! supervised task per credential: first token before readiness, renewal
 //! before expiry, backoff on failure ([`timing`] has the exact rules), and
 //! renewal on demand when an upstream rejects a token ([`rejection`] decides
@@ -33,6 +34,7 @@
 
 pub mod any;
 pub mod assertion;
+pub mod bearer;
 pub mod client_auth;
 pub mod engine;
 pub mod handle;

@@ -35,7 +35,9 @@
 //! word on its own token's expiry is read) relative to the system clock;
 //! without that, `default_ttl`. Lifetimes are clamped to a year.
 //!
-//! Every request carries `authorization: Bearer <access_token>`.
+//! Every request carries `authorization: Bearer <access_token>`; an access
+//! token that cannot be sent so (see [`super::bearer`]) is an error to
+//! retry, and the token held keeps serving.
 
 use std::fmt;
 use std::sync::Arc;
@@ -47,12 +49,12 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::assertion::jwt_exp;
+use super::bearer::{bearer_header, token_text};
 use super::client_auth::ClientAuthenticator;
 use super::provider::{FetchError, Provider, Token};
 use super::settings::{BodyFormat, Grant, OAuth2Config};
 use super::token_client::{
-    MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header,
-    transient, unix_now,
+    MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, transient, unix_now,
 };
 use crate::secret::{EnvSource, Secret, SecretRef};
 
@@ -238,6 +240,7 @@ pub fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Toke
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| transient("token endpoint answer has no access_token".to_owned()))?;
+    let access_token = token_text(access_token, "the access token", false)?;
     match json.get("token_type") {
         None | Some(Value::Null) => {}
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
@@ -264,7 +267,7 @@ pub fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Toke
             None => default_ttl.min(MAX_LIFETIME),
         },
     };
-    let bearer = sensitive_header(&format!("Bearer {access_token}"), "the access token")?;
+    let bearer = bearer_header(access_token, "the access token")?;
     Ok(Token {
         value: Secret::new(access_token),
         lifetime: Some(lifetime),

@@ -1,21 +1,27 @@
 //! `type = "static"`: a fixed token from `{ env }`, `{ file }` or a literal,
 //! sent as `HEADER: SCHEME TOKEN` (or the raw token when `scheme = ""`).
+//! The token must be one a header carries unchanged ([`super::bearer`]):
+//! spaces and tabs around it are dropped, and what is left is visible
+//! ASCII, at most 64 KiB; a raw value may also hold spaces between its words.
 //!
 //! The token never expires. A `{ file = … }` token is read again every
 //! second ([`Provider::poll_interval`]), so a rotated Kubernetes secret
 //! (mounted files are symlinks into a `..data` directory that the kubelet
 //! swaps) is picked up: the path is resolved anew on each read. The engine
 //! publishes a new token only when the value changed, and keeps the old one
-//! when a re-read fails.
+//! when a re-read fails or yields a value that cannot be sent (a file
+//! emptied, as a rewrite in place leaves it for a moment; a directory; a
+//! dangling link), with one warning until the file is readable again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use super::bearer::token_text;
 use super::provider::{FetchError, Provider, Token};
 use super::settings::StaticConfig;
-use crate::secret::{EnvSource, SecretError, SecretRef};
+use crate::secret::{EnvSource, Secret, SecretError, SecretRef};
 
 /// How often a `{ file = … }` token is read again: as often as rotating TLS
 /// files ([`crate::rotating`]), so one rotation of a Secret volume reaches
@@ -58,12 +64,16 @@ impl StaticProvider {
 
 impl Provider for StaticProvider {
     async fn fetch(&self, _current: Option<&Token>) -> Result<Token, FetchError> {
-        let value = self.token.resolve(self.env.as_ref())?;
+        let read = self.token.resolve(self.env.as_ref())?;
+        // A raw value (`scheme = ""`) may be `SCHEME TOKEN` itself.
+        let what = format!("the token in {}", self.token.describe());
+        let value = token_text(read.expose(), &what, self.scheme.is_empty())?;
         let text = if self.scheme.is_empty() {
-            value.expose().to_owned()
+            value.to_owned()
         } else {
-            format!("{} {}", self.scheme, value.expose())
+            format!("{} {value}", self.scheme)
         };
+        let value = Secret::new(value);
         let mut header =
             HeaderValue::try_from(text).map_err(|_| SecretError::Invalid(self.token.describe()))?;
         header.set_sensitive(true);
@@ -93,7 +103,7 @@ impl Provider for StaticProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::{MapEnv, Secret};
+    use crate::secret::MapEnv;
 
     fn provider(token: SecretRef, header: &str, scheme: &str) -> StaticProvider {
         let config = StaticConfig {

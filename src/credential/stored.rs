@@ -3,10 +3,14 @@
 //! for how long) and under which key.
 //!
 //! The key is a SHA-256 of the credential's identity — its type, token URL
-//! (or Inbenta auth URL), client id (or API key), audience, scope and
-//! flow — so replicas and restarts with the same credential share it
-//! whatever the credential's name; the client id and API key are only ever
-//! hashed. Static credentials are not cached (their token is the file's).
+//! (or Inbenta auth URL), client id (or API key), audience, scope,
+//! resource, and for a token exchange the subject (its `iss` and `sub`, or
+//! the whole subject token when it is not a JWT); Inbenta's flow and origin
+//! — so replicas and restarts with the same credential share it whatever
+//! the credential's name, and a credential never adopts a token obtained
+//! for another resource, grant or subject; the client id, API key and
+//! subject token are only ever hashed. Static credentials are not cached
+//! (their token is the file's).
 //!
 //! The engine calls it twice per token request: [`TokenStore::claim`]
 //! before (adopt a stored token that is not due for renewal
@@ -26,8 +30,9 @@ use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::assertion::jwt_claims;
 use super::provider::{Token, api_url};
-use super::settings::{CredentialConfig, CredentialKind, InbentaKey};
+use super::settings::{CredentialConfig, CredentialKind, Grant, InbentaKey, OAuth2Config};
 use super::timing;
 use crate::cache::{Lock, Seen, TokenCache};
 use crate::secret::{EnvSource, Secret};
@@ -96,13 +101,20 @@ impl TokenStore {
         let mut identity: Vec<String> = vec!["sidekey-token-v1".into()];
         match &config.kind {
             CredentialKind::Static(_) => return None,
-            CredentialKind::OAuth2(oauth2) => identity.extend([
-                "oauth2".into(),
-                oauth2.token_url.to_string(),
-                oauth2.client_id.resolve(env).ok()?.expose().into(),
-                oauth2.audience.clone().unwrap_or_default(),
-                oauth2.scope.clone().unwrap_or_default(),
-            ]),
+            CredentialKind::OAuth2(oauth2) => {
+                identity.extend([
+                    "oauth2".into(),
+                    oauth2.token_url.to_string(),
+                    oauth2.client_id.resolve(env).ok()?.expose().into(),
+                    oauth2.audience.clone().unwrap_or_default(),
+                    oauth2.scope.clone().unwrap_or_default(),
+                ]);
+                // Only when set, tagged: a client credentials grant without
+                // `resource` keeps the key earlier versions share it under.
+                let resource = oauth2.resource.as_ref().map(|r| format!("resource\0{r}"));
+                identity.extend(resource);
+                identity.extend(subject(oauth2, env)?);
+            }
             CredentialKind::Inbenta(inbenta) => identity.extend([
                 "inbenta".into(),
                 inbenta.auth_url.to_string(),
@@ -242,6 +254,30 @@ fn millis(at: SystemTime) -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Whose token an `oauth2` credential obtains: for a token exchange, the
+/// subject token's type and its `iss` and `sub` claims (every rotation of
+/// one service account's token stands for the same subject), or the whole
+/// subject token when it is not a JWT that names both; nothing more for the
+/// client credentials grant (the client's own token). `None` when the
+/// subject token cannot be read now.
+fn subject(oauth2: &OAuth2Config, env: &dyn EnvSource) -> Option<Option<String>> {
+    let source = match (oauth2.grant, &oauth2.subject_token) {
+        (Grant::TokenExchange, Some(source)) => source,
+        (Grant::ClientCredentials, _) | (Grant::TokenExchange, None) => return Some(None),
+    };
+    let token = source.resolve(env).ok()?;
+    let kind = oauth2.subject_token_type.as_deref().unwrap_or_default();
+    let claims = jwt_claims(token.expose());
+    let claim = |name: &str| {
+        let value = claims.as_ref()?.get(name)?.as_str()?;
+        Some(value.to_owned())
+    };
+    Some(Some(match (claim("iss"), claim("sub")) {
+        (Some(iss), Some(sub)) => format!("exchange\0{kind}\0jwt\0{iss}\0{sub}"),
+        _ => format!("exchange\0{kind}\0token\0{}", token.expose()),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -285,6 +321,13 @@ mod tests {
         assert_ne!(other_client[0], same[0]);
         let scoped = format!("[credentials.a]\n{OAUTH}scope = \"read\"\n");
         assert_ne!(ids(&scoped, "client-1")[0], same[0]);
+        let resource = format!("[credentials.a]\n{OAUTH}resource = \"https://b\"\n");
+        assert_ne!(ids(&resource, "client-1")[0], same[0]);
+        // Replicas of the previous version share this entry during a rollout.
+        let before = "sidekey-token-v1\0oauth2\0https://auth.example/t\0client-1\0\0";
+        let hash = digest(&SHA256, before.as_bytes());
+        let before: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(id, before, "a client credentials key is what it was");
         let fixed = "[credentials.s]\ntype = \"static\"\ntoken = { env = \"S\" }\n";
         assert_eq!(
             ids(fixed, "client-1"),

@@ -10,7 +10,8 @@
 //!   `allow_insecure_http` (tests on loopback).
 //! - The whole exchange (connect, TLS, request, response head and body) runs
 //!   under one timeout; a timeout is [`FetchError::Transient`].
-//! - Response bodies over [`MAX_BODY`] are refused.
+//! - Response bodies over [`MAX_BODY`] are refused. [`TokenResponse::json`]
+//!   reads past a UTF-8 byte order mark and names a compressed body as such.
 //! - [`TokenResponse::error_for_status`] is the one place where an error
 //!   answer becomes a [`FetchError`]: 4xx (except 429) → `Refused`; 5xx, 429
 //!   → `Transient` with `Retry-After` (delay-seconds or any HTTP-date form;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, LOCATION, RETRY_AFTER};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -52,6 +53,9 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Longest excerpt of an error body put into a message, in characters.
 pub const MAX_MESSAGE: usize = 200;
+
+/// The UTF-8 byte order mark, read past before an answer's JSON.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Longest token lifetime believed: a year. Larger values are clamped.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
@@ -306,10 +310,28 @@ impl TokenResponse {
         }
     }
 
-    /// The body as JSON; an unreadable body is [`FetchError::Transient`]
-    /// (the body itself is never quoted: it may hold a token).
+    /// The body as JSON, past a UTF-8 byte order mark (Windows servers
+    /// write one); an unreadable body is [`FetchError::Transient`] (the body
+    /// itself is never quoted: it may hold a token), and so is a compressed
+    /// one, named as such: sidekey asks for no `content-encoding`.
     pub fn json(&self) -> Result<Value, FetchError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
+        if let Some(encoding) = self
+            .headers
+            .get(CONTENT_ENCODING)
+            .filter(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            let encoding: String = String::from_utf8_lossy(encoding.as_bytes())
+                .chars()
+                .take(40)
+                .collect();
+            return Err(transient(format!(
+                "token endpoint answered {} with a body in content-encoding {encoding}, \
+                 which sidekey does not ask for and cannot read",
+                self.status
+            )));
+        }
+        let body = self.body.strip_prefix(UTF8_BOM).unwrap_or(&self.body);
+        serde_json::from_slice(body).map_err(|e| {
             transient(format!(
                 "token endpoint answered {} with a body that is not JSON ({} bytes, {})",
                 self.status,
