@@ -73,6 +73,13 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often an HTTP/2 connection is pinged to tell a dead peer from a quiet one.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Streams a new HTTP/2 connection opens before the upstream's SETTINGS
+/// say how many it takes. hyper assumes 100, and a burst of requests that
+/// waited for the connection would go out at once; an upstream that takes
+/// fewer refuses the rest. With one, the others wait (one round trip) for
+/// the real limit, then queue under it.
+const H2_INITIAL_STREAMS: usize = 1;
+
 /// How often a worker's idle HTTP/1.1 connections are all checked against
 /// [`POOL_IDLE_TIMEOUT`] (the ones a request looks at are checked every time).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -246,6 +253,13 @@ pub fn upstream_client(
 }
 
 impl UpstreamClient {
+    /// Whether the current worker's connections to the upstream speak
+    /// HTTP/2 (known once its first connection is open).
+    pub fn speaks_http2(&self) -> bool {
+        let pool = &self.pools[crate::workers::id() % self.pools.len()];
+        lock(pool).protocol == Protocol::Http2
+    }
+
     /// Send `request` (absolute URI) to the upstream on one of the current
     /// worker's connections, and return the response head and when its
     /// connection was opened.
@@ -414,6 +428,7 @@ impl UpstreamClient {
             let (sender, connection) = http2::Builder::new(executor.clone())
                 .timer(TokioTimer::new())
                 .adaptive_window(true)
+                .initial_max_send_streams(H2_INITIAL_STREAMS)
                 .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
                 .handshake(io)
                 .await
@@ -610,6 +625,27 @@ pub fn on_stale_connection(err: &UpstreamError, started: Instant) -> bool {
         UpstreamError::Request { source, opened } => opened.0 < started && connection_lost(source),
         _ => false,
     }
+}
+
+/// Whether the upstream refused `err`'s HTTP/2 stream (`REFUSED_STREAM`):
+/// it did not process the request (RFC 9113 §8.7), so sending it again is
+/// harmless whatever its method. Servers refuse streams beyond their
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (lowered, or not yet known to the
+/// client) and when overloaded.
+pub fn refused_stream(err: &UpstreamError) -> bool {
+    let UpstreamError::Request { source, .. } = err else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(err) = cause {
+        if let Some(err) = err.downcast_ref::<h2::Error>() {
+            return err.is_reset()
+                && err.is_remote()
+                && err.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Whether the cause of `err` is the connection going away (closed, reset,

@@ -35,6 +35,7 @@ mod fleet;
 mod grpc;
 mod h2c;
 mod hostile;
+mod http2_faults;
 mod inbenta;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,92 @@
+//! HTTP/2 under faults the protocol lets either side commit: an upstream
+//! that refuses streams (`REFUSED_STREAM`), or advertises fewer
+//! concurrent streams than the app sends requests at once.
+//!
+//! On tokio's paused clock: the proxy's timeouts pass in virtual time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::support::config::{TestConfig, route, static_token};
+use crate::support::proxy::{TestProxy, body_bytes, request};
+use crate::support::tls::TestPki;
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
+
+/// One route to `upstream` with a static credential, `request_timeout = "2s"`.
+async fn proxy_to(pki: &TestPki, upstream: &str) -> TestProxy {
+    TestConfig::new()
+        .trusting(pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(upstream, "api").line(r#"request_timeout = "2s""#))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_stream_the_upstream_refused_is_sent_again() {
+    let pki = Arc::new(TestPki::new());
+    // The first try of each request is refused: not processed (RFC 9113 §8.7).
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|seen| {
+        if seen.index % 2 == 0 {
+            Reply::refused()
+        } else {
+            Reply::echo()
+        }
+    }))
+    .await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    let get = proxy.get("/get").await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    let url = format!("{}/post", proxy.route_url(0));
+    let post = proxy
+        .client
+        .send(request(Method::POST, &url, body_bytes("order")))
+        .await;
+    assert_eq!(
+        post.status,
+        200,
+        "a refused POST was not processed: {}",
+        post.text()
+    );
+    assert_eq!(post.json()["body"], "order");
+
+    assert_eq!(upstream.paths(), ["/get", "/get", "/post", "/post"]);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "a refused stream leaves the connection in use"
+    );
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_burst_beyond_the_upstreams_max_concurrent_streams_waits_its_turn() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .max_concurrent_streams(1)
+            .delay(Duration::from_millis(10)),
+    )
+    .await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    // 50 app requests at once on one worker: the first opens the upstream
+    // connection, the others wait for it and go out together. POSTs: no
+    // copy is kept to send one again, so none may be refused.
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (client, url) = (proxy.client.clone(), format!("{}/{i}", proxy.route_url(0)));
+        burst.spawn(async move { client.post(&url, "order").await });
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = burst.join_next().await {
+        statuses.push(r.unwrap().status.as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(upstream.request_count(), 50);
+    assert_eq!(upstream.connections(), 1);
+}
