@@ -12,7 +12,10 @@
 //! - HTTP/2: one multiplexed connection per worker, opened by the first
 //!   request while the others wait for it (ALPN of that first connection
 //!   decides between the two), and opened again once it closes or the
-//!   upstream says GOAWAY. Flow-control windows adapt to the connection's
+//!   upstream says GOAWAY, or stops answering its PINGs (a dead peer is
+//!   given up within 20 s of its last byte, see [`H2_KEEP_ALIVE_INTERVAL`]).
+//!   Requests beyond the upstream's stream limit queue on the connection
+//!   ([`H2_INITIAL_STREAMS`]). Flow-control windows adapt to the connection's
 //!   bandwidth-delay product, so large downloads are not held back. The
 //!   connection's futures and those hyper makes for each request run in one
 //!   task per connection, not one task per request ([`super::h2_driver`]).
@@ -70,8 +73,17 @@ use crate::tls::UpstreamTls;
 /// timeouts are covered by `forward`'s replay of idempotent requests.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often an HTTP/2 connection is pinged to tell a dead peer from a quiet one.
-const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 connection may go without a byte from the upstream,
+/// busy or idle, before it is pinged to tell a dead peer from a quiet one.
+/// Idle too: a connection that died while idle (a NAT or load balancer
+/// forgot it, the host went away) is found before a request lands on it,
+/// and the pings keep such middleboxes from forgetting it.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a PING may go unanswered before its connection is given up
+/// (and the next request opens another): a dead peer is found within
+/// [`H2_KEEP_ALIVE_INTERVAL`] and this of its last byte.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Streams a new HTTP/2 connection opens before the upstream's SETTINGS
 /// say how many it takes. hyper assumes 100, and a burst of requests that
@@ -430,6 +442,8 @@ impl UpstreamClient {
                 .adaptive_window(true)
                 .initial_max_send_streams(H2_INITIAL_STREAMS)
                 .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamError::Connect(e.into()))?;

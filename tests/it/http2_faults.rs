@@ -1,8 +1,10 @@
 //! HTTP/2 under faults the protocol lets either side commit: an upstream
-//! that refuses streams (`REFUSED_STREAM`), or advertises fewer
-//! concurrent streams than the app sends requests at once.
+//! that refuses streams (`REFUSED_STREAM`), advertises fewer concurrent
+//! streams than the app sends requests at once, or falls silent with its
+//! connection open (a black hole, [`Relay`]).
 //!
-//! On tokio's paused clock: the proxy's timeouts pass in virtual time.
+//! On tokio's paused clock: the proxy's timeouts and keep-alive PINGs pass
+//! in virtual time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use http::Method;
 
 use crate::support::config::{TestConfig, route, static_token};
 use crate::support::proxy::{TestProxy, body_bytes, request};
+use crate::support::relay::Relay;
 use crate::support::tls::TestPki;
 use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
 
@@ -89,4 +92,24 @@ async fn a_burst_beyond_the_upstreams_max_concurrent_streams_waits_its_turn() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(upstream.request_count(), 50);
     assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_upstream_gone_silent_is_found_out_by_ping_and_replaced() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2()).await;
+    let relay = Relay::start(upstream.addr()).await;
+    let proxy = proxy_to(&pki, &relay.https_url()).await;
+
+    assert_eq!(proxy.get("/before").await.status, 200);
+    relay.black_hole();
+    let lost = proxy.get("/lost").await;
+    assert_eq!(lost.status, 504, "{}", lost.text());
+
+    // The keep-alive PING (after 10 s without a byte) goes unanswered for
+    // 10 s: the connection is dropped and the next request opens another.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = proxy.get("/after").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(relay.connections(), 2);
 }

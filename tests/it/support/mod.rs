@@ -15,6 +15,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod relay;
 pub mod timing;
 pub mod tls;
 pub mod token_servers;
