@@ -15,8 +15,10 @@
 //!   upstream says GOAWAY, or stops answering its PINGs (a dead peer is
 //!   given up within 20 s of its last byte, see [`H2_KEEP_ALIVE_INTERVAL`]).
 //!   Requests beyond the upstream's stream limit queue on the connection
-//!   ([`H2_INITIAL_STREAMS`]). Flow-control windows adapt to the connection's
-//!   bandwidth-delay product, so large downloads are not held back. The
+//!   ([`H2_INITIAL_STREAMS`]). A response the app is slow to take waits in
+//!   sidekey only up to its stream's window ([`H2_STREAM_WINDOW`]), and
+//!   the connection's window holds many of those ([`H2_CONNECTION_WINDOW`]),
+//!   so an app that stops reading holds up no other request. The
 //!   connection's futures and those hyper makes for each request run in one
 //!   task per connection, not one task per request ([`super::h2_driver`]).
 //!
@@ -84,6 +86,19 @@ const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// (and the next request opens another): a dead peer is found within
 /// [`H2_KEEP_ALIVE_INTERVAL`] and this of its last byte.
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Response bytes the upstream may send ahead on one HTTP/2 stream: what
+/// waits in sidekey for an app that reads slowly or not at all. A stream
+/// can carry this much per round trip (100 MiB/s at 10 ms).
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// Response bytes the upstream may send ahead on one HTTP/2 connection,
+/// over all its streams: the most a worker's connection holds for slow
+/// apps. Sixteen stream windows: a stream whose app stopped reading keeps
+/// its window's worth unread, and with the two windows equal (what hyper's
+/// adaptive window does), one such app stalled every other response on the
+/// connection until `body_timeout` cut them off.
+const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 
 /// Streams a new HTTP/2 connection opens before the upstream's SETTINGS
 /// say how many it takes. hyper assumes 100, and a burst of requests that
@@ -439,7 +454,8 @@ impl UpstreamClient {
             let executor = ConnExecutor::default();
             let (sender, connection) = http2::Builder::new(executor.clone())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .initial_max_send_streams(H2_INITIAL_STREAMS)
                 .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
                 .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)

@@ -1,7 +1,8 @@
 //! HTTP/2 under faults the protocol lets either side commit: an upstream
 //! that refuses streams (`REFUSED_STREAM`), advertises fewer concurrent
 //! streams than the app sends requests at once, or falls silent with its
-//! connection open (a black hole, [`Relay`]).
+//! connection open (a black hole, [`Relay`]); an app that stops reading a
+//! download while other requests share the worker's upstream connection.
 //!
 //! On tokio's paused clock: the proxy's timeouts and keep-alive PINGs pass
 //! in virtual time.
@@ -112,4 +113,61 @@ async fn an_upstream_gone_silent_is_found_out_by_ping_and_replaced() {
     let after = proxy.get("/after").await;
     assert_eq!(after.status, 200, "{}", after.text());
     assert_eq!(relay.connections(), 2);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_app_that_stops_reading_a_download_holds_up_no_other_request() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2().respond(|seen| {
+        if seen.path == "/big" {
+            Reply::generated(64 << 20)
+        } else {
+            Reply::generated(256 << 10)
+        }
+    }))
+    .await;
+    let relay = Relay::start(upstream.addr()).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&relay.https_url(), "api").line(r#"body_timeout = "1s""#))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+
+    // An h2c app takes the head of a large download and never reads on:
+    // its stream's window stays shut, and what sidekey took from the
+    // upstream for it waits in sidekey.
+    let tcp = tokio::net::TcpStream::connect(proxy.route_addr(0))
+        .await
+        .unwrap();
+    let (stuck, conn) = h2::client::handshake(tcp).await.unwrap();
+    let _conn = tokio::spawn(conn);
+    let request = http::Request::get("http://sidekey/big").body(()).unwrap();
+    let (head, _send) = stuck
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    let _unread = head.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The other requests share the worker's upstream connection, and
+    // arrive whole.
+    for i in 0..3 {
+        let download = proxy
+            .client
+            .download(&format!("{}/{i}", proxy.route_url(0)))
+            .await;
+        assert_eq!(download.status, 200);
+        assert!(download.error.is_none(), "{:?}", download.error);
+        assert_eq!(download.len, 256 << 10);
+    }
+    assert_eq!(upstream.connections(), 1);
+    let taken = relay.bytes_from_server();
+    assert!(
+        taken < 4 << 20,
+        "{taken} bytes taken from the upstream: the stuck download's window and the others"
+    );
 }

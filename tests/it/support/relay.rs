@@ -2,7 +2,9 @@
 //! [`Relay::black_hole`], the connections open at that moment stay open
 //! but carry nothing more in either direction (no answer, no PING
 //! acknowledgement, no close), as behind a dead NAT entry or a peer that
-//! hangs; connections opened later are relayed again.
+//! hangs; connections opened later are relayed again. It counts the bytes
+//! it carried from the server ([`Relay::bytes_from_server`]): what the
+//! client has taken of the server's answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ pub struct Relay {
     /// latest one is silent.
     holes: watch::Sender<usize>,
     connections: Arc<AtomicUsize>,
+    from_server: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -30,16 +33,19 @@ impl Relay {
         let addr = listener.local_addr().expect("local addr");
         let holes = watch::Sender::new(0);
         let connections = Arc::new(AtomicUsize::new(0));
+        let from_server = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(accept_loop(
             listener,
             target,
             holes.clone(),
             connections.clone(),
+            from_server.clone(),
         ));
         Relay {
             addr,
             holes,
             connections,
+            from_server,
             task,
         }
     }
@@ -52,6 +58,11 @@ impl Relay {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Bytes carried from the server to the client so far, all connections.
+    pub fn bytes_from_server(&self) -> usize {
+        self.from_server.load(Ordering::SeqCst)
     }
 
     /// Silence every connection open now.
@@ -71,6 +82,7 @@ async fn accept_loop(
     target: SocketAddr,
     holes: watch::Sender<usize>,
     connections: Arc<AtomicUsize>,
+    from_server: Arc<AtomicUsize>,
 ) {
     let mut conns = JoinSet::new();
     loop {
@@ -80,6 +92,7 @@ async fn accept_loop(
                 connections.fetch_add(1, Ordering::SeqCst);
                 let mut hole = holes.subscribe();
                 hole.mark_unchanged();
+                let from_server = from_server.clone();
                 conns.spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
@@ -87,8 +100,8 @@ async fn accept_loop(
                     let (mut server_read, mut server_write) = server.into_split();
                     let relay = async {
                         tokio::join!(
-                            copy(&mut client_read, &mut server_write),
-                            copy(&mut server_read, &mut client_write),
+                            copy(&mut client_read, &mut server_write, None),
+                            copy(&mut server_read, &mut client_write, Some(&from_server)),
                         )
                     };
                     tokio::select! {
@@ -105,12 +118,20 @@ async fn accept_loop(
     }
 }
 
-/// Copy until the reader ends, then close the writer's side.
-async fn copy(from: &mut (impl AsyncReadExt + Unpin), to: &mut (impl AsyncWriteExt + Unpin)) {
+/// Copy until the reader ends, then close the writer's side; each write
+/// is added to `count` once done.
+async fn copy(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    count: Option<&AtomicUsize>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     while let Ok(n) = from.read(&mut buf).await {
         if n == 0 || to.write_all(&buf[..n]).await.is_err() {
             break;
+        }
+        if let Some(count) = count {
+            count.fetch_add(n, Ordering::SeqCst);
         }
     }
     let _ = to.shutdown().await;
