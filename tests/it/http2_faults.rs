@@ -10,13 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Method;
 
 use crate::support::config::{TestConfig, route, static_token};
 use crate::support::proxy::{TestProxy, body_bytes, request};
 use crate::support::relay::Relay;
 use crate::support::tls::TestPki;
-use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
+use crate::support::upstream::{Gate, Reply, Upstream, UpstreamOpts};
 
 /// One route to `upstream` with a static credential, `request_timeout = "2s"`.
 async fn proxy_to(pki: &TestPki, upstream: &str) -> TestProxy {
@@ -170,4 +171,63 @@ async fn an_app_that_stops_reading_a_download_holds_up_no_other_request() {
         taken < 4 << 20,
         "{taken} bytes taken from the upstream: the stuck download's window and the others"
     );
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn uploads_the_upstream_is_slow_to_take_hold_up_no_other_stream_of_the_app() {
+    let pki = Arc::new(TestPki::new());
+    let gate = Gate::new();
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .hold_bodies("/held", gate.clone()),
+    )
+    .await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api").line(r#"body_timeout = "1s""#))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+
+    // One h2c connection, as a gRPC channel: five uploads the upstream does
+    // not take yet, each filling its stream's window in sidekey.
+    let tcp = tokio::net::TcpStream::connect(proxy.route_addr(0))
+        .await
+        .unwrap();
+    let (app, conn) = h2::client::handshake(tcp).await.unwrap();
+    let _conn = tokio::spawn(conn);
+    let post = |path: &str, len: usize| {
+        http::Request::post(format!("http://sidekey{path}"))
+            .header("content-length", len.to_string())
+            .body(())
+            .unwrap()
+    };
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let mut app = app.clone().ready().await.unwrap();
+        let (response, mut body) = app
+            .send_request(post(&format!("/held/{i}"), 200 << 10), false)
+            .unwrap();
+        body.send_data(Bytes::from(vec![b'u'; 200 << 10]), true)
+            .unwrap();
+        held.push((response, body));
+    }
+    upstream.wait_for_connections(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A small call on the same connection is taken and answered.
+    let mut app = app.clone().ready().await.unwrap();
+    let (response, mut body) = app.send_request(post("/small", 1024), false).unwrap();
+    body.send_data(Bytes::from(vec![b's'; 1024]), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.paths(), ["/small"]);
+
+    gate.open();
+    for (response, _) in held {
+        assert_eq!(response.await.unwrap().status(), 200);
+    }
+    assert_eq!(upstream.request_count(), 6);
 }

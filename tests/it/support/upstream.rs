@@ -704,6 +704,7 @@ pub struct UpstreamOpts {
     raw_before_body: bool,
     echo_stream: bool,
     max_concurrent_streams: Option<u32>,
+    hold_bodies: Option<(String, Gate)>,
 }
 
 impl UpstreamOpts {
@@ -722,6 +723,7 @@ impl UpstreamOpts {
             raw_before_body: false,
             echo_stream: false,
             max_concurrent_streams: None,
+            hold_bodies: None,
         }
     }
 
@@ -736,6 +738,14 @@ impl UpstreamOpts {
     /// Also serve HTTP/2 (ALPN `h2` with TLS, prior knowledge without).
     pub fn http2(mut self) -> Self {
         self.http2 = true;
+        self
+    }
+
+    /// Read no byte of the body of a request whose path starts with
+    /// `prefix` until `gate` opens (a server slow to take an upload): its
+    /// flow-control window stays shut once the client filled it.
+    pub fn hold_bodies(mut self, prefix: &str, gate: Gate) -> Self {
+        self.hold_bodies = Some((prefix.to_owned(), gate));
         self
     }
 
@@ -1400,6 +1410,11 @@ async fn answer(
     conn: &ConnState,
 ) -> Option<Response<ReplyBody>> {
     let (parts, mut body) = req.into_parts();
+    if let Some((prefix, gate)) = &state.opts.hold_bodies
+        && parts.uri.path().starts_with(prefix.as_str())
+    {
+        gate.passed().await;
+    }
     let mut digest = BodyDigest::new();
     let mut head = BytesMut::new();
     let mut body_error = None;
