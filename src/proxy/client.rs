@@ -663,19 +663,33 @@ pub fn on_stale_connection(err: &UpstreamError, started: Instant) -> bool {
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` (lowered, or not yet known to the
 /// client) and when overloaded.
 pub fn refused_stream(err: &UpstreamError) -> bool {
+    h2_cause(err).is_some_and(|err| {
+        err.is_reset() && err.is_remote() && err.reason() == Some(h2::Reason::REFUSED_STREAM)
+    })
+}
+
+/// Whether the upstream said GOAWAY before answering `err`'s request: its
+/// HTTP/2 stream was above the GOAWAY's last stream id (not processed), or
+/// the connection closed after the GOAWAY under a stream the upstream had
+/// taken. `h2` reports both the same way, so only a request that is
+/// harmless to send twice may be sent again ([`on_stale_connection`]'s rule).
+pub fn went_away(err: &UpstreamError) -> bool {
+    h2_cause(err).is_some_and(|err| err.is_go_away() && err.is_remote())
+}
+
+/// The `h2` error under `err`, if any.
+fn h2_cause(err: &UpstreamError) -> Option<&h2::Error> {
     let UpstreamError::Request { source, .. } = err else {
-        return false;
+        return None;
     };
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
     while let Some(err) = cause {
         if let Some(err) = err.downcast_ref::<h2::Error>() {
-            return err.is_reset()
-                && err.is_remote()
-                && err.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return Some(err);
         }
         cause = err.source();
     }
-    false
+    None
 }
 
 /// Whether the cause of `err` is the connection going away (closed, reset,

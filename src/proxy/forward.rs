@@ -40,7 +40,7 @@ use tracing::{debug, warn};
 
 use super::access::Line;
 use super::body::{BodyError, FromUpstream, Idle, Outgoing, Prefixed, StallFlag, take};
-use super::client::{on_stale_connection, refused_stream};
+use super::client::{on_stale_connection, refused_stream, went_away};
 use super::grpc;
 use super::headers::{inject, prepare_request, prepare_response};
 use super::{ResponseBody, Route};
@@ -303,7 +303,8 @@ fn unreadable(route: &Route, err: BodyError) -> ProxyError {
 /// (one deadline, whatever the attempts). A request with a copy (`kept`) is
 /// sent again when the upstream refused its HTTP/2 stream unprocessed
 /// ([`refused_stream`]), and, when it is [`replayable`], when it failed on
-/// a pooled connection the upstream had closed ([`on_stale_connection`]).
+/// a pooled connection the upstream had closed ([`on_stale_connection`])
+/// or the upstream said GOAWAY before answering it ([`went_away`]).
 async fn send(
     route: &Route,
     request: Request<super::UpstreamBody>,
@@ -328,6 +329,8 @@ async fn send(
                 "refused_stream"
             } else if replayable && on_stale_connection(&err, started) {
                 "stale_connection"
+            } else if replayable && went_away(&err) {
+                "goaway"
             } else {
                 return Err(err);
             };

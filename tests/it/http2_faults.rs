@@ -1,11 +1,13 @@
 //! HTTP/2 under faults the protocol lets either side commit: an upstream
 //! that refuses streams (`REFUSED_STREAM`), advertises fewer concurrent
 //! streams than the app sends requests at once, or falls silent with its
-//! connection open (a black hole, [`Relay`]); an app that stops reading a
-//! download while other requests share the worker's upstream connection.
+//! connection open (a black hole, [`Relay`]), or says GOAWAY below streams
+//! in flight ([`GoawayUpstream`]); apps that stop reading a download, or
+//! whose uploads the upstream is slow to take, while other requests share
+//! a connection with them.
 //!
-//! On tokio's paused clock: the proxy's timeouts and keep-alive PINGs pass
-//! in virtual time.
+//! On tokio's paused clock, so that the proxy's timeouts and keep-alive
+//! PINGs pass in virtual time, except where a test says why not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use bytes::Bytes;
 use http::Method;
 
 use crate::support::config::{TestConfig, route, static_token};
+use crate::support::h2_goaway::GoawayUpstream;
 use crate::support::proxy::{TestProxy, body_bytes, request};
 use crate::support::relay::Relay;
 use crate::support::tls::TestPki;
@@ -173,7 +176,10 @@ async fn an_app_that_stops_reading_a_download_holds_up_no_other_request() {
     );
 }
 
-#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+// On the real clock: the held uploads keep bodies waiting on the app, and
+// the paused clock could jump to their `body_timeout` while a loaded
+// machine delivers loopback bytes late.
+#[tokio::test]
 async fn uploads_the_upstream_is_slow_to_take_hold_up_no_other_stream_of_the_app() {
     let pki = Arc::new(TestPki::new());
     let gate = Gate::new();
@@ -227,7 +233,33 @@ async fn uploads_the_upstream_is_slow_to_take_hold_up_no_other_stream_of_the_app
 
     gate.open();
     for (response, _) in held {
-        assert_eq!(response.await.unwrap().status(), 200);
+        let response = response.await;
+        assert!(
+            response.as_ref().is_ok_and(|r| r.status() == 200),
+            "{response:?}"
+        );
     }
     assert_eq!(upstream.request_count(), 6);
+}
+
+// On the real clock: nothing to wait for but bytes.
+#[tokio::test]
+async fn requests_above_a_goaways_last_stream_are_sent_again_on_a_new_connection() {
+    let pki = Arc::new(TestPki::new());
+    // Five requests on the first connection; GOAWAY names only the first
+    // as taken.
+    let upstream = GoawayUpstream::start(&pki, 5).await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let (client, url) = (proxy.client.clone(), format!("{}/{i}", proxy.route_url(0)));
+        burst.spawn(async move { client.get(&url).await });
+    }
+    while let Some(r) = burst.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(upstream.connections(), 2);
+    assert_eq!(upstream.heads(), 9, "four sent again");
 }
