@@ -186,6 +186,7 @@ async fn uploads_the_upstream_is_slow_to_take_hold_up_no_other_stream_of_the_app
     let upstream = Upstream::start(
         UpstreamOpts::tls(&pki)
             .http2()
+            .stream_window(64 << 10)
             .hold_bodies("/held", gate.clone()),
     )
     .await;
@@ -198,7 +199,8 @@ async fn uploads_the_upstream_is_slow_to_take_hold_up_no_other_stream_of_the_app
         .await;
 
     // One h2c connection, as a gRPC channel: five uploads the upstream does
-    // not take yet, each filling its stream's window in sidekey.
+    // not take yet. The upstream's window for each stream fills (its
+    // connection's does not), and each stream's window in sidekey then.
     let tcp = tokio::net::TcpStream::connect(proxy.route_addr(0))
         .await
         .unwrap();

@@ -704,6 +704,7 @@ pub struct UpstreamOpts {
     raw_before_body: bool,
     echo_stream: bool,
     max_concurrent_streams: Option<u32>,
+    stream_window: Option<u32>,
     hold_bodies: Option<(String, Gate)>,
 }
 
@@ -723,6 +724,7 @@ impl UpstreamOpts {
             raw_before_body: false,
             echo_stream: false,
             max_concurrent_streams: None,
+            stream_window: None,
             hold_bodies: None,
         }
     }
@@ -746,6 +748,14 @@ impl UpstreamOpts {
     /// flow-control window stays shut once the client filled it.
     pub fn hold_bodies(mut self, prefix: &str, gate: Gate) -> Self {
         self.hold_bodies = Some((prefix.to_owned(), gate));
+        self
+    }
+
+    /// HTTP/2: a flow-control window of `bytes` per stream, and one of
+    /// 16 MiB for the connection, as gRPC servers have: a request body the
+    /// server does not read holds up its own stream only.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = Some(bytes);
         self
     }
 
@@ -1181,6 +1191,12 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if let Some(n) = state.opts.max_concurrent_streams {
         builder.http2().max_concurrent_streams(n);
+    }
+    if let Some(bytes) = state.opts.stream_window {
+        builder
+            .http2()
+            .initial_stream_window_size(bytes)
+            .initial_connection_window_size(16 << 20);
     }
     let builder = match alpn_h2 {
         Some(true) => builder.http2_only(),
