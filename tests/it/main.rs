@@ -34,6 +34,7 @@ mod docs;
 mod fleet;
 mod grpc;
 mod h2c;
+mod h2c_abuse;
 mod hostile;
 mod http2_faults;
 mod inbenta;
