@@ -2,7 +2,8 @@
 //! GOAWAY with a last stream id below streams in flight, which no library
 //! server does on purpose: on its first connection it reads request heads
 //! until `streams` have arrived, then sends GOAWAY (`NO_ERROR`, last stream
-//! id = the first stream), answers that first stream and closes. Every
+//! id = the first stream), answers that first stream, and closes half a
+//! second later (a draining server keeps the connection a while). Every
 //! later connection answers each stream at once. Answers are `200` with no
 //! body. Request bodies, trailers and flow control are ignored (requests
 //! are expected without bodies).
@@ -26,6 +27,8 @@ const ACK: u8 = 0x1;
 const END_STREAM_AND_HEADERS: u8 = 0x5;
 /// HPACK: `:status: 200` from the static table.
 const STATUS_200: u8 = 0x88;
+/// How long the first connection stays open after its GOAWAY.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A running GOAWAY upstream; dropping it closes everything.
 pub struct GoawayUpstream {
@@ -152,6 +155,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 ))
                 .await?;
                 io.flush().await?;
+                tokio::time::sleep(LINGER).await;
                 return io.shutdown().await;
             }
             Some(_) => {}
