@@ -9,9 +9,10 @@
 //!   field); a larger head is answered `431` by the h2 layer and never
 //!   reaches the service.
 //! - Memory: what the app may send ahead is bounded by flow control, the
-//!   protocol's default 64 KiB per stream and [`CONNECTION_WINDOW`] for the
-//!   connection (hyper's default is 1 MiB each); what waits to go to a slow
-//!   app by [`SEND_BUFFER`] per stream, of at most [`MAX_STREAMS`].
+//!   protocol's default 64 KiB per stream and [`CONNECTION_WINDOW`] (1 MiB)
+//!   for the connection, large enough that uploads an upstream is slow to
+//!   take hold up none of the connection's other streams; what waits to go
+//!   to a slow app by [`SEND_BUFFER`] per stream, of at most [`MAX_STREAMS`].
 //! - Idle: the connection is idle while none of its requests is being
 //!   served ([`IdleClock`], counted per request); after `idle_timeout` of
 //!   that it says GOAWAY and closes, and if the peer keeps it open past
@@ -50,8 +51,12 @@ pub const MAX_STREAMS: u32 = 100;
 const STREAM_WINDOW: u32 = 64 * 1024;
 
 /// Request body bytes the app may send ahead on one connection, over all
-/// its streams.
-pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// its streams: sixteen stream windows. An upload the upstream is slow to
+/// take keeps its stream's window in sidekey; with four such streams filling
+/// the connection's window (256 KiB, as it was), every other call on the
+/// app's connection (a gRPC channel carries them all) could send no body
+/// and failed with 408.
+pub const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
 
 /// Response bytes held for one stream while the app is slow to take them.
 pub const SEND_BUFFER: usize = 64 * 1024;

@@ -12,7 +12,11 @@
 //! - `upstream_errors_total{route,kind}` — kind `connect` | `timeout` | `other`,
 //!   and for failures the app does not see as a sidekey error: `body` (the
 //!   response body broke), `body_timeout` (it stalled), `stale_connection`
-//!   (a pooled connection the upstream had closed; the request was sent again)
+//!   (a pooled connection the upstream had closed; the request was sent
+//!   again), `refused_stream` (the upstream refused an HTTP/2 stream
+//!   unprocessed; the request was sent again), `goaway` (the upstream said
+//!   GOAWAY before answering a request that is harmless to repeat; it was
+//!   sent again)
 //! - `token_rejections_total{credential,action}` — upstream rejections of a
 //!   token (`renew_on_status`), by what was done: `renewed` (a renewal was
 //!   requested or already under way) | `ignored` (fresh tokens are rejected
@@ -419,7 +423,8 @@ impl RouteMetrics {
     }
 
     /// Count one failure reaching the upstream (`connect`, `timeout`,
-    /// `other`, `body`, `body_timeout`, `stale_connection`): rare, so
+    /// `other`, `body`, `body_timeout`, `stale_connection`,
+    /// `refused_stream`, `goaway`): rare, so
     /// looked up each time.
     pub fn record_upstream_error(&self, kind: &'static str) {
         self.upstream_errors

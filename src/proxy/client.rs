@@ -12,8 +12,13 @@
 //! - HTTP/2: one multiplexed connection per worker, opened by the first
 //!   request while the others wait for it (ALPN of that first connection
 //!   decides between the two), and opened again once it closes or the
-//!   upstream says GOAWAY. Flow-control windows adapt to the connection's
-//!   bandwidth-delay product, so large downloads are not held back. The
+//!   upstream says GOAWAY, or stops answering its PINGs (a dead peer is
+//!   given up within 20 s of its last byte, see [`H2_KEEP_ALIVE_INTERVAL`]).
+//!   Requests beyond the upstream's stream limit queue on the connection
+//!   ([`H2_INITIAL_STREAMS`]). A response the app is slow to take waits in
+//!   sidekey only up to its stream's window ([`H2_STREAM_WINDOW`]), and
+//!   the connection's window holds many of those ([`H2_CONNECTION_WINDOW`]),
+//!   so an app that stops reading holds up no other request. The
 //!   connection's futures and those hyper makes for each request run in one
 //!   task per connection, not one task per request ([`super::h2_driver`]).
 //!
@@ -70,8 +75,37 @@ use crate::tls::UpstreamTls;
 /// timeouts are covered by `forward`'s replay of idempotent requests.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often an HTTP/2 connection is pinged to tell a dead peer from a quiet one.
-const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 connection may go without a byte from the upstream,
+/// busy or idle, before it is pinged to tell a dead peer from a quiet one.
+/// Idle too: a connection that died while idle (a NAT or load balancer
+/// forgot it, the host went away) is found before a request lands on it,
+/// and the pings keep such middleboxes from forgetting it.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a PING may go unanswered before its connection is given up
+/// (and the next request opens another): a dead peer is found within
+/// [`H2_KEEP_ALIVE_INTERVAL`] and this of its last byte.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Response bytes the upstream may send ahead on one HTTP/2 stream: what
+/// waits in sidekey for an app that reads slowly or not at all. A stream
+/// can carry this much per round trip (100 MiB/s at 10 ms).
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// Response bytes the upstream may send ahead on one HTTP/2 connection,
+/// over all its streams: the most a worker's connection holds for slow
+/// apps. Sixteen stream windows: a stream whose app stopped reading keeps
+/// its window's worth unread, and with the two windows equal (what hyper's
+/// adaptive window does), one such app stalled every other response on the
+/// connection until `body_timeout` cut them off.
+const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+
+/// Streams a new HTTP/2 connection opens before the upstream's SETTINGS
+/// say how many it takes. hyper assumes 100, and a burst of requests that
+/// waited for the connection would go out at once; an upstream that takes
+/// fewer refuses the rest. With one, the others wait (one round trip) for
+/// the real limit, then queue under it.
+const H2_INITIAL_STREAMS: usize = 1;
 
 /// How often a worker's idle HTTP/1.1 connections are all checked against
 /// [`POOL_IDLE_TIMEOUT`] (the ones a request looks at are checked every time).
@@ -246,6 +280,13 @@ pub fn upstream_client(
 }
 
 impl UpstreamClient {
+    /// Whether the current worker's connections to the upstream speak
+    /// HTTP/2 (known once its first connection is open).
+    pub fn speaks_http2(&self) -> bool {
+        let pool = &self.pools[crate::workers::id() % self.pools.len()];
+        lock(pool).protocol == Protocol::Http2
+    }
+
     /// Send `request` (absolute URI) to the upstream on one of the current
     /// worker's connections, and return the response head and when its
     /// connection was opened.
@@ -413,8 +454,12 @@ impl UpstreamClient {
             let executor = ConnExecutor::default();
             let (sender, connection) = http2::Builder::new(executor.clone())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .initial_max_send_streams(H2_INITIAL_STREAMS)
                 .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamError::Connect(e.into()))?;
@@ -610,6 +655,41 @@ pub fn on_stale_connection(err: &UpstreamError, started: Instant) -> bool {
         UpstreamError::Request { source, opened } => opened.0 < started && connection_lost(source),
         _ => false,
     }
+}
+
+/// Whether the upstream refused `err`'s HTTP/2 stream (`REFUSED_STREAM`):
+/// it did not process the request (RFC 9113 §8.7), so sending it again is
+/// harmless whatever its method. Servers refuse streams beyond their
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (lowered, or not yet known to the
+/// client) and when overloaded.
+pub fn refused_stream(err: &UpstreamError) -> bool {
+    h2_cause(err).is_some_and(|err| {
+        err.is_reset() && err.is_remote() && err.reason() == Some(h2::Reason::REFUSED_STREAM)
+    })
+}
+
+/// Whether the upstream said GOAWAY before answering `err`'s request: its
+/// HTTP/2 stream was above the GOAWAY's last stream id (not processed), or
+/// the connection closed after the GOAWAY under a stream the upstream had
+/// taken. `h2` reports both the same way, so only a request that is
+/// harmless to send twice may be sent again ([`on_stale_connection`]'s rule).
+pub fn went_away(err: &UpstreamError) -> bool {
+    h2_cause(err).is_some_and(|err| err.is_go_away() && err.is_remote())
+}
+
+/// The `h2` error under `err`, if any.
+fn h2_cause(err: &UpstreamError) -> Option<&h2::Error> {
+    let UpstreamError::Request { source, .. } = err else {
+        return None;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(err) = cause {
+        if let Some(err) = err.downcast_ref::<h2::Error>() {
+            return Some(err);
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// Whether the cause of `err` is the connection going away (closed, reset,

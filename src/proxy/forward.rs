@@ -22,7 +22,9 @@
 //! most the route's `body_timeout` (else 408, when the upstream has not
 //! answered yet), and so may the upstream's (else the app's response is cut
 //! off). A kept request that failed on a pooled connection the upstream had
-//! closed is sent again when that is harmless ([`replayable`]).
+//! closed is sent again when that is harmless ([`replayable`]); one whose
+//! HTTP/2 stream the upstream refused (`REFUSED_STREAM`, never processed)
+//! is sent again whatever its method, when a copy was kept.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use tracing::{debug, warn};
 
 use super::access::Line;
 use super::body::{BodyError, FromUpstream, Idle, Outgoing, Prefixed, StallFlag, take};
-use super::client::on_stale_connection;
+use super::client::{on_stale_connection, refused_stream, went_away};
 use super::grpc;
 use super::headers::{inject, prepare_request, prepare_response};
 use super::linger::FromApp;
@@ -56,8 +58,9 @@ const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for a renewed token before passing a rejection on.
 const RENEWAL_WAIT: Duration = Duration::from_secs(10);
 
-/// Most attempts of one request when pooled connections turn out stale
-/// (each failed attempt uses one up; several can go stale together).
+/// Most attempts of one request when pooled connections turn out stale or
+/// the upstream refuses its streams (each failed attempt uses one up;
+/// several connections can go stale together).
 const STALE_ATTEMPTS: u32 = 8;
 
 /// The header an app sets to say a request may be repeated safely
@@ -65,16 +68,19 @@ const STALE_ATTEMPTS: u32 = 8;
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Whether a request whose body was kept whole needs a copy of itself
-/// ([`Kept`]) for sending it a second time. There are two reasons, and
-/// this is where both are weighed:
+/// ([`Kept`]) for sending it a second time. There are three reasons, and
+/// this is where they are weighed:
 /// - its token is rejected (`renew_on_status`): only when the credential
 ///   can bring a different token (`retry_on_rejection`, see
 ///   [`crate::credential::CredentialHandle::retries_on_rejection`]);
 /// - its pooled connection turns out to have been closed by the upstream:
 ///   only when sending it twice is harmless (`replayable`, see
-///   [`replayable`]).
-fn needs_copy(retry_on_rejection: bool, replayable: bool) -> bool {
-    retry_on_rejection || replayable
+///   [`replayable`]);
+/// - the upstream refuses its HTTP/2 stream unprocessed: whatever the
+///   method, when the upstream speaks HTTP/2 (`http2`, asked last: it
+///   takes the worker's pool lock).
+fn needs_copy(retry_on_rejection: bool, replayable: bool, http2: impl FnOnce() -> bool) -> bool {
+    retry_on_rejection || replayable || http2()
 }
 
 /// Whether sending a request twice is harmless: an idempotent method (RFC
@@ -160,8 +166,13 @@ pub async fn forward(
             } else {
                 published
             };
-            let response =
-                send(route, Request::from_parts(parts, Either::Left(body)), None).await?;
+            let response = send(
+                route,
+                Request::from_parts(parts, Either::Left(body)),
+                None,
+                false,
+            )
+            .await?;
             if route
                 .credential
                 .renews_on(token_status(grpc_call, &response))
@@ -174,17 +185,19 @@ pub async fn forward(
     };
     let retry_on_rejection = route.credential.retries_on_rejection();
     let replay = replayable(&parts.method, &parts.headers);
-    let kept = needs_copy(retry_on_rejection, replay).then(|| Kept {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
+    let kept =
+        needs_copy(retry_on_rejection, replay, || route.client.speaks_http2()).then(|| Kept {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
     let first = send(
         route,
         Request::from_parts(parts, Either::Right(Full::new(body))),
-        kept.as_ref().filter(|_| replay),
+        kept.as_ref(),
+        replay,
     )
     .await?;
     if !route.credential.renews_on(token_status(grpc_call, &first)) {
@@ -217,7 +230,7 @@ pub async fn forward(
     debug!(route = %route.name, status = first.status().as_u16(), "token rejected; retrying once with the renewed token");
     drop(first);
     let retry = rebuild(kept, route, &renewed);
-    let response = send(route, retry, None).await?;
+    let response = send(route, retry, None, false).await?;
     if route
         .credential
         .renews_on(token_status(grpc_call, &response))
@@ -288,13 +301,16 @@ fn unreadable(route: &Route, err: BodyError) -> ProxyError {
 }
 
 /// One exchange with the upstream, bounded by the route's `request_timeout`
-/// (one deadline, whatever the attempts). A request that can be sent again
-/// (`replay`, given when [`replayable`]) is, when it failed on a pooled
-/// connection the upstream had closed ([`on_stale_connection`]).
+/// (one deadline, whatever the attempts). A request with a copy (`kept`) is
+/// sent again when the upstream refused its HTTP/2 stream unprocessed
+/// ([`refused_stream`]), and, when it is [`replayable`], when it failed on
+/// a pooled connection the upstream had closed ([`on_stale_connection`])
+/// or the upstream said GOAWAY before answering it ([`went_away`]).
 async fn send(
     route: &Route,
     request: Request<super::UpstreamBody>,
-    replay: Option<&Kept>,
+    kept: Option<&Kept>,
+    replayable: bool,
 ) -> Result<Response<FromUpstream>, ProxyError> {
     let upstream = || route.describe_target();
     let stall_flag = match request.body() {
@@ -310,13 +326,20 @@ async fn send(
                 Ok((response, opened)) => return Ok((response, opened, started)),
                 Err(err) => err,
             };
-            let again =
-                replay.filter(|_| attempt < STALE_ATTEMPTS && on_stale_connection(&err, started));
-            let Some(kept) = again else {
+            let why = if refused_stream(&err) {
+                "refused_stream"
+            } else if replayable && on_stale_connection(&err, started) {
+                "stale_connection"
+            } else if replayable && went_away(&err) {
+                "goaway"
+            } else {
                 return Err(err);
             };
-            route.metrics.record_upstream_error("stale_connection");
-            debug!(route = %route.name, attempt, error = %error_chain(&err), "pooled upstream connection was closed; sending the request again");
+            let Some(kept) = kept.filter(|_| attempt < STALE_ATTEMPTS) else {
+                return Err(err);
+            };
+            route.metrics.record_upstream_error(why);
+            debug!(route = %route.name, attempt, why, error = %error_chain(&err), "upstream did not take the request; sending it again");
             request = kept.request();
             attempt += 1;
         }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod h2_goaway;
 pub mod h2c;
 pub mod jose;
 pub mod logs;
@@ -15,6 +16,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod relay;
 pub mod timing;
 pub mod tls;
 pub mod token_servers;

@@ -297,6 +297,9 @@ pub struct Reply {
     pub gate: Option<Gate>,
     /// Trailers sent after the body (none: no trailers).
     pub trailers: Vec<(HeaderName, HeaderValue)>,
+    /// No answer: the HTTP/2 stream is reset with `REFUSED_STREAM` (on
+    /// HTTP/1.1 the connection is closed).
+    pub refuse: bool,
 }
 
 /// Holds the answers given it ([`Reply::until`]) until the test opens it:
@@ -339,6 +342,16 @@ impl Reply {
             delay: None,
             gate: None,
             trailers: Vec::new(),
+            refuse: false,
+        }
+    }
+
+    /// No answer: an HTTP/2 stream refused (`REFUSED_STREAM`, RFC 9113
+    /// §8.7: the request was not processed), after its body was read.
+    pub fn refused() -> Reply {
+        Reply {
+            refuse: true,
+            ..Reply::echo()
         }
     }
 
@@ -356,6 +369,7 @@ impl Reply {
             delay: None,
             gate: None,
             trailers: Vec::new(),
+            refuse: false,
         }
     }
 
@@ -379,6 +393,7 @@ impl Reply {
             delay: None,
             gate: None,
             trailers: Vec::new(),
+            refuse: false,
         }
     }
 
@@ -442,6 +457,7 @@ impl Reply {
             delay: None,
             gate: None,
             trailers: Vec::new(),
+            refuse: false,
         }
     }
 
@@ -687,6 +703,9 @@ pub struct UpstreamOpts {
     raw: Option<RawResponder>,
     raw_before_body: bool,
     echo_stream: bool,
+    max_concurrent_streams: Option<u32>,
+    stream_window: Option<u32>,
+    hold_bodies: Option<(String, Gate)>,
 }
 
 impl UpstreamOpts {
@@ -704,6 +723,9 @@ impl UpstreamOpts {
             raw: None,
             raw_before_body: false,
             echo_stream: false,
+            max_concurrent_streams: None,
+            stream_window: None,
+            hold_bodies: None,
         }
     }
 
@@ -718,6 +740,29 @@ impl UpstreamOpts {
     /// Also serve HTTP/2 (ALPN `h2` with TLS, prior knowledge without).
     pub fn http2(mut self) -> Self {
         self.http2 = true;
+        self
+    }
+
+    /// Read no byte of the body of a request whose path starts with
+    /// `prefix` until `gate` opens (a server slow to take an upload): its
+    /// flow-control window stays shut once the client filled it.
+    pub fn hold_bodies(mut self, prefix: &str, gate: Gate) -> Self {
+        self.hold_bodies = Some((prefix.to_owned(), gate));
+        self
+    }
+
+    /// HTTP/2: a flow-control window of `bytes` per stream, and one of
+    /// 16 MiB for the connection, as gRPC servers have: a request body the
+    /// server does not read holds up its own stream only.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = Some(bytes);
+        self
+    }
+
+    /// HTTP/2: advertise `SETTINGS_MAX_CONCURRENT_STREAMS = n`; a stream
+    /// beyond it is refused (`REFUSED_STREAM`).
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.max_concurrent_streams = Some(n);
         self
     }
 
@@ -847,17 +892,34 @@ impl ConnState {
     }
 }
 
-/// The service's refusal to answer: hyper closes the connection.
+/// The service's refusal to answer: hyper closes an HTTP/1.1 connection,
+/// and resets an HTTP/2 stream with the `h2` reason found among the
+/// error's sources (`INTERNAL_ERROR` without one).
 #[derive(Debug)]
-struct DroppedRequest;
+enum DroppedRequest {
+    /// [`UpstreamOpts::drop_requests_after_idle`].
+    Idle,
+    /// [`Reply::refused`].
+    Refused(h2::Error),
+}
 
 impl std::fmt::Display for DroppedRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request dropped with its idle connection")
+        match self {
+            DroppedRequest::Idle => f.write_str("request dropped with its idle connection"),
+            DroppedRequest::Refused(_) => f.write_str("request refused"),
+        }
     }
 }
 
-impl std::error::Error for DroppedRequest {}
+impl std::error::Error for DroppedRequest {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DroppedRequest::Idle => None,
+            DroppedRequest::Refused(reason) => Some(reason),
+        }
+    }
+}
 
 /// A running upstream. Dropping it stops the accept loop and every connection.
 pub struct Upstream {
@@ -1126,7 +1188,16 @@ async fn serve_http<I>(io: I, alpn_h2: Option<bool>, conn: Arc<ConnState>, state
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(n) = state.opts.max_concurrent_streams {
+        builder.http2().max_concurrent_streams(n);
+    }
+    if let Some(bytes) = state.opts.stream_window {
+        builder
+            .http2()
+            .initial_stream_window_size(bytes)
+            .initial_connection_window_size(16 << 20);
+    }
     let builder = match alpn_h2 {
         Some(true) => builder.http2_only(),
         None if state.opts.http2 => builder,
@@ -1309,7 +1380,7 @@ async fn handle(
     {
         state.dropped_requests.fetch_add(1, Ordering::SeqCst);
         state.changed.notify_waiters();
-        return Err(DroppedRequest);
+        return Err(DroppedRequest::Idle);
     }
     if state.opts.echo_stream {
         return Ok(echo_stream(req, &state, &conn));
@@ -1318,7 +1389,7 @@ async fn handle(
     let response = answer(req, &state, &conn).await;
     *conn.idle_since.lock().expect("lock") = Instant::now();
     conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-    Ok(response)
+    response.ok_or(DroppedRequest::Refused(h2::Reason::REFUSED_STREAM.into()))
 }
 
 /// [`UpstreamOpts::echo_stream`]: record the head, stream the body back.
@@ -1348,8 +1419,18 @@ fn echo_stream(req: Request<Incoming>, state: &State, conn: &ConnState) -> Respo
     Response::new(body.map_err(ReplyError::from).boxed())
 }
 
-async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Response<ReplyBody> {
+/// The answer to `req`; `None` for a [`Reply::refused`] one.
+async fn answer(
+    req: Request<Incoming>,
+    state: &State,
+    conn: &ConnState,
+) -> Option<Response<ReplyBody>> {
     let (parts, mut body) = req.into_parts();
+    if let Some((prefix, gate)) = &state.opts.hold_bodies
+        && parts.uri.path().starts_with(prefix.as_str())
+    {
+        gate.passed().await;
+    }
     let mut digest = BodyDigest::new();
     let mut head = BytesMut::new();
     let mut body_error = None;
@@ -1401,7 +1482,7 @@ async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Resp
             505,
             format!("upstream expected {expected:?}, got {:?}", recorded.version),
         );
-        return build_response(reply, &recorded);
+        return Some(build_response(reply, &recorded));
     }
 
     let reply = (state.opts.respond)(&recorded);
@@ -1411,7 +1492,7 @@ async fn answer(req: Request<Incoming>, state: &State, conn: &ConnState) -> Resp
     if let Some(gate) = &reply.gate {
         gate.passed().await;
     }
-    build_response(reply, &recorded)
+    (!reply.refuse).then(|| build_response(reply, &recorded))
 }
 
 fn build_response(reply: Reply, recorded: &RecordedRequest) -> Response<ReplyBody> {
