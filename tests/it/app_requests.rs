@@ -3,8 +3,9 @@
 //! rejects the token, early or after reading the body; HTTP/1.0 apps; a
 //! WebSocket `Upgrade` through a route, which sidekey does not tunnel;
 //! uploads written whole before the answer is read, refused by sidekey; and
-//! an upload that pauses too long, whose `408` must say that the connection
-//! closes.
+//! refusals that close the connection, which must say so: the `408` of an
+//! upload that pauses too long, and a refusal of an upload still waiting
+//! for `100 Continue`.
 
 use std::time::Duration;
 
@@ -285,4 +286,28 @@ async fn an_upload_that_stalls_gets_a_408_that_says_the_connection_closes() {
     assert_eq!(answer.status, 408, "{}", answer.body_text());
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(app.closed_within(PROMPTLY).await, "and it does close");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_refused_upload_still_waiting_for_100_continue_is_told_the_connection_closes() {
+    // The app has not sent its body and may never: sidekey cannot tell its
+    // next request from the body, so it closes; RFC 9110 10.1.1 asks the
+    // answer to say which (curl, after its 1 s wait, may be sending the
+    // body already).
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let proxy = static_route_proxy(&upstream.url()).await;
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send(
+        b"POST /a/%2e%2e/b HTTP/1.1\r\nhost: sidekey\r\ncontent-length: 2000000\r\n\
+          expect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write");
+
+    let answer = app.read_response(PROMPTLY).await.expect("an answer");
+
+    assert_eq!(answer.status, 400, "{}", answer.body_text());
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(app.closed_within(PROMPTLY).await, "and it does close");
+    assert!(upstream.requests().is_empty());
 }
