@@ -87,10 +87,11 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Most header fields in an upstream's HTTP/1.1 answer head. hyper's
 /// default is 100, and an answer with more (a page of `Set-Cookie`s,
 /// tracing and security headers) became a 502 that the app would not get
-/// from the upstream directly, nor from nginx (whose only limit is the
-/// head's size). Above 100, hyper parses each answer head into a buffer on
-/// the heap instead of the stack (one allocation of about 32 KiB here).
-const MAX_ANSWER_FIELDS: usize = 500;
+/// from the upstream directly, nor from nginx, whose only limit is the
+/// head's size (4 KiB by default: about 250 fields of 16 bytes). Above
+/// 100, hyper parses each answer head into buffers on the heap instead of
+/// the stack (64 bytes per field: 16 KiB here).
+const MAX_ANSWER_FIELDS: usize = 256;
 
 type Connector = HttpsConnector<HttpConnector>;
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;

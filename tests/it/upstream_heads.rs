@@ -36,9 +36,9 @@ async fn curl_get(proxy: &TestProxy, path: &str) -> RawResponse {
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn an_answer_with_more_than_100_header_fields_reaches_the_app_whole() {
     // 150 cookies: nginx passes them on (its limit is the head's size, and
-    // this head is 2 KiB), hyper's default limit is 100 fields.
+    // this head is 3 KiB), hyper's default limit is 100 fields.
     let cookies: String = (0..150)
-        .map(|i| format!("set-cookie: c{i}={i}; Path=/\r\n"))
+        .map(|i| format!("set-cookie: c{i}={i}\r\n"))
         .collect();
     let (_upstream, proxy) = scene(format!(
         "HTTP/1.1 200 OK\r\n{cookies}content-length: 2\r\n\r\nok"
@@ -59,7 +59,7 @@ async fn an_answer_with_more_than_100_header_fields_reaches_the_app_whole() {
         .filter(|(name, _)| name == "set-cookie")
         .map(|(_, value)| value.as_str())
         .collect();
-    let expected: Vec<_> = (0..150).map(|i| format!("c{i}={i}; Path=/")).collect();
+    let expected: Vec<_> = (0..150).map(|i| format!("c{i}={i}")).collect();
     assert_eq!(set, expected, "every cookie, in order");
 }
 
