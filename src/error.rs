@@ -87,6 +87,15 @@ impl ProxyError {
         }
     }
 
+    /// Whether the app's connection ends with this answer: after a stalled
+    /// request body (`408`) nobody knows where the next request would start,
+    /// so the connection is closed, and the answer must say so (RFC 9110
+    /// 15.5.9) or the app's pool may hand the closed connection to its next
+    /// request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::RequestBodyTimeout { .. })
+    }
+
     /// The stable error code of DESIGN.md.
     pub fn code(&self) -> &'static str {
         match self {

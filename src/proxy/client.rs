@@ -118,6 +118,15 @@ const SEND_ATTEMPTS: u32 = 4;
 /// TCP keepalive of upstream connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// Most header fields in an upstream's HTTP/1.1 answer head. hyper's
+/// default is 100, and an answer with more (a page of `Set-Cookie`s,
+/// tracing and security headers) became a 502 that the app would not get
+/// from the upstream directly, nor from nginx, whose only limit is the
+/// head's size (4 KiB by default: about 250 fields of 16 bytes). Above
+/// 100, hyper parses each answer head into buffers on the heap instead of
+/// the stack (64 bytes per field: 16 KiB here).
+const MAX_ANSWER_FIELDS: usize = 256;
+
 type Connector = HttpsConnector<HttpConnector>;
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -274,9 +283,21 @@ pub fn upstream_client(
         .collect();
     Ok(UpstreamClient {
         connector,
-        http1: http1::Builder::new(),
+        http1: http1_builder(),
         pools,
     })
+}
+
+/// How HTTP/1.1 answers are read: up to [`MAX_ANSWER_FIELDS`] header
+/// fields, and a field folded over several lines (obs-fold, from old
+/// servers) unfolded with spaces as RFC 9112 5.2 allows a proxy to do,
+/// since the app's own client would accept it, rather than answered 502.
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .max_headers(MAX_ANSWER_FIELDS)
+        .allow_obsolete_multiline_headers_in_responses(true);
+    builder
 }
 
 impl UpstreamClient {

@@ -12,7 +12,8 @@
 //! HTTP/1 only: an HTTP/2 stream left unread is reset on its own, its
 //! connection unharmed. Not when the connection closes anyway (a refused
 //! framing), nor for a request waiting for `100 Continue` (its app sends the
-//! body only when asked, and the answer tells it not to), nor for a body
+//! body only when asked; the refusal says the connection closes,
+//! [`refusal_closes`]), nor for a body
 //! that stalled ([`Stalls`]): that app has stopped sending, and its `408`
 //! closes the connection.
 
@@ -91,6 +92,21 @@ impl Drop for FromApp {
             runtime.spawn(drain(body));
         }
     }
+}
+
+/// Whether sidekey's own refusal of `request` ends its connection: an
+/// HTTP/1.1 upload waiting for `100 Continue` is not drained (its app may
+/// never send the body, and then its next request would be read as that
+/// body), so hyper closes the connection after the answer, which must say
+/// so (RFC 9110 10.1.1). Also when a refusal came after the body was read
+/// (a small body kept for a retry): one reconnect, on an error, is cheap.
+pub fn refusal_closes<B>(request: &Request<B>) -> bool
+where
+    B: Body,
+{
+    request.version() == Version::HTTP_11
+        && !request.body().is_end_stream()
+        && request.headers().contains_key(header::EXPECT)
 }
 
 /// A body that [`super::body::Idle`] tells when it stopped waiting for it.

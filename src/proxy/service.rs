@@ -5,14 +5,14 @@
 //! a refused framing, count the request in the metrics, and when
 //! `[log] access` is on, write its access line ([`access`]).
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::{debug, error};
 
 use super::access;
 use super::forward::forward;
 use super::framing::Framing;
-use super::linger::FromApp;
+use super::linger::{self, FromApp};
 use super::{Dispatch, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -26,7 +26,10 @@ pub async fn handle_request(
     metrics: &Metrics,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
-    let closes = framing.closes_connection();
+    let mut closes = framing.closes_connection();
+    // `Connection` is an HTTP/1 header (HTTP/2 forbids it).
+    let http1 = request.version() <= Version::HTTP_11;
+    let refusal_closes = linger::refusal_closes(&request);
     let request = FromApp::wrap(request, closes);
     let grpc = super::grpc::is_call(&request);
     // `[log] access`: the request's method and path are noted before it is
@@ -52,6 +55,7 @@ pub async fn handle_request(
         }
         Err(err) => {
             log_error(series.route(), &err);
+            closes |= refusal_closes || (http1 && err.closes_connection());
             let response = if grpc {
                 err.to_grpc_response()
             } else {
@@ -61,8 +65,9 @@ pub async fn handle_request(
         }
     };
     if closes {
-        // A refused framing: the tap no longer knows where a next request
-        // would start (see `proxy::framing`), so this is the connection's last.
+        // A refused framing, a stalled body or an upload refused before
+        // `100 Continue`: where a next request would start is unknown (see
+        // `proxy::framing`, `linger`), so this is the connection's last.
         response
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

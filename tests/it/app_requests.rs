@@ -1,12 +1,17 @@
 //! What odd apps send, as raw bytes: uploads that wait for
 //! `100 Continue` (curl does for large ones) meeting an upstream that
 //! rejects the token, early or after reading the body; HTTP/1.0 apps; a
-//! WebSocket `Upgrade` through a route, which sidekey does not tunnel; and
-//! uploads written whole before the answer is read, refused by sidekey.
+//! WebSocket `Upgrade` through a route, which sidekey does not tunnel;
+//! uploads written whole before the answer is read, refused by sidekey; and
+//! refusals that close the connection, which must say so: the `408` of an
+//! upload that pauses too long, and a refusal of an upload still waiting
+//! for `100 Continue`.
 
 use std::time::Duration;
 
-use crate::support::config::{oauth_route_proxy, static_route_proxy};
+use crate::support::config::{
+    TestConfig, oauth_route_proxy, route, static_route_proxy, static_token,
+};
 use crate::support::proxy::TestProxy;
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer};
@@ -256,4 +261,53 @@ async fn an_app_that_closes_its_sending_side_after_the_request_gets_the_answer()
         assert_eq!(answers[0].status, 200, "{}", app.text());
     }
     assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_upload_that_stalls_gets_a_408_that_says_the_connection_closes() {
+    // RFC 9110 15.5.9: a 408 means the server closes the connection, and
+    // should say so; an app's pool that is not told may hand the closed
+    // connection to its next request.
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let proxy = TestConfig::new()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api").line(r#"body_timeout = "300ms""#))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    // 10 of the 1,000 bytes announced, then the app pauses.
+    app.send(b"POST /up HTTP/1.1\r\nhost: sidekey\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+
+    let answer = app.read_response(PROMPTLY).await.expect("an answer");
+
+    assert_eq!(answer.status, 408, "{}", answer.body_text());
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(app.closed_within(PROMPTLY).await, "and it does close");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_refused_upload_still_waiting_for_100_continue_is_told_the_connection_closes() {
+    // The app has not sent its body and may never: sidekey cannot tell its
+    // next request from the body, so it closes; RFC 9110 10.1.1 asks the
+    // answer to say which (curl, after its 1 s wait, may be sending the
+    // body already).
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let proxy = static_route_proxy(&upstream.url()).await;
+    let mut app = RawConn::connect(proxy.route_addr(0)).await;
+    app.send(
+        b"POST /a/%2e%2e/b HTTP/1.1\r\nhost: sidekey\r\ncontent-length: 2000000\r\n\
+          expect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write");
+
+    let answer = app.read_response(PROMPTLY).await.expect("an answer");
+
+    assert_eq!(answer.status, 400, "{}", answer.body_text());
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(app.closed_within(PROMPTLY).await, "and it does close");
+    assert!(upstream.requests().is_empty());
 }

@@ -53,4 +53,5 @@ mod token_lifecycle;
 mod token_values;
 mod upstream_faults;
 mod upstream_framing;
+mod upstream_heads;
 mod workers;

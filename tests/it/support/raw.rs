@@ -171,7 +171,8 @@ impl RawConn {
 /// `None` while it is incomplete. Without a `content-length` the body is
 /// empty, or with `to_the_end` the rest of `bytes` (the connection closed).
 fn parse_response(bytes: &[u8], to_the_end: bool) -> Option<(RawResponse, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    // More than hyper's default of 100, for answers with many fields.
+    let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(bytes) {
         Ok(httparse::Status::Complete(n)) => n,
