@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::config::{TestConfig, route, static_token};
+use crate::support::h2_goaway::frame;
 use crate::support::h2c::H2cConn;
 use crate::support::proxy::{TestProxy, body_empty, request_with};
 use crate::support::tls::TestPki;
@@ -51,15 +52,6 @@ async fn next_connection_is_served(addr: SocketAddr) {
         .send(request_with(Method::GET, "/fine", &[], body_empty()))
         .await;
     assert_eq!(response.status, StatusCode::OK);
-}
-
-/// One HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len().to_be_bytes();
-    let mut frame = vec![len[5], len[6], len[7], kind, flags];
-    frame.extend_from_slice(&stream.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
 }
 
 /// An HPACK field, literal without indexing, new name (both under 127 bytes).

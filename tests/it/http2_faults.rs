@@ -22,15 +22,31 @@ use crate::support::relay::Relay;
 use crate::support::tls::TestPki;
 use crate::support::upstream::{Gate, Reply, Upstream, UpstreamOpts};
 
-/// One route to `upstream` with a static credential, `request_timeout = "2s"`.
-async fn proxy_to(pki: &TestPki, upstream: &str) -> TestProxy {
+/// One route to `upstream` with a static credential and `setting` (one
+/// line of the route's table).
+async fn proxy_with(pki: &TestPki, upstream: &str, setting: &str) -> TestProxy {
     TestConfig::new()
         .trusting(pki)
         .with(static_token("api", "API_TOKEN"))
-        .with(route(upstream, "api").line(r#"request_timeout = "2s""#))
+        .with(route(upstream, "api").line(setting))
         .env("API_TOKEN", "tok-123")
         .start()
         .await
+}
+
+/// One route to `upstream` with a static credential, `request_timeout = "2s"`.
+async fn proxy_to(pki: &TestPki, upstream: &str) -> TestProxy {
+    proxy_with(pki, upstream, r#"request_timeout = "2s""#).await
+}
+
+/// An h2c connection to the proxy's first route, its task running.
+async fn h2c_app(proxy: &TestProxy) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(proxy.route_addr(0))
+        .await
+        .unwrap();
+    let (app, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    app
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
@@ -131,22 +147,12 @@ async fn an_app_that_stops_reading_a_download_holds_up_no_other_request() {
     }))
     .await;
     let relay = Relay::start(upstream.addr()).await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&relay.https_url(), "api").line(r#"body_timeout = "1s""#))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = proxy_with(&pki, &relay.https_url(), r#"body_timeout = "1s""#).await;
 
     // An h2c app takes the head of a large download and never reads on:
     // its stream's window stays shut, and what sidekey took from the
     // upstream for it waits in sidekey.
-    let tcp = tokio::net::TcpStream::connect(proxy.route_addr(0))
-        .await
-        .unwrap();
-    let (stuck, conn) = h2::client::handshake(tcp).await.unwrap();
-    let _conn = tokio::spawn(conn);
+    let stuck = h2c_app(&proxy).await;
     let request = http::Request::get("http://sidekey/big").body(()).unwrap();
     let (head, _send) = stuck
         .ready()
@@ -190,22 +196,12 @@ async fn uploads_the_upstream_is_slow_to_take_hold_up_no_other_stream_of_the_app
             .hold_bodies("/held", gate.clone()),
     )
     .await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api").line(r#"body_timeout = "1s""#))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = proxy_with(&pki, &upstream.url(), r#"body_timeout = "1s""#).await;
 
     // One h2c connection, as a gRPC channel: five uploads the upstream does
     // not take yet. The upstream's window for each stream fills (its
     // connection's does not), and each stream's window in sidekey then.
-    let tcp = tokio::net::TcpStream::connect(proxy.route_addr(0))
-        .await
-        .unwrap();
-    let (app, conn) = h2::client::handshake(tcp).await.unwrap();
-    let _conn = tokio::spawn(conn);
+    let app = h2c_app(&proxy).await;
     let post = |path: &str, len: usize| {
         http::Request::post(format!("http://sidekey{path}"))
             .header("content-length", len.to_string())

@@ -96,7 +96,8 @@ impl Drop for GoawayUpstream {
     }
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len().to_be_bytes();
     let mut frame = vec![len[5], len[6], len[7], kind, flags];
     frame.extend_from_slice(&stream.to_be_bytes());
