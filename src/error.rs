@@ -42,11 +42,14 @@ pub enum ProxyError {
     /// The credential holds no valid token.
     #[error("{0}")]
     CredentialUnavailable(#[from] Unavailable),
-    /// Connecting (TCP or TLS) to the upstream failed, or the connection broke.
-    #[error("upstream {upstream} unreachable: {reason}")]
+    /// Connecting (TCP or TLS) to the upstream failed, or the connection broke
+    /// or brought an answer that cannot be passed on.
+    #[error("upstream {upstream} {failure}: {reason}")]
     UpstreamUnreachable {
         /// scheme://host:port of the upstream.
         upstream: String,
+        /// `unreachable` when connecting failed, else what went wrong after.
+        failure: &'static str,
         /// Why, from the error chain.
         reason: String,
     },

@@ -376,6 +376,11 @@ async fn send(
             warn!(route = %route.name, kind, error = %reason, "upstream request failed");
             Err(ProxyError::UpstreamUnreachable {
                 upstream: upstream(),
+                failure: if err.is_connect() {
+                    "unreachable"
+                } else {
+                    "connected, then the exchange failed"
+                },
                 reason,
             })
         }

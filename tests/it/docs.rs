@@ -118,6 +118,7 @@ fn every_proxy_error() -> Vec<ProxyError> {
         }),
         ProxyError::UpstreamUnreachable {
             upstream: "u".into(),
+            failure: "unreachable",
             reason: "r".into(),
         },
         ProxyError::UpstreamTimeout {

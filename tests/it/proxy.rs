@@ -388,6 +388,8 @@ async fn unreachable_upstream_is_502_json() {
     assert_eq!(r.sidekey_error(), Some("upstream_unreachable"));
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.json()["error"], "upstream_unreachable");
+    let message = r.json()["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains(" unreachable: "), "{message}");
     assert!(!r.text().contains("tok-123"));
 }
 

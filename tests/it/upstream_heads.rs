@@ -69,6 +69,12 @@ async fn an_answer_with_up_to_100_header_fields_reaches_the_app_whole_and_more_i
         answer.header("x-sidekey-error"),
         Some("upstream_unreachable")
     );
+    // Reached, so not said to be unreachable.
+    let message = answer.body_text();
+    assert!(
+        message.contains("connected, then the exchange failed"),
+        "{message}"
+    );
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
