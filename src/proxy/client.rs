@@ -12,8 +12,9 @@
 //! - HTTP/2: one multiplexed connection per worker, opened by the first
 //!   request while the others wait for it (ALPN of that first connection
 //!   decides between the two), and opened again once it closes or the
-//!   upstream says GOAWAY, or stops answering its PINGs (a dead peer is
-//!   given up within 20 s of its last byte, see [`H2_KEEP_ALIVE_INTERVAL`]).
+//!   upstream says GOAWAY, stops answering its PINGs while streams are open
+//!   ([`H2_KEEP_ALIVE_INTERVAL`]), or leaves a request unanswered for its
+//!   `request_timeout` ([`UpstreamClient::retire_http2_after_timeout`]).
 //!   Requests beyond the upstream's stream limit queue on the connection
 //!   ([`H2_INITIAL_STREAMS`]). A response the app is slow to take waits in
 //!   sidekey only up to its stream's window ([`H2_STREAM_WINDOW`]), and
@@ -75,12 +76,14 @@ use crate::tls::UpstreamTls;
 /// timeouts are covered by `forward`'s replay of idempotent requests.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an HTTP/2 connection may go without a byte from the upstream,
-/// busy or idle, before it is pinged to tell a dead peer from a quiet one.
-/// Idle too: a connection that died while idle (a NAT or load balancer
-/// forgot it, the host went away) is found before a request lands on it,
-/// and the pings keep such middleboxes from forgetting it.
-const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 connection with streams open may go without a byte
+/// from the upstream before it is pinged to tell a dead peer from a quiet
+/// one. Not while idle: gRPC servers answer pings on a connection without
+/// calls (more often than every 5 minutes) with GOAWAY `too_many_pings`.
+/// A connection that died while idle costs the first request on it one
+/// `request_timeout`, which retires it
+/// ([`UpstreamClient::retire_http2_after_timeout`]).
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a PING may go unanswered before its connection is given up
 /// (and the next request opens another): a dead peer is found within
@@ -300,6 +303,17 @@ impl UpstreamClient {
         lock(pool).protocol == Protocol::Http2
     }
 
+    /// A request got no answer head within its `request_timeout`: the
+    /// worker's HTTP/2 connection is retired so that the next request opens
+    /// another; its other streams go on. A connection that fell silent (a
+    /// black hole: a host gone, a NAT entry forgotten) then costs one
+    /// timeout, not every request after it. Rarely, the connection retired
+    /// is a newer one than the request went out on: that costs a handshake.
+    pub fn retire_http2_after_timeout(&self) {
+        let pool = &self.pools[crate::workers::id() % self.pools.len()];
+        lock(pool).http2 = None;
+    }
+
     /// Send `request` (absolute URI) to the upstream on one of the current
     /// worker's connections, and return the response head and when its
     /// connection was opened.
@@ -472,7 +486,6 @@ impl UpstreamClient {
                 .initial_max_send_streams(H2_INITIAL_STREAMS)
                 .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
                 .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamError::Connect(e.into()))?;

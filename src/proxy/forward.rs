@@ -385,6 +385,7 @@ async fn send(
             })
         }
         Err(_) => {
+            route.client.retire_http2_after_timeout();
             route.metrics.record_upstream_error("timeout");
             warn!(route = %route.name, timeout = ?route.request_timeout, "upstream timed out");
             Err(ProxyError::UpstreamTimeout {
