@@ -29,6 +29,7 @@ pub mod head;
 pub mod headers;
 pub mod hosts;
 pub mod linger;
+pub mod not_a_url;
 pub mod path;
 pub mod route;
 pub mod service;
@@ -81,7 +82,8 @@ impl Dispatch {
     /// The route for `request`, or why it is not forwarded at all: a method
     /// that must not be ([`refuse_method`]), a body framed both by
     /// `Content-Length` and `Transfer-Encoding` ([`framing`]), a request target that is not a
-    /// path (reverse routes) or not an `http://` URL (forward proxy), a path
+    /// path (reverse routes) or not an `http://` URL (forward proxy,
+    /// [`not_a_url`]), a path
     /// that could escape the upstream's base path ([`path::check`]), a
     /// forward-proxy host and port outside `hosts`.
     pub fn find<B>(
@@ -89,9 +91,14 @@ impl Dispatch {
         request: &Request<B>,
         framing: framing::Framing,
     ) -> Result<&Arc<Route>, ProxyError> {
-        refuse_method(request.method())?;
         refuse_framing(framing)?;
         let uri = request.uri();
+        if let Dispatch::Forward(_) = self
+            && let Some(refusal) = not_a_url::refusal(request.method(), uri)
+        {
+            return Err(refusal);
+        }
+        refuse_method(request.method())?;
         match self {
             Dispatch::Routes(routes) => {
                 let path = uri.path();
@@ -108,11 +115,6 @@ impl Dispatch {
                     .ok_or_else(|| ProxyError::NoRoute(path.to_owned()))
             }
             Dispatch::Forward(hosts) => {
-                if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-                    return Err(ProxyError::BadRequest(
-                        "forward proxy expects absolute http:// request URIs".to_owned(),
-                    ));
-                }
                 refuse_unsafe_path(uri.path())?;
                 hosts.find(uri)
             }

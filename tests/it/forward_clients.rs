@@ -1,0 +1,118 @@
+//! The forward proxy as real HTTP_PROXY clients use it: the bytes curl,
+//! wget, Python `requests`, Node and Java's `HttpClient` send to a proxy
+//! (captured from each), keep-alive across hosts, and the answers they get
+//! to what sidekey refuses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::config::{TestConfig, forward_proxy, static_token};
+use crate::support::proxy::TestProxy;
+use crate::support::raw::{RawConn, RawResponse};
+use crate::support::tls::TestPki;
+use crate::support::upstream::{Upstream, UpstreamOpts};
+
+const TOKEN_A: &str = "tok-host-a";
+const TOKEN_B: &str = "tok-host-b";
+const WITHIN: Duration = Duration::from_secs(5);
+
+/// Two upstreams, `localhost:A` with credential `a` and `localhost:B`
+/// with credential `b`, behind one forward proxy.
+struct Two {
+    a: Upstream,
+    b: Upstream,
+    proxy: TestProxy,
+}
+
+impl Two {
+    async fn start() -> Two {
+        let pki = Arc::new(TestPki::new());
+        let a = Upstream::start(UpstreamOpts::tls(&pki)).await;
+        let b = Upstream::start(UpstreamOpts::tls(&pki)).await;
+        let (host_a, host_b) = (
+            format!("localhost:{}", a.addr().port()),
+            format!("localhost:{}", b.addr().port()),
+        );
+        let proxy = TestConfig::new()
+            .trusting(&pki)
+            .with(static_token("a", "TOKEN_A"))
+            .with(static_token("b", "TOKEN_B"))
+            .with(forward_proxy(&[(&host_a, "a"), (&host_b, "b")]))
+            .env("TOKEN_A", TOKEN_A)
+            .env("TOKEN_B", TOKEN_B)
+            .start()
+            .await;
+        Two { a, b, proxy }
+    }
+
+    fn pa(&self) -> u16 {
+        self.a.addr().port()
+    }
+
+    fn pb(&self) -> u16 {
+        self.b.addr().port()
+    }
+
+    async fn conn(&self) -> RawConn {
+        RawConn::connect(self.proxy.forward_proxy_addr()).await
+    }
+}
+
+/// Send `bytes` and read one response.
+async fn ask(conn: &mut RawConn, bytes: &str) -> RawResponse {
+    conn.send(bytes.as_bytes()).await.expect("send");
+    conn.read_response(WITHIN)
+        .await
+        .unwrap_or_else(|| panic!("no answer to {bytes:?}"))
+}
+
+/// Send `request` on a fresh connection: the one answer, which must be
+/// sidekey's own refusal with `status` and `code`; its message.
+async fn refusal(two: &Two, request: &str, status: u16, code: &str) -> String {
+    let mut conn = two.conn().await;
+    let r = ask(&mut conn, request).await;
+    assert_eq!(r.status, status, "{request:?}: {}", r.body_text());
+    assert_eq!(r.header("x-sidekey-error"), Some(code), "{request:?}");
+    r.body_text()
+}
+
+#[tokio::test]
+async fn requests_that_are_no_http_url_are_told_what_to_send_instead() {
+    let two = Two::start().await;
+    let pa = two.pa();
+    // An app that uses the forward proxy's address as its base URL.
+    let origin = refusal(
+        &two,
+        &format!("GET /v1/items HTTP/1.1\r\nHost: localhost:{pa}\r\n\r\n"),
+        400,
+        "bad_request",
+    )
+    .await;
+    assert!(
+        origin.contains("HTTP_PROXY") && origin.contains("http://HOST/v1/items"),
+        "{origin}"
+    );
+    // An `https://` URL written in absolute form (clients send CONNECT for
+    // those; some write the URL itself).
+    let https = refusal(
+        &two,
+        &format!("GET https://localhost:{pa}/v1/items HTTP/1.1\r\nHost: localhost:{pa}\r\n\r\n"),
+        400,
+        "bad_request",
+    )
+    .await;
+    assert!(
+        https.contains(&format!("http://localhost:{pa}/v1/items")),
+        "{https}"
+    );
+    // Python `requests` asks for https:// URLs with this CONNECT.
+    let connect = refusal(
+        &two,
+        "CONNECT api.example.com:443 HTTP/1.0\r\n\r\n",
+        400,
+        "bad_request",
+    )
+    .await;
+    assert!(connect.contains("http://api.example.com/"), "{connect}");
+    assert_eq!(two.a.connections() + two.b.connections(), 0);
+}
