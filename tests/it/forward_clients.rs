@@ -116,3 +116,58 @@ async fn requests_that_are_no_http_url_are_told_what_to_send_instead() {
     assert!(connect.contains("http://api.example.com/"), "{connect}");
     assert_eq!(two.a.connections() + two.b.connections(), 0);
 }
+
+#[tokio::test]
+async fn one_app_connection_to_two_hosts_carries_each_hosts_token_to_that_host_only() {
+    let two = Two::start().await;
+    let (pa, pb) = (two.pa(), two.pb());
+    let mut conn = two.conn().await;
+    // curl's bytes (`curl -x http://u:p@sidekey … URL_A URL_B`): one
+    // connection, Proxy-Authorization and Proxy-Connection on each request;
+    // the second names host A in `Host` (Node's `http` writes the proxy's
+    // own address there), the target decides (RFC 9112 §3.2.2).
+    let hop = "Proxy-Authorization: Basic dTpw\r\nProxy-Connection: Keep-Alive\r\n";
+    for (target, host) in [
+        (
+            format!("http://localhost:{pa}/1"),
+            format!("localhost:{pa}"),
+        ),
+        (
+            format!("http://localhost:{pb}/2"),
+            format!("localhost:{pa}"),
+        ),
+        (
+            format!("http://LOCALHOST:{pa}/3"),
+            format!("localhost:{pb}"),
+        ),
+    ] {
+        let r = ask(
+            &mut conn,
+            &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{hop}Accept: */*\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{target}: {}", r.body_text());
+    }
+    for (upstream, port, token, paths) in [
+        (&two.a, pa, TOKEN_A, vec!["/1", "/3"]),
+        (&two.b, pb, TOKEN_B, vec!["/2"]),
+    ] {
+        let seen = upstream.requests();
+        assert_eq!(
+            seen.iter().map(|r| r.path_and_query()).collect::<Vec<_>>(),
+            paths
+        );
+        for request in seen {
+            assert_eq!(
+                request.header_all("authorization"),
+                vec![format!("Bearer {token}")]
+            );
+            assert_eq!(
+                request.header("host"),
+                Some(format!("localhost:{port}").as_str())
+            );
+            assert_eq!(request.header("proxy-authorization"), None);
+            assert_eq!(request.header("proxy-connection"), None);
+        }
+    }
+}
