@@ -196,7 +196,8 @@ pub fn build_generation(
                         body_timeout: forward.body_timeout,
                         access_log: config.log.access,
                     },
-                );
+                )
+                .serving_forward_proxy();
                 hosts.insert(host, Arc::new(route));
             }
             Some(Arc::new(Dispatch::Forward(hosts)))

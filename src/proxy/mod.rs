@@ -31,6 +31,7 @@ pub mod hosts;
 pub mod linger;
 pub mod not_a_url;
 pub mod path;
+pub mod redirect;
 pub mod route;
 pub mod service;
 pub mod settings;

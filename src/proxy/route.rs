@@ -71,6 +71,9 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// `[log] access`: write an access line per request ([`super::access`]).
     pub access_log: bool,
+    /// Forward proxy: the upstream's authority, whose `https://` URLs in
+    /// answers point back at `http://` ([`super::redirect`]).
+    forward_authority: Option<Box<str>>,
 }
 
 /// The parts of a route that are not the path rules.
@@ -114,7 +117,22 @@ impl Route {
             body_timeout: parts.body_timeout,
             metrics: parts.metrics,
             access_log: parts.access_log,
+            forward_authority: None,
         }
+    }
+
+    /// This route serves the forward proxy: its upstream's own `https://`
+    /// URLs in answers are rewritten to `http://` ([`super::redirect`]).
+    pub fn serving_forward_proxy(mut self) -> Self {
+        if let Target::Fixed(base) = &self.target {
+            self.forward_authority = Some(base.authority.as_str().into());
+        }
+        self
+    }
+
+    /// The upstream authority of a forward-proxy route.
+    pub fn forward_authority(&self) -> Option<&str> {
+        self.forward_authority.as_deref()
     }
 
     /// The normalised `path_prefix`.

@@ -10,7 +10,7 @@ use crate::support::config::{TestConfig, forward_proxy, static_token};
 use crate::support::proxy::TestProxy;
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::tls::TestPki;
-use crate::support::upstream::{Upstream, UpstreamOpts};
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
 
 const TOKEN_A: &str = "tok-host-a";
 const TOKEN_B: &str = "tok-host-b";
@@ -26,8 +26,13 @@ struct Two {
 
 impl Two {
     async fn start() -> Two {
+        Two::start_with(|opts| opts).await
+    }
+
+    /// Upstream A started with `a_opts` applied to its options.
+    async fn start_with(a_opts: impl FnOnce(UpstreamOpts) -> UpstreamOpts) -> Two {
         let pki = Arc::new(TestPki::new());
-        let a = Upstream::start(UpstreamOpts::tls(&pki)).await;
+        let a = Upstream::start(a_opts(UpstreamOpts::tls(&pki))).await;
         let b = Upstream::start(UpstreamOpts::tls(&pki)).await;
         let (host_a, host_b) = (
             format!("localhost:{}", a.addr().port()),
@@ -169,5 +174,61 @@ async fn one_app_connection_to_two_hosts_carries_each_hosts_token_to_that_host_o
             assert_eq!(request.header("proxy-authorization"), None);
             assert_eq!(request.header("proxy-connection"), None);
         }
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_redirect_to_its_own_https_url_is_followed_through_the_proxy() {
+    // The upstream (reached over https://) redirects to its own absolute
+    // https:// URLs, as APIs behind a load balancer do. Handed on as they
+    // are, a redirect-following app asks for https:// through the proxy
+    // (CONNECT) and fails; rewritten to http://, it comes back through
+    // sidekey and gets its token injected again.
+    let two = Two::start_with(|opts| {
+        opts.respond(|request| match request.path.as_str() {
+            "/old" => {
+                let port = request
+                    .header("host")
+                    .and_then(|host| host.rsplit(':').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                Reply::status(302)
+                    .header("location", &format!("https://LocalHost:{port}/new?x=1"))
+                    .header("content-location", &format!("https://localhost:{port}/old"))
+            }
+            "/away" => Reply::status(302).header("location", "https://elsewhere.example/x"),
+            "/relative" => Reply::status(302).header("location", "/new"),
+            _ => Reply::echo(),
+        })
+    })
+    .await;
+    let pa = two.pa();
+    let mut conn = two.conn().await;
+    let get = |target: String| format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    let r = ask(&mut conn, &get(format!("http://localhost:{pa}/old"))).await;
+    assert_eq!(r.status, 302);
+    let location = r.header("location").expect("location").to_owned();
+    assert_eq!(location, format!("http://LocalHost:{pa}/new?x=1"));
+    assert_eq!(
+        r.header("content-location"),
+        Some(format!("http://localhost:{pa}/old").as_str())
+    );
+    let r = ask(&mut conn, &get(location)).await;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = two.a.last_request().expect("followed");
+    assert_eq!(seen.path_and_query(), "/new?x=1");
+    assert_eq!(
+        seen.header_all("authorization"),
+        vec![format!("Bearer {TOKEN_A}")]
+    );
+
+    // Other hosts' URLs and relative ones are passed on as they are.
+    for (path, kept) in [
+        ("/away", "https://elsewhere.example/x"),
+        ("/relative", "/new"),
+    ] {
+        let r = ask(&mut conn, &get(format!("http://localhost:{pa}{path}"))).await;
+        assert_eq!(r.header("location"), Some(kept), "{path}");
     }
 }
