@@ -232,3 +232,33 @@ async fn an_upstream_redirect_to_its_own_https_url_is_followed_through_the_proxy
         assert_eq!(r.header("location"), Some(kept), "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_trailing_dot_is_refused_with_the_name_that_is_listed() {
+    // Kubernetes apps write `api.example.com.` to skip the search domains;
+    // the key is `api.example.com`. Refused (another spelling of a name is
+    // never matched), but the answer says which spelling is listed.
+    let two = Two::start().await;
+    let pa = two.pa();
+    let message = refusal(
+        &two,
+        &format!("GET http://LocalHost.:{pa}/x HTTP/1.1\r\nHost: localhost.:{pa}\r\n\r\n"),
+        403,
+        "host_not_allowed",
+    )
+    .await;
+    assert!(
+        message.contains(&format!("http://localhost:{pa}/")),
+        "{message}"
+    );
+    // A name listed under no spelling gets no hint.
+    let other = refusal(
+        &two,
+        &format!("GET http://other.:{pa}/x HTTP/1.1\r\nHost: other\r\n\r\n"),
+        403,
+        "host_not_allowed",
+    )
+    .await;
+    assert!(!other.contains("request http://"), "{other}");
+    assert_eq!(two.a.request_count(), 0);
+}
