@@ -262,3 +262,40 @@ async fn a_trailing_dot_is_refused_with_the_name_that_is_listed() {
     assert!(!other.contains("request http://"), "{other}");
     assert_eq!(two.a.request_count(), 0);
 }
+
+#[tokio::test]
+async fn an_ipv6_key_takes_curls_bracketed_urls_and_names_the_upstream_in_brackets() {
+    let pki = Arc::new(TestPki::with_server_names(&["::1"]));
+    let listener = tokio::net::TcpListener::bind("[::1]:0")
+        .await
+        .expect("bind [::1]");
+    let upstream = Upstream::start_on(listener, UpstreamOpts::tls(&pki));
+    let port = upstream.addr().port();
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("a", "TOKEN_A"))
+        .with(forward_proxy(&[(&format!("[::1]:{port}"), "a")]))
+        .env("TOKEN_A", TOKEN_A)
+        .start()
+        .await;
+    let mut conn = RawConn::connect(proxy.forward_proxy_addr()).await;
+    // curl -x … 'http://[::1]:PORT/x', then the same address spelled longer.
+    for (target, path) in [
+        (format!("http://[::1]:{port}/x"), "/x"),
+        (format!("http://[0:0::1]:{port}/y"), "/y"),
+    ] {
+        let r = ask(
+            &mut conn,
+            &format!("GET {target} HTTP/1.1\r\nHost: [::1]:{port}\r\nProxy-Connection: Keep-Alive\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{target}: {}", r.body_text());
+        let seen = upstream.last_request().expect("forwarded");
+        assert_eq!(seen.path_and_query(), path);
+        assert_eq!(seen.header("host"), Some(format!("[::1]:{port}").as_str()));
+        assert_eq!(
+            seen.header_all("authorization"),
+            vec![format!("Bearer {TOKEN_A}")]
+        );
+    }
+}
