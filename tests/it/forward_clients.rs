@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::config::{TestConfig, forward_proxy, static_token};
+use crate::support::config::{TestConfig, forward_proxy, route, static_token};
 use crate::support::proxy::TestProxy;
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::tls::TestPki;
@@ -298,4 +298,38 @@ async fn an_ipv6_key_takes_curls_bracketed_urls_and_names_the_upstream_in_bracke
             vec![format!("Bearer {TOKEN_A}")]
         );
     }
+}
+
+#[tokio::test]
+async fn an_app_proxying_through_a_route_listener_is_refused_not_sent_to_the_routes_upstream() {
+    // HTTP_PROXY pointing at a route listener instead of the forward proxy:
+    // curl's bytes for http://other.example/x. Served, the request (and
+    // whatever the app meant for other.example in its headers) went to the
+    // route's upstream with the route's token, and the app got that
+    // upstream's answer as other.example's.
+    let pki = Arc::new(TestPki::new());
+    let a = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("a", "TOKEN_A"))
+        .with(route(&format!("{}/v1", a.url()), "a"))
+        .env("TOKEN_A", TOKEN_A)
+        .start()
+        .await;
+    let mut conn = RawConn::connect(proxy.route_addr(0)).await;
+    let r = ask(
+        &mut conn,
+        "GET http://other.example/x?key=k HTTP/1.1\r\nHost: other.example\r\nX-Api-Key: for-other\r\nProxy-Connection: Keep-Alive\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body_text());
+    assert_eq!(r.header("x-sidekey-error"), Some("bad_request"));
+    let message = r.body_text();
+    assert!(message.contains("forward_proxy"), "{message}");
+    assert!(!message.contains("key=k"), "{message}");
+    assert_eq!(a.request_count(), 0, "nothing reached the route's upstream");
+    // The app's ordinary requests on the same connection are served.
+    let r = ask(&mut conn, "GET /x HTTP/1.1\r\nHost: sidekey\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(a.last_request().expect("served").path_and_query(), "/v1/x");
 }

@@ -1,19 +1,26 @@
-//! What the forward proxy answers a request that is no `http://` URL: an
-//! app that uses the listener as its base URL (origin-form `GET /x`), an
-//! `https://` URL in absolute form, or the `CONNECT` clients send for
-//! `https://` URLs. Each answer names the `http://` request that would
-//! have worked, so the fix is in the message.
+//! Request targets in the wrong form for their listener, answered with
+//! what to send instead.
 //!
-//! Only the target's authority and path are echoed, never its query
-//! (an app may carry a key there).
+//! - The forward proxy ([`forward_refusal`]) takes absolute `http://` URLs:
+//!   an app that uses the listener as its base URL (origin-form `GET /x`),
+//!   an `https://` URL in absolute form, or the `CONNECT` clients send for
+//!   `https://` URLs is told the `http://` request that would have worked.
+//! - A route listener ([`route_refusal`]) takes paths: an HTTP/1 request
+//!   with an absolute URL comes from an app whose `HTTP_PROXY` names the
+//!   route listener. Served, it went to the route's upstream, the app's
+//!   headers for the other host and the route's token with it. (HTTP/2
+//!   requests always carry a scheme and authority, and are not refused.)
+//!
+//! Only a target's authority and path are echoed, never its query (an app
+//! may carry a key there).
 
-use http::{Method, Uri};
+use http::{Method, Uri, Version};
 
 use crate::error::ProxyError;
 
 /// Why `method uri` is not a request the forward proxy forwards, when it is
 /// not an absolute `http://` URL; `None` when it is one.
-pub fn refusal(method: &Method, uri: &Uri) -> Option<ProxyError> {
+pub fn forward_refusal(method: &Method, uri: &Uri) -> Option<ProxyError> {
     let message = if *method == Method::CONNECT {
         let host = uri.authority().map_or("HOST", |authority| {
             if authority.port_u16() == Some(443) {
@@ -47,14 +54,29 @@ pub fn refusal(method: &Method, uri: &Uri) -> Option<ProxyError> {
     Some(ProxyError::BadRequest(message))
 }
 
+/// Why an HTTP/1 request with an absolute URL is not served on a route
+/// listener; `None` for a path, or for HTTP/2.
+pub fn route_refusal(version: Version, uri: &Uri) -> Option<ProxyError> {
+    let authority = uri.authority()?;
+    if version >= Version::HTTP_2 {
+        return None;
+    }
+    Some(ProxyError::BadRequest(format!(
+        "this is a route listener: it takes paths such as {}, not URLs for {authority}. \
+         An app whose HTTP_PROXY names this listener should name the \
+         [forward_proxy] listener instead",
+        uri.path()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::refusal;
-    use http::{Method, Uri};
+    use super::{forward_refusal, route_refusal};
+    use http::{Method, Uri, Version};
 
     fn message(method: Method, target: &str) -> Option<String> {
         let uri: Uri = target.parse().unwrap();
-        refusal(&method, &uri).map(|e| e.to_string())
+        forward_refusal(&method, &uri).map(|e| e.to_string())
     }
 
     #[test]
@@ -72,5 +94,20 @@ mod tests {
         assert!(!origin.contains("secret"), "{origin}");
         let star = message(Method::OPTIONS, "*").unwrap();
         assert!(star.contains("http://HOST/*"), "{star}");
+    }
+
+    #[test]
+    fn route_listeners_refuse_http1_urls_only() {
+        let url: Uri = "http://other.example/x?key=secret".parse().unwrap();
+        let refused = route_refusal(Version::HTTP_11, &url).unwrap().to_string();
+        assert!(
+            refused.contains("/x,") && refused.contains("other.example"),
+            "{refused}"
+        );
+        assert!(!refused.contains("secret"), "{refused}");
+        assert!(route_refusal(Version::HTTP_10, &url).is_some());
+        assert!(route_refusal(Version::HTTP_2, &url).is_none());
+        let path: Uri = "/x".parse().unwrap();
+        assert!(route_refusal(Version::HTTP_11, &path).is_none());
     }
 }
