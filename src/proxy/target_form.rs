@@ -11,10 +11,16 @@
 //!   headers for the other host and the route's token with it. (HTTP/2
 //!   requests always carry a scheme and authority, and are not refused.)
 //!
+//! Clients show only the status line of a failed `CONNECT` (curl: "CONNECT
+//! tunnel failed, response 400"; Python: "Tunnel connection failed: 400
+//! Bad Request"), never its body, so its reason phrase says what to do
+//! ([`explain_connect`]).
+//!
 //! Only a target's authority and path are echoed, never its query (an app
 //! may carry a key there).
 
-use http::{Method, Uri, Version};
+use http::{Method, Response, Uri, Version};
+use hyper::ext::ReasonPhrase;
 
 use crate::error::ProxyError;
 
@@ -67,6 +73,19 @@ pub fn route_refusal(version: Version, uri: &Uri) -> Option<ProxyError> {
          [forward_proxy] listener instead",
         uri.path()
     )))
+}
+
+/// The reason phrase of a refused `CONNECT`, for the clients that show
+/// nothing else of the answer.
+const CONNECT_REASON: &[u8] =
+    b"CONNECT refused: request http:// URLs, the forward proxy sends them as https://";
+
+/// Give the answer to a refused `CONNECT` a reason phrase that says what
+/// to do (HTTP/1 only; HTTP/2 has no reason phrase).
+pub fn explain_connect<B>(response: &mut Response<B>) {
+    response
+        .extensions_mut()
+        .insert(ReasonPhrase::from_static(CONNECT_REASON));
 }
 
 #[cfg(test)]

@@ -333,3 +333,20 @@ async fn an_app_proxying_through_a_route_listener_is_refused_not_sent_to_the_rou
     assert_eq!(r.status, 200);
     assert_eq!(a.last_request().expect("served").path_and_query(), "/v1/x");
 }
+
+#[tokio::test]
+async fn a_refused_connect_says_what_to_do_in_its_status_line() {
+    // curl, Java and Python show only the status line of a failed CONNECT,
+    // never its body: Python raises "Tunnel connection failed: 400 <reason>".
+    let two = Two::start().await;
+    let mut conn = two.conn().await;
+    conn.send(b"CONNECT api.example.com:443 HTTP/1.0\r\n\r\n")
+        .await
+        .expect("send");
+    assert!(conn.closed_within(WITHIN).await, "HTTP/1.0: closed");
+    let status_line = conn.text().lines().next().unwrap_or_default().to_owned();
+    assert!(
+        status_line.starts_with("HTTP/1.0 400 ") && status_line.contains("http://"),
+        "{status_line}"
+    );
+}
