@@ -396,8 +396,8 @@ async fn send(
 }
 
 /// The upstream's response for the app: headers prepared
-/// ([`prepare_response`]; a forward-proxy answer's redirects to the
-/// upstream's own `https://` URLs point back at `http://`, see
+/// ([`prepare_response`]; a forward-proxy answer's redirects to a listed
+/// host's `https://` URLs point back at `http://`, see
 /// [`super::redirect`]), body streamed. Its version is sidekey's own, not
 /// the upstream's: hyper writes an HTTP/1.1 response's version as given,
 /// and an HTTP/1.1 app reading `HTTP/1.0` closes its connection after
@@ -407,8 +407,8 @@ fn finish(route: &Route, response: Response<FromUpstream>) -> Response<ResponseB
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     prepare_response(&mut parts.headers);
-    if let Some(authority) = route.forward_authority() {
-        super::redirect::rewrite(&mut parts.headers, authority);
+    if let Some(authorities) = route.forward_authorities() {
+        super::redirect::rewrite(&mut parts.headers, authorities);
     }
     Response::from_parts(parts, Either::Left(body))
 }

@@ -178,9 +178,10 @@ async fn one_app_connection_to_two_hosts_carries_each_hosts_token_to_that_host_o
 }
 
 #[tokio::test]
-async fn an_upstream_redirect_to_its_own_https_url_is_followed_through_the_proxy() {
-    // The upstream (reached over https://) redirects to its own absolute
-    // https:// URLs, as APIs behind a load balancer do. Handed on as they
+async fn an_upstream_redirect_to_a_listed_https_url_is_followed_through_the_proxy() {
+    // The upstream (reached over https://) redirects to absolute https://
+    // URLs, its own (as APIs behind a load balancer do) or another listed
+    // host's. Handed on as they
     // are, a redirect-following app asks for https:// through the proxy
     // (CONNECT) and fails; rewritten to http://, it comes back through
     // sidekey and gets its token injected again.
@@ -195,6 +196,10 @@ async fn an_upstream_redirect_to_its_own_https_url_is_followed_through_the_proxy
                 Reply::status(302)
                     .header("location", &format!("https://LocalHost:{port}/new?x=1"))
                     .header("content-location", &format!("https://localhost:{port}/old"))
+            }
+            "/to-b" => {
+                let b = request.header("x-b-port").unwrap_or_default().to_owned();
+                Reply::status(307).header("location", &format!("https://localhost:{b}/from-a"))
             }
             "/away" => Reply::status(302).header("location", "https://elsewhere.example/x"),
             "/relative" => Reply::status(302).header("location", "/new"),
@@ -223,7 +228,26 @@ async fn an_upstream_redirect_to_its_own_https_url_is_followed_through_the_proxy
         vec![format!("Bearer {TOKEN_A}")]
     );
 
-    // Other hosts' URLs and relative ones are passed on as they are.
+    // A redirect to another listed host: followed through sidekey, it
+    // reaches that host with that host's token, never A's.
+    let pb = two.pb();
+    let r = ask(
+        &mut conn,
+        &format!("GET http://localhost:{pa}/to-b HTTP/1.1\r\nHost: x\r\nX-B-Port: {pb}\r\n\r\n"),
+    )
+    .await;
+    let location = r.header("location").expect("location").to_owned();
+    assert_eq!(location, format!("http://localhost:{pb}/from-a"));
+    let r = ask(&mut conn, &get(location)).await;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = two.b.last_request().expect("followed to B");
+    assert_eq!(seen.path_and_query(), "/from-a");
+    assert_eq!(
+        seen.header_all("authorization"),
+        vec![format!("Bearer {TOKEN_B}")]
+    );
+
+    // Unlisted hosts' URLs and relative ones are passed on as they are.
     for (path, kept) in [
         ("/away", "https://elsewhere.example/x"),
         ("/relative", "/new"),
