@@ -147,6 +147,11 @@ pub fn build_generation(
         None => None,
         Some(forward) => {
             let mut hosts = ForwardHosts::default();
+            let authorities: Arc<[Box<str>]> = forward
+                .hosts
+                .keys()
+                .map(|host| host.upstream_authority().into())
+                .collect();
             for (host, credential_name) in &forward.hosts {
                 let credential = credentials.get(credential_name).cloned().ok_or_else(|| {
                     BuildError::UnknownCredential {
@@ -196,7 +201,8 @@ pub fn build_generation(
                         body_timeout: forward.body_timeout,
                         access_log: config.log.access,
                     },
-                );
+                )
+                .serving_forward_proxy(authorities.clone());
                 hosts.insert(host, Arc::new(route));
             }
             Some(Arc::new(Dispatch::Forward(hosts)))

@@ -180,7 +180,7 @@ pub async fn forward(
                 // Never retried: the next request gets whatever comes of it.
                 let _ = route.credential.report_rejected(published.generation);
             }
-            return Ok(finish(response));
+            return Ok(finish(route, response));
         }
     };
     let retry_on_rejection = route.credential.retries_on_rejection();
@@ -201,17 +201,17 @@ pub async fn forward(
     )
     .await?;
     if !route.credential.renews_on(token_status(grpc_call, &first)) {
-        return Ok(finish(first));
+        return Ok(finish(route, first));
     }
     let Some(kept) = kept.filter(|_| retry_on_rejection) else {
         // No different token can come of a renewal: report it (it is
         // counted, and the token source read again) and pass the answer on.
         let _ = route.credential.report_rejected(published.generation);
-        return Ok(finish(first));
+        return Ok(finish(route, first));
     };
     if route.credential.report_rejected(published.generation) == Rejection::Ignored {
         debug!(route = %route.name, status = first.status().as_u16(), "token rejected; fresh tokens are rejected too, not renewing");
-        return Ok(finish(first));
+        return Ok(finish(route, first));
     }
     let renewed = match route
         .credential
@@ -224,7 +224,7 @@ pub async fn forward(
         Ok(renewed) if renewed.generation > published.generation => renewed,
         _ => {
             debug!(route = %route.name, status = first.status().as_u16(), "token rejected; no newer token to retry with");
-            return Ok(finish(first));
+            return Ok(finish(route, first));
         }
     };
     debug!(route = %route.name, status = first.status().as_u16(), "token rejected; retrying once with the renewed token");
@@ -238,7 +238,7 @@ pub async fn forward(
         // Rejected with a fresh token: not about the token (see `rejection`).
         let _ = route.credential.report_rejected(renewed.generation);
     }
-    Ok(finish(response))
+    Ok(finish(route, response))
 }
 
 /// The token renewed after `rejected`'s rejection, its headers set in
@@ -397,14 +397,19 @@ async fn send(
 }
 
 /// The upstream's response for the app: headers prepared
-/// ([`prepare_response`]), body streamed. Its version is sidekey's own, not
+/// ([`prepare_response`]; a forward-proxy answer's redirects to a listed
+/// host's `https://` URLs point back at `http://`, see
+/// [`super::redirect`]), body streamed. Its version is sidekey's own, not
 /// the upstream's: hyper writes an HTTP/1.1 response's version as given,
 /// and an HTTP/1.1 app reading `HTTP/1.0` closes its connection after
 /// every answer (RFC 9112 §9.3). hyper still answers an HTTP/1.0 app in
 /// HTTP/1.0 and an HTTP/2 one in HTTP/2.
-fn finish(response: Response<FromUpstream>) -> Response<ResponseBody> {
+fn finish(route: &Route, response: Response<FromUpstream>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     prepare_response(&mut parts.headers);
+    if let Some(authorities) = route.forward_authorities() {
+        super::redirect::rewrite(&mut parts.headers, authorities);
+    }
     Response::from_parts(parts, Either::Left(body))
 }

@@ -7,7 +7,8 @@
 //! The request's authority is only a lookup key: each route's upstream
 //! authority comes from the configuration, so no spelling the app uses can
 //! send the credential anywhere the configuration does not name. Requests
-//! whose authority carries user information are refused.
+//! whose authority carries user information are refused; a listed name
+//! written with a trailing dot is refused with the spelling that is listed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,10 +55,29 @@ impl ForwardHosts {
         }
         let not_allowed = || ProxyError::HostNotAllowed(authority.as_str().to_owned());
         let (host, port) = request_key(authority).ok_or_else(not_allowed)?;
+        self.route(&host, port).ok_or_else(|| {
+            // `api.example.` (a fully qualified name, as Kubernetes apps
+            // write to skip the search domains) is another spelling, never
+            // matched; the answer names the listed one.
+            match host.strip_suffix('.') {
+                Some(listed) if self.route(listed, port).is_some() => {
+                    let listed = match port {
+                        80 => listed.to_owned(),
+                        port => format!("{listed}:{port}"),
+                    };
+                    ProxyError::HostNotAllowed(format!(
+                        "{authority} (its trailing dot makes it another name: request http://{listed}/…)"
+                    ))
+                }
+                _ => not_allowed(),
+            }
+        })
+    }
+
+    fn route(&self, host: &str, port: u16) -> Option<&Arc<Route>> {
         self.by_host
-            .get(host.as_ref())
+            .get(host)
             .and_then(|ports| ports.iter().find(|(p, _)| *p == port))
             .map(|(_, route)| route)
-            .ok_or_else(not_allowed)
     }
 }

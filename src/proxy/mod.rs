@@ -30,9 +30,11 @@ pub mod headers;
 pub mod hosts;
 pub mod linger;
 pub mod path;
+pub mod redirect;
 pub mod route;
 pub mod service;
 pub mod settings;
+pub mod target_form;
 pub mod unusable;
 
 use std::sync::Arc;
@@ -80,20 +82,29 @@ impl Dispatch {
 
     /// The route for `request`, or why it is not forwarded at all: a method
     /// that must not be ([`refuse_method`]), a body framed both by
-    /// `Content-Length` and `Transfer-Encoding` ([`framing`]), a request target that is not a
-    /// path (reverse routes) or not an `http://` URL (forward proxy), a path
-    /// that could escape the upstream's base path ([`path::check`]), a
-    /// forward-proxy host and port outside `hosts`.
+    /// `Content-Length` and `Transfer-Encoding` ([`framing`]), a request
+    /// target in the wrong form for the listener ([`target_form`]: a URL on
+    /// a route listener, anything but an `http://` URL on the forward
+    /// proxy), a path that could escape the upstream's base path
+    /// ([`path::check`]), a forward-proxy host and port outside `hosts`.
     pub fn find<B>(
         &self,
         request: &Request<B>,
         framing: framing::Framing,
     ) -> Result<&Arc<Route>, ProxyError> {
-        refuse_method(request.method())?;
         refuse_framing(framing)?;
         let uri = request.uri();
+        if let Dispatch::Forward(_) = self
+            && let Some(refusal) = target_form::forward_refusal(request.method(), uri)
+        {
+            return Err(refusal);
+        }
+        refuse_method(request.method())?;
         match self {
             Dispatch::Routes(routes) => {
+                if let Some(refusal) = target_form::route_refusal(request.version(), uri) {
+                    return Err(refusal);
+                }
                 let path = uri.path();
                 if !path.starts_with('/') {
                     // Authority-form (`host:port`) or asterisk-form (`*`).
@@ -108,11 +119,6 @@ impl Dispatch {
                     .ok_or_else(|| ProxyError::NoRoute(path.to_owned()))
             }
             Dispatch::Forward(hosts) => {
-                if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-                    return Err(ProxyError::BadRequest(
-                        "forward proxy expects absolute http:// request URIs".to_owned(),
-                    ));
-                }
                 refuse_unsafe_path(uri.path())?;
                 hosts.find(uri)
             }

@@ -71,6 +71,9 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// `[log] access`: write an access line per request ([`super::access`]).
     pub access_log: bool,
+    /// Forward proxy: the upstream authorities of every `hosts` key, whose
+    /// `https://` URLs in answers point back at `http://` ([`super::redirect`]).
+    forward_authorities: Option<Arc<[Box<str>]>>,
 }
 
 /// The parts of a route that are not the path rules.
@@ -114,7 +117,21 @@ impl Route {
             body_timeout: parts.body_timeout,
             metrics: parts.metrics,
             access_log: parts.access_log,
+            forward_authorities: None,
         }
+    }
+
+    /// This route serves the forward proxy, whose keys' upstreams have
+    /// `authorities`: their `https://` URLs in answers are rewritten to
+    /// `http://` ([`super::redirect`]).
+    pub fn serving_forward_proxy(mut self, authorities: Arc<[Box<str>]>) -> Self {
+        self.forward_authorities = Some(authorities);
+        self
+    }
+
+    /// The upstream authorities of the forward proxy, for its routes.
+    pub fn forward_authorities(&self) -> Option<&[Box<str>]> {
+        self.forward_authorities.as_deref()
     }
 
     /// The normalised `path_prefix`.

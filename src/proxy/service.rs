@@ -2,10 +2,11 @@
 //! ([`Dispatch::find`]), forward it ([`forward`]), turn a refusal or failure
 //! into sidekey's JSON error (logged once, see [`crate::error`]; a gRPC
 //! status for a gRPC call, see [`super::grpc`]), close the connection after
-//! a refused framing, count the request in the metrics, and when
+//! a refused framing (and explain a refused `CONNECT` in its status line,
+//! see [`super::target_form`]), count the request in the metrics, and when
 //! `[log] access` is on, write its access line ([`access`]).
 
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::{debug, error};
 
@@ -32,6 +33,7 @@ pub async fn handle_request(
     let refusal_closes = linger::refusal_closes(&request);
     let request = FromApp::wrap(request, closes);
     let grpc = super::grpc::is_call(&request);
+    let connect = request.method() == Method::CONNECT;
     // `[log] access`: the request's method and path are noted before it is
     // forwarded; when off, this is the route's flag and nothing else.
     let (series, result, access) = match dispatch.find(&request, framing) {
@@ -61,7 +63,11 @@ pub async fn handle_request(
             } else {
                 err.to_response()
             };
-            (response.map(http_body_util::Either::Right), err.status())
+            let mut response = response.map(http_body_util::Either::Right);
+            if connect {
+                super::target_form::explain_connect(&mut response);
+            }
+            (response, err.status())
         }
     };
     if closes {

@@ -32,6 +32,7 @@ mod clientauth;
 mod deploy;
 mod docs;
 mod fleet;
+mod forward_clients;
 mod grpc;
 mod h2c;
 mod h2c_abuse;

@@ -1,0 +1,85 @@
+//! The forward proxy's answers that point the app at the upstream's own
+//! `https://` URLs (`Location`, `Content-Location`): the app asked for
+//! `http://HOST/…` and sidekey sent it as `https://HOST/…`, so an upstream
+//! that redirects to `https://HOST/next` is pointed back at `http://HOST/next`,
+//! for the answering host and every other `hosts` key (each key's `http://`
+//! URL goes to its own `https://` upstream with its own credential).
+//! A redirect-following app then comes back through sidekey (and gets its
+//! token injected) instead of asking for an `https://` tunnel, which the
+//! forward proxy refuses.
+//!
+//! Only the keys' upstream origins are rewritten, compared ASCII
+//! case-insensitively; every other URL, and relative ones, pass as they are.
+
+use http::header::{CONTENT_LOCATION, LOCATION};
+use http::{HeaderMap, HeaderValue};
+
+/// Rewrite `https://{authority}…` to `http://{authority}…`, for each of
+/// `authorities`, in the answer's `Location` and `Content-Location`.
+pub fn rewrite(headers: &mut HeaderMap, authorities: &[Box<str>]) {
+    for name in [LOCATION, CONTENT_LOCATION] {
+        if let Some(value) = headers.get_mut(&name)
+            && let Some(rewritten) = to_http(value, authorities)
+        {
+            *value = rewritten;
+        }
+    }
+}
+
+/// `value` as an `http://` URL, when it is an `https://` URL of one of
+/// `authorities`.
+fn to_http(value: &HeaderValue, authorities: &[Box<str>]) -> Option<HeaderValue> {
+    let url = value.to_str().ok()?;
+    let scheme = url.get(..8)?;
+    if !scheme.eq_ignore_ascii_case("https://") {
+        return None;
+    }
+    let rest = &url[8..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if !authorities
+        .iter()
+        .any(|listed| listed.eq_ignore_ascii_case(authority))
+    {
+        return None;
+    }
+    HeaderValue::try_from(format!("http://{rest}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_http;
+    use http::HeaderValue;
+
+    fn rewritten(url: &str) -> Option<String> {
+        let listed: [Box<str>; 2] = ["api.example:8443".into(), "other.example".into()];
+        to_http(&HeaderValue::from_str(url).unwrap(), &listed)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn only_listed_https_urls_become_http() {
+        for (url, expected) in [
+            (
+                "https://api.example:8443/a?b#c",
+                Some("http://api.example:8443/a?b#c"),
+            ),
+            ("HTTPS://API.example:8443", Some("http://API.example:8443")),
+            (
+                "https://api.example:8443?q",
+                Some("http://api.example:8443?q"),
+            ),
+            ("https://api.example/a", None),
+            ("https://Other.example/a", Some("http://Other.example/a")),
+            ("https://other.example:443/a", None),
+            ("https://api.example:84430/a", None),
+            ("https://api.example:8443.evil/a", None),
+            ("https://user@api.example:8443/a", None),
+            ("http://api.example:8443/a", None),
+            ("/a", None),
+            ("https:", None),
+        ] {
+            assert_eq!(rewritten(url).as_deref(), expected, "{url}");
+        }
+    }
+}
