@@ -12,8 +12,8 @@
 //! HTTP/1 only: an HTTP/2 stream left unread is reset on its own, its
 //! connection unharmed. Not when the connection closes anyway (a refused
 //! framing), nor for a request waiting for `100 Continue` (its app sends the
-//! body only when asked; the refusal says the connection closes,
-//! [`refusal_closes`]), nor for a body
+//! body only when asked; the refusal says the connection closes, see
+//! [`FromApp::wrap`]), nor for a body
 //! that stalled ([`Stalls`]): that app has stopped sending, and its `408`
 //! closes the connection.
 
@@ -41,18 +41,25 @@ pub struct FromApp {
 }
 
 impl FromApp {
-    /// `request` with its body wrapped; `closes`: its connection ends after
-    /// the answer anyway.
-    pub fn wrap(request: Request<Incoming>, closes: bool) -> Request<FromApp> {
+    /// `request` with its body wrapped, and whether sidekey's own refusal of
+    /// it must end its connection; `closes`: it ends after the answer anyway.
+    ///
+    /// An HTTP/1 upload waiting for `100 Continue` is not drained (its app
+    /// may never send the body, and then its next request would be read as
+    /// that body), so hyper closes the connection after a refusal, which
+    /// must say so (RFC 9110 10.1.1). Also when the refusal came after the
+    /// body was read (a small body kept for a retry): one reconnect, on an
+    /// error, is cheap.
+    pub fn wrap(request: Request<Incoming>, closes: bool) -> (Request<FromApp>, bool) {
         // A body-less request (most) is decided by its first test.
-        let drains = !request.body().is_end_stream()
-            && request.version() <= Version::HTTP_11
-            && !closes
-            && !request.headers().contains_key(header::EXPECT);
-        request.map(|body| FromApp {
+        let upload = !request.body().is_end_stream() && request.version() <= Version::HTTP_11;
+        let expects_continue = upload && request.headers().contains_key(header::EXPECT);
+        let drains = upload && !closes && !expects_continue;
+        let request = request.map(|body| FromApp {
             body: Some(body),
             drains,
-        })
+        });
+        (request, expects_continue)
     }
 }
 
@@ -92,21 +99,6 @@ impl Drop for FromApp {
             runtime.spawn(drain(body));
         }
     }
-}
-
-/// Whether sidekey's own refusal of `request` ends its connection: an
-/// HTTP/1.1 upload waiting for `100 Continue` is not drained (its app may
-/// never send the body, and then its next request would be read as that
-/// body), so hyper closes the connection after the answer, which must say
-/// so (RFC 9110 10.1.1). Also when a refusal came after the body was read
-/// (a small body kept for a retry): one reconnect, on an error, is cheap.
-pub fn refusal_closes<B>(request: &Request<B>) -> bool
-where
-    B: Body,
-{
-    request.version() == Version::HTTP_11
-        && !request.body().is_end_stream()
-        && request.headers().contains_key(header::EXPECT)
 }
 
 /// A body that [`super::body::Idle`] tells when it stopped waiting for it.

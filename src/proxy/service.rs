@@ -13,7 +13,7 @@ use tracing::{debug, error};
 use super::access;
 use super::forward::forward;
 use super::framing::Framing;
-use super::linger::{self, FromApp};
+use super::linger::FromApp;
 use super::{Dispatch, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -30,8 +30,7 @@ pub async fn handle_request(
     let mut closes = framing.closes_connection();
     // `Connection` is an HTTP/1 header (HTTP/2 forbids it).
     let http1 = request.version() <= Version::HTTP_11;
-    let refusal_closes = linger::refusal_closes(&request);
-    let request = FromApp::wrap(request, closes);
+    let (request, refusal_closes) = FromApp::wrap(request, closes);
     let grpc = super::grpc::is_call(&request);
     let connect = request.method() == Method::CONNECT;
     // `[log] access`: the request's method and path are noted before it is

@@ -36,6 +36,17 @@ async fn oauth_scene(upstream: &Upstream, delay: Option<Duration>) -> (OAuthServ
     (server, proxy)
 }
 
+/// An upstream that answers 401 to `oauth-token-1` and echoes the rest.
+async fn rejecting_the_first_token() -> Upstream {
+    Upstream::start(UpstreamOpts::plain().respond(
+        |request| match request.header("authorization") {
+            Some("Bearer oauth-token-1") => Reply::status(401),
+            _ => Reply::echo(),
+        },
+    ))
+    .await
+}
+
 /// Send a `POST /up` head with `Expect: 100-continue`, wait for the
 /// `100 Continue` as curl does, then send `len` bytes; the final answer.
 async fn upload_after_100_continue(proxy: &TestProxy, len: usize) -> RawResponse {
@@ -52,13 +63,7 @@ async fn upload_after_100_continue(proxy: &TestProxy, len: usize) -> RawResponse
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn an_upload_waiting_for_100_continue_is_retried_with_the_renewed_token() {
-    let upstream = Upstream::start(UpstreamOpts::plain().respond(|request| {
-        match request.header("authorization") {
-            Some("Bearer oauth-token-1") => Reply::status(401),
-            _ => Reply::echo(),
-        }
-    }))
-    .await;
+    let upstream = rejecting_the_first_token().await;
     let (server, proxy) = oauth_scene(&upstream, None).await;
 
     let answer = upload_after_100_continue(&proxy, 1000).await;
@@ -131,13 +136,7 @@ async fn an_upload_refused_before_its_body_is_read_gets_the_refusal_and_a_renewa
 async fn an_upload_arriving_while_a_rejected_token_is_renewed_waits_for_the_new_one() {
     // Streamed uploads cannot be retried: one sent with the rejected token
     // while its renewal is under way would be refused for certain.
-    let upstream = Upstream::start(UpstreamOpts::plain().respond(|request| {
-        match request.header("authorization") {
-            Some("Bearer oauth-token-1") => Reply::status(401),
-            _ => Reply::echo(),
-        }
-    }))
-    .await;
+    let upstream = rejecting_the_first_token().await;
     let (server, proxy) = oauth_scene(&upstream, Some(Duration::from_secs(2))).await;
 
     // A small request is rejected, reported, and retried after the renewal;

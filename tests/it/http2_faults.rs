@@ -39,6 +39,15 @@ async fn proxy_to(pki: &TestPki, upstream: &str) -> TestProxy {
     proxy_with(pki, upstream, r#"request_timeout = "2s""#).await
 }
 
+/// An HTTP/2 upstream behind a [`Relay`] and sidekey routed to the relay.
+async fn relayed_http2_scene() -> (Upstream, Relay, TestProxy) {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2()).await;
+    let relay = Relay::start(upstream.addr()).await;
+    let proxy = proxy_to(&pki, &relay.https_url()).await;
+    (upstream, relay, proxy)
+}
+
 /// An h2c connection to the proxy's first route, its task running.
 async fn h2c_app(proxy: &TestProxy) -> h2::client::SendRequest<bytes::Bytes> {
     let tcp = tokio::net::TcpStream::connect(proxy.route_addr(0))
@@ -117,10 +126,7 @@ async fn a_burst_beyond_the_upstreams_max_concurrent_streams_waits_its_turn() {
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn an_upstream_gone_silent_costs_one_timeout_then_a_new_connection_serves() {
-    let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2()).await;
-    let relay = Relay::start(upstream.addr()).await;
-    let proxy = proxy_to(&pki, &relay.https_url()).await;
+    let (_upstream, relay, proxy) = relayed_http2_scene().await;
 
     assert_eq!(proxy.get("/before").await.status, 200);
     relay.black_hole();
@@ -138,10 +144,7 @@ async fn an_upstream_gone_silent_costs_one_timeout_then_a_new_connection_serves(
 async fn an_idle_upstream_connection_is_not_pinged() {
     // gRPC servers close a connection pinged without calls (GOAWAY
     // `too_many_pings`), so an idle one gets nothing from sidekey.
-    let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2()).await;
-    let relay = Relay::start(upstream.addr()).await;
-    let proxy = proxy_to(&pki, &relay.https_url()).await;
+    let (_upstream, relay, proxy) = relayed_http2_scene().await;
 
     assert_eq!(proxy.get("/before").await.status, 200);
     let settled = relay.bytes_from_server();
