@@ -7,7 +7,10 @@
 //! - The first token request starts at once; at most one token request of a
 //!   credential is in flight, ever.
 //! - A token's life counts from the instant its request was sent, clamped to
-//!   a year; it is handed out until a safety margin before that expiry. When
+//!   a year; it is handed out until a safety margin before that expiry, on
+//!   the monotonic and on the wall clock ([`super::suspend`]): a request
+//!   that finds it over on the wall clock alone wakes the engine, which
+//!   then renews at once if its next step is due by the wall clock. When
 //!   to renew, how long to back off, and how long requests wait on an
 //!   expired token are [`super::timing`]'s rules.
 //! - A failed renewal keeps the old token serving until it stops being
@@ -72,17 +75,24 @@ struct Held {
     token: Token,
     /// Until when it is handed out (`None`: no expiry).
     usable_until: Option<Instant>,
+    /// The same moment on the credential's wall clock ([`super::suspend`]).
+    wall_until: Option<SystemTime>,
 }
 
 impl Held {
-    fn valid_at(&self, now: Instant) -> bool {
-        self.usable_until.is_none_or(|at| now < at)
+    fn valid_at(&self, now: Instant, wall: SystemTime) -> bool {
+        self.usable_for(now, wall)
+            .is_none_or(|left| !left.is_zero())
     }
 
-    /// How much longer it is handed out; `None` when it has no expiry.
-    fn usable_for(&self, now: Instant) -> Option<Duration> {
-        self.usable_until
-            .map(|at| at.saturating_duration_since(now))
+    /// How much longer it is handed out, by the nearer of its two ends;
+    /// `None` when it has no expiry.
+    fn usable_for(&self, now: Instant, wall: SystemTime) -> Option<Duration> {
+        let left = self.usable_until?.saturating_duration_since(now);
+        let wall_left = self
+            .wall_until
+            .map_or(left, |at| at.duration_since(wall).unwrap_or_default());
+        Some(left.min(wall_left))
     }
 }
 
@@ -182,7 +192,7 @@ async fn run<P: Provider>(
                 // token's life is left, or briefly without one.
                 let left = held
                     .as_ref()
-                    .and_then(|held| held.usable_for(Instant::now()));
+                    .and_then(|held| held.usable_for(Instant::now(), handle.wall.now()));
                 let wait = left.map_or(FLEET_WAIT_WITHOUT_TOKEN, |left| left / 2);
                 let held = held.as_ref().map(|held| &held.token.value);
                 Some(store.claim(held, settings.fetch_timeout, wait).await)
@@ -197,7 +207,10 @@ async fn run<P: Provider>(
             }
             ticket => {
                 let sent = Instant::now();
-                let result = fetch(&*provider, held.as_ref(), on_rejection, &settings).await;
+                let offered = held
+                    .as_ref()
+                    .filter(|held| !on_rejection && held.valid_at(sent, handle.wall.now()));
+                let result = fetch(&*provider, offered, &settings).await;
                 if let (Some(store), Some(Claim::Fetch(ticket))) = (&settings.store, ticket) {
                     store
                         .settle(ticket, result.as_ref().ok(), sent.elapsed())
@@ -240,17 +253,14 @@ async fn run<P: Provider>(
                     // At most a year: cannot overflow; if it did, the token is not used.
                     let usable_until =
                         usable.map(|usable| sent.checked_add(usable).unwrap_or(sent));
+                    let wall_expiry = usable_until.and_then(|at| handle.wall.at(at));
                     let published = Arc::new(Published {
                         headers: build_headers(&token.headers, &settings.headers),
                         expires_at: usable_until,
+                        wall_expiry,
                         generation,
                         apis: token.apis.clone(),
                         renewed_on_rejection: on_rejection,
-                    });
-                    let wall_expiry = usable.and_then(|usable| {
-                        SystemTime::now()
-                            .checked_sub(sent.elapsed())?
-                            .checked_add(usable)
                     });
                     // The engine is the only writer: load, then store.
                     let previous = handle.state.load();
@@ -263,7 +273,6 @@ async fn run<P: Provider>(
                     };
                     handle.state.store(Arc::new(State {
                         published: Some(published),
-                        wall_expiry,
                         last_error: None,
                         in_flight: false,
                         next_attempt: None,
@@ -306,6 +315,7 @@ async fn run<P: Provider>(
                     held = Some(Held {
                         token,
                         usable_until,
+                        wall_until: wall_expiry,
                     });
                 }
                 failures = 0;
@@ -323,13 +333,13 @@ async fn run<P: Provider>(
             }
             Err(error) => {
                 metrics.record_token_refresh(&name, RefreshOutcome::Failure, reason.as_str());
-                let now = Instant::now();
+                let (now, wall) = (Instant::now(), handle.wall.now());
                 // A token without expiry (static) keeps serving and is simply
                 // read again at the next poll.
                 let keeps_forever = held
                     .as_ref()
                     .is_some_and(|held| held.usable_until.is_none());
-                let usable_for = held.as_ref().and_then(|held| held.usable_for(now));
+                let usable_for = held.as_ref().and_then(|held| held.usable_for(now, wall));
                 let delay = if keeps_forever {
                     provider.poll_interval()
                 } else {
@@ -340,7 +350,7 @@ async fn run<P: Provider>(
                     *last == message && now.saturating_duration_since(*at) < REPEAT_WARNING_AFTER
                 });
                 let retry_in = delay.map_or(-1.0, |d| d.as_secs_f64());
-                let serving = held.as_ref().is_some_and(|held| held.valid_at(now));
+                let serving = held.as_ref().is_some_and(|held| held.valid_at(now, wall));
                 if repeated || (keeps_forever && failures > 0) {
                     tracing::debug!(credential = %name, attempt = failures + 1, reason = %reason, retry_in_s = retry_in, "token request failed again: {message}");
                 } else {
@@ -385,18 +395,15 @@ async fn run<P: Provider>(
     }
 }
 
-/// One token request, bounded by the fetch limit. The held token is offered
-/// (for Inbenta's `/refreshToken`) while it is valid, unless it was rejected.
+/// One token request, bounded by the fetch limit, offering the held token
+/// (for Inbenta's `/refreshToken`) when the caller found it still valid
+/// and not rejected.
 async fn fetch<P: Provider>(
     provider: &P,
-    held: Option<&Held>,
-    on_rejection: bool,
+    offered: Option<&Held>,
     settings: &EngineSettings,
 ) -> Result<Token, FetchError> {
-    let now = Instant::now();
-    let offered = held
-        .filter(|held| !on_rejection && held.valid_at(now))
-        .map(|held| &held.token);
+    let offered = offered.map(|held| &held.token);
     match tokio::time::timeout(settings.fetch_timeout, provider.fetch(offered)).await {
         Ok(result) => result,
         Err(_) => Err(FetchError::Transient {
@@ -423,8 +430,11 @@ fn adopt(stored: Stored) -> (Token, Instant) {
 }
 
 /// Sleep until `deadline` (`None` = until woken), or until an upstream
-/// rejects the current token. Returns whether a rejection woke it.
+/// rejects the current token, or until a request finds that the machine
+/// slept past the deadline's wall-clock time. Returns whether a rejection
+/// woke it.
 async fn wait(handle: &CredentialHandle, deadline: Option<Instant>) -> bool {
+    let wall_deadline = deadline.and_then(|deadline| handle.wall.at(deadline));
     loop {
         let sleep = async {
             match deadline {
@@ -435,6 +445,12 @@ async fn wait(handle: &CredentialHandle, deadline: Option<Instant>) -> bool {
         tokio::select! {
             () = sleep => return false,
             () = handle.wake.notified() => {}
+            () = handle.overslept.notified() => {
+                if wall_deadline.is_some_and(|at| handle.wall.now() >= at) {
+                    return false;
+                }
+                continue;
+            }
         }
         // A wake-up stored while a renewal was in flight may concern a token
         // already replaced: only the currently published generation counts.

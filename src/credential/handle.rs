@@ -18,6 +18,7 @@ use super::rejection::{self, Decision, Rejections};
 use super::report::{CredentialReport, CredentialState, LastAttempt, RenewalReason};
 use super::settings::{CredentialConfig, CredentialKind};
 use super::stored::TokenStore;
+use super::suspend::WallClock;
 use super::{timing, token_client};
 use crate::metrics::{Metrics, RejectionCounters};
 
@@ -30,6 +31,9 @@ pub struct Published {
     /// When the token stops being handed out (monotonic clock): a safety
     /// margin before the issuer's expiry; `None` = never.
     pub expires_at: Option<Instant>,
+    /// The same moment on the wall clock, which keeps counting while the
+    /// machine is suspended ([`super::suspend`]); `None` = never.
+    pub wall_expiry: Option<SystemTime>,
     /// Increases with every newly published token; identifies "the token a request saw".
     pub generation: u64,
     /// Inbenta product base URLs of this token.
@@ -158,6 +162,12 @@ pub struct CredentialHandle {
     pub(super) settled: watch::Sender<u64>,
     /// Woken after every token request, successful or not.
     pub(super) attempted: Notify,
+    /// The wall clock this credential's tokens also expire on.
+    pub(super) wall: WallClock,
+    /// Wakes the engine when a request finds the token over on the wall
+    /// clock while the monotonic clock still counts it valid: the machine
+    /// was suspended, and the engine's timer slept through it.
+    pub(super) overslept: Notify,
     /// `sidekey_token_rejections_total` of this credential.
     counters: RejectionCounters,
 }
@@ -201,6 +211,8 @@ impl CredentialHandle {
             generation: watch::Sender::new(0),
             settled: watch::Sender::new(0),
             attempted: Notify::new(),
+            wall: WallClock::default(),
+            overslept: Notify::new(),
         }
     }
 
@@ -210,13 +222,11 @@ impl CredentialHandle {
     }
 
     /// The headers to inject now, or why there is no valid token. One
-    /// `ArcSwap` load and a clock read: no locks, no formatting.
+    /// `ArcSwap` load and two clock reads: no locks, no formatting.
     pub fn current(&self) -> Result<Arc<Published>, Unavailable> {
         let state = self.state.load();
         if let Some(published) = &state.published
-            && published
-                .expires_at
-                .is_none_or(|expires_at| Instant::now() < expires_at)
+            && self.usable(published)
         {
             return Ok(Arc::clone(published));
         }
@@ -224,6 +234,30 @@ impl CredentialHandle {
             credential: Arc::clone(&self.name),
             reason: state.reason(),
         })
+    }
+
+    /// Whether `published` may be handed out now: both its monotonic and its
+    /// wall-clock end lie ahead. Over on the wall clock only, the machine
+    /// slept: the engine is woken to renew.
+    fn usable(&self, published: &Published) -> bool {
+        let Some(expires_at) = published.expires_at else {
+            return true;
+        };
+        if Instant::now() >= expires_at {
+            return false;
+        }
+        if published.wall_expiry.is_none_or(|at| self.wall.now() < at) {
+            return true;
+        }
+        self.overslept.notify_one();
+        false
+    }
+
+    /// The wall clock this credential's tokens also expire on (a test makes
+    /// it skip ahead to act out a suspend).
+    #[doc(hidden)]
+    pub fn wall_clock(&self) -> &WallClock {
+        &self.wall
     }
 
     /// Header names the proxy strips from the app's request before injecting
@@ -315,8 +349,12 @@ impl CredentialHandle {
     ///   request is in flight or due before then (it keeps waiting across
     ///   failed attempts in that window). Later, or during a longer outage,
     ///   it returns at once.
+    /// - After a suspend the token outlived (over on the wall clock only):
+    ///   the engine is woken, and the wait is as above, counted from then.
     pub async fn wait_for_token(&self, timeout: Duration) -> Result<Arc<Published>, Unavailable> {
         let limit = deadline_after(timeout);
+        // When this request found the token over on the wall clock alone.
+        let mut overslept_at: Option<Instant> = None;
         loop {
             let attempted = self.attempted.notified();
             tokio::pin!(attempted);
@@ -324,19 +362,27 @@ impl CredentialHandle {
             let state = self.state.load();
             let now = Instant::now();
             let deadline = match &state.published {
-                Some(published) if published.expires_at.is_none_or(|at| now < at) => break,
+                Some(published) if self.usable(published) => break,
                 None if state.last_error.is_some() => break,
                 None => limit,
                 Some(published) => {
-                    let Some(grace) = published
-                        .expires_at
-                        .and_then(|at| at.checked_add(timing::EXPIRY_WAIT))
-                    else {
+                    let Some(mut expired) = published.expires_at else {
+                        break;
+                    };
+                    // Over on the wall clock alone: the machine slept, the
+                    // engine was just woken to renew, and the wait counts
+                    // from now.
+                    let woken = now < expired && overslept_at.is_none();
+                    if now < expired {
+                        expired = *overslept_at.get_or_insert(now);
+                    }
+                    let Some(grace) = expired.checked_add(timing::EXPIRY_WAIT) else {
                         break;
                     };
                     let deadline = limit.min(grace);
-                    let coming =
-                        state.in_flight || state.next_attempt.is_some_and(|at| at <= deadline);
+                    let coming = woken
+                        || state.in_flight
+                        || state.next_attempt.is_some_and(|at| at <= deadline);
                     if now >= deadline || !coming {
                         break;
                     }
@@ -398,13 +444,11 @@ impl CredentialHandle {
         let state = self.state.load();
         let now = Instant::now();
         match &state.published {
-            Some(published) if published.expires_at.is_none_or(|at| now < at) => {
-                CredentialStatus::Ready {
-                    expires_in: published
-                        .expires_at
-                        .map(|at| at.saturating_duration_since(now)),
-                }
-            }
+            Some(published) if self.usable(published) => CredentialStatus::Ready {
+                expires_in: published
+                    .expires_at
+                    .map(|at| at.saturating_duration_since(now)),
+            },
             _ => CredentialStatus::Unavailable {
                 reason: state.reason(),
             },
@@ -421,7 +465,7 @@ impl CredentialHandle {
         let valid = state
             .published
             .as_ref()
-            .filter(|published| published.expires_at.is_none_or(|at| now < at));
+            .filter(|published| self.usable(published));
         let credential_state = match valid {
             None => CredentialState::Unavailable,
             Some(_) if state.in_flight => CredentialState::Renewing,
@@ -467,8 +511,6 @@ fn deadline_after(timeout: Duration) -> Instant {
 pub(super) struct State {
     /// The latest token's headers, kept after expiry so the reason can say when.
     pub(super) published: Option<Arc<Published>>,
-    /// Wall-clock time when `published` stops being handed out, for messages only.
-    pub(super) wall_expiry: Option<SystemTime>,
     /// The last failure since the last success (never contains a secret).
     pub(super) last_error: Option<Box<str>>,
     /// A token request is in flight.
@@ -496,7 +538,9 @@ impl State {
             (None, Some(error)) => format!("never obtained: {error}"),
             (Some(_), last) => {
                 let when = self
-                    .wall_expiry
+                    .published
+                    .as_ref()
+                    .and_then(|published| published.wall_expiry)
                     .map(httpdate::fmt_http_date)
                     .unwrap_or_else(|| "an unknown time".to_owned());
                 match last {
@@ -539,11 +583,11 @@ mod tests {
             published: Some(Arc::new(Published {
                 headers: Box::new([]),
                 expires_at: None,
+                wall_expiry: Some(UNIX_EPOCH),
                 generation: 1,
                 apis: None,
                 renewed_on_rejection: false,
             })),
-            wall_expiry: Some(UNIX_EPOCH),
             last_error: Some("HTTP 500".into()),
             ..State::default()
         };

@@ -11,7 +11,8 @@
 //! supervised task per credential: first token before readiness, renewal
 //! before expiry, backoff on failure ([`timing`] has the exact rules), and
 //! renewal on demand when an upstream rejects a token ([`rejection`] decides
-//! when a rejection is not about the token). Error text from token
+//! when a rejection is not about the token; [`suspend`] keeps a token's end
+//! on the wall clock too, which a system suspend does not stop). Error text from token
 //! endpoints is redacted of every secret sent ([`redact`]). With a
 //! `[cache]`, an engine starts from a stored token that is not yet due and
 //! stores each token it obtains ([`stored`]).
@@ -48,6 +49,7 @@ pub mod report;
 pub mod settings;
 pub mod static_token;
 pub mod stored;
+pub mod suspend;
 pub mod timing;
 pub mod token_client;
 

@@ -14,6 +14,7 @@ use crate::support::tls::TestPki;
 use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 use crate::support::upstream::{Upstream, UpstreamOpts};
 use serde_json::json;
+use sidekey::credential::CredentialStatus;
 
 /// An OAuth 2.0 credential (JSON body, client secret in the body) against
 /// `token` and one route to `upstream`, both trusted through `pki`.
@@ -210,4 +211,103 @@ fn token_command(path: &Path, show: bool) -> Output {
         command.arg("--show");
     }
     command.output().unwrap()
+}
+
+/// A suspend of the machine (a laptop's lid, a paused VM) stops the
+/// monotonic clock the engine counts a token's life on, but not the
+/// issuer's: `skip` moves the credential's wall clock ahead as a suspend
+/// would, and tokio's clock not at all.
+fn suspend(proxy: &TestProxy, by: Duration) {
+    let credentials = proxy.handle.credentials();
+    credentials.get("pliant").unwrap().wall_clock().skip(by);
+}
+
+#[tokio::test]
+async fn a_token_a_suspend_outlived_is_never_sent_and_is_renewed_at_once() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let token = OAuthServer::start_tls(
+        OAuthBehaviour {
+            expires_in: Some(json!(3600)),
+            ..OAuthBehaviour::default()
+        },
+        &pki,
+    )
+    .await;
+    let proxy = config(&pki, &token, &upstream).start().await;
+    assert_eq!(proxy.get("/before").await.status, 200);
+    let before = token.last_token().unwrap();
+
+    // Two hours asleep: the hour-long token ended during the suspend.
+    suspend(&proxy, Duration::from_secs(7200));
+    let response = proxy.get("/after").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(token.calls(), 2, "renewed once, on the first request after");
+    let after = token.last_token().unwrap();
+    assert_ne!(after, before);
+    let sent = upstream.last_request().unwrap();
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {after}").as_str()),
+        "the token the suspend outlived never reaches the upstream"
+    );
+    // The new token counts from the new wall-clock time: it serves on.
+    assert_eq!(proxy.get("/later").await.status, 200);
+    assert_eq!(token.calls(), 2);
+    let credentials = proxy.handle.credentials();
+    let status = credentials.get("pliant").unwrap().status();
+    assert!(
+        matches!(status, CredentialStatus::Ready { .. }),
+        "{status:?}"
+    );
+
+    // A short suspend, within the token's life, changes nothing.
+    suspend(&proxy, Duration::from_secs(600));
+    assert_eq!(proxy.get("/short").await.status, 200);
+    assert_eq!(token.calls(), 2);
+}
+
+// On tokio's paused clock: the requests' 5 s wait and the engine's
+// backoff pass in virtual time.
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn after_a_suspend_a_token_endpoint_outage_gives_503s_not_the_old_token_nor_a_storm() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let token = OAuthServer::start_tls(
+        OAuthBehaviour {
+            expires_in: Some(json!(3600)),
+            ..OAuthBehaviour::default()
+        },
+        &pki,
+    )
+    .await;
+    let proxy = Arc::new(config(&pki, &token, &upstream).start().await);
+    assert_eq!(proxy.get("/before").await.status, 200);
+
+    token.set_reply(Some(TokenReply::oauth_error(
+        503,
+        "temporarily_unavailable",
+        "maintenance",
+    )));
+    suspend(&proxy, Duration::from_secs(7200));
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let proxy = Arc::clone(&proxy);
+            tokio::spawn(async move { proxy.get(&format!("/after/{i}")).await })
+        })
+        .collect();
+    for request in requests {
+        let response = request.await.unwrap();
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert_eq!(response.sidekey_error(), Some("credential_unavailable"));
+    }
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "only /before reached the upstream"
+    );
+    // One renewal at once, then the engine's backoff (1 s floor) while the
+    // requests wait out their 5 s: not one token request per app request.
+    let calls = token.calls();
+    assert!((2..=8).contains(&calls), "{calls} token requests");
 }
