@@ -91,7 +91,7 @@ impl fmt::Display for Secret {
 /// A reference to a secret as written in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretRef {
-    /// `{ env = "NAME" }`.
+    /// `{ env = "NAME" }`; one trailing newline is trimmed.
     Env(String),
     /// `{ file = "PATH" }`; one trailing newline is trimmed.
     File(PathBuf),
@@ -135,9 +135,13 @@ impl SecretRef {
 
     fn read(&self, env: &dyn EnvSource, refused: fn(char) -> bool) -> Result<Secret, SecretError> {
         let value = match self {
-            SecretRef::Env(name) => env
-                .var(name)
-                .ok_or_else(|| SecretError::EnvMissing(name.clone()))?,
+            // A value put in the environment from a file (Kubernetes'
+            // `secretKeyRef` of a `--from-file` secret) keeps the file's
+            // newline, which no secret can contain.
+            SecretRef::Env(name) => trim_trailing_newline(
+                env.var(name)
+                    .ok_or_else(|| SecretError::EnvMissing(name.clone()))?,
+            ),
             SecretRef::File(path) => {
                 let bytes = crate::small_file::read(path).map_err(|source| SecretError::File {
                     path: path.clone(),
@@ -262,6 +266,18 @@ mod tests {
         assert!(matches!(
             SecretRef::File(path).resolve(&MapEnv::default()),
             Err(SecretError::Empty(_))
+        ));
+    }
+
+    #[test]
+    fn env_trims_one_trailing_newline_as_a_file_does() {
+        let env = MapEnv::from([("FROM_FILE", "s3cret\n"), ("TWO", "s3cret\n\n")]);
+        let got = SecretRef::Env("FROM_FILE".into()).resolve(&env).unwrap();
+        assert_eq!(got.expose(), "s3cret");
+        // Only one: a second line break is still no secret.
+        assert!(matches!(
+            SecretRef::Env("TWO".into()).resolve(&env),
+            Err(SecretError::Invalid(_))
         ));
     }
 
