@@ -25,7 +25,10 @@
 //!
 //! The answer is a path-absolute reference (`/prefix/y?q#f`, query and
 //! fragment kept), which every client resolves against the URL it asked:
-//! it works whatever `Host` the app used, on TLS listeners too. Everything
+//! it works whatever `Host` the app used, on TLS listeners too. Asked for
+//! it, the route sends exactly the URL the upstream named, with one
+//! exception: a route at `/` cannot name its base path without the
+//! trailing `/` (the app's `/` goes to `/base/`), so `/base` becomes `/`. Everything
 //! else — other hosts, paths outside every base, `http://` URLs of an
 //! `https://` upstream, user information, relative references, values that
 //! are not text — passes unchanged.
@@ -333,6 +336,7 @@ fn under<'p>(path: &'p str, base: &str) -> Option<&'p str> {
 #[cfg(test)]
 mod tests {
     use super::{Mapping, UpstreamUrl, to_app};
+    use crate::proxy::route::join_path;
     use http::uri::Authority;
 
     fn authority(text: &'static str) -> &'static Authority {
@@ -446,6 +450,56 @@ mod tests {
         ];
         assert_eq!(to_app("/v1/x", 1, &twins).as_deref(), Some("/two/x"));
         assert_eq!(to_app("/v1/x", 0, &twins).as_deref(), Some("/one/x"));
+    }
+
+    #[test]
+    fn a_rewritten_path_is_sent_back_to_the_url_the_upstream_named() {
+        // Whatever the base, prefix and strip_prefix, the app's request for
+        // the rewritten path goes to the upstream URL of the answer. The one
+        // exception: a route at `/` cannot name its base without a trailing
+        // `/` (the app's `/` goes to `/v1/`), so `/v1` becomes `/`, the
+        // nearest path (`/v1` itself would go to `/v1/v1`).
+        let paths = [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/a",
+            "/v1/a/",
+            "/v1beta",
+            "/p",
+            "/p/a",
+            "/v1/p",
+            "/v1/p/a",
+            "/v1/pp",
+            "/a%2Fb",
+            "/v1/p?q=1",
+        ];
+        let mut rewritten = 0;
+        for base in ["", "/v1"] {
+            for prefix in ["/", "/p", "/x/y"] {
+                for strip_prefix in [false, true] {
+                    let routes = [mapping(("https", "h", base), prefix, strip_prefix)];
+                    for path in paths {
+                        let Some(app) = to_app(path, 0, &routes) else {
+                            continue;
+                        };
+                        rewritten += 1;
+                        let sent =
+                            join_path(base, prefix, strip_prefix, &app.parse().unwrap()).unwrap();
+                        let expected = match (prefix, path == base) {
+                            ("/", true) => format!("{base}/"),
+                            _ => path.to_owned(),
+                        };
+                        assert_eq!(
+                            sent.as_str(),
+                            expected,
+                            "{base} {prefix} {strip_prefix} {app}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(rewritten > 30, "{rewritten}");
     }
 
     #[test]
