@@ -28,10 +28,10 @@
 //! it works whatever `Host` the app used, on TLS listeners too. Asked for
 //! it, the route sends exactly the URL the upstream named, with one
 //! exception: a route at `/` cannot name its base path without the
-//! trailing `/` (the app's `/` goes to `/base/`), so `/base` becomes `/`. Everything
-//! else — other hosts, paths outside every base, `http://` URLs of an
-//! `https://` upstream, user information, relative references, values that
-//! are not text — passes unchanged.
+//! trailing `/` (the app's `/` goes to `/base/`), so `/base` becomes `/`.
+//! Everything else — other hosts, paths outside every base, `http://` URLs
+//! of an `https://` upstream, user information, relative references,
+//! values that are not text — passes unchanged.
 //!
 //! The table ([`Listener`]) is built once per listener with its routes;
 //! an answer without `Location` or `Content-Location` costs one header
