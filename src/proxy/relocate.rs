@@ -17,11 +17,14 @@
 //!   route's `path_prefix` too without `strip_prefix`) at a segment
 //!   boundary: `/base` takes `/base` and `/base/…`, never `/basement`.
 //!   Paths are compared as sent, never percent-decoded;
-//! - of the listener's routes that own the URL, the longest upstream path
-//!   wins (then the answering route), so a redirect to another route's
-//!   upstream comes back as that route's path, with that route's
-//!   credential; a path another route's longer `path_prefix` would take
-//!   instead is not produced.
+//! - of the listener's routes with the answering route's credential that
+//!   own the URL, the longest upstream path wins (then the answering
+//!   route), so a redirect to another such route's upstream comes back as
+//!   that route's path; a path another route's longer `path_prefix` would
+//!   take instead is not produced. Routes with another credential are
+//!   never candidates: an upstream cannot steer a redirect-following app
+//!   (a 307 POST, body and all) to where a credential it never had is
+//!   injected;
 //!
 //! The answer is a path-absolute reference (`/prefix/y?q#f`, query and
 //! fragment kept), which every client resolves against the URL it asked:
@@ -59,10 +62,8 @@ pub enum Upstream {
         /// Base path without trailing `/`; empty for the root.
         path: Box<str>,
     },
-    /// `inbenta_api = "NAME"`: the base URL in the token's `apis` map.
+    /// `inbenta_api = "NAME"`: the base URL in the route's token's `apis` map.
     InbentaApi {
-        /// The route's credential.
-        credential: Arc<CredentialHandle>,
         /// The `apis` key.
         api: Box<str>,
     },
@@ -77,6 +78,8 @@ pub struct Entry {
     pub strip_prefix: bool,
     /// Its upstream.
     pub upstream: Upstream,
+    /// Its credential.
+    pub credential: Arc<CredentialHandle>,
 }
 
 /// Every route of one listener, in dispatch order (longest `path_prefix`
@@ -113,7 +116,7 @@ impl Listener {
             .entries
             .iter()
             .map(|entry| match &entry.upstream {
-                Upstream::InbentaApi { credential, .. } => credential.current().ok(),
+                Upstream::InbentaApi { .. } => entry.credential.current().ok(),
                 Upstream::Fixed { .. } => None,
             })
             .collect();
@@ -125,6 +128,7 @@ impl Listener {
                 upstream: entry.upstream_url(published.as_deref()),
                 prefix: &entry.prefix,
                 strip_prefix: entry.strip_prefix,
+                credential: entry.credential.name(),
             })
             .collect();
         let path = to_app(location, answering, &routes)?;
@@ -182,17 +186,26 @@ pub struct Mapping<'a> {
     pub prefix: &'a str,
     /// `strip_prefix`.
     pub strip_prefix: bool,
+    /// The route's credential's name.
+    pub credential: &'a str,
 }
 
 /// The app-side path-absolute reference for `location`, from an answer to
 /// route `answering` of `routes` (a listener's routes in dispatch order),
 /// or `None` when it names no route's upstream URL (see the module doc).
 pub fn to_app(location: &str, answering: usize, routes: &[Mapping<'_>]) -> Option<String> {
-    let (origin, rest) = split_origin(location, routes.get(answering)?.upstream.as_ref()?)?;
+    let answered = routes.get(answering)?;
+    let (origin, rest) = split_origin(location, answered.upstream.as_ref()?)?;
     let (path, suffix) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
     // (route, length of the upstream path it owns, the app-side path)
     let mut best: Option<(usize, usize, String)> = None;
     for (index, route) in routes.iter().enumerate() {
+        // Never into another credential's route: an upstream must not be
+        // able to steer a redirect-following app (a 307 POST with its
+        // body) to where a credential it never had is injected.
+        if route.credential != answered.credential {
+            continue;
+        }
         let Some(upstream) = route.upstream.as_ref().filter(|up| origin.names(up)) else {
             continue;
         };
@@ -353,6 +366,7 @@ mod tests {
             upstream: Some(UpstreamUrl::new(scheme, authority(host), path)),
             prefix,
             strip_prefix,
+            credential: "c",
         }
     }
 
@@ -453,6 +467,28 @@ mod tests {
     }
 
     #[test]
+    fn a_route_with_another_credential_is_never_a_candidate() {
+        let other = |mapping: Mapping<'static>| Mapping {
+            credential: "other",
+            ..mapping
+        };
+        let routes = [
+            other(mapping(("https", "h", "/v1/deep"), "/deep", true)),
+            mapping(("https", "h", "/v1"), "/a", true),
+            other(mapping(("https", "h", "/v2"), "/b", true)),
+        ];
+        // The deeper base is another credential's: the answering route's own
+        // path takes it, as it would send it.
+        assert_eq!(
+            to_app("/v1/deep/x", 1, &routes).as_deref(),
+            Some("/a/deep/x")
+        );
+        // Only another credential's route owns it: unchanged.
+        assert_eq!(to_app("/v2/x", 1, &routes), None);
+        assert_eq!(to_app("https://h/v2/x", 1, &routes), None);
+    }
+
+    #[test]
     fn a_rewritten_path_is_sent_back_to_the_url_the_upstream_named() {
         // Whatever the base, prefix and strip_prefix, the app's request for
         // the rewritten path goes to the upstream URL of the answer. The one
@@ -516,6 +552,7 @@ mod tests {
             upstream: None,
             prefix: "/",
             strip_prefix: false,
+            credential: "c",
         }];
         assert_eq!(to_app("/v1/x", 0, &unknown), None);
     }

@@ -163,7 +163,6 @@ impl Route {
                 path: base.path.as_str().into(),
             },
             Target::InbentaApi(api) => relocate::Upstream::InbentaApi {
-                credential: Arc::clone(&self.credential),
                 api: api.as_str().into(),
             },
         };
@@ -171,6 +170,7 @@ impl Route {
             prefix: self.prefix.as_str().into(),
             strip_prefix: self.strip_prefix,
             upstream,
+            credential: Arc::clone(&self.credential),
         }
     }
 

@@ -195,8 +195,10 @@ async fn without_strip_prefix_only_urls_under_base_and_prefix_come_back() {
 async fn routes_on_one_listener_map_each_others_urls_longest_base_first() {
     // Three routes on one listener, to one upstream under three base paths
     // (one nested in another), with two credentials. A redirect from one
-    // route's upstream to another's base path comes back as the other
-    // route's path, and following it injects the other route's credential.
+    // route's upstream to the base path of another route with the same
+    // credential comes back as that route's path; a route with another
+    // credential is never pointed at (an upstream must not steer the app to
+    // where a credential it never had is injected).
     let pki = Arc::new(TestPki::new());
     let upstream = redirecting_upstream(&pki).await;
     let url = upstream.url();
@@ -210,7 +212,7 @@ async fn routes_on_one_listener_map_each_others_urls_longest_base_first() {
                 .line("strip_prefix = true"),
         )
         .with(
-            route(&format!("{url}/v2"), "two")
+            route(&format!("{url}/v2"), "one")
                 .line(r#"path_prefix = "/b""#)
                 .line("strip_prefix = true"),
         )
@@ -229,7 +231,8 @@ async fn routes_on_one_listener_map_each_others_urls_longest_base_first() {
     for (location, expected) in [
         (format!("https://127.0.0.1:{port}/v2/there"), "/b/there"),
         ("/v2/there".to_owned(), "/b/there"),
-        ("/v1/deep/x".to_owned(), "/c/x"),
+        // /c's deeper base is credential two's: /a's own path takes it.
+        ("/v1/deep/x".to_owned(), "/a/deep/x"),
         ("/v1/deeper".to_owned(), "/a/deeper"),
         ("/v1/x".to_owned(), "/a/x"),
     ] {
@@ -239,12 +242,28 @@ async fn routes_on_one_listener_map_each_others_urls_longest_base_first() {
             "{location}"
         );
     }
+    // From credential two's route, credential one's URLs stay as they are.
+    for location in [
+        "/v2/there".to_owned(),
+        format!("https://127.0.0.1:{port}/v1/x"),
+    ] {
+        assert_eq!(
+            location_for(&proxy, "/c/move", &location).await.as_deref(),
+            Some(location.as_str()),
+        );
+    }
+    assert_eq!(
+        location_for(&proxy, "/c/move", "/v1/deep/y")
+            .await
+            .as_deref(),
+        Some("/c/y")
+    );
 
     let r = proxy.get("/b/there").await;
     assert_eq!(r.status, 200);
     let seen = upstream.last_request().expect("followed");
     assert_eq!(seen.path, "/v2/there");
-    assert_eq!(seen.header_all("authorization"), vec!["Bearer tok-two"]);
+    assert_eq!(seen.header_all("authorization"), vec!["Bearer tok-one"]);
 }
 
 #[tokio::test]
