@@ -1,6 +1,7 @@
 //! Building the running parts of one configuration: its credential engines
 //! (taking over the unchanged ones of the configuration before), each route
 //! with its pooled upstream client, and the dispatch table of every listener
+//! (with the table that points its answers back at its routes, [`relocate`])
 //! and of the forward proxy. A reload builds a new [`Generation`] and swaps
 //! it in whole; nothing here binds a socket.
 
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::client::{ClientOptions, upstream_client};
+use super::relocate;
 use super::route::{Base, RouteParts, Target};
 use super::{Dispatch, ForwardHosts, Route};
 use crate::config::{RouteConfig, Upstream};
@@ -113,6 +115,23 @@ fn build_route(
     ))
 }
 
+/// The dispatch of one listener: its routes in [`Dispatch::order`], each
+/// given the listener's [`relocate`] table (built here, once), so answers
+/// naming any of their upstream URLs point back at the route that owns it.
+fn listener_dispatch(mut routes: Vec<Route>) -> Dispatch {
+    Dispatch::order(&mut routes);
+    let table = Arc::new(relocate::Listener::new(
+        routes.iter().map(Route::relocate_entry).collect(),
+    ));
+    Dispatch::routes(
+        routes
+            .into_iter()
+            .enumerate()
+            .map(|(index, route)| Arc::new(route.on_listener(Arc::clone(&table), index)))
+            .collect(),
+    )
+}
+
 /// Start credentials (taking over the unchanged ones of `previous`) and
 /// build every dispatch table of `checked`, with upstream connections kept
 /// apart for each of `workers` serving workers.
@@ -125,23 +144,20 @@ pub fn build_generation(
     let config = &checked.config;
     let credentials = Credentials::start_reusing(config, &checked.trust, metrics, previous)
         .map_err(BuildError::TokenClient)?;
-    let mut grouped: BTreeMap<SocketAddr, Vec<Arc<Route>>> = BTreeMap::new();
+    let mut grouped: BTreeMap<SocketAddr, Vec<Route>> = BTreeMap::new();
     for (route, route_tls) in config.routes.iter().zip(&checked.routes) {
-        grouped
-            .entry(route.listen)
-            .or_default()
-            .push(Arc::new(build_route(
-                route,
-                route_tls,
-                &credentials,
-                metrics,
-                workers,
-                config.log.access,
-            )?));
+        grouped.entry(route.listen).or_default().push(build_route(
+            route,
+            route_tls,
+            &credentials,
+            metrics,
+            workers,
+            config.log.access,
+        )?);
     }
     let listeners = grouped
         .into_iter()
-        .map(|(addr, routes)| (addr, Arc::new(Dispatch::routes(routes))))
+        .map(|(addr, routes)| (addr, Arc::new(listener_dispatch(routes))))
         .collect();
     let forward = match &config.forward_proxy {
         None => None,

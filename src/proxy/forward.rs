@@ -397,9 +397,9 @@ async fn send(
 }
 
 /// The upstream's response for the app: headers prepared
-/// ([`prepare_response`]; a forward-proxy answer's redirects to a listed
-/// host's `https://` URLs point back at `http://`, see
-/// [`super::redirect`]), body streamed. Its version is sidekey's own, not
+/// ([`prepare_response`]; `Location` and `Content-Location` naming the
+/// upstream's URLs point back at sidekey, see [`Route::rewrite_answer`]),
+/// body streamed. Its version is sidekey's own, not
 /// the upstream's: hyper writes an HTTP/1.1 response's version as given,
 /// and an HTTP/1.1 app reading `HTTP/1.0` closes its connection after
 /// every answer (RFC 9112 §9.3). hyper still answers an HTTP/1.0 app in
@@ -408,8 +408,6 @@ fn finish(route: &Route, response: Response<FromUpstream>) -> Response<ResponseB
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     prepare_response(&mut parts.headers);
-    if let Some(authorities) = route.forward_authorities() {
-        super::redirect::rewrite(&mut parts.headers, authorities);
-    }
+    route.rewrite_answer(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }

@@ -15,6 +15,10 @@
 //!    `renew_on_status` answer can be retried once with the renewed token.
 //!    Both bodies must keep moving: `body_timeout` bounds every pause
 //!    ([`body::Idle`]).
+//! 5. The answer's `Location` and `Content-Location` that name the
+//!    upstream's own URLs point back at sidekey: a route's upstream URLs
+//!    become the app-side paths ([`relocate`]), the forward proxy's
+//!    `https://` ones `http://` ([`redirect`]).
 
 pub mod access;
 pub mod body;
@@ -31,6 +35,7 @@ pub mod hosts;
 pub mod linger;
 pub mod path;
 pub mod redirect;
+pub mod relocate;
 pub mod route;
 pub mod service;
 pub mod settings;
@@ -74,9 +79,19 @@ impl Dispatch {
         }
     }
 
-    /// Routes of one listener; sorted here so the longest prefix wins.
-    pub fn routes(mut routes: Vec<Arc<Route>>) -> Self {
+    /// Put a listener's routes in the order [`Dispatch::find`] tries them:
+    /// longest `path_prefix` first (stable: equal lengths keep their order).
+    pub fn order(routes: &mut [Route]) {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix().len()));
+    }
+
+    /// Routes of one listener, already in [`Dispatch::order`] (their
+    /// [`relocate`] table was built in that order).
+    pub fn routes(routes: Vec<Arc<Route>>) -> Self {
+        debug_assert!(
+            routes.is_sorted_by_key(|route| std::cmp::Reverse(route.prefix().len())),
+            "routes not in dispatch order"
+        );
         Dispatch::Routes(routes.into_boxed_slice())
     }
 

@@ -1,15 +1,17 @@
 //! A route at run time: which requests it takes (`path_prefix`), where they
 //! go (a fixed upstream — for the forward proxy, the configured host and
-//! port — or an Inbenta `apis` entry), and how the upstream URI is joined
-//! from the base path and the request path.
+//! port — or an Inbenta `apis` entry), how the upstream URI is joined
+//! from the base path and the request path, and which rewriting the
+//! upstream's `Location` and `Content-Location` get on the way back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use super::client::UpstreamClient;
+use super::relocate;
 use crate::credential::{CredentialHandle, Published};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
@@ -71,9 +73,24 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// `[log] access`: write an access line per request ([`super::access`]).
     pub access_log: bool,
+    /// How the upstream's answers that name its URLs are rewritten.
+    answers: Answers,
+}
+
+/// How a route's answers' `Location` and `Content-Location` are rewritten.
+#[derive(Debug)]
+enum Answers {
+    /// Passed as they are (a route not yet given its listener's table).
+    AsTheyAre,
     /// Forward proxy: the upstream authorities of every `hosts` key, whose
-    /// `https://` URLs in answers point back at `http://` ([`super::redirect`]).
-    forward_authorities: Option<Arc<[Box<str>]>>,
+    /// `https://` URLs point back at `http://` ([`super::redirect`]).
+    Forward(Arc<[Box<str>]>),
+    /// A route listener: URLs of its routes' upstreams become the app-side
+    /// paths ([`relocate`]); `index` is this route's place in the table.
+    Listener {
+        table: Arc<relocate::Listener>,
+        index: usize,
+    },
 }
 
 /// The parts of a route that are not the path rules.
@@ -117,7 +134,7 @@ impl Route {
             body_timeout: parts.body_timeout,
             metrics: parts.metrics,
             access_log: parts.access_log,
-            forward_authorities: None,
+            answers: Answers::AsTheyAre,
         }
     }
 
@@ -125,13 +142,48 @@ impl Route {
     /// `authorities`: their `https://` URLs in answers are rewritten to
     /// `http://` ([`super::redirect`]).
     pub fn serving_forward_proxy(mut self, authorities: Arc<[Box<str>]>) -> Self {
-        self.forward_authorities = Some(authorities);
+        self.answers = Answers::Forward(authorities);
         self
     }
 
-    /// The upstream authorities of the forward proxy, for its routes.
-    pub fn forward_authorities(&self) -> Option<&[Box<str>]> {
-        self.forward_authorities.as_deref()
+    /// This route is number `index` (in dispatch order) of the listener
+    /// whose routes `table` holds: answers naming those routes' upstream
+    /// URLs point back at their paths ([`relocate`]).
+    pub fn on_listener(mut self, table: Arc<relocate::Listener>, index: usize) -> Self {
+        self.answers = Answers::Listener { table, index };
+        self
+    }
+
+    /// This route as its listener's [`relocate`] table sees it.
+    pub fn relocate_entry(&self) -> relocate::Entry {
+        let upstream = match &self.target {
+            Target::Fixed(base) => relocate::Upstream::Fixed {
+                scheme: base.scheme.clone(),
+                authority: base.authority.clone(),
+                path: base.path.as_str().into(),
+            },
+            Target::InbentaApi(api) => relocate::Upstream::InbentaApi {
+                api: api.as_str().into(),
+            },
+        };
+        relocate::Entry {
+            prefix: self.prefix.as_str().into(),
+            strip_prefix: self.strip_prefix,
+            upstream,
+            credential: Arc::clone(&self.credential),
+        }
+    }
+
+    /// Point the upstream's `Location` and `Content-Location` that name its
+    /// own URLs back at sidekey (forward proxy: [`super::redirect`]; route
+    /// listener: [`relocate`]). Without those headers this is a lookup of
+    /// each name.
+    pub fn rewrite_answer(&self, headers: &mut HeaderMap) {
+        match &self.answers {
+            Answers::AsTheyAre => {}
+            Answers::Forward(authorities) => super::redirect::rewrite(headers, authorities),
+            Answers::Listener { table, index } => table.rewrite(*index, headers),
+        }
     }
 
     /// The normalised `path_prefix`.

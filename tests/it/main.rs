@@ -47,6 +47,7 @@ mod providers;
 mod proxy;
 mod renewal;
 mod rotation;
+mod route_redirects;
 mod shared_client;
 mod support_selftest;
 mod token_faults;
