@@ -163,10 +163,20 @@ pub fn build_generation(
         None => None,
         Some(forward) => {
             let mut hosts = ForwardHosts::default();
-            let authorities: Arc<[Box<str>]> = forward
-                .hosts
-                .keys()
-                .map(|host| host.upstream_authority().into())
+            // An answer's `https://` URLs point back at `http://` only for
+            // the hosts of the answering host's credential: an upstream must
+            // not steer a redirect-following app to where a credential it
+            // never had is injected (as for routes, [`relocate`]).
+            let mut authorities: BTreeMap<&str, Vec<Box<str>>> = BTreeMap::new();
+            for (host, credential_name) in &forward.hosts {
+                authorities
+                    .entry(credential_name)
+                    .or_default()
+                    .push(host.upstream_authority().into());
+            }
+            let authorities: BTreeMap<&str, Arc<[Box<str>]>> = authorities
+                .into_iter()
+                .map(|(credential, hosts)| (credential, hosts.into()))
                 .collect();
             for (host, credential_name) in &forward.hosts {
                 let credential = credentials.get(credential_name).cloned().ok_or_else(|| {
@@ -218,7 +228,12 @@ pub fn build_generation(
                         access_log: config.log.access,
                     },
                 )
-                .serving_forward_proxy(authorities.clone());
+                .serving_forward_proxy(
+                    authorities
+                        .get(credential_name.as_str())
+                        .cloned()
+                        .unwrap_or_default(),
+                );
                 hosts.insert(host, Arc::new(route));
             }
             Some(Arc::new(Dispatch::Forward(hosts)))

@@ -2,8 +2,11 @@
 //! `https://` URLs (`Location`, `Content-Location`): the app asked for
 //! `http://HOST/…` and sidekey sent it as `https://HOST/…`, so an upstream
 //! that redirects to `https://HOST/next` is pointed back at `http://HOST/next`,
-//! for the answering host and every other `hosts` key (each key's `http://`
-//! URL goes to its own `https://` upstream with its own credential).
+//! for the answering host and every other `hosts` key of the same
+//! credential (each key's `http://` URL goes to its own `https://` upstream).
+//! Hosts of another credential are left as they are: an upstream must not
+//! steer a redirect-following app (a `307` POST, body and all) to where a
+//! credential it never had is injected.
 //! A redirect-following app then comes back through sidekey (and gets its
 //! token injected) instead of asking for an `https://` tunnel, which the
 //! forward proxy refuses.

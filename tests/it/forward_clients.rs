@@ -31,6 +31,15 @@ impl Two {
 
     /// Upstream A started with `a_opts` applied to its options.
     async fn start_with(a_opts: impl FnOnce(UpstreamOpts) -> UpstreamOpts) -> Two {
+        Two::start_full(a_opts, "b").await
+    }
+
+    /// Upstream A started with `a_opts` applied to its options; B's host
+    /// with credential `b_credential` (`"a"` or `"b"`).
+    async fn start_full(
+        a_opts: impl FnOnce(UpstreamOpts) -> UpstreamOpts,
+        b_credential: &str,
+    ) -> Two {
         let pki = Arc::new(TestPki::new());
         let a = Upstream::start(a_opts(UpstreamOpts::tls(&pki))).await;
         let b = Upstream::start(UpstreamOpts::tls(&pki)).await;
@@ -42,7 +51,7 @@ impl Two {
             .trusting(&pki)
             .with(static_token("a", "TOKEN_A"))
             .with(static_token("b", "TOKEN_B"))
-            .with(forward_proxy(&[(&host_a, "a"), (&host_b, "b")]))
+            .with(forward_proxy(&[(&host_a, "a"), (&host_b, b_credential)]))
             .env("TOKEN_A", TOKEN_A)
             .env("TOKEN_B", TOKEN_B)
             .start()
@@ -177,36 +186,39 @@ async fn one_app_connection_to_two_hosts_carries_each_hosts_token_to_that_host_o
     }
 }
 
+/// Upstream A's answers: redirects to its own `https://` URLs, to B's
+/// (port in `x-b-port`), to an unlisted host and a relative one.
+fn redirecting(opts: UpstreamOpts) -> UpstreamOpts {
+    opts.respond(|request| match request.path.as_str() {
+        "/old" => {
+            let port = request
+                .header("host")
+                .and_then(|host| host.rsplit(':').next())
+                .unwrap_or_default()
+                .to_owned();
+            Reply::status(302)
+                .header("location", &format!("https://LocalHost:{port}/new?x=1"))
+                .header("content-location", &format!("https://localhost:{port}/old"))
+        }
+        "/to-b" => {
+            let b = request.header("x-b-port").unwrap_or_default().to_owned();
+            Reply::status(307).header("location", &format!("https://localhost:{b}/from-a"))
+        }
+        "/away" => Reply::status(302).header("location", "https://elsewhere.example/x"),
+        "/relative" => Reply::status(302).header("location", "/new"),
+        _ => Reply::echo(),
+    })
+}
+
 #[tokio::test]
 async fn an_upstream_redirect_to_a_listed_https_url_is_followed_through_the_proxy() {
     // The upstream (reached over https://) redirects to absolute https://
     // URLs, its own (as APIs behind a load balancer do) or another listed
-    // host's. Handed on as they
-    // are, a redirect-following app asks for https:// through the proxy
-    // (CONNECT) and fails; rewritten to http://, it comes back through
-    // sidekey and gets its token injected again.
-    let two = Two::start_with(|opts| {
-        opts.respond(|request| match request.path.as_str() {
-            "/old" => {
-                let port = request
-                    .header("host")
-                    .and_then(|host| host.rsplit(':').next())
-                    .unwrap_or_default()
-                    .to_owned();
-                Reply::status(302)
-                    .header("location", &format!("https://LocalHost:{port}/new?x=1"))
-                    .header("content-location", &format!("https://localhost:{port}/old"))
-            }
-            "/to-b" => {
-                let b = request.header("x-b-port").unwrap_or_default().to_owned();
-                Reply::status(307).header("location", &format!("https://localhost:{b}/from-a"))
-            }
-            "/away" => Reply::status(302).header("location", "https://elsewhere.example/x"),
-            "/relative" => Reply::status(302).header("location", "/new"),
-            _ => Reply::echo(),
-        })
-    })
-    .await;
+    // host's of the same credential. Handed on as they are, a
+    // redirect-following app asks for https:// through the proxy (CONNECT)
+    // and fails; rewritten to http://, it comes back through sidekey and
+    // gets its token injected again.
+    let two = Two::start_full(redirecting, "a").await;
     let pa = two.pa();
     let mut conn = two.conn().await;
     let get = |target: String| format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -228,14 +240,12 @@ async fn an_upstream_redirect_to_a_listed_https_url_is_followed_through_the_prox
         vec![format!("Bearer {TOKEN_A}")]
     );
 
-    // A redirect to another listed host: followed through sidekey, it
-    // reaches that host with that host's token, never A's.
+    // A redirect to another listed host of the same credential: followed
+    // through sidekey, it reaches that host with that credential's token.
     let pb = two.pb();
-    let r = ask(
-        &mut conn,
-        &format!("GET http://localhost:{pa}/to-b HTTP/1.1\r\nHost: x\r\nX-B-Port: {pb}\r\n\r\n"),
-    )
-    .await;
+    let to_b =
+        format!("GET http://localhost:{pa}/to-b HTTP/1.1\r\nHost: x\r\nX-B-Port: {pb}\r\n\r\n");
+    let r = ask(&mut conn, &to_b).await;
     let location = r.header("location").expect("location").to_owned();
     assert_eq!(location, format!("http://localhost:{pb}/from-a"));
     let r = ask(&mut conn, &get(location)).await;
@@ -244,7 +254,7 @@ async fn an_upstream_redirect_to_a_listed_https_url_is_followed_through_the_prox
     assert_eq!(seen.path_and_query(), "/from-a");
     assert_eq!(
         seen.header_all("authorization"),
-        vec![format!("Bearer {TOKEN_B}")]
+        vec![format!("Bearer {TOKEN_A}")]
     );
 
     // Unlisted hosts' URLs and relative ones are passed on as they are.
@@ -255,6 +265,39 @@ async fn an_upstream_redirect_to_a_listed_https_url_is_followed_through_the_prox
         let r = ask(&mut conn, &get(format!("http://localhost:{pa}{path}"))).await;
         assert_eq!(r.header("location"), Some(kept), "{path}");
     }
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_host_of_another_credential_is_not_pointed_back_at_the_proxy() {
+    // A's upstream must not be able to steer a redirect-following app (a
+    // 307 POST, body and all) to B with B's credential, which A's request
+    // never had: B's https:// URL reaches the app as it is.
+    let two = Two::start_full(redirecting, "b").await;
+    let (pa, pb) = (two.pa(), two.pb());
+    let mut conn = two.conn().await;
+    let r = ask(
+        &mut conn,
+        &format!(
+            "POST http://localhost:{pa}/to-b HTTP/1.1\r\nHost: x\r\nX-B-Port: {pb}\r\nContent-Length: 2\r\n\r\nhi"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 307);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://localhost:{pb}/from-a").as_str())
+    );
+    // A's own URLs still come back.
+    let r = ask(
+        &mut conn,
+        &format!("GET http://localhost:{pa}/old HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://LocalHost:{pa}/new?x=1").as_str())
+    );
+    assert_eq!(two.b.request_count(), 0);
 }
 
 #[tokio::test]
