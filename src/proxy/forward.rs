@@ -408,6 +408,6 @@ fn finish(route: &Route, response: Response<FromUpstream>) -> Response<ResponseB
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     prepare_response(&mut parts.headers);
-    route.rewrite_answer(&mut parts.headers);
+    route.rewrite_answer(parts.status, &mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }

@@ -1,5 +1,6 @@
 //! A route listener's answers that name one of its routes' upstream URLs
-//! (`Location` of a redirect or a `201 Created`, `Content-Location`) point
+//! (`Location` and `Content-Location` of a redirect or a `201 Created`;
+//! [`super::Route::rewrite_answer`] passes only those here) point
 //! back at sidekey, as nginx's `proxy_redirect default` does: the app asked
 //! for `/prefix/x`, sidekey sent `https://host/base/x`, and an upstream
 //! answering `Location: https://host/base/y` (or `/base/y`) is passed on as
@@ -37,7 +38,7 @@
 //! values that are not text — passes unchanged.
 //!
 //! The table ([`Listener`]) is built once per listener with its routes;
-//! an answer without `Location` or `Content-Location` costs one header
+//! a redirect without `Location` or `Content-Location` costs one header
 //! lookup for each name and no allocation. An Inbenta route's upstream URL
 //! comes from its token's `apis` map, read when an answer has one of them.
 
