@@ -39,14 +39,18 @@ fn to_http(value: &HeaderValue, authorities: &[Box<str>]) -> Option<HeaderValue>
     }
     let rest = &url[8..];
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    if !authorities
-        .iter()
-        .any(|listed| listed.eq_ignore_ascii_case(authority))
-    {
-        return None;
-    }
-    HeaderValue::try_from(format!("http://{rest}")).ok()
+    let (authority, after) = rest.split_at(end);
+    // `https://host:443` is the key `host` (whose app-side URL has no port).
+    let portless = authority
+        .strip_suffix(":443")
+        .filter(|host| host.ends_with(']') || !host.contains(':'));
+    let listed = |name: &str| authorities.iter().any(|key| key.eq_ignore_ascii_case(name));
+    let authority = if listed(authority) {
+        authority
+    } else {
+        portless.filter(|host| listed(host))?
+    };
+    HeaderValue::try_from(format!("http://{authority}{after}")).ok()
 }
 
 #[cfg(test)]
@@ -55,7 +59,12 @@ mod tests {
     use http::HeaderValue;
 
     fn rewritten(url: &str) -> Option<String> {
-        let listed: [Box<str>; 2] = ["api.example:8443".into(), "other.example".into()];
+        let listed: [Box<str>; 4] = [
+            "api.example:8443".into(),
+            "other.example".into(),
+            "[::1]".into(),
+            "tls.example:443".into(),
+        ];
         to_http(&HeaderValue::from_str(url).unwrap(), &listed)
             .map(|v| v.to_str().unwrap().to_owned())
     }
@@ -74,13 +83,25 @@ mod tests {
             ),
             ("https://api.example/a", None),
             ("https://Other.example/a", Some("http://Other.example/a")),
-            ("https://other.example:443/a", None),
+            (
+                "https://other.example:443/a",
+                Some("http://other.example/a"),
+            ),
+            ("https://api.example:443/a", None),
             ("https://api.example:84430/a", None),
             ("https://api.example:8443.evil/a", None),
             ("https://user@api.example:8443/a", None),
             ("http://api.example:8443/a", None),
             ("/a", None),
             ("https:", None),
+            ("https://[::1]:443/a", Some("http://[::1]/a")),
+            ("https://[::1]:8443/a", None),
+            // A key listed with :443 keeps it.
+            (
+                "https://tls.example:443/a",
+                Some("http://tls.example:443/a"),
+            ),
+            ("https://tls.example/a", None),
         ] {
             assert_eq!(rewritten(url).as_deref(), expected, "{url}");
         }
