@@ -74,6 +74,16 @@ impl Dispatch {
         }
     }
 
+    /// The longest `body_timeout` of these routes (`None` without routes):
+    /// how long an app connection of this listener may take no byte of
+    /// what sidekey writes to it ([`crate::send_timeout`]).
+    pub fn longest_body_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Dispatch::Routes(routes) => routes.iter().map(|route| route.body_timeout).max(),
+            Dispatch::Forward(hosts) => hosts.routes().map(|route| route.body_timeout).max(),
+        }
+    }
+
     /// Routes of one listener; sorted here so the longest prefix wins.
     pub fn routes(mut routes: Vec<Arc<Route>>) -> Self {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix().len()));

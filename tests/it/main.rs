@@ -48,6 +48,7 @@ mod proxy;
 mod renewal;
 mod rotation;
 mod shared_client;
+mod stuck_readers;
 mod support_selftest;
 mod token_faults;
 mod token_lifecycle;

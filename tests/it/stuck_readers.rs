@@ -1,0 +1,177 @@
+//! Apps that stop reading their responses: a hung worker, a client stuck
+//! on a lock, a slowloris reader. Such an app must not hold the upstream's
+//! response, its connection or HTTP/2 stream, for ever: once it takes no
+//! byte for `body_timeout`, sidekey closes its connection, which releases
+//! them. A reader that is slow but keeps taking bytes is served to the end.
+//!
+//! On the real clock, with short timeouts: the app's socket fills for real
+//! (kernel buffers, small receive buffers here), and the paused clock could
+//! jump to a timeout while a busy machine delivers loopback bytes late.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::config::{TestConfig, route, static_token};
+use crate::support::proxy::TestProxy;
+use crate::support::tls::TestPki;
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
+
+/// The route's `body_timeout` in these tests.
+const BODY_TIMEOUT: &str = "300ms";
+
+/// Bound for what must happen soon after the timeout.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// An answer the app never finishes reading: 1 GiB.
+const ENDLESS: u64 = 1 << 30;
+
+/// One route to `upstream` with `body_timeout` [`BODY_TIMEOUT`] and a
+/// `request_timeout` longer than every wait of these tests but the
+/// defect's.
+async fn proxy_to(pki: &TestPki, upstream: &str) -> TestProxy {
+    TestConfig::new()
+        .trusting(pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(upstream, "api").line(&format!(
+            "body_timeout = \"{BODY_TIMEOUT}\"\nrequest_timeout = \"8s\""
+        )))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await
+}
+
+/// An app connection to `addr` with a receive buffer of about
+/// `receive_buffer` bytes, that has sent `GET path`.
+async fn app_asking(addr: SocketAddr, path: &str, receive_buffer: u32) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(receive_buffer).unwrap();
+    let mut app = socket.connect(addr).await.unwrap();
+    app.write_all(format!("GET {path} HTTP/1.1\r\nhost: sidekey\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    app
+}
+
+/// Read until the connection ends; the bytes read, or `None` when it is
+/// still open after `within`.
+async fn read_to_close(app: &mut TcpStream, within: Duration) -> Option<u64> {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 256 << 10];
+    tokio::time::timeout(within, async {
+        loop {
+            match app.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n as u64,
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| total)
+}
+
+#[tokio::test]
+async fn an_app_that_reads_nothing_is_cut_off_and_its_upstream_stream_freed() {
+    let pki = Arc::new(TestPki::new());
+    // One stream at a time on the worker's one upstream connection: the
+    // stuck answer's stream is the only one there is.
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .max_concurrent_streams(1)
+            .respond(|seen| match seen.path.as_str() {
+                "/big" => Reply::generated(ENDLESS),
+                _ => Reply::echo(),
+            }),
+    )
+    .await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    // The app asks for the download and never reads a byte of it.
+    let mut stuck = app_asking(proxy.route_addr(0), "/big", 4096).await;
+    upstream
+        .wait_for_request_matching(|r| r.path == "/big")
+        .await;
+
+    // Another app connection's request needs the stream: it is served
+    // once the stuck app's connection was closed (before the fix it
+    // waited for a free stream until request_timeout, 504).
+    let after = proxy.get("/after").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    upstream.wait_for_abandoned_answers(1).await;
+    assert_eq!(upstream.connections(), 1, "the same upstream connection");
+
+    let read = read_to_close(&mut stuck, PROMPTLY).await;
+    let read = read.expect("the stuck app's connection is closed");
+    assert!(read < ENDLESS, "the answer was cut off after {read} bytes");
+}
+
+#[tokio::test]
+async fn an_app_that_reads_nothing_of_an_http1_answer_frees_the_upstream_connection() {
+    let upstream = Upstream::start(UpstreamOpts::plain().always(Reply::generated(ENDLESS))).await;
+    let proxy = TestConfig::new()
+        .with(static_token("api", "API_TOKEN"))
+        .with(
+            route(&upstream.url(), "api")
+                .line("allow_insecure_http = true")
+                .line(&format!("body_timeout = \"{BODY_TIMEOUT}\"")),
+        )
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+
+    let mut stuck = app_asking(proxy.route_addr(0), "/big", 4096).await;
+    upstream.wait_for_requests(1).await;
+
+    // The upstream's HTTP/1.1 connection is closed mid-answer: its answer
+    // is abandoned, not left to wait on the app.
+    upstream.wait_for_abandoned_answers(1).await;
+    let read = read_to_close(&mut stuck, PROMPTLY).await;
+    assert!(
+        read.is_some_and(|read| read < ENDLESS),
+        "the stuck app's connection is closed: {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_reader_that_keeps_taking_bytes_is_served_to_the_end() {
+    const LEN: u64 = 5 << 20;
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).always(Reply::generated(LEN))).await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    // A read of up to 256 KiB every 100 ms, with a receive buffer of that
+    // size: the app's socket stays full all along, and sidekey's writes
+    // wait on it, for less than body_timeout each. More than the kernel's
+    // send buffer (up to 4 MiB) can hide: sidekey's writes must see the
+    // app's progress while its socket is full.
+    let mut app = app_asking(proxy.route_addr(0), "/slow", 256 << 10).await;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let head_and_body = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match tokio::time::timeout(PROMPTLY, app.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break None,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n")
+            && (received.len() - end - 4) as u64 >= LEN
+        {
+            break Some(end + 4);
+        }
+    };
+    let head_len = head_and_body.unwrap_or_else(|| {
+        panic!(
+            "cut off after {} bytes: {}",
+            received.len(),
+            String::from_utf8_lossy(&received[..received.len().min(200)])
+        )
+    });
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert_eq!((received.len() - head_len) as u64, LEN);
+    assert_eq!(upstream.abandoned_answers(), 0);
+}
