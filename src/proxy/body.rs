@@ -155,6 +155,11 @@ impl FromUpstream {
         }
     }
 
+    /// How long it may pause: its route's `body_timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.body.timeout
+    }
+
     /// The access line it carries, written when the body is dropped
     /// ([`super::access`]).
     pub fn access_line(&mut self) -> &mut Option<Box<super::access::Line>> {

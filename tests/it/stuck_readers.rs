@@ -175,3 +175,120 @@ async fn a_slow_reader_that_keeps_taking_bytes_is_served_to_the_end() {
     assert_eq!((received.len() - head_len) as u64, LEN);
     assert_eq!(upstream.abandoned_answers(), 0);
 }
+
+#[tokio::test]
+async fn an_http2_stream_whose_answer_the_app_never_reads_is_reset() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .max_concurrent_streams(1)
+            .respond(|seen| match seen.path.as_str() {
+                "/big" => Reply::generated(ENDLESS),
+                _ => Reply::echo(),
+            }),
+    )
+    .await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    // One h2c connection, as a gRPC channel, with room in its connection
+    // window for every stream: the app reads the connection all along, so
+    // its socket never fills; one stream's answer it never reads, whose
+    // stream window stays shut.
+    let tcp = TcpStream::connect(proxy.route_addr(0)).await.unwrap();
+    let (app, conn) = h2::client::Builder::new()
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("http://sidekey{path}"))
+            .body(())
+            .unwrap()
+    };
+    let (head, _) = app
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get("/big"), true)
+        .unwrap();
+    let mut stuck = head.await.unwrap().into_body();
+    upstream
+        .wait_for_request_matching(|r| r.path == "/big")
+        .await;
+
+    // The next call on the same connection needs the upstream's only
+    // stream: it is answered once the stuck stream was reset (before, it
+    // waited for request_timeout, 504).
+    let (head, _) = app
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get("/after"), true)
+        .unwrap();
+    let after = tokio::time::timeout(PROMPTLY, head)
+        .await
+        .expect("answered before request_timeout")
+        .unwrap();
+    assert_eq!(after.status(), 200);
+    upstream.wait_for_abandoned_answers(1).await;
+
+    // What had come of the stuck answer can still be read; then the
+    // stream ends in a reset, not as a complete answer.
+    let ended = tokio::time::timeout(PROMPTLY, async {
+        loop {
+            match stuck.data().await {
+                Some(Ok(data)) => {
+                    let _ = stuck.flow_control().release_capacity(data.len());
+                }
+                Some(Err(err)) => return Some(err),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stuck stream ends");
+    let err = ended.expect("reset, not complete");
+    assert!(err.is_reset(), "{err}");
+}
+
+#[tokio::test]
+async fn an_http2_stream_read_slowly_is_served_to_the_end() {
+    const LEN: u64 = 1 << 20;
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .always(Reply::generated(LEN)),
+    )
+    .await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    let tcp = TcpStream::connect(proxy.route_addr(0)).await.unwrap();
+    let (app, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("http://sidekey/slow").body(()).unwrap();
+    let app: h2::client::SendRequest<bytes::Bytes> = app;
+    let (head, _) = app
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    let mut body = head.await.unwrap().into_body();
+
+    // A window's worth (64 KiB) at most every 100 ms: the stream waits for
+    // window most of the time, never for body_timeout on end.
+    let mut received = 0u64;
+    while let Some(data) = body.data().await {
+        let data = data.unwrap_or_else(|err| panic!("reset after {received} bytes: {err}"));
+        received += data.len() as u64;
+        let _ = body.flow_control().release_capacity(data.len());
+        tokio::time::sleep(Duration::from_millis(100) * data.len() as u32 / (64 << 10)).await;
+    }
+    assert_eq!(received, LEN);
+    assert_eq!(upstream.abandoned_answers(), 0);
+}
