@@ -292,3 +292,125 @@ async fn an_http2_stream_read_slowly_is_served_to_the_end() {
     assert_eq!(received, LEN);
     assert_eq!(upstream.abandoned_answers(), 0);
 }
+
+/// Whether a [`StopsReading`] connection reads, switched by the test.
+#[derive(Default)]
+struct ReadSwitch {
+    stopped: std::sync::atomic::AtomicBool,
+    waiting: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl ReadSwitch {
+    fn set(&self, stopped: bool) {
+        self.stopped
+            .store(stopped, std::sync::atomic::Ordering::SeqCst);
+        if let Some(waker) = self.waiting.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// A connection whose reads stop while its switch says so, as an app
+/// whose reading thread hung.
+struct StopsReading {
+    tcp: TcpStream,
+    switch: Arc<ReadSwitch>,
+}
+
+impl tokio::io::AsyncRead for StopsReading {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this
+            .switch
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            *this.switch.waiting.lock().unwrap() = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+impl tokio::io::AsyncWrite for StopsReading {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_http2_app_that_stops_reading_its_connection_is_closed() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .http2()
+            .max_concurrent_streams(1)
+            .respond(|seen| match seen.path.as_str() {
+                "/big" => Reply::generated(ENDLESS),
+                _ => Reply::echo(),
+            }),
+    )
+    .await;
+    let proxy = proxy_to(&pki, &upstream.url()).await;
+
+    // Large windows: what holds the answer back is the app's socket.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(proxy.route_addr(0)).await.unwrap();
+    let switch = Arc::new(ReadSwitch::default());
+    let io = StopsReading {
+        tcp,
+        switch: switch.clone(),
+    };
+    let (app, conn) = h2::client::Builder::new()
+        .initial_window_size(16 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    let mut conn = tokio::spawn(conn);
+    let request = http::Request::get("http://sidekey/big").body(()).unwrap();
+    let (head, _) = app
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    let _unread = head.await.unwrap();
+    switch.set(true);
+
+    // The stuck answer is abandoned upstream, and another app's request
+    // gets the upstream's only stream.
+    upstream.wait_for_abandoned_answers(1).await;
+    let after = proxy.get("/after").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+
+    // Not only the stream: the connection was closed. Reading again, the
+    // app finds its end (while it still holds the connection open).
+    switch.set(false);
+    let ended = tokio::time::timeout(PROMPTLY, &mut conn).await;
+    assert!(ended.is_ok(), "the app's connection is still open");
+    drop(app);
+}
