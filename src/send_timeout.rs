@@ -45,6 +45,7 @@ use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tracing::debug;
 
 use crate::proxy::Dispatch;
 
@@ -100,6 +101,9 @@ impl<S> SendTimeout<S> {
             return poll;
         }
         if self.timed_out(cx) {
+            debug!(
+                "the app took no byte of its answers within body_timeout; closing its connection"
+            );
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the app took no byte of its response within body_timeout",
