@@ -151,3 +151,79 @@ impl Future for Stall {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::BodyExt;
+    use hyper::rt::Executor;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A body that hands one frame (while `first`) and then never another.
+    struct OneThenNothing {
+        first: bool,
+    }
+
+    impl Body for OneThenNothing {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            if std::mem::take(&mut self.first) {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))));
+            }
+            Poll::Pending
+        }
+    }
+
+    /// Sends when the stream task was ended (its future dropped).
+    struct Ended(Option<oneshot::Sender<Instant>>);
+
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    }
+
+    /// A stream task whose body hands hyper one frame; then hyper either
+    /// waits for window (does not poll it again) or, with `polled_again`,
+    /// polls it again and waits for the upstream. When it was ended.
+    fn stream_task(polled_again: bool) -> oneshot::Receiver<Instant> {
+        let (tx, rx) = oneshot::channel();
+        StreamExecutor.execute(async move {
+            let _ended = Ended(Some(tx));
+            let mut body = Watched::new(OneThenNothing { first: true }, Some(T));
+            let _ = body.frame().await;
+            if polled_again {
+                let _ = body.frame().await;
+            }
+            std::future::pending::<()>().await;
+        });
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_waiting_for_window_is_ended_after_its_timeout() {
+        let started = Instant::now();
+        let ended = stream_task(false);
+        let at = ended.await.expect("ended");
+        assert_eq!(at - started, T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_waiting_for_the_upstream_is_left_to_the_body_timeout() {
+        let mut ended = stream_task(true);
+        tokio::time::sleep(T * 10).await;
+        assert!(ended.try_recv().is_err(), "still running after 10 timeouts");
+    }
+}
