@@ -32,8 +32,8 @@
 //! go out in one write.
 //!
 //! An HTTP/2 app that reads one stream's answer and not another's keeps
-//! its connection moving: that stream is not cut off here (its window
-//! stays shut; the upstream's answer waits in sidekey).
+//! its connection moving: that stream is reset by [`crate::stream_stall`]
+//! instead, after its own route's `body_timeout`.
 
 use std::io;
 use std::pin::Pin;

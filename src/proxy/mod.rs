@@ -14,7 +14,8 @@
 //!    ALPN offers it), streaming the body; a small body is kept so a
 //!    `renew_on_status` answer can be retried once with the renewed token.
 //!    Both bodies must keep moving: `body_timeout` bounds every pause
-//!    ([`body::Idle`]).
+//!    ([`body::Idle`]), and an app that takes no byte of its answer for as
+//!    long is closed ([`crate::send_timeout`], [`crate::stream_stall`]).
 
 pub mod access;
 pub mod body;
