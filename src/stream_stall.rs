@@ -11,11 +11,11 @@
 //!
 //! - [`StreamExecutor`] runs each stream's task (hyper spawns one per
 //!   request) with a [`StreamClock`] of its own (a task-local, no
-//!   allocation) and a [`Stall`] watch beside the stream;
+//!   allocation) and a `Stall` watch beside the stream;
 //! - [`Watched`], the answer's body, notes on that clock whether its last
 //!   act was handing hyper a frame (then hyper waits for window) or not
 //!   (it waits for the upstream: [`crate::proxy::body::Idle`] times that);
-//! - [`Stall`] ends the task once the last frame handed out has waited
+//! - `Stall` ends the task once the last frame handed out has waited
 //!   `body_timeout` for window. Its timer is made only for a stream that
 //!   waits for window at all, then moved.
 //!
@@ -48,7 +48,7 @@ pub struct StreamClock {
 }
 
 /// Runs hyper's HTTP/2 stream tasks on tokio, each with its
-/// [`StreamClock`] and [`Stall`] watch.
+/// [`StreamClock`] and `Stall` watch.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StreamExecutor;
 
