@@ -22,7 +22,9 @@
 //!   listener's accept loop, and one app connection from its TLS handshake
 //!   to its close: its first bytes tell HTTP/2 ([`crate::preface`], served
 //!   by [`crate::http2`]) from HTTP/1.1, served here with the request
-//!   framing tap in front of hyper.
+//!   framing tap in front of hyper. Either version's writes are watched by
+//!   [`crate::send_timeout`]: an app that takes no byte of its answers for
+//!   `body_timeout` is closed.
 //! - [`raise_fd_limit`] and the file-descriptor budget that keeps
 //!   `max_connections` below what the open-file limit allows.
 
@@ -53,6 +55,7 @@ use crate::metrics::Metrics;
 use crate::preface::{self, Protocol};
 use crate::proxy::framing::Tap;
 use crate::proxy::{Dispatch, service};
+use crate::send_timeout::SendTimeout;
 
 /// How often a persisting condition (a full cap, failing accepts) is logged again.
 const LOG_AGAIN_AFTER: Duration = Duration::from_secs(60);
@@ -123,6 +126,7 @@ pub async fn serve_proxy_listener(
         tokio::select! {
             (stream, peer, slot) = listener.accept() => {
                 let _ = stream.set_nodelay(true);
+                crate::send_timeout::limit_unsent(&stream);
                 let watcher = graceful.watcher();
                 let acceptor = tls.load_full().map(TlsAcceptor::from);
                 let app = App {
@@ -210,6 +214,8 @@ where
             return;
         }
     };
+    // Both versions: an app that takes no byte of its answers is closed.
+    let stream = SendTimeout::new(stream, app.dispatch.clone());
     let result = match protocol {
         Protocol::Http2 => {
             let limits = app.limits;

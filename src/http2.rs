@@ -17,6 +17,10 @@
 //!   served ([`IdleClock`], counted per request); after `idle_timeout` of
 //!   that it says GOAWAY and closes, and if the peer keeps it open past
 //!   another `idle_timeout`, it is dropped.
+//! - Apps that stop reading: a stream whose answer the app takes no byte
+//!   of for its route's `body_timeout` is reset ([`crate::stream_stall`]);
+//!   a connection that takes no byte at all is closed
+//!   ([`crate::send_timeout`]).
 //! - Drain: on shutdown it says GOAWAY, lets the streams in progress
 //!   finish, then closes (the caller bounds how long, `shutdown_grace`).
 //! - There is no request framing to check: HTTP/2 frames every body
@@ -28,10 +32,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::Request;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -41,6 +46,7 @@ use crate::idle::{IdleClock, RestartsIdle};
 use crate::metrics::Metrics;
 use crate::proxy::framing::Framing;
 use crate::proxy::{Dispatch, service};
+use crate::stream_stall::{StreamExecutor, Watched};
 
 /// Streams one connection may have open at once (RFC 9113 §6.5.2
 /// recommends no fewer than 100).
@@ -84,11 +90,18 @@ where
             async move {
                 let response =
                     service::handle_request(&dispatch, request, Framing::Clear, &metrics).await;
-                Ok::<_, Infallible>(response.map(|body| RestartsIdle::new(body, busy)))
+                Ok::<_, Infallible>(response.map(|body| {
+                    // The upstream's answer is watched; sidekey's own is whole.
+                    let timeout = match &body {
+                        Either::Left(upstream) => Some(upstream.timeout()),
+                        Either::Right(_) => None,
+                    };
+                    RestartsIdle::new(Watched::new(body, timeout), busy)
+                }))
             }
         })
     };
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(StreamExecutor);
     builder
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(MAX_STREAMS)

@@ -19,7 +19,8 @@
 //! - [`server`]: lifecycle: start, graceful shutdown, reload ([`server::serve`])
 //! - [`listeners`]: the proxy listen addresses, bound once, served here or on the workers
 //! - [`conn`]: one app connection: caps, limits ([`limits`]), TLS, the framing tap ([`idle`]: its idle deadline;
-//!   [`preface`]: HTTP/2 or HTTP/1.1 by its first bytes; [`http2`]: serving HTTP/2 apps, h2c and gRPC)
+//!   [`preface`]: HTTP/2 or HTTP/1.1 by its first bytes; [`http2`]: serving HTTP/2 apps, h2c and gRPC;
+//!   [`send_timeout`], [`stream_stall`]: ending what an app stopped reading)
 //! - [`error`]: errors sidekey answers itself, as JSON ([`error_chain`]
 //!   renders any error with its causes on one line)
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
@@ -51,11 +52,13 @@ pub mod preflight;
 pub mod proxy;
 pub mod rotating;
 pub mod secret;
+pub mod send_timeout;
 pub mod server;
 mod signals;
 pub mod small_file;
 pub mod status;
 pub mod stop;
+pub mod stream_stall;
 pub mod suggest;
 pub mod telemetry;
 pub mod tls;

@@ -3,7 +3,8 @@
 //! Both directions carry an idle deadline, `body_timeout` ([`Idle`]): bytes
 //! must keep arriving. The clock runs only while the proxy waits for the
 //! next piece of a body, never while the other side is slow to take it, so
-//! a slow reader is not blamed on the sender. A stalled body ends with
+//! a slow reader is not blamed on the sender (an app that takes nothing at
+//! all is closed by [`crate::send_timeout`]). A stalled body ends with
 //! [`BodyError::Stalled`]: for the app's request body that becomes a 408
 //! (see `forward`), for the upstream's response body the app's response is
 //! cut off ([`FromUpstream`] logs it and counts it). A streamed request body
@@ -153,6 +154,11 @@ impl FromUpstream {
             metrics,
             access: None,
         }
+    }
+
+    /// How long it may pause: its route's `body_timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.body.timeout
     }
 
     /// The access line it carries, written when the body is dropped

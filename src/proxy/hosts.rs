@@ -36,11 +36,12 @@ impl ForwardHosts {
 
     /// One of its routes, if it has any.
     pub fn any(&self) -> Option<&Arc<Route>> {
-        self.by_host
-            .values()
-            .flatten()
-            .map(|(_, route)| route)
-            .next()
+        self.routes().next()
+    }
+
+    /// Every route it holds.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_host.values().flatten().map(|(_, route)| route)
     }
 
     /// The route for an absolute-form `http://` request URI.

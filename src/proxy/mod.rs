@@ -14,10 +14,11 @@
 //!    ALPN offers it), streaming the body; a small body is kept so a
 //!    `renew_on_status` answer can be retried once with the renewed token.
 //!    Both bodies must keep moving: `body_timeout` bounds every pause
-//!    ([`body::Idle`]).
-//! 5. The answer's `Location` and `Content-Location` that name the
-//!    upstream's own URLs point back at sidekey: a route's upstream URLs
-//!    become the app-side paths ([`relocate`]), the forward proxy's
+//!    ([`body::Idle`]), and an app that takes no byte of its answer for as
+//!    long is closed ([`crate::send_timeout`], [`crate::stream_stall`]).
+//! 5. The `Location` and `Content-Location` of a redirect or a `201` that
+//!    name the upstream's own URLs point back at sidekey: a route's upstream
+//!    URLs become the app-side paths ([`relocate`]), the forward proxy's
 //!    `https://` ones `http://` ([`redirect`]).
 
 pub mod access;
@@ -77,6 +78,16 @@ impl Dispatch {
         match self {
             Dispatch::Routes(routes) => routes.first().is_some_and(|route| route.access_log),
             Dispatch::Forward(hosts) => hosts.any().is_some_and(|route| route.access_log),
+        }
+    }
+
+    /// The longest `body_timeout` of these routes (`None` without routes):
+    /// how long an app connection of this listener may take no byte of
+    /// what sidekey writes to it ([`crate::send_timeout`]).
+    pub fn longest_body_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Dispatch::Routes(routes) => routes.iter().map(|route| route.body_timeout).max(),
+            Dispatch::Forward(hosts) => hosts.routes().map(|route| route.body_timeout).max(),
         }
     }
 

@@ -49,6 +49,7 @@ mod renewal;
 mod rotation;
 mod route_redirects;
 mod shared_client;
+mod stuck_readers;
 mod support_selftest;
 mod token_faults;
 mod token_lifecycle;

@@ -868,6 +868,7 @@ struct State {
     handshake_failures: AtomicUsize,
     dropped_requests: AtomicUsize,
     idle_closes: AtomicUsize,
+    abandoned_answers: AtomicUsize,
     changed: Notify,
     goaway: Notify,
     opts: UpstreamOpts,
@@ -961,6 +962,7 @@ impl Upstream {
             handshake_failures: AtomicUsize::new(0),
             dropped_requests: AtomicUsize::new(0),
             idle_closes: AtomicUsize::new(0),
+            abandoned_answers: AtomicUsize::new(0),
             changed: Notify::new(),
             goaway: Notify::new(),
             opts,
@@ -1031,6 +1033,20 @@ impl Upstream {
     /// Connections closed for being idle ([`UpstreamOpts::close_idle_after`]).
     pub fn idle_closes(&self) -> usize {
         self.state.idle_closes.load(Ordering::SeqCst)
+    }
+
+    /// Answer bodies dropped before their end: the client closed the
+    /// HTTP/1.1 connection or reset the HTTP/2 stream mid-body.
+    pub fn abandoned_answers(&self) -> usize {
+        self.state.abandoned_answers.load(Ordering::SeqCst)
+    }
+
+    /// Wait until at least `n` answer bodies were abandoned mid-body
+    /// ([`Upstream::abandoned_answers`]); panics after 10 s.
+    pub async fn wait_for_abandoned_answers(&self, n: usize) {
+        self.wait_until(|s| s.abandoned_answers.load(Ordering::SeqCst) >= n)
+            .await
+            .unwrap_or_else(|| panic!("upstream: fewer than {n} abandoned answers after 10s"));
     }
 
     /// Start a graceful shutdown of every open connection: HTTP/2 sends
@@ -1389,7 +1405,63 @@ async fn handle(
     let response = answer(req, &state, &conn).await;
     *conn.idle_since.lock().expect("lock") = Instant::now();
     conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let response = response.map(|response| {
+        let state = state.clone();
+        response.map(move |body| Abandonable::new(body, state).boxed())
+    });
     response.ok_or(DroppedRequest::Refused(h2::Reason::REFUSED_STREAM.into()))
+}
+
+/// An answer body that counts itself in [`Upstream::abandoned_answers`]
+/// when dropped before its end.
+struct Abandonable {
+    body: ReplyBody,
+    ended: bool,
+    state: Arc<State>,
+}
+
+impl Abandonable {
+    fn new(body: ReplyBody, state: Arc<State>) -> Self {
+        Abandonable {
+            body,
+            ended: false,
+            state,
+        }
+    }
+}
+
+impl Body for Abandonable {
+    type Data = Bytes;
+    type Error = ReplyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReplyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Abandonable {
+    fn drop(&mut self) {
+        if !self.ended && !self.body.is_end_stream() {
+            self.state.abandoned_answers.fetch_add(1, Ordering::SeqCst);
+            self.state.changed.notify_waiters();
+        }
+    }
 }
 
 /// [`UpstreamOpts::echo_stream`]: record the head, stream the body back.
