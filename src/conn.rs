@@ -202,7 +202,7 @@ where
     let timeout = app.limits.idle_timeout;
     let deadline = idle
         .deadline(timeout)
-        .unwrap_or_else(|| Instant::now() + timeout);
+        .unwrap_or_else(|| crate::deadline::after(Instant::now(), timeout));
     let (protocol, stream) = match tokio::time::timeout_at(deadline, preface::sniff(stream)).await {
         Ok(Ok(sniffed)) => sniffed,
         Ok(Err(err)) => {

@@ -120,7 +120,7 @@ where
             result = connection.as_mut() => return result,
             () = clock.expired(timeout), if closing_by.is_none() && !draining => {
                 connection.as_mut().graceful_shutdown();
-                closing_by = Some(Instant::now() + timeout);
+                closing_by = Some(crate::deadline::after(Instant::now(), timeout));
             }
             _ = shutdown.wait_for(|stop| *stop), if !draining => {
                 draining = true;

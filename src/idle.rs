@@ -81,7 +81,10 @@ impl IdleClock {
             return None;
         }
         let since = self.since.load(Ordering::Relaxed);
-        Some(self.base + Duration::from_nanos(since) + timeout)
+        Some(crate::deadline::after(
+            self.base + Duration::from_nanos(since),
+            timeout,
+        ))
     }
 
     /// Return once the connection has been idle for `timeout`. While it is
@@ -96,7 +99,7 @@ impl IdleClock {
             match self.deadline(timeout) {
                 Some(deadline) if deadline <= now => return,
                 Some(deadline) => sleep.as_mut().reset(deadline),
-                None => sleep.as_mut().reset(now + timeout),
+                None => sleep.as_mut().reset(crate::deadline::after(now, timeout)),
             }
         }
     }

@@ -38,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod credential;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod error_chain;

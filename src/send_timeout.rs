@@ -56,13 +56,6 @@ pub const UNSENT_LIMIT: u32 = 128 * 1024;
 /// The timeout of a listener without routes (none is ever served).
 const FALLBACK: Duration = Duration::from_secs(60);
 
-/// `timeout` after `start`; a timeout too long to add ends in 30 years.
-pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
-    start
-        .checked_add(timeout)
-        .unwrap_or_else(|| start + Duration::from_secs(30 * 365 * 86_400))
-}
-
 /// Cap the unsent bytes the kernel holds for `stream` at [`UNSENT_LIMIT`]
 /// (Linux; elsewhere the kernel's default applies). Best effort: a socket
 /// that refuses keeps the default, and its stalls are seen later.
@@ -132,7 +125,7 @@ impl<S> SendTimeout<S> {
                     .unwrap_or(FALLBACK);
                 *self
                     .deadline
-                    .insert(deadline_after(Instant::now(), timeout))
+                    .insert(crate::deadline::after(Instant::now(), timeout))
             }
         };
         let timer = self

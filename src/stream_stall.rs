@@ -33,8 +33,6 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use crate::send_timeout::deadline_after;
-
 tokio::task_local! {
     /// The clock of the stream whose task is being polled.
     static STREAM: StreamClock;
@@ -134,7 +132,7 @@ impl Future for Stall {
             // task, and this is polled again with it.
             return Poll::Pending;
         };
-        let deadline = deadline_after(since, timeout);
+        let deadline = crate::deadline::after(since, timeout);
         let timer = this
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

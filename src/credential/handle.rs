@@ -19,7 +19,7 @@ use super::report::{CredentialReport, CredentialState, LastAttempt, RenewalReaso
 use super::settings::{CredentialConfig, CredentialKind};
 use super::stored::TokenStore;
 use super::suspend::WallClock;
-use super::{timing, token_client};
+use super::timing;
 use crate::metrics::{Metrics, RejectionCounters};
 
 /// What the proxy injects for one credential at one moment. Built once per
@@ -352,7 +352,7 @@ impl CredentialHandle {
     /// - After a suspend the token outlived (over on the wall clock only):
     ///   the engine is woken, and the wait is as above, counted from then.
     pub async fn wait_for_token(&self, timeout: Duration) -> Result<Arc<Published>, Unavailable> {
-        let limit = deadline_after(timeout);
+        let limit = crate::deadline::after(Instant::now(), timeout);
         // When this request found the token over on the wall clock alone.
         let mut overslept_at: Option<Instant> = None;
         loop {
@@ -494,14 +494,6 @@ impl CredentialHandle {
             unavailable_reason: valid.is_none().then(|| state.reason()),
         }
     }
-}
-
-/// `now + timeout`, or a year from now when that overflows.
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .or_else(|| now.checked_add(token_client::MAX_LIFETIME))
-        .unwrap_or(now)
 }
 
 /// What the handle reads: the published token (if any), the last failure

@@ -81,7 +81,8 @@ impl<B> Idle<B> {
 
     /// Pending until the current wait has lasted `timeout`; then ready.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = *self.waiting_since.get_or_insert_with(Instant::now) + self.timeout;
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let deadline = crate::deadline::after(since, self.timeout);
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

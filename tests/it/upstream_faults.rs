@@ -526,3 +526,39 @@ async fn http2_goaway_finishes_in_flight_requests_and_moves_new_ones() {
         "no new stream on the connection that said GOAWAY"
     );
 }
+
+#[tokio::test]
+async fn timeouts_too_long_to_add_to_now_never_panic() {
+    // A timeout of 547 billion years parses (it fits a Duration) but not
+    // added to the clock: every deadline made from it must saturate.
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).always(Reply::trickle(
+        3,
+        10,
+        Duration::from_millis(30),
+    )))
+    .await;
+    let endless = r#""199999999999999d""#;
+    let proxy = one_route(&pki, &upstream.url())
+        .line("[[routes]]", &format!("body_timeout = {endless}"))
+        .line("[[routes]]", &format!("request_timeout = {endless}"))
+        .top(&format!("idle_timeout = {endless}"))
+        .start()
+        .await;
+
+    // A request body that pauses, and an answer that does.
+    let body = body_trickle(3, 100, Duration::from_millis(30), BodyEnd::Finish);
+    let r = proxy
+        .client
+        .send(request(
+            Method::POST,
+            &format!("{}/upload", proxy.route_url(0)),
+            body,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body.len(), 30);
+    assert_eq!(upstream.last_request().unwrap().body_len, 300);
+    // The connection (and its idle clock) serves on.
+    assert_eq!(proxy.get("/again").await.status, 200);
+}
