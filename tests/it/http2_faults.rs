@@ -174,7 +174,8 @@ async fn an_app_that_stops_reading_a_download_holds_up_no_other_request() {
 
     // An h2c app takes the head of a large download and never reads on:
     // its stream's window stays shut, and what sidekey took from the
-    // upstream for it waits in sidekey.
+    // upstream for it waits in sidekey (until body_timeout resets the
+    // stream, see stuck_readers.rs; the requests below come before that).
     let stuck = h2c_app(&proxy).await;
     let request = http::Request::get("http://sidekey/big").body(()).unwrap();
     let (head, _send) = stuck
