@@ -7,13 +7,15 @@
 //! second request must get its own answer (or a clean 502), never the
 //! leftovers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 
-use crate::support::config::static_route_proxy;
+use crate::support::config::{TestConfig, route, static_route_proxy, static_token};
 use crate::support::proxy::{TestProxy, body_empty, count_body, request};
 use crate::support::raw::RawConn;
+use crate::support::tls::TestPki;
 use crate::support::upstream::{RawStep, Upstream, UpstreamOpts};
 
 /// A whole answer that a client reading a desynchronised connection would
@@ -241,4 +243,56 @@ async fn a_content_length_list_reaches_the_app_as_one_length() {
     let answer = answer.expect("an answer");
     assert_eq!(answer.header("content-length"), Some("5"));
     assert_eq!(answer.body_text(), "first");
+}
+
+/// A TLS upstream answering every request with `steps`, and sidekey in
+/// front of it.
+async fn tls_scene(steps: Vec<RawStep>) -> (Upstream, TestProxy) {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).raw(steps)).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    (upstream, proxy)
+}
+
+#[tokio::test]
+async fn a_close_delimited_answer_cut_without_close_notify_never_looks_complete() {
+    // No length, no chunks: the answer ends where the connection does. A
+    // TCP close without TLS close_notify is no such end (a crashed server,
+    // or a cut an attacker made, RFC 8446 §6.1): the app must see a broken
+    // body, not a short one that looks whole.
+    let head = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n";
+    let (_upstream, proxy) = tls_scene(vec![
+        RawStep::text(&format!("{head}partial answer")),
+        RawStep::Abandon,
+    ])
+    .await;
+    let url = format!("{}/cut", proxy.route_url(0));
+    let answer = proxy.client.download(&url).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.error.is_some(),
+        "{} bytes and a clean end",
+        answer.len
+    );
+
+    // The same answer closed with close_notify is whole.
+    let (_upstream, proxy) = tls_scene(vec![
+        RawStep::text(&format!("{head}whole answer")),
+        RawStep::Shutdown,
+    ])
+    .await;
+    let answer = proxy
+        .client
+        .download(&format!("{}/whole", proxy.route_url(0)))
+        .await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.error, answer.len),
+        (200, None, 12)
+    );
 }

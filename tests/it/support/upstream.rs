@@ -652,6 +652,11 @@ pub enum RawStep {
     Sleep(Duration),
     /// Close the connection with a TCP reset (SO_LINGER 0).
     Reset,
+    /// Close it cleanly: TLS `close_notify` (over TLS), then FIN.
+    Shutdown,
+    /// Close it with a FIN but no TLS `close_notify`: over TLS, a cut an
+    /// attacker or a crashed server could make.
+    Abandon,
 }
 
 impl RawStep {
@@ -1298,6 +1303,11 @@ async fn serve_raw<S: RawIo>(
                     let _ = io.tcp().set_zero_linger();
                     return;
                 }
+                RawStep::Shutdown => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+                RawStep::Abandon => return,
             }
         }
     }
