@@ -44,9 +44,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::debug;
 
+use crate::deadline::Timer;
 use crate::proxy::Dispatch;
 
 /// Bytes the kernel may hold unsent for one app connection
@@ -78,7 +79,7 @@ pub struct SendTimeout<S> {
     /// When the current stall times out; `None` while writes are taken.
     deadline: Option<Instant>,
     /// Made at the first stall, then moved from deadline to deadline.
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: Timer,
 }
 
 impl<S> SendTimeout<S> {
@@ -88,7 +89,7 @@ impl<S> SendTimeout<S> {
             inner: stream,
             dispatch,
             deadline: None,
-            timer: None,
+            timer: Timer::default(),
         }
     }
 
@@ -128,24 +129,9 @@ impl<S> SendTimeout<S> {
                     .insert(crate::deadline::after(Instant::now(), timeout))
             }
         };
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            // Set for a later deadline (a reload shortened the timeout):
-            // move it now. Set for an earlier one (a stall that ended):
-            // moved only when it fires, at most once per stall.
-            if timer.deadline() > deadline {
-                timer.as_mut().reset(deadline);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if timer.deadline() >= deadline {
-                return true;
-            }
-            timer.as_mut().reset(deadline);
-        }
+        // Set for a later deadline (a reload shortened the timeout), the
+        // timer moves now.
+        self.timer.poll_until(cx, deadline).is_ready()
     }
 }
 
@@ -213,7 +199,7 @@ mod tests {
         let (mut app, sidekey) = tokio::io::duplex(64);
         let mut conn = SendTimeout::new(sidekey, no_routes());
         conn.write_all(&[b'x'; 64]).await.unwrap();
-        assert!(conn.timer.is_none(), "writes taken at once make no timer");
+        assert!(!conn.timer.made(), "writes taken at once make no timer");
 
         let started = Instant::now();
         let err = conn.write_all(b"more").await.unwrap_err();

@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::debug;
+
+use crate::deadline::Timer;
 
 tokio::task_local! {
     /// The clock of the stream whose task is being polled.
@@ -119,7 +121,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
 #[derive(Debug, Default)]
 struct Stall {
     /// Made at the stream's first wait for window, then moved.
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: Timer,
 }
 
 impl Future for Stall {
@@ -132,23 +134,8 @@ impl Future for Stall {
             // task, and this is polled again with it.
             return Poll::Pending;
         };
-        let deadline = crate::deadline::after(since, timeout);
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.deadline() > deadline {
-                timer.as_mut().reset(deadline);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if timer.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            // Set for an earlier wait that ended: move it to this one.
-            timer.as_mut().reset(deadline);
-        }
+        this.timer
+            .poll_until(cx, crate::deadline::after(since, timeout))
     }
 }
 

@@ -21,7 +21,6 @@
 //! HTTP/2 stream of unknown length is not: see there).
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,10 +30,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::linger::Stalls;
+use crate::deadline::Timer;
 use crate::error_chain::error_chain;
 use crate::metrics::RouteMetrics;
 
@@ -65,7 +65,7 @@ pub struct Idle<B = super::linger::FromApp> {
     timeout: Duration,
     /// When the current wait for a frame began; `None` between waits.
     waiting_since: Option<Instant>,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: Timer,
 }
 
 impl<B> Idle<B> {
@@ -75,27 +75,15 @@ impl<B> Idle<B> {
             inner: body,
             timeout,
             waiting_since: None,
-            timer: None,
+            timer: Timer::default(),
         }
     }
 
     /// Pending until the current wait has lasted `timeout`; then ready.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let since = *self.waiting_since.get_or_insert_with(Instant::now);
-        let deadline = crate::deadline::after(since, self.timeout);
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if timer.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            // Set for an earlier wait that ended: move it to this one's deadline.
-            timer.as_mut().reset(deadline);
-        }
+        self.timer
+            .poll_until(cx, crate::deadline::after(since, self.timeout))
     }
 }
 
