@@ -709,6 +709,44 @@ async fn oauth_lifetime_from_jwt_exp_then_default_ttl() {
     assert!(message.contains("exp"), "{message}");
 }
 
+/// A box started before NTP set its clock: this many seconds off, either way.
+const FOUR_YEARS: i64 = 4 * 365 * 86_400;
+
+#[tokio::test]
+async fn a_jwt_lifetime_is_its_exp_after_iat_when_the_clock_is_years_off() {
+    let server = OAuthServer::start(OAuthBehaviour {
+        expires_in: None,
+        ..Default::default()
+    })
+    .await;
+    let provider = oauth(&server, ClientAuth::Basic, BodyFormat::Form);
+    // The issuer's clock is right and says the token was issued just now
+    // for 15 minutes; this clock is four years behind it, then ahead of it.
+    for issuer_ahead in [FOUR_YEARS, -FOUR_YEARS] {
+        let iat = unix_now() as i64 + issuer_ahead;
+        server.push_reply(TokenReply::json(
+            200,
+            json!({"access_token": jwt(json!({"iat": iat, "exp": iat + 900})), "token_type": "Bearer"}),
+        ));
+        let token = provider
+            .fetch(None)
+            .await
+            .unwrap_or_else(|e| panic!("issuer ahead by {issuer_ahead} s: {e}"));
+        assert_eq!(
+            lifetime_secs(&token),
+            900,
+            "issuer ahead by {issuer_ahead} s: a 15-minute token is not served longer, nor refused"
+        );
+    }
+    // With the clocks agreeing, the lifetime still counts from now.
+    server.push_reply(TokenReply::json(
+        200,
+        json!({"access_token": jwt(json!({"iat": unix_now() - 30, "exp": unix_now() + 870})), "token_type": "Bearer"}),
+    ));
+    let lifetime = lifetime_secs(&provider.fetch(None).await.unwrap());
+    assert!((868..=870).contains(&lifetime), "{lifetime}");
+}
+
 #[tokio::test]
 async fn oauth_wrong_secret_is_refused_as_invalid_client() {
     let server = OAuthServer::start(OAuthBehaviour {
