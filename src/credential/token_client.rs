@@ -14,8 +14,10 @@
 //!   reads past a UTF-8 byte order mark and names a compressed body as such.
 //! - [`TokenResponse::error_for_status`] is the one place where an error
 //!   answer becomes a [`FetchError`]: 4xx (except 429) → `Refused`; 5xx, 429
-//!   → `Transient` with `Retry-After` (delay-seconds or any HTTP-date form;
-//!   a date in the past is zero, the engine applies its own floor). The body
+//!   → `Transient` with `Retry-After` (delay-seconds or any HTTP-date form,
+//!   counted from the answer's `Date` when it has one — the endpoint's own
+//!   clock, right even when this one is years off — else from the system
+//!   clock; a date in the past is zero, the engine applies its own floor). The body
 //!   becomes one readable line (RFC 6749 `{error, error_description}`,
 //!   Inbenta `{"error": {code, message}}`, a gateway's `{"Message": …}`, or
 //!   an excerpt). Every secret the request carried — the values of its
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, LOCATION, RETRY_AFTER};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, DATE, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -295,9 +297,14 @@ impl TokenResponse {
                 status,
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
             ) {
+                // An HTTP-date counts from the answer's own `Date`: both
+                // are the endpoint's clock, whatever this one says.
+                let now = (self.headers.get(DATE))
+                    .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
+                    .unwrap_or_else(SystemTime::now);
                 self.headers
                     .get(RETRY_AFTER)
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                    .and_then(|v| parse_retry_after(v, now))
             } else {
                 None
             };

@@ -868,6 +868,30 @@ async fn server_errors_and_throttling_are_transient_with_retry_after() {
     transient(provider.fetch(None).await.unwrap_err());
 }
 
+#[tokio::test]
+async fn a_retry_after_date_counts_from_the_answers_own_date_when_the_clock_is_years_off() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let provider = oauth(&server, ClientAuth::Basic, BodyFormat::Form);
+    let now = std::time::SystemTime::now();
+    let years = Duration::from_secs(FOUR_YEARS as u64);
+    // The endpoint's clock is right; this one is four years behind it, then
+    // ahead of it. "Come back in two minutes", by the endpoint's clock.
+    for server_now in [now + years, now - years] {
+        let again = httpdate::fmt_http_date(server_now + Duration::from_secs(120));
+        server.set_next_error(
+            TokenReply::text(503, "maintenance")
+                .retry_after(&again)
+                .header("date", &httpdate::fmt_http_date(server_now)),
+        );
+        let (_, retry_after) = transient(provider.fetch(None).await.unwrap_err());
+        assert_eq!(
+            retry_after,
+            Some(Duration::from_secs(120)),
+            "endpoint at {server_now:?}: two minutes, not years nor at once"
+        );
+    }
+}
+
 /// An IMF-fixdate `secs` from now.
 fn httpdate_in(secs: u64) -> String {
     let t = unix_now() + secs;
