@@ -17,7 +17,10 @@
 //!   → `Transient` with `Retry-After` (delay-seconds or any HTTP-date form,
 //!   counted from the answer's `Date` when it has one — the endpoint's own
 //!   clock, right even when this one is years off — else from the system
-//!   clock; a date in the past is zero, the engine applies its own floor). The body
+//!   clock; a date in the past is zero, the engine applies its own floor).
+//!   An answer whose `Date` is more than [`CLOCK_HINT_AFTER`] off the
+//!   system clock adds to its message that the clock looks wrong (signed
+//!   assertions are refused on it). The body
 //!   becomes one readable line (RFC 6749 `{error, error_description}`,
 //!   Inbenta `{"error": {code, message}}`, a gateway's `{"Message": …}`, or
 //!   an excerpt). Every secret the request carried — the values of its
@@ -291,7 +294,13 @@ impl TokenResponse {
             );
             return Err(FetchError::Refused { status, message });
         }
-        let message = error_message(status, &self.body, &redactor);
+        let their_now = (self.headers.get(DATE))
+            .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok());
+        let system_now = SystemTime::now();
+        let mut message = error_message(status, &self.body, &redactor);
+        if let Some(hint) = their_now.and_then(|then| clock_hint(then, system_now)) {
+            message.push_str(&hint);
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let retry_after = if matches!(
                 status,
@@ -299,9 +308,7 @@ impl TokenResponse {
             ) {
                 // An HTTP-date counts from the answer's own `Date`: both
                 // are the endpoint's clock, whatever this one says.
-                let now = (self.headers.get(DATE))
-                    .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
-                    .unwrap_or_else(SystemTime::now);
+                let now = their_now.unwrap_or(system_now);
                 self.headers
                     .get(RETRY_AFTER)
                     .and_then(|v| parse_retry_after(v, now))
@@ -447,6 +454,26 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// How far a token endpoint's `Date` may be from the system clock before
+/// its error messages say that the clock looks wrong.
+pub const CLOCK_HINT_AFTER: Duration = Duration::from_secs(300);
+
+/// " (…: is the system clock right?)" when the endpoint's `Date` (`theirs`)
+/// is more than [`CLOCK_HINT_AFTER`] from the system clock (`ours`): signed
+/// assertions and certificates are then judged on a wrong time.
+fn clock_hint(theirs: SystemTime, ours: SystemTime) -> Option<String> {
+    let (gap, side) = match theirs.duration_since(ours) {
+        Ok(ahead) => (ahead, "ahead of"),
+        Err(behind) => (behind.duration(), "behind"),
+    };
+    (gap > CLOCK_HINT_AFTER).then(|| {
+        format!(
+            " (the token endpoint's clock is {} s {side} this system's: is the system clock right?)",
+            gap.as_secs()
+        )
+    })
 }
 
 /// What to do about a token endpoint whose certificate chain does not lead

@@ -892,6 +892,39 @@ async fn a_retry_after_date_counts_from_the_answers_own_date_when_the_clock_is_y
     }
 }
 
+#[tokio::test]
+async fn a_refusal_from_an_endpoint_whose_date_is_years_off_says_the_clock_looks_wrong() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let provider = oauth(&server, ClientAuth::Basic, BodyFormat::Form);
+    let now = std::time::SystemTime::now();
+    let years = Duration::from_secs(FOUR_YEARS as u64);
+    // A signed assertion made on a clock years off is refused as expired
+    // or not yet valid; the answer's Date shows whose clock is off.
+    for server_now in [now + years, now - years] {
+        server.set_next_error(
+            TokenReply::json(
+                400,
+                json!({"error": "invalid_client", "error_description": "assertion expired"}),
+            )
+            .header("date", &httpdate::fmt_http_date(server_now)),
+        );
+        let (status, message) = refused(provider.fetch(None).await.unwrap_err());
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            message.starts_with("invalid_client: assertion expired"),
+            "{message}"
+        );
+        assert!(message.contains("clock"), "{message}");
+    }
+    // Clocks that agree add nothing.
+    server.set_next_error(TokenReply::json(
+        400,
+        json!({"error": "invalid_client", "error_description": "assertion expired"}),
+    ));
+    let (_, message) = refused(provider.fetch(None).await.unwrap_err());
+    assert_eq!(message, "invalid_client: assertion expired");
+}
+
 /// An IMF-fixdate `secs` from now.
 fn httpdate_in(secs: u64) -> String {
     let t = unix_now() + secs;
