@@ -137,6 +137,9 @@ pub struct ClientOptions<'a> {
     pub upstream_tls: Option<&'a UpstreamTls>,
     /// How many serving workers use the client (one pool each).
     pub workers: usize,
+    /// Name lookups (`None`: `getaddrinfo`, one per name in flight); a
+    /// stand-in in tests.
+    pub resolver: Option<&'a SharedResolver>,
 }
 
 /// A route's client: one [`Pool`] per serving worker.
@@ -242,7 +245,10 @@ pub fn upstream_client(
     tls_config: ClientConfig,
     options: ClientOptions<'_>,
 ) -> Result<UpstreamClient, TlsError> {
-    let mut http = HttpConnector::new_with_resolver(SharedResolver::default());
+    // The lookup is bounded by connect_timeout too, then the connect.
+    let resolver = options.resolver.cloned().unwrap_or_default();
+    let resolver = resolver.answer_within(options.connect_timeout);
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(options.connect_timeout));

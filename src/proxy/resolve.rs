@@ -10,6 +10,15 @@
 //! answer, success or error (the same 300: 3 threads, 502s after 5 s).
 //! Nothing is cached: the next connection after an answer asks again, so
 //! DNS changes are seen as soon as without it.
+//!
+//! A connection waits for an answer at most [`SharedResolver::answer_within`]
+//! (a route's `connect_timeout`): a DNS server that does not answer made the
+//! app wait out glibc's timeouts (10 s by default, 40 s with Kubernetes'
+//! `ndots:5` search list) whatever `connect_timeout` said. Errors name the
+//! host and say which happened: "no answer within 5s" (a DNS server that
+//! does not answer) or the lookup's own error ("Name or service not known":
+//! no such name). The lookup itself goes on, for the next connection to
+//! join.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +27,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::client::legacy::connect::dns::Name;
 use tokio::sync::watch;
@@ -39,6 +49,17 @@ type Lookup = fn(&str) -> io::Result<Vec<SocketAddr>>;
 pub struct SharedResolver {
     in_flight: Arc<Mutex<InFlight>>,
     lookup: Lookup,
+    /// How long a connection waits for an answer (`None`: for ever).
+    answer_within: Option<Duration>,
+}
+
+impl std::fmt::Debug for SharedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let in_flight = (self.in_flight.lock()).map_or(0, |in_flight| in_flight.len());
+        f.debug_struct("SharedResolver")
+            .field("in_flight", &in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SharedResolver {
@@ -53,7 +74,22 @@ impl SharedResolver {
         SharedResolver {
             in_flight: Arc::default(),
             lookup,
+            answer_within: None,
         }
+    }
+
+    /// This resolver, for connections that wait at most `limit` for an
+    /// answer (then fail with [`io::ErrorKind::TimedOut`]).
+    pub fn answer_within(mut self, limit: Duration) -> Self {
+        self.answer_within = Some(limit);
+        self
+    }
+
+    /// Whether a lookup of `host` is in flight.
+    pub fn looking_up(&self, host: &str) -> bool {
+        (self.in_flight.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(host)
     }
 
     /// The addresses of `host`: from the lookup in flight for it, or from
@@ -120,10 +156,30 @@ impl Service<Name> for SharedResolver {
     fn call(&mut self, name: Name) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            match this.resolve(name.as_str()).await {
+            let host = name.as_str();
+            let answer = this.resolve(host);
+            let answer = match this.answer_within {
+                Some(limit) => match tokio::time::timeout(limit, answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "looking up {host}: no answer within {limit:?} \
+                                 (is the DNS server reachable?)"
+                            ),
+                        ));
+                    }
+                },
+                None => answer.await,
+            };
+            match answer {
                 Ok(addrs) => Ok(addrs.iter().copied().collect::<Vec<_>>().into_iter()),
                 // The first waiter's error, by kind and message, for each.
-                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+                Err(err) => Err(io::Error::new(
+                    err.kind(),
+                    format!("looking up {host}: {err}"),
+                )),
             }
         })
     }

@@ -1,0 +1,92 @@
+//! Name lookups in a hostile environment: a DNS server that does not
+//! answer (a pod whose DNS or mesh sidecar is not ready, a CoreDNS outage)
+//! or answers "no such name". The lookups are stand-ins
+//! (`SharedResolver::with_lookup`): a test cannot make the machine's DNS
+//! hang.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{Either, Full};
+use sidekey::proxy::client::{ClientOptions, upstream_client};
+use sidekey::proxy::resolve::SharedResolver;
+
+use crate::support::tls::TestPki;
+
+/// How long a lookup of a name whose DNS server is gone takes: glibc
+/// waits out its timeout and attempts (5 s × 2 by default, times every
+/// search domain with Kubernetes' `ndots:5`).
+const HANG: Duration = Duration::from_secs(2);
+
+fn hangs(_: &str) -> io::Result<Vec<SocketAddr>> {
+    std::thread::sleep(HANG);
+    Err(io::Error::other("Temporary failure in name resolution"))
+}
+
+fn no_such_name(_: &str) -> io::Result<Vec<SocketAddr>> {
+    Err(io::Error::other("Name or service not known"))
+}
+
+/// An upstream client for routes with `connect_timeout` whose lookups
+/// `lookup` answers; the error of one GET to `url` and how long it took.
+async fn get_error(
+    lookup: fn(&str) -> io::Result<Vec<SocketAddr>>,
+    connect_timeout: Duration,
+    url: &str,
+) -> (String, Duration) {
+    let pki = TestPki::new();
+    let resolver = SharedResolver::with_lookup(lookup);
+    let client = upstream_client(
+        pki.client_config(),
+        ClientOptions {
+            connect_timeout,
+            allow_insecure_http: false,
+            upstream_tls: None,
+            workers: 1,
+            resolver: Some(&resolver),
+        },
+    )
+    .expect("client");
+    let request = Request::get(url)
+        .body(Either::Right(Full::new(Bytes::new())))
+        .expect("request");
+    let started = Instant::now();
+    let err = client.request(request).await.expect_err("no upstream");
+    (sidekey::error_chain::error_chain(&err), started.elapsed())
+}
+
+#[tokio::test]
+async fn an_upstream_lookup_that_hangs_ends_at_connect_timeout_and_says_so() {
+    let (message, took) = get_error(
+        hangs,
+        Duration::from_millis(300),
+        "https://api.example.test/v1",
+    )
+    .await;
+    assert!(
+        took < Duration::from_millis(1500),
+        "connect_timeout bounds the lookup too: {took:?} ({message})"
+    );
+    assert!(
+        message.contains("looking up api.example.test") && message.contains("no answer"),
+        "the message says the lookup hung: {message}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_name_that_does_not_exist_fails_at_once_and_says_so() {
+    let (message, took) = get_error(
+        no_such_name,
+        Duration::from_secs(5),
+        "https://gone.example.test/v1",
+    )
+    .await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(
+        message.contains("gone.example.test") && message.contains("not known"),
+        "the message names the host and the answer: {message}"
+    );
+}
