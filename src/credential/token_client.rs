@@ -8,8 +8,10 @@
 //!   credentials are only ever sent to the configured URL.
 //! - `http://` URLs are refused unless the credential sets
 //!   `allow_insecure_http` (tests on loopback).
-//! - The whole exchange (connect, TLS, request, response head and body) runs
-//!   under one timeout; a timeout is [`FetchError::Transient`].
+//! - The whole exchange (name lookup, connect, TLS, request, response head
+//!   and body) runs under one timeout; a timeout is [`FetchError::Transient`],
+//!   and says so when the lookup of the endpoint's name is what got no
+//!   answer. Lookups are shared ([`SharedResolver`]): one per name in flight.
 //! - Response bodies over [`MAX_BODY`] are refused. [`TokenResponse::json`]
 //!   reads past a UTF-8 byte order mark and names a compressed body as such.
 //! - [`TokenResponse::error_for_status`] is the one place where an error
@@ -50,6 +52,7 @@ use serde_json::Value;
 use super::provider::FetchError;
 use super::redact::{Redactor, collapse_whitespace};
 use crate::error_chain::error_chain;
+use crate::proxy::resolve::SharedResolver;
 use crate::rotating::{self, RotatingCert, Trust};
 use crate::tls::TlsError;
 
@@ -68,7 +71,9 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 /// HTTPS client for token endpoints. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct TokenClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<SharedResolver>>, Full<Bytes>>,
+    /// The connector's name lookups, asked on a timeout whether one hung.
+    resolver: SharedResolver,
     timeout: Duration,
     allow_insecure_http: bool,
 }
@@ -125,8 +130,30 @@ impl TokenClient {
         timeout: Duration,
         allow_insecure_http: bool,
     ) -> Result<TokenClient, TlsError> {
+        let resolver = SharedResolver::default();
+        TokenClient::build(trust, client_cert, timeout, allow_insecure_http, resolver)
+    }
+
+    /// Like [`TokenClient::trusting`], looking names up with `resolver` (a
+    /// stand-in for DNS in tests).
+    pub fn resolving_with(
+        trust: &Arc<Trust>,
+        timeout: Duration,
+        allow_insecure_http: bool,
+        resolver: SharedResolver,
+    ) -> Result<TokenClient, TlsError> {
+        TokenClient::build(trust, None, timeout, allow_insecure_http, resolver)
+    }
+
+    fn build(
+        trust: &Arc<Trust>,
+        client_cert: Option<Arc<RotatingCert>>,
+        timeout: Duration,
+        allow_insecure_http: bool,
+        resolver: SharedResolver,
+    ) -> Result<TokenClient, TlsError> {
         let tls = rotating::upstream_config(trust, client_cert)?;
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(resolver.clone());
         http.enforce_http(false);
         http.set_nodelay(true);
         let connector = HttpsConnectorBuilder::new()
@@ -140,6 +167,7 @@ impl TokenClient {
             .build(connector);
         Ok(TokenClient {
             client,
+            resolver,
             timeout,
             allow_insecure_http,
         })
@@ -233,10 +261,20 @@ impl TokenClient {
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(transient(format!(
-                "token request to {target} timed out after {:?}",
-                self.timeout
-            ))),
+            Err(_) => {
+                // A DNS server that does not answer looks like a slow
+                // endpoint unless the message says which it was.
+                let lookup = match url.host() {
+                    Some(host) if self.resolver.looking_up(host) => {
+                        format!(": looking up {host} got no answer (is the DNS server reachable?)")
+                    }
+                    _ => String::new(),
+                };
+                Err(transient(format!(
+                    "token request to {target} timed out after {:?}{lookup}",
+                    self.timeout
+                )))
+            }
         }
     }
 }

@@ -6,11 +6,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Request;
+use http::{HeaderMap, Request};
 use http_body_util::{Either, Full};
+use sidekey::credential::token_client::TokenClient;
 use sidekey::proxy::client::{ClientOptions, upstream_client};
 use sidekey::proxy::resolve::SharedResolver;
 
@@ -88,5 +90,53 @@ async fn an_upstream_name_that_does_not_exist_fails_at_once_and_says_so() {
     assert!(
         message.contains("gone.example.test") && message.contains("not known"),
         "the message names the host and the answer: {message}"
+    );
+}
+
+/// A token client (`timeout`, `http://` allowed) whose lookups `lookup`
+/// answers; the message of one POST to `url`.
+async fn token_error(
+    lookup: fn(&str) -> io::Result<Vec<SocketAddr>>,
+    timeout: Duration,
+    url: &str,
+) -> String {
+    let roots = Arc::new(TestPki::new().root_store());
+    let trust = sidekey::rotating::fixed_trust(&roots).expect("trust");
+    let resolver = SharedResolver::with_lookup(lookup);
+    let client = TokenClient::resolving_with(&trust, timeout, true, resolver).expect("client");
+    let url = url.parse().expect("url");
+    let err = client
+        .post(&url, HeaderMap::new(), Bytes::from_static(b"grant_type=x"))
+        .await
+        .expect_err("no endpoint");
+    err.to_string()
+}
+
+#[tokio::test]
+async fn a_token_endpoint_lookup_that_hangs_is_named_in_the_timeout() {
+    let message = token_error(
+        hangs,
+        Duration::from_millis(300),
+        "http://tokens.example.test/oauth/token",
+    )
+    .await;
+    assert!(message.contains("timed out"), "{message}");
+    assert!(
+        message.contains("looking up tokens.example.test") && message.contains("no answer"),
+        "the message says the lookup is what hung: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_endpoint_name_that_does_not_exist_is_named() {
+    let message = token_error(
+        no_such_name,
+        Duration::from_secs(5),
+        "http://gone.example.test/oauth/token",
+    )
+    .await;
+    assert!(
+        message.contains("looking up gone.example.test: Name or service not known"),
+        "{message}"
     );
 }
