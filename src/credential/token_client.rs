@@ -220,6 +220,8 @@ impl TokenClient {
             let response = self.client.request(request).await.map_err(|e| {
                 let hint = if untrusted_certificate(&e) {
                     UNTRUSTED_HINT
+                } else if certificate_out_of_time(&e) {
+                    CERT_TIME_HINT
                 } else {
                     ""
                 };
@@ -517,6 +519,29 @@ fn clock_hint(theirs: SystemTime, ours: SystemTime) -> Option<String> {
 /// What to do about a token endpoint whose certificate chain does not lead
 /// to a trusted root.
 const UNTRUSTED_HINT: &str = " (if the token endpoint's certificate comes from a private CA, add that CA with [tls] ca_file)";
+
+/// What to say about a certificate that is expired or not yet valid: its
+/// validity is judged on the system clock, which may be years off (a box
+/// started before NTP set it).
+const CERT_TIME_HINT: &str =
+    " (certificates are judged on this system's clock: is the system clock right?)";
+
+/// Whether a connect error is a certificate expired or not yet valid at
+/// the system clock's time.
+fn certificate_out_of_time(err: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::{CertificateError, Error as TlsError};
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        matches!(
+            tls_error_in(e),
+            Some(TlsError::InvalidCertificate(
+                CertificateError::Expired
+                    | CertificateError::ExpiredContext { .. }
+                    | CertificateError::NotValidYet
+                    | CertificateError::NotValidYetContext { .. }
+            ))
+        )
+    })
+}
 
 /// Whether a connect error is a certificate no trusted root vouches for
 /// (rustls' `UnknownIssuer`, or a CA certificate served as the server's).
