@@ -139,7 +139,7 @@ impl OAuth2Provider {
 
     /// Headers and body of one token request, and the secrets it carries.
     fn request(&self) -> Result<(HeaderMap, Bytes, Vec<Secret>), FetchError> {
-        let auth = self.auth.authenticate(&*self.env)?;
+        let auth = (self.auth).authenticate(&*self.env, self.client.endpoint_unix_now())?;
         let mut secrets = auth.secrets;
         let grant = self.grant(&mut secrets)?;
         let mut headers = HeaderMap::new();

@@ -36,6 +36,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -75,6 +76,9 @@ pub struct TokenClient {
     client: Client<HttpsConnector<HttpConnector<SharedResolver>>, Full<Bytes>>,
     /// The connector's name lookups, asked on a timeout whether one hung.
     resolver: SharedResolver,
+    /// How far the endpoint's clock (its last answer's `Date`) is ahead of
+    /// the system clock, in seconds (negative: behind).
+    clock_offset: Arc<AtomicI64>,
     timeout: Duration,
     allow_insecure_http: bool,
 }
@@ -169,6 +173,7 @@ impl TokenClient {
         Ok(TokenClient {
             client,
             resolver,
+            clock_offset: Arc::default(),
             timeout,
             allow_insecure_http,
         })
@@ -177,6 +182,37 @@ impl TokenClient {
     /// The whole-exchange timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The time now in Unix seconds as the token endpoint's clock reads
+    /// it: the system clock, moved by how far the endpoint's last `Date`
+    /// was from it when that was more than [`CLOCK_TRUSTED_WITHIN`]. Signed
+    /// assertions are dated by it, so that a system clock years off (a box
+    /// started before NTP set it) costs one refused request, not all.
+    pub fn endpoint_unix_now(&self) -> f64 {
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        unix_now() + offset as f64
+    }
+
+    /// Remember how far the `Date` of an answer just received is from the
+    /// system clock (zero when within [`CLOCK_TRUSTED_WITHIN`] or absent).
+    fn note_clock(&self, headers: &HeaderMap) {
+        let Some(theirs) = (headers.get(DATE))
+            .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
+        else {
+            return;
+        };
+        let ours = SystemTime::now();
+        let offset = match theirs.duration_since(ours) {
+            Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+            Err(behind) => i64::try_from(behind.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        };
+        let offset = if offset.unsigned_abs() > CLOCK_TRUSTED_WITHIN.as_secs() {
+            offset
+        } else {
+            0
+        };
+        self.clock_offset.store(offset, Ordering::Relaxed);
     }
 
     /// POST `body` with `headers` to `url` and read the whole answer, whatever
@@ -232,6 +268,7 @@ impl TokenClient {
                 ))
             })?;
             let (parts, body) = response.into_parts();
+            self.note_clock(&parts.headers);
             let declared = parts
                 .headers
                 .get(CONTENT_LENGTH)
@@ -496,6 +533,11 @@ pub fn unix_now() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+/// How far a token endpoint's `Date` may be from the system clock before
+/// assertions are dated by the endpoint's clock instead
+/// ([`TokenClient::endpoint_unix_now`]).
+pub const CLOCK_TRUSTED_WITHIN: Duration = Duration::from_secs(30);
 
 /// How far a token endpoint's `Date` may be from the system clock before
 /// its error messages say that the clock looks wrong.
