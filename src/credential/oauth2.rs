@@ -57,7 +57,7 @@ use super::client_auth::ClientAuthenticator;
 use super::provider::{FetchError, Provider, Token};
 use super::settings::{BodyFormat, Grant, OAuth2Config};
 use super::token_client::{
-    MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, transient, unix_now,
+    MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, transient,
 };
 use crate::secret::{EnvSource, Secret, SecretRef};
 
@@ -183,9 +183,11 @@ impl Provider for OAuth2Provider {
             .await?
             .error_for_status(&secrets)?;
         let json = response.json()?;
+        // A JWT's `exp` is the issuer's clock: counted from its `Date`.
+        let now = self.client.endpoint_unix_now();
         match self.config.grant {
-            Grant::ClientCredentials => parse_token(&json, self.config.default_ttl, unix_now()),
-            Grant::TokenExchange => parse_exchanged(&json, self.config.default_ttl, unix_now()),
+            Grant::ClientCredentials => parse_token(&json, self.config.default_ttl, now),
+            Grant::TokenExchange => parse_exchanged(&json, self.config.default_ttl, now),
         }
     }
 

@@ -367,6 +367,39 @@ async fn inbenta_lifetime_from_expiration_or_string_expires_in() {
 }
 
 #[tokio::test]
+async fn inbenta_expiration_counts_from_the_answers_date_when_the_clock_is_years_off() {
+    let server = InbentaServer::start(InbentaBehaviour::default()).await;
+    let provider = inbenta(&server);
+    let now = std::time::SystemTime::now();
+    let years = Duration::from_secs(FOUR_YEARS as u64);
+    // The server's clock is right; this one is four years behind it, then
+    // ahead. Its answer: 20 minutes left, as an absolute time only.
+    for server_now in [now + years, now - years] {
+        let unix = server_now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        server.push_reply(
+            Some(InbentaEndpoint::Auth),
+            TokenReply::json(
+                200,
+                json!({"accessToken": "tok", "expiration": unix + 1200}),
+            )
+            .header("date", &httpdate::fmt_http_date(server_now)),
+        );
+        let token = provider
+            .fetch(None)
+            .await
+            .unwrap_or_else(|e| panic!("server at {server_now:?}: {e}"));
+        let lifetime = lifetime_secs(&token);
+        assert!(
+            (1198..=1200).contains(&lifetime),
+            "server at {server_now:?}: 20 minutes, not a year nor refused: {lifetime}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn inbenta_skips_invalid_apis_entries() {
     let server = InbentaServer::start(InbentaBehaviour::default()).await;
     server.push_reply(
