@@ -17,6 +17,7 @@ use sidekey::proxy::client::{ClientOptions, upstream_client};
 use sidekey::proxy::resolve::SharedResolver;
 
 use crate::support::tls::TestPki;
+use crate::support::upstream::{Upstream, UpstreamOpts};
 
 /// How long a lookup of a name whose DNS server is gone takes: glibc
 /// waits out its timeout and attempts (5 s × 2 by default, times every
@@ -138,5 +139,77 @@ async fn a_token_endpoint_name_that_does_not_exist_is_named() {
     assert!(
         message.contains("looking up gone.example.test: Name or service not known"),
         "{message}"
+    );
+}
+
+/// The two addresses `two_addresses` answers: a black hole first, then the
+/// upstream (set once by the test below).
+static TWO_ADDRESSES: std::sync::OnceLock<Vec<SocketAddr>> = std::sync::OnceLock::new();
+
+fn two_addresses(_: &str) -> io::Result<Vec<SocketAddr>> {
+    Ok(TWO_ADDRESSES.get().cloned().unwrap_or_default())
+}
+
+/// A listener on `127.0.0.2:port` whose accept queue is full: the kernel
+/// drops further SYNs, so a connect to it hangs (a dead address in DNS).
+fn black_hole(port: u16) -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let addr = SocketAddr::from(([127, 0, 0, 2], port));
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.bind(&addr.into()).expect("bind 127.0.0.2");
+    socket.listen(0).expect("listen");
+    let fill = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (socket, fill)
+}
+
+#[tokio::test]
+async fn a_dead_first_address_costs_its_share_of_connect_timeout_once_not_per_connection() {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let port = upstream.addr().port();
+    let (_hole, _fill) = black_hole(port);
+    TWO_ADDRESSES
+        .set(vec![
+            SocketAddr::from(([127, 0, 0, 2], 0)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        ])
+        .expect("set once");
+    let pki = TestPki::new();
+    let resolver = SharedResolver::with_lookup(two_addresses);
+    let url = format!("http://upstream.example.test:{port}/v1");
+    let mut took = Vec::new();
+    // A new client each time: each request needs a new connection.
+    for _ in 0..3 {
+        let client = upstream_client(
+            pki.client_config(),
+            ClientOptions {
+                connect_timeout: Duration::from_secs(2),
+                allow_insecure_http: true,
+                upstream_tls: None,
+                workers: 1,
+                resolver: Some(&resolver),
+            },
+        )
+        .expect("client");
+        let request = Request::get(&url)
+            .body(Either::Right(Full::new(Bytes::new())))
+            .expect("request");
+        let started = Instant::now();
+        let (response, _) = client
+            .request(request)
+            .await
+            .expect("the second address answers");
+        assert_eq!(response.status(), 200);
+        took.push(started.elapsed());
+    }
+    // The first connection waits out the dead address's share (1 s of 2);
+    // the next ones go to the address that answered.
+    assert!(took[0] >= Duration::from_millis(900), "{took:?}");
+    assert!(
+        took[1] < Duration::from_millis(300) && took[2] < Duration::from_millis(300),
+        "{took:?}"
     );
 }
