@@ -24,6 +24,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 
@@ -113,9 +114,18 @@ impl ClientAuthenticator {
                 if let Some(exp) = jwt_exp(jwt.expose())
                     && exp <= now
                 {
+                    // Years late is more likely a clock years ahead (a node
+                    // started before NTP set it) than years without rotation.
+                    let clock = if now - exp > CLOCK_SUSPECT_AFTER.as_secs_f64() {
+                        " If it is, this system's clock may be that far ahead: is the \
+                         system clock right?"
+                    } else {
+                        ""
+                    };
                     return Err(transient(format!(
                         "the client assertion in {} expired {:.0}s ago; is it still being \
-                         rotated (a projected service-account token is renewed by the kubelet)?",
+                         rotated (a projected service-account token is renewed by the kubelet)?\
+                         {clock}",
                         source.describe(),
                         now - exp
                     )));
@@ -137,6 +147,10 @@ impl ClientAuthenticator {
         Ok(auth)
     }
 }
+
+/// How long ago a client assertion may have expired before its message
+/// says the system clock may be wrong.
+const CLOCK_SUSPECT_AFTER: Duration = Duration::from_secs(86_400);
 
 fn missing(key: &str) -> FetchError {
     transient(format!("client authentication needs `{key}`"))

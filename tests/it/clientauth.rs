@@ -355,6 +355,23 @@ async fn an_expired_client_assertion_is_not_sent() {
     assert!(error.contains("expired"), "{error}");
     assert!(error.contains("sidekey-token"), "{error}");
     assert!(!error.contains(&expired[..20]), "{error}");
+    assert!(
+        !error.contains("clock"),
+        "two minutes late is rotation, not the clock: {error}"
+    );
+    assert_eq!(server.calls(), 0);
+
+    // Expired years ago by this clock: more likely this clock is years
+    // ahead (a node started before NTP set it) than a token unrotated for
+    // years; the message says both.
+    let years_ago = service_account_token(&TestKey::p256(), 1, unix_now() - 4 * 365 * 86_400);
+    std::fs::write(&file, &years_ago).unwrap();
+    let error = obtain_once(&config, "api", &RootCertStore::empty())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("expired"), "{error}");
+    assert!(error.contains("system clock"), "{error}");
     assert_eq!(server.calls(), 0);
 }
 
