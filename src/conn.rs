@@ -310,11 +310,14 @@ impl Gate {
     /// The cap for the proxy listeners: `limits.max_connections`, lowered
     /// (and logged) when the open-file limit could not hold that many app
     /// connections, each with an upstream connection, next to `admin`
-    /// connections and [`RESERVED_FDS`].
-    pub fn for_proxy(limits: &ConnLimits, admin: Option<&ConnLimits>) -> Arc<Gate> {
+    /// connections, the `held` descriptors that the configuration keeps
+    /// open whatever the traffic (a socket per proxy listen address and
+    /// worker, a token endpoint connection per credential) and
+    /// [`RESERVED_FDS`].
+    pub fn for_proxy(limits: &ConnLimits, admin: Option<&ConnLimits>, held: usize) -> Arc<Gate> {
         let wanted = limits.max_connections;
         let admin = admin.map_or(0, |admin| admin.max_connections);
-        let limit = match fd_budget(admin) {
+        let limit = match fd_budget(admin.saturating_add(held)) {
             Some((budget, open_files)) if budget < wanted => {
                 warn!(
                     max_connections = wanted,
@@ -505,21 +508,22 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
 }
 
 /// How many app connections the soft open-file limit can hold next to
-/// `admin` connections, and that limit; `None` when unlimited or unknown.
-fn fd_budget(admin: usize) -> Option<(usize, u64)> {
+/// `others` descriptors, and that limit; `None` when unlimited or unknown.
+fn fd_budget(others: usize) -> Option<(usize, u64)> {
     #[cfg(unix)]
     {
         let (soft, _) = rlimit::Resource::NOFILE.get().ok()?;
         if soft == rlimit::INFINITY {
             return None;
         }
-        let spare = soft.saturating_sub(RESERVED_FDS + admin as u64);
+        let others = u64::try_from(others).unwrap_or(u64::MAX);
+        let spare = soft.saturating_sub(RESERVED_FDS.saturating_add(others));
         let budget = usize::try_from(spare / 2).unwrap_or(usize::MAX).max(1);
         Some((budget, soft))
     }
     #[cfg(not(unix))]
     {
-        let _ = admin;
+        let _ = others;
         None
     }
 }

@@ -34,6 +34,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cert_errors;
 pub mod cli;
 pub mod config;
 pub mod conn;

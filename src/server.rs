@@ -291,12 +291,19 @@ pub async fn serve_with(checked: Checked, serving: Serving) -> Result<Handle, Se
         Serving::Workers => config.workers.max(1),
     };
     let metrics = Metrics::new();
-    // One cap for every route listener and the forward proxy together, on every worker.
+    // One cap for every route listener and the forward proxy together, on
+    // every worker; the descriptors those listeners and the credentials'
+    // token connections hold are not the app connections'.
+    let listen: std::collections::HashSet<_> = (config.routes.iter().map(|route| route.listen))
+        .chain(config.forward_proxy.as_ref().map(|forward| forward.listen))
+        .collect();
+    let held = (listen.len().saturating_mul(workers)).saturating_add(config.credentials.len());
     let policy = conn::ProxyPolicy {
         limits: config.limits,
         gate: conn::Gate::for_proxy(
             &config.limits,
             config.admin.as_ref().map(|admin| &admin.limits),
+            held,
         ),
     };
     let mut proxy = ProxyListeners::new(serving, workers, metrics.clone(), policy)

@@ -12,7 +12,10 @@
 //!   command parses it at load ([`SigningKey::from_pem`]).
 //! - Each assertion is fresh: `iss` = `sub` = the client id, `aud` (the
 //!   token endpoint URL unless `assertion_audience` says otherwise), a
-//!   random 128-bit `jti`, `iat` now and `exp` [`ASSERTION_LIFETIME`] later.
+//!   random 128-bit `jti`, `iat` now and `exp` [`ASSERTION_LIFETIME`] later
+//!   — "now" as the token endpoint's clock reads it
+//!   ([`super::token_client::TokenClient::endpoint_unix_now`]), so a system
+//!   clock years off costs one refused request, not every one.
 //! - No key material and no assertion appears in any message or `Debug`.
 
 use std::fmt;

@@ -24,13 +24,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 
 use super::assertion::{AssertionSigner, JWT_BEARER, KeyError, SigningKey, jwt_exp};
 use super::provider::FetchError;
 use super::settings::{ClientAuth, Grant, OAuth2Config};
-use super::token_client::{sensitive_header, transient, unix_now};
+use super::token_client::{sensitive_header, transient};
 use crate::rotating::{self, RotatingCert};
 use crate::secret::{EnvSource, Secret, SecretRef};
 use crate::tls::TlsError;
@@ -74,8 +75,15 @@ impl ClientAuthenticator {
         }
     }
 
-    /// Read the secrets now and build what one token request carries.
-    pub fn authenticate(&self, env: &dyn EnvSource) -> Result<Authentication, FetchError> {
+    /// Read the secrets now and build what one token request carries, at
+    /// `now` (Unix seconds, as the token endpoint's clock reads it: signed
+    /// assertions are dated by it, and a client assertion's `exp` is
+    /// judged on it).
+    pub fn authenticate(
+        &self,
+        env: &dyn EnvSource,
+        now: f64,
+    ) -> Result<Authentication, FetchError> {
         let id = self.client_id.resolve(env)?;
         let mut auth = Authentication::default();
         let assertion = match (self.mode, &self.client_secret) {
@@ -95,8 +103,7 @@ impl ClientAuthenticator {
             }
             (ClientAuth::PrivateKeyJwt, _) => {
                 let signer = self.signer.as_ref().ok_or_else(|| missing("private_key"))?;
-                let now = unix_now() as u64;
-                Some(signer.assertion(env, id.expose(), &self.audience, now)?)
+                Some(signer.assertion(env, id.expose(), &self.audience, now.max(0.0) as u64)?)
             }
             (ClientAuth::ClientAssertion, _) => {
                 let source = self
@@ -105,13 +112,22 @@ impl ClientAuthenticator {
                     .ok_or_else(|| missing("client_assertion"))?;
                 let jwt = source.resolve(env)?;
                 if let Some(exp) = jwt_exp(jwt.expose())
-                    && exp <= unix_now()
+                    && exp <= now
                 {
+                    // Years late is more likely a clock years ahead (a node
+                    // started before NTP set it) than years without rotation.
+                    let clock = if now - exp > CLOCK_SUSPECT_AFTER.as_secs_f64() {
+                        " If it is, this system's clock may be that far ahead: is the \
+                         system clock right?"
+                    } else {
+                        ""
+                    };
                     return Err(transient(format!(
                         "the client assertion in {} expired {:.0}s ago; is it still being \
-                         rotated (a projected service-account token is renewed by the kubelet)?",
+                         rotated (a projected service-account token is renewed by the kubelet)?\
+                         {clock}",
                         source.describe(),
-                        unix_now() - exp
+                        now - exp
                     )));
                 }
                 Some(jwt)
@@ -131,6 +147,10 @@ impl ClientAuthenticator {
         Ok(auth)
     }
 }
+
+/// How long ago a client assertion may have expired before its message
+/// says the system clock may be wrong.
+const CLOCK_SUSPECT_AFTER: Duration = Duration::from_secs(86_400);
 
 fn missing(key: &str) -> FetchError {
     transient(format!("client authentication needs `{key}`"))

@@ -195,7 +195,11 @@ async fn run<P: Provider>(
                     .and_then(|held| held.usable_for(Instant::now(), handle.wall.now()));
                 let wait = left.map_or(FLEET_WAIT_WITHOUT_TOKEN, |left| left / 2);
                 let held = held.as_ref().map(|held| &held.token.value);
-                Some(store.claim(held, settings.fetch_timeout, wait).await)
+                Some(
+                    store
+                        .claim(held, settings.fetch_timeout, wait, &handle.wall)
+                        .await,
+                )
             }
             None => None,
         };
@@ -213,7 +217,7 @@ async fn run<P: Provider>(
                 let result = fetch(&*provider, offered, &settings).await;
                 if let (Some(store), Some(Claim::Fetch(ticket))) = (&settings.store, ticket) {
                     store
-                        .settle(ticket, result.as_ref().ok(), sent.elapsed())
+                        .settle(ticket, result.as_ref().ok(), sent.elapsed(), &handle.wall)
                         .await;
                 }
                 (result, sent)

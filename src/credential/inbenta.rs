@@ -55,7 +55,7 @@ use super::provider::{ApiMap, FetchError, Provider, Token, api_url};
 use super::settings::{InbentaConfig, InbentaKey};
 use super::token_client::{
     TokenClient, describe_url, lifetime_field, lifetime_until, sensitive_header, transient,
-    unix_now, unix_time_field,
+    unix_time_field,
 };
 use crate::secret::{EnvSource, Secret};
 
@@ -143,7 +143,13 @@ impl InbentaProvider {
             .post(&self.endpoint("auth")?, headers, body)
             .await?
             .error_for_status(&redact)?;
-        parse_token(&response.json()?, api_key, None, unix_now())
+        // `expiration` is the server's clock: counted from its `Date`.
+        parse_token(
+            &response.json()?,
+            api_key,
+            None,
+            self.client.endpoint_unix_now(),
+        )
     }
 
     /// A renewed token through `/refreshToken`.
@@ -162,7 +168,7 @@ impl InbentaProvider {
             &response.json()?,
             api_key,
             current.apis.as_ref(),
-            unix_now(),
+            self.client.endpoint_unix_now(),
         )
     }
 }
@@ -201,7 +207,8 @@ fn base_headers(api_key: &Secret) -> Result<HeaderMap, FetchError> {
 }
 
 /// A token from an `/auth` or `/refreshToken` answer. `previous_apis` is kept
-/// when the answer has no `apis`; `now` is the system clock in Unix seconds.
+/// when the answer has no `apis`; `now` is the time in Unix seconds as the
+/// server's clock reads it ([`TokenClient::endpoint_unix_now`]).
 /// Public for the fuzz targets (`fuzz/`).
 pub fn parse_token(
     json: &Value,

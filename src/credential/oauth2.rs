@@ -32,8 +32,11 @@
 //! or numeric string; `0`, negative or non-numeric values are an error to
 //! retry, not "no lifetime"); without it, the `exp` claim of a JWT access
 //! token (payload decoded, the signature is not checked: only the issuer's
-//! word on its own token's expiry is read) relative to the system clock;
-//! without that, `default_ttl`. Lifetimes are clamped to a year.
+//! word on its own token's expiry is read) relative to the system clock —
+//! or, when the JWT's `iat` lies more than [`CLOCK_TOLERANCE`] from that
+//! clock (a box started before NTP set it, years off), `exp - iat`, the
+//! lifetime the issuer gave it, with a warning that the clock looks wrong;
+//! without `exp`, `default_ttl`. Lifetimes are clamped to a year.
 //!
 //! Every request carries `authorization: Bearer <access_token>`; an access
 //! token that cannot be sent so (see [`super::bearer`]) is an error to
@@ -48,13 +51,13 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::assertion::jwt_exp;
+use super::assertion::{jwt_claims, jwt_exp};
 use super::bearer::{bearer_header, token_text};
 use super::client_auth::ClientAuthenticator;
 use super::provider::{FetchError, Provider, Token};
 use super::settings::{BodyFormat, Grant, OAuth2Config};
 use super::token_client::{
-    MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, transient, unix_now,
+    MAX_LIFETIME, TokenClient, describe_url, lifetime_field, lifetime_until, transient,
 };
 use crate::secret::{EnvSource, Secret, SecretRef};
 
@@ -136,7 +139,7 @@ impl OAuth2Provider {
 
     /// Headers and body of one token request, and the secrets it carries.
     fn request(&self) -> Result<(HeaderMap, Bytes, Vec<Secret>), FetchError> {
-        let auth = self.auth.authenticate(&*self.env)?;
+        let auth = (self.auth).authenticate(&*self.env, self.client.endpoint_unix_now())?;
         let mut secrets = auth.secrets;
         let grant = self.grant(&mut secrets)?;
         let mut headers = HeaderMap::new();
@@ -180,9 +183,11 @@ impl Provider for OAuth2Provider {
             .await?
             .error_for_status(&secrets)?;
         let json = response.json()?;
+        // A JWT's `exp` is the issuer's clock: counted from its `Date`.
+        let now = self.client.endpoint_unix_now();
         match self.config.grant {
-            Grant::ClientCredentials => parse_token(&json, self.config.default_ttl, unix_now()),
-            Grant::TokenExchange => parse_exchanged(&json, self.config.default_ttl, unix_now()),
+            Grant::ClientCredentials => parse_token(&json, self.config.default_ttl, now),
+            Grant::TokenExchange => parse_exchanged(&json, self.config.default_ttl, now),
         }
     }
 
@@ -257,13 +262,7 @@ pub fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Toke
     let lifetime = match lifetime_field(json.get("expires_in"), "expires_in")? {
         Some(lifetime) => lifetime,
         None => match jwt_exp(access_token) {
-            Some(exp) => lifetime_until(exp, now).ok_or_else(|| {
-                transient(
-                    "token endpoint issued an access token whose exp claim has passed \
-                     (is the system clock right?)"
-                        .to_owned(),
-                )
-            })?,
+            Some(exp) => jwt_lifetime(exp, jwt_iat(access_token), now)?,
             None => default_ttl.min(MAX_LIFETIME),
         },
     };
@@ -273,6 +272,46 @@ pub fn parse_token(json: &Value, default_ttl: Duration, now: f64) -> Result<Toke
         lifetime: Some(lifetime),
         headers: vec![(AUTHORIZATION, bearer)],
         apis: None,
+    })
+}
+
+/// How far a JWT access token's `iat` may lie from the system clock before
+/// the clock (or the issuer's) is taken to be wrong.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// The `iat` claim of a JWT, unverified, in Unix seconds.
+fn jwt_iat(token: &str) -> Option<f64> {
+    let claims = jwt_claims(token)?;
+    claims.get("iat")?.as_f64().filter(|iat| iat.is_finite())
+}
+
+/// A JWT access token's lifetime from its `exp` (and `iat`), at `now` on
+/// the system clock. A token just issued whose `iat` is far from `now`
+/// tells that one of the clocks is wrong: counted from `now`, a 15-minute
+/// token would be served for a year (clock behind) or refused as expired
+/// (clock ahead); its lifetime is then `exp - iat`.
+fn jwt_lifetime(exp: f64, iat: Option<f64>, now: f64) -> Result<Duration, FetchError> {
+    let off = iat
+        .filter(|&iat| iat < exp)
+        .filter(|&iat| (now - iat).abs() > CLOCK_TOLERANCE.as_secs_f64());
+    if let Some(iat) = off {
+        let lifetime = lifetime_until(exp, iat)
+            .ok_or_else(|| transient("the access token's exp is not after its iat".to_owned()))?;
+        tracing::warn!(
+            "the access token was issued (iat) {:.0} s {} this system's clock: the clock looks \
+             wrong; its lifetime is taken as exp - iat = {} s",
+            (now - iat).abs(),
+            if iat > now { "ahead of" } else { "behind" },
+            lifetime.as_secs()
+        );
+        return Ok(lifetime);
+    }
+    lifetime_until(exp, now).ok_or_else(|| {
+        transient(
+            "token endpoint issued an access token whose exp claim has passed \
+             (is the system clock right?)"
+                .to_owned(),
+        )
     })
 }
 

@@ -18,6 +18,12 @@
 //! else, with Redis, take the fleet's renewal lock or wait for the replica
 //! holding it), and [`TokenStore::settle`] after (store the new token until
 //! its expiry, compare-and-set on Redis; release the lock).
+//!
+//! A stored token's age is counted on the credential's wall clock
+//! ([`WallClock`]) from when its request was sent. An entry stored more
+//! than [`MAX_CLOCK_AHEAD`] ahead of that clock is never adopted: a clock
+//! that was years ahead (a box started before NTP set it) would otherwise
+//! make a token that ended long ago look just obtained once it is right.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +39,7 @@ use tokio::time::Instant;
 use super::assertion::jwt_claims;
 use super::provider::{Token, api_url};
 use super::settings::{CredentialConfig, CredentialKind, Grant, InbentaKey, OAuth2Config};
+use super::suspend::WallClock;
 use super::timing;
 use crate::cache::{Lock, Seen, TokenCache};
 use crate::secret::{EnvSource, Secret};
@@ -56,6 +63,11 @@ pub struct Stored {
     /// How long ago its request was sent.
     pub age: Duration,
 }
+
+/// How far ahead of this clock a stored token's request time may lie and
+/// still be counted as just obtained: replicas' clocks drift by that much,
+/// a clock that was wrong (before NTP set it) by far more.
+pub const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(5);
 
 /// How often a replica waiting on another's renewal reads the entry again.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -144,12 +156,20 @@ impl TokenStore {
     /// take); while another replica holds it, the entry is read again every
     /// [`POLL`] until a token comes or `wait` ends — then this replica
     /// fetches for itself (a holder that died must not cost the token
-    /// it still serves).
-    pub async fn claim(&self, held: Option<&Secret>, lock_for: Duration, wait: Duration) -> Claim {
+    /// it still serves). A stored token's age is counted on `wall`.
+    pub async fn claim(
+        &self,
+        held: Option<&Secret>,
+        lock_for: Duration,
+        wait: Duration,
+        wall: &WallClock,
+    ) -> Claim {
         let deadline = Instant::now() + wait.min(lock_for);
         loop {
             let (found, seen) = self.cache.get(&self.id).await;
-            if let Some(stored) = found.and_then(|found| self.adoptable(&found.plain, held)) {
+            if let Some(stored) =
+                found.and_then(|found| self.adoptable(&found.plain, held, wall.now()))
+            {
                 return Claim::Adopt(stored);
             }
             let lock = match self.cache.lock(&self.id, lock_for).await {
@@ -163,7 +183,9 @@ impl TokenStore {
             if let Lock::Taken(_) = lock {
                 // Another replica may have published between the read and the lock.
                 let (found, seen) = self.cache.get(&self.id).await;
-                if let Some(stored) = found.and_then(|found| self.adoptable(&found.plain, held)) {
+                if let Some(stored) =
+                    found.and_then(|found| self.adoptable(&found.plain, held, wall.now()))
+                {
                     self.cache.unlock(&self.id, &lock).await;
                     return Claim::Adopt(stored);
                 }
@@ -174,11 +196,17 @@ impl TokenStore {
     }
 
     /// After the token request `ticket` allowed: store the `token` obtained
-    /// (whose request was sent `age` ago) until its expiry — on Redis only
-    /// if the entry is still what the claim saw — and release the lock.
-    /// Tokens without expiry are not stored.
-    pub async fn settle(&self, ticket: Ticket, token: Option<&Token>, age: Duration) {
-        if let Some((plain, expires)) = token.and_then(|token| entry(token, age)) {
+    /// (whose request was sent `age` ago on `wall`) until its expiry — on
+    /// Redis only if the entry is still what the claim saw — and release
+    /// the lock. Tokens without expiry are not stored.
+    pub async fn settle(
+        &self,
+        ticket: Ticket,
+        token: Option<&Token>,
+        age: Duration,
+        wall: &WallClock,
+    ) {
+        if let Some((plain, expires)) = token.and_then(|token| entry(token, age, wall.now())) {
             let shared = (self.cache)
                 .publish(&self.id, &plain, expires, &ticket.seen)
                 .await;
@@ -189,14 +217,28 @@ impl TokenStore {
         self.cache.unlock(&self.id, &ticket.lock).await;
     }
 
-    /// The token `plain` holds, if it is worth adopting instead of `held`.
-    fn adoptable(&self, plain: &[u8], held: Option<&Secret>) -> Option<Stored> {
+    /// The token `plain` holds, if it is worth adopting instead of `held`
+    /// at wall-clock time `now`.
+    fn adoptable(&self, plain: &[u8], held: Option<&Secret>, now: SystemTime) -> Option<Stored> {
         let entry: Entry = serde_json::from_slice(plain).ok()?;
         let obtained = UNIX_EPOCH.checked_add(Duration::from_millis(entry.obtained_ms))?;
-        // A clock behind the one that stored it counts the token as new.
-        let age = SystemTime::now()
-            .duration_since(obtained)
-            .unwrap_or_default();
+        // A clock a little behind the one that stored it (replicas drift)
+        // counts the token as new. Far behind, the token's age is unknown:
+        // one of the two clocks was wrong (a box started before NTP set
+        // it), and the token may have ended long ago.
+        let age = match now.duration_since(obtained) {
+            Ok(age) => age,
+            Err(ahead) if ahead.duration() <= MAX_CLOCK_AHEAD => Duration::ZERO,
+            Err(ahead) => {
+                tracing::warn!(
+                    "a cached token is ignored: it was stored at {} by a clock {} s ahead \
+                     of this one, so its age is unknown; one of the two clocks looks wrong",
+                    httpdate::fmt_http_date(obtained),
+                    ahead.duration().as_secs()
+                );
+                return None;
+            }
+        };
         let lifetime = Duration::from_millis(entry.lifetime_ms);
         if timing::due(lifetime, age, self.refresh_before)
             || held.is_some_and(|held| held.expose() == entry.value)
@@ -224,11 +266,12 @@ impl TokenStore {
     }
 }
 
-/// `token` (requested `age` ago) as stored, and when it expires; `None`
-/// for a token without expiry or with a header that is not text.
-fn entry(token: &Token, age: Duration) -> Option<(Vec<u8>, SystemTime)> {
+/// `token` (requested `age` before wall-clock time `now`) as stored, and
+/// when it expires; `None` for a token without expiry or with a header that
+/// is not text.
+fn entry(token: &Token, age: Duration, now: SystemTime) -> Option<(Vec<u8>, SystemTime)> {
     let lifetime = token.lifetime?;
-    let obtained = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+    let obtained = now.checked_sub(age).unwrap_or(UNIX_EPOCH);
     let headers = token.headers.iter();
     let headers = headers
         .map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())));

@@ -8,14 +8,21 @@
 //!   credentials are only ever sent to the configured URL.
 //! - `http://` URLs are refused unless the credential sets
 //!   `allow_insecure_http` (tests on loopback).
-//! - The whole exchange (connect, TLS, request, response head and body) runs
-//!   under one timeout; a timeout is [`FetchError::Transient`].
+//! - The whole exchange (name lookup, connect, TLS, request, response head
+//!   and body) runs under one timeout; a timeout is [`FetchError::Transient`],
+//!   and says so when the lookup of the endpoint's name is what got no
+//!   answer. Lookups are shared ([`SharedResolver`]): one per name in flight.
 //! - Response bodies over [`MAX_BODY`] are refused. [`TokenResponse::json`]
 //!   reads past a UTF-8 byte order mark and names a compressed body as such.
 //! - [`TokenResponse::error_for_status`] is the one place where an error
 //!   answer becomes a [`FetchError`]: 4xx (except 429) → `Refused`; 5xx, 429
-//!   → `Transient` with `Retry-After` (delay-seconds or any HTTP-date form;
-//!   a date in the past is zero, the engine applies its own floor). The body
+//!   → `Transient` with `Retry-After` (delay-seconds or any HTTP-date form,
+//!   counted from the answer's `Date` when it has one — the endpoint's own
+//!   clock, right even when this one is years off — else from the system
+//!   clock; a date in the past is zero, the engine applies its own floor).
+//!   An answer whose `Date` is more than [`CLOCK_HINT_AFTER`] off the
+//!   system clock adds to its message that the clock looks wrong (signed
+//!   assertions are refused on it). The body
 //!   becomes one readable line (RFC 6749 `{error, error_description}`,
 //!   Inbenta `{"error": {code, message}}`, a gateway's `{"Message": …}`, or
 //!   an excerpt). Every secret the request carried — the values of its
@@ -29,10 +36,11 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, LOCATION, RETRY_AFTER};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, DATE, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -44,7 +52,9 @@ use serde_json::Value;
 
 use super::provider::FetchError;
 use super::redact::{Redactor, collapse_whitespace};
+use crate::cert_errors::{CERT_TIME_HINT, certificate_out_of_time, untrusted_certificate};
 use crate::error_chain::error_chain;
+use crate::proxy::resolve::SharedResolver;
 use crate::rotating::{self, RotatingCert, Trust};
 use crate::tls::TlsError;
 
@@ -63,7 +73,12 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 /// HTTPS client for token endpoints. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct TokenClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<SharedResolver>>, Full<Bytes>>,
+    /// The connector's name lookups, asked on a timeout whether one hung.
+    resolver: SharedResolver,
+    /// How far the endpoint's clock (its last answer's `Date`) is ahead of
+    /// the system clock, in seconds (negative: behind).
+    clock_offset: Arc<AtomicI64>,
     timeout: Duration,
     allow_insecure_http: bool,
 }
@@ -120,8 +135,30 @@ impl TokenClient {
         timeout: Duration,
         allow_insecure_http: bool,
     ) -> Result<TokenClient, TlsError> {
+        let resolver = SharedResolver::default();
+        TokenClient::build(trust, client_cert, timeout, allow_insecure_http, resolver)
+    }
+
+    /// Like [`TokenClient::trusting`], looking names up with `resolver` (a
+    /// stand-in for DNS in tests).
+    pub fn resolving_with(
+        trust: &Arc<Trust>,
+        timeout: Duration,
+        allow_insecure_http: bool,
+        resolver: SharedResolver,
+    ) -> Result<TokenClient, TlsError> {
+        TokenClient::build(trust, None, timeout, allow_insecure_http, resolver)
+    }
+
+    fn build(
+        trust: &Arc<Trust>,
+        client_cert: Option<Arc<RotatingCert>>,
+        timeout: Duration,
+        allow_insecure_http: bool,
+        resolver: SharedResolver,
+    ) -> Result<TokenClient, TlsError> {
         let tls = rotating::upstream_config(trust, client_cert)?;
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(resolver.clone());
         http.enforce_http(false);
         http.set_nodelay(true);
         let connector = HttpsConnectorBuilder::new()
@@ -135,6 +172,8 @@ impl TokenClient {
             .build(connector);
         Ok(TokenClient {
             client,
+            resolver,
+            clock_offset: Arc::default(),
             timeout,
             allow_insecure_http,
         })
@@ -143,6 +182,37 @@ impl TokenClient {
     /// The whole-exchange timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The time now in Unix seconds as the token endpoint's clock reads
+    /// it: the system clock, moved by how far the endpoint's last `Date`
+    /// was from it when that was more than [`CLOCK_TRUSTED_WITHIN`]. Signed
+    /// assertions are dated by it, so that a system clock years off (a box
+    /// started before NTP set it) costs one refused request, not all.
+    pub fn endpoint_unix_now(&self) -> f64 {
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        unix_now() + offset as f64
+    }
+
+    /// Remember how far the `Date` of an answer just received is from the
+    /// system clock (zero when within [`CLOCK_TRUSTED_WITHIN`] or absent).
+    fn note_clock(&self, headers: &HeaderMap) {
+        let Some(theirs) = (headers.get(DATE))
+            .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
+        else {
+            return;
+        };
+        let ours = SystemTime::now();
+        let offset = match theirs.duration_since(ours) {
+            Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+            Err(behind) => i64::try_from(behind.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        };
+        let offset = if offset.unsigned_abs() > CLOCK_TRUSTED_WITHIN.as_secs() {
+            offset
+        } else {
+            0
+        };
+        self.clock_offset.store(offset, Ordering::Relaxed);
     }
 
     /// POST `body` with `headers` to `url` and read the whole answer, whatever
@@ -187,6 +257,8 @@ impl TokenClient {
             let response = self.client.request(request).await.map_err(|e| {
                 let hint = if untrusted_certificate(&e) {
                     UNTRUSTED_HINT
+                } else if certificate_out_of_time(&e) {
+                    CERT_TIME_HINT
                 } else {
                     ""
                 };
@@ -196,6 +268,7 @@ impl TokenClient {
                 ))
             })?;
             let (parts, body) = response.into_parts();
+            self.note_clock(&parts.headers);
             let declared = parts
                 .headers
                 .get(CONTENT_LENGTH)
@@ -228,10 +301,20 @@ impl TokenClient {
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(transient(format!(
-                "token request to {target} timed out after {:?}",
-                self.timeout
-            ))),
+            Err(_) => {
+                // A DNS server that does not answer looks like a slow
+                // endpoint unless the message says which it was.
+                let lookup = match url.host() {
+                    Some(host) if self.resolver.looking_up(host) => {
+                        format!(": looking up {host} got no answer (is the DNS server reachable?)")
+                    }
+                    _ => String::new(),
+                };
+                Err(transient(format!(
+                    "token request to {target} timed out after {:?}{lookup}",
+                    self.timeout
+                )))
+            }
         }
     }
 }
@@ -289,15 +372,24 @@ impl TokenResponse {
             );
             return Err(FetchError::Refused { status, message });
         }
-        let message = error_message(status, &self.body, &redactor);
+        let their_now = (self.headers.get(DATE))
+            .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok());
+        let system_now = SystemTime::now();
+        let mut message = error_message(status, &self.body, &redactor);
+        if let Some(hint) = their_now.and_then(|then| clock_hint(then, system_now)) {
+            message.push_str(&hint);
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let retry_after = if matches!(
                 status,
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
             ) {
+                // An HTTP-date counts from the answer's own `Date`: both
+                // are the endpoint's clock, whatever this one says.
+                let now = their_now.unwrap_or(system_now);
                 self.headers
                     .get(RETRY_AFTER)
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                    .and_then(|v| parse_retry_after(v, now))
             } else {
                 None
             };
@@ -442,35 +534,34 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// What to do about a token endpoint whose certificate chain does not lead
-/// to a trusted root.
-const UNTRUSTED_HINT: &str = " (if the token endpoint's certificate comes from a private CA, add that CA with [tls] ca_file)";
+/// How far a token endpoint's `Date` may be from the system clock before
+/// assertions are dated by the endpoint's clock instead
+/// ([`TokenClient::endpoint_unix_now`]).
+pub const CLOCK_TRUSTED_WITHIN: Duration = Duration::from_secs(30);
 
-/// Whether a connect error is a certificate no trusted root vouches for
-/// (rustls' `UnknownIssuer`, or a CA certificate served as the server's).
-fn untrusted_certificate(err: &(dyn std::error::Error + 'static)) -> bool {
-    use rustls::{CertificateError, Error as TlsError};
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        matches!(
-            tls_error_in(e),
-            Some(TlsError::InvalidCertificate(
-                CertificateError::UnknownIssuer | CertificateError::Other(_)
-            ))
+/// How far a token endpoint's `Date` may be from the system clock before
+/// its error messages say that the clock looks wrong.
+pub const CLOCK_HINT_AFTER: Duration = Duration::from_secs(300);
+
+/// " (…: is the system clock right?)" when the endpoint's `Date` (`theirs`)
+/// is more than [`CLOCK_HINT_AFTER`] from the system clock (`ours`): signed
+/// assertions and certificates are then judged on a wrong time.
+fn clock_hint(theirs: SystemTime, ours: SystemTime) -> Option<String> {
+    let (gap, side) = match theirs.duration_since(ours) {
+        Ok(ahead) => (ahead, "ahead of"),
+        Err(behind) => (behind.duration(), "behind"),
+    };
+    (gap > CLOCK_HINT_AFTER).then(|| {
+        format!(
+            " (the token endpoint's clock is {} s {side} this system's: is the system clock right?)",
+            gap.as_secs()
         )
     })
 }
 
-/// The rustls error an error is or wraps. Connectors box it inside an
-/// `io::Error`, and neither a `Box<dyn Error>` nor an `io::Error` lists what
-/// it wraps as its `source()`, so both are opened here.
-fn tls_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    let io = e.downcast_ref::<std::io::Error>()?;
-    let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
-    tls_error_in(inner)
-}
+/// What to do about a token endpoint whose certificate chain does not lead
+/// to a trusted root.
+const UNTRUSTED_HINT: &str = " (if the token endpoint's certificate comes from a private CA, add that CA with [tls] ca_file)";
 
 /// `FetchError::Transient` without `Retry-After`.
 pub fn transient(message: String) -> FetchError {

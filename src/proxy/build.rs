@@ -83,6 +83,7 @@ fn build_route(
             allow_insecure_http: route.allow_insecure_http,
             upstream_tls: route.upstream_tls.as_ref(),
             workers,
+            resolver: None,
         },
     )
     .map_err(|source| BuildError::Client {
@@ -197,6 +198,7 @@ pub fn build_generation(
                         allow_insecure_http: false,
                         upstream_tls: None,
                         workers,
+                        resolver: None,
                     },
                 )
                 .map_err(|source| BuildError::Client {

@@ -66,7 +66,7 @@ use tracing::debug;
 
 use super::UpstreamBody;
 use super::h2_driver::ConnExecutor;
-use super::resolve::SharedResolver;
+use super::resolve::{RememberingConnector, SharedResolver};
 use super::unusable::{self, Unusable};
 use crate::tls::TlsError;
 use crate::tls::UpstreamTls;
@@ -122,7 +122,7 @@ const SEND_ATTEMPTS: u32 = 4;
 /// TCP keepalive of upstream connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-type Connector = HttpsConnector<HttpConnector<SharedResolver>>;
+type Connector = HttpsConnector<RememberingConnector>;
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -137,6 +137,9 @@ pub struct ClientOptions<'a> {
     pub upstream_tls: Option<&'a UpstreamTls>,
     /// How many serving workers use the client (one pool each).
     pub workers: usize,
+    /// Name lookups (`None`: `getaddrinfo`, one per name in flight); a
+    /// stand-in in tests.
+    pub resolver: Option<&'a SharedResolver>,
 }
 
 /// A route's client: one [`Pool`] per serving worker.
@@ -242,7 +245,10 @@ pub fn upstream_client(
     tls_config: ClientConfig,
     options: ClientOptions<'_>,
 ) -> Result<UpstreamClient, TlsError> {
-    let mut http = HttpConnector::new_with_resolver(SharedResolver::default());
+    // The lookup is bounded by connect_timeout too, then the connect.
+    let resolver = options.resolver.cloned().unwrap_or_default();
+    let resolver = resolver.answer_within(options.connect_timeout);
+    let mut http = HttpConnector::new_with_resolver(resolver.clone());
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(options.connect_timeout));
@@ -260,6 +266,7 @@ pub fn upstream_client(
         })?;
         builder = builder.with_server_name_resolver(FixedServerNameResolver::new(server_name));
     }
+    let http = RememberingConnector::new(http, resolver);
     let connector = builder.enable_http1().enable_http2().wrap_connector(http);
 
     let now = Instant::now();

@@ -45,6 +45,7 @@ use super::grpc;
 use super::headers::{inject, prepare_request, prepare_response};
 use super::linger::FromApp;
 use super::{ResponseBody, Route};
+use crate::cert_errors::{CERT_TIME_HINT, certificate_out_of_time};
 use crate::credential::{Published, Rejection};
 use crate::error::ProxyError;
 use crate::error_chain::error_chain;
@@ -372,7 +373,10 @@ async fn send(
             }
             let kind = if err.is_connect() { "connect" } else { "other" };
             route.metrics.record_upstream_error(kind);
-            let reason = error_chain(&err);
+            let mut reason = error_chain(&err);
+            if certificate_out_of_time(&err) {
+                reason.push_str(CERT_TIME_HINT);
+            }
             warn!(route = %route.name, kind, error = %reason, "upstream request failed");
             Err(ProxyError::UpstreamUnreachable {
                 upstream: upstream(),

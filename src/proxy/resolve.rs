@@ -10,21 +10,44 @@
 //! answer, success or error (the same 300: 3 threads, 502s after 5 s).
 //! Nothing is cached: the next connection after an answer asks again, so
 //! DNS changes are seen as soon as without it.
+//!
+//! A connection waits for an answer at most [`SharedResolver::answer_within`]
+//! (a route's `connect_timeout`): a DNS server that does not answer made the
+//! app wait out glibc's timeouts (10 s by default, 40 s with Kubernetes'
+//! `ndots:5` search list) whatever `connect_timeout` said. Errors name the
+//! host and say which happened: "no answer within 5s" (a DNS server that
+//! does not answer) or the lookup's own error ("Name or service not known":
+//! no such name). The lookup itself goes on, for the next connection to
+//! join.
+//!
+//! A name with several addresses, one of them dead (a black-holed backend
+//! still in DNS), cost every new connection that tried the dead one first
+//! its share of `connect_timeout` (hyper-util divides it among the
+//! addresses): half of it, each time, with two. [`RememberingConnector`]
+//! tells the resolver which address each new connection reached, and the
+//! next answers put that one first: the dead address costs its share once.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower_service::Service;
 
 /// One lookup's answer, shared by everyone who waited for it.
 type Answer = Result<Arc<[SocketAddr]>, Arc<io::Error>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The lookups in flight, by host name.
 type InFlight = HashMap<Box<str>, watch::Receiver<Option<Answer>>>;
@@ -38,7 +61,20 @@ type Lookup = fn(&str) -> io::Result<Vec<SocketAddr>>;
 #[derive(Clone)]
 pub struct SharedResolver {
     in_flight: Arc<Mutex<InFlight>>,
+    /// The address the last new connection to each host reached.
+    answered: Arc<Mutex<HashMap<Box<str>, IpAddr>>>,
     lookup: Lookup,
+    /// How long a connection waits for an answer (`None`: for ever).
+    answer_within: Option<Duration>,
+}
+
+impl std::fmt::Debug for SharedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let in_flight = (self.in_flight.lock()).map_or(0, |in_flight| in_flight.len());
+        f.debug_struct("SharedResolver")
+            .field("in_flight", &in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SharedResolver {
@@ -52,8 +88,44 @@ impl SharedResolver {
     pub fn with_lookup(lookup: Lookup) -> Self {
         SharedResolver {
             in_flight: Arc::default(),
+            answered: Arc::default(),
             lookup,
+            answer_within: None,
         }
+    }
+
+    /// This resolver, for connections that wait at most `limit` for an
+    /// answer (then fail with [`io::ErrorKind::TimedOut`]).
+    pub fn answer_within(mut self, limit: Duration) -> Self {
+        self.answer_within = Some(limit);
+        self
+    }
+
+    /// A connection to `host` reached `ip`: put it first in the next answers.
+    pub fn answered(&self, host: &str, ip: IpAddr) {
+        let mut answered = (self.answered.lock()).unwrap_or_else(PoisonError::into_inner);
+        if answered.get(host) != Some(&ip) {
+            answered.insert(host.into(), ip);
+        }
+    }
+
+    /// `addrs` of `host`, the one that answered last first.
+    fn answered_first(&self, host: &str, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut addrs = addrs.to_vec();
+        let answered = (self.answered.lock()).unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) =
+            (answered.get(host)).and_then(|ip| addrs.iter().position(|a| a.ip() == *ip))
+        {
+            addrs[..=at].rotate_right(1);
+        }
+        addrs
+    }
+
+    /// Whether a lookup of `host` is in flight.
+    pub fn looking_up(&self, host: &str) -> bool {
+        (self.in_flight.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(host)
     }
 
     /// The addresses of `host`: from the lookup in flight for it, or from
@@ -120,11 +192,69 @@ impl Service<Name> for SharedResolver {
     fn call(&mut self, name: Name) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            match this.resolve(name.as_str()).await {
-                Ok(addrs) => Ok(addrs.iter().copied().collect::<Vec<_>>().into_iter()),
+            let host = name.as_str();
+            let answer = this.resolve(host);
+            let answer = match this.answer_within {
+                Some(limit) => match tokio::time::timeout(limit, answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "looking up {host}: no answer within {limit:?} \
+                                 (is the DNS server reachable?)"
+                            ),
+                        ));
+                    }
+                },
+                None => answer.await,
+            };
+            match answer {
+                Ok(addrs) => Ok(this.answered_first(host, &addrs).into_iter()),
                 // The first waiter's error, by kind and message, for each.
-                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+                Err(err) => Err(io::Error::new(
+                    err.kind(),
+                    format!("looking up {host}: {err}"),
+                )),
             }
+        })
+    }
+}
+
+/// hyper-util's `HttpConnector` over a [`SharedResolver`], telling the
+/// resolver which address each new connection reached.
+#[derive(Clone)]
+pub struct RememberingConnector {
+    http: HttpConnector<SharedResolver>,
+    resolver: SharedResolver,
+}
+
+impl RememberingConnector {
+    /// `http`, which looks names up with `resolver`.
+    pub fn new(http: HttpConnector<SharedResolver>, resolver: SharedResolver) -> Self {
+        RememberingConnector { http, resolver }
+    }
+}
+
+impl Service<Uri> for RememberingConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(BoxError::from)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri.host().map(str::to_owned);
+        let connecting = self.http.call(uri);
+        let resolver = self.resolver.clone();
+        Box::pin(async move {
+            let io = connecting.await.map_err(BoxError::from)?;
+            if let (Some(host), Ok(peer)) = (host, io.inner().peer_addr()) {
+                resolver.answered(&host, peer.ip());
+            }
+            Ok(io)
         })
     }
 }
@@ -145,6 +275,27 @@ mod tests {
             "gone.test" => Err(io::Error::other("Temporary failure in name resolution")),
             _ => Ok(vec![SocketAddr::from(([192, 0, 2, 7], 0))]),
         }
+    }
+
+    #[test]
+    fn the_address_that_answered_comes_first_the_others_keep_their_order() {
+        let resolver = SharedResolver::default();
+        let addrs: Vec<SocketAddr> = (1..=4)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 0)))
+            .collect();
+        assert_eq!(resolver.answered_first("api.test", &addrs), addrs);
+        resolver.answered("api.test", IpAddr::from([10, 0, 0, 3]));
+        let first: Vec<u8> = (resolver.answered_first("api.test", &addrs).iter())
+            .map(|a| match a.ip() {
+                IpAddr::V4(ip) => ip.octets()[3],
+                IpAddr::V6(_) => 0,
+            })
+            .collect();
+        assert_eq!(first, [3, 1, 2, 4]);
+        // Another host, or an address no longer in the answer: as is.
+        assert_eq!(resolver.answered_first("other.test", &addrs), addrs);
+        resolver.answered("api.test", IpAddr::from([10, 0, 0, 9]));
+        assert_eq!(resolver.answered_first("api.test", &addrs), addrs);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,6 +164,48 @@ async fn a_cached_token_due_for_renewal_is_not_used() {
     assert_eq!(last.header("authorization"), Some(bearer.as_str()));
 }
 
+/// Four years: a clock that far off is not drift but a box started before
+/// NTP set it (an RTC that lost its battery, a VM image's saved time).
+const YEARS: Duration = Duration::from_secs(4 * 365 * 86_400);
+
+#[tokio::test]
+async fn a_token_stored_under_a_clock_years_ahead_is_not_taken_as_new_once_the_clock_is_right() {
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let token = OAuthServer::start(OAuthBehaviour {
+        expires_in: Some(json!(3600)),
+        ..OAuthBehaviour::default()
+    })
+    .await;
+    let dir = cache_dir();
+    let file = dir.path().join("tokens");
+    let config = config(&token, &upstream, &file, KEY_A);
+
+    // The first run's clock jumps four years ahead: its token looks over
+    // and is renewed, and the renewal is stored as obtained in four years.
+    let proxy = config.start().await;
+    assert_eq!(proxy.get("/v1/things").await.status, 200);
+    let credentials = proxy.handle.credentials();
+    credentials.get("api").unwrap().wall_clock().skip(YEARS);
+    assert_eq!(proxy.get("/v1/things").await.status, 200);
+    proxy.handle.shutdown().await;
+    assert_eq!(token.calls(), 2);
+
+    // Restarted with the clock right, the stored token's age is unknown
+    // (it may have ended hours ago): it is not used as if just obtained.
+    let (logs, _guard) = capture();
+    let proxy = config.start().await;
+    let response = proxy.get("/v1/things").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(token.calls(), 3, "a new token was requested");
+    let issued = token.issued_tokens();
+    let last = upstream.requests().pop().expect("a request upstream");
+    let bearer = format!("Bearer {}", issued.last().expect("issued"));
+    assert_eq!(last.header("authorization"), Some(bearer.as_str()));
+    let lines = logs.lines_with(&["cached token", "clock"]);
+    assert_eq!(lines.len(), 1, "one line says why:\n{}", logs.text());
+    proxy.handle.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_encryption_key_that_is_not_32_bytes_is_refused_before_start() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;

@@ -106,6 +106,40 @@ async fn private_key_jwt_eddsa_obtains_and_renews() {
     obtains_and_renews_with(TestKey::ed25519()).await;
 }
 
+/// A box whose clock is years off (before NTP set it) signs assertions the
+/// token endpoint refuses as expired or issued in the future; the
+/// endpoint's `Date` says what its clock reads, and the next assertion is
+/// dated by that: the credential recovers on its own.
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn private_key_jwt_is_dated_by_the_endpoints_clock_when_this_one_is_years_off() {
+    const FOUR_YEARS: i64 = 4 * 365 * 86_400;
+    for clock_ahead in [FOUR_YEARS, -FOUR_YEARS] {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key.pem");
+        let key = TestKey::p256();
+        key.write(&key_file);
+        let server = token_server(|_| {}).await;
+        let mut check = AssertionCheck::signed_by(vec![key], &server.url());
+        check.clock_ahead = clock_ahead;
+        server.update(|b| b.assertion = Some(check));
+        let upstream = Upstream::start(UpstreamOpts::plain()).await;
+        let proxy = config(private_key_jwt(&server, &key_file), &upstream)
+            .start()
+            .await;
+        // The first assertion is refused; the retry is dated right.
+        server.wait_for_requests(2).await;
+        let response = proxy.get("/first").await;
+        assert_eq!(
+            response.status,
+            200,
+            "endpoint {clock_ahead} s ahead: {}",
+            response.text()
+        );
+        assert_eq!(server.issued_tokens().len(), 1);
+        proxy.handle.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn private_key_jwt_signs_with_the_chosen_algorithm() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,6 +312,7 @@ async fn client_assertion_file_is_read_at_every_token_request() {
                 "system:serviceaccount:shop:app".into(),
             )),
             single_use: false,
+            clock_ahead: 0,
         });
     })
     .await;
@@ -320,6 +355,23 @@ async fn an_expired_client_assertion_is_not_sent() {
     assert!(error.contains("expired"), "{error}");
     assert!(error.contains("sidekey-token"), "{error}");
     assert!(!error.contains(&expired[..20]), "{error}");
+    assert!(
+        !error.contains("clock"),
+        "two minutes late is rotation, not the clock: {error}"
+    );
+    assert_eq!(server.calls(), 0);
+
+    // Expired years ago by this clock: more likely this clock is years
+    // ahead (a node started before NTP set it) than a token unrotated for
+    // years; the message says both.
+    let years_ago = service_account_token(&TestKey::p256(), 1, unix_now() - 4 * 365 * 86_400);
+    std::fs::write(&file, &years_ago).unwrap();
+    let error = obtain_once(&config, "api", &RootCertStore::empty())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("expired"), "{error}");
+    assert!(error.contains("system clock"), "{error}");
     assert_eq!(server.calls(), 0);
 }
 

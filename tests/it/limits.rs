@@ -413,11 +413,22 @@ fn minimal() -> TestConfig {
 /// and what it logged up to "sidekey running".
 #[cfg(target_os = "linux")]
 fn run_under_ulimit(dir: &std::path::Path, ulimit_args: &str) -> (std::process::Child, String) {
+    run_config_under_ulimit(dir, &minimal(), ulimit_args)
+}
+
+/// `sidekey run` on `config` under `ulimit ULIMIT_ARGS`: the child and
+/// what it logged up to "sidekey running".
+#[cfg(target_os = "linux")]
+fn run_config_under_ulimit(
+    dir: &std::path::Path,
+    config: &TestConfig,
+    ulimit_args: &str,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let path = dir.join("sidekey.toml");
-    std::fs::write(&path, minimal().text()).unwrap();
+    std::fs::write(&path, config.text()).unwrap();
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -483,9 +494,11 @@ fn run_raises_the_soft_open_file_limit_to_the_hard_limit() {
 #[test]
 fn max_connections_is_lowered_to_what_the_open_file_limit_holds() {
     let dir = tempfile::tempdir().unwrap();
-    // Soft and hard: nothing to raise. (200 - 64 reserved) / 2 = 68 (no
+    // Soft and hard: nothing to raise. (200 - 64 reserved - 2 listener
+    // sockets (one address, two workers) - 1 credential) / 2 = 66 (no
     // admin listener), each app connection counted with an upstream one.
-    let (mut child, seen) = run_under_ulimit(dir.path(), "-n 200");
+    let config = minimal().top("workers = 2");
+    let (mut child, seen) = run_config_under_ulimit(dir.path(), &config, "-n 200");
     let _ = child.kill();
     let _ = child.wait();
     assert!(seen.contains("sidekey running"), "{seen}");
@@ -495,7 +508,77 @@ fn max_connections_is_lowered_to_what_the_open_file_limit_holds() {
         .collect();
     assert_eq!(lowered.len(), 1, "{seen}");
     assert!(lowered[0].contains("max_connections=512"), "{seen}");
-    assert!(lowered[0].contains("lowered_to=68"), "{seen}");
+    assert!(lowered[0].contains("lowered_to=66"), "{seen}");
+}
+
+/// Many listeners on several workers hold descriptors of their own: the
+/// connections the open-file limit lets in must each still get their
+/// upstream connection, not a 502 "Too many open files".
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn at_the_lowered_max_connections_every_app_connection_gets_its_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let mut config = TestConfig::new()
+        .top("workers = 2")
+        .with(static_token("legacy", "SIDEKEY_TEST_TOKEN"));
+    // Forty listen addresses: ports free a moment ago.
+    let held: Vec<_> = (0..40)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for listener in &held {
+        let listen = listener.local_addr().unwrap();
+        config =
+            config.with(route(&upstream.url(), "legacy").line(&format!("listen = \"{listen}\"")));
+    }
+    drop(held);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, seen) = run_config_under_ulimit(dir.path(), &config, "-n 256");
+    let ports: Vec<u16> = seen
+        .lines()
+        .filter(|line| line.contains("proxy listening"))
+        .filter_map(|line| line.split("listen=127.0.0.1:").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(ports.len(), 40, "{seen}");
+    let allowed: usize = seen
+        .split("lowered_to=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("max_connections lowered: {seen}"));
+
+    // Exactly as many app connections as allowed, each holding its
+    // upstream connection open (keep-alive) while the next ones come.
+    let mut apps = Vec::new();
+    for i in 0..allowed {
+        let port = ports[i % ports.len()];
+        let mut app = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        app.write_all(b"GET /hold HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap();
+        apps.push(app);
+    }
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for app in &mut apps {
+        let mut head = [0u8; 12];
+        let status =
+            match tokio::time::timeout(Duration::from_secs(10), app.read_exact(&mut head)).await {
+                Ok(Ok(_)) => String::from_utf8_lossy(&head[9..12]).into_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_owned(),
+            };
+        *statuses.entry(status).or_default() += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        statuses,
+        std::collections::BTreeMap::from([("200".to_owned(), allowed)]),
+        "every one of the {allowed} connections allowed got its answer"
+    );
 }
 
 #[test]

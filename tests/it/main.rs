@@ -43,6 +43,7 @@ mod lifecycle;
 mod limits;
 mod listeners;
 mod log_output;
+mod name_lookups;
 mod providers;
 mod proxy;
 mod renewal;

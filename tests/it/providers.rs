@@ -367,6 +367,39 @@ async fn inbenta_lifetime_from_expiration_or_string_expires_in() {
 }
 
 #[tokio::test]
+async fn inbenta_expiration_counts_from_the_answers_date_when_the_clock_is_years_off() {
+    let server = InbentaServer::start(InbentaBehaviour::default()).await;
+    let provider = inbenta(&server);
+    let now = std::time::SystemTime::now();
+    let years = Duration::from_secs(FOUR_YEARS as u64);
+    // The server's clock is right; this one is four years behind it, then
+    // ahead. Its answer: 20 minutes left, as an absolute time only.
+    for server_now in [now + years, now - years] {
+        let unix = server_now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        server.push_reply(
+            Some(InbentaEndpoint::Auth),
+            TokenReply::json(
+                200,
+                json!({"accessToken": "tok", "expiration": unix + 1200}),
+            )
+            .header("date", &httpdate::fmt_http_date(server_now)),
+        );
+        let token = provider
+            .fetch(None)
+            .await
+            .unwrap_or_else(|e| panic!("server at {server_now:?}: {e}"));
+        let lifetime = lifetime_secs(&token);
+        assert!(
+            (1198..=1200).contains(&lifetime),
+            "server at {server_now:?}: 20 minutes, not a year nor refused: {lifetime}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn inbenta_skips_invalid_apis_entries() {
     let server = InbentaServer::start(InbentaBehaviour::default()).await;
     server.push_reply(
@@ -709,6 +742,44 @@ async fn oauth_lifetime_from_jwt_exp_then_default_ttl() {
     assert!(message.contains("exp"), "{message}");
 }
 
+/// A box started before NTP set its clock: this many seconds off, either way.
+const FOUR_YEARS: i64 = 4 * 365 * 86_400;
+
+#[tokio::test]
+async fn a_jwt_lifetime_is_its_exp_after_iat_when_the_clock_is_years_off() {
+    let server = OAuthServer::start(OAuthBehaviour {
+        expires_in: None,
+        ..Default::default()
+    })
+    .await;
+    let provider = oauth(&server, ClientAuth::Basic, BodyFormat::Form);
+    // The issuer's clock is right and says the token was issued just now
+    // for 15 minutes; this clock is four years behind it, then ahead of it.
+    for issuer_ahead in [FOUR_YEARS, -FOUR_YEARS] {
+        let iat = unix_now() as i64 + issuer_ahead;
+        server.push_reply(TokenReply::json(
+            200,
+            json!({"access_token": jwt(json!({"iat": iat, "exp": iat + 900})), "token_type": "Bearer"}),
+        ));
+        let token = provider
+            .fetch(None)
+            .await
+            .unwrap_or_else(|e| panic!("issuer ahead by {issuer_ahead} s: {e}"));
+        assert_eq!(
+            lifetime_secs(&token),
+            900,
+            "issuer ahead by {issuer_ahead} s: a 15-minute token is not served longer, nor refused"
+        );
+    }
+    // With the clocks agreeing, the lifetime still counts from now.
+    server.push_reply(TokenReply::json(
+        200,
+        json!({"access_token": jwt(json!({"iat": unix_now() - 30, "exp": unix_now() + 870})), "token_type": "Bearer"}),
+    ));
+    let lifetime = lifetime_secs(&provider.fetch(None).await.unwrap());
+    assert!((868..=870).contains(&lifetime), "{lifetime}");
+}
+
 #[tokio::test]
 async fn oauth_wrong_secret_is_refused_as_invalid_client() {
     let server = OAuthServer::start(OAuthBehaviour {
@@ -828,6 +899,63 @@ async fn server_errors_and_throttling_are_transient_with_retry_after() {
 
     server.set_next_error(TokenReply::text(502, "bad gateway"));
     transient(provider.fetch(None).await.unwrap_err());
+}
+
+#[tokio::test]
+async fn a_retry_after_date_counts_from_the_answers_own_date_when_the_clock_is_years_off() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let provider = oauth(&server, ClientAuth::Basic, BodyFormat::Form);
+    let now = std::time::SystemTime::now();
+    let years = Duration::from_secs(FOUR_YEARS as u64);
+    // The endpoint's clock is right; this one is four years behind it, then
+    // ahead of it. "Come back in two minutes", by the endpoint's clock.
+    for server_now in [now + years, now - years] {
+        let again = httpdate::fmt_http_date(server_now + Duration::from_secs(120));
+        server.set_next_error(
+            TokenReply::text(503, "maintenance")
+                .retry_after(&again)
+                .header("date", &httpdate::fmt_http_date(server_now)),
+        );
+        let (_, retry_after) = transient(provider.fetch(None).await.unwrap_err());
+        assert_eq!(
+            retry_after,
+            Some(Duration::from_secs(120)),
+            "endpoint at {server_now:?}: two minutes, not years nor at once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_from_an_endpoint_whose_date_is_years_off_says_the_clock_looks_wrong() {
+    let server = OAuthServer::start(OAuthBehaviour::default()).await;
+    let provider = oauth(&server, ClientAuth::Basic, BodyFormat::Form);
+    let now = std::time::SystemTime::now();
+    let years = Duration::from_secs(FOUR_YEARS as u64);
+    // A signed assertion made on a clock years off is refused as expired
+    // or not yet valid; the answer's Date shows whose clock is off.
+    for server_now in [now + years, now - years] {
+        server.set_next_error(
+            TokenReply::json(
+                400,
+                json!({"error": "invalid_client", "error_description": "assertion expired"}),
+            )
+            .header("date", &httpdate::fmt_http_date(server_now)),
+        );
+        let (status, message) = refused(provider.fetch(None).await.unwrap_err());
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            message.starts_with("invalid_client: assertion expired"),
+            "{message}"
+        );
+        assert!(message.contains("clock"), "{message}");
+    }
+    // Clocks that agree add nothing.
+    server.set_next_error(TokenReply::json(
+        400,
+        json!({"error": "invalid_client", "error_description": "assertion expired"}),
+    ));
+    let (_, message) = refused(provider.fetch(None).await.unwrap_err());
+    assert_eq!(message, "invalid_client: assertion expired");
 }
 
 /// An IMF-fixdate `secs` from now.

@@ -790,6 +790,29 @@ async fn an_untrusted_token_endpoint_certificate_is_a_tls_failure() {
     );
 }
 
+/// A machine whose clock is years off (before NTP set it) finds every
+/// certificate not yet valid or expired: the reason says to check the clock.
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_certificate_outside_its_validity_asks_whether_the_clock_is_right() {
+    // Valid only in years this clock is before, then after.
+    for (from, until, what) in [(2090, 2091, "not valid yet"), (2001, 2002, "expired")] {
+        let pki = TestPki::with_server_valid(from, until);
+        let server = OAuthServer::start_tls(OAuthBehaviour::default(), &pki).await;
+        let config = base().with(oauth2("api", &server.url())).parse();
+        let credentials =
+            Credentials::start(&config, &pki.root_store(), &Metrics::new()).expect("credentials");
+        let handle = api(&credentials);
+        sleep(Duration::from_secs(5)).await;
+        let why = reason(&handle);
+        assert!(why.contains(what), "{why}");
+        assert!(
+            why.contains("system clock"),
+            "the reason says the clock may be wrong: {why}"
+        );
+        assert_eq!(server.calls(), 0);
+    }
+}
+
 /// A token endpoint that answers a status and then breaks off its body: the
 /// status is the most useful thing it said, so the reason keeps it.
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]

@@ -562,3 +562,21 @@ async fn timeouts_too_long_to_add_to_now_never_panic() {
     // The connection (and its idle clock) serves on.
     assert_eq!(proxy.get("/again").await.status, 200);
 }
+
+/// A machine whose clock is years off finds the upstream's certificate
+/// not yet valid or expired: the 502 says to check the clock.
+#[tokio::test]
+async fn an_upstream_certificate_outside_its_validity_asks_whether_the_clock_is_right() {
+    for (from, until, what) in [(2090, 2091, "not valid yet"), (2001, 2002, "expired")] {
+        let pki = Arc::new(TestPki::with_server_valid(from, until));
+        let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+        let proxy = one_route(&pki, &upstream.url()).start().await;
+        let response = proxy.get("/v1/things").await;
+        assert_eq!(response.status, 502);
+        let message = response.text();
+        assert!(message.contains(what), "{message}");
+        assert!(message.contains("system clock"), "{message}");
+        assert!(upstream.requests().is_empty());
+        proxy.handle.shutdown().await;
+    }
+}

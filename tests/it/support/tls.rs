@@ -63,6 +63,17 @@ impl TestPki {
 
     /// Like [`TestPki::new`] with other server names (DNS names or IPs).
     pub fn with_server_names(names: &[&str]) -> TestPki {
+        Self::build(names, None)
+    }
+
+    /// Like [`TestPki::new`], with a server certificate valid only from
+    /// 1 January of `from` to 1 January of `until`: what a machine whose
+    /// clock is outside those years sees as not yet valid or expired.
+    pub fn with_server_valid(from: i32, until: i32) -> TestPki {
+        Self::build(&["localhost", "127.0.0.1"], Some((from, until)))
+    }
+
+    fn build(names: &[&str], server_years: Option<(i32, i32)>) -> TestPki {
         let dir = tempfile::Builder::new()
             .prefix("sidekey-test-pki-")
             .tempdir()
@@ -92,6 +103,17 @@ impl TestPki {
             names,
             ExtendedKeyUsagePurpose::ServerAuth,
         );
+        let server = match server_years {
+            None => server,
+            Some(years) => issue_valid(
+                &issuer,
+                dir.path(),
+                "server",
+                names,
+                ExtendedKeyUsagePurpose::ServerAuth,
+                Some(years),
+            ),
+        };
         let client = issue(
             &issuer,
             dir.path(),
@@ -241,6 +263,19 @@ fn issue(
     names: &[&str],
     usage: ExtendedKeyUsagePurpose,
 ) -> Leaf {
+    issue_valid(issuer, dir, file_stem, names, usage, None)
+}
+
+/// [`issue`], valid from 1 January of the first year to 1 January of the
+/// second when `years` is given (rcgen's default otherwise).
+fn issue_valid(
+    issuer: &Issuer<'static, KeyPair>,
+    dir: &Path,
+    file_stem: &str,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    years: Option<(i32, i32)>,
+) -> Leaf {
     let mut params = CertificateParams::new(
         names
             .iter()
@@ -261,6 +296,10 @@ fn issue(
     ];
     params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
+    if let Some((from, until)) = years {
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+    }
     let key = KeyPair::generate().expect("leaf key");
     let cert = params.signed_by(&key, issuer).expect("sign leaf");
     let cert_path = dir.join(format!("{file_stem}.pem"));

@@ -805,6 +805,10 @@ pub struct AssertionCheck {
     /// Refuse a `jti` seen before (a self-signed assertion is single-use;
     /// a projected service-account token is not).
     pub single_use: bool,
+    /// How far (seconds) the server's clock is ahead of this machine's
+    /// (negative: behind): assertions are judged on it, and every answer
+    /// carries it as its `Date`.
+    pub clock_ahead: i64,
 }
 
 impl AssertionCheck {
@@ -815,6 +819,7 @@ impl AssertionCheck {
             audience: audience.to_owned(),
             subject: None,
             single_use: true,
+            clock_ahead: 0,
         }
     }
 }
@@ -1041,6 +1046,21 @@ impl OAuthServer {
 }
 
 fn oauth_answer(state: &mut OAuthState, req: &Recorded) -> TokenReply {
+    let ahead = (state.behaviour.assertion.as_ref()).map_or(0, |check| check.clock_ahead);
+    let reply = oauth_answer_now(state, req);
+    if ahead == 0 {
+        return reply;
+    }
+    let now = std::time::SystemTime::now();
+    let theirs = if ahead > 0 {
+        now + Duration::from_secs(ahead.unsigned_abs())
+    } else {
+        now - Duration::from_secs(ahead.unsigned_abs())
+    };
+    reply.header("date", &httpdate::fmt_http_date(theirs))
+}
+
+fn oauth_answer_now(state: &mut OAuthState, req: &Recorded) -> TokenReply {
     if req.method != Method::POST {
         return TokenReply::oauth_error(405, "invalid_request", "POST required");
     }
@@ -1168,8 +1188,9 @@ fn authenticate(
             .subject
             .clone()
             .unwrap_or_else(|| (b.client_id.clone(), b.client_id.clone()));
-        let now = unix_now();
+        let now = unix_now().saturating_add_signed(check.clock_ahead);
         let exp = claims["exp"].as_u64().unwrap_or(0);
+        let iat = claims["iat"].as_u64().unwrap_or(0);
         let problem = if claims["iss"] != json!(iss) || claims["sub"] != json!(sub) {
             Some("wrong iss or sub")
         } else if claims["aud"] != json!(check.audience) && claims["aud"] != json!([check.audience])
@@ -1177,6 +1198,8 @@ fn authenticate(
             Some("wrong aud")
         } else if exp <= now {
             Some("assertion expired")
+        } else if iat > now + 60 {
+            Some("assertion issued in the future")
         } else if check.single_use && exp > now + 310 {
             Some("exp too far ahead")
         } else if params.get("client_id").is_some_and(|id| *id != b.client_id) {
