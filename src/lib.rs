@@ -26,6 +26,8 @@
 //! - [`workers`]: serving threads, each with its runtime, sockets and upstream connections
 //! - [`admin`]: status page, health, readiness and metrics ([`status`]: what
 //!   the process runs, for them)
+//! - [`resolve`]: upstream and token-endpoint name lookups, shared while in flight;
+//!   [`deadline`]: deadlines from configured durations, and their timer
 //! - [`tls`], [`metrics`], [`telemetry`], [`demo`], [`suggest`]
 
 #![forbid(unsafe_code)]
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod preface;
 pub mod preflight;
 pub mod proxy;
+pub mod resolve;
 pub mod rotating;
 pub mod secret;
 pub mod send_timeout;

@@ -54,7 +54,7 @@ use super::provider::FetchError;
 use super::redact::{Redactor, collapse_whitespace};
 use crate::cert_errors::{CERT_TIME_HINT, certificate_out_of_time, untrusted_certificate};
 use crate::error_chain::error_chain;
-use crate::proxy::resolve::SharedResolver;
+use crate::resolve::SharedResolver;
 use crate::rotating::{self, RotatingCert, Trust};
 use crate::tls::TlsError;
 

@@ -66,8 +66,8 @@ use tracing::debug;
 
 use super::UpstreamBody;
 use super::h2_driver::ConnExecutor;
-use super::resolve::{RememberingConnector, SharedResolver};
 use super::unusable::{self, Unusable};
+use crate::resolve::{RememberingConnector, SharedResolver};
 use crate::tls::TlsError;
 use crate::tls::UpstreamTls;
 

@@ -37,7 +37,6 @@ pub mod linger;
 pub mod path;
 pub mod redirect;
 pub mod relocate;
-pub mod resolve;
 pub mod route;
 pub mod service;
 pub mod settings;

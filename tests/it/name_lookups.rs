@@ -14,7 +14,7 @@ use http::{HeaderMap, Request};
 use http_body_util::{Either, Full};
 use sidekey::credential::token_client::TokenClient;
 use sidekey::proxy::client::{ClientOptions, upstream_client};
-use sidekey::proxy::resolve::SharedResolver;
+use sidekey::resolve::SharedResolver;
 
 use crate::support::tls::TestPki;
 use crate::support::upstream::{Upstream, UpstreamOpts};

@@ -24,8 +24,11 @@
 //! still in DNS), cost every new connection that tried the dead one first
 //! its share of `connect_timeout` (hyper-util divides it among the
 //! addresses): half of it, each time, with two. [`RememberingConnector`]
-//! tells the resolver which address each new connection reached, and the
-//! next answers put that one first: the dead address costs its share once.
+//! tells the resolver which address each new connection reached; the
+//! addresses handed out before it failed, and for [`FAILED_FOR`] the next
+//! answers put them last: the dead address costs its share about once a
+//! minute. The others keep the order DNS gave them, so round-robin DNS
+//! still spreads new connections over the working addresses.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,7 +45,20 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tower_service::Service;
+
+/// How long an address a connection had to pass over goes last.
+pub const FAILED_FOR: Duration = Duration::from_secs(60);
+
+/// What connections to one host found.
+#[derive(Debug, Default)]
+struct Tried {
+    /// The order of the addresses last handed out.
+    handed: Vec<IpAddr>,
+    /// Addresses a connection passed over, and when.
+    failed: Vec<(IpAddr, Instant)>,
+}
 
 /// One lookup's answer, shared by everyone who waited for it.
 type Answer = Result<Arc<[SocketAddr]>, Arc<io::Error>>;
@@ -61,8 +77,9 @@ type Lookup = fn(&str) -> io::Result<Vec<SocketAddr>>;
 #[derive(Clone)]
 pub struct SharedResolver {
     in_flight: Arc<Mutex<InFlight>>,
-    /// The address the last new connection to each host reached.
-    answered: Arc<Mutex<HashMap<Box<str>, IpAddr>>>,
+    /// Per host: the order of addresses last handed out, and the ones
+    /// a connection had to pass over (with when).
+    tried: Arc<Mutex<HashMap<Box<str>, Tried>>>,
     lookup: Lookup,
     /// How long a connection waits for an answer (`None`: for ever).
     answer_within: Option<Duration>,
@@ -88,7 +105,7 @@ impl SharedResolver {
     pub fn with_lookup(lookup: Lookup) -> Self {
         SharedResolver {
             in_flight: Arc::default(),
-            answered: Arc::default(),
+            tried: Arc::default(),
             lookup,
             answer_within: None,
         }
@@ -101,24 +118,39 @@ impl SharedResolver {
         self
     }
 
-    /// A connection to `host` reached `ip`: put it first in the next answers.
+    /// A connection to `host` reached `ip`: the addresses handed out
+    /// before it failed, and go last for a while.
     pub fn answered(&self, host: &str, ip: IpAddr) {
-        let mut answered = (self.answered.lock()).unwrap_or_else(PoisonError::into_inner);
-        if answered.get(host) != Some(&ip) {
-            answered.insert(host.into(), ip);
-        }
+        let mut tried = (self.tried.lock()).unwrap_or_else(PoisonError::into_inner);
+        let Some(tried) = tried.get_mut(host) else {
+            return;
+        };
+        let Some(at) = tried.handed.iter().position(|handed| *handed == ip) else {
+            return;
+        };
+        let now = Instant::now();
+        let passed_over: Vec<IpAddr> = tried.handed[..at].to_vec();
+        tried
+            .failed
+            .retain(|(failed, _)| !passed_over.contains(failed));
+        tried
+            .failed
+            .extend(passed_over.into_iter().map(|failed| (failed, now)));
     }
 
-    /// `addrs` of `host`, the one that answered last first.
+    /// `addrs` of `host` in DNS order, but the ones that recently failed last.
     fn answered_first(&self, host: &str, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
-        let mut addrs = addrs.to_vec();
-        let answered = (self.answered.lock()).unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) =
-            (answered.get(host)).and_then(|ip| addrs.iter().position(|a| a.ip() == *ip))
-        {
-            addrs[..=at].rotate_right(1);
-        }
-        addrs
+        let mut tried = (self.tried.lock()).unwrap_or_else(PoisonError::into_inner);
+        let tried = tried.entry(host.into()).or_default();
+        let now = Instant::now();
+        tried
+            .failed
+            .retain(|(_, when)| now.saturating_duration_since(*when) < FAILED_FOR);
+        let failed = |addr: &SocketAddr| tried.failed.iter().any(|(ip, _)| *ip == addr.ip());
+        let mut order: Vec<SocketAddr> = addrs.iter().filter(|a| !failed(a)).copied().collect();
+        order.extend(addrs.iter().filter(|a| failed(a)));
+        tried.handed = order.iter().map(SocketAddr::ip).collect();
+        order
     }
 
     /// Whether a lookup of `host` is in flight.
@@ -277,25 +309,50 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_address_that_answered_comes_first_the_others_keep_their_order() {
-        let resolver = SharedResolver::default();
-        let addrs: Vec<SocketAddr> = (1..=4)
-            .map(|i| SocketAddr::from(([10, 0, 0, i], 0)))
-            .collect();
-        assert_eq!(resolver.answered_first("api.test", &addrs), addrs);
-        resolver.answered("api.test", IpAddr::from([10, 0, 0, 3]));
-        let first: Vec<u8> = (resolver.answered_first("api.test", &addrs).iter())
+    fn last_octets(addrs: &[SocketAddr]) -> Vec<u8> {
+        addrs
+            .iter()
             .map(|a| match a.ip() {
                 IpAddr::V4(ip) => ip.octets()[3],
                 IpAddr::V6(_) => 0,
             })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn addresses_passed_over_go_last_for_a_while_the_others_keep_dns_order() {
+        let resolver = SharedResolver::default();
+        let addrs: Vec<SocketAddr> = (1..=4)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 0)))
             .collect();
-        assert_eq!(first, [3, 1, 2, 4]);
-        // Another host, or an address no longer in the answer: as is.
-        assert_eq!(resolver.answered_first("other.test", &addrs), addrs);
-        resolver.answered("api.test", IpAddr::from([10, 0, 0, 9]));
-        assert_eq!(resolver.answered_first("api.test", &addrs), addrs);
+        assert_eq!(
+            last_octets(&resolver.answered_first("api.test", &addrs)),
+            [1, 2, 3, 4]
+        );
+        // The connection reached .3: .1 and .2 (handed out before it) failed.
+        resolver.answered("api.test", IpAddr::from([10, 0, 0, 3]));
+        assert_eq!(
+            last_octets(&resolver.answered_first("api.test", &addrs)),
+            [3, 4, 1, 2]
+        );
+        // Reaching the first one handed out passes over none; DNS may rotate.
+        resolver.answered("api.test", IpAddr::from([10, 0, 0, 3]));
+        let rotated: Vec<SocketAddr> = [4, 3, 2, 1]
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 0)))
+            .into();
+        assert_eq!(
+            last_octets(&resolver.answered_first("api.test", &rotated)),
+            [4, 3, 2, 1]
+        );
+        assert_eq!(
+            last_octets(&resolver.answered_first("other.test", &addrs)),
+            [1, 2, 3, 4]
+        );
+        tokio::time::advance(FAILED_FOR).await;
+        assert_eq!(
+            last_octets(&resolver.answered_first("api.test", &addrs)),
+            [1, 2, 3, 4]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
