@@ -4,7 +4,9 @@
 //! acknowledgement, no close), as behind a dead NAT entry or a peer that
 //! hangs; connections opened later are relayed again. It counts the bytes
 //! it carried from the server ([`Relay::bytes_from_server`]): what the
-//! client has taken of the server's answers.
+//! client has taken of the server's answers. [`Relay::retarget`] sends the
+//! connections opened later to another server, as when an upstream's name
+//! starts to resolve to another address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ pub struct Relay {
     /// How many black holes were made: a connection opened before the
     /// latest one is silent.
     holes: watch::Sender<usize>,
+    /// Where connections accepted from now on are relayed.
+    target: watch::Sender<SocketAddr>,
     connections: Arc<AtomicUsize>,
     from_server: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -32,11 +36,12 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let addr = listener.local_addr().expect("local addr");
         let holes = watch::Sender::new(0);
+        let target = watch::Sender::new(target);
         let connections = Arc::new(AtomicUsize::new(0));
         let from_server = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(accept_loop(
             listener,
-            target,
+            target.subscribe(),
             holes.clone(),
             connections.clone(),
             from_server.clone(),
@@ -44,6 +49,7 @@ impl Relay {
         Relay {
             addr,
             holes,
+            target,
             connections,
             from_server,
             task,
@@ -65,6 +71,12 @@ impl Relay {
         self.from_server.load(Ordering::SeqCst)
     }
 
+    /// Relay the connections accepted from now on to `target`; those open
+    /// now stay with the server they reached.
+    pub fn retarget(&self, target: SocketAddr) {
+        self.target.send_replace(target);
+    }
+
     /// Silence every connection open now.
     pub fn black_hole(&self) {
         self.holes.send_modify(|holes| *holes += 1);
@@ -79,7 +91,7 @@ impl Drop for Relay {
 
 async fn accept_loop(
     listener: TcpListener,
-    target: SocketAddr,
+    target: watch::Receiver<SocketAddr>,
     holes: watch::Sender<usize>,
     connections: Arc<AtomicUsize>,
     from_server: Arc<AtomicUsize>,
@@ -93,6 +105,7 @@ async fn accept_loop(
                 let mut hole = holes.subscribe();
                 hole.mark_unchanged();
                 let from_server = from_server.clone();
+                let target = *target.borrow();
                 conns.spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));

@@ -1,0 +1,126 @@
+//! Upstream connections over their whole life, as cloud load balancers and
+//! API gateways treat them: the upstream's name starts to resolve to
+//! another address (a load balancer node retired, a failover) while
+//! sidekey's connections are kept busy and never idle out.
+//!
+//! The name change is a [`Relay`] retargeted to a second upstream: the
+//! connections opened after it reach the new server, those open before stay
+//! with the old one, as with a DNS change. Runs on the paused clock, so
+//! [`MAX_CONNECTION_AGE`] passes in virtual time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidekey::proxy::client::MAX_CONNECTION_AGE;
+use tokio::time::Instant;
+
+use crate::support::config::{TestConfig, route, static_token};
+use crate::support::proxy::{TestClient, TestProxy};
+use crate::support::relay::Relay;
+use crate::support::tls::TestPki;
+use crate::support::upstream::{Reply, Upstream, UpstreamOpts};
+
+/// Time between two requests of the steady traffic: well below the pool's
+/// idle timeout, so the connections never idle out.
+const EVERY: Duration = Duration::from_secs(10);
+
+/// How long the answer to `/slow` takes: a request still on the old
+/// connection when it is retired.
+const SLOW: Duration = Duration::from_secs(20);
+
+/// The old upstream (answers `/slow` after [`SLOW`]), the new one, the
+/// relay standing for the upstream's name (at the old one), and sidekey
+/// routed to the relay.
+async fn moving_upstream(http2: bool) -> (Upstream, Upstream, Relay, TestProxy) {
+    let pki = Arc::new(TestPki::new());
+    let opts = |pki: &Arc<TestPki>| {
+        let opts = UpstreamOpts::tls(pki);
+        if http2 { opts.http2() } else { opts }
+    };
+    let old = Upstream::start(opts(&pki).respond(|request| {
+        if request.path == "/slow" {
+            Reply::echo().delay(SLOW)
+        } else {
+            Reply::echo()
+        }
+    }))
+    .await;
+    let new = Upstream::start(opts(&pki)).await;
+    let relay = Relay::start(old.addr()).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&relay.https_url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    (old, new, relay, proxy)
+}
+
+/// Requests every [`EVERY`] until [`MAX_CONNECTION_AGE`] and a minute have
+/// passed since the upstream moved (all must be 200), with a [`SLOW`] one
+/// started just before the age is reached (it must finish, on the old
+/// upstream). `concurrent`: the others go on meanwhile (HTTP/2, one
+/// connection); else they wait for it, as an HTTP/1.1 request alongside
+/// would open a connection of its own. Returns how many requests were sent.
+async fn steady_traffic_across_the_move(
+    proxy: &TestProxy,
+    moved: Instant,
+    concurrent: bool,
+) -> usize {
+    let mut slow = None;
+    let mut sent = 0;
+    while moved.elapsed() < MAX_CONNECTION_AGE + Duration::from_secs(60) {
+        tokio::time::sleep(EVERY).await;
+        if slow.is_none() && moved.elapsed() + EVERY >= MAX_CONNECTION_AGE {
+            let (client, url) = (TestClient::new(), format!("{}/slow", proxy.route_url(0)));
+            let sending = tokio::spawn(async move { client.get(&url).await });
+            slow = Some(if concurrent {
+                sending
+            } else {
+                let answer = sending.await.unwrap();
+                tokio::spawn(async move { answer })
+            });
+        }
+        let r = proxy.get(&format!("/steady/{sent}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        sent += 1;
+    }
+    let slow = slow.expect("the slow request was sent").await.unwrap();
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    sent + 1
+}
+
+/// What both protocols must show: no request failed, the new upstream
+/// serves once the old connection aged, and the request in flight then
+/// finished on the old one.
+async fn connections_follow_the_move(http2: bool) {
+    let (old, new, relay, proxy) = moving_upstream(http2).await;
+    assert_eq!(proxy.get("/first").await.status, 200);
+    relay.retarget(new.addr());
+    let moved = Instant::now();
+
+    let sent = steady_traffic_across_the_move(&proxy, moved, http2).await;
+
+    assert_eq!(old.request_count() + new.request_count(), sent + 1);
+    assert!(
+        new.request_count() >= 4,
+        "{MAX_CONNECTION_AGE:?} and a minute after the upstream's address changed, the new \
+         address got {} of {sent} requests",
+        new.request_count()
+    );
+    assert!(old.paths().contains(&"/slow".to_owned()));
+    assert!(!new.paths().contains(&"/slow".to_owned()));
+    assert_eq!(old.connections(), 1, "one connection to the old address");
+    assert_eq!(new.connections(), 1, "one connection to the new address");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_busy_http2_connection_follows_an_address_change_within_its_max_age() {
+    connections_follow_the_move(true).await;
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_busy_http1_connection_follows_an_address_change_within_its_max_age() {
+    connections_follow_the_move(false).await;
+}
