@@ -33,7 +33,9 @@
 //! is sent again on another connection. Idle HTTP/1.1 connections are
 //! dropped after [`POOL_IDLE_TIMEOUT`], shorter than the idle timeouts of
 //! the servers and load balancers APIs usually sit behind, so that the
-//! proxy, not the upstream, usually closes an idle connection. No
+//! proxy, not the upstream, usually closes an idle connection; sooner when
+//! the upstream's first answer on it advertised a shorter keep-alive
+//! timeout (Node.js: 5 s; [`super::keep_alive`]). No
 //! connection takes new requests past [`MAX_CONNECTION_AGE`], so that a
 //! change of the upstream's address reaches connections that never idle. Every failed
 //! request carries the moment its connection was opened ([`Opened`]), so
@@ -70,6 +72,7 @@ use tracing::debug;
 
 use super::UpstreamBody;
 use super::h2_driver::ConnExecutor;
+use super::keep_alive;
 use super::resolve::SharedResolver;
 use super::unusable::{self, Unusable};
 use crate::tls::TlsError;
@@ -238,6 +241,9 @@ struct Http1Conn {
     /// tokio's clock (the same as `std`'s outside tests), so that the
     /// paused clock of tests moves it.
     used: tokio::time::Instant,
+    /// Not taken again once idle this long: [`POOL_IDLE_TIMEOUT`], or less
+    /// when the upstream advertised a shorter keep-alive ([`keep_alive`]).
+    idle_limit: Duration,
     /// Not taken again from this moment ([`MAX_CONNECTION_AGE`]).
     retire_at: tokio::time::Instant,
 }
@@ -402,20 +408,29 @@ impl UpstreamClient {
                                 to_origin_form(&mut request, host);
                                 sender.try_send_request(request)
                             });
-                            keep_http1(
-                                &mut lock(pool),
-                                &authority,
-                                Http1Conn {
-                                    sender,
-                                    opened,
-                                    used: now,
-                                    retire_at: now + MAX_CONNECTION_AGE,
-                                },
-                            );
+                            let mut conn = Http1Conn {
+                                sender,
+                                opened,
+                                used: now,
+                                idle_limit: POOL_IDLE_TIMEOUT,
+                                retire_at: now + MAX_CONNECTION_AGE,
+                            };
                             let Some(sending) = sending else {
+                                keep_http1(&mut lock(pool), &authority, conn);
                                 return Err(UpstreamError::NeedsHttp2);
                             };
-                            (sending.await, opened)
+                            // Kept once its first answer said how long the
+                            // upstream keeps it idle (busy until then).
+                            let result = sending.await;
+                            if let Some(limit) = result
+                                .as_ref()
+                                .ok()
+                                .and_then(|response| keep_alive::idle_limit(response.headers()))
+                            {
+                                conn.idle_limit = limit.min(POOL_IDLE_TIMEOUT);
+                            }
+                            keep_http1(&mut lock(pool), &authority, conn);
+                            (result, opened)
                         }
                         Fresh::Http2(mut sender, opened, _) => {
                             (sender.try_send_request(request).await, opened)
@@ -628,7 +643,7 @@ fn take_http1(pool: &mut Pool) -> Option<Http1Conn> {
     let now = tokio::time::Instant::now();
     let idle_too_long = |conn: &Http1Conn| {
         conn.sender.is_ready()
-            && (now.saturating_duration_since(conn.used) >= POOL_IDLE_TIMEOUT
+            && (now.saturating_duration_since(conn.used) >= conn.idle_limit
                 || now >= conn.retire_at)
     };
     if now.saturating_duration_since(pool.swept) >= SWEEP_EVERY {

@@ -124,3 +124,42 @@ async fn a_busy_http2_connection_follows_an_address_change_within_its_max_age() 
 async fn a_busy_http1_connection_follows_an_address_change_within_its_max_age() {
     connections_follow_the_move(false).await;
 }
+
+// ---- what the upstream says about its own keep-alive ----
+
+/// Node.js (5 s by default), Apache and many gateways tell how long they
+/// keep an idle connection (`Keep-Alive: timeout=N`) and close it then. A
+/// request sidekey sends on it as that close happens is lost with it; a
+/// POST cannot be sent again (sidekey cannot tell whether it was acted
+/// on), so the app would get a 502 for a request that never left.
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn the_keep_alive_timeout_the_upstream_advertises_is_honoured() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(
+        UpstreamOpts::tls(&pki)
+            .always(Reply::echo().header("keep-alive", "timeout=2"))
+            .drop_requests_after_idle(Duration::from_secs(2)),
+    )
+    .await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    let url = format!("{}/payments", proxy.route_url(0));
+
+    // Well within the advertised timeout: the connection is reused.
+    assert_eq!(proxy.get("/first").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.get("/second").await.status, 200);
+    assert_eq!(upstream.connections(), 1, "reused within the timeout");
+
+    // At the upstream's close: not on that connection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = proxy.client.post(&url, "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.dropped_requests(), 0, "no request met the close");
+    assert_eq!(upstream.connections(), 2);
+}
