@@ -163,3 +163,98 @@ async fn the_keep_alive_timeout_the_upstream_advertises_is_honoured() {
     assert_eq!(upstream.dropped_requests(), 0, "no request met the close");
     assert_eq!(upstream.connections(), 2);
 }
+
+/// A load balancer draining or rate-limiting connections answers
+/// `Connection: close` now and then: sidekey opens one connection per
+/// closing answer, no more, and no request fails.
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn connection_close_on_every_third_answer_costs_one_connection_each() {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki).respond(|request| {
+        if request.index % 3 == 2 {
+            Reply::echo().header("connection", "close")
+        } else {
+            Reply::echo()
+        }
+    }))
+    .await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    let url = format!("{}/orders", proxy.route_url(0));
+
+    for i in 0..30 {
+        let r = if i % 2 == 0 {
+            proxy.get(&format!("/n/{i}")).await
+        } else {
+            proxy.client.post(&url, "{}").await
+        };
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert!(
+            r.header("connection").is_none(),
+            "hop-by-hop, not passed on"
+        );
+    }
+    assert_eq!(upstream.request_count(), 30);
+    assert_eq!(
+        upstream.connections(),
+        10,
+        "30 requests, a close every third"
+    );
+}
+
+/// The upstream's certificate is replaced by one from a CA sidekey does not
+/// trust (a misconfigured rotation): connections opened before go on
+/// serving until they are retired, new ones fail verification with a 502
+/// that says so, and no request reaches the untrusted server.
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_certificate_from_another_ca_fails_new_connections_only() {
+    let pki = Arc::new(TestPki::new());
+    let old = Upstream::start(UpstreamOpts::tls(&pki).respond(|request| {
+        if request.path == "/slow" {
+            Reply::echo().delay(SLOW)
+        } else {
+            Reply::echo()
+        }
+    }))
+    .await;
+    let untrusted = Upstream::start(UpstreamOpts::tls(&Arc::new(TestPki::new()))).await;
+    let relay = Relay::start(old.addr()).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&relay.https_url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    assert_eq!(proxy.get("/first").await.status, 200);
+    relay.retarget(untrusted.addr());
+
+    // The pooled connection still serves.
+    assert_eq!(proxy.get("/pooled").await.status, 200);
+    // Busy with /slow, it cannot take /fresh: that one needs a connection.
+    let (client, slow_url) = (TestClient::new(), format!("{}/slow", proxy.route_url(0)));
+    let slow = tokio::spawn(async move { client.get(&slow_url).await });
+    old.wait_for_requests(3).await;
+    let fresh = proxy.get("/fresh").await;
+    assert_eq!(fresh.status, 502, "{}", fresh.text());
+    assert_eq!(fresh.sidekey_error(), Some("upstream_unreachable"));
+    assert!(
+        fresh.text().contains("certificate"),
+        "the 502 says why: {}",
+        fresh.text()
+    );
+    assert_eq!(slow.await.unwrap().status, 200);
+    assert_eq!(proxy.get("/pooled-again").await.status, 200);
+
+    // Retired at its age, the old connection gives way to failing ones.
+    tokio::time::sleep(MAX_CONNECTION_AGE).await;
+    assert_eq!(proxy.get("/aged").await.status, 502);
+    assert_eq!(untrusted.request_count(), 0);
+    assert_eq!(untrusted.connections(), 2, "/fresh and /aged tried it");
+    assert_eq!(old.connections(), 1);
+}
