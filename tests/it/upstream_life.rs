@@ -15,6 +15,7 @@ use sidekey::proxy::client::MAX_CONNECTION_AGE;
 use tokio::time::Instant;
 
 use crate::support::config::{TestConfig, route, static_token};
+use crate::support::h2_settings::{MAX_CONCURRENT_STREAMS, SettingsUpstream};
 use crate::support::proxy::{TestClient, TestProxy};
 use crate::support::relay::Relay;
 use crate::support::tls::TestPki;
@@ -257,4 +258,54 @@ async fn a_certificate_from_another_ca_fails_new_connections_only() {
     assert_eq!(untrusted.request_count(), 0);
     assert_eq!(untrusted.connections(), 2, "/fresh and /aged tried it");
     assert_eq!(old.connections(), 1);
+}
+
+// ---- HTTP/2 SETTINGS changed mid-connection ----
+
+/// An upstream under load says "no new streams for now"
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS` = 0) on a connection sidekey keeps:
+/// a request waits for it to open again, and goes when it does; if it
+/// never does, the request ends at its `request_timeout` (never hangs)
+/// and the connection is left for a new one. On the real clock, with short
+/// durations: on the paused one, the hand-driven upstream's frames did not
+/// reach sidekey before the clock jumped to the request's timeout.
+#[tokio::test]
+async fn an_http2_upstream_that_stops_taking_streams_mid_connection_never_hangs_a_request() {
+    let pki = TestPki::new();
+    let upstream = SettingsUpstream::start(&pki).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api").line(r#"request_timeout = "500ms""#))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+    let get = |path: &str| {
+        let (client, url) = (TestClient::new(), format!("{}{path}", proxy.route_url(0)));
+        tokio::spawn(async move { client.get(&url).await })
+    };
+    assert_eq!(proxy.get("/first").await.status, 200);
+
+    upstream.settings(&[(MAX_CONCURRENT_STREAMS, 0)]).await;
+    let queued = get("/queued");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.heads(), 1, "no stream opened while none may be");
+    upstream.settings(&[(MAX_CONCURRENT_STREAMS, 100)]).await;
+    let queued = queued.await.unwrap();
+    assert_eq!(queued.status, 200, "{}", queued.text());
+    assert_eq!(upstream.connections(), 1);
+
+    upstream.settings(&[(MAX_CONCURRENT_STREAMS, 0)]).await;
+    let started = Instant::now();
+    let stuck = proxy.get("/stuck").await;
+    assert_eq!(stuck.status, 504, "{}", stuck.text());
+    assert_eq!(stuck.sidekey_error(), Some("upstream_timeout"));
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let after = proxy.get("/after").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "a new connection after the timeout"
+    );
 }
