@@ -114,6 +114,14 @@ async fn connections_follow_the_move(http2: bool) {
     assert!(!new.paths().contains(&"/slow".to_owned()));
     assert_eq!(old.connections(), 1, "one connection to the old address");
     assert_eq!(new.connections(), 1, "one connection to the new address");
+    // Drained, the old connection is closed, not kept for ever.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while relay.open_connections() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the retired connection closes once its last request is done");
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]

@@ -26,6 +26,8 @@ pub struct Relay {
     /// Where connections accepted from now on are relayed.
     target: watch::Sender<SocketAddr>,
     connections: Arc<AtomicUsize>,
+    /// Connections relayed now (both sides still open).
+    open: Arc<AtomicUsize>,
     from_server: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -38,12 +40,14 @@ impl Relay {
         let holes = watch::Sender::new(0);
         let target = watch::Sender::new(target);
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let from_server = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(accept_loop(
             listener,
             target.subscribe(),
             holes.clone(),
             connections.clone(),
+            open.clone(),
             from_server.clone(),
         ));
         Relay {
@@ -51,6 +55,7 @@ impl Relay {
             holes,
             target,
             connections,
+            open,
             from_server,
             task,
         }
@@ -64,6 +69,12 @@ impl Relay {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections being relayed now: accepted, and not yet closed by
+    /// both sides (a silenced one counts as open).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Bytes carried from the server to the client so far, all connections.
@@ -94,6 +105,7 @@ async fn accept_loop(
     target: watch::Receiver<SocketAddr>,
     holes: watch::Sender<usize>,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     from_server: Arc<AtomicUsize>,
 ) {
     let mut conns = JoinSet::new();
@@ -102,11 +114,14 @@ async fn accept_loop(
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 connections.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let still_open = OpenGuard(open.clone());
                 let mut hole = holes.subscribe();
                 hole.mark_unchanged();
                 let from_server = from_server.clone();
                 let target = *target.borrow();
                 conns.spawn(async move {
+                    let _open = still_open;
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
                     let (mut client_read, mut client_write) = client.into_split();
@@ -128,6 +143,15 @@ async fn accept_loop(
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+/// Counts a relayed connection open until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
