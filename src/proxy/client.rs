@@ -93,8 +93,7 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// the upstream keeps it open. Requests on a retired connection finish
 /// there; it closes once they have. A few minutes, like the DNS TTLs of
 /// cloud load balancers (60 s) times a few, and nginx's `keepalive_time`
-/// idea; the cost is one handshake per connection per period. Each
-/// connection adds up to a tenth to it ([`connection_age`]).
+/// idea; the cost is one handshake per connection per period.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// How long an HTTP/2 connection with streams open may go without a byte
@@ -234,8 +233,6 @@ struct Pool {
     connecting: Option<watch::Receiver<()>>,
     swept: tokio::time::Instant,
     next_id: u64,
-    /// Connections opened so far: numbers them for [`connection_age`].
-    opened: u64,
 }
 
 struct Http1Conn {
@@ -247,7 +244,7 @@ struct Http1Conn {
     /// Not taken again once idle this long: [`POOL_IDLE_TIMEOUT`], or less
     /// when the upstream advertised a shorter keep-alive ([`keep_alive`]).
     idle_limit: Duration,
-    /// Not taken again from this moment ([`connection_age`]).
+    /// Not taken again from this moment ([`MAX_CONNECTION_AGE`]).
     retire_at: tokio::time::Instant,
 }
 
@@ -255,7 +252,7 @@ struct Http2Conn {
     sender: http2::SendRequest<UpstreamBody>,
     opened: Instant,
     id: u64,
-    /// Set by the connection's task at its [`connection_age`]: one atomic
+    /// Set by the connection's task at [`MAX_CONNECTION_AGE`]: one atomic
     /// load per request instead of a clock read.
     aged: Arc<AtomicBool>,
 }
@@ -305,7 +302,6 @@ pub fn upstream_client(
                 connecting: None,
                 swept: now,
                 next_id: 0,
-                opened: 0,
             })
         })
         .collect();
@@ -405,7 +401,7 @@ impl UpstreamClient {
                         Box::pin(self.connect(pool, &scheme, &authority, done.is_some())).await;
                     drop(done);
                     match connected? {
-                        Fresh::Http1(mut sender, host, opened, age) => {
+                        Fresh::Http1(mut sender, host, opened) => {
                             let now = tokio::time::Instant::now();
                             let needs_http2 = request.version() == Version::HTTP_2;
                             let sending = (!needs_http2).then(|| {
@@ -417,7 +413,7 @@ impl UpstreamClient {
                                 opened,
                                 used: now,
                                 idle_limit: POOL_IDLE_TIMEOUT,
-                                retire_at: now + age,
+                                retire_at: now + MAX_CONNECTION_AGE,
                             };
                             let Some(sending) = sending else {
                                 keep_http1(&mut lock(pool), &authority, conn);
@@ -473,12 +469,7 @@ impl UpstreamClient {
         authority: &Authority,
         waited_for: bool,
     ) -> Result<Fresh, UpstreamError> {
-        let age = {
-            let mut pool = lock(pool);
-            pool.opened += 1;
-            connection_age(pool.opened - 1)
-        };
-        let result = self.handshake(scheme, authority, age).await;
+        let result = self.handshake(scheme, authority).await;
         let mut pool = lock(pool);
         if waited_for {
             pool.connecting = None;
@@ -513,7 +504,6 @@ impl UpstreamClient {
         &self,
         scheme: &Scheme,
         authority: &Authority,
-        age: Duration,
     ) -> Result<Fresh, UpstreamError> {
         let uri = Uri::builder()
             .scheme(scheme.clone())
@@ -556,7 +546,7 @@ impl UpstreamClient {
             Executor::execute(&executor, async move {
                 tokio::select! {
                     _ = ending => {}
-                    () = tokio::time::sleep(age) => retire.store(true, Ordering::Relaxed),
+                    () = tokio::time::sleep(MAX_CONNECTION_AGE) => retire.store(true, Ordering::Relaxed),
                 }
             });
             Ok(Fresh::Http2(sender, opened, aged))
@@ -571,36 +561,15 @@ impl UpstreamClient {
                     debug!(error = %err, "upstream connection ended with an error");
                 }
             });
-            Ok(Fresh::Http1(
-                sender,
-                host_value(scheme, authority),
-                opened,
-                age,
-            ))
+            Ok(Fresh::Http1(sender, host_value(scheme, authority), opened))
         }
     }
 }
 
-/// A connection just opened (HTTP/1.1: with its [`connection_age`]).
+/// A connection just opened.
 enum Fresh {
-    Http1(
-        http1::SendRequest<UpstreamBody>,
-        HeaderValue,
-        Instant,
-        Duration,
-    ),
+    Http1(http1::SendRequest<UpstreamBody>, HeaderValue, Instant),
     Http2(http2::SendRequest<UpstreamBody>, Instant, Arc<AtomicBool>),
-}
-
-/// How long the `n`th connection of a pool (from 0) takes new requests:
-/// [`MAX_CONNECTION_AGE`] and up to a tenth more, spread over consecutive
-/// connections (the golden-ratio sequence), so that connections opened
-/// together (a burst of load) are not all replaced together, as gRPC's
-/// `MAX_CONNECTION_AGE` jitter does. The first gets exactly the constant.
-fn connection_age(n: u64) -> Duration {
-    let fraction = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
-    let fraction = u32::try_from(fraction).unwrap_or(0);
-    MAX_CONNECTION_AGE + MAX_CONNECTION_AGE / 10 * fraction / 1024
 }
 
 fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
@@ -835,27 +804,4 @@ fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
         cause = err.source();
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_ages_spread_over_a_tenth_above_the_constant() {
-        assert_eq!(connection_age(0), MAX_CONNECTION_AGE);
-        let ages: Vec<Duration> = (0..64).map(connection_age).collect();
-        let ceiling = MAX_CONNECTION_AGE + MAX_CONNECTION_AGE / 10;
-        assert!(
-            ages.iter()
-                .all(|age| (MAX_CONNECTION_AGE..ceiling).contains(age))
-        );
-        // Ten connections opened together leave over the whole tenth,
-        // never two in the same second.
-        let mut first_ten: Vec<u64> = ages[..10].iter().map(Duration::as_secs).collect();
-        first_ten.sort_unstable();
-        first_ten.dedup();
-        assert_eq!(first_ten.len(), 10, "{first_ten:?}");
-        assert!(first_ten[9] - first_ten[0] >= 25, "{first_ten:?}");
-    }
 }
