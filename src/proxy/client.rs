@@ -13,8 +13,9 @@
 //!   request while the others wait for it (ALPN of that first connection
 //!   decides between the two), and opened again once it closes or the
 //!   upstream says GOAWAY, stops answering its PINGs while streams are open
-//!   ([`H2_KEEP_ALIVE_INTERVAL`]), or leaves a request unanswered for its
-//!   `request_timeout` ([`UpstreamClient::retire_http2_after_timeout`]).
+//!   ([`H2_KEEP_ALIVE_INTERVAL`]), leaves a request unanswered for its
+//!   `request_timeout` ([`UpstreamClient::retire_http2_after_timeout`]), or
+//!   reaches [`MAX_CONNECTION_AGE`].
 //!   Requests beyond the upstream's stream limit queue on the connection
 //!   ([`H2_INITIAL_STREAMS`]). A response the app is slow to take waits in
 //!   sidekey only up to its stream's window ([`H2_STREAM_WINDOW`]), and
@@ -32,7 +33,11 @@
 //! is sent again on another connection. Idle HTTP/1.1 connections are
 //! dropped after [`POOL_IDLE_TIMEOUT`], shorter than the idle timeouts of
 //! the servers and load balancers APIs usually sit behind, so that the
-//! proxy, not the upstream, usually closes an idle connection. Every failed
+//! proxy, not the upstream, usually closes an idle connection; sooner when
+//! the upstream's first answer on it advertised a shorter keep-alive
+//! timeout (Node.js: 5 s; [`super::keep_alive`]). No
+//! connection takes new requests past [`MAX_CONNECTION_AGE`], so that a
+//! change of the upstream's address reaches connections that never idle. Every failed
 //! request carries the moment its connection was opened ([`Opened`]), so
 //! that `forward` can tell a connection taken from the pool from one opened
 //! for it, and sends a request again only after the former
@@ -45,7 +50,8 @@
 //! tower services; the list here is a few lines and does neither.
 
 use std::future::poll_fn;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
@@ -60,12 +66,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tower_service::Service;
 use tracing::debug;
 
 use super::UpstreamBody;
 use super::h2_driver::ConnExecutor;
+use super::keep_alive;
 use super::unusable::{self, Unusable};
 use crate::resolve::{RememberingConnector, SharedResolver};
 use crate::tls::TlsError;
@@ -76,6 +83,18 @@ use crate::tls::UpstreamTls;
 /// upstream can close it under a request. Upstreams with shorter keep-alive
 /// timeouts are covered by `forward`'s replay of idempotent requests.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection takes new requests. Past this age it is retired
+/// (HTTP/2: no new streams, HTTP/1.1: not taken again once idle) and the
+/// next request opens another, which looks the upstream's name up again:
+/// without it, a connection kept busy never idles out, and the one HTTP/2
+/// connection of a worker would stay pinned to an address that DNS no
+/// longer gives (a load balancer node retired, a failover) for as long as
+/// the upstream keeps it open. Requests on a retired connection finish
+/// there; it closes once they have. A few minutes, like the DNS TTLs of
+/// cloud load balancers (60 s) times a few, and nginx's `keepalive_time`
+/// idea; the cost is one handshake per connection per period.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// How long an HTTP/2 connection with streams open may go without a byte
 /// from the upstream before it is pinged to tell a dead peer from a quiet
@@ -215,20 +234,30 @@ struct Pool {
     /// Set while a request opens the connection the others wait for (the
     /// first one, and every HTTP/2 one); closed when it is done.
     connecting: Option<watch::Receiver<()>>,
-    swept: Instant,
+    swept: tokio::time::Instant,
     next_id: u64,
 }
 
 struct Http1Conn {
     sender: http1::SendRequest<UpstreamBody>,
     opened: Instant,
-    used: Instant,
+    /// tokio's clock (the same as `std`'s outside tests), so that the
+    /// paused clock of tests moves it.
+    used: tokio::time::Instant,
+    /// Not taken again once idle this long: [`POOL_IDLE_TIMEOUT`], or less
+    /// when the upstream advertised a shorter keep-alive ([`keep_alive`]).
+    idle_limit: Duration,
+    /// Not taken again from this moment ([`MAX_CONNECTION_AGE`]).
+    retire_at: tokio::time::Instant,
 }
 
 struct Http2Conn {
     sender: http2::SendRequest<UpstreamBody>,
     opened: Instant,
     id: u64,
+    /// Set by the connection's task at [`MAX_CONNECTION_AGE`]: one atomic
+    /// load per request instead of a clock read.
+    aged: Arc<AtomicBool>,
 }
 
 /// What a request does next, decided under the pool's lock.
@@ -269,7 +298,7 @@ pub fn upstream_client(
     let http = RememberingConnector::new(http, resolver);
     let connector = builder.enable_http1().enable_http2().wrap_connector(http);
 
-    let now = Instant::now();
+    let now = tokio::time::Instant::now();
     let pools = (0..options.workers.max(1))
         .map(|_| {
             Mutex::new(Pool {
@@ -350,7 +379,7 @@ impl UpstreamClient {
                     to_origin_form(&mut request, host);
                     let sending = conn.sender.try_send_request(request);
                     let opened = conn.opened;
-                    conn.used = Instant::now();
+                    conn.used = tokio::time::Instant::now();
                     lock(pool).http1.push(conn);
                     (sending.await, opened)
                 }
@@ -380,26 +409,37 @@ impl UpstreamClient {
                     drop(done);
                     match connected? {
                         Fresh::Http1(mut sender, host, opened) => {
+                            let now = tokio::time::Instant::now();
                             let needs_http2 = request.version() == Version::HTTP_2;
                             let sending = (!needs_http2).then(|| {
                                 to_origin_form(&mut request, host);
                                 sender.try_send_request(request)
                             });
-                            keep_http1(
-                                &mut lock(pool),
-                                &authority,
-                                Http1Conn {
-                                    sender,
-                                    opened,
-                                    used: Instant::now(),
-                                },
-                            );
+                            let mut conn = Http1Conn {
+                                sender,
+                                opened,
+                                used: now,
+                                idle_limit: POOL_IDLE_TIMEOUT,
+                                retire_at: now + MAX_CONNECTION_AGE,
+                            };
                             let Some(sending) = sending else {
+                                keep_http1(&mut lock(pool), &authority, conn);
                                 return Err(UpstreamError::NeedsHttp2);
                             };
-                            (sending.await, opened)
+                            // Kept once its first answer said how long the
+                            // upstream keeps it idle (busy until then).
+                            let result = sending.await;
+                            if let Some(limit) = result
+                                .as_ref()
+                                .ok()
+                                .and_then(|response| keep_alive::idle_limit(response.headers()))
+                            {
+                                conn.idle_limit = limit.min(POOL_IDLE_TIMEOUT);
+                            }
+                            keep_http1(&mut lock(pool), &authority, conn);
+                            (result, opened)
                         }
-                        Fresh::Http2(mut sender, opened) => {
+                        Fresh::Http2(mut sender, opened, _) => {
                             (sender.try_send_request(request).await, opened)
                         }
                     }
@@ -451,13 +491,14 @@ impl UpstreamClient {
         }
         match &connection {
             Fresh::Http1(..) => pool.protocol = Protocol::Http1,
-            Fresh::Http2(sender, opened) => {
+            Fresh::Http2(sender, opened, aged) => {
                 pool.protocol = Protocol::Http2;
                 pool.next_id += 1;
                 pool.http2 = Some(Http2Conn {
                     sender: sender.clone(),
                     opened: *opened,
                     id: pool.next_id,
+                    aged: Arc::clone(aged),
                 });
             }
         }
@@ -497,12 +538,25 @@ impl UpstreamClient {
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamError::Connect(e.into()))?;
+            let (ended, ending) = oneshot::channel::<()>();
             Executor::execute(&executor, async move {
+                let _ended = ended;
                 if let Err(err) = connection.await {
                     debug!(error = %err, "upstream HTTP/2 connection ended with an error");
                 }
             });
-            Ok(Fresh::Http2(sender, opened))
+            // A future of its own, not raced with the connection's: the
+            // driver polls only woken futures, so the requests do not poll
+            // this timer (that was +120 instructions per request).
+            let aged = Arc::new(AtomicBool::new(false));
+            let retire = Arc::clone(&aged);
+            Executor::execute(&executor, async move {
+                tokio::select! {
+                    _ = ending => {}
+                    () = tokio::time::sleep(MAX_CONNECTION_AGE) => retire.store(true, Ordering::Relaxed),
+                }
+            });
+            Ok(Fresh::Http2(sender, opened, aged))
         } else {
             let (sender, connection) = self
                 .http1
@@ -522,7 +576,7 @@ impl UpstreamClient {
 /// A connection just opened.
 enum Fresh {
     Http1(http1::SendRequest<UpstreamBody>, HeaderValue, Instant),
-    Http2(http2::SendRequest<UpstreamBody>, Instant),
+    Http2(http2::SendRequest<UpstreamBody>, Instant, Arc<AtomicBool>),
 }
 
 fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
@@ -554,7 +608,9 @@ fn take(pool: &mut Pool, scheme: &Scheme, authority: &Authority, waited: bool) -
     match pool.protocol {
         Protocol::Http2 => {
             if let Some(conn) = &pool.http2 {
-                if !conn.sender.is_closed() {
+                // Once aged, dropped here: its requests finish on it, and
+                // it closes when the last one has.
+                if !conn.sender.is_closed() && !conn.aged.load(Ordering::Relaxed) {
                     return Step::Http2(conn.sender.clone(), conn.opened, conn.id);
                 }
                 pool.http2 = None;
@@ -590,12 +646,15 @@ fn take(pool: &mut Pool, scheme: &Scheme, authority: &Authority, waited: bool) -
     Step::Connect(Some(done))
 }
 
-/// The most recently used HTTP/1.1 connection ready for a request; closed
-/// and long-idle ones are dropped on the way.
+/// The most recently used HTTP/1.1 connection ready for a request; closed,
+/// long-idle and aged ones ([`MAX_CONNECTION_AGE`]) are dropped on the way
+/// (an idle one closes then; a busy one is dropped once its answer is read).
 fn take_http1(pool: &mut Pool) -> Option<Http1Conn> {
-    let now = Instant::now();
+    let now = tokio::time::Instant::now();
     let idle_too_long = |conn: &Http1Conn| {
-        conn.sender.is_ready() && now.saturating_duration_since(conn.used) >= POOL_IDLE_TIMEOUT
+        conn.sender.is_ready()
+            && (now.saturating_duration_since(conn.used) >= conn.idle_limit
+                || now >= conn.retire_at)
     };
     if now.saturating_duration_since(pool.swept) >= SWEEP_EVERY {
         pool.swept = now;

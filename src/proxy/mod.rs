@@ -33,6 +33,7 @@ pub mod h2_driver;
 pub mod head;
 pub mod headers;
 pub mod hosts;
+pub mod keep_alive;
 pub mod linger;
 pub mod path;
 pub mod redirect;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
+use sidekey::proxy::client::MAX_CONNECTION_AGE;
 
 use crate::support::config::{TestConfig, route, static_token};
 use crate::support::h2_goaway::GoawayUpstream;
@@ -148,7 +149,11 @@ async fn an_idle_upstream_connection_is_not_pinged() {
 
     assert_eq!(proxy.get("/before").await.status, 200);
     let settled = relay.bytes_from_server();
-    tokio::time::sleep(Duration::from_secs(300)).await;
+    // Just under five minutes: below the connection's max age, so that
+    // `/after` finds it still in use.
+    let idle = Duration::from_secs(299);
+    assert!(idle < MAX_CONNECTION_AGE);
+    tokio::time::sleep(idle).await;
     assert_eq!(
         relay.bytes_from_server(),
         settled,

@@ -58,4 +58,5 @@ mod token_values;
 mod upstream_faults;
 mod upstream_framing;
 mod upstream_heads;
+mod upstream_life;
 mod workers;

@@ -4,7 +4,9 @@
 //! acknowledgement, no close), as behind a dead NAT entry or a peer that
 //! hangs; connections opened later are relayed again. It counts the bytes
 //! it carried from the server ([`Relay::bytes_from_server`]): what the
-//! client has taken of the server's answers.
+//! client has taken of the server's answers. [`Relay::retarget`] sends the
+//! connections opened later to another server, as when an upstream's name
+//! starts to resolve to another address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +23,11 @@ pub struct Relay {
     /// How many black holes were made: a connection opened before the
     /// latest one is silent.
     holes: watch::Sender<usize>,
+    /// Where connections accepted from now on are relayed.
+    target: watch::Sender<SocketAddr>,
     connections: Arc<AtomicUsize>,
+    /// Connections relayed now (both sides still open).
+    open: Arc<AtomicUsize>,
     from_server: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -32,19 +38,24 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let addr = listener.local_addr().expect("local addr");
         let holes = watch::Sender::new(0);
+        let target = watch::Sender::new(target);
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let from_server = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(accept_loop(
             listener,
-            target,
+            target.subscribe(),
             holes.clone(),
             connections.clone(),
+            open.clone(),
             from_server.clone(),
         ));
         Relay {
             addr,
             holes,
+            target,
             connections,
+            open,
             from_server,
             task,
         }
@@ -60,9 +71,21 @@ impl Relay {
         self.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections being relayed now: accepted, and not yet closed by
+    /// both sides (a silenced one counts as open).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     /// Bytes carried from the server to the client so far, all connections.
     pub fn bytes_from_server(&self) -> usize {
         self.from_server.load(Ordering::SeqCst)
+    }
+
+    /// Relay the connections accepted from now on to `target`; those open
+    /// now stay with the server they reached.
+    pub fn retarget(&self, target: SocketAddr) {
+        self.target.send_replace(target);
     }
 
     /// Silence every connection open now.
@@ -79,9 +102,10 @@ impl Drop for Relay {
 
 async fn accept_loop(
     listener: TcpListener,
-    target: SocketAddr,
+    target: watch::Receiver<SocketAddr>,
     holes: watch::Sender<usize>,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     from_server: Arc<AtomicUsize>,
 ) {
     let mut conns = JoinSet::new();
@@ -90,10 +114,14 @@ async fn accept_loop(
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 connections.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let still_open = OpenGuard(open.clone());
                 let mut hole = holes.subscribe();
                 hole.mark_unchanged();
                 let from_server = from_server.clone();
+                let target = *target.borrow();
                 conns.spawn(async move {
+                    let _open = still_open;
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
                     let (mut client_read, mut client_write) = client.into_split();
@@ -115,6 +143,15 @@ async fn accept_loop(
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+/// Counts a relayed connection open until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
