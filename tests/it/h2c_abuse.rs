@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::config::{TestConfig, route, static_token};
-use crate::support::h2_goaway::frame;
+use crate::support::h2_wire::frame;
 use crate::support::h2c::H2cConn;
 use crate::support::proxy::{TestProxy, body_empty, request_with};
 use crate::support::tls::TestPki;

@@ -13,20 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
+use tokio::task::JoinHandle;
 
+use super::h2_wire::{
+    ACK, CHUNK, END_STREAM_AND_HEADERS, GOAWAY, HEADERS, SETTINGS, STATUS_200, frame, listen,
+    start, take_frame,
+};
 use super::tls::TestPki;
 
-const PREFACE_LEN: usize = 24;
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const ACK: u8 = 0x1;
-const END_STREAM_AND_HEADERS: u8 = 0x5;
-/// HPACK: `:status: 200` from the static table.
-const STATUS_200: u8 = 0x88;
 /// How long the first connection stays open after its GOAWAY.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -41,31 +35,18 @@ pub struct GoawayUpstream {
 impl GoawayUpstream {
     /// Listen on `127.0.0.1:0` (ALPN `h2` only, the server certificate of `pki`).
     pub async fn start(pki: &TestPki, streams: usize) -> GoawayUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let acceptor = TlsAcceptor::from(Arc::new(pki.server_config(&[b"h2"])));
         let connections = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(AtomicUsize::new(0));
         let (count, seen) = (connections.clone(), heads.clone());
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((tcp, _)) = accepted else { continue };
-                        let first = count.fetch_add(1, Ordering::SeqCst) == 0;
-                        let (acceptor, seen) = (acceptor.clone(), seen.clone());
-                        conns.spawn(async move {
-                            if let Ok(tls) = acceptor.accept(tcp).await {
-                                let goaway_after = first.then_some(streams);
-                                let _ = serve(tls, goaway_after, &seen).await;
-                            }
-                        });
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
+        let (addr, task) = listen(pki, move |tls, number| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            async move {
+                let goaway_after = (number == 0).then_some(streams);
+                let _ = serve(tls, goaway_after, &seen).await;
             }
-        });
+        })
+        .await;
         GoawayUpstream {
             addr,
             connections,
@@ -96,15 +77,6 @@ impl Drop for GoawayUpstream {
     }
 }
 
-/// One HTTP/2 frame: its 9-byte header, then `payload`.
-pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len().to_be_bytes();
-    let mut frame = vec![len[5], len[6], len[7], kind, flags];
-    frame.extend_from_slice(&stream.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
 /// Serve one connection; with `goaway_after`, say GOAWAY once that many
 /// request heads came, answer the first and return.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -113,34 +85,20 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     heads: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    while buf.len() < PREFACE_LEN {
-        match io.read(&mut chunk).await? {
-            0 => return Ok(()),
-            n => buf.extend_from_slice(&chunk[..n]),
-        }
+    if !start(&mut io, &mut buf).await? {
+        return Ok(());
     }
-    buf.drain(..PREFACE_LEN);
-    // Empty SETTINGS: no stream limit.
-    io.write_all(&frame(SETTINGS, 0, 0, &[])).await?;
-    io.flush().await?;
+    let mut chunk = [0u8; CHUNK];
     let mut streams = Vec::new();
     loop {
-        while buf.len() >= 9 {
-            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-            if buf.len() < 9 + len {
-                break;
-            }
-            let (kind, flags) = (buf[3], buf[4]);
-            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-            if kind == SETTINGS && flags & ACK == 0 {
+        while let Some(head) = take_frame(&mut buf) {
+            if head.kind == SETTINGS && head.flags & ACK == 0 {
                 io.write_all(&frame(SETTINGS, ACK, 0, &[])).await?;
             }
-            if kind == HEADERS {
+            if head.kind == HEADERS {
                 heads.fetch_add(1, Ordering::SeqCst);
-                streams.push(id);
+                streams.push(head.stream);
             }
-            buf.drain(..9 + len);
         }
         match goaway_after {
             Some(count) if streams.len() >= count => {

@@ -13,21 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
+use tokio::task::JoinHandle;
 
-use super::h2_goaway::frame;
+use super::h2_wire::{
+    ACK, CHUNK, END_STREAM_AND_HEADERS, HEADERS, SETTINGS, STATUS_200, frame, listen, start,
+    take_frame,
+};
 use super::tls::TestPki;
-
-const PREFACE_LEN: usize = 24;
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const ACK: u8 = 0x1;
-const END_STREAM_AND_HEADERS: u8 = 0x5;
-/// HPACK: `:status: 200` from the static table.
-const STATUS_200: u8 = 0x88;
 
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 §6.5.2).
 pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -52,32 +45,19 @@ pub struct SettingsUpstream {
 impl SettingsUpstream {
     /// Listen on `127.0.0.1:0` (ALPN `h2` only, the server certificate of `pki`).
     pub async fn start(pki: &TestPki) -> SettingsUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let acceptor = TlsAcceptor::from(Arc::new(pki.server_config(&[b"h2"])));
         let counters = Arc::new(Counters::default());
         let settings = watch::Sender::new((0, Vec::new()));
         let (shared, changes) = (counters.clone(), settings.clone());
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((tcp, _)) = accepted else { continue };
-                        shared.connections.fetch_add(1, Ordering::SeqCst);
-                        let (acceptor, shared) = (acceptor.clone(), shared.clone());
-                        let mut changes = changes.subscribe();
-                        changes.mark_unchanged();
-                        conns.spawn(async move {
-                            if let Ok(tls) = acceptor.accept(tcp).await {
-                                let _ = serve(tls, changes, &shared).await;
-                            }
-                        });
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
+        let (addr, task) = listen(pki, move |tls, _| {
+            shared.connections.fetch_add(1, Ordering::SeqCst);
+            let shared = shared.clone();
+            let mut changes = changes.subscribe();
+            changes.mark_unchanged();
+            async move {
+                let _ = serve(tls, changes, &shared).await;
             }
-        });
+        })
+        .await;
         SettingsUpstream {
             addr,
             counters,
@@ -147,26 +127,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     counters: &Counters,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    while buf.len() < PREFACE_LEN {
-        match io.read(&mut chunk).await? {
-            0 => return Ok(()),
-            n => buf.extend_from_slice(&chunk[..n]),
-        }
+    if !start(&mut io, &mut buf).await? {
+        return Ok(());
     }
-    buf.drain(..PREFACE_LEN);
-    io.write_all(&frame(SETTINGS, 0, 0, &[])).await?;
-    io.flush().await?;
+    let mut chunk = [0u8; CHUNK];
     loop {
-        while buf.len() >= 9 {
-            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-            if buf.len() < 9 + len {
-                break;
-            }
-            let (kind, flags) = (buf[3], buf[4]);
-            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-            match kind {
-                SETTINGS if flags & ACK == 0 => {
+        while let Some(head) = take_frame(&mut buf) {
+            match head.kind {
+                SETTINGS if head.flags & ACK == 0 => {
                     io.write_all(&frame(SETTINGS, ACK, 0, &[])).await?;
                 }
                 SETTINGS => {
@@ -174,12 +142,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 HEADERS => {
                     counters.heads.fetch_add(1, Ordering::SeqCst);
-                    io.write_all(&frame(HEADERS, END_STREAM_AND_HEADERS, id, &[STATUS_200]))
-                        .await?;
+                    let answer = frame(HEADERS, END_STREAM_AND_HEADERS, head.stream, &[STATUS_200]);
+                    io.write_all(&answer).await?;
                 }
                 _ => {}
             }
-            buf.drain(..9 + len);
         }
         io.flush().await?;
         tokio::select! {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod grpc;
 pub mod h2_goaway;
 pub mod h2_settings;
+pub mod h2_wire;
 pub mod h2c;
 pub mod jose;
 pub mod logs;
