@@ -74,13 +74,11 @@ async fn read_to_close(app: &mut TcpStream, within: Duration) -> Option<u64> {
     .map(|()| total)
 }
 
-#[tokio::test]
-async fn an_app_that_reads_nothing_is_cut_off_and_its_upstream_stream_freed() {
-    let pki = Arc::new(TestPki::new());
-    // One stream at a time on the worker's one upstream connection: the
-    // stuck answer's stream is the only one there is.
-    let upstream = Upstream::start(
-        UpstreamOpts::tls(&pki)
+/// An HTTP/2 upstream taking one stream at a time, answering `/big` with
+/// an endless body and anything else with an echo.
+async fn one_stream_upstream(pki: &Arc<TestPki>) -> Upstream {
+    Upstream::start(
+        UpstreamOpts::tls(pki)
             .http2()
             .max_concurrent_streams(1)
             .respond(|seen| match seen.path.as_str() {
@@ -88,7 +86,15 @@ async fn an_app_that_reads_nothing_is_cut_off_and_its_upstream_stream_freed() {
                 _ => Reply::echo(),
             }),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn an_app_that_reads_nothing_is_cut_off_and_its_upstream_stream_freed() {
+    let pki = Arc::new(TestPki::new());
+    // One stream at a time on the worker's one upstream connection: the
+    // stuck answer's stream is the only one there is.
+    let upstream = one_stream_upstream(&pki).await;
     let proxy = proxy_to(&pki, &upstream.url()).await;
 
     // The app asks for the download and never reads a byte of it.
@@ -179,16 +185,7 @@ async fn a_slow_reader_that_keeps_taking_bytes_is_served_to_the_end() {
 #[tokio::test]
 async fn an_http2_stream_whose_answer_the_app_never_reads_is_reset() {
     let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(
-        UpstreamOpts::tls(&pki)
-            .http2()
-            .max_concurrent_streams(1)
-            .respond(|seen| match seen.path.as_str() {
-                "/big" => Reply::generated(ENDLESS),
-                _ => Reply::echo(),
-            }),
-    )
-    .await;
+    let upstream = one_stream_upstream(&pki).await;
     let proxy = proxy_to(&pki, &upstream.url()).await;
 
     // One h2c connection, as a gRPC channel, with room in its connection
@@ -362,16 +359,7 @@ impl tokio::io::AsyncWrite for StopsReading {
 #[tokio::test]
 async fn an_http2_app_that_stops_reading_its_connection_is_closed() {
     let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(
-        UpstreamOpts::tls(&pki)
-            .http2()
-            .max_concurrent_streams(1)
-            .respond(|seen| match seen.path.as_str() {
-                "/big" => Reply::generated(ENDLESS),
-                _ => Reply::echo(),
-            }),
-    )
-    .await;
+    let upstream = one_stream_upstream(&pki).await;
     let proxy = proxy_to(&pki, &upstream.url()).await;
 
     // Large windows: what holds the answer back is the app's socket.
