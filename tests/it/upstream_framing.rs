@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::support::config::{TestConfig, route, static_route_proxy, static_token};
+use crate::support::config::{static_route, static_route_proxy};
 use crate::support::proxy::{TestProxy, body_empty, count_body, request};
 use crate::support::raw::RawConn;
 use crate::support::tls::TestPki;
@@ -250,13 +250,7 @@ async fn a_content_length_list_reaches_the_app_as_one_length() {
 async fn tls_scene(steps: Vec<RawStep>) -> (Upstream, TestProxy) {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki).raw(steps)).await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
     (upstream, proxy)
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sidekey::proxy::client::MAX_CONNECTION_AGE;
 use tokio::time::Instant;
 
-use crate::support::config::{TestConfig, route, static_token};
+use crate::support::config::static_route;
 use crate::support::h2_settings::{MAX_CONCURRENT_STREAMS, SettingsUpstream};
 use crate::support::proxy::{TestClient, TestProxy};
 use crate::support::relay::Relay;
@@ -48,11 +48,8 @@ async fn moving_upstream(http2: bool) -> (Upstream, Upstream, Relay, TestProxy) 
     .await;
     let new = Upstream::start(opts(&pki)).await;
     let relay = Relay::start(old.addr()).await;
-    let proxy = TestConfig::new()
+    let proxy = static_route(&relay.https_url())
         .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&relay.https_url(), "api"))
-        .env("API_TOKEN", "tok-123")
         .start()
         .await;
     (old, new, relay, proxy)
@@ -150,13 +147,7 @@ async fn the_keep_alive_timeout_the_upstream_advertises_is_honoured() {
             .drop_requests_after_idle(Duration::from_secs(2)),
     )
     .await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
     let url = format!("{}/payments", proxy.route_url(0));
 
     // Well within the advertised timeout: the connection is reused.
@@ -187,13 +178,7 @@ async fn connection_close_on_every_third_answer_costs_one_connection_each() {
         }
     }))
     .await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
     let url = format!("{}/orders", proxy.route_url(0));
 
     for i in 0..30 {
@@ -233,11 +218,8 @@ async fn a_certificate_from_another_ca_fails_new_connections_only() {
     .await;
     let untrusted = Upstream::start(UpstreamOpts::tls(&Arc::new(TestPki::new()))).await;
     let relay = Relay::start(old.addr()).await;
-    let proxy = TestConfig::new()
+    let proxy = static_route(&relay.https_url())
         .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&relay.https_url(), "api"))
-        .env("API_TOKEN", "tok-123")
         .start()
         .await;
     assert_eq!(proxy.get("/first").await.status, 200);
@@ -281,11 +263,9 @@ async fn a_certificate_from_another_ca_fails_new_connections_only() {
 async fn an_http2_upstream_that_stops_taking_streams_mid_connection_never_hangs_a_request() {
     let pki = TestPki::new();
     let upstream = SettingsUpstream::start(&pki).await;
-    let proxy = TestConfig::new()
+    let proxy = static_route(&upstream.url())
         .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api").line(r#"request_timeout = "500ms""#))
-        .env("API_TOKEN", "tok-123")
+        .line("[[routes]]", r#"request_timeout = "500ms""#)
         .start()
         .await;
     let get = |path: &str| {

@@ -129,12 +129,16 @@ pub fn oauth2(name: &str, token_url: &str) -> Table {
 /// Credential `api`, a static token (`tok-123`), and one route with it to
 /// `upstream`, started.
 pub async fn static_route_proxy(upstream: &str) -> TestProxy {
+    static_route(upstream).start().await
+}
+
+/// Credential `api`, a static token (`tok-123`), and one route with it to
+/// `upstream`: add to it (`.trusting(&pki)`, lines), then start it.
+pub fn static_route(upstream: &str) -> TestConfig {
     TestConfig::new()
         .with(static_token("api", "API_TOKEN"))
         .with(route(upstream, "api"))
         .env("API_TOKEN", "tok-123")
-        .start()
-        .await
 }
 
 /// Credential `api` of type oauth2 against `token_url` (client `client`,
