@@ -32,6 +32,18 @@ fn config(pki: &TestPki, token: &OAuthServer, upstream: &Upstream) -> TestConfig
         .env("CLIENT_SECRET", "test-client-secret")
 }
 
+/// A PKI, an upstream and a token endpoint whose tokens live `expires_in` s.
+async fn scene(expires_in: u64) -> (Arc<TestPki>, Upstream, OAuthServer) {
+    let pki = Arc::new(TestPki::new());
+    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
+    let behaviour = OAuthBehaviour {
+        expires_in: Some(json!(expires_in)),
+        ..OAuthBehaviour::default()
+    };
+    let token = OAuthServer::start_tls(behaviour, &pki).await;
+    (pki, upstream, token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_requests_at_startup_share_one_token_request() {
     let pki = Arc::new(TestPki::new());
@@ -97,16 +109,7 @@ async fn wait_for_status(proxy: &TestProxy, status: u16, within: Duration) -> se
 // every request still crosses the real proxy, upstream and token endpoint.
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn outage_serves_the_old_token_until_expiry_then_503_then_recovers() {
-    let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let token = OAuthServer::start_tls(
-        OAuthBehaviour {
-            expires_in: Some(json!(3)),
-            ..OAuthBehaviour::default()
-        },
-        &pki,
-    )
-    .await;
+    let (pki, upstream, token) = scene(3).await;
     let proxy = config(&pki, &token, &upstream).start().await;
     assert_eq!(proxy.get("/before").await.status, 200);
     let obtained = tokio::time::Instant::now();
@@ -224,16 +227,7 @@ fn suspend(proxy: &TestProxy, by: Duration) {
 
 #[tokio::test]
 async fn a_token_a_suspend_outlived_is_never_sent_and_is_renewed_at_once() {
-    let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let token = OAuthServer::start_tls(
-        OAuthBehaviour {
-            expires_in: Some(json!(3600)),
-            ..OAuthBehaviour::default()
-        },
-        &pki,
-    )
-    .await;
+    let (pki, upstream, token) = scene(3600).await;
     let proxy = config(&pki, &token, &upstream).start().await;
     assert_eq!(proxy.get("/before").await.status, 200);
     let before = token.last_token().unwrap();
@@ -271,16 +265,7 @@ async fn a_token_a_suspend_outlived_is_never_sent_and_is_renewed_at_once() {
 // backoff pass in virtual time.
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
 async fn after_a_suspend_a_token_endpoint_outage_gives_503s_not_the_old_token_nor_a_storm() {
-    let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
-    let token = OAuthServer::start_tls(
-        OAuthBehaviour {
-            expires_in: Some(json!(3600)),
-            ..OAuthBehaviour::default()
-        },
-        &pki,
-    )
-    .await;
+    let (pki, upstream, token) = scene(3600).await;
     let proxy = Arc::new(config(&pki, &token, &upstream).start().await);
     assert_eq!(proxy.get("/before").await.status, 200);
 
