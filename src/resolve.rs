@@ -12,7 +12,8 @@
 //! DNS changes are seen as soon as without it.
 //!
 //! A connection waits for an answer at most [`SharedResolver::answer_within`]
-//! (a route's `connect_timeout`): a DNS server that does not answer made the
+//! (a route's `connect_timeout`, at least 6 s: see
+//! `proxy::client::LOOKUP_AT_LEAST`): a DNS server that does not answer made the
 //! app wait out glibc's timeouts (10 s by default, 40 s with Kubernetes'
 //! `ndots:5` search list) whatever `connect_timeout` said. Errors name the
 //! host and say which happened: "no answer within 5s" (a DNS server that
@@ -352,6 +353,33 @@ mod tests {
         assert_eq!(
             last_octets(&resolver.answered_first("api.test", &addrs)),
             [1, 2, 3, 4]
+        );
+    }
+
+    fn hangs(_: &str) -> io::Result<Vec<SocketAddr>> {
+        std::thread::sleep(Duration::from_millis(500));
+        Err(io::Error::other("Temporary failure in name resolution"))
+    }
+
+    #[tokio::test]
+    async fn a_connection_waits_for_an_answer_at_most_its_limit_and_says_so() {
+        let mut resolver =
+            SharedResolver::with_lookup(hangs).answer_within(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let err = resolver
+            .call("api.test".parse::<Name>().unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            err.to_string()
+                .contains("looking up api.test: no answer within 100ms"),
+            "{err}"
         );
     }
 

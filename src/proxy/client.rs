@@ -84,6 +84,18 @@ use crate::tls::UpstreamTls;
 /// timeouts are covered by `forward`'s replay of idempotent requests.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The least time a connection waits for its name lookup, whatever
+/// `connect_timeout` says: glibc sends a lost DNS query again only after
+/// its `timeout` (5 s by default; Kubernetes' conntrack race loses one now
+/// and then), so a shorter wait turns every lost packet into a failure
+/// that one more second would have answered.
+pub const LOOKUP_AT_LEAST: Duration = Duration::from_secs(6);
+
+/// How long a connection waits for its name lookup.
+fn lookup_limit(connect_timeout: Duration) -> Duration {
+    connect_timeout.max(LOOKUP_AT_LEAST)
+}
+
 /// How long a connection takes new requests. Past this age it is retired
 /// (HTTP/2: no new streams, HTTP/1.1: not taken again once idle) and the
 /// next request opens another, which looks the upstream's name up again:
@@ -274,9 +286,10 @@ pub fn upstream_client(
     tls_config: ClientConfig,
     options: ClientOptions<'_>,
 ) -> Result<UpstreamClient, TlsError> {
-    // The lookup is bounded by connect_timeout too, then the connect.
+    // The lookup is bounded by connect_timeout too (but never below
+    // LOOKUP_AT_LEAST), then the connect.
     let resolver = options.resolver.cloned().unwrap_or_default();
-    let resolver = resolver.answer_within(options.connect_timeout);
+    let resolver = resolver.answer_within(lookup_limit(options.connect_timeout));
     let mut http = HttpConnector::new_with_resolver(resolver.clone());
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -811,4 +824,19 @@ fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
         cause = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lookup_may_take_connect_timeout_but_never_less_than_a_resolver_retry() {
+        assert_eq!(lookup_limit(Duration::from_millis(300)), LOOKUP_AT_LEAST);
+        assert_eq!(lookup_limit(Duration::from_secs(5)), Duration::from_secs(6));
+        assert_eq!(
+            lookup_limit(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+    }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::{Either, Full};
 use sidekey::credential::token_client::TokenClient;
-use sidekey::proxy::client::{ClientOptions, upstream_client};
+use sidekey::proxy::client::{ClientOptions, LOOKUP_AT_LEAST, upstream_client};
 use sidekey::resolve::SharedResolver;
 
 use crate::support::tls::TestPki;
@@ -56,26 +56,26 @@ async fn get_error(
     let request = Request::get(url)
         .body(Either::Right(Full::new(Bytes::new())))
         .expect("request");
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let err = client.request(request).await.expect_err("no upstream");
     (sidekey::error_chain::error_chain(&err), started.elapsed())
 }
 
 #[tokio::test]
-async fn an_upstream_lookup_that_hangs_ends_at_connect_timeout_and_says_so() {
-    let (message, took) = get_error(
-        hangs,
-        Duration::from_millis(300),
-        "https://api.example.test/v1",
-    )
-    .await;
+async fn an_upstream_lookup_slower_than_connect_timeout_gets_a_resolver_retrys_time_and_is_named() {
+    // A lookup is never cut before LOOKUP_AT_LEAST (6 s: glibc sends a lost
+    // query again after 5 s), however short connect_timeout is; the
+    // lookup's error names the host. (The limit itself is unit-tested in
+    // resolve.rs and proxy/client.rs: a test here would wait 6 s.)
+    let url = "https://api.example.test/v1";
+    let (message, took) = get_error(hangs, Duration::from_millis(300), url).await;
     assert!(
-        took < Duration::from_millis(1500),
-        "connect_timeout bounds the lookup too: {took:?} ({message})"
+        took >= HANG && took < LOOKUP_AT_LEAST,
+        "{took:?} ({message})"
     );
     assert!(
-        message.contains("looking up api.example.test") && message.contains("no answer"),
-        "the message says the lookup hung: {message}"
+        message.contains("looking up api.example.test: Temporary failure"),
+        "the message names the host and the resolver's answer: {message}"
     );
 }
 
