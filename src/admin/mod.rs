@@ -16,7 +16,8 @@
 //! The listener is capped ([`crate::config::ConnLimits::ADMIN`]: 16
 //! connections, 8 KiB request heads, 10 s idle timeout), so idle or slow
 //! admin clients can neither exhaust file descriptors nor crowd out the
-//! proxy; at the cap new connections wait in the listen backlog.
+//! proxy; at the cap a new connection closes the oldest one
+//! ([`listener::serve`]), so a probe is answered at once.
 
 pub mod exposition;
 pub mod listener;
