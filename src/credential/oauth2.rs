@@ -33,8 +33,9 @@
 //! retry, not "no lifetime"); without it, the `exp` claim of a JWT access
 //! token (payload decoded, the signature is not checked: only the issuer's
 //! word on its own token's expiry is read) relative to the system clock —
-//! or, when the JWT's `iat` lies more than [`CLOCK_TOLERANCE`] from that
-//! clock (a box started before NTP set it, years off), `exp - iat`, the
+//! or, when the JWT's `iat` lies more than [`CLOCK_TOLERANCE`] ahead of that
+//! clock or its `exp` has passed on it (a box started before NTP set it,
+//! years off), `exp - iat`, the
 //! lifetime the issuer gave it, with a warning that the clock looks wrong;
 //! without `exp`, `default_ttl`. Lifetimes are clamped to a year.
 //!
@@ -286,14 +287,17 @@ fn jwt_iat(token: &str) -> Option<f64> {
 }
 
 /// A JWT access token's lifetime from its `exp` (and `iat`), at `now` on
-/// the system clock. A token just issued whose `iat` is far from `now`
-/// tells that one of the clocks is wrong: counted from `now`, a 15-minute
-/// token would be served for a year (clock behind) or refused as expired
-/// (clock ahead); its lifetime is then `exp - iat`.
+/// the system clock. A token issued ahead of this clock (`iat` later than
+/// `now` by more than [`CLOCK_TOLERANCE`]) or already past its `exp` tells
+/// that the clock is wrong: counted from `now`, a 15-minute token would be
+/// served for a year (clock behind) or refused as expired (clock ahead);
+/// its lifetime is then `exp - iat`. A token issued a while ago and not yet
+/// expired (an issuer handing out the token it issued earlier) is counted
+/// from `now`: `exp - iat` would outlive it.
 fn jwt_lifetime(exp: f64, iat: Option<f64>, now: f64) -> Result<Duration, FetchError> {
     let off = iat
         .filter(|&iat| iat < exp)
-        .filter(|&iat| (now - iat).abs() > CLOCK_TOLERANCE.as_secs_f64());
+        .filter(|&iat| iat - now > CLOCK_TOLERANCE.as_secs_f64() || now >= exp);
     if let Some(iat) = off {
         let lifetime = lifetime_until(exp, iat)
             .ok_or_else(|| transient("the access token's exp is not after its iat".to_owned()))?;
@@ -352,6 +356,26 @@ mod tests {
         assert_eq!(jwt_exp(&jwt(json!({"sub": "x"}))), None);
         assert_eq!(jwt_exp("not-a-jwt"), None);
         assert_eq!(jwt_exp("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn a_jwt_lifetime_is_exp_minus_iat_only_when_the_clock_is_plainly_wrong() {
+        let now = 1_000_000.0;
+        let secs = |lifetime: Result<Duration, FetchError>| lifetime.unwrap().as_secs();
+        // Issued 30 min ago, 30 min left (an issuer handing out the token
+        // it issued earlier): counted from now, never exp - iat.
+        assert_eq!(
+            secs(jwt_lifetime(now + 1800.0, Some(now - 1800.0), now)),
+            1800
+        );
+        // Issued years ahead of this clock (the clock is behind).
+        let iat = now + 4.0 * 31_536_000.0;
+        assert_eq!(secs(jwt_lifetime(iat + 900.0, Some(iat), now)), 900);
+        // Already past its exp on this clock (the clock is ahead).
+        let iat = now - 4.0 * 31_536_000.0;
+        assert_eq!(secs(jwt_lifetime(iat + 900.0, Some(iat), now)), 900);
+        // Within the tolerance: counted from now.
+        assert_eq!(secs(jwt_lifetime(now + 900.0, Some(now + 30.0), now)), 900);
     }
 
     #[test]
