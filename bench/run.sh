@@ -12,7 +12,9 @@
 # (100), BENCH_TOKEN_TTL (2, seconds), BENCH_PLOT (bench/latest.png),
 # BENCH_SKIP_BUILD=1 (use an existing target/dist/sidekey; with `allocators`
 # it stands in for all three: a dry run of the mechanics),
-# BENCH_SPIKE_N (5000) and BENCH_BUILD_TIMES (1) for `allocators`.
+# BENCH_SPIKE_N (5000) and BENCH_BUILD_TIMES (1) for `allocators`,
+# BENCH_PGO=0 (compare: a plain dist build instead of the profile-guided one
+# that ships; `allocators` always builds plain).
 set -euo pipefail
 
 # The exact command, for the report (before the script sets anything).
@@ -137,10 +139,20 @@ elif [[ $MODE == allocators ]]; then
         ALLOC_BUILD_S[$v]=$(awk -v a="$with_sys" -v b="$without_sys" 'BEGIN{printf "%.0f", a-b}')
         log "$v: ${with_sys}s with ${ALLOC_SYS[$v]} rebuilt, ${without_sys}s without"
     done
-elif [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    log "cargo build --profile dist"
+elif [[ ${BENCH_SKIP_BUILD:-0} != 1 && ${BENCH_PGO:-1} == 0 ]]; then
+    log "cargo build --profile dist (BENCH_PGO=0: without the profile)"
     (cd "$ROOT" && cargo build --profile dist --quiet --bin sidekey)
+elif [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    # What ships (deploy/Dockerfile): the dist profile, guided by the profile
+    # bench/pgo.sh records from an instrumented build.
+    bash "$ROOT/bench/pgo.sh" "$TARGET_DIR/pgo/sidekey.profdata"
+    log "cargo build --profile dist, profile-guided"
+    (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$TARGET_DIR/pgo/sidekey.profdata" \
+        cargo build --profile dist --quiet --bin sidekey)
 fi
+BUILD_KIND="profile-guided dist build (bench/pgo.sh)"
+[[ $MODE == allocators || ${BENCH_PGO:-1} == 0 ]] && BUILD_KIND="dist build without a profile"
+[[ ${BENCH_SKIP_BUILD:-0} == 1 ]] && BUILD_KIND="existing target/dist/sidekey (BENCH_SKIP_BUILD=1)"
 [[ -x $SIDEKEY ]] || die "$SIDEKEY not found"
 
 # --------------------------------------------------------------- ports ----
@@ -799,7 +811,8 @@ REPORT=$(
 machine   : $(machine_line)
 command   : $COMMAND
 load avg  : $LOAD_START at the start of the wrk runs, $LOAD_END at the end; CPU steal during them: $STEAL
-sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev), default settings ($SK_THREADS threads at idle), one process per upstream port
+sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev), $BUILD_KIND, default settings ($SK_THREADS threads at idle),
+            one process per upstream port
 tools     : $(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'), $(openssl version | cut -d' ' -f1-2)
 upstream  : nginx, 1 worker, HTTPS (TLS 1.3, ECDSA P-256) on loopback; GET answers 200 with 1 KiB of JSON,
             401 without a right bearer token; HTTP/1.1 port, and an ALPN h2 port for "HTTP/2"

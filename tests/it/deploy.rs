@@ -835,6 +835,66 @@ fn dockerfile_final_stage_runs_sidekey_as_non_root() {
     }
 }
 
+#[test]
+fn dockerfile_builder_has_what_the_profile_guided_build_needs() {
+    let instructions = dockerfile_instructions(&read(DOCKERFILE));
+    let runs: Vec<&str> = instructions
+        .iter()
+        .filter(|(k, _)| k == "RUN")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    // Every tool bench/pgo.sh checks for is installed (cargo and rustc come
+    // with the rust image), and so is llvm-profdata's component.
+    let script = read("bench/pgo.sh");
+    let tools = script
+        .lines()
+        .find_map(|l| l.strip_prefix("for tool in "))
+        .and_then(|l| l.strip_suffix("; do"))
+        .expect("bench/pgo.sh lists the tools it needs");
+    let install = runs
+        .iter()
+        .find(|a| a.contains("apt-get install"))
+        .expect("the builder installs packages");
+    for tool in tools.split_whitespace() {
+        if !["cargo", "rustc"].contains(&tool) {
+            assert!(
+                install.split_whitespace().any(|w| w == tool),
+                "{tool} is not installed"
+            );
+        }
+    }
+    assert!(
+        runs.iter()
+            .any(|a| a.contains("rustup component add llvm-tools"))
+    );
+    // The script is in the build context and the image, and the dist build
+    // uses the profile it writes.
+    assert!(
+        read("deploy/Dockerfile.dockerignore")
+            .lines()
+            .any(|l| l == "!bench/pgo.sh")
+    );
+    assert!(
+        instructions
+            .iter()
+            .any(|(k, a)| k == "COPY" && a.starts_with("bench/pgo.sh "))
+    );
+    let build = runs
+        .iter()
+        .find(|a| a.contains("cargo build --profile dist"))
+        .expect("a dist build");
+    let words: Vec<&str> = build.split_whitespace().collect();
+    let profile = words
+        .windows(3)
+        .find(|w| w[..2] == ["bash", "bench/pgo.sh"])
+        .map(|w| w[2])
+        .expect("the build runs bench/pgo.sh with a profile path");
+    assert!(
+        build.contains(&format!("-Cprofile-use={profile}")),
+        "the dist build does not use {profile}"
+    );
+}
+
 /// The shell command starting with `prefix` in `text` (a Dockerfile's
 /// comments or a README block): `#` comment markers dropped, continuation
 /// lines joined, split into words (double quotes group, `$PWD` stays as is).
