@@ -49,7 +49,6 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::balance::{Arrived, Balance, Open, Place, Share};
 use crate::config::ConnLimits;
 use crate::idle::{IdleClock, IdleRead, RestartsIdle};
 use crate::metrics::Metrics;
@@ -109,8 +108,6 @@ pub type TlsSlot = Arc<ArcSwapOption<ServerConfig>>;
 /// Serve a proxy listener's connections until `shutdown` turns true (or its
 /// sender goes away), then close the socket and let the open connections
 /// finish (the caller bounds how long: dropping this future closes them).
-/// With a `share`, this is one worker's socket of a listen address, and
-/// connections are spread evenly over its workers ([`crate::balance`]).
 pub async fn serve_proxy_listener(
     listener: TcpListener,
     tls: TlsSlot,
@@ -118,7 +115,6 @@ pub async fn serve_proxy_listener(
     metrics: Metrics,
     policy: ProxyPolicy,
     mut shutdown: watch::Receiver<bool>,
-    share: Option<Share<Slot>>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut listener = Listener::new(listener, policy.gate.clone());
@@ -126,106 +122,33 @@ pub async fn serve_proxy_listener(
     let mut connections = JoinSet::new();
     // Each connection's own view of the drain signal (HTTP/2 says GOAWAY).
     let drain = shutdown.clone();
-    let (balance, mut handed) = match share {
-        Some(share) => (Some((share.balance, share.worker)), Some(share.handed)),
-        None => (None, None),
-    };
-    let mut serve = |stream: TcpStream, peer: SocketAddr, slot: Slot, open: Option<Open>| {
-        let watcher = graceful.watcher();
-        let acceptor = tls.load_full().map(TlsAcceptor::from);
-        let app = App {
-            dispatch: dispatch.clone(),
-            metrics: metrics.clone(),
-            limits: policy.limits,
-            shutdown: drain.clone(),
-        };
-        // Finished connections are let go of here, not in the select
-        // below: `accept` is not to be cancelled once it accepted.
-        while connections.try_join_next().is_some() {}
-        connections.spawn(async move {
-            serve_proxy_connection(stream, peer, acceptor, app, watcher).await;
-            drop((slot, open));
-        });
-    };
     loop {
         tokio::select! {
             (stream, peer, slot) = listener.accept() => {
                 let _ = stream.set_nodelay(true);
                 crate::send_timeout::limit_unsent(&stream);
-                let Some((balance, worker)) = &balance else {
-                    serve(stream, peer, slot, None);
-                    continue;
+                let watcher = graceful.watcher();
+                let acceptor = tls.load_full().map(TlsAcceptor::from);
+                let app = App {
+                    dispatch: dispatch.clone(),
+                    metrics: metrics.clone(),
+                    limits: policy.limits,
+                    shutdown: drain.clone(),
                 };
-                match balance.place(*worker) {
-                    Place::Here(open) => serve(stream, peer, slot, Some(open)),
-                    Place::There(to, open) => {
-                        if let Some((stream, slot, open)) =
-                            hand_over(balance, to, stream, peer, slot, open, *worker)
-                        {
-                            serve(stream, peer, slot, Some(open));
-                        }
-                    }
-                }
+                // Finished connections are let go of here, not in this
+                // select: `accept` is not to be cancelled once it accepted.
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
+                    serve_proxy_connection(stream, peer, acceptor, app, watcher).await;
+                    drop(slot);
+                });
             }
-            Some(arrived) = async {
-                match handed.as_mut() {
-                    Some(handed) => handed.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => match TcpStream::from_std(arrived.stream) {
-                Ok(stream) => serve(stream, arrived.peer, arrived.held, Some(arrived.open)),
-                Err(err) => warn!(error = %err, "cannot serve a connection handed over by another worker"),
-            },
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
     drop(listener);
-    // What other workers handed over before they saw the drain is served
-    // (and drained) like the rest; from now on they keep what they accept.
-    if let Some(mut handed) = handed {
-        handed.close();
-        while let Ok(arrived) = handed.try_recv() {
-            if let Ok(stream) = TcpStream::from_std(arrived.stream) {
-                serve(stream, arrived.peer, arrived.held, Some(arrived.open));
-            }
-        }
-    }
     graceful.shutdown().await;
     while connections.join_next().await.is_some() {}
-}
-
-/// Hand a connection accepted here to worker `to`. It comes back, counted
-/// here, when that worker has stopped taking connections; `None`: handed
-/// over, or closed because its socket could not leave this runtime.
-fn hand_over(
-    balance: &Balance<Slot>,
-    to: usize,
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: Slot,
-    open: Open,
-    here: usize,
-) -> Option<(TcpStream, Slot, Open)> {
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
-        Err(err) => {
-            debug!(%peer, error = %err, "cannot hand a connection over; dropping it");
-            return None;
-        }
-    };
-    let arrived = Arrived {
-        stream,
-        peer,
-        held: slot,
-        open,
-    };
-    let back = balance.hand_over(to, arrived).err()?;
-    let Arrived {
-        stream, held, open, ..
-    } = *back;
-    TcpStream::from_std(stream)
-        .ok()
-        .map(|stream| (stream, held, open.move_to(here)))
 }
 
 /// What one app connection of a proxy listener is served with.

@@ -35,7 +35,6 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod balance;
 pub mod cache;
 pub mod cert_errors;
 pub mod cli;

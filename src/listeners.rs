@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::balance::Balance;
 use crate::conn::{self, ProxyPolicy, TlsSlot};
 use crate::metrics::Metrics;
 use crate::preflight::Checked;
@@ -284,22 +283,15 @@ impl ProxyListeners {
         running: &Running,
         stopping: &Stopping,
     ) {
-        // Several workers' sockets: their connections are spread evenly.
-        let mut shares = match sockets.len() {
-            0 | 1 => Vec::new(),
-            count => Balance::shares(count),
-        }
-        .into_iter();
         for (index, socket) in sockets.into_iter().enumerate() {
             let (tls, dispatch) = (running.tls.clone(), running.dispatch.clone());
             let (metrics, policy) = (self.metrics.clone(), self.policy.clone());
             let stopping = stopping.clone();
-            let share = shares.next();
             let listening = move || -> std::io::Result<workers::Listening> {
                 let listener = TcpListener::from_std(socket)?;
                 let drain = stopping.drain();
                 Ok(Box::pin(stopping.guard(conn::serve_proxy_listener(
-                    listener, tls, dispatch, metrics, policy, drain, share,
+                    listener, tls, dispatch, metrics, policy, drain,
                 ))))
             };
             match &self.workers {

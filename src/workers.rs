@@ -6,8 +6,7 @@
 //! - [`bind`]: the sockets of one listen address, one per worker, bound at
 //!   start (or by the reload that adds the address) with `SO_REUSEPORT` (when there is more than one) on the same
 //!   address; Linux spreads incoming connections over them by a hash of the
-//!   connection's addresses and ports, and [`crate::balance`] evens out
-//!   what the hash leaves uneven.
+//!   connection's addresses and ports.
 //! - [`Workers::start`]: one thread per worker; each serves the sockets
 //!   handed to it ([`Workers::add`], at start and on a reload that adds a
 //!   listener) until they stop, and stops after [`Workers::close`]. Everything workers

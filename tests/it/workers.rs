@@ -76,44 +76,6 @@ async fn connections_spread_over_the_workers_each_with_its_own_http2_connection(
 }
 
 #[tokio::test]
-async fn app_connections_are_spread_evenly_over_the_workers() {
-    let pki = Arc::new(TestPki::new());
-    let upstream = Upstream::start(UpstreamOpts::tls(&pki).http2()).await;
-    let proxy = two_workers(&pki, &upstream.url(), "TOKEN_A")
-        .start_on_workers()
-        .await;
-
-    // 32 app connections open at once, each sending one request. The
-    // kernel's hash alone splits them 16/16 about one time in seven.
-    let apps = 32;
-    let all_served = Arc::new(tokio::sync::Barrier::new(apps));
-    let mut running = tokio::task::JoinSet::new();
-    for app in 0..apps {
-        let (client, base) = (TestClient::new(), proxy.route_url(0));
-        let all_served = all_served.clone();
-        running.spawn(async move {
-            let r = client.get(&format!("{base}/app/{app}")).await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            // The connection stays open until every app has been served.
-            all_served.wait().await;
-            drop(client);
-        });
-    }
-    while let Some(done) = running.join_next().await {
-        done.unwrap();
-    }
-
-    // Each worker has one HTTP/2 connection upstream: the requests on each
-    // are the apps that worker served.
-    let mut per_worker = std::collections::BTreeMap::<usize, usize>::new();
-    for seen in upstream.requests() {
-        *per_worker.entry(seen.connection).or_default() += 1;
-    }
-    let served: Vec<usize> = per_worker.into_values().collect();
-    assert_eq!(served, [16, 16], "apps served per worker");
-}
-
-#[tokio::test]
 async fn http1_upstream_connections_stay_within_the_app_connections_across_workers() {
     let pki = Arc::new(TestPki::new());
     let upstream = Upstream::start(UpstreamOpts::tls(&pki)).await;
