@@ -22,6 +22,8 @@ C=${3:-16}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=nginx_peer.sh
 source "$ROOT/bench/nginx_peer.sh"
+# shellcheck source=fixtures.sh
+source "$ROOT/bench/fixtures.sh"
 SIDEKEY=${SIDEKEY:-$ROOT/target/profiling/sidekey}
 [[ -x $SIDEKEY ]] || { echo "no $SIDEKEY: cargo build --profile profiling" >&2; exit 1; }
 for tool in valgrind callgrind_control nginx openssl python3 curl; do
@@ -40,53 +42,14 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP_H1=$(free_port) UP_H2=$(free_port) UP_PLAIN=$(free_port)
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-    -subj "/CN=sidekey count CA" -keyout "$TMP/ca.key" -out "$TMP/ca.pem" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -subj "/CN=localhost" -keyout "$TMP/leaf.key" -out "$TMP/leaf.csr" 2>/dev/null
-printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
-    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$TMP/leaf.ext"
-openssl x509 -req -in "$TMP/leaf.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
-    -days 1 -extfile "$TMP/leaf.ext" -out "$TMP/leaf.pem" 2>/dev/null
+bench_pki "$TMP" count
 TOKEN=$(openssl rand -hex 24)
 
 BODY='{"ok":true,"pad":"'
 BODY+=$(printf '%*s' $((1024 - ${#BODY} - 2)) '' | tr ' ' x)
 BODY+='"}'
 mkdir -p "$TMP/ngx"
-USER_LINE=""
-[[ $EUID -eq 0 ]] && USER_LINE="user root;"
-cat >"$TMP/upstream.conf" <<EOF
-$USER_LINE
-pid $TMP/ngx/upstream.pid;
-error_log $TMP/ngx/error.log warn;
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/ngx/body;
-    proxy_temp_path $TMP/ngx/proxy;
-    fastcgi_temp_path $TMP/ngx/fastcgi;
-    uwsgi_temp_path $TMP/ngx/uwsgi;
-    scgi_temp_path $TMP/ngx/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    default_type application/json;
-    server {
-        listen 127.0.0.1:$UP_H1 ssl;
-        listen 127.0.0.1:$UP_H2 ssl http2;
-        listen 127.0.0.1:$UP_PLAIN;
-        ssl_certificate $TMP/leaf.pem;
-        ssl_certificate_key $TMP/leaf.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            if (\$http_authorization != "Bearer $TOKEN") { return 401 '{"error":"unauthorized"}'; }
-            return 200 '$BODY';
-        }
-    }
-}
-EOF
+bench_upstream_conf "$TMP" "$UP_H1" "$UP_H2" "$TOKEN" "$BODY" "$UP_PLAIN" >"$TMP/upstream.conf"
 nginx -p "$TMP/ngx" -e "$TMP/ngx/error.log" -c "$TMP/upstream.conf" -g 'daemon off;' &
 PIDS+=($!)
 
@@ -172,23 +135,8 @@ EOF
 measure() { # label upstream-port
     local label=$1 up=$2 listen admin pid dump
     listen=$(free_port) admin=$(free_port)
-    cat >"$TMP/sidekey-$label.toml" <<EOF
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:$admin"
-[log]
-level = "warn"
-[tls]
-ca_file = "$TMP/ca.pem"
-[credentials.bench]
-type = "static"
-token = { env = "SIDEKEY_COUNT_TOKEN" }
-[[routes]]
-name = "$label"
-listen = "127.0.0.1:$listen"
-upstream = "https://127.0.0.1:$up"
-credential = "bench"
-EOF
+    { sidekey_common "$admin" "$TMP/ca.pem" SIDEKEY_COUNT_TOKEN; sidekey_route "$label" "$listen" "$up"; } \
+        >"$TMP/sidekey-$label.toml"
     if [[ -n ${COUNT_SYSCALLS:-} ]]; then
         SIDEKEY_COUNT_TOKEN=$TOKEN strace -f -c -o "$TMP/strace-$label" "$SIDEKEY" run \
             --config "$TMP/sidekey-$label.toml" >"$TMP/sidekey-$label.log" 2>&1 &

@@ -17,6 +17,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=fixtures.sh
+source "$ROOT/bench/fixtures.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR = /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
 OUT=${1:-$TARGET_DIR/pgo/sidekey.profdata}
@@ -57,77 +59,21 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP_H1=$(free_port) UP_H2=$(free_port) SK_H1=$(free_port) SK_H2=$(free_port) ADMIN=$(free_port)
 
 umask 077
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-    -subj "/CN=sidekey pgo CA" -keyout "$TMP/ca.key" -out "$TMP/ca.pem" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -subj "/CN=localhost" -keyout "$TMP/leaf.key" -out "$TMP/leaf.csr" 2>/dev/null
-printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
-    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$TMP/leaf.ext"
-openssl x509 -req -in "$TMP/leaf.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
-    -days 1 -extfile "$TMP/leaf.ext" -out "$TMP/leaf.pem" 2>/dev/null
+bench_pki "$TMP" pgo
 TOKEN=$(openssl rand -hex 24)
 BODY=$(printf '{"ok":true,"pad":"%1000s"}' '' | tr ' ' x)
 head -c 262144 /dev/urandom >"$TMP/upload.bin"
 
 mkdir -p "$TMP/ngx"
-cat >"$TMP/upstream.conf" <<EOF
-$([[ $EUID -eq 0 ]] && echo "user root;")
-pid $TMP/ngx/nginx.pid;
-error_log $TMP/ngx/error.log warn;
-worker_processes 1;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/ngx/body;
-    proxy_temp_path $TMP/ngx/proxy;
-    fastcgi_temp_path $TMP/ngx/fastcgi;
-    uwsgi_temp_path $TMP/ngx/uwsgi;
-    scgi_temp_path $TMP/ngx/scgi;
-    keepalive_requests 1000000;
-    client_max_body_size 0;
-    default_type application/json;
-    server {
-        listen 127.0.0.1:$UP_H1 ssl;
-        listen 127.0.0.1:$UP_H2 ssl http2;
-        ssl_certificate $TMP/leaf.pem;
-        ssl_certificate_key $TMP/leaf.key;
-        location / {
-            if (\$http_authorization != "Bearer $TOKEN") { return 401 '{"error":"unauthorized"}'; }
-            return 200 '$BODY';
-        }
-    }
-}
-EOF
+bench_upstream_conf "$TMP" "$UP_H1" "$UP_H2" "$TOKEN" "$BODY" >"$TMP/upstream.conf"
 nginx -p "$TMP/ngx" -e "$TMP/ngx/error.log" -c "$TMP/upstream.conf" -g 'daemon off;' &
 PIDS+=($!)
 
-cat >"$TMP/sidekey.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$ADMIN"
-
-[log]
-level = "warn"
-
-[tls]
-ca_file = "$TMP/ca.pem"
-
-[credentials.static]
-type = "static"
-token = { env = "SIDEKEY_PGO_TOKEN" }
-
-[[routes]]
-name = "h1"
-listen = "127.0.0.1:$SK_H1"
-upstream = "https://127.0.0.1:$UP_H1"
-credential = "static"
-
-[[routes]]
-name = "h2"
-listen = "127.0.0.1:$SK_H2"
-upstream = "https://127.0.0.1:$UP_H2"
-credential = "static"
-EOF
+{
+    sidekey_common "$ADMIN" "$TMP/ca.pem" SIDEKEY_PGO_TOKEN
+    sidekey_route h1 "$SK_H1" "$UP_H1"
+    sidekey_route h2 "$SK_H2" "$UP_H2"
+} >"$TMP/sidekey.toml"
 LLVM_PROFILE_FILE="$TMP/raw/sidekey-%p-%m.profraw" SIDEKEY_PGO_TOKEN=$TOKEN \
     "$TARGET_DIR/pgo-gen/dist/sidekey" run --config "$TMP/sidekey.toml" >"$TMP/sidekey.log" 2>&1 &
 SK=$!

@@ -25,6 +25,8 @@ COMMAND+="bash bench/run.sh${*:+ $*}"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=nginx_peer.sh
 source "$ROOT/bench/nginx_peer.sh"
+# shellcheck source=fixtures.sh
+source "$ROOT/bench/fixtures.sh"
 MODE=${1:-compare}
 case $MODE in
 compare | allocators) ;;
@@ -194,19 +196,7 @@ umask 077
 TOKEN=$(openssl rand -hex 24) # throwaway; never printed
 log "temp dir $TMP; upstream ports h1=$UP_H1 h2=$UP_H2"
 
-# A throwaway CA and a leaf for 127.0.0.1/localhost. (A single self-signed
-# CA:TRUE certificate cannot be served as the leaf: rustls/webpki refuses a CA
-# certificate as an end-entity.)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-    -subj "/CN=sidekey bench CA" -keyout "$TMP/ca.key" -out "$TMP/ca.pem" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -subj "/CN=localhost" -keyout "$TMP/leaf.key" -out "$TMP/leaf.csr" 2>/dev/null
-printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
-    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$TMP/leaf.ext"
-openssl x509 -req -in "$TMP/leaf.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
-    -days 1 -extfile "$TMP/leaf.ext" -out "$TMP/leaf.pem" 2>/dev/null
+bench_pki "$TMP" bench
 printf 'Authorization: Bearer %s\n' "$TOKEN" >"$TMP/auth.header" # for curl -H @file: not in argv
 
 mkdir -p "$TMP/www" "$TMP/ngx"
@@ -364,35 +354,6 @@ start_sidekey() { # name binary config admin-port [VAR=value…] -> SK_STARTED (
     PIDS+=("$SK_STARTED")
     wait_http "http://127.0.0.1:$admin/readyz" || die "sidekey $name not ready: $(tail -5 "$TMP/$name.log")"
 }
-sidekey_common() { # admin-port
-    cat <<EOF
-shutdown_grace = "1s"
-
-[admin]
-listen = "127.0.0.1:$1"
-
-[log]
-level = "warn"
-
-[tls]
-ca_file = "$TMP/ca.pem"
-
-[credentials.bench]
-type = "static"
-token = { env = "SIDEKEY_BENCH_TOKEN" }
-EOF
-}
-sidekey_route() { # name listen-port upstream-port [credential]
-    cat <<EOF
-
-[[routes]]
-name = "$1"
-listen = "127.0.0.1:$2"
-upstream = "https://127.0.0.1:$3"
-credential = "${4:-bench}"
-EOF
-}
-
 cat >"$TMP/report.lua" <<'EOF'
 -- The direct rows send the token themselves.
 local auth = os.getenv("WRK_AUTH")
@@ -511,7 +472,7 @@ if [[ $MODE == allocators ]]; then
     export SIDEKEY_BENCH_TOKEN=$TOKEN
     for v in "${ALLOCATORS[@]}"; do
         port=$(pick_port) admin=$(pick_port)
-        { sidekey_common "$admin"; sidekey_route h1 "$port" "$UP_H1"; } >"$TMP/sidekey-$v.toml"
+        { sidekey_common "$admin" "$TMP/ca.pem" SIDEKEY_BENCH_TOKEN; sidekey_route h1 "$port" "$UP_H1"; } >"$TMP/sidekey-$v.toml"
         start_sidekey "sidekey-$v" "$TMP/sidekey-$v" "$TMP/sidekey-$v.toml" "$admin"
         ALLOC_PID[$v]=$SK_STARTED
         sleep 1
@@ -670,8 +631,8 @@ port_in_use "$TOKEN_PORT" || die "token endpoint did not start: $(tail -5 "$TMP/
 # ------------------------------------------------------------- sidekey ----
 # One instance per upstream port, default settings, a static token; the
 # rotation instance has the same shape, so "steady" compares like with like.
-{ sidekey_common "$SK_ADMIN"; sidekey_route h1 "$SK_H1" "$UP_H1"; } >"$TMP/sidekey.toml"
-{ sidekey_common "$SK2_ADMIN"; sidekey_route h2 "$SK_H2" "$UP_H2"; } >"$TMP/sidekey-h2.toml"
+{ sidekey_common "$SK_ADMIN" "$TMP/ca.pem" SIDEKEY_BENCH_TOKEN; sidekey_route h1 "$SK_H1" "$UP_H1"; } >"$TMP/sidekey.toml"
+{ sidekey_common "$SK2_ADMIN" "$TMP/ca.pem" SIDEKEY_BENCH_TOKEN; sidekey_route h2 "$SK_H2" "$UP_H2"; } >"$TMP/sidekey-h2.toml"
 # The rotation instance: default settings, an oauth2 credential with short-lived tokens.
 {
     cat <<EOF

@@ -867,18 +867,25 @@ fn dockerfile_builder_has_what_the_profile_guided_build_needs() {
         runs.iter()
             .any(|a| a.contains("rustup component add llvm-tools"))
     );
-    // The script is in the build context and the image, and the dist build
-    // uses the profile it writes.
-    assert!(
-        read("deploy/Dockerfile.dockerignore")
-            .lines()
-            .any(|l| l == "!bench/pgo.sh")
-    );
-    assert!(
-        instructions
-            .iter()
-            .any(|(k, a)| k == "COPY" && a.starts_with("bench/pgo.sh "))
-    );
+    // The script and what it sources are in the build context and the
+    // image, and the dist build uses the profile it writes.
+    let sourced = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("source \"$ROOT/"))
+        .map(|l| l.trim_end_matches('"'));
+    let ignore = read("deploy/Dockerfile.dockerignore");
+    let copy = instructions
+        .iter()
+        .find(|(k, a)| k == "COPY" && a.starts_with("bench/pgo.sh "))
+        .map(|(_, a)| a.split_whitespace().collect::<Vec<_>>())
+        .expect("COPY bench/pgo.sh");
+    for file in std::iter::once("bench/pgo.sh").chain(sourced) {
+        assert!(
+            ignore.lines().any(|l| l == format!("!{file}")),
+            "{file} is not in the build context"
+        );
+        assert!(copy.contains(&file), "{file} is not copied");
+    }
     let build = runs
         .iter()
         .find(|a| a.contains("cargo build --profile dist"))
