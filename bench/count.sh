@@ -184,7 +184,7 @@ measure_nginx() {
     listen=$(free_port)
     mkdir -p "$TMP/ngx-px"
     cat >"$TMP/nginx-proxy.conf" <<EOF
-$USER_LINE
+$([[ $EUID -eq 0 ]] && echo "user root;")
 pid $TMP/ngx-px/nginx.pid;
 error_log $TMP/ngx-px/error.log warn;
 master_process off;

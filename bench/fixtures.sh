@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Pieces the bench scripts share: a throwaway PKI for loopback and the
 # sidekey configuration they run (a static credential, routes to HTTPS
 # upstream ports) and the upstream count.sh and pgo.sh run. Sourced by
