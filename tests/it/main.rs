@@ -38,6 +38,7 @@ mod h2c;
 mod h2c_abuse;
 mod hostile;
 mod http2_faults;
+mod http2_upstream_frames;
 mod inbenta;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,235 @@
+//! HTTP/2 frames an upstream sends that no library server sends on purpose
+//! ([`ScriptedUpstream`] writes them byte for byte): interim (1xx) HEADERS
+//! before the answer, a field name in uppercase, DATA after the end of a
+//! stream, a PUSH_PROMISE though sidekey turned push off, a flood of PINGs
+//! and a huge HPACK table size. The app must get the final answer or a
+//! clean 502 for that request only, and the next request an answer.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::support::config::static_route;
+use crate::support::h2_script::{ScriptedRequest, ScriptedUpstream, headers};
+use crate::support::h2_wire::{
+    DATA, END_HEADERS, END_STREAM, END_STREAM_AND_HEADERS, PING, PUSH_PROMISE, SETTINGS, frame,
+    literal, status,
+};
+use crate::support::h2c::H2cConn;
+use crate::support::proxy::{TestProxy, body_empty, read_whole, request};
+use crate::support::tls::TestPki;
+
+/// `SETTINGS_ENABLE_PUSH` (RFC 9113 §6.5.2).
+const ENABLE_PUSH: u16 = 0x2;
+/// `SETTINGS_HEADER_TABLE_SIZE`.
+const HEADER_TABLE_SIZE: u16 = 0x1;
+/// `PROTOCOL_ERROR`.
+const PROTOCOL_ERROR: u32 = 0x1;
+
+/// `200` with body `text`, on `stream`.
+fn answer(stream: u32, text: &str) -> Vec<Vec<u8>> {
+    vec![
+        headers(stream, END_HEADERS, &[status(200)]),
+        frame(DATA, END_STREAM, stream, text.as_bytes()),
+    ]
+}
+
+/// A scripted upstream whose first request gets `first` and every later
+/// one `200 second`, and sidekey in front of it.
+async fn scene(
+    first: impl Fn(u32) -> Vec<Vec<u8>> + Send + Sync + 'static,
+) -> (ScriptedUpstream, TestProxy) {
+    let pki = Arc::new(TestPki::new());
+    let upstream = ScriptedUpstream::start(&pki, move |request: &ScriptedRequest| {
+        if request.index == 0 {
+            first(request.stream)
+        } else {
+            answer(request.stream, "second")
+        }
+    })
+    .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
+    (upstream, proxy)
+}
+
+/// `GET /second` gets its own answer.
+async fn second_gets_its_own_answer(proxy: &TestProxy, what: &str) {
+    let second = proxy.get("/second").await;
+    assert_eq!(
+        (second.status.as_u16(), second.text().as_str()),
+        (200, "second"),
+        "after {what}"
+    );
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn interim_answers_before_the_final_one_are_skipped() {
+    // Cloudflare and Fastly send 103 Early Hints; 100 and 102 come unasked.
+    let (upstream, proxy) = scene(|stream| {
+        let mut frames = vec![
+            headers(stream, END_HEADERS, &[status(100)]),
+            headers(stream, END_HEADERS, &[status(102)]),
+            headers(
+                stream,
+                END_HEADERS,
+                &[status(103), literal("link", "</a.css>; rel=preload")],
+            ),
+        ];
+        frames.extend(answer(stream, "first"));
+        frames
+    })
+    .await;
+    let first = proxy.get("/first").await;
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "first")
+    );
+    assert_eq!(
+        first.header("link"),
+        None,
+        "the 103's fields are not the answer's"
+    );
+    second_gets_its_own_answer(&proxy, "interim answers").await;
+    assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_uppercase_field_name_is_502_and_the_next_request_is_answered() {
+    // RFC 9113 §8.2.1 makes it a malformed answer, a stream error; h2
+    // fails it in HPACK decoding, a connection error (GOAWAY), which §5.4.1
+    // allows: the requests in flight on that connection fail with it.
+    let (upstream, proxy) = scene(|stream| {
+        vec![headers(
+            stream,
+            END_STREAM_AND_HEADERS,
+            &[status(200), literal("X-Upper", "1")],
+        )]
+    })
+    .await;
+    let first = proxy.get("/first").await;
+    assert_eq!(first.status, 502, "{}", first.text());
+    assert_eq!(first.sidekey_error(), Some("upstream_unreachable"));
+    upstream
+        .wait_until("sidekey says GOAWAY", |u| !u.goaways().is_empty())
+        .await;
+    assert_eq!(upstream.goaways(), [PROTOCOL_ERROR]);
+    second_gets_its_own_answer(&proxy, "an uppercase field name").await;
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn data_after_the_end_of_a_stream_never_reaches_an_answer() {
+    let (_upstream, proxy) = scene(|stream| {
+        let mut frames = answer(stream, "first");
+        frames.push(frame(DATA, 0, stream, b"late"));
+        frames.push(frame(DATA, END_STREAM, stream, b"later"));
+        frames
+    })
+    .await;
+    let first = proxy.get("/first").await;
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "first")
+    );
+    second_gets_its_own_answer(&proxy, "DATA after END_STREAM").await;
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn push_is_turned_off_and_a_push_promise_costs_one_connection() {
+    let (upstream, proxy) = scene(|stream| {
+        // A promised stream 2 with `:method GET` (static index 2).
+        let mut promise = 2u32.to_be_bytes().to_vec();
+        promise.push(0x82);
+        let mut frames = vec![frame(PUSH_PROMISE, END_HEADERS, stream, &promise)];
+        frames.extend(answer(stream, "first"));
+        frames
+    })
+    .await;
+    let first = proxy.get("/first").await;
+    assert!(
+        upstream.client_settings().contains(&(ENABLE_PUSH, 0)),
+        "{:?}",
+        upstream.client_settings()
+    );
+    assert_eq!(first.status, 502, "{}", first.text());
+    upstream
+        .wait_until("sidekey says GOAWAY", |u| !u.goaways().is_empty())
+        .await;
+    assert_eq!(upstream.goaways(), [PROTOCOL_ERROR]);
+    second_gets_its_own_answer(&proxy, "a PUSH_PROMISE").await;
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_ping_flood_is_answered_and_the_answer_still_comes() {
+    const PINGS: usize = 5_000;
+    let (upstream, proxy) = scene(|stream| {
+        let mut frames: Vec<Vec<u8>> = (0..PINGS as u64)
+            .map(|i| frame(PING, 0, 0, &i.to_be_bytes()))
+            .collect();
+        frames.extend(answer(stream, "first"));
+        frames
+    })
+    .await;
+    let first = proxy.get("/first").await;
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "first")
+    );
+    upstream
+        .wait_until("every PING acknowledged", |u| u.ping_acks() >= PINGS)
+        .await;
+    second_gets_its_own_answer(&proxy, "a PING flood").await;
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_huge_hpack_table_size_changes_nothing() {
+    let (upstream, proxy) = scene(|stream| {
+        let mut table = HEADER_TABLE_SIZE.to_be_bytes().to_vec();
+        table.extend_from_slice(&u32::MAX.to_be_bytes());
+        let mut frames = vec![frame(SETTINGS, 0, 0, &table)];
+        frames.extend(answer(stream, "first"));
+        frames
+    })
+    .await;
+    assert_eq!(proxy.get("/first").await.text(), "first");
+    for _ in 0..3 {
+        second_gets_its_own_answer(&proxy, "SETTINGS_HEADER_TABLE_SIZE 2^32-1").await;
+    }
+    assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_answer_that_must_have_no_body_reaches_the_app_without_one() {
+    // RFC 9110 §6.4.1: no content in a 204, a 304 or an answer to HEAD,
+    // whatever DATA the upstream sends (h2 checks only HEAD's). An HTTP/1.1
+    // app's connection drops it; an HTTP/2 app's would get it as the body.
+    let with_data = |code: u16| {
+        move |stream| {
+            vec![
+                headers(
+                    stream,
+                    END_HEADERS,
+                    &[status(code), literal("content-length", "5")],
+                ),
+                frame(DATA, END_STREAM, stream, b"first"),
+            ]
+        }
+    };
+    for (method, code) in [(Method::GET, 204), (Method::GET, 304), (Method::HEAD, 200)] {
+        let what = format!("{method} answered {code} with DATA");
+        let (_upstream, proxy) = scene(with_data(code)).await;
+        let mut app = H2cConn::connect(proxy.route_addr(0)).await;
+        let answer = app
+            .send_head(request(method.clone(), "/first", body_empty()))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let answer = read_whole(answer).await;
+        assert_eq!(answer.status, code, "{what}");
+        assert_eq!(answer.body, "", "{what}");
+        // A 204 has no length (RFC 9110 §8.6); the others keep theirs.
+        let length = (code != 204).then_some("5");
+        assert_eq!(answer.header("content-length"), length, "{what}");
+        second_gets_its_own_answer(&proxy, &what).await;
+    }
+}
