@@ -60,4 +60,5 @@ mod upstream_faults;
 mod upstream_framing;
 mod upstream_heads;
 mod upstream_life;
+mod upstream_oddities;
 mod workers;
