@@ -2,10 +2,10 @@
 //! front of them, send and that are legal or common but unusual: interim
 //! answers (`102 Processing`, `103 Early Hints`), a `HEAD` answer that
 //! announces a length, chunk extensions and trailers, a status line
-//! without a reason phrase, and whitespace between a field name and its
-//! colon. Each must reach the app as its own client would read it from the
-//! upstream directly, or be a clean 502, and the connection must serve the
-//! next request correctly.
+//! without a reason phrase, whitespace between a field name and its colon,
+//! and an HTTP/1.0 answer delimited by the close. Each must reach the app
+//! as its own client would read it from the upstream directly, or be a
+//! clean 502, and the connection must serve the next request correctly.
 
 use std::time::Duration;
 
@@ -174,4 +174,25 @@ async fn whitespace_between_a_field_name_and_its_colon_is_removed() {
     );
     second_gets_its_own_answer(&proxy, "whitespace before a colon").await;
     assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_http_1_0_answer_delimited_by_the_close_reaches_the_app_whole() {
+    // No length, no `Connection: close`: HTTP/1.0 closes after each answer.
+    let first = "HTTP/1.0 200 OK\r\n\r\nfirst";
+    let upstream =
+        Upstream::start(UpstreamOpts::plain().raw(vec![RawStep::text(first), RawStep::Shutdown]))
+            .await;
+    let proxy = static_route_proxy(&upstream.url()).await;
+    for _ in 0..2 {
+        let answer = proxy
+            .client
+            .download(&format!("{}/first", proxy.route_url(0)))
+            .await;
+        assert_eq!(
+            (answer.status.as_u16(), answer.len, answer.error),
+            (200, 5, None)
+        );
+    }
+    assert_eq!(upstream.connections(), 2, "its connection is not reused");
 }
