@@ -1,9 +1,11 @@
 //! HTTP/2 frames an upstream sends that no library server sends on purpose
 //! ([`ScriptedUpstream`] writes them byte for byte): interim (1xx) HEADERS
 //! before the answer, a field name in uppercase, DATA after the end of a
-//! stream, a PUSH_PROMISE though sidekey turned push off, a flood of PINGs
-//! and a huge HPACK table size. The app must get the final answer or a
-//! clean 502 for that request only, and the next request an answer.
+//! stream, a PUSH_PROMISE though sidekey turned push off, a flood of PINGs,
+//! a huge HPACK table size, an answer to an upload before its end followed
+//! by RST_STREAM(NO_ERROR), and DATA on answers that have no content. The
+//! app must get the final answer or a clean 502, and the next request an
+//! answer.
 
 use std::sync::Arc;
 
@@ -12,8 +14,8 @@ use http::Method;
 use crate::support::config::static_route;
 use crate::support::h2_script::{ScriptedRequest, ScriptedUpstream, headers};
 use crate::support::h2_wire::{
-    DATA, END_HEADERS, END_STREAM, END_STREAM_AND_HEADERS, PING, PUSH_PROMISE, SETTINGS, frame,
-    literal, status,
+    DATA, END_HEADERS, END_STREAM, END_STREAM_AND_HEADERS, PING, PUSH_PROMISE, RST_STREAM,
+    SETTINGS, frame, literal, status,
 };
 use crate::support::h2c::H2cConn;
 use crate::support::proxy::{TestProxy, body_empty, read_whole, request};
@@ -232,4 +234,31 @@ async fn an_answer_that_must_have_no_body_reaches_the_app_without_one() {
         assert_eq!(answer.header("content-length"), length, "{what}");
         second_gets_its_own_answer(&proxy, &what).await;
     }
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_answer_before_the_upload_ends_reaches_the_app_despite_the_reset() {
+    // RFC 9113 §8.1: a server may answer before the request is whole and
+    // then reset the stream with NO_ERROR, which tells the client to stop
+    // sending, not that the answer is void (a 413 or 401 to an upload).
+    let (_upstream, proxy) = scene(|stream| {
+        vec![
+            headers(
+                stream,
+                END_HEADERS,
+                &[status(413), literal("content-length", "4")],
+            ),
+            frame(DATA, END_STREAM, stream, b"big!"),
+            frame(RST_STREAM, 0, stream, &0u32.to_be_bytes()), // NO_ERROR
+        ]
+    })
+    .await;
+    let url = format!("{}/first", proxy.route_url(0));
+    // Streamed (larger than a retry keeps), and larger than a stream's window.
+    let answer = proxy.client.post_streaming(&url, 1_000_000, false).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.text().as_str()),
+        (413, "big!")
+    );
+    second_gets_its_own_answer(&proxy, "an early answer and NO_ERROR").await;
 }

@@ -22,6 +22,7 @@ const PREFACE_LEN: usize = 24;
 /// Frame types and flags (RFC 9113 §6).
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const PUSH_PROMISE: u8 = 0x5;
 pub const PING: u8 = 0x6;
