@@ -37,16 +37,16 @@ fn answer(stream: u32, text: &str) -> Vec<Vec<u8>> {
 }
 
 /// A scripted upstream whose first request gets `first` and every later
-/// one `200 second`, and sidekey in front of it.
+/// one `200 second`, as soon as its head is there; sidekey in front of it.
 async fn scene(
     first: impl Fn(u32) -> Vec<Vec<u8>> + Send + Sync + 'static,
 ) -> (ScriptedUpstream, TestProxy) {
     let pki = Arc::new(TestPki::new());
     let upstream = ScriptedUpstream::start(&pki, move |request: &ScriptedRequest| {
-        if request.index == 0 {
-            first(request.stream)
-        } else {
-            answer(request.stream, "second")
+        match (request.index, request.at_head) {
+            (_, false) => Vec::new(),
+            (0, true) => first(request.stream),
+            (_, true) => answer(request.stream, "second"),
         }
     })
     .await;
@@ -261,4 +261,37 @@ async fn an_answer_before_the_upload_ends_reaches_the_app_despite_the_reset() {
         (413, "big!")
     );
     second_gets_its_own_answer(&proxy, "an early answer and NO_ERROR").await;
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn an_upload_waits_while_the_upstream_shuts_every_window_and_goes_on_when_it_opens() {
+    // SETTINGS_INITIAL_WINDOW_SIZE 0 (RFC 9113 §6.9.2: it applies to the
+    // streams already open too), then restored once the upload's stream is
+    // open: the body goes out whole, and nothing times out meanwhile.
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let window = |size: u32| {
+        let mut setting = INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+        setting.extend_from_slice(&size.to_be_bytes());
+        frame(SETTINGS, 0, 0, &setting)
+    };
+    let pki = Arc::new(TestPki::new());
+    let upstream = ScriptedUpstream::start(&pki, move |request: &ScriptedRequest| {
+        match (request.index, request.body) {
+            // The first request shuts the windows before its answer.
+            (0, _) => [vec![window(0)], answer(request.stream, "shut")].concat(),
+            // The upload's head: nothing could be sent; open them again.
+            (_, None) => vec![window(65_535)],
+            (_, Some(len)) => answer(request.stream, &format!("got {len}")),
+        }
+    })
+    .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
+    assert_eq!(proxy.get("/shut").await.text(), "shut");
+    let url = format!("{}/upload", proxy.route_url(0));
+    let upload = proxy.client.post(&url, vec![7u8; 50_000]).await;
+    assert_eq!(
+        (upload.status.as_u16(), upload.text().as_str()),
+        (200, "got 50000")
+    );
+    assert_eq!(upstream.connections(), 1);
 }

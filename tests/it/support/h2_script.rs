@@ -3,9 +3,10 @@
 //! HEADERS, field names no library server would send, DATA after the end
 //! of a stream, PUSH_PROMISE, PING floods. It records what the client sends
 //! back: its SETTINGS, PING acknowledgements and GOAWAY codes.
-//! A request is answered when its HEADERS frame arrives; request bodies,
-//! CONTINUATION and flow control are ignored (requests are expected
-//! without bodies, their fields in one frame).
+//! The script is asked when a request's HEADERS frame arrives and, for a
+//! request with a body, again when its body has ended (its bytes counted,
+//! not kept). CONTINUATION and flow control are not handled: request
+//! fields come in one frame, and bodies fit the default windows.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use super::h2_wire::{
-    ACK, CHUNK, GOAWAY, HEADERS, PING, SETTINGS, frame, listen, start, take_whole_frame,
+    ACK, CHUNK, DATA, END_STREAM, GOAWAY, HEADERS, PING, SETTINGS, frame, listen, start,
+    take_whole_frame,
 };
 use super::tls::TestPki;
 
@@ -27,6 +29,12 @@ pub struct ScriptedRequest {
     pub index: usize,
     /// Its stream.
     pub stream: u32,
+    /// Whether the script is asked on its HEADERS frame (else at the end
+    /// of its body).
+    pub at_head: bool,
+    /// The length of its body once it has ended (0 for a request without
+    /// one); `None` while it goes on.
+    pub body: Option<u64>,
 }
 
 type Script = Arc<dyn Fn(&ScriptedRequest) -> Vec<Vec<u8>> + Send + Sync>;
@@ -140,6 +148,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(());
     }
     let mut chunk = [0u8; CHUNK];
+    // Requests whose body has not ended: (stream, index, bytes so far).
+    let mut open: Vec<(u32, usize, u64)> = Vec::new();
     loop {
         while let Some((head, payload)) = take_whole_frame(&mut buf) {
             match head.kind {
@@ -161,12 +171,36 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 HEADERS => {
                     let index = seen.requests.fetch_add(1, Ordering::SeqCst);
+                    let ended = head.flags & END_STREAM != 0;
+                    if !ended {
+                        open.push((head.stream, index, 0));
+                    }
                     let request = ScriptedRequest {
                         index,
                         stream: head.stream,
+                        at_head: true,
+                        body: ended.then_some(0),
                     };
                     for frame in script(&request) {
                         io.write_all(&frame).await?;
+                    }
+                }
+                DATA => {
+                    let Some(at) = open.iter().position(|(s, _, _)| *s == head.stream) else {
+                        continue;
+                    };
+                    open[at].2 += payload.len() as u64;
+                    if head.flags & END_STREAM != 0 {
+                        let (stream, index, len) = open.swap_remove(at);
+                        let request = ScriptedRequest {
+                            index,
+                            stream,
+                            at_head: false,
+                            body: Some(len),
+                        };
+                        for frame in script(&request) {
+                            io.write_all(&frame).await?;
+                        }
                     }
                 }
                 _ => {}
