@@ -3,15 +3,16 @@
 //! answers (`102 Processing`, `103 Early Hints`), a `HEAD` answer that
 //! announces a length, chunk extensions and trailers, a status line
 //! without a reason phrase, whitespace between a field name and its colon,
-//! and an HTTP/1.0 answer delimited by the close. Each must reach the app
-//! as its own client would read it from the upstream directly, or be a
-//! clean 502, and the connection must serve the next request correctly.
+//! an HTTP/1.0 answer delimited by the close, and interim answers that go
+//! on past `request_timeout`. Each must reach the app as its own client
+//! would read it from the upstream directly, or be a clean 502 (504), and
+//! the connection must serve the next request correctly.
 
 use std::time::Duration;
 
 use http::Method;
 
-use crate::support::config::static_route_proxy;
+use crate::support::config::{static_route, static_route_proxy};
 use crate::support::h2c::H2cConn;
 use crate::support::proxy::{TestProxy, body_empty, request, request_with};
 use crate::support::raw::RawConn;
@@ -195,4 +196,32 @@ async fn an_http_1_0_answer_delimited_by_the_close_reaches_the_app_whole() {
         );
     }
     assert_eq!(upstream.connections(), 2, "its connection is not reused");
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn interim_answers_do_not_extend_the_request_timeout() {
+    // A 102 every 100 ms, for longer than `request_timeout`: the final
+    // answer's head is what the timeout waits for.
+    let mut steps = Vec::new();
+    for _ in 0..100 {
+        steps.push(RawStep::text("HTTP/1.1 102 Processing\r\n\r\n"));
+        steps.push(RawStep::Sleep(Duration::from_millis(100)));
+    }
+    steps.push(RawStep::text(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst",
+    ));
+    let upstream = Upstream::start(UpstreamOpts::plain().raw(steps)).await;
+    let proxy = static_route(&upstream.url())
+        .line("[[routes]]", r#"request_timeout = "2s""#)
+        .start()
+        .await;
+    let started = tokio::time::Instant::now();
+    let answer = proxy.get("/slow").await;
+    assert_eq!(answer.status, 504, "{}", answer.text());
+    assert_eq!(answer.sidekey_error(), Some("upstream_timeout"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
