@@ -3,8 +3,8 @@
 //! answers (`102 Processing`, `103 Early Hints`), a `HEAD` answer that
 //! announces a length, chunk extensions and trailers, a status line
 //! without a reason phrase, whitespace between a field name and its colon,
-//! an HTTP/1.0 answer delimited by the close, and interim answers that go
-//! on past `request_timeout`. Each must reach the app as its own client
+//! an HTTP/1.0 answer delimited by the close, interim answers that go on
+//! past `request_timeout`, and malformed chunks after the head went out. Each must reach the app as its own client
 //! would read it from the upstream directly, or be a clean 502 (504), and
 //! the connection must serve the next request correctly.
 
@@ -224,4 +224,31 @@ async fn interim_answers_do_not_extend_the_request_timeout() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_malformed_chunk_breaks_the_apps_answer_and_never_looks_complete() {
+    // After a good chunk: a size that is not hex, one too large for 64
+    // bits, a chunk longer than its size. The head has gone to the app, so
+    // its answer must break, not end short and look whole.
+    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+    for rest in [
+        "zz\r\nxx\r\n0\r\n\r\n",
+        "fffffffffffffffffff\r\nxx\r\n0\r\n\r\n",
+        "2\r\nxxyy\r\n0\r\n\r\n",
+    ] {
+        let steps = vec![RawStep::text(&format!("{head}{rest}")), RawStep::Shutdown];
+        let upstream = Upstream::start(UpstreamOpts::plain().raw(steps)).await;
+        let proxy = static_route_proxy(&upstream.url()).await;
+        let answer = proxy
+            .client
+            .download(&format!("{}/x", proxy.route_url(0)))
+            .await;
+        assert_eq!(answer.status, 200, "{rest:?}");
+        assert!(
+            answer.error.is_some(),
+            "{rest:?}: {} bytes and a clean end",
+            answer.len
+        );
+    }
 }
