@@ -32,7 +32,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HeaderName;
+use http::header::{CONTENT_LENGTH, HeaderName};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
@@ -44,6 +44,7 @@ use super::client::{on_stale_connection, refused_stream, went_away};
 use super::grpc;
 use super::headers::{inject, prepare_request, prepare_response};
 use super::linger::FromApp;
+use super::no_content;
 use super::{ResponseBody, Route};
 use crate::cert_errors::{CERT_TIME_HINT, certificate_out_of_time};
 use crate::credential::{Published, Rejection};
@@ -133,6 +134,7 @@ pub async fn forward(
         }
     };
     let grpc_call = grpc::is_call(&request);
+    let head = request.method() == Method::HEAD;
     let (mut parts, body) = request.into_parts();
     parts.uri = route.upstream_uri(&parts.uri, &published)?;
     prepare_request(
@@ -181,7 +183,7 @@ pub async fn forward(
                 // Never retried: the next request gets whatever comes of it.
                 let _ = route.credential.report_rejected(published.generation);
             }
-            return Ok(finish(route, response));
+            return Ok(finish(route, response, head));
         }
     };
     let retry_on_rejection = route.credential.retries_on_rejection();
@@ -202,17 +204,17 @@ pub async fn forward(
     )
     .await?;
     if !route.credential.renews_on(token_status(grpc_call, &first)) {
-        return Ok(finish(route, first));
+        return Ok(finish(route, first, head));
     }
     let Some(kept) = kept.filter(|_| retry_on_rejection) else {
         // No different token can come of a renewal: report it (it is
         // counted, and the token source read again) and pass the answer on.
         let _ = route.credential.report_rejected(published.generation);
-        return Ok(finish(route, first));
+        return Ok(finish(route, first, head));
     };
     if route.credential.report_rejected(published.generation) == Rejection::Ignored {
         debug!(route = %route.name, status = first.status().as_u16(), "token rejected; fresh tokens are rejected too, not renewing");
-        return Ok(finish(route, first));
+        return Ok(finish(route, first, head));
     }
     let renewed = match route
         .credential
@@ -225,7 +227,7 @@ pub async fn forward(
         Ok(renewed) if renewed.generation > published.generation => renewed,
         _ => {
             debug!(route = %route.name, status = first.status().as_u16(), "token rejected; no newer token to retry with");
-            return Ok(finish(route, first));
+            return Ok(finish(route, first, head));
         }
     };
     debug!(route = %route.name, status = first.status().as_u16(), "token rejected; retrying once with the renewed token");
@@ -239,7 +241,7 @@ pub async fn forward(
         // Rejected with a fresh token: not about the token (see `rejection`).
         let _ = route.credential.report_rejected(renewed.generation);
     }
-    Ok(finish(route, response))
+    Ok(finish(route, response, head))
 }
 
 /// The token renewed after `rejected`'s rejection, its headers set in
@@ -408,10 +410,23 @@ async fn send(
 /// and an HTTP/1.1 app reading `HTTP/1.0` closes its connection after
 /// every answer (RFC 9112 §9.3). hyper still answers an HTTP/1.0 app in
 /// HTTP/1.0 and an HTTP/2 one in HTTP/2.
-fn finish(route: &Route, response: Response<FromUpstream>) -> Response<ResponseBody> {
+///
+/// An answer that has no content (to a `HEAD` request, or a `204` or
+/// `304`) reaches the app without one, whatever the upstream sent
+/// ([`no_content`]).
+fn finish(route: &Route, response: Response<FromUpstream>, head: bool) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     prepare_response(&mut parts.headers);
     route.rewrite_answer(parts.status, &mut parts.headers);
+    if no_content::has_none(head, parts.status) {
+        if parts.status == StatusCode::NO_CONTENT {
+            parts.headers.remove(CONTENT_LENGTH);
+        }
+        if !body.is_end_stream() {
+            // Dropped unread: its access line is written now.
+            return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        }
+    }
     Response::from_parts(parts, Either::Left(body))
 }

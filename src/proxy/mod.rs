@@ -35,6 +35,7 @@ pub mod headers;
 pub mod hosts;
 pub mod keep_alive;
 pub mod linger;
+pub mod no_content;
 pub mod path;
 pub mod redirect;
 pub mod relocate;

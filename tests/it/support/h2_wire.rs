@@ -1,8 +1,9 @@
 //! Just enough of HTTP/2's wire format for hand-driven test upstreams that
 //! misbehave where no library server lets a test ([`super::h2_goaway`],
-//! [`super::h2_settings`]): frame constants, a frame builder, reading the
-//! client's preface, taking whole frames off a read buffer, and an HTTPS
-//! listener (ALPN `h2` only) that hands each connection to a server.
+//! [`super::h2_settings`], [`super::h2_script`]): frame constants, a frame
+//! builder, HPACK literals, reading the client's preface, taking whole
+//! frames off a read buffer, and an HTTPS listener (ALPN `h2` only) that
+//! hands each connection to a server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,10 +20,16 @@ use super::tls::TestPki;
 /// The client connection preface (RFC 9113 §3.4), in bytes.
 const PREFACE_LEN: usize = 24;
 /// Frame types and flags (RFC 9113 §6).
+pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PUSH_PROMISE: u8 = 0x5;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const ACK: u8 = 0x1;
+pub const END_STREAM: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
 pub const END_STREAM_AND_HEADERS: u8 = 0x5;
 /// HPACK: `:status: 200` from the static table.
 pub const STATUS_200: u8 = 0x88;
@@ -36,6 +43,25 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&stream.to_be_bytes());
     frame.extend_from_slice(payload);
     frame
+}
+
+/// HPACK: a `:status` of any code, as a literal that is not indexed.
+pub fn status(code: u16) -> Vec<u8> {
+    let digits = code.to_string();
+    // Literal without indexing, name from static table entry 8 (`:status`).
+    let mut field = vec![0x08, digits.len() as u8];
+    field.extend_from_slice(digits.as_bytes());
+    field
+}
+
+/// HPACK: the field `name: value` as a literal that is not indexed, its
+/// name written as given (uppercase too). Both shorter than 127 bytes.
+pub fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut field = vec![0x00, name.len() as u8];
+    field.extend_from_slice(name.as_bytes());
+    field.push(value.len() as u8);
+    field.extend_from_slice(value.as_bytes());
+    field
 }
 
 /// The header of a frame taken off a buffer (its payload is dropped).
@@ -67,6 +93,11 @@ pub async fn start<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The next whole frame at the start of `buf`, taken off it.
 pub fn take_frame(buf: &mut Vec<u8>) -> Option<FrameHead> {
+    take_whole_frame(buf).map(|(head, _)| head)
+}
+
+/// The next whole frame at the start of `buf` and its payload, taken off it.
+pub fn take_whole_frame(buf: &mut Vec<u8>) -> Option<(FrameHead, Vec<u8>)> {
     if buf.len() < 9 {
         return None;
     }
@@ -79,8 +110,9 @@ pub fn take_frame(buf: &mut Vec<u8>) -> Option<FrameHead> {
         flags: buf[4],
         stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
     };
+    let payload = buf[9..9 + len].to_vec();
     buf.drain(..9 + len);
-    Some(head)
+    Some((head, payload))
 }
 
 /// Listen on `127.0.0.1:0` (TLS with the server certificate of `pki`, ALPN

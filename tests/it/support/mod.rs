@@ -7,6 +7,7 @@
 pub mod config;
 pub mod grpc;
 pub mod h2_goaway;
+pub mod h2_script;
 pub mod h2_settings;
 pub mod h2_wire;
 pub mod h2c;
