@@ -385,3 +385,26 @@ async fn an_empty_path_is_a_stream_error() {
     }
     assert_eq!(upstream.request_count(), 0);
 }
+
+#[tokio::test]
+async fn an_asterisk_path_is_refused_by_the_forward_proxy_as_by_a_route() {
+    let (upstream, proxy) = scene(true).await;
+    let authority = forward_host(&upstream);
+    for addr in [proxy.route_addr(0), proxy.forward_proxy_addr()] {
+        for method in ["OPTIONS", "GET", "POST"] {
+            let bytes = headers(1, &request_fields(method, "*", &authority), true);
+            let mut app = sent(addr, &bytes).await;
+            assert_eq!(
+                answered(&mut app, 1).await,
+                (Answer::Status(400), None),
+                "{method} * on {addr}"
+            );
+        }
+    }
+    let sent: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.uri.to_string())
+        .collect();
+    assert!(sent.is_empty(), "forwarded: {sent:?}");
+}
