@@ -408,3 +408,35 @@ async fn an_asterisk_path_is_refused_by_the_forward_proxy_as_by_a_route() {
         .collect();
     assert!(sent.is_empty(), "forwarded: {sent:?}");
 }
+
+#[tokio::test]
+async fn a_host_that_disagrees_with_the_authority_is_refused() {
+    let (upstream, proxy) = scene(true).await;
+    let authority = forward_host(&upstream);
+    for addr in [proxy.route_addr(0), proxy.forward_proxy_addr()] {
+        let fields = [
+            request_fields("GET", "/other-host", &authority),
+            literal("host", "elsewhere.example"),
+        ]
+        .concat();
+        let mut app = sent(addr, &headers(1, &fields, true)).await;
+        assert_eq!(
+            answered(&mut app, 1).await,
+            (Answer::Status(400), None),
+            "{addr}"
+        );
+        // The same entity spelled otherwise is no disagreement.
+        let same = [
+            request_fields("GET", "/same-host", &authority),
+            literal("host", &authority.to_uppercase()),
+        ]
+        .concat();
+        app.send(&headers(3, &same, true)).await.expect("send");
+        assert_eq!(
+            answered(&mut app, 3).await,
+            (Answer::Status(200), None),
+            "{addr}"
+        );
+    }
+    assert_eq!(upstream.paths(), ["/same-host", "/same-host"]);
+}
