@@ -23,6 +23,13 @@
 //!   ([`crate::send_timeout`]).
 //! - Drain: on shutdown it says GOAWAY, lets the streams in progress
 //!   finish, then closes (the caller bounds how long, `shutdown_grace`).
+//! - Abuse of the protocol itself is h2's to refuse, under these settings
+//!   (tests/it/h2c_abuse.rs, h2c_frames.rs): floods of reset streams, of
+//!   empty DATA frames or of streams it must refuse itself, and header
+//!   blocks that never end or decompress past four times the header list
+//!   size, end the connection with GOAWAY `ENHANCE_YOUR_CALM`; h2 reads no
+//!   frame while the ACK of a PING or SETTINGS waits to be written, so an
+//!   app that floods them without reading stops its own flood.
 //! - There is no request framing to check: HTTP/2 frames every body
 //!   itself, and the h2 layer refuses connection-specific headers
 //!   (`transfer-encoding`, `connection`, a `te` other than `trailers`).
