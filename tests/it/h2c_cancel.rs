@@ -12,7 +12,9 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::support::config::{TestConfig, route, static_token};
-use crate::support::h2_app::{Answer, H2App, RST_STREAM, answer, headers, request_fields};
+use crate::support::h2_app::{
+    Answer, H2App, RST_STREAM, answer, goaway_error, headers, request_fields,
+};
 use crate::support::h2_wire::frame;
 use crate::support::h2c::H2cConn;
 use crate::support::proxy::{body_empty, request_with};
@@ -109,4 +111,70 @@ async fn a_reset_during_the_answer_body_cancels_the_http2_upstream_stream() {
 #[tokio::test]
 async fn a_reset_during_the_answer_body_closes_the_http1_upstream_connection() {
     reset_while_upstream_works(false, When::DuringTheBody).await;
+}
+
+/// Requests one app connection may cancel after they reached the upstream,
+/// with none answered, before sidekey stops taking its requests
+/// (`crate::http2::MAX_CANCELLED`).
+const MAX_CANCELLED: usize = 100;
+
+#[tokio::test]
+async fn an_app_that_cancels_every_request_once_it_reached_the_upstream_is_cut_off() {
+    // An upstream that never answers. (Over HTTP/1.1 each cancelled request
+    // would cost it a connection, and sidekey a TLS handshake.)
+    let pki = Arc::new(TestPki::new());
+    let gate = Gate::new();
+    let opts = UpstreamOpts::tls(&pki).http2();
+    let upstream = Upstream::start(opts.always(Reply::echo().until(&gate))).await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+
+    let mut app = H2App::connect(proxy.route_addr(0)).await;
+    let mut cancelled = 0;
+    let mut goaway = None;
+    for stream in (1u32..).step_by(2).take(5 * MAX_CANCELLED) {
+        let request = headers(stream, &request_fields("GET", "/cancel", "sidekey"), true);
+        if app.send(&request).await.is_err() {
+            break;
+        }
+        // Unlike a rapid reset, the reset comes once the upstream has it.
+        let refused = tokio::select! {
+            biased;
+            (frames, _) = app.read_until(Duration::from_secs(5), |f| goaway_error(f).is_some()) => {
+                goaway = goaway_error(&frames);
+                true
+            }
+            () = upstream.wait_for_answering(1) => false,
+        };
+        if refused {
+            break;
+        }
+        let reset = frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes());
+        if app.send(&reset).await.is_err() {
+            break;
+        }
+        upstream.wait_for_answering(0).await;
+        cancelled += 1;
+    }
+    assert!(
+        cancelled <= MAX_CANCELLED + 1,
+        "{cancelled} requests cancelled once at the upstream ({} received), \
+         the app's connection still served",
+        upstream.request_count()
+    );
+    assert!(goaway.is_some(), "no GOAWAY");
+    assert_eq!(upstream.request_count(), cancelled);
+
+    // Another app is served as usual.
+    gate.open();
+    let mut other = H2cConn::connect(proxy.route_addr(0)).await;
+    let response = other
+        .send(request_with(Method::GET, "/next", &[], body_empty()))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
 }
