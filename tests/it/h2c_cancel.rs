@@ -178,3 +178,49 @@ async fn an_app_that_cancels_every_request_once_it_reached_the_upstream_is_cut_o
         .await;
     assert_eq!(response.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_app_that_cancels_every_other_request_is_served_on() {
+    let pki = Arc::new(TestPki::new());
+    let gate = Gate::new();
+    let held = gate.clone();
+    let opts = UpstreamOpts::tls(&pki).http2();
+    let upstream = Upstream::start(opts.respond(move |request| match request.path.as_str() {
+        "/cancel" => Reply::echo().until(&held),
+        _ => Reply::echo(),
+    }))
+    .await;
+    let proxy = TestConfig::new()
+        .trusting(&pki)
+        .with(static_token("api", "API_TOKEN"))
+        .with(route(&upstream.url(), "api"))
+        .env("API_TOKEN", "tok-123")
+        .start()
+        .await;
+
+    let mut app = H2App::connect(proxy.route_addr(0)).await;
+    let mut streams = (1u32..).step_by(2);
+    // More cancels than MAX_CANCELLED in all, never more than one in a row.
+    let rounds = MAX_CANCELLED + 20;
+    for _ in 0..rounds {
+        let stream = streams.next().unwrap_or_default();
+        let answered = headers(stream, &request_fields("GET", "/ok", "sidekey"), true);
+        app.send(&answered).await.expect("send");
+        let (frames, _) = app
+            .read_until(Duration::from_secs(5), |f| {
+                answer(f, stream) != Answer::Nothing
+            })
+            .await;
+        assert_eq!(answer(&frames, stream), Answer::Status(200));
+        assert_eq!(goaway_error(&frames), None);
+
+        let stream = streams.next().unwrap_or_default();
+        let cancelled = headers(stream, &request_fields("GET", "/cancel", "sidekey"), true);
+        app.send(&cancelled).await.expect("send");
+        upstream.wait_for_answering(1).await;
+        let reset = frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes());
+        app.send(&reset).await.expect("send");
+        upstream.wait_for_answering(0).await;
+    }
+    assert_eq!(upstream.request_count(), 2 * rounds);
+}
