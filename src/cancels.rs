@@ -15,34 +15,34 @@
 //! [`Cancels`] keeps one connection's count: a request the app gives up
 //! before its answer's head ([`Pending`] dropped) adds one, an answered one
 //! takes one off. A client that cancels some calls (deadlines, a user who
-//! navigates away) stays near zero; one whose count passes
-//! [`MAX_CANCELLED`] is told to stop ([`Cancels::exceeded`]), and
-//! [`crate::http2`] closes its connection.
+//! navigates away) stays near zero; one whose count passes the limit
+//! (`crate::http2::MAX_CANCELLED`) is told to stop ([`Cancels::exceeded`]),
+//! and `crate::http2` closes its connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-/// Requests an app connection may cancel before their answer with none
-/// answered in between: the connection's stream limit, so that an app
-/// that gives up every call it has open at once is never cut off for it.
-pub const MAX_CANCELLED: usize = crate::http2::MAX_STREAMS as usize;
-
 /// One connection's cancelled requests less its answered ones (never below
 /// zero).
 #[derive(Debug, Default)]
 pub struct Cancels {
+    /// Most the count may reach.
+    limit: usize,
     count: AtomicUsize,
-    /// Set once the count passed [`MAX_CANCELLED`]; never cleared.
+    /// Set once the count passed `limit`; never cleared.
     tripped: AtomicBool,
     exceeded: Notify,
 }
 
 impl Cancels {
-    /// A new connection's count.
-    pub fn new() -> Arc<Cancels> {
-        Arc::new(Cancels::default())
+    /// A new connection's count, allowed to reach `limit`.
+    pub fn new(limit: usize) -> Arc<Cancels> {
+        Arc::new(Cancels {
+            limit,
+            ..Cancels::default()
+        })
     }
 
     /// A request is being served: count it cancelled unless
@@ -53,7 +53,7 @@ impl Cancels {
         }
     }
 
-    /// Resolves once more than [`MAX_CANCELLED`] requests were cancelled
+    /// Resolves once more than the limit of requests were cancelled
     /// (net of the answered ones), and from then on at once.
     pub async fn exceeded(&self) {
         loop {
@@ -67,14 +67,14 @@ impl Cancels {
         }
     }
 
-    /// Whether more than [`MAX_CANCELLED`] were cancelled at some point
+    /// Whether more than the limit were cancelled at some point
     /// (answers that came after do not undo it).
     pub fn is_exceeded(&self) -> bool {
         self.tripped.load(Ordering::Relaxed)
     }
 
     fn cancelled(&self) {
-        if self.count.fetch_add(1, Ordering::Relaxed) + 1 > MAX_CANCELLED {
+        if self.count.fetch_add(1, Ordering::Relaxed) + 1 > self.limit {
             self.tripped.store(true, Ordering::Relaxed);
             self.exceeded.notify_waiters();
         }
@@ -118,12 +118,13 @@ mod tests {
 
     #[tokio::test]
     async fn answers_pay_off_cancels_and_too_many_in_a_row_are_told() {
-        let cancels = Cancels::new();
+        const LIMIT: usize = 100;
+        let cancels = Cancels::new(LIMIT);
         // Answers first buy nothing ahead.
         for _ in 0..10 {
             cancels.pending().answered();
         }
-        for _ in 0..MAX_CANCELLED {
+        for _ in 0..LIMIT {
             drop(cancels.pending());
         }
         // One answered call between keeps the count at the limit.

@@ -54,7 +54,7 @@ use tokio::time::Instant;
 
 use tracing::warn;
 
-use crate::cancels::{Cancels, MAX_CANCELLED};
+use crate::cancels::Cancels;
 use crate::config::ConnLimits;
 use crate::idle::{IdleClock, RestartsIdle};
 use crate::metrics::Metrics;
@@ -65,6 +65,12 @@ use crate::stream_stall::{StreamExecutor, Watched};
 /// Streams one connection may have open at once (RFC 9113 §6.5.2
 /// recommends no fewer than 100).
 pub const MAX_STREAMS: u32 = 100;
+
+/// Requests one connection's app may cancel once they were sent upstream,
+/// with none answered in between ([`crate::cancels`]): its stream limit,
+/// so that an app that gives up every call it has open at once is never
+/// cut off for it.
+pub const MAX_CANCELLED: usize = MAX_STREAMS as usize;
 
 /// Request body bytes the app may send ahead on one stream: the protocol's
 /// initial window, enough on loopback, where window updates come at once.
@@ -95,7 +101,7 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let cancels = Cancels::new();
+    let cancels = Cancels::new(MAX_CANCELLED);
     let service = {
         let (clock, cancels) = (clock.clone(), cancels.clone());
         service_fn(move |request: Request<Incoming>| {
