@@ -21,13 +21,24 @@
 //!   of for its route's `body_timeout` is reset ([`crate::stream_stall`]);
 //!   a connection that takes no byte at all is closed
 //!   ([`crate::send_timeout`]).
+//! - Cancels: an app that resets more than [`MAX_CANCELLED`] requests in a
+//!   row once they were sent upstream, with none answered between
+//!   ([`crate::cancels`]), gets GOAWAY; its new streams are refused
+//!   (`REFUSED_STREAM`) and the connection is dropped after `idle_timeout`
+//!   if it stays open.
 //! - Drain: on shutdown it says GOAWAY, lets the streams in progress
 //!   finish, then closes (the caller bounds how long, `shutdown_grace`).
+//! - Abuse of the protocol itself is h2's to refuse, under these settings
+//!   (tests/it/h2c_abuse.rs, h2c_frames.rs): floods of reset streams, of
+//!   empty DATA frames or of streams it must refuse itself, and header
+//!   blocks that never end or decompress past four times the header list
+//!   size, end the connection with GOAWAY `ENHANCE_YOUR_CALM`; h2 reads no
+//!   frame while the ACK of a PING or SETTINGS waits to be written, so an
+//!   app that floods them without reading stops its own flood.
 //! - There is no request framing to check: HTTP/2 frames every body
 //!   itself, and the h2 layer refuses connection-specific headers
 //!   (`transfer-encoding`, `connection`, a `te` other than `trailers`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -41,6 +52,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use tracing::warn;
+
+use crate::cancels::Cancels;
 use crate::config::ConnLimits;
 use crate::idle::{IdleClock, RestartsIdle};
 use crate::metrics::Metrics;
@@ -51,6 +65,12 @@ use crate::stream_stall::{StreamExecutor, Watched};
 /// Streams one connection may have open at once (RFC 9113 §6.5.2
 /// recommends no fewer than 100).
 pub const MAX_STREAMS: u32 = 100;
+
+/// Requests one connection's app may cancel once they were sent upstream,
+/// with none answered in between ([`crate::cancels`]): its stream limit,
+/// so that an app that gives up every call it has open at once is never
+/// cut off for it.
+pub const MAX_CANCELLED: usize = MAX_STREAMS as usize;
 
 /// Request body bytes the app may send ahead on one stream: the protocol's
 /// initial window, enough on loopback, where window updates come at once.
@@ -81,16 +101,24 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let cancels = Cancels::new(MAX_CANCELLED);
     let service = {
-        let clock = clock.clone();
+        let (clock, cancels) = (clock.clone(), cancels.clone());
         service_fn(move |request: Request<Incoming>| {
             let busy = clock.request_started();
             let dispatch = dispatch.load_full();
             let metrics = metrics.clone();
+            // Once the app cancelled too many, its new streams are refused
+            // unprocessed (it may send them again on a new connection).
+            let pending = (!cancels.is_exceeded()).then(|| cancels.pending());
             async move {
+                let Some(pending) = pending else {
+                    return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
+                };
                 let response =
                     service::handle_request(&dispatch, request, Framing::Clear, &metrics).await;
-                Ok::<_, Infallible>(response.map(|body| {
+                pending.answered();
+                Ok(response.map(|body| {
                     // The upstream's answer is watched; sidekey's own is whole.
                     let timeout = match &body {
                         Either::Left(upstream) => Some(upstream.timeout()),
@@ -115,6 +143,7 @@ where
     // Set once GOAWAY was said for idleness: the peer must be gone by then.
     let mut closing_by: Option<Instant> = None;
     let mut draining = false;
+    let mut cut_off = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => return result,
@@ -127,6 +156,16 @@ where
                 if closing_by.is_none() {
                     connection.as_mut().graceful_shutdown();
                 }
+            }
+            () = cancels.exceeded(), if !cut_off => {
+                cut_off = true;
+                warn!(
+                    "an HTTP/2 app cancelled more than {MAX_CANCELLED} requests in a row once \
+                     they were sent upstream; its connection is closed"
+                );
+                connection.as_mut().graceful_shutdown();
+                let by = crate::deadline::after(Instant::now(), timeout);
+                closing_by = Some(closing_by.map_or(by, |earlier| earlier.min(by)));
             }
             () = sleep_until(closing_by) => return Ok(()),
         }

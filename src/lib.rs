@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cancels;
 pub mod cert_errors;
 pub mod cli;
 pub mod config;

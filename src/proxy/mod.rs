@@ -32,6 +32,7 @@ pub mod grpc;
 pub mod h2_driver;
 pub mod head;
 pub mod headers;
+pub mod host_header;
 pub mod hosts;
 pub mod keep_alive;
 pub mod linger;
@@ -110,7 +111,8 @@ impl Dispatch {
 
     /// The route for `request`, or why it is not forwarded at all: a method
     /// that must not be ([`refuse_method`]), a body framed both by
-    /// `Content-Length` and `Transfer-Encoding` ([`framing`]), a request
+    /// `Content-Length` and `Transfer-Encoding` ([`framing`]), an HTTP/2
+    /// `host` that disagrees with `:authority` ([`host_header`]), a request
     /// target in the wrong form for the listener ([`target_form`]: a URL on
     /// a route listener, anything but an `http://` URL on the forward
     /// proxy), a path that could escape the upstream's base path
@@ -121,6 +123,7 @@ impl Dispatch {
         framing: framing::Framing,
     ) -> Result<&Arc<Route>, ProxyError> {
         refuse_framing(framing)?;
+        host_header::check(request)?;
         let uri = request.uri();
         if let Dispatch::Forward(_) = self
             && let Some(refusal) = target_form::forward_refusal(request.method(), uri)

@@ -1,10 +1,12 @@
 //! Request targets in the wrong form for their listener, answered with
 //! what to send instead.
 //!
-//! - The forward proxy ([`forward_refusal`]) takes absolute `http://` URLs:
-//!   an app that uses the listener as its base URL (origin-form `GET /x`),
-//!   an `https://` URL in absolute form, or the `CONNECT` clients send for
-//!   `https://` URLs is told the `http://` request that would have worked.
+//! - The forward proxy ([`forward_refusal`]) takes absolute `http://` URLs
+//!   with a path: an app that uses the listener as its base URL
+//!   (origin-form `GET /x`), an HTTP/2 request for `*` (refused on a route
+//!   listener too), an `https://` URL in absolute form, or the `CONNECT`
+//!   clients send for `https://` URLs is told the `http://` request that
+//!   would have worked.
 //! - A route listener ([`route_refusal`]) takes paths: an HTTP/1 request
 //!   with an absolute URL comes from an app whose `HTTP_PROXY` names the
 //!   route listener. Served, it went to the route's upstream, the app's
@@ -41,7 +43,17 @@ pub fn forward_refusal(method: &Method, uri: &Uri) -> Option<ProxyError> {
              to the upstream as https://"
         )
     } else if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
-        return None;
+        if uri.path().starts_with('/') {
+            return None;
+        }
+        // HTTP/2's `:path *` (asterisk-form, the server as a whole): no
+        // resource of the upstream, as on a route listener.
+        let authority = uri.authority().map_or("HOST", |a| a.as_str());
+        format!(
+            "the forward proxy takes http:// URLs with a path, such as \
+             http://{authority}/v1/items, not the request target {}",
+            uri.path()
+        )
     } else if let Some(authority) = uri.authority() {
         format!(
             "the forward proxy takes http:// URLs only: request http://{authority}{} \
@@ -113,6 +125,19 @@ mod tests {
         assert!(!origin.contains("secret"), "{origin}");
         let star = message(Method::OPTIONS, "*").unwrap();
         assert!(star.contains("http://HOST/*"), "{star}");
+        // HTTP/2 `:scheme http`, `:authority`, `:path *`.
+        let h2_star = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some("api.example".parse().unwrap());
+            parts.path_and_query = Some("*".parse().unwrap());
+            parts
+        })
+        .unwrap();
+        let h2_star = forward_refusal(&Method::OPTIONS, &h2_star)
+            .unwrap()
+            .to_string();
+        assert!(h2_star.contains("http://api.example/v1/items"), "{h2_star}");
     }
 
     #[test]

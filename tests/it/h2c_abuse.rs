@@ -6,9 +6,8 @@
 //! the `h2` crate's, under the settings `crate::http2` gives hyper; these
 //! tests keep them there.
 //!
-//! Floods of PING or SETTINGS frames need no test: `h2` reads no further
-//! frame while the answer to the last one waits to be written, so an app
-//! that does not read what it asked for stops its own flood.
+//! Floods of PING or SETTINGS frames, of empty DATA frames, HPACK bombs
+//! and stream bookkeeping are [`super::h2c_frames`]'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -36,6 +36,8 @@ mod forward_clients;
 mod grpc;
 mod h2c;
 mod h2c_abuse;
+mod h2c_cancel;
+mod h2c_frames;
 mod hostile;
 mod http2_faults;
 mod http2_upstream_frames;

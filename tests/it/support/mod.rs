@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod h2_app;
 pub mod h2_goaway;
 pub mod h2_script;
 pub mod h2_settings;

@@ -874,6 +874,7 @@ struct State {
     dropped_requests: AtomicUsize,
     idle_closes: AtomicUsize,
     abandoned_answers: AtomicUsize,
+    answering: AtomicUsize,
     changed: Notify,
     goaway: Notify,
     opts: UpstreamOpts,
@@ -968,6 +969,7 @@ impl Upstream {
             dropped_requests: AtomicUsize::new(0),
             idle_closes: AtomicUsize::new(0),
             abandoned_answers: AtomicUsize::new(0),
+            answering: AtomicUsize::new(0),
             changed: Notify::new(),
             goaway: Notify::new(),
             opts,
@@ -1044,6 +1046,25 @@ impl Upstream {
     /// HTTP/1.1 connection or reset the HTTP/2 stream mid-body.
     pub fn abandoned_answers(&self) -> usize {
         self.state.abandoned_answers.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose answer head is being made right now (reading the
+    /// body, waiting on a delay or [`Gate`]); a request the client cancels
+    /// (HTTP/2 reset, HTTP/1.1 connection closed) leaves this count.
+    pub fn answering(&self) -> usize {
+        self.state.answering.load(Ordering::SeqCst)
+    }
+
+    /// Wait until [`Upstream::answering`] is `n`; panics after 10 s.
+    pub async fn wait_for_answering(&self, n: usize) {
+        self.wait_until(|s| s.answering.load(Ordering::SeqCst) == n)
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "upstream: {} requests being answered after 10s, not {n}",
+                    self.answering()
+                )
+            });
     }
 
     /// Wait until at least `n` answer bodies were abandoned mid-body
@@ -1412,7 +1433,9 @@ async fn handle(
         return Ok(echo_stream(req, &state, &conn));
     }
     conn.in_flight.fetch_add(1, Ordering::SeqCst);
+    let answering = Answering::start(&state);
     let response = answer(req, &state, &conn).await;
+    drop(answering);
     *conn.idle_since.lock().expect("lock") = Instant::now();
     conn.in_flight.fetch_sub(1, Ordering::SeqCst);
     let response = response.map(|response| {
@@ -1420,6 +1443,26 @@ async fn handle(
         response.map(move |body| Abandonable::new(body, state).boxed())
     });
     response.ok_or(DroppedRequest::Refused(h2::Reason::REFUSED_STREAM.into()))
+}
+
+/// One request whose answer is being made (its head not yet given to
+/// hyper), counted in [`Upstream::answering`] until it is made or dropped:
+/// hyper drops it when the client cancels the request.
+struct Answering(Arc<State>);
+
+impl Answering {
+    fn start(state: &Arc<State>) -> Answering {
+        state.answering.fetch_add(1, Ordering::SeqCst);
+        state.changed.notify_waiters();
+        Answering(state.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
 }
 
 /// An answer body that counts itself in [`Upstream::abandoned_answers`]
