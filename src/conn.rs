@@ -22,7 +22,9 @@
 //!   listener's accept loop, and one app connection from its TLS handshake
 //!   to its close: its first bytes tell HTTP/2 ([`crate::preface`], served
 //!   by [`crate::http2`]) from HTTP/1.1, served here with the request
-//!   framing tap in front of hyper. Either version's writes are watched by
+//!   framing tap in front of hyper, and from the wrong protocols answered by
+//!   [`crate::mismatch`] (TLS to a plain listener, plain HTTP or h2c to an
+//!   HTTPS one, a PROXY protocol header). Either version's writes are watched by
 //!   [`crate::send_timeout`]: an app that takes no byte of its answers for
 //!   `body_timeout` is closed.
 //! - [`raise_fd_limit`] and the file-descriptor budget that keeps
@@ -52,6 +54,7 @@ use tracing::{debug, info, warn};
 use crate::config::ConnLimits;
 use crate::idle::{IdleClock, IdleRead, RestartsIdle};
 use crate::metrics::Metrics;
+use crate::mismatch::{self, Mismatches};
 use crate::preface::{self, Protocol};
 use crate::proxy::framing::Tap;
 use crate::proxy::{Dispatch, service};
@@ -118,6 +121,7 @@ pub async fn serve_proxy_listener(
 ) {
     let graceful = GracefulShutdown::new();
     let mut listener = Listener::new(listener, policy.gate.clone());
+    let mismatches = Arc::new(Mismatches::new(listener.local));
     // Owned here, so that dropping the listener's future ends them.
     let mut connections = JoinSet::new();
     // Each connection's own view of the drain signal (HTTP/2 says GOAWAY).
@@ -134,6 +138,7 @@ pub async fn serve_proxy_listener(
                     metrics: metrics.clone(),
                     limits: policy.limits,
                     shutdown: drain.clone(),
+                    mismatches: mismatches.clone(),
                 };
                 // Finished connections are let go of here, not in this
                 // select: `accept` is not to be cancelled once it accepted.
@@ -163,12 +168,16 @@ pub struct App {
     pub limits: ConnLimits,
     /// Turns true when the listener drains.
     pub shutdown: watch::Receiver<bool>,
+    /// The listener's answers to connections in the wrong protocol.
+    pub mismatches: Arc<Mismatches>,
 }
 
 /// Serve one app connection of a proxy listener until it closes: the TLS
-/// handshake when the listener has one (bounded by `idle_timeout`), then by
-/// its first bytes HTTP/2 ([`crate::http2`]) or HTTP/1.1 under [`http1`]
-/// with the request framing tap, each request through
+/// handshake when the listener has one (bounded by `idle_timeout`; a
+/// connection whose first byte starts no TLS record is answered by
+/// [`Mismatches::refuse_plain_on_https`] instead), then by its first bytes
+/// HTTP/2 ([`crate::http2`]) or HTTP/1.1 under [`http1`] with the request
+/// framing tap, each request through
 /// [`service::handle_request`] with the dispatch table in force when it
 /// arrives. `watcher` keeps the listener's drain waiting until it closes.
 pub async fn serve_proxy_connection(
@@ -180,13 +189,32 @@ pub async fn serve_proxy_connection(
 ) {
     let idle = IdleClock::start();
     let Some(acceptor) = acceptor else {
-        return serve_app(stream, peer, app, idle, watcher).await;
+        return serve_app(stream, false, peer, app, idle, watcher).await;
     };
     // The TLS handshake is bounded by the idle timeout too.
-    match tokio::time::timeout(app.limits.idle_timeout, acceptor.accept(stream)).await {
+    let deadline = crate::deadline::after(Instant::now(), app.limits.idle_timeout);
+    match tokio::time::timeout_at(deadline, mismatch::starts_tls(&stream)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            let http1 = http1(&app.limits);
+            let mismatches = app.mismatches;
+            return mismatches
+                .refuse_plain_on_https(stream, peer, http1, deadline)
+                .await;
+        }
+        Ok(Err(err)) => {
+            debug!(%peer, error = %err, "connection ended before its TLS handshake");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake with the app timed out");
+            return;
+        }
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
             idle.restart();
-            serve_app(tls_stream, peer, app, idle, watcher).await;
+            serve_app(tls_stream, true, peer, app, idle, watcher).await;
         }
         Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake with the app failed"),
         Err(_) => debug!(%peer, "TLS handshake with the app timed out"),
@@ -195,8 +223,14 @@ pub async fn serve_proxy_connection(
 
 /// Serve an app connection (past TLS) in the HTTP version its first bytes
 /// tell; they must come within the idle time.
-async fn serve_app<S>(stream: S, peer: SocketAddr, app: App, idle: Arc<IdleClock>, watcher: Watcher)
-where
+async fn serve_app<S>(
+    stream: S,
+    over_tls: bool,
+    peer: SocketAddr,
+    app: App,
+    idle: Arc<IdleClock>,
+    watcher: Watcher,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = app.limits.idle_timeout;
@@ -214,24 +248,40 @@ where
             return;
         }
     };
+    let http2 = match protocol {
+        Protocol::Http1 => false,
+        Protocol::Http2 => true,
+        Protocol::Tls => {
+            // Closed at once. (TLS inside TLS comes from no client that
+            // meant it: closed without a word.)
+            if !over_tls {
+                let forward = matches!(**app.dispatch.load(), Dispatch::Forward(_));
+                app.mismatches.tls_on_plain(peer, forward);
+            }
+            return;
+        }
+        Protocol::ProxyHeader => {
+            app.mismatches.refuse_proxy_header(stream, peer).await;
+            return;
+        }
+    };
     // Both versions: an app that takes no byte of its answers is closed.
     let stream = SendTimeout::new(stream, app.dispatch.clone());
-    let result = match protocol {
-        Protocol::Http2 => {
-            let limits = app.limits;
-            let served = crate::http2::serve_connection(
-                stream,
-                app.dispatch,
-                app.metrics,
-                &limits,
-                idle,
-                app.shutdown,
-            );
-            let result = served.await;
-            drop(watcher);
-            result
-        }
-        Protocol::Http1 => serve_http1(stream, app, idle, watcher).await,
+    let result = if http2 {
+        let limits = app.limits;
+        let served = crate::http2::serve_connection(
+            stream,
+            app.dispatch,
+            app.metrics,
+            &limits,
+            idle,
+            app.shutdown,
+        );
+        let result = served.await;
+        drop(watcher);
+        result
+    } else {
+        serve_http1(stream, app, idle, watcher).await
     };
     if let Err(err) = result {
         debug!(%peer, error = %err, "connection ended with an error");

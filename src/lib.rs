@@ -52,6 +52,7 @@ pub mod idle;
 pub mod limits;
 pub mod listeners;
 pub mod metrics;
+pub mod mismatch;
 pub mod preface;
 pub mod preflight;
 pub mod proxy;

@@ -46,6 +46,7 @@ mod lifecycle;
 mod limits;
 mod listeners;
 mod log_output;
+mod mismatch;
 mod name_lookups;
 mod providers;
 mod proxy;

@@ -345,3 +345,23 @@ pub async fn presented_certificate(
         .map(|cert| cert.clone().into_owned())
         .ok_or_else(|| "no certificate presented".to_owned())
 }
+
+/// The first bytes a TLS client sends to a server it knows as `name`: a
+/// real ClientHello (rustls's, offering `h2` and `http/1.1`), for tests
+/// that send it where no TLS is spoken.
+pub fn client_hello(name: &str) -> Vec<u8> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("server name");
+    let mut client =
+        rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).expect("ClientHello");
+    }
+    hello
+}
