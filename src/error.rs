@@ -11,6 +11,7 @@
 //! | 404 | `no_route` | downstream: no route matches |
 //! | 403 | `host_not_allowed` | downstream: forward proxy to a host outside `hosts` |
 //! | 400 | `bad_request` | downstream: a request sidekey refuses to forward |
+//! | 501 | `upgrade_not_supported` | downstream: an `Upgrade` (WebSocket, …) sidekey cannot carry ([`crate::proxy::upgrade`]) |
 //!
 //! A gRPC call ([`crate::proxy::grpc`]) gets the same error as a gRPC
 //! status instead ([`ProxyError::to_grpc_response`]): HTTP 200,
@@ -74,6 +75,9 @@ pub enum ProxyError {
     /// A request sidekey refuses to forward.
     #[error("{0}")]
     BadRequest(String),
+    /// An `Upgrade` to a protocol sidekey cannot carry (a WebSocket).
+    #[error("{0}")]
+    UpgradeNotSupported(String),
 }
 
 impl ProxyError {
@@ -87,6 +91,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpgradeNotSupported(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -109,6 +114,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => "request_body_timeout",
             ProxyError::HostNotAllowed(_) => "host_not_allowed",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UpgradeNotSupported(_) => "upgrade_not_supported",
         }
     }
 
@@ -128,6 +134,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => Code::Unknown,
             ProxyError::HostNotAllowed(_) => Code::PermissionDenied,
             ProxyError::BadRequest(_) => Code::InvalidArgument,
+            ProxyError::UpgradeNotSupported(_) => Code::Unimplemented,
         }
     }
 

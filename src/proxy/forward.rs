@@ -142,7 +142,7 @@ pub async fn forward(
         route.credential.strip_names(),
         &route.headers,
         &published.headers,
-    );
+    )?;
     let body = Idle::new(body, route.body_timeout);
     let outgoing = if parts.version == Version::HTTP_2 && body.size_hint().exact().is_none() {
         Outgoing::Streamed(Prefixed::new(body))
@@ -261,7 +261,8 @@ async fn with_renewed(
     {
         Ok(renewed) if renewed.generation > rejected.generation => {
             let strip = route.credential.strip_names();
-            prepare_request(headers, strip, &route.headers, &renewed.headers);
+            // Prepared before: no `Upgrade` is left to refuse.
+            let _ = prepare_request(headers, strip, &route.headers, &renewed.headers);
             renewed
         }
         _ => rejected,

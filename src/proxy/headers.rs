@@ -22,6 +22,11 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::error::ProxyError;
+
+/// [`UPGRADE`]'s bit in [`Present`].
+const UPGRADE_BIT: Present = 1 << 7;
+
 /// The fields removed from every message whether or not `Connection` names
 /// them: RFC 9110 §7.6.1's, and the older `Keep-Alive` and
 /// `Proxy-Connection`; [`hop_by_hop_bit`] gives each one's bit.
@@ -176,7 +181,9 @@ pub fn prepare_response(headers: &mut HeaderMap) {
 
 /// Prepare the app's headers for the upstream: remove hop-by-hop headers,
 /// `Host`, `Expect` and every name in `strip`; insert `route_headers`, then
-/// `credential_headers` (the credential wins on a clash).
+/// `credential_headers` (the credential wins on a clash). A request whose
+/// `Upgrade` offer sidekey cannot decline is refused instead, its headers
+/// untouched ([`super::upgrade`]).
 ///
 /// One pass over the fields finds what is there to remove; only those are
 /// looked up (hashed) again.
@@ -185,7 +192,7 @@ pub fn prepare_request(
     strip: &[HeaderName],
     route_headers: &[(HeaderName, HeaderValue)],
     credential_headers: &[(HeaderName, HeaderValue)],
-) {
+) -> Result<(), ProxyError> {
     let mut found = Found::default();
     let (mut host, mut expect, mut stripped) = (false, false, false);
     for (name, value) in headers.iter() {
@@ -197,6 +204,11 @@ pub fn prepare_request(
             found.note(name, value);
             stripped = stripped || strip.contains(name);
         }
+    }
+    if found.hop_by_hop & UPGRADE_BIT != 0
+        && let Some(refusal) = super::upgrade::refusal(headers)
+    {
+        return Err(refusal);
     }
     let accepts_trailers = found.hop_by_hop & TE_BIT != 0 && accepts_trailers(headers);
     found.remove(headers);
@@ -215,6 +227,7 @@ pub fn prepare_request(
         }
     }
     inject(headers, route_headers, credential_headers);
+    Ok(())
 }
 
 /// Whether the `TE` values list `trailers` (RFC 9110 §10.1.4).
@@ -280,7 +293,7 @@ mod tests {
             HeaderValue::from_static("1"),
         )];
         let strip = [AUTHORIZATION, HeaderName::from_static("x-inbenta-key")];
-        prepare_request(&mut headers, &strip, &route, &credential);
+        prepare_request(&mut headers, &strip, &route, &credential).unwrap();
 
         assert_eq!(headers.get_all(AUTHORIZATION).iter().count(), 1);
         assert_eq!(headers[AUTHORIZATION], "Bearer real");
@@ -309,7 +322,7 @@ mod tests {
         ] {
             let mut headers = map(&[("connection", "te"), ("trailer", "x-sum")]);
             headers.insert(TE, HeaderValue::from_static(te));
-            prepare_request(&mut headers, &[], &[], &[]);
+            prepare_request(&mut headers, &[], &[], &[]).unwrap();
             let te_left = headers.get(TE).map(|v| v.to_str().unwrap());
             assert_eq!(te_left, passed, "{te}");
             assert_eq!(headers["trailer"], "x-sum");
@@ -411,7 +424,8 @@ mod tests {
             &[AUTHORIZATION],
             &[],
             &[(AUTHORIZATION, HeaderValue::from_static("Bearer real"))],
-        );
+        )
+        .unwrap();
         let all: Vec<_> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))

@@ -9,7 +9,8 @@
 //!    ([`crate::credential::CredentialHandle::current`]); no valid token → 503.
 //! 3. [`headers::prepare_request`] strips hop-by-hop headers, `Host`, and the
 //!    app's own values of every header the credential or route sets, then
-//!    injects them ("strip, then inject").
+//!    injects them ("strip, then inject"); an `Upgrade` sidekey cannot carry
+//!    (a WebSocket) is refused there instead ([`upgrade`]).
 //! 4. [`forward`] sends it over the route's pooled client (HTTPS, HTTP/2 when
 //!    ALPN offers it), streaming the body; a small body is kept so a
 //!    `renew_on_status` answer can be retried once with the renewed token.
@@ -45,6 +46,7 @@ pub mod service;
 pub mod settings;
 pub mod target_form;
 pub mod unusable;
+pub mod upgrade;
 
 use std::sync::Arc;
 

@@ -162,7 +162,7 @@ async fn an_upload_arriving_while_a_rejected_token_is_renewed_waits_for_the_new_
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
-async fn http_1_0_apps_and_upgrade_requests_get_plain_answers() {
+async fn http_1_0_apps_get_plain_answers_and_websocket_upgrades_a_refusal() {
     let upstream = Upstream::start(UpstreamOpts::plain()).await;
     let proxy = static_route_proxy(&upstream.url()).await;
     let host = upstream.addr().to_string();
@@ -188,9 +188,9 @@ async fn http_1_0_apps_and_upgrade_requests_get_plain_answers() {
         assert_eq!(seen.header("authorization"), Some("Bearer tok-123"));
     }
 
-    // A WebSocket handshake: the upstream sees a plain GET (Upgrade and
-    // Connection are hop-by-hop), the app gets its plain answer and keeps
-    // its connection.
+    // A WebSocket handshake: refused (sidekey cannot carry the upgraded
+    // connection; see `mismatch`), never forwarded as a plain GET, and the
+    // app keeps its connection.
     let mut app = RawConn::connect(proxy.route_addr(0)).await;
     app.send(
         b"GET /ws HTTP/1.1\r\nhost: sidekey\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
@@ -199,10 +199,12 @@ async fn http_1_0_apps_and_upgrade_requests_get_plain_answers() {
     .await
     .expect("write");
     let answer = app.read_response(PROMPTLY).await.expect("an answer");
-    assert_eq!(answer.status, 200);
-    let seen = upstream.last_request().expect("forwarded");
-    assert_eq!(seen.path, "/ws");
-    assert!(seen.header("upgrade").is_none() && seen.header("connection").is_none());
+    assert_eq!(answer.status, 501);
+    assert_eq!(
+        answer.header("x-sidekey-error"),
+        Some("upgrade_not_supported")
+    );
+    assert!(upstream.requests().iter().all(|seen| seen.path != "/ws"));
     app.send_get("/after").await.expect("write");
     let after = app.read_response(PROMPTLY).await.expect("an answer");
     assert_eq!(after.status, 200);

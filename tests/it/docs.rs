@@ -130,6 +130,7 @@ fn every_proxy_error() -> Vec<ProxyError> {
         },
         ProxyError::HostNotAllowed("h".into()),
         ProxyError::BadRequest("b".into()),
+        ProxyError::UpgradeNotSupported("u".into()),
     ];
     for error in &all {
         match error {
@@ -139,7 +140,8 @@ fn every_proxy_error() -> Vec<ProxyError> {
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::RequestBodyTimeout { .. }
             | ProxyError::HostNotAllowed(_)
-            | ProxyError::BadRequest(_) => {}
+            | ProxyError::BadRequest(_)
+            | ProxyError::UpgradeNotSupported(_) => {}
         }
     }
     all

@@ -241,6 +241,27 @@ async fn a_proxy_protocol_header_is_refused_by_name() {
 // ---- 3. upgrades ----
 
 #[tokio::test]
+async fn a_websocket_upgrade_is_refused_clearly_and_not_forwarded() {
+    let scene = Scene::start(false).await;
+    let (response, _) = scene
+        .send(
+            b"GET /chat HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\n\
+              upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+              sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await;
+    let response = response.expect("an answer");
+    let message = sidekey_error(&response, 501, "upgrade_not_supported");
+    assert!(message.contains("WebSocket"), "{message}");
+    assert_eq!(
+        scene.upstream.request_count(),
+        0,
+        "the handshake reached the upstream as a plain GET: {:?}",
+        scene.upstream.last_request().map(|r| r.headers)
+    );
+}
+
+#[tokio::test]
 async fn an_h2c_upgrade_offer_is_served_over_http1() {
     let scene = Scene::start(false).await;
     let (response, _) = scene
