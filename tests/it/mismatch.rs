@@ -11,13 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
 use tokio::time::Instant;
 
 use crate::support::config::{TestConfig, forward_proxy, listen_tls, route, static_token};
 use crate::support::h2_app::{AppFrame, H2App};
 use crate::support::h2_wire::{GOAWAY, SETTINGS};
+use crate::support::h2c::H2cConn;
 use crate::support::logs::LogCapture;
-use crate::support::proxy::TestProxy;
+use crate::support::proxy::{TestProxy, body_empty, request};
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::tls::{TestPki, client_hello};
 use crate::support::upstream::{Upstream, UpstreamOpts};
@@ -131,6 +133,25 @@ async fn plain_http_without_host_to_an_https_listener_is_told_its_address() {
     );
 }
 
+#[tokio::test]
+async fn a_plain_upload_to_an_https_listener_still_gets_its_answer() {
+    let scene = Scene::start(true).await;
+    let body = vec![b'x'; 512 * 1024];
+    let mut conn = RawConn::connect(scene.proxy.route_addr(0)).await;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // An app that writes its whole upload before it reads (Python's
+    // `requests`): the answer must not be lost to a reset.
+    let _ = conn.send(&[head.as_bytes(), &body].concat()).await;
+    let response = conn
+        .read_response(WITHIN)
+        .await
+        .unwrap_or_else(|| panic!("no answer after the upload; got {:?}", conn.text()));
+    sidekey_error(&response, 400, "bad_request");
+}
+
 /// Frames until a GOAWAY (or the close).
 async fn until_goaway(app: &mut H2App) -> (Vec<AppFrame>, bool) {
     app.read_until(WITHIN, |frames| frames.iter().any(|f| f.kind == GOAWAY))
@@ -158,6 +179,23 @@ async fn h2c_to_an_https_listener_gets_a_goaway_that_says_https() {
     assert!(debug.contains(&format!("https://{addr}")), "{debug}");
     let (_, closed) = app.read_until(WITHIN, |_| false).await;
     assert!(closed, "closed after the GOAWAY");
+}
+
+#[tokio::test]
+async fn an_h2c_client_reports_the_goaway_and_its_reason() {
+    let scene = Scene::start(true).await;
+    let mut client = H2cConn::connect(scene.proxy.route_addr(0)).await;
+    let err = client
+        .send_head(request(Method::GET, "/items", body_empty()))
+        .await
+        .expect_err("no request is served without TLS");
+    // hyper's h2 shows the reason and the debug data: "connection error
+    // received: security properties do not meet minimum requirements
+    // (b\"this listener speaks HTTPS: connect with TLS, https://…\")".
+    let chain = sidekey::error_chain::error_chain(&err);
+    assert!(chain.contains("security"), "{chain}");
+    assert!(chain.contains("connect with TLS"), "{chain}");
+    assert_eq!(scene.upstream.request_count(), 0);
 }
 
 // ---- 2. TLS to a plain listener ----
@@ -259,6 +297,23 @@ async fn a_websocket_upgrade_is_refused_clearly_and_not_forwarded() {
         "the handshake reached the upstream as a plain GET: {:?}",
         scene.upstream.last_request().map(|r| r.headers)
     );
+
+    // Through the forward proxy too (an `ws://` URL with HTTP_PROXY set).
+    let port = scene.upstream.addr().port();
+    let mut conn = RawConn::connect(scene.proxy.forward_proxy_addr()).await;
+    conn.send(
+        format!(
+            "GET http://localhost:{port}/chat HTTP/1.1\r\nhost: localhost:{port}\r\n\
+             connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("sent");
+    let response = conn.read_response(WITHIN).await.expect("an answer");
+    sidekey_error(&response, 501, "upgrade_not_supported");
+    assert_eq!(scene.upstream.request_count(), 0);
 }
 
 #[tokio::test]
@@ -317,7 +372,6 @@ async fn http10_without_host_through_the_forward_proxy_is_served() {
 async fn an_http09_request_line_gets_a_400_and_a_close() {
     let scene = Scene::start(false).await;
     let (response, mut conn) = scene.send(b"GET /items\r\n").await;
-    println!("HTTP/0.9: {response:?} {:?}", conn.text());
     let response = response.expect("an answer");
     assert_eq!(response.status, 400);
     assert!(conn.closed_within(WITHIN).await, "closed");
@@ -332,6 +386,6 @@ async fn an_https_url_on_a_route_listener_is_refused_with_what_to_send() {
         .await;
     let response = response.expect("an answer");
     let message = sidekey_error(&response, 400, "bad_request");
-    println!("https URL: {message}");
+    assert!(message.contains("[forward_proxy]"), "{message}");
     assert_eq!(scene.upstream.request_count(), 0);
 }
