@@ -25,7 +25,8 @@ use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,16 +125,12 @@ impl Mismatches {
             };
         match protocol {
             Protocol::Http1 => {
-                self.warn(
-                    Mistake::PlainToHttps,
-                    peer,
-                    format_args!(
-                        "an app sent plain HTTP (http://) to HTTPS listener {}: it was \
-                         answered 400; the app must use https://{local}",
-                        self.listener
-                    ),
-                );
+                // Logged once a request was read: bytes that are neither
+                // TLS nor HTTP (a port scanner's) get hyper's bare 400.
+                let answered = Arc::new(AtomicBool::new(false));
+                let noted = answered.clone();
                 let service = service_fn(move |request: Request<Incoming>| {
+                    noted.store(true, Ordering::Relaxed);
                     let answer = use_https(&request, local);
                     async move { Ok::<_, Infallible>(answer) }
                 });
@@ -141,6 +138,17 @@ impl Mismatches {
                 let served = http1.serve_connection(TokioIo::new(stream), service);
                 if let Err(err) = served.await {
                     debug!(%peer, error = %err, "plain HTTP on an HTTPS listener");
+                }
+                if answered.load(Ordering::Relaxed) {
+                    self.warn(
+                        Mistake::PlainToHttps,
+                        peer,
+                        format_args!(
+                            "an app sent plain HTTP (http://) to HTTPS listener {}: it was \
+                             answered 400; the app must use https://{local}",
+                            self.listener
+                        ),
+                    );
                 }
             }
             Protocol::Http2 => {

@@ -90,6 +90,7 @@ fn sidekey_error(response: &RawResponse, status: u16, code: &str) -> String {
 
 #[tokio::test]
 async fn plain_http_to_an_https_listener_is_told_to_use_https() {
+    let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
     let scene = Scene::start(true).await;
     let port = scene.port();
     let (response, mut conn) = scene
@@ -115,6 +116,11 @@ async fn plain_http_to_an_https_listener_is_told_to_use_https() {
     assert_eq!(response.header("connection"), Some("close"));
     assert!(conn.closed_within(WITHIN).await, "closed after the answer");
     assert_eq!(scene.upstream.request_count(), 0);
+    let listener = scene.proxy.route_addr(0);
+    let lines = logs
+        .wait_for_lines(&["WARN", "plain HTTP", &format!("https://{listener}")], 1)
+        .await;
+    assert!(!lines[0].contains("secret"), "{}", lines[0]);
 }
 
 #[tokio::test]
