@@ -49,7 +49,7 @@
 //! legacy client), has no idle timeout, and checks out through `&mut self`
 //! tower services; the list here is a few lines and does neither.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -369,116 +369,140 @@ impl UpstreamClient {
     /// Send `request` (absolute URI) to the upstream on one of the current
     /// worker's connections, and return the response head and when its
     /// connection was opened.
-    pub async fn request(
+    ///
+    /// A plain function returning an `async move` block rather than an
+    /// `async fn`: an `async fn` keeps its arguments twice in its state
+    /// (as passed, and moved into the body), and this future is moved
+    /// whole at every level above it, once per request.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice in its state"
+    )]
+    pub fn request(
         &self,
         mut request: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Opened), UpstreamError> {
-        let pool = &self.pools[crate::workers::id() % self.pools.len()];
-        let (Some(scheme), Some(authority)) = (
-            request.uri().scheme().cloned(),
-            request.uri().authority().cloned(),
-        ) else {
-            return Err(UpstreamError::NotAbsolute);
-        };
-        let mut attempts = 0;
-        let mut waited = false;
-        loop {
-            attempts += 1;
-            let step = take(&mut lock(pool), &scheme, &authority, waited);
-            let (result, opened) = match step {
-                Step::Http1(mut conn, host) => {
-                    if request.version() == Version::HTTP_2 {
-                        lock(pool).http1.push(conn);
-                        return Err(UpstreamError::NeedsHttp2);
-                    }
-                    to_origin_form(&mut request, host);
-                    let sending = conn.sender.try_send_request(request);
-                    let opened = conn.opened;
-                    conn.used = tokio::time::Instant::now();
-                    lock(pool).http1.push(conn);
-                    (sending.await, opened)
-                }
-                Step::Http2(mut sender, opened, id) => {
-                    let result = sender.try_send_request(request).await;
-                    let unsent = result.as_ref().is_err_and(|err| err.message().is_some());
-                    if unsent || sender.is_closed() {
-                        // Closed or GOAWAY: the next request opens a new one.
-                        forget_http2(&mut lock(pool), id);
-                    }
-                    (result, opened)
-                }
-                Step::Wait(mut connecting) => {
-                    // Woken when the connection is there or the attempt ended.
-                    let _ = connecting.changed().await;
-                    waited = true;
-                    attempts -= 1;
-                    continue;
-                }
-                Step::Connect(done) => {
-                    // Boxed: the handshake's state (TLS buffers, the HTTP
-                    // handshake) is kilobytes; inline, it would make every
-                    // request's future that large, and hyper moves that
-                    // future once per request.
-                    let connected =
-                        Box::pin(self.connect(pool, &scheme, &authority, done.is_some())).await;
-                    drop(done);
-                    match connected? {
-                        Fresh::Http1(mut sender, host, opened) => {
-                            let now = tokio::time::Instant::now();
-                            let needs_http2 = request.version() == Version::HTTP_2;
-                            let sending = (!needs_http2).then(|| {
-                                to_origin_form(&mut request, host);
-                                sender.try_send_request(request)
-                            });
-                            let mut conn = Http1Conn {
-                                sender,
-                                opened,
-                                used: now,
-                                idle_limit: POOL_IDLE_TIMEOUT,
-                                retire_at: now + MAX_CONNECTION_AGE,
-                            };
-                            let Some(sending) = sending else {
-                                keep_http1(&mut lock(pool), &authority, conn);
-                                return Err(UpstreamError::NeedsHttp2);
-                            };
-                            // Kept once its first answer said how long the
-                            // upstream keeps it idle (busy until then).
-                            let result = sending.await;
-                            if let Some(limit) = result
-                                .as_ref()
-                                .ok()
-                                .and_then(|response| keep_alive::idle_limit(response.headers()))
-                            {
-                                conn.idle_limit = limit.min(POOL_IDLE_TIMEOUT);
-                            }
-                            keep_http1(&mut lock(pool), &authority, conn);
-                            (result, opened)
-                        }
-                        Fresh::Http2(mut sender, opened, _) => {
-                            (sender.try_send_request(request).await, opened)
-                        }
-                    }
-                }
+    ) -> impl Future<Output = Result<(Response<Incoming>, Opened), UpstreamError>> + Send + '_ {
+        async move {
+            let pool = &self.pools[crate::workers::id() % self.pools.len()];
+            let (Some(scheme), Some(authority)) = (
+                request.uri().scheme().cloned(),
+                request.uri().authority().cloned(),
+            ) else {
+                return Err(UpstreamError::NotAbsolute);
             };
-            match result {
-                Ok(response) => {
-                    // Dropped unread, its connection is closed, never reused.
-                    unusable::check(&response)?;
-                    return Ok((response, Opened(opened)));
+            let mut attempts = 0;
+            let mut waited = false;
+            loop {
+                attempts += 1;
+                let step = take(&mut lock(pool), &scheme, &authority, waited);
+                let (result, opened) = match step {
+                    Step::Http1(mut conn, host) => {
+                        if request.version() == Version::HTTP_2 {
+                            lock(pool).http1.push(conn);
+                            return Err(UpstreamError::NeedsHttp2);
+                        }
+                        to_origin_form(&mut request, host);
+                        let sending = conn.sender.try_send_request(request);
+                        let opened = conn.opened;
+                        conn.used = tokio::time::Instant::now();
+                        lock(pool).http1.push(conn);
+                        (sending.await, opened)
+                    }
+                    Step::Http2(mut sender, opened, id) => {
+                        let result = sender.try_send_request(request).await;
+                        let unsent = result.as_ref().is_err_and(|err| err.message().is_some());
+                        if unsent || sender.is_closed() {
+                            // Closed or GOAWAY: the next request opens a new one.
+                            forget_http2(&mut lock(pool), id);
+                        }
+                        (result, opened)
+                    }
+                    Step::Wait(mut connecting) => {
+                        // Woken when the connection is there or the attempt ended.
+                        let _ = connecting.changed().await;
+                        waited = true;
+                        attempts -= 1;
+                        continue;
+                    }
+                    Step::Connect(done) => {
+                        // Boxed: the handshake's state (TLS buffers, the HTTP
+                        // handshake) and a fresh connection's first exchange
+                        // are kilobytes; inline, they would make every
+                        // request's future that large, and hyper moves that
+                        // future once per request.
+                        Box::pin(self.send_fresh(pool, &scheme, &authority, done, request)).await?
+                    }
+                };
+                match result {
+                    Ok(response) => {
+                        // Dropped unread, its connection is closed, never reused.
+                        unusable::check(&response)?;
+                        return Ok((response, Opened(opened)));
+                    }
+                    Err(mut err) => match err.take_message() {
+                        Some(unsent) if attempts < SEND_ATTEMPTS => {
+                            request = to_absolute_form(unsent, &scheme, &authority);
+                        }
+                        _ => {
+                            return Err(UpstreamError::Request {
+                                source: err.into_error(),
+                                opened: Opened(opened),
+                            });
+                        }
+                    },
                 }
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if attempts < SEND_ATTEMPTS => {
-                        request = to_absolute_form(unsent, &scheme, &authority);
-                    }
-                    _ => {
-                        return Err(UpstreamError::Request {
-                            source: err.into_error(),
-                            opened: Opened(opened),
-                        });
-                    }
-                },
             }
         }
+    }
+
+    /// Open a connection ([`Self::connect`]; `done`: the others wait for
+    /// it, and are woken once it is open or failed) and send `request` on
+    /// it, its first exchange: the answer head or the failure, and when
+    /// the connection was opened.
+    async fn send_fresh(
+        &self,
+        pool: &Mutex<Pool>,
+        scheme: &Scheme,
+        authority: &Authority,
+        done: Option<watch::Sender<()>>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<(SendResult, Instant), UpstreamError> {
+        let connected = self.connect(pool, scheme, authority, done.is_some()).await;
+        drop(done);
+        Ok(match connected? {
+            Fresh::Http1(mut sender, host, opened) => {
+                let now = tokio::time::Instant::now();
+                let needs_http2 = request.version() == Version::HTTP_2;
+                let sending = (!needs_http2).then(|| {
+                    to_origin_form(&mut request, host);
+                    sender.try_send_request(request)
+                });
+                let mut conn = Http1Conn {
+                    sender,
+                    opened,
+                    used: now,
+                    idle_limit: POOL_IDLE_TIMEOUT,
+                    retire_at: now + MAX_CONNECTION_AGE,
+                };
+                let Some(sending) = sending else {
+                    keep_http1(&mut lock(pool), authority, conn);
+                    return Err(UpstreamError::NeedsHttp2);
+                };
+                // Kept once its first answer said how long the upstream
+                // keeps it idle (busy until then).
+                let result = sending.await;
+                if let Some(limit) = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|response| keep_alive::idle_limit(response.headers()))
+                {
+                    conn.idle_limit = limit.min(POOL_IDLE_TIMEOUT);
+                }
+                keep_http1(&mut lock(pool), authority, conn);
+                (result, opened)
+            }
+            Fresh::Http2(mut sender, opened, _) => (sender.try_send_request(request).await, opened),
+        })
     }
 
     /// Open a connection to `scheme://authority` and keep it in `pool` if it
@@ -587,6 +611,11 @@ impl UpstreamClient {
         }
     }
 }
+
+/// What sending a request on a connection came to: the answer head, or
+/// the failure (with the request when it was never sent).
+type SendResult =
+    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>>;
 
 /// A connection just opened.
 enum Fresh {

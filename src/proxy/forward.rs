@@ -116,97 +116,143 @@ impl Kept {
 
 /// Send `request` through `route`, returning the upstream's response (or
 /// sidekey's own error).
-pub async fn forward(
+///
+/// A plain function returning an `async move` block (an `async fn` keeps
+/// its arguments twice in its state), whose common path is small: the
+/// first-token wait, a streamed body and the retry after a rejected token
+/// are separate boxed futures, and what is prepared for the first exchange
+/// is scoped so that it is not kept in the state while the upstream
+/// answers. hyper moves the request's whole future once per request.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice in its state"
+)]
+pub fn forward(
     route: &Arc<Route>,
     request: Request<FromApp>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let published = match route.credential.current() {
-        Ok(published) => published,
-        // The first token, or the renewal of one that just expired, may be
-        // on its way: wait for it (bounded) instead of failing the request.
-        // During an outage, or after the first request failed, this returns
-        // at once.
-        Err(_) => {
-            route
-                .credential
-                .wait_for_token(FIRST_TOKEN_WAIT.min(route.request_timeout))
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + '_ {
+    async move {
+        let published = match route.credential.current() {
+            Ok(published) => published,
+            // The first token, or the renewal of one that just expired, may
+            // be on its way: wait for it (bounded) instead of failing the
+            // request. During an outage, or after the first request failed,
+            // this returns at once.
+            Err(_) => {
+                Box::pin(
+                    route
+                        .credential
+                        .wait_for_token(FIRST_TOKEN_WAIT.min(route.request_timeout)),
+                )
                 .await?
-        }
-    };
-    let grpc_call = grpc::is_call(&request);
-    let head = request.method() == Method::HEAD;
-    let (mut parts, body) = request.into_parts();
-    parts.uri = route.upstream_uri(&parts.uri, &published)?;
-    prepare_request(
-        &mut parts.headers,
-        route.credential.strip_names(),
-        &route.headers,
-        &published.headers,
-    )?;
-    let body = Idle::new(body, route.body_timeout);
-    let outgoing = if parts.version == Version::HTTP_2 && body.size_hint().exact().is_none() {
-        Outgoing::Streamed(Prefixed::new(body))
-    } else {
-        take(body, RETRY_BODY_LIMIT)
-            .await
-            .map_err(|e| unreadable(route, e))?
-    };
-    // The client picks HTTP/1.1 or HTTP/2 upstream, whatever the app spoke;
-    // a gRPC call must go as HTTP/2 (see `grpc`) and fails rather than not.
-    parts.version = if grpc_call {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-
-    let body = match outgoing {
-        Outgoing::Kept(body) => body,
-        Outgoing::Streamed(body) => {
-            // Never retried, so never sent with a token whose renewal a
-            // rejection asked for: it waits for that renewal (bounded).
-            let published = if route.credential.renewal_pending(published.generation) {
-                with_renewed(route, &mut parts.headers, published).await
-            } else {
-                published
-            };
-            let response = send(
-                route,
-                Request::from_parts(parts, Either::Left(body)),
-                None,
-                false,
-            )
-            .await?;
-            if route
-                .credential
-                .renews_on(token_status(grpc_call, &response))
-            {
-                // Never retried: the next request gets whatever comes of it.
-                let _ = route.credential.report_rejected(published.generation);
             }
-            return Ok(finish(route, response, head));
+        };
+        let grpc_call = grpc::is_call(&request);
+        let head = request.method() == Method::HEAD;
+        let (first, kept, replay) = {
+            let (mut parts, body) = request.into_parts();
+            parts.uri = route.upstream_uri(&parts.uri, &published)?;
+            prepare_request(
+                &mut parts.headers,
+                route.credential.strip_names(),
+                &route.headers,
+                &published.headers,
+            )?;
+            let body = Idle::new(body, route.body_timeout);
+            let stream_now = parts.version == Version::HTTP_2 && body.size_hint().exact().is_none();
+            // The client picks HTTP/1.1 or HTTP/2 upstream, whatever the app
+            // spoke; a gRPC call must go as HTTP/2 (see `grpc`) and fails
+            // rather than not.
+            parts.version = if grpc_call {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            let outgoing = if stream_now {
+                Outgoing::Streamed(Prefixed::new(body))
+            } else {
+                take(body, RETRY_BODY_LIMIT)
+                    .await
+                    .map_err(|e| unreadable(route, e))?
+            };
+            let body = match outgoing {
+                Outgoing::Kept(body) => body,
+                Outgoing::Streamed(body) => {
+                    let streamed = streamed(route, parts, body, published, grpc_call, head);
+                    return Box::pin(streamed).await;
+                }
+            };
+            let replay = replayable(&parts.method, &parts.headers);
+            let kept = needs_copy(route.credential.retries_on_rejection(), replay, || {
+                route.client.speaks_http2()
+            })
+            .then(|| Kept {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                body: body.clone(),
+            });
+            let first = Request::from_parts(parts, Either::Right(Full::new(body)));
+            (first, kept, replay)
+        };
+        let first = send(route, first, kept.as_ref(), replay).await?;
+        if !route.credential.renews_on(token_status(grpc_call, &first)) {
+            return Ok(finish(route, first, head));
         }
+        Box::pin(after_rejection(
+            route, first, kept, published, grpc_call, head,
+        ))
+        .await
+    }
+}
+
+/// A request whose body streams (too large to keep, or an HTTP/2 stream of
+/// unknown length): sent once, never retried.
+async fn streamed(
+    route: &Route,
+    mut parts: http::request::Parts,
+    body: Prefixed,
+    published: Arc<Published>,
+    grpc_call: bool,
+    head: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // Never retried, so never sent with a token whose renewal a rejection
+    // asked for: it waits for that renewal (bounded).
+    let published = if route.credential.renewal_pending(published.generation) {
+        with_renewed(route, &mut parts.headers, published).await
+    } else {
+        published
     };
-    let retry_on_rejection = route.credential.retries_on_rejection();
-    let replay = replayable(&parts.method, &parts.headers);
-    let kept =
-        needs_copy(retry_on_rejection, replay, || route.client.speaks_http2()).then(|| Kept {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            body: body.clone(),
-        });
-    let first = send(
+    let response = send(
         route,
-        Request::from_parts(parts, Either::Right(Full::new(body))),
-        kept.as_ref(),
-        replay,
+        Request::from_parts(parts, Either::Left(body)),
+        None,
+        false,
     )
     .await?;
-    if !route.credential.renews_on(token_status(grpc_call, &first)) {
-        return Ok(finish(route, first, head));
+    if route
+        .credential
+        .renews_on(token_status(grpc_call, &response))
+    {
+        // Never retried: the next request gets whatever comes of it.
+        let _ = route.credential.report_rejected(published.generation);
     }
-    let Some(kept) = kept.filter(|_| retry_on_rejection) else {
+    Ok(finish(route, response, head))
+}
+
+/// The upstream rejected the token of a kept request (`first`, its answer):
+/// report it and, when a renewal brings a newer token in time, send the
+/// request once more with it.
+async fn after_rejection(
+    route: &Route,
+    first: Response<FromUpstream>,
+    kept: Option<Kept>,
+    published: Arc<Published>,
+    grpc_call: bool,
+    head: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(kept) = kept.filter(|_| route.credential.retries_on_rejection()) else {
         // No different token can come of a renewal: report it (it is
         // counted, and the token source read again) and pass the answer on.
         let _ = route.credential.report_rejected(published.generation);
@@ -310,25 +356,42 @@ fn unreadable(route: &Route, err: BodyError) -> ProxyError {
 /// ([`refused_stream`]), and, when it is [`replayable`], when it failed on
 /// a pooled connection the upstream had closed ([`on_stale_connection`])
 /// or the upstream said GOAWAY before answering it ([`went_away`]).
-async fn send(
-    route: &Route,
-    request: Request<super::UpstreamBody>,
-    kept: Option<&Kept>,
+///
+/// A plain function returning an `async move` block, and the attempts and
+/// the deadline raced in its body: an `async fn` keeps its arguments twice
+/// in its state, and a separate exchange future would hold the request a
+/// third time; this future is moved whole at every level above it.
+fn send<'a>(
+    route: &'a Route,
+    mut request: Request<super::UpstreamBody>,
+    kept: Option<&'a Kept>,
     replayable: bool,
-) -> Result<Response<FromUpstream>, ProxyError> {
-    let upstream = || route.describe_target();
+) -> impl Future<Output = Result<Response<FromUpstream>, ProxyError>> + 'a {
     let stall_flag = match request.body() {
         Either::Left(streamed) => Some(streamed.stall_flag()),
         Either::Right(_) => None,
     };
-    let exchange = async {
-        let mut request = request;
+    async move {
+        let upstream = || route.describe_target();
+        // Raced in place rather than through `tokio::time::timeout`, which
+        // would move each attempt (kilobytes: the client's state) into itself
+        // and then into this future: two copies per request.
+        let mut deadline = std::pin::pin!(tokio::time::sleep(route.request_timeout));
         let mut attempt = 1;
-        loop {
+        let outcome = loop {
             let started = Instant::now();
-            let err = match route.client.request(request).await {
-                Ok((response, opened)) => return Ok((response, opened, started)),
-                Err(err) => err,
+            let mut call = std::pin::pin!(route.client.request(request));
+            let result = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(result));
+                }
+                deadline.as_mut().poll(cx).map(Err)
+            })
+            .await;
+            let err = match result {
+                Ok(Ok((response, opened))) => break Ok(Ok((response, opened, started))),
+                Ok(Err(err)) => err,
+                Err(elapsed) => break Err(elapsed),
             };
             let why = if refused_stream(&err) {
                 "refused_stream"
@@ -337,68 +400,56 @@ async fn send(
             } else if replayable && went_away(&err) {
                 "goaway"
             } else {
-                return Err(err);
+                break Ok(Err(err));
             };
             let Some(kept) = kept.filter(|_| attempt < STALE_ATTEMPTS) else {
-                return Err(err);
+                break Ok(Err(err));
             };
             route.metrics.record_upstream_error(why);
             debug!(route = %route.name, attempt, why, error = %error_chain(&err), "upstream did not take the request; sending it again");
             request = kept.request();
             attempt += 1;
-        }
-    };
-    // Raced in place rather than through `tokio::time::timeout`, which
-    // would move the exchange (kilobytes: the client's state) into itself
-    // and then into this future: two copies per request.
-    let mut exchange = std::pin::pin!(exchange);
-    let mut deadline = std::pin::pin!(tokio::time::sleep(route.request_timeout));
-    let outcome = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
-            return Poll::Ready(Ok(result));
-        }
-        deadline.as_mut().poll(cx).map(Err)
-    })
-    .await;
-    match outcome {
-        Ok(Ok((response, opened, started))) => {
-            let mut response = response
-                .map(|body| FromUpstream::new(body, route.body_timeout, route.metrics.clone()));
-            if route.access_log {
-                *response.body_mut().access_line() =
-                    Some(Line::upstream(started.elapsed(), opened.0 < started));
+        };
+        match outcome {
+            Ok(Ok((response, opened, started))) => {
+                let mut response = response
+                    .map(|body| FromUpstream::new(body, route.body_timeout, route.metrics.clone()));
+                if route.access_log {
+                    *response.body_mut().access_line() =
+                        Some(Line::upstream(started.elapsed(), opened.0 < started));
+                }
+                Ok(response)
             }
-            Ok(response)
-        }
-        Ok(Err(err)) => {
-            if stall_flag.as_ref().is_some_and(StallFlag::is_raised) {
-                return Err(unreadable(route, BodyError::Stalled(route.body_timeout)));
+            Ok(Err(err)) => {
+                if stall_flag.as_ref().is_some_and(StallFlag::is_raised) {
+                    return Err(unreadable(route, BodyError::Stalled(route.body_timeout)));
+                }
+                let kind = if err.is_connect() { "connect" } else { "other" };
+                route.metrics.record_upstream_error(kind);
+                let mut reason = error_chain(&err);
+                if certificate_out_of_time(&err) {
+                    reason.push_str(CERT_TIME_HINT);
+                }
+                warn!(route = %route.name, kind, error = %reason, "upstream request failed");
+                Err(ProxyError::UpstreamUnreachable {
+                    upstream: upstream(),
+                    failure: if err.is_connect() {
+                        "unreachable"
+                    } else {
+                        "connected, then the exchange failed"
+                    },
+                    reason,
+                })
             }
-            let kind = if err.is_connect() { "connect" } else { "other" };
-            route.metrics.record_upstream_error(kind);
-            let mut reason = error_chain(&err);
-            if certificate_out_of_time(&err) {
-                reason.push_str(CERT_TIME_HINT);
+            Err(_) => {
+                route.client.retire_http2_after_timeout();
+                route.metrics.record_upstream_error("timeout");
+                warn!(route = %route.name, timeout = ?route.request_timeout, "upstream timed out");
+                Err(ProxyError::UpstreamTimeout {
+                    upstream: upstream(),
+                    timeout: route.request_timeout,
+                })
             }
-            warn!(route = %route.name, kind, error = %reason, "upstream request failed");
-            Err(ProxyError::UpstreamUnreachable {
-                upstream: upstream(),
-                failure: if err.is_connect() {
-                    "unreachable"
-                } else {
-                    "connected, then the exchange failed"
-                },
-                reason,
-            })
-        }
-        Err(_) => {
-            route.client.retire_http2_after_timeout();
-            route.metrics.record_upstream_error("timeout");
-            warn!(route = %route.name, timeout = ?route.request_timeout, "upstream timed out");
-            Err(ProxyError::UpstreamTimeout {
-                upstream: upstream(),
-                timeout: route.request_timeout,
-            })
         }
     }
 }

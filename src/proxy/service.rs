@@ -6,6 +6,8 @@
 //! see [`super::target_form`]), count the request in the metrics, and when
 //! `[log] access` is on, write its access line ([`access`]).
 
+use std::future::Future;
+
 use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::{debug, error};
@@ -20,12 +22,17 @@ use crate::metrics::Metrics;
 
 /// Route, forward and account for one request, whose body the
 /// connection's tap found framed as `framing`; never fails.
-pub async fn handle_request(
-    dispatch: &Dispatch,
+///
+/// A plain function that routes the request before it returns the future
+/// that forwards it: an `async fn` would keep the request in its state
+/// three times (as passed, moved in, and wrapped) while the upstream
+/// answers, and hyper moves this future once per request.
+pub fn handle_request<'a>(
+    dispatch: &'a Dispatch,
     request: Request<Incoming>,
     framing: Framing,
-    metrics: &Metrics,
-) -> Response<ResponseBody> {
+    metrics: &'a Metrics,
+) -> impl Future<Output = Response<ResponseBody>> + 'a {
     let started = tokio::time::Instant::now();
     let mut closes = framing.closes_connection();
     // `Connection` is an HTTP/1 header (HTTP/2 forbids it).
@@ -35,54 +42,52 @@ pub async fn handle_request(
     let connect = request.method() == Method::CONNECT;
     // `[log] access`: the request's method and path are noted before it is
     // forwarded; when off, this is the route's flag and nothing else.
-    let (series, result, access) = match dispatch.find(&request, framing) {
-        Ok(route) => {
-            let access = route
-                .access_log
-                .then(|| access::Start::new(&request, started));
-            (&route.metrics, forward(route, request).await, access)
-        }
-        Err(err) => {
-            let access = dispatch
-                .access_log()
-                .then(|| access::Start::new(&request, started));
-            (metrics.no_route(), Err(err), access)
-        }
-    };
-    let (mut response, status) = match result {
-        Ok(response) => {
-            let status = response.status();
-            (response, status)
-        }
-        Err(err) => {
-            log_error(series.route(), &err);
-            closes |= refusal_closes || (http1 && err.closes_connection());
-            let response = if grpc {
-                err.to_grpc_response()
-            } else {
-                err.to_response()
-            };
-            let mut response = response.map(http_body_util::Either::Right);
-            if connect {
-                super::target_form::explain_connect(&mut response);
+    let found = dispatch.find(&request, framing);
+    let access = match &found {
+        Ok(route) => route.access_log,
+        Err(_) => dispatch.access_log(),
+    }
+    .then(|| access::Start::new(&request, started));
+    async move {
+        let (series, result) = match found {
+            Ok(route) => (&route.metrics, forward(route, request).await),
+            Err(err) => (metrics.no_route(), Err(err)),
+        };
+        let (mut response, status) = match result {
+            Ok(response) => {
+                let status = response.status();
+                (response, status)
             }
-            (response, err.status())
+            Err(err) => {
+                log_error(series.route(), &err);
+                closes |= refusal_closes || (http1 && err.closes_connection());
+                let response = if grpc {
+                    err.to_grpc_response()
+                } else {
+                    err.to_response()
+                };
+                let mut response = response.map(http_body_util::Either::Right);
+                if connect {
+                    super::target_form::explain_connect(&mut response);
+                }
+                (response, err.status())
+            }
+        };
+        if closes {
+            // A refused framing, a stalled body or an upload refused before
+            // `100 Continue`: where a next request would start is unknown (see
+            // `proxy::framing`, `linger`), so this is the connection's last.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-    };
-    if closes {
-        // A refused framing, a stalled body or an upload refused before
-        // `100 Continue`: where a next request would start is unknown (see
-        // `proxy::framing`, `linger`), so this is the connection's last.
+        // A gRPC call's error is counted by the HTTP status it stands for.
+        series.record_request(status.as_u16(), started.elapsed().as_secs_f64());
+        if let Some(start) = access {
+            access::finish(start, series.route(), &mut response);
+        }
         response
-            .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    // A gRPC call's error is counted by the HTTP status it stands for.
-    series.record_request(status.as_u16(), started.elapsed().as_secs_f64());
-    if let Some(start) = access {
-        access::finish(start, series.route(), &mut response);
-    }
-    response
 }
 
 /// The one log line of an error sidekey answers itself. Lines at WARN and
