@@ -231,14 +231,32 @@ async fn streamed(
         false,
     )
     .await?;
+    Ok(pass_on(
+        route,
+        response,
+        published.generation,
+        grpc_call,
+        head,
+    ))
+}
+
+/// The answer to a request that is not sent again, whose token was of
+/// `generation`: a rejection of that token is reported (the next request
+/// gets whatever comes of it), and the answer goes to the app.
+fn pass_on(
+    route: &Route,
+    response: Response<FromUpstream>,
+    generation: u64,
+    grpc_call: bool,
+    head: bool,
+) -> Response<ResponseBody> {
     if route
         .credential
         .renews_on(token_status(grpc_call, &response))
     {
-        // Never retried: the next request gets whatever comes of it.
-        let _ = route.credential.report_rejected(published.generation);
+        let _ = route.credential.report_rejected(generation);
     }
-    Ok(finish(route, response, head))
+    finish(route, response, head)
 }
 
 /// The upstream rejected the token of a kept request (`first`, its answer):
@@ -280,14 +298,14 @@ async fn after_rejection(
     drop(first);
     let retry = rebuild(kept, route, &renewed);
     let response = send(route, retry, None, false).await?;
-    if route
-        .credential
-        .renews_on(token_status(grpc_call, &response))
-    {
-        // Rejected with a fresh token: not about the token (see `rejection`).
-        let _ = route.credential.report_rejected(renewed.generation);
-    }
-    Ok(finish(route, response, head))
+    // Rejected with a fresh token: not about the token (see `rejection`).
+    Ok(pass_on(
+        route,
+        response,
+        renewed.generation,
+        grpc_call,
+        head,
+    ))
 }
 
 /// The token renewed after `rejected`'s rejection, its headers set in

@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::config::{TestConfig, route, static_token};
+use crate::support::config::static_route;
 use crate::support::h2_wire::frame;
 use crate::support::h2c::H2cConn;
 use crate::support::proxy::{TestProxy, body_empty, request_with};
@@ -34,13 +34,7 @@ async fn scene() -> (Upstream, TestProxy) {
             .delay(Duration::from_millis(50)),
     )
     .await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
     (upstream, proxy)
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use crate::support::config::{TestConfig, route, static_token};
+use crate::support::config::static_route;
 use crate::support::h2_app::{
     Answer, H2App, RST_STREAM, answer, goaway_error, headers, request_fields,
 };
@@ -52,13 +52,7 @@ async fn reset_while_upstream_works(http2: bool, when: When) {
         _ => Reply::echo(),
     }))
     .await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
 
     let mut app = H2App::connect(proxy.route_addr(0)).await;
     let request = headers(1, &request_fields("GET", "/held", "sidekey"), true);
@@ -126,13 +120,7 @@ async fn an_app_that_cancels_every_request_once_it_reached_the_upstream_is_cut_o
     let gate = Gate::new();
     let opts = UpstreamOpts::tls(&pki).http2();
     let upstream = Upstream::start(opts.always(Reply::echo().until(&gate))).await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
 
     let mut app = H2App::connect(proxy.route_addr(0)).await;
     let mut cancelled = 0;
@@ -190,13 +178,7 @@ async fn an_app_that_cancels_every_other_request_is_served_on() {
         _ => Reply::echo(),
     }))
     .await;
-    let proxy = TestConfig::new()
-        .trusting(&pki)
-        .with(static_token("api", "API_TOKEN"))
-        .with(route(&upstream.url(), "api"))
-        .env("API_TOKEN", "tok-123")
-        .start()
-        .await;
+    let proxy = static_route(&upstream.url()).trusting(&pki).start().await;
 
     let mut app = H2App::connect(proxy.route_addr(0)).await;
     let mut streams = (1u32..).step_by(2);

@@ -20,6 +20,8 @@ use crate::support::h2_wire::{
 use crate::support::h2c::H2cConn;
 use crate::support::proxy::{TestProxy, body_empty, read_whole, request};
 use crate::support::tls::TestPki;
+use crate::upstream_framing::second_gets_its_own_answer;
+use crate::upstream_oddities::only_the_final_answer_arrives;
 
 /// `SETTINGS_ENABLE_PUSH` (RFC 9113 §6.5.2).
 const ENABLE_PUSH: u16 = 0x2;
@@ -54,14 +56,19 @@ async fn scene(
     (upstream, proxy)
 }
 
-/// `GET /second` gets its own answer.
-async fn second_gets_its_own_answer(proxy: &TestProxy, what: &str) {
-    let second = proxy.get("/second").await;
-    assert_eq!(
-        (second.status.as_u16(), second.text().as_str()),
-        (200, "second"),
-        "after {what}"
-    );
+/// After `what`, sidekey told the upstream GOAWAY `PROTOCOL_ERROR`, and
+/// `GET /second` gets its own answer on a new connection.
+async fn a_connection_error_costs_that_connection(
+    upstream: &ScriptedUpstream,
+    proxy: &TestProxy,
+    what: &str,
+) {
+    upstream
+        .wait_until("sidekey says GOAWAY", |u| !u.goaways().is_empty())
+        .await;
+    assert_eq!(upstream.goaways(), [PROTOCOL_ERROR], "after {what}");
+    second_gets_its_own_answer(proxy, what).await;
+    assert_eq!(upstream.connections(), 2, "after {what}");
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
@@ -81,17 +88,7 @@ async fn interim_answers_before_the_final_one_are_skipped() {
         frames
     })
     .await;
-    let first = proxy.get("/first").await;
-    assert_eq!(
-        (first.status.as_u16(), first.text().as_str()),
-        (200, "first")
-    );
-    assert_eq!(
-        first.header("link"),
-        None,
-        "the 103's fields are not the answer's"
-    );
-    second_gets_its_own_answer(&proxy, "interim answers").await;
+    only_the_final_answer_arrives(&proxy).await;
     assert_eq!(upstream.connections(), 1);
 }
 
@@ -111,12 +108,7 @@ async fn an_uppercase_field_name_is_502_and_the_next_request_is_answered() {
     let first = proxy.get("/first").await;
     assert_eq!(first.status, 502, "{}", first.text());
     assert_eq!(first.sidekey_error(), Some("upstream_unreachable"));
-    upstream
-        .wait_until("sidekey says GOAWAY", |u| !u.goaways().is_empty())
-        .await;
-    assert_eq!(upstream.goaways(), [PROTOCOL_ERROR]);
-    second_gets_its_own_answer(&proxy, "an uppercase field name").await;
-    assert_eq!(upstream.connections(), 2);
+    a_connection_error_costs_that_connection(&upstream, &proxy, "an uppercase field name").await;
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]
@@ -154,12 +146,7 @@ async fn push_is_turned_off_and_a_push_promise_costs_one_connection() {
         upstream.client_settings()
     );
     assert_eq!(first.status, 502, "{}", first.text());
-    upstream
-        .wait_until("sidekey says GOAWAY", |u| !u.goaways().is_empty())
-        .await;
-    assert_eq!(upstream.goaways(), [PROTOCOL_ERROR]);
-    second_gets_its_own_answer(&proxy, "a PUSH_PROMISE").await;
-    assert_eq!(upstream.connections(), 2);
+    a_connection_error_costs_that_connection(&upstream, &proxy, "a PUSH_PROMISE").await;
 }
 
 #[tokio::test(start_paused = true, crate = "crate::support::paused")]

@@ -24,7 +24,7 @@ const SMUGGLED: &str = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-smuggled: 1\r\
 
 /// An upstream answering `/first` (any method) with `first`, byte for byte,
 /// and anything else correctly with `second`; sidekey in front of it.
-async fn scene(first: Vec<RawStep>) -> (Upstream, TestProxy) {
+pub(crate) async fn scene(first: Vec<RawStep>) -> (Upstream, TestProxy) {
     let upstream = Upstream::start(UpstreamOpts::plain().raw_by(move |request| {
         if request.path == "/first" {
             first.clone()
@@ -40,7 +40,7 @@ async fn scene(first: Vec<RawStep>) -> (Upstream, TestProxy) {
 }
 
 /// `GET /second` must get its own answer, after `what`.
-async fn second_gets_its_own_answer(proxy: &TestProxy, what: &str) {
+pub(crate) async fn second_gets_its_own_answer(proxy: &TestProxy, what: &str) {
     let second = proxy.get("/second").await;
     assert_eq!(
         (second.status.as_u16(), second.text().as_str()),

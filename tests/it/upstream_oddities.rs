@@ -17,6 +17,7 @@ use crate::support::h2c::H2cConn;
 use crate::support::proxy::{TestProxy, body_empty, request, request_with};
 use crate::support::raw::RawConn;
 use crate::support::upstream::{RawStep, Upstream, UpstreamOpts};
+use crate::upstream_framing::second_gets_its_own_answer;
 
 /// Longest wait for an answer that should come at once.
 const PROMPTLY: Duration = Duration::from_secs(5);
@@ -29,28 +30,24 @@ async fn scene(first: &str) -> (Upstream, TestProxy) {
     } else {
         vec![RawStep::text(first)]
     };
-    let upstream = Upstream::start(UpstreamOpts::plain().raw_by(move |request| {
-        if request.path == "/first" {
-            first.clone()
-        } else {
-            vec![RawStep::text(
-                "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond",
-            )]
-        }
-    }))
-    .await;
-    let proxy = static_route_proxy(&upstream.url()).await;
-    (upstream, proxy)
+    crate::upstream_framing::scene(first).await
 }
 
-/// `GET /second` gets its own answer.
-async fn second_gets_its_own_answer(proxy: &TestProxy, what: &str) {
-    let second = proxy.get("/second").await;
+/// `GET /first` gets the final answer, `200 first`, without the fields of
+/// the interim answers before it (a `103`'s `link`), and `GET /second` its
+/// own answer after it.
+pub(crate) async fn only_the_final_answer_arrives(proxy: &TestProxy) {
+    let first = proxy.get("/first").await;
     assert_eq!(
-        (second.status.as_u16(), second.text().as_str()),
-        (200, "second"),
-        "after {what}"
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "first")
     );
+    assert_eq!(
+        first.header("link"),
+        None,
+        "the 103's fields are not the answer's"
+    );
+    second_gets_its_own_answer(proxy, "interim answers").await;
 }
 
 /// `GET /first` on a raw connection (with `extra` header lines), and
@@ -77,17 +74,7 @@ async fn interim_answers_of_every_kind_are_skipped() {
                  HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
                  HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst";
     let (upstream, proxy) = scene(first).await;
-    let answer = proxy.get("/first").await;
-    assert_eq!(
-        (answer.status.as_u16(), answer.text().as_str()),
-        (200, "first")
-    );
-    assert_eq!(
-        answer.header("link"),
-        None,
-        "the 103's fields are not the answer's"
-    );
-    second_gets_its_own_answer(&proxy, "interim answers").await;
+    only_the_final_answer_arrives(&proxy).await;
     assert_eq!(upstream.connections(), 1);
 }
 
