@@ -523,16 +523,14 @@ async fn at_the_lowered_max_connections_every_app_connection_gets_its_upstream()
     let mut config = TestConfig::new()
         .top("workers = 2")
         .with(static_token("legacy", "SIDEKEY_TEST_TOKEN"));
-    // Forty listen addresses: ports free a moment ago.
-    let held: Vec<_> = (0..40)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    for listener in &held {
-        let listen = listener.local_addr().unwrap();
+    // Forty listen addresses free a moment ago, below the ephemeral range:
+    // ports from `bind(:0)`, released, were at times taken by other tests
+    // before the child listened on them.
+    for _ in 0..40 {
+        let listen = closed_port();
         config =
             config.with(route(&upstream.url(), "legacy").line(&format!("listen = \"{listen}\"")));
     }
-    drop(held);
     let dir = tempfile::tempdir().unwrap();
     let (mut child, seen) = run_config_under_ulimit(dir.path(), &config, "-n 256");
     let ports: Vec<u16> = seen
