@@ -52,7 +52,7 @@
 use std::future::{Future, poll_fn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
@@ -67,6 +67,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
 
@@ -404,7 +405,6 @@ impl UpstreamClient {
                         to_origin_form(&mut request, host);
                         let sending = conn.sender.try_send_request(request);
                         let opened = conn.opened;
-                        conn.used = tokio::time::Instant::now();
                         lock(pool).http1.push(conn);
                         (sending.await, opened)
                     }
@@ -712,7 +712,9 @@ fn take_http1(pool: &mut Pool) -> Option<Http1Conn> {
         if conn.sender.is_closed() || idle_too_long(conn) {
             pool.http1.swap_remove(index);
         } else if conn.sender.is_ready() {
-            return Some(pool.http1.swap_remove(index));
+            let mut conn = pool.http1.swap_remove(index);
+            conn.used = now;
+            return Some(conn);
         }
     }
     None

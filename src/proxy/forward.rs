@@ -29,13 +29,14 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderName};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::access::Line;
@@ -394,10 +395,15 @@ fn send<'a>(
         // Raced in place rather than through `tokio::time::timeout`, which
         // would move each attempt (kilobytes: the client's state) into itself
         // and then into this future: two copies per request.
-        let mut deadline = std::pin::pin!(tokio::time::sleep(route.request_timeout));
+        // One reading of the clock for the deadline and the first attempt.
+        let now = Instant::now();
+        let mut deadline = std::pin::pin!(tokio::time::sleep_until(crate::deadline::after(
+            now,
+            route.request_timeout
+        )));
+        let mut started = now;
         let mut attempt = 1;
         let outcome = loop {
-            let started = Instant::now();
             let mut call = std::pin::pin!(route.client.request(request));
             let result = std::future::poll_fn(|cx| {
                 if let Poll::Ready(result) = call.as_mut().poll(cx) {
@@ -427,6 +433,7 @@ fn send<'a>(
             debug!(route = %route.name, attempt, why, error = %error_chain(&err), "upstream did not take the request; sending it again");
             request = kept.request();
             attempt += 1;
+            started = Instant::now();
         };
         match outcome {
             Ok(Ok((response, opened, started))) => {
