@@ -6,7 +6,9 @@
 //!    picks the route: the longest `path_prefix` of the listener, or in
 //!    forward-proxy mode the request's host and port ([`hosts`]).
 //! 2. One `ArcSwap` load of the credential's prebuilt headers
-//!    ([`crate::credential::CredentialHandle::current`]); no valid token → 503.
+//!    ([`crate::credential::CredentialHandle::current`]); no valid token → 503
+//!    after a bounded wait for one (an `Upgrade` sidekey cannot carry is
+//!    refused before that wait, see [`upgrade`]).
 //! 3. [`headers::prepare_request`] strips hop-by-hop headers, `Host`, and the
 //!    app's own values of every header the credential or route sets, then
 //!    injects them ("strip, then inject"); an `Upgrade` sidekey cannot carry

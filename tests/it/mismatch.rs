@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-use crate::support::config::{TestConfig, forward_proxy, listen_tls, route, static_token};
+use crate::support::config::{TestConfig, forward_proxy, listen_tls, oauth2, route, static_token};
 use crate::support::h2_app::{AppFrame, H2App};
 use crate::support::h2_wire::{GOAWAY, SETTINGS};
 use crate::support::h2c::H2cConn;
@@ -22,6 +22,7 @@ use crate::support::logs::LogCapture;
 use crate::support::proxy::{TestProxy, body_empty, request};
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::tls::{TestPki, client_hello};
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 use crate::support::upstream::{Upstream, UpstreamOpts};
 
 /// Bound for an answer or a close that should come at once; the answer,
@@ -320,6 +321,52 @@ async fn a_websocket_upgrade_is_refused_clearly_and_not_forwarded() {
     let response = conn.read_response(WITHIN).await.expect("an answer");
     sidekey_error(&response, 501, "upgrade_not_supported");
     assert_eq!(scene.upstream.request_count(), 0);
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_websocket_upgrade_is_refused_at_once_while_the_token_endpoint_hangs() {
+    // No token yet (the token endpoint never answers): a request would
+    // wait for the first token and then get a 503 blaming the credential.
+    // An upgrade no token could make servable gets its 501 at once.
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let tokens = OAuthServer::start(OAuthBehaviour::default()).await;
+    tokens.set_reply(Some(TokenReply::hang()));
+    let proxy = TestConfig::new()
+        .with(oauth2("api", &tokens.url()))
+        .with(route(&upstream.url(), "api").line("allow_insecure_http = true"))
+        .env("CLIENT_ID", "id")
+        .env("CLIENT_SECRET", "secret")
+        .start()
+        .await;
+    tokens.wait_for_requests(1).await;
+    let started = Instant::now();
+    let mut conn = RawConn::connect(proxy.route_addr(0)).await;
+    conn.send(
+        b"GET /chat HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\n\
+          upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("sent");
+    let response = conn.read_response(WITHIN).await.expect("an answer");
+    let waited = started.elapsed();
+    let message = sidekey_error(&response, 501, "upgrade_not_supported");
+    assert!(message.contains("WebSocket"), "{message}");
+    assert!(
+        waited < Duration::from_millis(500),
+        "answered after {waited:?} (the first-token wait)"
+    );
+    assert!(
+        proxy
+            .handle
+            .credentials()
+            .get("api")
+            .expect("api")
+            .current()
+            .is_err(),
+        "still no token"
+    );
+    assert_eq!(upstream.request_count(), 0);
 }
 
 #[tokio::test]
