@@ -54,7 +54,7 @@ use tracing::{debug, info, warn};
 use crate::config::ConnLimits;
 use crate::idle::{IdleClock, IdleRead, RestartsIdle};
 use crate::metrics::Metrics;
-use crate::mismatch::{self, Mismatches};
+use crate::mismatch::{self, Mismatches, PlainListener};
 use crate::preface::{self, Protocol};
 use crate::proxy::framing::Tap;
 use crate::proxy::{Dispatch, service};
@@ -255,8 +255,11 @@ async fn serve_app<S>(
             // Closed at once. (TLS inside TLS comes from no client that
             // meant it: closed without a word.)
             if !over_tls {
-                let forward = matches!(**app.dispatch.load(), Dispatch::Forward(_));
-                app.mismatches.tls_on_plain(peer, forward);
+                let serves = match **app.dispatch.load() {
+                    Dispatch::Forward(_) => PlainListener::ForwardProxy,
+                    Dispatch::Routes(_) => PlainListener::Routes,
+                };
+                app.mismatches.tls_on_plain(peer, serves);
             }
             return;
         }
@@ -458,6 +461,11 @@ impl Listener {
             errors: AcceptErrors::default(),
             unplaced: None,
         }
+    }
+
+    /// The address it is bound to (port 0 resolved).
+    pub fn local(&self) -> SocketAddr {
+        self.local
     }
 
     /// The next connection and its place under the cap. Waits while the

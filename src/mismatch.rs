@@ -1,23 +1,25 @@
-//! App connections that speak the wrong protocol to a proxy listener — the
-//! first-day mistakes of wiring an app to a sidecar —, each ended with an
-//! answer that says what to do or, where nothing can be answered, with a
-//! log line that does:
+//! Connections that speak the wrong protocol to a proxy listener or to the
+//! admin listener — the first-day mistakes of wiring an app (or a health
+//! probe) to a sidecar —, each ended with an answer that says what to do
+//! or, where nothing can be answered, with a log line that does:
 //!
 //! | the app sends | to | sidekey |
 //! | --- | --- | --- |
 //! | plain HTTP/1 (`http://`) | an HTTPS listener | `400 bad_request` in plain HTTP/1.1: "this listener speaks HTTPS: use https://HOST/PATH", then closes (nginx answers this mistake with "400 The plain HTTP request was sent to HTTPS port"; without it the app sees a TLS alert, or a reset) |
 //! | the HTTP/2 preface (h2c) | an HTTPS listener | an empty SETTINGS (the server preface), then GOAWAY `INADEQUATE_SECURITY` (RFC 9113 §7: "the underlying transport has properties that do not meet minimum security requirements") whose debug data says to use TLS, then closes; an HTTP/1.1 `400` would reach an h2 client as a garbled frame |
 //! | a TLS ClientHello (`https://`) | a plain listener | closes at once: nothing sensible can be said inside TLS (an HTTP `400` reads to curl as "wrong version number") |
-//! | a PROXY protocol header | any proxy listener | `400 bad_request` naming it, then closes; what follows the header may be TLS, whose client cannot read that, hence the log line |
+//! | a TLS ClientHello (a probe with `scheme: HTTPS`) | the admin listener (always plain) | closes at once, as above; the log line says to use `http://` (a Kubernetes probe's `scheme: HTTP`, its default) |
+//! | a PROXY protocol header | any listener, the admin one too | `400 bad_request` naming it, then closes; what follows the header may be TLS, whose client cannot read that, hence the log line |
 //!
 //! Every one is also logged at WARN with the listener, the app's address
 //! and what to change, at most once a minute per listener and mistake
 //! (the next line counts those not logged): a port scanner cannot flood
 //! the log.
 //!
-//! The checks cost nothing on a normal connection: a plain listener tells
-//! these openings from HTTP in the bytes it reads first anyway
-//! ([`crate::preface`]); an HTTPS listener peeks at one byte
+//! The checks cost nothing on a normal connection: a plain proxy listener
+//! tells these openings from HTTP in the bytes it reads first anyway
+//! ([`crate::preface`]; the admin listener reads them the same way before
+//! it hands the connection to hyper); an HTTPS listener peeks at one byte
 //! ([`starts_tls`]: one `recv(MSG_PEEK)` per connection, none per request)
 //! and goes on with the handshake when it is a TLS handshake record's.
 
@@ -80,6 +82,18 @@ impl Mistake {
     const ALL: usize = 4;
 }
 
+/// What a plain-HTTP listener that a TLS client reached serves, which
+/// decides what the client is told to change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainListener {
+    /// Routes: the app's base URL says `https://`.
+    Routes,
+    /// The forward proxy: the app's proxy URL says `https://`.
+    ForwardProxy,
+    /// The admin listener: a health probe or scraper uses `https://`.
+    Admin,
+}
+
 /// When one mistake was last logged, and how many came since.
 #[derive(Debug, Default)]
 struct Logged {
@@ -87,8 +101,8 @@ struct Logged {
     unlogged: u64,
 }
 
-/// One proxy listener's answers to connections that speak the wrong
-/// protocol, and when it last logged each mistake.
+/// One listener's answers to connections that speak the wrong protocol,
+/// and when it last logged each mistake.
 #[derive(Debug)]
 pub struct Mismatches {
     /// The listener's address (bound; port 0 resolved).
@@ -175,14 +189,13 @@ impl Mismatches {
     }
 
     /// A plain listener's connection that opened with a TLS ClientHello:
-    /// closed at once (the caller drops it), logged with what to change.
-    /// `forward`: the listener is the forward proxy, which an app names as
-    /// its proxy rather than its base URL.
-    pub fn tls_on_plain(&self, peer: SocketAddr, forward: bool) {
+    /// closed at once (the caller drops it), logged with what to change,
+    /// which depends on what the listener serves (`serves`).
+    pub fn tls_on_plain(&self, peer: SocketAddr, serves: PlainListener) {
         let listener = self.listener;
         let address = advised(listener);
-        if forward {
-            self.warn(
+        match serves {
+            PlainListener::ForwardProxy => self.warn(
                 Mistake::TlsToPlain,
                 peer,
                 format_args!(
@@ -191,9 +204,8 @@ impl Mismatches {
                      HTTP_PROXY=http://{address} and request http:// URLs; sidekey sends \
                      them to the upstream as https://"
                 ),
-            );
-        } else {
-            self.warn(
+            ),
+            PlainListener::Routes => self.warn(
                 Mistake::TlsToPlain,
                 peer,
                 format_args!(
@@ -201,7 +213,17 @@ impl Mismatches {
                      {listener}: closed. Use http://{address}, or give this route tls = \
                      {{ cert, key }} to serve HTTPS"
                 ),
-            );
+            ),
+            PlainListener::Admin => self.warn(
+                Mistake::TlsToPlain,
+                peer,
+                format_args!(
+                    "a client (a health probe or scraper) started TLS (https://) with the \
+                     admin listener {listener}, which speaks plain HTTP only: closed. Use \
+                     http://{address}; a Kubernetes probe needs scheme: HTTP (its default), \
+                     a Prometheus scrape scheme: http"
+                ),
+            ),
         }
     }
 

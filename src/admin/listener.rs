@@ -1,9 +1,14 @@
 //! The admin listener: accepting connections under the admin cap (at the
-//! cap, a new connection closes the oldest: see [`serve`]), and answering
-//! each request ([`respond`]) from the endpoint modules.
+//! cap, a new connection closes the oldest: see [`serve`]), telling a TLS
+//! client (a probe with `scheme: HTTPS`) or a PROXY protocol header from
+//! HTTP by the first bytes ([`crate::preface`]) and answering those as the
+//! proxy listeners do ([`crate::mismatch`]: closed, or a `400` naming the
+//! header, and a WARN line saying what to change), and answering each
+//! request ([`respond`]) from the endpoint modules.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +18,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
@@ -23,6 +28,8 @@ use crate::cache::RedisState;
 use crate::config::ConnLimits;
 use crate::conn;
 use crate::credential::CredentialStatus;
+use crate::mismatch::{Mismatches, PlainListener};
+use crate::preface::{self, Protocol};
 
 /// Serve the admin endpoint until `shutdown` turns true, with at most
 /// `limits.max_connections` connections open, each closed after
@@ -42,11 +49,12 @@ pub async fn serve(
 ) {
     // No waiting under a gate: the cap is kept here, by closing the oldest.
     let mut listener = conn::Listener::new(listener, conn::Gate::new("admin", usize::MAX));
+    let mismatches = Arc::new(Mismatches::new(listener.local()));
     let mut open: VecDeque<AbortHandle> = VecDeque::new();
     let mut logged_full: Option<Instant> = None;
     loop {
         tokio::select! {
-            (stream, _, _) = listener.accept() => {
+            (stream, peer, _) = listener.accept() => {
                 open.retain(|connection| !connection.is_finished());
                 if open.len() >= limits.max_connections.max(1) {
                     if let Some(oldest) = open.pop_front() {
@@ -55,22 +63,57 @@ pub async fn serve(
                     log_full(&mut logged_full, limits.max_connections);
                 }
                 let state = state.clone();
+                let mismatches = mismatches.clone();
                 let connection = tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(respond(&state, &request)) }
-                    });
-                    if let Err(err) = conn::http1(&limits)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        debug!(error = %err, "admin connection error");
-                    }
+                    serve_connection(stream, peer, state, limits, mismatches).await;
                 });
                 open.push_back(connection.abort_handle());
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Serve one admin connection: by its first bytes (which must come within
+/// the idle timeout), a TLS ClientHello is closed and a PROXY protocol
+/// header refused, each with a WARN line ([`Mismatches`]); anything else
+/// is served as HTTP/1.1 (hyper answers what is not HTTP/1 with a bare
+/// `400`).
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: AdminState,
+    limits: ConnLimits,
+    mismatches: Arc<Mismatches>,
+) {
+    let deadline = crate::deadline::after(tokio::time::Instant::now(), limits.idle_timeout);
+    let (protocol, stream) = match tokio::time::timeout_at(deadline, preface::sniff(stream)).await {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(err)) => {
+            debug!(%peer, error = %err, "admin connection ended before its first request");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no admin request within the idle timeout");
+            return;
+        }
+    };
+    match protocol {
+        Protocol::Tls => return mismatches.tls_on_plain(peer, PlainListener::Admin),
+        Protocol::ProxyHeader => return mismatches.refuse_proxy_header(stream, peer).await,
+        // HTTP/2 with prior knowledge gets hyper's HTTP/1 answer, as before:
+        // the admin endpoints speak HTTP/1.1 only.
+        Protocol::Http1 | Protocol::Http2 => {}
+    }
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(respond(&state, &request)) }
+    });
+    if let Err(err) = conn::http1(&limits)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        debug!(error = %err, "admin connection error");
     }
 }
 

@@ -46,6 +46,7 @@ use super::grpc;
 use super::headers::{inject, prepare_request, prepare_response};
 use super::linger::FromApp;
 use super::no_content;
+use super::upgrade;
 use super::{ResponseBody, Route};
 use crate::cert_errors::{CERT_TIME_HINT, certificate_out_of_time};
 use crate::credential::{Published, Rejection};
@@ -138,8 +139,14 @@ pub fn forward(
             // The first token, or the renewal of one that just expired, may
             // be on its way: wait for it (bounded) instead of failing the
             // request. During an outage, or after the first request failed,
-            // this returns at once.
+            // this returns at once. An `Upgrade` no token can make servable
+            // is refused first, not after the wait with a 503 that blames
+            // the credential (with a token, `prepare_request` refuses it at
+            // no extra cost).
             Err(_) => {
+                if let Some(refusal) = upgrade::refusal(request.headers()) {
+                    return Err(refusal);
+                }
                 Box::pin(
                     route
                         .credential

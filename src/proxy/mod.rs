@@ -6,7 +6,9 @@
 //!    picks the route: the longest `path_prefix` of the listener, or in
 //!    forward-proxy mode the request's host and port ([`hosts`]).
 //! 2. One `ArcSwap` load of the credential's prebuilt headers
-//!    ([`crate::credential::CredentialHandle::current`]); no valid token → 503.
+//!    ([`crate::credential::CredentialHandle::current`]); no valid token → 503
+//!    after a bounded wait for one (an `Upgrade` sidekey cannot carry is
+//!    refused before that wait, see [`upgrade`]).
 //! 3. [`headers::prepare_request`] strips hop-by-hop headers, `Host`, and the
 //!    app's own values of every header the credential or route sets, then
 //!    injects them ("strip, then inject"); an `Upgrade` sidekey cannot carry
@@ -17,10 +19,11 @@
 //!    Both bodies must keep moving: `body_timeout` bounds every pause
 //!    ([`body::Idle`]), and an app that takes no byte of its answer for as
 //!    long is closed ([`crate::send_timeout`], [`crate::stream_stall`]).
-//! 5. The `Location` and `Content-Location` of a redirect or a `201` that
-//!    name the upstream's own URLs point back at sidekey: a route's upstream
-//!    URLs become the app-side paths ([`relocate`]), the forward proxy's
-//!    `https://` ones `http://` ([`redirect`]).
+//! 5. The `Location` and `Content-Location` of a redirect or a `201`, and
+//!    the `Link` targets of any answer ([`link`]), that name the upstream's
+//!    own URLs point back at sidekey: a route's upstream URLs become the
+//!    app-side paths ([`relocate`]), the forward proxy's `https://` ones
+//!    `http://` ([`redirect`]).
 
 pub mod access;
 pub mod body;
@@ -37,6 +40,7 @@ pub mod host_header;
 pub mod hosts;
 pub mod keep_alive;
 pub mod linger;
+pub mod link;
 pub mod no_content;
 pub mod path;
 pub mod redirect;

@@ -11,28 +11,43 @@
 //! token injected) instead of asking for an `https://` tunnel, which the
 //! forward proxy refuses.
 //!
+//! The targets of `Link` fields (RFC 8288), on any answer, are rewritten
+//! the same way ([`super::link`]): a paginated API's
+//! `<https://HOST/items?page=2>; rel="next"` reaches the app as
+//! `<http://HOST/items?page=2>; rel="next"`.
+//!
 //! Only the keys' upstream origins are rewritten, compared ASCII
 //! case-insensitively; every other URL, and relative ones, pass as they are.
 
 use http::header::{CONTENT_LOCATION, LOCATION};
 use http::{HeaderMap, HeaderValue};
 
+use super::link;
+
 /// Rewrite `https://{authority}…` to `http://{authority}…`, for each of
-/// `authorities`, in the answer's `Location` and `Content-Location`.
-pub fn rewrite(headers: &mut HeaderMap, authorities: &[Box<str>]) {
-    for name in [LOCATION, CONTENT_LOCATION] {
-        if let Some(value) = headers.get_mut(&name)
-            && let Some(rewritten) = to_http(value, authorities)
-        {
-            *value = rewritten;
+/// `authorities`, in the answer's `Location` and `Content-Location` when it
+/// is a `redirect` (a 3xx or a `201`), and in its `Link` targets whatever
+/// its status.
+pub fn rewrite(redirect: bool, headers: &mut HeaderMap, authorities: &[Box<str>]) {
+    if redirect {
+        for name in [LOCATION, CONTENT_LOCATION] {
+            if let Some(value) = headers.get_mut(&name)
+                && let Some(rewritten) = value
+                    .to_str()
+                    .ok()
+                    .and_then(|url| to_http(url, authorities))
+                    .and_then(|url| HeaderValue::try_from(url).ok())
+            {
+                *value = rewritten;
+            }
         }
     }
+    link::rewrite(headers, |target| to_http(target, authorities));
 }
 
-/// `value` as an `http://` URL, when it is an `https://` URL of one of
+/// `url` as an `http://` URL, when it is an `https://` URL of one of
 /// `authorities`.
-fn to_http(value: &HeaderValue, authorities: &[Box<str>]) -> Option<HeaderValue> {
-    let url = value.to_str().ok()?;
+fn to_http(url: &str, authorities: &[Box<str>]) -> Option<String> {
     let scheme = url.get(..8)?;
     if !scheme.eq_ignore_ascii_case("https://") {
         return None;
@@ -50,13 +65,12 @@ fn to_http(value: &HeaderValue, authorities: &[Box<str>]) -> Option<HeaderValue>
     } else {
         portless.filter(|host| listed(host))?
     };
-    HeaderValue::try_from(format!("http://{authority}{after}")).ok()
+    Some(format!("http://{authority}{after}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::to_http;
-    use http::HeaderValue;
 
     fn rewritten(url: &str) -> Option<String> {
         let listed: [Box<str>; 4] = [
@@ -65,8 +79,7 @@ mod tests {
             "[::1]".into(),
             "tls.example:443".into(),
         ];
-        to_http(&HeaderValue::from_str(url).unwrap(), &listed)
-            .map(|v| v.to_str().unwrap().to_owned())
+        to_http(url, &listed)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A route listener's answers that name one of its routes' upstream URLs
-//! (`Location` and `Content-Location` of a redirect or a `201 Created`;
-//! [`super::Route::rewrite_answer`] passes only those here) point
+//! (`Location` and `Content-Location` of a redirect or a `201 Created`,
+//! and the targets of `Link` fields on any answer, [`super::link`]) point
 //! back at sidekey, as nginx's `proxy_redirect default` does: the app asked
 //! for `/prefix/x`, sidekey sent `https://host/base/x`, and an upstream
 //! answering `Location: https://host/base/y` (or `/base/y`) is passed on as
@@ -37,17 +37,24 @@
 //! of an `https://` upstream, user information, relative references,
 //! values that are not text — passes unchanged.
 //!
+//! A `Link` target is matched the same way: a paginated API's
+//! `<https://host/base/items?page=2>; rel="next"` reaches the app as
+//! `</prefix/items?page=2>; rel="next"`, so an app following `rel="next"`
+//! stays behind sidekey; its parameters pass as they are.
+//!
 //! The table ([`Listener`]) is built once per listener with its routes;
-//! a redirect without `Location` or `Content-Location` costs one header
-//! lookup for each name and no allocation. An Inbenta route's upstream URL
-//! comes from its token's `apis` map, read when an answer has one of them.
+//! a redirect without `Location`, `Content-Location` and `Link` costs one
+//! header lookup for each name, any other answer without `Link` one, and
+//! neither allocates. An Inbenta route's upstream URL comes from its
+//! token's `apis` map, read when an answer has one of them.
 
 use std::sync::Arc;
 
-use http::header::{CONTENT_LOCATION, LOCATION};
+use http::header::{CONTENT_LOCATION, LINK, LOCATION};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Uri};
 
+use super::link;
 use crate::credential::{CredentialHandle, Published};
 
 /// Where one route of a listener sends its requests.
@@ -98,20 +105,18 @@ impl Listener {
         }
     }
 
-    /// Rewrite the `Location` and `Content-Location` of an answer to a
-    /// request that route `answering` (its index in dispatch order) sent.
-    pub fn rewrite(&self, answering: usize, headers: &mut HeaderMap) {
-        for name in [LOCATION, CONTENT_LOCATION] {
-            if let Some(value) = headers.get_mut(&name)
-                && let Some(rewritten) = self.relocated(answering, value)
-            {
-                *value = rewritten;
-            }
+    /// Point an answer to a request that route `answering` (its index in
+    /// dispatch order) sent back at the listener: its `Location` and
+    /// `Content-Location` when it is a `redirect` (a 3xx or a `201`), and
+    /// the targets of its `Link` fields whatever its status
+    /// ([`super::link`]). An answer with none of them costs a header
+    /// lookup for each name it is checked for, and no allocation.
+    pub fn rewrite(&self, answering: usize, redirect: bool, headers: &mut HeaderMap) {
+        let relocates =
+            redirect && (headers.contains_key(LOCATION) || headers.contains_key(CONTENT_LOCATION));
+        if !relocates && !headers.contains_key(LINK) {
+            return;
         }
-    }
-
-    fn relocated(&self, answering: usize, value: &HeaderValue) -> Option<HeaderValue> {
-        let location = value.to_str().ok()?;
         // Inbenta routes' tokens, held while their `apis` URLs are borrowed.
         let published: Vec<Option<Arc<Published>>> = self
             .entries
@@ -132,8 +137,20 @@ impl Listener {
                 credential: entry.credential.name(),
             })
             .collect();
-        let path = to_app(location, answering, &routes)?;
-        HeaderValue::try_from(path).ok()
+        if relocates {
+            for name in [LOCATION, CONTENT_LOCATION] {
+                if let Some(value) = headers.get_mut(&name)
+                    && let Some(rewritten) = value
+                        .to_str()
+                        .ok()
+                        .and_then(|location| to_app(location, answering, &routes))
+                        .and_then(|path| HeaderValue::try_from(path).ok())
+                {
+                    *value = rewritten;
+                }
+            }
+        }
+        link::rewrite(headers, |target| to_app(target, answering, &routes));
     }
 }
 

@@ -204,6 +204,20 @@ fn redirecting(opts: UpstreamOpts) -> UpstreamOpts {
             let b = request.header("x-b-port").unwrap_or_default().to_owned();
             Reply::status(307).header("location", &format!("https://localhost:{b}/from-a"))
         }
+        "/pages" => {
+            let port = request
+                .header("host")
+                .and_then(|host| host.rsplit(':').next())
+                .unwrap_or_default()
+                .to_owned();
+            Reply::status(200).header(
+                "link",
+                &format!(
+                    "<https://LocalHost:{port}/pages?page=2>; rel=\"next\", \
+                     <https://elsewhere.example/x>; rel=\"alternate\", </pages?page=9>; rel=last"
+                ),
+            )
+        }
         "/away" => Reply::status(302).header("location", "https://elsewhere.example/x"),
         "/relative" => Reply::status(302).header("location", "/new"),
         _ => Reply::echo(),
@@ -265,6 +279,33 @@ async fn an_upstream_redirect_to_a_listed_https_url_is_followed_through_the_prox
         let r = ask(&mut conn, &get(format!("http://localhost:{pa}{path}"))).await;
         assert_eq!(r.header("location"), Some(kept), "{path}");
     }
+}
+
+#[tokio::test]
+async fn a_link_to_a_listed_https_url_points_back_at_the_proxy() {
+    // A paginated answer's `Link: <https://HOST/pages?page=2>; rel="next"`
+    // sends an app following it around the proxy (a CONNECT, refused) as a
+    // redirect would: it reaches the app as `http://`, like `Location`.
+    // Other hosts and relative references pass as they are.
+    let two = Two::start_full(redirecting, "a").await;
+    let pa = two.pa();
+    let mut conn = two.conn().await;
+    let r = ask(
+        &mut conn,
+        &format!("GET http://localhost:{pa}/pages HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("link"),
+        Some(
+            format!(
+                "<http://LocalHost:{pa}/pages?page=2>; rel=\"next\", \
+                 <https://elsewhere.example/x>; rel=\"alternate\", </pages?page=9>; rel=last"
+            )
+            .as_str()
+        )
+    );
 }
 
 #[tokio::test]

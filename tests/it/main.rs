@@ -52,6 +52,7 @@ mod providers;
 mod proxy;
 mod renewal;
 mod rotation;
+mod route_links;
 mod route_redirects;
 mod shared_client;
 mod stuck_readers;

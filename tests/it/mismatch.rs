@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-use crate::support::config::{TestConfig, forward_proxy, listen_tls, route, static_token};
+use crate::support::config::{TestConfig, forward_proxy, listen_tls, oauth2, route, static_token};
 use crate::support::h2_app::{AppFrame, H2App};
 use crate::support::h2_wire::{GOAWAY, SETTINGS};
 use crate::support::h2c::H2cConn;
@@ -22,6 +22,7 @@ use crate::support::logs::LogCapture;
 use crate::support::proxy::{TestProxy, body_empty, request};
 use crate::support::raw::{RawConn, RawResponse};
 use crate::support::tls::{TestPki, client_hello};
+use crate::support::token_servers::{OAuthBehaviour, OAuthServer, TokenReply};
 use crate::support::upstream::{Upstream, UpstreamOpts};
 
 /// Bound for an answer or a close that should come at once; the answer,
@@ -322,6 +323,52 @@ async fn a_websocket_upgrade_is_refused_clearly_and_not_forwarded() {
     assert_eq!(scene.upstream.request_count(), 0);
 }
 
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn a_websocket_upgrade_is_refused_at_once_while_the_token_endpoint_hangs() {
+    // No token yet (the token endpoint never answers): a request would
+    // wait for the first token and then get a 503 blaming the credential.
+    // An upgrade no token could make servable gets its 501 at once.
+    let upstream = Upstream::start(UpstreamOpts::plain()).await;
+    let tokens = OAuthServer::start(OAuthBehaviour::default()).await;
+    tokens.set_reply(Some(TokenReply::hang()));
+    let proxy = TestConfig::new()
+        .with(oauth2("api", &tokens.url()))
+        .with(route(&upstream.url(), "api").line("allow_insecure_http = true"))
+        .env("CLIENT_ID", "id")
+        .env("CLIENT_SECRET", "secret")
+        .start()
+        .await;
+    tokens.wait_for_requests(1).await;
+    let started = Instant::now();
+    let mut conn = RawConn::connect(proxy.route_addr(0)).await;
+    conn.send(
+        b"GET /chat HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\n\
+          upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("sent");
+    let response = conn.read_response(WITHIN).await.expect("an answer");
+    let waited = started.elapsed();
+    let message = sidekey_error(&response, 501, "upgrade_not_supported");
+    assert!(message.contains("WebSocket"), "{message}");
+    assert!(
+        waited < Duration::from_millis(500),
+        "answered after {waited:?} (the first-token wait)"
+    );
+    assert!(
+        proxy
+            .handle
+            .credentials()
+            .get("api")
+            .expect("api")
+            .current()
+            .is_err(),
+        "still no token"
+    );
+    assert_eq!(upstream.request_count(), 0);
+}
+
 #[tokio::test]
 async fn an_h2c_upgrade_offer_is_served_over_http1() {
     let scene = Scene::start(false).await;
@@ -344,7 +391,80 @@ async fn an_h2c_upgrade_offer_is_served_over_http1() {
     }
 }
 
-// ---- 5. odd request lines ----
+// ---- 5. the admin listener ----
+
+/// A proxy with the admin listener (plain HTTP, as it always is) and one
+/// route with a static token.
+async fn with_admin() -> TestProxy {
+    TestConfig::new()
+        .with(static_token("api", "API_TOKEN"))
+        .with(route("https://127.0.0.1:9/v1", "api"))
+        .env("API_TOKEN", "tok-admin")
+        .admin()
+        .start()
+        .await
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn tls_to_the_admin_listener_closes_at_once_and_warns_to_probe_with_http() {
+    // A Kubernetes probe with `scheme: HTTPS` (or `curl https://`) against
+    // the plain admin port: hyper's bare 400, unreadable inside TLS, used
+    // to be all it got, and the log said nothing.
+    let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
+    let proxy = with_admin().await;
+    let addr = proxy.admin_addr();
+    for _ in 0..3 {
+        let mut conn = RawConn::connect(addr).await;
+        conn.send(&client_hello("localhost")).await.expect("sent");
+        let started = Instant::now();
+        assert!(conn.closed_within(WITHIN).await, "closed");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "closed at once, not after the idle timeout: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(conn.text(), "", "nothing sensible can be said inside TLS");
+    }
+    let lines = logs
+        .wait_for_lines(
+            &[
+                "WARN",
+                &addr.to_string(),
+                &format!("http://{addr}"),
+                "scheme: HTTP",
+            ],
+            1,
+        )
+        .await;
+    assert_eq!(lines.len(), 1, "one line for a burst: {lines:#?}");
+    assert!(lines[0].contains("admin"), "{}", lines[0]);
+    // The listener still serves its probes.
+    assert_eq!(proxy.admin_get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_header_to_the_admin_listener_is_refused_by_name() {
+    let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
+    let proxy = with_admin().await;
+    let addr = proxy.admin_addr();
+    let request = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    for (version, header) in [("v1", PROXY_V1.to_vec()), ("v2", proxy_v2())] {
+        let mut conn = RawConn::connect(addr).await;
+        let _ = conn.send(&[header.as_slice(), request].concat()).await;
+        let response = conn
+            .read_response(WITHIN)
+            .await
+            .unwrap_or_else(|| panic!("{version}: no answer; got {:?}", conn.text()));
+        let message = sidekey_error(&response, 400, "bad_request");
+        assert!(message.contains("PROXY protocol"), "{version}: {message}");
+        assert!(conn.closed_within(WITHIN).await, "{version}: closed");
+    }
+    logs.wait_for_lines(&["WARN", &addr.to_string(), "PROXY protocol header"], 1)
+        .await;
+    assert_eq!(proxy.admin_get("/healthz").await.status, 200);
+}
+
+// ---- 6. odd request lines ----
 
 #[tokio::test]
 async fn http10_without_host_is_served() {
