@@ -16,6 +16,10 @@
 #                          (static, its token from the environment variable TOKEN_ENV)
 #   sidekey_route NAME LISTEN_PORT UPSTREAM_PORT [CREDENTIAL]
 #                          one [[routes]] entry to https://127.0.0.1:UPSTREAM_PORT
+#   sidekey_training_run DIR BIN SECONDS
+#                          run BIN (a sidekey built to record a profile: PGO or BOLT)
+#                          under the load a sidecar's day looks like, then stop it
+#                          with SIGTERM so that it writes its profile; files in DIR
 
 bench_pki() {
     # A CA and a leaf: a single self-signed CA:TRUE certificate cannot be
@@ -95,4 +99,56 @@ listen = "127.0.0.1:$2"
 upstream = "https://127.0.0.1:$3"
 credential = "${4:-bench}"
 CONF
+}
+
+sidekey_training_run() {
+    local dir=$1 bin=$2 seconds=$3
+    local procs=() port up_h1 up_h2 sk_h1 sk_h2 admin token body sk status=0
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+        || echo $((20000 + RANDOM % 10000)); }
+    up_h1=$(free_port) up_h2=$(free_port) sk_h1=$(free_port) sk_h2=$(free_port) admin=$(free_port)
+    bench_pki "$dir" training
+    token=$(openssl rand -hex 24)
+    body=$(printf '{"ok":true,"pad":"%1000s"}' '' | tr ' ' x)
+    head -c 262144 /dev/urandom >"$dir/upload.bin"
+    mkdir -p "$dir/ngx"
+    bench_upstream_conf "$dir" "$up_h1" "$up_h2" "$token" "$body" >"$dir/upstream.conf"
+    nginx -p "$dir/ngx" -e "$dir/ngx/error.log" -c "$dir/upstream.conf" -g 'daemon off;' &
+    procs+=($!)
+    {
+        sidekey_common "$admin" "$dir/ca.pem" SIDEKEY_TRAINING_TOKEN
+        sidekey_route h1 "$sk_h1" "$up_h1"
+        sidekey_route h2 "$sk_h2" "$up_h2"
+    } >"$dir/sidekey.toml"
+    SIDEKEY_TRAINING_TOKEN=$token "$bin" run --config "$dir/sidekey.toml" >"$dir/sidekey.log" 2>&1 &
+    sk=$!
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$admin/readyz" && break
+        sleep 0.1
+    done
+    for port in "$sk_h1" "$sk_h2"; do
+        [[ $(curl -sS --max-time 5 "http://127.0.0.1:$port/v1/ping") == "$body" ]] || {
+            echo "training: a request through sidekey failed: $(tail -3 "$dir/sidekey.log")" >&2
+            status=1
+        }
+    done
+    if ((status == 0)); then
+        for port in "$sk_h1" "$sk_h2"; do
+            wrk -t1 -c64 -d"${seconds}s" "http://127.0.0.1:$port/v1/ping" >/dev/null
+            wrk -t1 -c1 -d"$((seconds / 2 + 1))s" "http://127.0.0.1:$port/v1/ping" >/dev/null
+            for _ in $(seq 20); do
+                curl -sf -o /dev/null --max-time 5 -X POST -H 'content-type: application/octet-stream' \
+                    --data-binary @"$dir/upload.bin" "http://127.0.0.1:$port/v1/upload" || status=1
+            done
+        done
+        ((status == 0)) || echo "training: a POST through sidekey failed" >&2
+    fi
+    kill -TERM "$sk"
+    wait "$sk" || {
+        echo "training: sidekey did not exit cleanly: $(tail -3 "$dir/sidekey.log")" >&2
+        status=1
+    }
+    kill -TERM "${procs[@]}" 2>/dev/null || true
+    wait "${procs[@]}" 2>/dev/null || true
+    return "$status"
 }

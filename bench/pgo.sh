@@ -38,13 +38,7 @@ fi
 [[ -x $PROFDATA ]] || die "no llvm-profdata at $PROFDATA"
 
 TMP=$(mktemp -d /tmp/sidekey-pgo.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap 'rm -rf "$TMP"' EXIT
 
 log "cargo build --profile dist, instrumented (target dir $TARGET_DIR/pgo-gen)"
 # The same flags every time (the run's own directory is LLVM_PROFILE_FILE
@@ -54,50 +48,11 @@ log "cargo build --profile dist, instrumented (target dir $TARGET_DIR/pgo-gen)"
 # Build scripts ran instrumented too: only sidekey's own run counts.
 rm -rf "$TARGET_DIR/pgo-gen/profraw"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-    || echo $((20000 + RANDOM % 10000)); }
-UP_H1=$(free_port) UP_H2=$(free_port) SK_H1=$(free_port) SK_H2=$(free_port) ADMIN=$(free_port)
-
 umask 077
-bench_pki "$TMP" pgo
-TOKEN=$(openssl rand -hex 24)
-BODY=$(printf '{"ok":true,"pad":"%1000s"}' '' | tr ' ' x)
-head -c 262144 /dev/urandom >"$TMP/upload.bin"
-
-mkdir -p "$TMP/ngx"
-bench_upstream_conf "$TMP" "$UP_H1" "$UP_H2" "$TOKEN" "$BODY" >"$TMP/upstream.conf"
-nginx -p "$TMP/ngx" -e "$TMP/ngx/error.log" -c "$TMP/upstream.conf" -g 'daemon off;' &
-PIDS+=($!)
-
-{
-    sidekey_common "$ADMIN" "$TMP/ca.pem" SIDEKEY_PGO_TOKEN
-    sidekey_route h1 "$SK_H1" "$UP_H1"
-    sidekey_route h2 "$SK_H2" "$UP_H2"
-} >"$TMP/sidekey.toml"
-LLVM_PROFILE_FILE="$TMP/raw/sidekey-%p-%m.profraw" SIDEKEY_PGO_TOKEN=$TOKEN \
-    "$TARGET_DIR/pgo-gen/dist/sidekey" run --config "$TMP/sidekey.toml" >"$TMP/sidekey.log" 2>&1 &
-SK=$!
-PIDS+=("$SK")
-for _ in $(seq 100); do
-    curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$ADMIN/readyz" && break
-    sleep 0.1
-done
-for port in "$SK_H1" "$SK_H2"; do
-    body=$(curl -sS --max-time 5 "http://127.0.0.1:$port/v1/ping") || die "request through sidekey failed: $(tail -3 "$TMP/sidekey.log")"
-    [[ $body == "$BODY" ]] || die "unexpected answer through sidekey: $body"
-done
-
 log "training: GET on 64 and 1 connections, and POSTs, to each upstream (${SECONDS_EACH}s per run)"
-for port in "$SK_H1" "$SK_H2"; do
-    wrk -t1 -c64 -d"${SECONDS_EACH}s" "http://127.0.0.1:$port/v1/ping" >/dev/null
-    wrk -t1 -c1 -d"$((SECONDS_EACH / 2 + 1))s" "http://127.0.0.1:$port/v1/ping" >/dev/null
-    for _ in $(seq 20); do
-        curl -sf -o /dev/null --max-time 5 -X POST -H 'content-type: application/octet-stream' \
-            --data-binary @"$TMP/upload.bin" "http://127.0.0.1:$port/v1/upload" || die "POST through sidekey failed"
-    done
-done
-kill -TERM "$SK"
-wait "$SK" || die "instrumented sidekey did not exit cleanly: $(tail -3 "$TMP/sidekey.log")"
+export LLVM_PROFILE_FILE="$TMP/raw/sidekey-%p-%m.profraw"
+sidekey_training_run "$TMP" "$TARGET_DIR/pgo-gen/dist/sidekey" "$SECONDS_EACH" || die "the training run failed"
+unset LLVM_PROFILE_FILE
 compgen -G "$TMP/raw/*.profraw" >/dev/null || die "the instrumented run wrote no profile"
 
 mkdir -p "$(dirname "$OUT")"
