@@ -10,11 +10,12 @@
 # Tunables (environment): BENCH_DURATION (default 8s), BENCH_WARMUP (1s),
 # BENCH_ROUNDS (2), BENCH_CONNS (64), BENCH_THREADS (1), BENCH_TRANSFER_MB
 # (100), BENCH_TOKEN_TTL (2, seconds), BENCH_PLOT (bench/latest.png),
-# BENCH_SKIP_BUILD=1 (use an existing target/dist/sidekey; with `allocators`
-# it stands in for all three: a dry run of the mechanics),
-# BENCH_SPIKE_N (5000) and BENCH_BUILD_TIMES (1) for `allocators`,
-# BENCH_PGO=0 (compare: a plain dist build instead of the profile-guided one
-# that ships; `allocators` always builds plain).
+# BENCH_SKIP_BUILD=1 (use an existing target/optimized/sidekey, else
+# target/dist/sidekey; with `allocators` it stands in for all three: a dry
+# run of the mechanics), BENCH_SPIKE_N (5000) and BENCH_BUILD_TIMES (1) for
+# `allocators`, BENCH_PGO=0 (compare: a plain dist build instead of the
+# optimized one that ships; `allocators` always builds plain), BENCH_BOLT=0
+# (compare: profile-guided, not laid out by BOLT).
 set -euo pipefail
 
 # The exact command, for the report (before the script sets anything).
@@ -62,6 +63,11 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 [[ $MODE == compare ]] && ! command -v gnuplot >/dev/null 2>&1 && need_pkgs+=(gnuplot-nox)
+# bench/optimize.sh lays the shipped build out with BOLT.
+if [[ $MODE != allocators && ${BENCH_SKIP_BUILD:-0} != 1 && ${BENCH_PGO:-1} != 0 && ${BENCH_BOLT:-1} != 0 ]] &&
+    ! compgen -c llvm-bolt | grep -qE '^llvm-bolt(-[0-9]+)?$'; then
+    need_pkgs+=(bolt-19)
+fi
 if ((${#need_pkgs[@]})); then
     [[ $EUID -eq 0 ]] || die "missing ${need_pkgs[*]}; run as root or install them"
     log "installing ${need_pkgs[*]} (apt-get)"
@@ -73,6 +79,8 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found (a Rust toolchain is re
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR = /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
 SIDEKEY=$TARGET_DIR/dist/sidekey
+[[ ${BENCH_SKIP_BUILD:-0} == 1 && $MODE != allocators && -x $TARGET_DIR/optimized/sidekey ]] &&
+    SIDEKEY=$TARGET_DIR/optimized/sidekey
 
 # ------------------------------------------------------------- cleanup ----
 TMP=$(mktemp -d /tmp/sidekey-bench.XXXXXX)
@@ -144,17 +152,22 @@ elif [[ $MODE == allocators ]]; then
 elif [[ ${BENCH_SKIP_BUILD:-0} != 1 && ${BENCH_PGO:-1} == 0 ]]; then
     log "cargo build --profile dist (BENCH_PGO=0: without the profile)"
     (cd "$ROOT" && cargo build --profile dist --quiet --bin sidekey)
-elif [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    # What ships (deploy/Dockerfile): the dist profile, guided by the profile
-    # bench/pgo.sh records from an instrumented build.
+elif [[ ${BENCH_SKIP_BUILD:-0} != 1 && ${BENCH_BOLT:-1} == 0 ]]; then
+    # The dist profile guided by the profile bench/pgo.sh records, without BOLT.
     bash "$ROOT/bench/pgo.sh" "$TARGET_DIR/pgo/sidekey.profdata"
-    log "cargo build --profile dist, profile-guided"
+    log "cargo build --profile dist, profile-guided (BENCH_BOLT=0: not laid out by BOLT)"
     (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$TARGET_DIR/pgo/sidekey.profdata" \
         cargo build --profile dist --quiet --bin sidekey)
+elif [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    # What ships (deploy/Dockerfile): bench/optimize.sh, profile-guided and
+    # laid out by BOLT.
+    bash "$ROOT/bench/optimize.sh" "$TARGET_DIR/optimized/sidekey"
+    SIDEKEY=$TARGET_DIR/optimized/sidekey
 fi
-BUILD_KIND="profile-guided dist build (bench/pgo.sh)"
+BUILD_KIND="profile-guided dist build laid out by BOLT (bench/optimize.sh)"
+[[ ${BENCH_BOLT:-1} == 0 ]] && BUILD_KIND="profile-guided dist build (bench/pgo.sh), without BOLT"
 [[ $MODE == allocators || ${BENCH_PGO:-1} == 0 ]] && BUILD_KIND="dist build without a profile"
-[[ ${BENCH_SKIP_BUILD:-0} == 1 ]] && BUILD_KIND="existing target/dist/sidekey (BENCH_SKIP_BUILD=1)"
+[[ ${BENCH_SKIP_BUILD:-0} == 1 ]] && BUILD_KIND="existing $SIDEKEY (BENCH_SKIP_BUILD=1)"
 [[ -x $SIDEKEY ]] || die "$SIDEKEY not found"
 
 # --------------------------------------------------------------- ports ----

@@ -776,14 +776,20 @@ fn dockerfile_final_stage_runs_sidekey_as_non_root() {
         .collect();
     assert!(stages.len() >= 2, "multi-stage build");
 
-    // The builder compiles the sidekey binary with the profile that ships,
-    // and Cargo.toml defines it.
+    // The builder compiles the sidekey binary with the profile that ships
+    // (bench/optimize.sh builds it), and Cargo.toml defines it.
     let build = &instructions[stages[0]..stages[stages.len() - 1]];
     assert!(
-        build.iter().any(|(k, a)| k == "RUN"
-            && a.contains("cargo build --profile dist")
-            && a.contains("target/dist/sidekey")),
-        "a builder stage runs cargo build --profile dist and takes target/dist/sidekey"
+        build
+            .iter()
+            .any(|(k, a)| k == "RUN" && a.contains("bash bench/optimize.sh")),
+        "a builder stage runs bench/optimize.sh"
+    );
+    let optimize = read("bench/optimize.sh");
+    assert!(
+        optimize.contains("cargo build --quiet --locked --profile dist --bin sidekey")
+            && optimize.contains("$TARGET_DIR/dist/sidekey"),
+        "bench/optimize.sh builds --profile dist and takes target/dist/sidekey"
     );
     let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
     assert_eq!(
@@ -836,7 +842,7 @@ fn dockerfile_final_stage_runs_sidekey_as_non_root() {
 }
 
 #[test]
-fn dockerfile_builder_has_what_the_profile_guided_build_needs() {
+fn dockerfile_builder_has_what_the_optimized_build_needs() {
     let instructions = dockerfile_instructions(&read(DOCKERFILE));
     let runs: Vec<&str> = instructions
         .iter()
@@ -844,9 +850,11 @@ fn dockerfile_builder_has_what_the_profile_guided_build_needs() {
         .map(|(_, a)| a.as_str())
         .collect();
     // Every tool bench/pgo.sh checks for is installed (cargo and rustc come
-    // with the rust image), and so is llvm-profdata's component.
-    let script = read("bench/pgo.sh");
-    let tools = script
+    // with the rust image), llvm-profdata's component is added, and so are
+    // BOLT's llvm-bolt and merge-fdata, which bench/optimize.sh runs.
+    let pgo = read("bench/pgo.sh");
+    let optimize = read("bench/optimize.sh");
+    let tools = pgo
         .lines()
         .find_map(|l| l.strip_prefix("for tool in "))
         .and_then(|l| l.strip_suffix("; do"))
@@ -855,50 +863,67 @@ fn dockerfile_builder_has_what_the_profile_guided_build_needs() {
         .iter()
         .find(|a| a.contains("apt-get install"))
         .expect("the builder installs packages");
+    let packages: Vec<&str> = install.split_whitespace().collect();
     for tool in tools.split_whitespace() {
         if !["cargo", "rustc"].contains(&tool) {
-            assert!(
-                install.split_whitespace().any(|w| w == tool),
-                "{tool} is not installed"
-            );
+            assert!(packages.contains(&tool), "{tool} is not installed");
         }
     }
+    assert!(optimize.contains("llvm-bolt") && optimize.contains("merge-fdata"));
+    assert!(
+        packages
+            .iter()
+            .any(|p| p.strip_prefix("bolt-").is_some_and(|v| v.parse::<u32>().is_ok())),
+        "BOLT (bolt-NN) is not installed: {install}"
+    );
     assert!(
         runs.iter()
             .any(|a| a.contains("rustup component add llvm-tools"))
     );
-    // The script and what it sources are in the build context and the
-    // image, and the dist build uses the profile it writes.
-    let sourced = script
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("source \"$ROOT/"))
-        .map(|l| l.trim_end_matches('"'));
+    // The scripts, and what they source or run, are in the build context
+    // and the image.
+    let needed: Vec<&str> = [&optimize, &pgo]
+        .iter()
+        .flat_map(|script| script.lines())
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("source \"$ROOT/")
+                .or_else(|| l.strip_prefix("bash \"$ROOT/"))
+        })
+        .map(|l| l.split('"').next().unwrap_or(l))
+        .chain(["bench/optimize.sh"])
+        .collect();
+    assert!(needed.contains(&"bench/pgo.sh") && needed.contains(&"bench/fixtures.sh"));
     let ignore = read("deploy/Dockerfile.dockerignore");
     let copy = instructions
         .iter()
-        .find(|(k, a)| k == "COPY" && a.starts_with("bench/pgo.sh "))
+        .find(|(k, a)| k == "COPY" && a.starts_with("bench/optimize.sh "))
         .map(|(_, a)| a.split_whitespace().collect::<Vec<_>>())
-        .expect("COPY bench/pgo.sh");
-    for file in std::iter::once("bench/pgo.sh").chain(sourced) {
+        .expect("COPY bench/optimize.sh");
+    for file in needed {
         assert!(
             ignore.lines().any(|l| l == format!("!{file}")),
             "{file} is not in the build context"
         );
         assert!(copy.contains(&file), "{file} is not copied");
     }
-    let build = runs
+    // The build writes the optimized binary where the final stage takes it.
+    let words: Vec<&str> = runs
         .iter()
-        .find(|a| a.contains("cargo build --profile dist"))
-        .expect("a dist build");
-    let words: Vec<&str> = build.split_whitespace().collect();
-    let profile = words
+        .find(|a| a.contains("bench/optimize.sh"))
+        .expect("the build runs bench/optimize.sh")
+        .split_whitespace()
+        .collect();
+    let out = words
         .windows(3)
-        .find(|w| w[..2] == ["bash", "bench/pgo.sh"])
+        .find(|w| w[..2] == ["bash", "bench/optimize.sh"])
         .map(|w| w[2])
-        .expect("the build runs bench/pgo.sh with a profile path");
+        .expect("bench/optimize.sh is given the binary's path");
     assert!(
-        build.contains(&format!("-Cprofile-use={profile}")),
-        "the dist build does not use {profile}"
+        instructions.iter().any(|(k, a)| k == "COPY"
+            && a.starts_with("--from=build ")
+            && a.split_whitespace().nth(1) == Some(out)),
+        "the final stage does not copy {out}"
     );
 }
 
