@@ -871,9 +871,9 @@ fn dockerfile_builder_has_what_the_optimized_build_needs() {
     }
     assert!(optimize.contains("llvm-bolt") && optimize.contains("merge-fdata"));
     assert!(
-        packages
-            .iter()
-            .any(|p| p.strip_prefix("bolt-").is_some_and(|v| v.parse::<u32>().is_ok())),
+        packages.iter().any(|p| p
+            .strip_prefix("bolt-")
+            .is_some_and(|v| v.parse::<u32>().is_ok())),
         "BOLT (bolt-NN) is not installed: {install}"
     );
     assert!(

@@ -207,11 +207,9 @@ async fn an_h2c_client_reports_the_goaway_and_its_reason() {
 
 // ---- 2. TLS to a plain listener ----
 
-#[tokio::test(start_paused = true, crate = "crate::support::paused")]
-async fn tls_to_a_plain_listener_closes_at_once_and_warns_what_to_change() {
-    let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
-    let scene = Scene::start(false).await;
-    let addr = scene.proxy.route_addr(0);
+/// Three TLS ClientHellos to `addr` (a plain listener) are each closed at
+/// once, without a byte: nothing sensible can be said inside TLS.
+async fn hellos_are_closed_at_once(addr: std::net::SocketAddr) {
     for _ in 0..3 {
         let mut conn = RawConn::connect(addr).await;
         conn.send(&client_hello("localhost")).await.expect("sent");
@@ -219,11 +217,19 @@ async fn tls_to_a_plain_listener_closes_at_once_and_warns_what_to_change() {
         assert!(conn.closed_within(WITHIN).await, "closed");
         assert!(
             started.elapsed() < Duration::from_secs(1),
-            "closed at once, not after idle_timeout: {:?}",
+            "closed at once, not after the idle timeout: {:?}",
             started.elapsed()
         );
         assert_eq!(conn.text(), "", "nothing sensible can be said inside TLS");
     }
+}
+
+#[tokio::test(start_paused = true, crate = "crate::support::paused")]
+async fn tls_to_a_plain_listener_closes_at_once_and_warns_what_to_change() {
+    let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
+    let scene = Scene::start(false).await;
+    let addr = scene.proxy.route_addr(0);
+    hellos_are_closed_at_once(addr).await;
     let lines = logs
         .wait_for_lines(
             &["WARN", &addr.to_string(), &format!("Use http://{addr}")],
@@ -413,18 +419,7 @@ async fn tls_to_the_admin_listener_closes_at_once_and_warns_to_probe_with_http()
     let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
     let proxy = with_admin().await;
     let addr = proxy.admin_addr();
-    for _ in 0..3 {
-        let mut conn = RawConn::connect(addr).await;
-        conn.send(&client_hello("localhost")).await.expect("sent");
-        let started = Instant::now();
-        assert!(conn.closed_within(WITHIN).await, "closed");
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "closed at once, not after the idle timeout: {:?}",
-            started.elapsed()
-        );
-        assert_eq!(conn.text(), "", "nothing sensible can be said inside TLS");
-    }
+    hellos_are_closed_at_once(addr).await;
     let lines = logs
         .wait_for_lines(
             &[
