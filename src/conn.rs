@@ -237,16 +237,8 @@ async fn serve_app<S>(
     let deadline = idle
         .deadline(timeout)
         .unwrap_or_else(|| crate::deadline::after(Instant::now(), timeout));
-    let (protocol, stream) = match tokio::time::timeout_at(deadline, preface::sniff(stream)).await {
-        Ok(Ok(sniffed)) => sniffed,
-        Ok(Err(err)) => {
-            debug!(%peer, error = %err, "connection ended before its first request");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "no request within idle_timeout");
-            return;
-        }
+    let Some((protocol, stream)) = preface::sniff_by(stream, deadline, peer).await else {
+        return;
     };
     let http2 = match protocol {
         Protocol::Http1 => false,

@@ -16,15 +16,18 @@
 //! to the server that follows, in front of the rest of the stream
 //! ([`Rewind`]).
 //!
-//! The caller bounds the wait (a connection that never sends a byte is
-//! closed after `idle_timeout`, as for HTTP/1.1).
+//! The caller bounds the wait ([`sniff_by`]: a connection that never sends
+//! a byte is closed after `idle_timeout`, as for HTTP/1.1).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::time::Instant;
+use tracing::debug;
 
 /// The HTTP/2 client connection preface.
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -63,6 +66,26 @@ pub enum Protocol {
     /// A PROXY protocol header (v1 or v2) came: a load balancer in front
     /// announces the client's address, which sidekey does not take.
     ProxyHeader,
+}
+
+/// [`sniff`], bounded by `deadline`: `None` when the connection from `peer`
+/// ended or sent nothing telling by then (a debug line says which).
+pub async fn sniff_by<S: AsyncRead + Unpin>(
+    stream: S,
+    deadline: Instant,
+    peer: SocketAddr,
+) -> Option<(Protocol, Rewind<S>)> {
+    match tokio::time::timeout_at(deadline, sniff(stream)).await {
+        Ok(Ok(sniffed)) => Some(sniffed),
+        Ok(Err(err)) => {
+            debug!(%peer, error = %err, "connection ended before its first request");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "no request within idle_timeout");
+            None
+        }
+    }
 }
 
 /// Read from `stream` until its first bytes tell its [`Protocol`]; the

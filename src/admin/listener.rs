@@ -87,16 +87,8 @@ async fn serve_connection(
     mismatches: Arc<Mismatches>,
 ) {
     let deadline = crate::deadline::after(tokio::time::Instant::now(), limits.idle_timeout);
-    let (protocol, stream) = match tokio::time::timeout_at(deadline, preface::sniff(stream)).await {
-        Ok(Ok(sniffed)) => sniffed,
-        Ok(Err(err)) => {
-            debug!(%peer, error = %err, "admin connection ended before its first request");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "no admin request within the idle timeout");
-            return;
-        }
+    let Some((protocol, stream)) = preface::sniff_by(stream, deadline, peer).await else {
+        return;
     };
     match protocol {
         Protocol::Tls => return mismatches.tls_on_plain(peer, PlainListener::Admin),

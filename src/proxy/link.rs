@@ -1,10 +1,12 @@
-//! The targets of an answer's `Link` fields (RFC 8288 §3), rewritten one by
-//! one: a paginated API's `Link: <https://api.example/v1/items?page=2>;
+//! The URLs an upstream's answer gives the app to follow, rewritten: its
+//! `Location` and `Content-Location` when it is a redirect (or a `201`),
+//! and the targets of its `Link` fields (RFC 8288 §3) whatever its status
+//! ([`rewrite_answer_urls`]). A paginated API's `Link: <https://api.example/v1/items?page=2>;
 //! rel="next", <…>; rel="last"` names the upstream's own URLs, which an app
 //! following `rel="next"` would ask without sidekey (and its credential).
-//! The caller says what a target becomes ([`super::relocate`] for a route
+//! The caller says what a URL becomes ([`super::relocate`] for a route
 //! listener, [`super::redirect`] for the forward proxy); this module only
-//! finds the targets.
+//! finds the URLs.
 //!
 //! A field holds comma-separated link-values, each `<URI-Reference>` then
 //! `;`-separated parameters whose values may be quoted strings (which may
@@ -15,16 +17,51 @@
 //! `>`, an unterminated quoted string, text between a target and its
 //! parameters, non-ASCII bytes) passes whole, never half rewritten.
 //!
-//! An answer without `Link` costs one header lookup and no allocation.
+//! An answer that is no redirect and has no `Link` costs one header lookup
+//! and no allocation.
 
 use std::ops::Range;
 
-use http::header::{Entry, LINK};
+use http::header::{CONTENT_LOCATION, Entry, LINK, LOCATION};
 use http::{HeaderMap, HeaderValue};
+
+/// Whether an answer names a URL [`rewrite_answer_urls`] would look at: a
+/// `redirect` (a 3xx or a `201`) with `Location` or `Content-Location`, or
+/// any answer with `Link`.
+pub fn names_urls(headers: &HeaderMap, redirect: bool) -> bool {
+    (redirect && (headers.contains_key(LOCATION) || headers.contains_key(CONTENT_LOCATION)))
+        || headers.contains_key(LINK)
+}
+
+/// Rewrite the URLs an answer gives the app to follow for which `map`
+/// returns a new one: `Location` and `Content-Location` when it is a
+/// `redirect` (a 3xx or a `201`), the targets of its `Link` fields
+/// whatever its status. Values that are not text, or `Link` fields that do
+/// not parse, pass as they are.
+pub fn rewrite_answer_urls(
+    headers: &mut HeaderMap,
+    redirect: bool,
+    mut map: impl FnMut(&str) -> Option<String>,
+) {
+    if redirect {
+        for name in [LOCATION, CONTENT_LOCATION] {
+            if let Some(value) = headers.get_mut(&name)
+                && let Some(rewritten) = value
+                    .to_str()
+                    .ok()
+                    .and_then(&mut map)
+                    .and_then(|url| HeaderValue::try_from(url).ok())
+            {
+                *value = rewritten;
+            }
+        }
+    }
+    rewrite_links(headers, map);
+}
 
 /// Rewrite the targets of every `Link` field of `headers` for which `map`
 /// returns a new reference; fields that do not parse pass as they are.
-pub fn rewrite(headers: &mut HeaderMap, mut map: impl FnMut(&str) -> Option<String>) {
+fn rewrite_links(headers: &mut HeaderMap, mut map: impl FnMut(&str) -> Option<String>) {
     if !headers.contains_key(LINK) {
         return;
     }

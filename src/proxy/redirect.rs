@@ -19,8 +19,7 @@
 //! Only the keys' upstream origins are rewritten, compared ASCII
 //! case-insensitively; every other URL, and relative ones, pass as they are.
 
-use http::header::{CONTENT_LOCATION, LOCATION};
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 
 use super::link;
 
@@ -29,20 +28,7 @@ use super::link;
 /// is a `redirect` (a 3xx or a `201`), and in its `Link` targets whatever
 /// its status.
 pub fn rewrite(redirect: bool, headers: &mut HeaderMap, authorities: &[Box<str>]) {
-    if redirect {
-        for name in [LOCATION, CONTENT_LOCATION] {
-            if let Some(value) = headers.get_mut(&name)
-                && let Some(rewritten) = value
-                    .to_str()
-                    .ok()
-                    .and_then(|url| to_http(url, authorities))
-                    .and_then(|url| HeaderValue::try_from(url).ok())
-            {
-                *value = rewritten;
-            }
-        }
-    }
-    link::rewrite(headers, |target| to_http(target, authorities));
+    link::rewrite_answer_urls(headers, redirect, |url| to_http(url, authorities));
 }
 
 /// `url` as an `http://` URL, when it is an `https://` URL of one of

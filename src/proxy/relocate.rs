@@ -50,9 +50,8 @@
 
 use std::sync::Arc;
 
-use http::header::{CONTENT_LOCATION, LINK, LOCATION};
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, Uri};
 
 use super::link;
 use crate::credential::{CredentialHandle, Published};
@@ -112,9 +111,7 @@ impl Listener {
     /// ([`super::link`]). An answer with none of them costs a header
     /// lookup for each name it is checked for, and no allocation.
     pub fn rewrite(&self, answering: usize, redirect: bool, headers: &mut HeaderMap) {
-        let relocates =
-            redirect && (headers.contains_key(LOCATION) || headers.contains_key(CONTENT_LOCATION));
-        if !relocates && !headers.contains_key(LINK) {
+        if !link::names_urls(headers, redirect) {
             return;
         }
         // Inbenta routes' tokens, held while their `apis` URLs are borrowed.
@@ -137,20 +134,7 @@ impl Listener {
                 credential: entry.credential.name(),
             })
             .collect();
-        if relocates {
-            for name in [LOCATION, CONTENT_LOCATION] {
-                if let Some(value) = headers.get_mut(&name)
-                    && let Some(rewritten) = value
-                        .to_str()
-                        .ok()
-                        .and_then(|location| to_app(location, answering, &routes))
-                        .and_then(|path| HeaderValue::try_from(path).ok())
-                {
-                    *value = rewritten;
-                }
-            }
-        }
-        link::rewrite(headers, |target| to_app(target, answering, &routes));
+        link::rewrite_answer_urls(headers, redirect, |url| to_app(url, answering, &routes));
     }
 }
 
