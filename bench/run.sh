@@ -15,7 +15,9 @@
 # run of the mechanics), BENCH_SPIKE_N (5000) and BENCH_BUILD_TIMES (1) for
 # `allocators`, BENCH_PGO=0 (compare: a plain dist build instead of the
 # optimized one that ships; `allocators` always builds plain), BENCH_BOLT=0
-# (compare: profile-guided, not laid out by BOLT).
+# (compare: profile-guided, not laid out by BOLT), BENCH_WORKERS (unset: the
+# defaults, sidekey's one worker per core and nginx's `worker_processes` =
+# CPUs; N sets both to N, to compare the serving-thread count).
 set -euo pipefail
 
 # The exact command, for the report (before the script sets anything).
@@ -51,6 +53,13 @@ PLOT=${BENCH_PLOT:-$ROOT/bench/latest.png}
 SPIKE_N=${BENCH_SPIKE_N:-5000}
 BUILD_TIMES=${BENCH_BUILD_TIMES:-1}
 NCPU=$(nproc)
+# Serving threads (sidekey) and worker processes (nginx proxy): the same
+# count for both. Unset, sidekey keeps its default (the cores it may use).
+NWORKERS=${BENCH_WORKERS:-$NCPU}
+[[ $NWORKERS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_WORKERS must be a positive integer" >&2; exit 2; }
+sidekey_workers() { # the `workers` line of a sidekey configuration, when BENCH_WORKERS sets one
+    if [[ -n ${BENCH_WORKERS:-} ]]; then echo "workers = $NWORKERS"; fi
+}
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -560,13 +569,13 @@ ROT_ADMIN=$(pick_port)
 TOKEN_PORT=$(pick_port)
 
 # --------------------------------------------------------- nginx proxy ----
-NGINX_PROXY_SETTINGS="worker_processes $NCPU; upstream keepalive 64 (keepalive_requests 1000000); proxy_http_version 1.1;
+NGINX_PROXY_SETTINGS="worker_processes $NWORKERS; upstream keepalive 64 (keepalive_requests 1000000); proxy_http_version 1.1;
             proxy_set_header Connection \"\"; proxy_set_header Authorization \"Bearer …\"; proxy_ssl_verify on
             + proxy_ssl_trusted_certificate (bench CA), proxy_ssl_name localhost, proxy_ssl_session_reuse on;
             proxy_request_buffering off; proxy_buffering off (streams both ways, like sidekey); access_log off"
 cat >"$TMP/nginx-proxy.conf" <<EOF
 $(ngx_common nginx-proxy)
-worker_processes $NCPU;
+worker_processes $NWORKERS;
 events { worker_connections 4096; }
 http {
 $(ngx_http_common nginx-proxy)
@@ -577,7 +586,7 @@ start_nginx nginx-proxy
 wait_http "http://127.0.0.1:$NGX_PX/" || die "nginx proxy not answering 200"
 NGX_TREE=$(proc_tree "$(cat "$TMP/nginx-proxy.master")")
 read -r -a ngx_pids <<<"$NGX_TREE"
-((${#ngx_pids[@]} == NCPU + 1)) || log "warning: nginx proxy has ${#ngx_pids[@]} processes, expected $((NCPU + 1))"
+((${#ngx_pids[@]} == NWORKERS + 1)) || log "warning: nginx proxy has ${#ngx_pids[@]} processes, expected $((NWORKERS + 1))"
 
 # ------------------------------------------------------- token endpoint ----
 # OAuth 2.0 client credentials over HTTPS (the bench leaf): HTTP Basic client
@@ -644,10 +653,11 @@ port_in_use "$TOKEN_PORT" || die "token endpoint did not start: $(tail -5 "$TMP/
 # ------------------------------------------------------------- sidekey ----
 # One instance per upstream port, default settings, a static token; the
 # rotation instance has the same shape, so "steady" compares like with like.
-{ sidekey_common "$SK_ADMIN" "$TMP/ca.pem" SIDEKEY_BENCH_TOKEN; sidekey_route h1 "$SK_H1" "$UP_H1"; } >"$TMP/sidekey.toml"
-{ sidekey_common "$SK2_ADMIN" "$TMP/ca.pem" SIDEKEY_BENCH_TOKEN; sidekey_route h2 "$SK_H2" "$UP_H2"; } >"$TMP/sidekey-h2.toml"
+{ sidekey_workers; sidekey_common "$SK_ADMIN" "$TMP/ca.pem" SIDEKEY_BENCH_TOKEN; sidekey_route h1 "$SK_H1" "$UP_H1"; } >"$TMP/sidekey.toml"
+{ sidekey_workers; sidekey_common "$SK2_ADMIN" "$TMP/ca.pem" SIDEKEY_BENCH_TOKEN; sidekey_route h2 "$SK_H2" "$UP_H2"; } >"$TMP/sidekey-h2.toml"
 # The rotation instance: default settings, an oauth2 credential with short-lived tokens.
 {
+    sidekey_workers
     cat <<EOF
 shutdown_grace = "1s"
 
@@ -785,7 +795,7 @@ REPORT=$(
 machine   : $(machine_line)
 command   : $COMMAND
 load avg  : $LOAD_START at the start of the wrk runs, $LOAD_END at the end; CPU steal during them: $STEAL
-sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev), $BUILD_KIND, default settings ($SK_THREADS threads at idle),
+sidekey   : $("$SIDEKEY" --version 2>/dev/null) @ $(git_rev), $BUILD_KIND, ${BENCH_WORKERS:+workers = $NWORKERS, otherwise }default settings ($SK_THREADS threads at idle),
             one process per upstream port
 tools     : $(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'), $(openssl version | cut -d' ' -f1-2)
 upstream  : nginx, 1 worker, HTTPS (TLS 1.3, ECDSA P-256) on loopback; GET answers 200 with 1 KiB of JSON,
@@ -794,7 +804,7 @@ nginx px  : $NGINX_PROXY_SETTINGS
 load      : wrk -t$THREADS -c1 and -t$THREADS -c$C, warm-up $WARMUP then $DURATION per run, GET /v1/ping; all on
             loopback, same CPUs; $ROUNDS round(s) (alternating order), each row its best round by req/s
 columns   : latencies in ms (wrk, client side); errs = non-2xx + socket errors, all rounds;
-            CPU/req = proxy CPU µs per request (utime+stime from /proc, nginx: master + $NCPU workers);
+            CPU/req = proxy CPU µs per request (utime+stime from /proc, nginx: master + $NWORKERS workers);
             usr = user-space share of it; cs/req = context switches per request;
             idle / peak = VmRSS before any request / VmHWM during the run, MiB (nginx: summed over its processes)
 
