@@ -9,6 +9,7 @@
 //! | the HTTP/2 preface (h2c) | an HTTPS listener | an empty SETTINGS (the server preface), then GOAWAY `INADEQUATE_SECURITY` (RFC 9113 §7: "the underlying transport has properties that do not meet minimum security requirements") whose debug data says to use TLS, then closes; an HTTP/1.1 `400` would reach an h2 client as a garbled frame |
 //! | a TLS ClientHello (`https://`) | a plain listener | closes at once: nothing sensible can be said inside TLS (an HTTP `400` reads to curl as "wrong version number") |
 //! | a TLS ClientHello (a probe with `scheme: HTTPS`) | the admin listener (always plain) | closes at once, as above; the log line says to use `http://` (a Kubernetes probe's `scheme: HTTP`, its default) |
+//! | the HTTP/2 preface (h2c: a Kubernetes `grpc:` probe, `curl --http2-prior-knowledge`) | the admin listener (HTTP/1.1 only) | an empty SETTINGS, then GOAWAY `HTTP_1_1_REQUIRED` (RFC 9113 §7, the code for exactly this) whose debug data names the endpoints; the log line says to probe them with `httpGet` |
 //! | a PROXY protocol header | any listener, the admin one too | `400 bad_request` naming it, then closes; what follows the header may be TLS, whose client cannot read that, hence the log line |
 //!
 //! Every one is also logged at WARN with the listener, the app's address
@@ -64,6 +65,7 @@ const LINGER: Duration = Duration::from_secs(2);
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const INADEQUATE_SECURITY: u32 = 0xc;
+const HTTP_1_1_REQUIRED: u32 = 0xd;
 
 /// A wrong protocol on a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,10 +78,12 @@ enum Mistake {
     TlsToPlain,
     /// A PROXY protocol header.
     ProxyHeader,
+    /// h2c (prior knowledge) to the admin listener.
+    H2cToAdmin,
 }
 
 impl Mistake {
-    const ALL: usize = 4;
+    const ALL: usize = 5;
 }
 
 /// What a plain-HTTP listener that a TLS client reached serves, which
@@ -180,7 +184,7 @@ impl Mismatches {
                     "this listener speaks HTTPS: connect with TLS, https://{local} \
                      (h2c, HTTP/2 without TLS, is not served here)"
                 );
-                answer_and_close(stream, &goaway(&message)).await;
+                answer_and_close(stream, &goaway(INADEQUATE_SECURITY, &message)).await;
             }
             Protocol::ProxyHeader => self.refuse_proxy_header(stream, peer).await,
             // Its first byte was no handshake record's.
@@ -225,6 +229,26 @@ impl Mismatches {
                 ),
             ),
         }
+    }
+
+    /// An admin connection that opened with the HTTP/2 preface: GOAWAY
+    /// `HTTP_1_1_REQUIRED`, then the close.
+    pub async fn refuse_h2c_on_admin<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.warn(
+            Mistake::H2cToAdmin,
+            peer,
+            format_args!(
+                "an HTTP/2 client (prior knowledge; a Kubernetes grpc probe?) reached admin \
+                 listener {}: it was sent GOAWAY HTTP_1_1_REQUIRED. The admin endpoints speak \
+                 HTTP/1.1: probe /healthz or /readyz with httpGet",
+                self.listener
+            ),
+        );
+        let message = "the admin endpoints (/healthz, /readyz, /metrics) speak HTTP/1.1 only";
+        answer_and_close(stream, &goaway(HTTP_1_1_REQUIRED, message)).await;
     }
 
     /// A connection that opened with a PROXY protocol header: a `400`
@@ -319,11 +343,11 @@ fn use_https(request: &Request<Incoming>, local: SocketAddr) -> Response<Full<By
     json_error(StatusCode::BAD_REQUEST, "bad_request", &message)
 }
 
-/// The server preface (an empty SETTINGS frame) and a GOAWAY with
-/// `INADEQUATE_SECURITY` and `message` as its debug data.
-fn goaway(message: &str) -> Vec<u8> {
+/// The server preface (an empty SETTINGS frame) and a GOAWAY with error
+/// `code` and `message` as its debug data.
+fn goaway(code: u32, message: &str) -> Vec<u8> {
     let mut payload = 0u32.to_be_bytes().to_vec();
-    payload.extend_from_slice(&INADEQUATE_SECURITY.to_be_bytes());
+    payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(message.as_bytes());
     let mut frames = frame(SETTINGS, &[]);
     frames.extend(frame(GOAWAY, &payload));
@@ -384,7 +408,7 @@ mod tests {
 
     #[test]
     fn the_goaway_follows_an_empty_settings_frame() {
-        let frames = goaway("use TLS");
+        let frames = goaway(INADEQUATE_SECURITY, "use TLS");
         assert_eq!(frames[..9], [0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
         let goaway = &frames[9..];
         assert_eq!(goaway[..9], [0, 0, 15, GOAWAY, 0, 0, 0, 0, 0]);

@@ -75,10 +75,10 @@ pub async fn serve(
 }
 
 /// Serve one admin connection: by its first bytes (which must come within
-/// the idle timeout), a TLS ClientHello is closed and a PROXY protocol
-/// header refused, each with a WARN line ([`Mismatches`]); anything else
-/// is served as HTTP/1.1 (hyper answers what is not HTTP/1 with a bare
-/// `400`).
+/// the idle timeout), a TLS ClientHello is closed, and a PROXY protocol
+/// header and the HTTP/2 preface refused, each with a WARN line
+/// ([`Mismatches`]); anything else is served as HTTP/1.1 (hyper answers
+/// what is not HTTP/1 with a bare `400`).
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -93,9 +93,8 @@ async fn serve_connection(
     match protocol {
         Protocol::Tls => return mismatches.tls_on_plain(peer, PlainListener::Admin),
         Protocol::ProxyHeader => return mismatches.refuse_proxy_header(stream, peer).await,
-        // HTTP/2 with prior knowledge gets hyper's HTTP/1 answer, as before:
-        // the admin endpoints speak HTTP/1.1 only.
-        Protocol::Http1 | Protocol::Http2 => {}
+        Protocol::Http2 => return mismatches.refuse_h2c_on_admin(stream, peer).await,
+        Protocol::Http1 => {}
     }
     let service = service_fn(move |request| {
         let state = state.clone();

@@ -459,6 +459,39 @@ async fn a_proxy_protocol_header_to_the_admin_listener_is_refused_by_name() {
     assert_eq!(proxy.admin_get("/healthz").await.status, 200);
 }
 
+#[tokio::test]
+async fn h2c_to_the_admin_listener_is_told_to_use_http1_and_warns() {
+    // A Kubernetes `grpc:` probe, or `curl --http2-prior-knowledge`, at the
+    // admin port (HTTP/1.1 only): hyper's HTTP/1 server used to answer the
+    // preface with a bare 400, which an HTTP/2 client reads as a garbled
+    // frame, and nothing was logged.
+    let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
+    let proxy = with_admin().await;
+    let addr = proxy.admin_addr();
+    let mut app = H2App::connect(addr).await;
+    let (frames, _) = until_goaway(&mut app).await;
+    assert_eq!(
+        frames.first().map(|f| f.kind),
+        Some(SETTINGS),
+        "the server preface comes first: {frames:?}"
+    );
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == GOAWAY)
+        .unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
+    // HTTP_1_1_REQUIRED (RFC 9113 §7).
+    assert_eq!(goaway.payload[4..8], 0xd_u32.to_be_bytes());
+    let debug = String::from_utf8_lossy(&goaway.payload[8..]).into_owned();
+    assert!(debug.contains("HTTP/1.1"), "{debug}");
+    let (_, closed) = app.read_until(WITHIN, |_| false).await;
+    assert!(closed, "closed after the GOAWAY");
+    let lines = logs
+        .wait_for_lines(&["WARN", &addr.to_string(), "httpGet"], 1)
+        .await;
+    assert!(lines[0].contains("admin"), "{}", lines[0]);
+    assert_eq!(proxy.admin_get("/healthz").await.status, 200);
+}
+
 // ---- 6. odd request lines ----
 
 #[tokio::test]
