@@ -15,7 +15,7 @@ use http::Method;
 use tokio::time::Instant;
 
 use crate::support::config::{TestConfig, forward_proxy, listen_tls, oauth2, route, static_token};
-use crate::support::h2_app::{AppFrame, H2App};
+use crate::support::h2_app::H2App;
 use crate::support::h2_wire::{GOAWAY, SETTINGS};
 use crate::support::h2c::H2cConn;
 use crate::support::logs::LogCapture;
@@ -159,18 +159,14 @@ async fn a_plain_upload_to_an_https_listener_still_gets_its_answer() {
     sidekey_error(&response, 400, "bad_request");
 }
 
-/// Frames until a GOAWAY (or the close).
-async fn until_goaway(app: &mut H2App) -> (Vec<AppFrame>, bool) {
-    app.read_until(WITHIN, |frames| frames.iter().any(|f| f.kind == GOAWAY))
-        .await
-}
-
-#[tokio::test]
-async fn h2c_to_an_https_listener_gets_a_goaway_that_says_https() {
-    let scene = Scene::start(true).await;
-    let addr = scene.proxy.route_addr(0);
+/// What an h2c client connecting to `addr` is sent: the server preface
+/// (an empty SETTINGS) first, then a GOAWAY, then the close. Returns the
+/// GOAWAY's error code and debug data.
+async fn goaway_then_close(addr: std::net::SocketAddr) -> (u32, String) {
     let mut app = H2App::connect(addr).await;
-    let (frames, _) = until_goaway(&mut app).await;
+    let (frames, _) = app
+        .read_until(WITHIN, |frames| frames.iter().any(|f| f.kind == GOAWAY))
+        .await;
     assert_eq!(
         frames.first().map(|f| f.kind),
         Some(SETTINGS),
@@ -180,12 +176,21 @@ async fn h2c_to_an_https_listener_gets_a_goaway_that_says_https() {
         .iter()
         .find(|f| f.kind == GOAWAY)
         .unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
-    // INADEQUATE_SECURITY (RFC 9113 §7): the transport needs TLS.
-    assert_eq!(goaway.payload[4..8], 0xc_u32.to_be_bytes());
+    let code = u32::from_be_bytes(goaway.payload[4..8].try_into().expect("a GOAWAY code"));
     let debug = String::from_utf8_lossy(&goaway.payload[8..]).into_owned();
-    assert!(debug.contains(&format!("https://{addr}")), "{debug}");
     let (_, closed) = app.read_until(WITHIN, |_| false).await;
     assert!(closed, "closed after the GOAWAY");
+    (code, debug)
+}
+
+#[tokio::test]
+async fn h2c_to_an_https_listener_gets_a_goaway_that_says_https() {
+    let scene = Scene::start(true).await;
+    let addr = scene.proxy.route_addr(0);
+    let (code, debug) = goaway_then_close(addr).await;
+    // INADEQUATE_SECURITY (RFC 9113 §7): the transport needs TLS.
+    assert_eq!(code, 0xc);
+    assert!(debug.contains(&format!("https://{addr}")), "{debug}");
 }
 
 #[tokio::test]
@@ -468,23 +473,10 @@ async fn h2c_to_the_admin_listener_is_told_to_use_http1_and_warns() {
     let (logs, _guard) = LogCapture::install("warn", Duration::from_secs(10));
     let proxy = with_admin().await;
     let addr = proxy.admin_addr();
-    let mut app = H2App::connect(addr).await;
-    let (frames, _) = until_goaway(&mut app).await;
-    assert_eq!(
-        frames.first().map(|f| f.kind),
-        Some(SETTINGS),
-        "the server preface comes first: {frames:?}"
-    );
-    let goaway = frames
-        .iter()
-        .find(|f| f.kind == GOAWAY)
-        .unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
+    let (code, debug) = goaway_then_close(addr).await;
     // HTTP_1_1_REQUIRED (RFC 9113 §7).
-    assert_eq!(goaway.payload[4..8], 0xd_u32.to_be_bytes());
-    let debug = String::from_utf8_lossy(&goaway.payload[8..]).into_owned();
+    assert_eq!(code, 0xd);
     assert!(debug.contains("HTTP/1.1"), "{debug}");
-    let (_, closed) = app.read_until(WITHIN, |_| false).await;
-    assert!(closed, "closed after the GOAWAY");
     let lines = logs
         .wait_for_lines(&["WARN", &addr.to_string(), "httpGet"], 1)
         .await;
