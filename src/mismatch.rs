@@ -136,11 +136,9 @@ impl Mismatches {
     ) {
         // Only here, not per connection: a `getsockname` call.
         let local = stream.local_addr().unwrap_or(self.listener);
-        let (protocol, stream) =
-            match tokio::time::timeout_at(deadline, preface::sniff(stream)).await {
-                Ok(Ok(sniffed)) => sniffed,
-                Ok(Err(_)) | Err(_) => return,
-            };
+        let Some((protocol, stream)) = preface::sniff_by(stream, deadline, peer).await else {
+            return;
+        };
         match protocol {
             Protocol::Http1 => {
                 // Logged once a request was read: bytes that are neither

@@ -1,10 +1,11 @@
 //! The admin listener: accepting connections under the admin cap (at the
 //! cap, a new connection closes the oldest: see [`serve`]), telling a TLS
-//! client (a probe with `scheme: HTTPS`) or a PROXY protocol header from
-//! HTTP by the first bytes ([`crate::preface`]) and answering those as the
-//! proxy listeners do ([`crate::mismatch`]: closed, or a `400` naming the
-//! header, and a WARN line saying what to change), and answering each
-//! request ([`respond`]) from the endpoint modules.
+//! client (a probe with `scheme: HTTPS`), an HTTP/2 one (a `grpc:` probe)
+//! or a PROXY protocol header from HTTP/1 by the first bytes
+//! ([`crate::preface`]) and refusing those ([`crate::mismatch`]: closed,
+//! GOAWAY `HTTP_1_1_REQUIRED`, or a `400` naming the header, each with a
+//! WARN line saying what to change), and answering each request
+//! ([`respond`]) from the endpoint modules.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -14,9 +14,11 @@
 //! Anything else is 404. Nothing here reveals a token or secret.
 //!
 //! A client that starts TLS here (a Kubernetes probe with `scheme: HTTPS`)
-//! is closed at once, and one that opens with a PROXY protocol header gets
-//! a `400` naming it; each is logged at WARN with what to change, at most
-//! once a minute ([`crate::mismatch`], as on the proxy listeners).
+//! is closed at once, one that speaks HTTP/2 (a `grpc:` probe) is sent
+//! GOAWAY `HTTP_1_1_REQUIRED`, and one that opens with a PROXY protocol
+//! header gets a `400` naming it; each is logged at WARN with what to
+//! change, at most once a minute ([`crate::mismatch`], as on the proxy
+//! listeners).
 //!
 //! The listener is capped ([`crate::config::ConnLimits::ADMIN`]: 16
 //! connections, 8 KiB request heads, 10 s idle timeout), so idle or slow

@@ -62,6 +62,8 @@ pub fn rewrite_answer_urls(
 /// Rewrite the targets of every `Link` field of `headers` for which `map`
 /// returns a new reference; fields that do not parse pass as they are.
 fn rewrite_links(headers: &mut HeaderMap, mut map: impl FnMut(&str) -> Option<String>) {
+    // Looked up first: `entry` reserves room for an insert, which may
+    // allocate, and most answers have no `Link`.
     if !headers.contains_key(LINK) {
         return;
     }

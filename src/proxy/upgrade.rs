@@ -21,8 +21,9 @@
 //! strips hop-by-hop fields already notes it ([`super::headers`]), so other
 //! requests pay nothing. A request whose route has no token yet is checked
 //! before it waits for one ([`super::forward`]): the refusal comes at once,
-//! not after the first-token wait as a `503` that blames the credential. HTTP/2 forbids the field (RFC 9113 §8.2.2; hyper
-//! refuses such a stream), and extended `CONNECT` (RFC 8441) is not offered.
+//! not after the first-token wait as a `503` that blames the credential.
+//! HTTP/2 forbids the field (RFC 9113 §8.2.2; hyper refuses such a
+//! stream), and extended `CONNECT` (RFC 8441) is not offered.
 
 use http::HeaderMap;
 use http::header::UPGRADE;
