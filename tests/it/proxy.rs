@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::config::{
-    TestConfig, forward_proxy, listen_tls, oauth2, route, static_token, toml_path,
+    TestConfig, forward_proxy, listen_tls, oauth2, route, static_token, stripped_route, toml_path,
 };
 use crate::support::process::SidekeyProcess;
 use crate::support::proxy::{TestClient, body_bytes, body_generated, request, request_with};
@@ -78,11 +78,11 @@ async fn prefix_routing_strips_and_joins_base_paths() {
     let proxy = TestConfig::new()
         .trusting(&pki)
         .with(static_token("api", "API_TOKEN"))
-        .with(
-            route(&format!("{}/v1/", chatbot.url()), "api")
-                .line(r#"path_prefix = "/chatbot""#)
-                .line("strip_prefix = true"),
-        )
+        .with(stripped_route(
+            &format!("{}/v1/", chatbot.url()),
+            "api",
+            "/chatbot",
+        ))
         .with(route(&format!("{}/api", search.url()), "api").line(r#"path_prefix = "/search""#))
         .env("API_TOKEN", "tok-123")
         .start()

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::support::config::{TestConfig, route, static_token};
+use crate::support::config::{TestConfig, route, static_token, stripped_route};
 use crate::support::proxy::{TestClient, TestResponse, body_empty, request_with};
 use crate::support::tls::TestPki;
 use crate::support::upstream::{RecordedRequest, Reply, Upstream, UpstreamOpts};
@@ -60,11 +60,11 @@ async fn pagination_links_under_a_prefix_and_base_path_point_back_at_the_route()
     let proxy = TestConfig::new()
         .trusting(&pki)
         .with(static_token("api", "API_TOKEN"))
-        .with(
-            route(&format!("{}/v1/", upstream.localhost_url()), "api")
-                .line(r#"path_prefix = "/api""#)
-                .line("strip_prefix = true"),
-        )
+        .with(stripped_route(
+            &format!("{}/v1/", upstream.localhost_url()),
+            "api",
+            "/api",
+        ))
         .env("API_TOKEN", "tok-123")
         .start()
         .await;
@@ -179,16 +179,8 @@ async fn a_link_to_another_credentials_route_passes_as_it_is() {
         .trusting(&pki)
         .with(static_token("one", "TOKEN_ONE"))
         .with(static_token("two", "TOKEN_TWO"))
-        .with(
-            route(&format!("{url}/v1"), "one")
-                .line(r#"path_prefix = "/a""#)
-                .line("strip_prefix = true"),
-        )
-        .with(
-            route(&format!("{url}/v2"), "two")
-                .line(r#"path_prefix = "/b""#)
-                .line("strip_prefix = true"),
-        )
+        .with(stripped_route(&format!("{url}/v1"), "one", "/a"))
+        .with(stripped_route(&format!("{url}/v2"), "two", "/b"))
         .env("TOKEN_ONE", "tok-one")
         .env("TOKEN_TWO", "tok-two")
         .start()
@@ -261,11 +253,11 @@ async fn an_app_following_next_links_stays_behind_sidekey() {
     let proxy = TestConfig::new()
         .trusting(&pki)
         .with(static_token("api", "API_TOKEN"))
-        .with(
-            route(&format!("{}/v1", upstream.localhost_url()), "api")
-                .line(r#"path_prefix = "/api""#)
-                .line("strip_prefix = true"),
-        )
+        .with(stripped_route(
+            &format!("{}/v1", upstream.localhost_url()),
+            "api",
+            "/api",
+        ))
         .env("API_TOKEN", "tok-123")
         .start()
         .await;

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::support::config::{TestConfig, inbenta, inbenta_route, listen_tls, route, static_token};
+use crate::support::config::{
+    TestConfig, inbenta, inbenta_route, listen_tls, route, static_token, stripped_route,
+};
 use crate::support::proxy::{TestClient, TestProxy, TestResponse, body_empty, request_with};
 use crate::support::tls::TestPki;
 use crate::support::token_servers::{InbentaBehaviour, InbentaServer, Lifetime};
@@ -78,11 +80,11 @@ async fn a_redirect_to_the_upstream_is_followed_through_the_route_with_its_crede
     let proxy = TestConfig::new()
         .trusting(&pki)
         .with(static_token("api", "API_TOKEN"))
-        .with(
-            route(&format!("{}/v1/", upstream.localhost_url()), "api")
-                .line(r#"path_prefix = "/api""#)
-                .line("strip_prefix = true"),
-        )
+        .with(stripped_route(
+            &format!("{}/v1/", upstream.localhost_url()),
+            "api",
+            "/api",
+        ))
         .env("API_TOKEN", "tok-123")
         .start()
         .await;
@@ -206,21 +208,9 @@ async fn routes_on_one_listener_map_each_others_urls_longest_base_first() {
         .trusting(&pki)
         .with(static_token("one", "TOKEN_ONE"))
         .with(static_token("two", "TOKEN_TWO"))
-        .with(
-            route(&format!("{url}/v1"), "one")
-                .line(r#"path_prefix = "/a""#)
-                .line("strip_prefix = true"),
-        )
-        .with(
-            route(&format!("{url}/v2"), "one")
-                .line(r#"path_prefix = "/b""#)
-                .line("strip_prefix = true"),
-        )
-        .with(
-            route(&format!("{url}/v1/deep"), "two")
-                .line(r#"path_prefix = "/c""#)
-                .line("strip_prefix = true"),
-        )
+        .with(stripped_route(&format!("{url}/v1"), "one", "/a"))
+        .with(stripped_route(&format!("{url}/v2"), "one", "/b"))
+        .with(stripped_route(&format!("{url}/v1/deep"), "two", "/c"))
         .env("TOKEN_ONE", "tok-one")
         .env("TOKEN_TWO", "tok-two")
         .start()
@@ -276,9 +266,7 @@ async fn a_tls_listener_gets_the_same_path() {
         .trusting(&pki)
         .with(static_token("api", "API_TOKEN"))
         .with(
-            route(&format!("{}/v1", upstream.url()), "api")
-                .line(r#"path_prefix = "/api""#)
-                .line("strip_prefix = true")
+            stripped_route(&format!("{}/v1", upstream.url()), "api", "/api")
                 .line(&listen_tls(&pki)),
         )
         .env("API_TOKEN", "tok-123")

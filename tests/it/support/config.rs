@@ -171,6 +171,14 @@ pub fn route(upstream: &str, credential: &str) -> Table {
         .line(&format!("credential = {}", toml_str(credential)))
 }
 
+/// [`route`] serving the app-side `prefix` (`path_prefix`), which is taken
+/// off before the request goes to `upstream` (`strip_prefix = true`).
+pub fn stripped_route(upstream: &str, credential: &str, prefix: &str) -> Table {
+    route(upstream, credential)
+        .line(&format!("path_prefix = {}", toml_str(prefix)))
+        .line("strip_prefix = true")
+}
+
 /// `[[routes]]` on 127.0.0.1:0 to the Inbenta product API `api` (found in
 /// the credential's `apis` map) with `credential`.
 pub fn inbenta_route(api: &str, credential: &str) -> Table {
